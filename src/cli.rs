@@ -1,0 +1,218 @@
+//! Command line: every flag documented here is the `--help` text, and every serve setting can
+//! also come from the environment (DSDL's variable names where they exist).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+use crate::dsdl::auth::Token;
+use crate::model::convert::{self, ESCU_MODEL_NAME};
+use crate::model::Registry;
+use crate::server::{self, AppState, ServerConfig, Transport};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dnsexfil",
+    version,
+    about = "DNS data-exfiltration detection service, a drop-in for Splunk's DSDL container"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the DSDL container protocol (and health checks) over HTTPS or HTTP.
+    Serve(ServeArgs),
+    /// Convert Splunk's published artifact (tarball, .pt, or DSDL model directory) to a model file.
+    Convert(ConvertArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DNSEXFIL_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (DSDL's containers use 5000).
+    #[arg(long, env = "DNSEXFIL_PORT", default_value_t = 5000)]
+    pub port: u16,
+    /// Model to load at start-up: a .safetensors model file, or Splunk's artifact tarball / .pt
+    /// (converted in memory). Repeat the flag (or separate with commas) for several models.
+    #[arg(long = "model", env = "DNSEXFIL_MODELS", value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+    /// Data directory: models live in <DATA_DIR>/app/model/data and staged data in
+    /// <DATA_DIR>/notebooks/data, like /srv in the stock DSDL image.
+    #[arg(long, env = "DNSEXFIL_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Model store directory (default <DATA_DIR>/app/model/data). Every *.safetensors in it is
+    /// loaded at start-up, and a DSDL-deployed ESCU .pt there is converted in memory.
+    #[arg(long, env = "DNSEXFIL_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Where `/fit` with mode=stage writes <model_name>.csv and .json (default <DATA_DIR>/notebooks/data).
+    #[arg(long, env = "DNSEXFIL_STAGING_DIR")]
+    pub staging_dir: Option<PathBuf>,
+    /// Serve HTTPS (true) or plain HTTP (false), like DSDL's ENABLE_HTTPS.
+    #[arg(long, env = "ENABLE_HTTPS", default_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub enable_https: bool,
+    /// TLS certificate (PEM). Without a cert/key pair, a self-signed one is generated at start-up
+    /// and its SHA-256 fingerprint is logged.
+    #[arg(long, env = "API_SSL_CERT", requires = "ssl_key")]
+    pub ssl_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --ssl-cert.
+    #[arg(long, env = "API_SSL_KEY", requires = "ssl_cert")]
+    pub ssl_key: Option<PathBuf>,
+    /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB).
+    #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = 32)]
+    pub max_body_mb: usize,
+    /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "DNSEXFIL_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// Splunk's artifact tarball (.tar.gz), the .pt inside it, or a DSDL model directory that holds
+    /// the .pt flat or in a sub-folder.
+    pub input: PathBuf,
+    /// Model file to write (safetensors).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Model name requests select it by (default: the .pt file's name without extension).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
+    let converted = convert::convert(&args.input, args.name.as_deref())?;
+    crate::fsutil::write_atomic(&args.output, &converted.bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote {}: model `{}`, schema {}, source {} (sha256 {}{})",
+        args.output.display(),
+        converted.info.name,
+        converted.info.schema,
+        converted.info.source_file,
+        converted.info.source_sha256,
+        if converted.is_published_artifact {
+            ", Splunk's published ESCU artifact"
+        } else {
+            ", not the published ESCU artifact"
+        }
+    );
+    Ok(())
+}
+
+pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let model_dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("app/model/data"));
+    let staging_dir = args
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("notebooks/data"));
+
+    let registry = Arc::new(Registry::new());
+    for path in &args.models {
+        let name = registry
+            .load_file(path)
+            .with_context(|| format!("cannot load --model {}", path.display()))?;
+        tracing::info!(model = %name, file = %path.display(), "model loaded");
+    }
+    for name in registry
+        .load_dir(&model_dir)
+        .with_context(|| format!("cannot load the model directory {}", model_dir.display()))?
+    {
+        tracing::info!(model = %name, dir = %model_dir.display(), "model loaded");
+    }
+    if registry.is_empty() {
+        bail!(
+            "no model to serve. Convert Splunk's published artifact and pass the result with --model:\n  \
+             dnsexfil convert {ESCU_MODEL_NAME}.tar.gz -o escu.safetensors\n  \
+             dnsexfil serve --model escu.safetensors\n\
+             (--model also takes the tarball or .pt directly; or put model files in {})",
+            model_dir.display()
+        );
+    }
+
+    let token = Token::from_env_value(std::env::var("api_token").ok());
+    match token {
+        Token::Set(_) => {}
+        Token::Unset => tracing::warn!(
+            "api_token is not set: every DSDL request will be refused with 401 `No token setup`"
+        ),
+        Token::Empty => tracing::warn!(
+            "api_token is empty: every DSDL request will be refused with 401 `No token defined`"
+        ),
+    }
+    let config = ServerConfig {
+        token,
+        max_body_bytes: args.max_body_mb << 20,
+        staging_dir,
+    };
+    let state = AppState {
+        registry,
+        config: Arc::new(config),
+    };
+
+    let transport = if args.enable_https {
+        let tls = match (&args.ssl_cert, &args.ssl_key) {
+            (Some(cert), Some(key)) => crate::tls::from_files(cert, key).await,
+            _ => crate::tls::self_signed(&[args.host.clone()]).await,
+        }
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            fingerprint_sha256 = %tls.fingerprint,
+            self_signed = tls.self_signed,
+            "TLS certificate"
+        );
+        Transport::Https(tls.config)
+    } else {
+        Transport::Http
+    };
+
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        scheme = if args.enable_https { "https" } else { "http" },
+        models = ?state.registry.names(),
+        "listening"
+    );
+    server::serve(
+        listener,
+        transport,
+        server::app(state),
+        Duration::from_secs(args.shutdown_grace_secs),
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The DSDL request envelope `{"data": "<CSV>", "meta": {"options": {...}, ...}}` and the options
+//! the handlers need from it. Parsing is separate from what the handlers do with it.
+
+use serde_json::{Map, Value};
+
+/// A parsed request body.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The CSV text.
+    pub data: String,
+    /// The `meta` object as sent (may hold the user's Splunk session key: never log or echo it).
+    pub meta: Value,
+}
+
+/// What the handlers use from `meta.options`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// From `into app:NAME` (absent means `default`).
+    pub model_name: String,
+    /// `params.algo`: the notebook/algorithm name.
+    pub algo: Option<String>,
+    /// `params.mode == "stage"`.
+    pub stage: bool,
+}
+
+pub fn parse(body: &[u8]) -> Result<Envelope, String> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(format!(
+            "the request body is not UTF-8 (invalid byte at offset {}); send JSON text, with non-ASCII characters as \\uXXXX escapes as Splunk does",
+            e.valid_up_to()
+        ));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        format!("the request body is not valid JSON ({e}); send {{\"data\": \"<CSV text>\", \"meta\": {{\"options\": {{...}}}}}}")
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(
+            "the request body must be a JSON object {\"data\": \"<CSV text>\", \"meta\": {...}}"
+                .into(),
+        );
+    };
+    let data =
+        match obj.remove("data") {
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(format!(
+                    "the `data` field must be a string holding CSV text, not {}",
+                    json_kind(&other)
+                ))
+            }
+            None => return Err(
+                "the request has no `data` field; send {\"data\": \"<CSV text>\", \"meta\": {...}}"
+                    .into(),
+            ),
+        };
+    let meta = obj.remove("meta").unwrap_or(Value::Null);
+    Ok(Envelope { data, meta })
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// MLTK passes SPL arguments as strings that may still carry their double quotes.
+pub fn unquote(s: &str) -> &str {
+    let t = s.trim();
+    t.strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .unwrap_or(t)
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(unquote(s).to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Envelope {
+    fn options(&self) -> Option<&Map<String, Value>> {
+        self.meta.get("options").and_then(Value::as_object)
+    }
+
+    /// A `params` value from the SPL, unquoted.
+    pub fn param(&self, key: &str) -> Option<String> {
+        self.options()?.get("params")?.get(key).and_then(text_of)
+    }
+
+    pub fn options_summary(&self) -> Options {
+        let model_name = self
+            .options()
+            .and_then(|o| o.get("model_name"))
+            .and_then(text_of)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        Options {
+            model_name,
+            algo: self.param("algo").filter(|s| !s.is_empty()),
+            stage: self.param("mode").as_deref() == Some("stage"),
+        }
+    }
+
+    /// `meta` without the user's Splunk session key, safe to write to disk.
+    pub fn meta_without_secrets(&self) -> Value {
+        let mut meta = self.meta.clone();
+        if let Some(options) = meta.get_mut("options").and_then(Value::as_object_mut) {
+            options.remove("session_key");
+        }
+        meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_unquoted_and_defaulted() {
+        let env = parse(br#"{"data":"src,query\n","meta":{"options":{"params":{"algo":"\"my_algo\"","mode":"\"stage\""},"model_name":"m1","session_key":"s3cret"}}}"#).unwrap();
+        let o = env.options_summary();
+        assert_eq!(
+            o,
+            Options {
+                model_name: "m1".into(),
+                algo: Some("my_algo".into()),
+                stage: true
+            }
+        );
+        assert!(!env.meta_without_secrets().to_string().contains("s3cret"));
+        let env = parse(br#"{"data":""}"#).unwrap();
+        assert_eq!(
+            env.options_summary(),
+            Options {
+                model_name: "default".into(),
+                algo: None,
+                stage: false
+            }
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_explained() {
+        assert!(parse(b"{\"data\": \"\xff\"}")
+            .unwrap_err()
+            .contains("not UTF-8"));
+        assert!(parse(b"{not json").unwrap_err().contains("not valid JSON"));
+        assert!(parse(b"[1]").unwrap_err().contains("JSON object"));
+        assert!(parse(b"{\"meta\":{}}")
+            .unwrap_err()
+            .contains("no `data` field"));
+        assert!(parse(b"{\"data\":5}").unwrap_err().contains("not a number"));
+    }
+}

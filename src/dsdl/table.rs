@@ -1,0 +1,281 @@
+//! The CSV inside a DSDL envelope, parsed into rows of (src, query, rank) text.
+//!
+//! Every cell is text exactly as sent (no `NA`/`null` guessing); ranks are parsed leniently.
+//! A row that cannot be used (wrong number of fields, unparsable rank) is kept in place, so the
+//! results still have one row per input row, and is reported instead of failing the request.
+
+use std::fmt;
+
+use crate::features::Row;
+
+/// Why a row was not scored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SkipReason {
+    /// The row has a different number of fields than the header.
+    Ragged { fields: usize, expected: usize },
+    /// The rank cell is not a number.
+    BadRank(String),
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Ragged { fields, expected } => {
+                write!(f, "{fields} fields where the header has {expected} (quote cells that contain commas)")
+            }
+            SkipReason::BadRank(text) => write!(f, "rank `{text}` is not a number"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowKind {
+    /// The newest event of its (src, query) pair: scored.
+    Rank1,
+    /// An older event: feeds the per-source history only.
+    History,
+    /// Not usable; reported in the response message.
+    Skipped(SkipReason),
+}
+
+type Span = (u32, u32);
+
+/// Parsed request rows. Cell text lives in one buffer to avoid an allocation per cell.
+pub struct Table {
+    text: String,
+    cells: Vec<[Span; 3]>,
+    pub kinds: Vec<RowKind>,
+    /// Whether the CSV had a `rank` column (without one, every row is rank 1).
+    pub has_rank: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TableError {
+    #[error("the `data` CSV is empty: it needs a header row naming at least the `src` and `query` columns")]
+    Empty,
+    #[error("the CSV has no `{missing}` column (its columns are: {found}); send the fields src, query and rank, e.g. `| table src,query,rank,_time` before `| apply`")]
+    MissingColumn {
+        missing: &'static str,
+        found: String,
+    },
+    #[error("the `data` CSV is malformed at row {row}: {detail}")]
+    Malformed { row: usize, detail: String },
+}
+
+const SRC: usize = 0;
+const QUERY: usize = 1;
+const RANK: usize = 2;
+
+impl Table {
+    pub fn parse(csv_text: &str) -> Result<Table, TableError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(csv_text.as_bytes());
+        let mut record = csv::StringRecord::new();
+        let has_header = reader
+            .read_record(&mut record)
+            .map_err(|e| TableError::Malformed {
+                row: 0,
+                detail: e.to_string(),
+            })?;
+        if !has_header {
+            return Err(TableError::Empty);
+        }
+        let header: Vec<String> = record.iter().map(|h| h.trim().to_string()).collect();
+        let position = |name: &str| header.iter().position(|h| h == name);
+        let found = || header.join(", ");
+        let src_col = position("src").ok_or_else(|| TableError::MissingColumn {
+            missing: "src",
+            found: found(),
+        })?;
+        let query_col = position("query").ok_or_else(|| TableError::MissingColumn {
+            missing: "query",
+            found: found(),
+        })?;
+        let rank_col = position("rank");
+        let columns = [Some(src_col), Some(query_col), rank_col];
+
+        let mut table = Table {
+            text: String::with_capacity(csv_text.len()),
+            cells: Vec::new(),
+            kinds: Vec::new(),
+            has_rank: rank_col.is_some(),
+        };
+        let mut row_number = 0usize;
+        loop {
+            row_number += 1;
+            match reader.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    return Err(TableError::Malformed {
+                        row: row_number,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+            let mut spans = [(0u32, 0u32); 3];
+            for (slot, col) in columns.iter().enumerate() {
+                if let Some(cell) = col.and_then(|c| record.get(c)) {
+                    let start = table.text.len() as u32;
+                    table.text.push_str(cell);
+                    spans[slot] = (start, table.text.len() as u32);
+                }
+            }
+            let kind = if record.len() != header.len() {
+                RowKind::Skipped(SkipReason::Ragged {
+                    fields: record.len(),
+                    expected: header.len(),
+                })
+            } else if let Some(rc) = rank_col {
+                classify_rank(&record[rc])
+            } else {
+                RowKind::Rank1
+            };
+            table.cells.push(spans);
+            table.kinds.push(kind);
+        }
+        Ok(table)
+    }
+
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    fn cell(&self, row: usize, slot: usize) -> &str {
+        let (a, b) = self.cells[row][slot];
+        &self.text[a as usize..b as usize]
+    }
+
+    pub fn src(&self, row: usize) -> &str {
+        self.cell(row, SRC)
+    }
+
+    pub fn query(&self, row: usize) -> &str {
+        self.cell(row, QUERY)
+    }
+
+    /// The rank cell as sent (empty when there is no rank column).
+    pub fn rank_text(&self, row: usize) -> &str {
+        self.cell(row, RANK)
+    }
+
+    /// The rows that feed the features (all but skipped ones) and, among them, the positions of
+    /// the rows to score. Returns (feature rows, index into feature rows of each scored row,
+    /// table row of each scored row).
+    pub fn feature_rows(&self) -> (Vec<Row<'_>>, Vec<usize>, Vec<usize>) {
+        let mut rows = Vec::with_capacity(self.len());
+        let mut scored = Vec::new();
+        let mut scored_table_rows = Vec::new();
+        for (i, kind) in self.kinds.iter().enumerate() {
+            if matches!(kind, RowKind::Skipped(_)) {
+                continue;
+            }
+            if *kind == RowKind::Rank1 {
+                scored.push(rows.len());
+                scored_table_rows.push(i);
+            }
+            rows.push(Row {
+                src: self.src(i),
+                query: self.query(i),
+            });
+        }
+        (rows, scored, scored_table_rows)
+    }
+
+    /// Skipped rows as (1-based row number, reason).
+    pub fn skipped(&self) -> impl Iterator<Item = (usize, &SkipReason)> {
+        self.kinds.iter().enumerate().filter_map(|(i, k)| match k {
+            RowKind::Skipped(r) => Some((i + 1, r)),
+            _ => None,
+        })
+    }
+}
+
+/// `1`, `1.0`, `"1"` and ` 1 ` are all rank 1; other numbers are history rows.
+fn classify_rank(text: &str) -> RowKind {
+    let t = text.trim().trim_matches('"').trim();
+    match t.parse::<f64>() {
+        Ok(r) if r == 1.0 => RowKind::Rank1,
+        Ok(r) if r.is_finite() => RowKind::History,
+        _ => RowKind::Skipped(SkipReason::BadRank(text.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_text_as_sent_and_ranks_are_lenient() {
+        let t = Table::parse(
+            "rank,src,query,_time\n1,NA,null,5\n1.0,,None,6\n2,a,\"x,y\",7\nabc,a,b,8\n",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 4);
+        assert_eq!((t.src(0), t.query(0)), ("NA", "null"));
+        assert_eq!((t.src(1), t.query(1)), ("", "None"));
+        assert_eq!(t.query(2), "x,y");
+        assert_eq!(t.kinds[0], RowKind::Rank1);
+        assert_eq!(t.kinds[1], RowKind::Rank1);
+        assert_eq!(t.kinds[2], RowKind::History);
+        assert_eq!(
+            t.kinds[3],
+            RowKind::Skipped(SkipReason::BadRank("abc".into()))
+        );
+    }
+
+    #[test]
+    fn ragged_rows_are_kept_in_place_and_skipped() {
+        let t = Table::parse("src,query,rank\na,b.c,1\na,b,c,1\nz\n").unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t.kinds[1],
+            RowKind::Skipped(SkipReason::Ragged {
+                fields: 4,
+                expected: 3
+            })
+        );
+        assert_eq!(
+            t.kinds[2],
+            RowKind::Skipped(SkipReason::Ragged {
+                fields: 1,
+                expected: 3
+            })
+        );
+        assert_eq!((t.src(2), t.query(2)), ("z", ""));
+        let (rows, scored, table_rows) = t.feature_rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(scored, vec![0]);
+        assert_eq!(table_rows, vec![0]);
+    }
+
+    #[test]
+    fn missing_rank_column_means_every_row_is_rank_1() {
+        let t = Table::parse("query,src\nx.y.z,h\n").unwrap();
+        assert!(!t.has_rank);
+        assert_eq!(t.kinds[0], RowKind::Rank1);
+        assert_eq!(t.rank_text(0), "");
+    }
+
+    #[test]
+    fn missing_columns_and_empty_data_are_named() {
+        assert_eq!(Table::parse("").err(), Some(TableError::Empty));
+        let e = Table::parse("src,rank\na,1\n").err().unwrap().to_string();
+        assert!(
+            e.contains("no `query` column") && e.contains("src, rank"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn header_only_is_an_empty_table() {
+        let t = Table::parse("src,query,rank,_time\n").unwrap();
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,87 @@
+//! Feature schemas: pure functions from a request's rows to one f32 vector per scored row.
+
+pub mod escu;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One DNS event as the feature layer sees it. Cells are text exactly as sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    pub src: &'a str,
+    pub query: &'a str,
+}
+
+/// A dense row-major matrix of float32 features, one row per scored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMatrix {
+    pub rows: usize,
+    pub width: usize,
+    pub values: Vec<f32>,
+}
+
+impl FeatureMatrix {
+    pub fn zeros(rows: usize, width: usize) -> Self {
+        Self {
+            rows,
+            width,
+            values: vec![0.0; rows * width],
+        }
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.values[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// The feature schemas a model can declare in its metadata. The schema decides which pipeline
+/// turns rows into the model's inputs, so models of different schemas can be served side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Schema {
+    /// The 98 features of Splunk's published ESCU model.
+    EscuV1,
+}
+
+impl Schema {
+    pub fn name(self) -> &'static str {
+        match self {
+            Schema::EscuV1 => "escu-v1",
+        }
+    }
+
+    /// Number of features per row.
+    pub fn width(self) -> usize {
+        match self {
+            Schema::EscuV1 => escu::WIDTH,
+        }
+    }
+
+    /// Features of the rows at indices `scored`, with all of `rows` as history.
+    pub fn compute(self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+        match self {
+            Schema::EscuV1 => escu::compute(rows, scored),
+        }
+    }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Schema {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "escu-v1" => Ok(Schema::EscuV1),
+            other => Err(format!(
+                "unknown feature schema `{other}` (this build knows: escu-v1)"
+            )),
+        }
+    }
+}

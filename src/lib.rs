@@ -1,0 +1,53 @@
+//! dnsexfil: a DNS data-exfiltration detection service that speaks Splunk's DSDL container protocol.
+//!
+//! The flow of one request: HTTP -> DSDL envelope -> rows -> features (the model's schema) ->
+//! candle network -> results CSV -> HTTP. Every stage is a plain function over plain data.
+
+pub mod cli;
+pub mod dsdl;
+pub mod features;
+pub mod fsutil;
+pub mod model;
+pub mod scoring;
+pub mod server;
+pub mod tls;
+
+/// Checks a model or algorithm name from a request before it is used in a file path:
+/// 1 to 128 of `A-Z a-z 0-9 _ . -`, and no `..`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if name.is_empty() || name.len() > 128 || !ok_chars || name.contains("..") {
+        return Err(format!(
+            "`{}` is not a valid name: use 1 to 128 letters, digits, `_`, `.` or `-`, without `..`",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+
+    #[test]
+    fn names_that_could_escape_a_directory_are_refused() {
+        assert!(
+            validate_name("detect_dns_data_exfiltration_using_pretrained_model_in_dsdl").is_ok()
+        );
+        assert!(validate_name("model-1.v2").is_ok());
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "a/b",
+            "..",
+            "a..b",
+            "x y",
+            "ü",
+            &"a".repeat(129),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The model file: safetensors with the network's tensors and metadata that says how to use them
+//! (feature schema, output column names, threshold, provenance).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::mlp::{Mlp, MlpShape, TENSOR_NAMES};
+use super::ModelError;
+use crate::features::Schema;
+
+/// Metadata keys written into every model file.
+pub mod keys {
+    pub const FORMAT: &str = "dnsexfil.format";
+    pub const NAME: &str = "name";
+    pub const SCHEMA: &str = "schema";
+    pub const TARGET: &str = "target";
+    pub const THRESHOLD: &str = "threshold";
+    pub const SOURCE_FILE: &str = "source_file";
+    pub const SOURCE_SHA256: &str = "source_sha256";
+    pub const LAYOUT: &str = "tensor_layout";
+    pub const CREATED_BY: &str = "created_by";
+}
+
+/// Version of the metadata layout this build writes and reads.
+pub const FORMAT_VERSION: &str = "1";
+
+/// What a model file says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Name requests use to select the model.
+    pub name: String,
+    pub schema: Schema,
+    /// Label name; result columns are `pred_<target>_proba` and `pred_<target>`.
+    pub target: String,
+    /// Probability at or above which the label is 1.
+    pub threshold: f32,
+    pub source_file: String,
+    pub source_sha256: String,
+    pub created_by: String,
+}
+
+impl ModelInfo {
+    pub fn to_metadata(&self, shape: MlpShape) -> HashMap<String, String> {
+        let layout: Vec<serde_json::Value> = shape
+            .tensor_shapes()
+            .iter()
+            .map(|(n, s)| serde_json::json!({"name": n, "dtype": "F32", "shape": s}))
+            .collect();
+        HashMap::from([
+            (keys::FORMAT.into(), FORMAT_VERSION.into()),
+            (keys::NAME.into(), self.name.clone()),
+            (keys::SCHEMA.into(), self.schema.name().into()),
+            (keys::TARGET.into(), self.target.clone()),
+            (keys::THRESHOLD.into(), self.threshold.to_string()),
+            (keys::SOURCE_FILE.into(), self.source_file.clone()),
+            (keys::SOURCE_SHA256.into(), self.source_sha256.clone()),
+            (
+                keys::LAYOUT.into(),
+                serde_json::Value::Array(layout).to_string(),
+            ),
+            (keys::CREATED_BY.into(), self.created_by.clone()),
+        ])
+    }
+
+    fn from_metadata(meta: &HashMap<String, String>, origin: &str) -> Result<Self, ModelError> {
+        let get = |k: &str| {
+            meta.get(k).cloned().ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "{origin}: metadata key `{k}` is missing; convert the artifact with `dnsexfil convert`"
+                ))
+            })
+        };
+        let schema_text = get(keys::SCHEMA)?;
+        let schema = schema_text
+            .parse::<Schema>()
+            .map_err(|e| ModelError::Invalid(format!("{origin}: {e}")))?;
+        let threshold_text = get(keys::THRESHOLD)?;
+        let threshold = threshold_text
+            .parse::<f32>()
+            .ok()
+            .filter(|t| (0.0..=1.0).contains(t))
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "{origin}: threshold `{threshold_text}` is not a number in [0, 1]"
+                ))
+            })?;
+        Ok(Self {
+            name: get(keys::NAME)?,
+            schema,
+            target: get(keys::TARGET)?,
+            threshold,
+            source_file: meta.get(keys::SOURCE_FILE).cloned().unwrap_or_default(),
+            source_sha256: meta.get(keys::SOURCE_SHA256).cloned().unwrap_or_default(),
+            created_by: meta.get(keys::CREATED_BY).cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// A model ready to score: its description and its network.
+pub struct Model {
+    pub info: ModelInfo,
+    pub mlp: Mlp,
+    /// SHA-256 of the model file itself.
+    pub file_sha256: String,
+}
+
+impl Model {
+    /// Builds a model from named tensors, checking every name and shape against the schema's network.
+    pub fn from_tensors(
+        info: ModelInfo,
+        tensors: HashMap<String, Tensor>,
+        origin: &str,
+    ) -> Result<Self, ModelError> {
+        let shape = shape_for(info.schema);
+        check_tensors(&tensors, shape, origin)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let mlp = Mlp::new(vb, shape).map_err(|e| ModelError::Invalid(format!("{origin}: {e}")))?;
+        Ok(Self {
+            info,
+            mlp,
+            file_sha256: String::new(),
+        })
+    }
+
+    /// Reads a model file produced by `dnsexfil convert` or training.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ModelError::Io(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ModelError> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| ModelError::Invalid(format!("{origin} is not a safetensors file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let info = ModelInfo::from_metadata(&meta, origin)?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| ModelError::Invalid(format!("{origin}: cannot read tensors: {e}")))?;
+        let mut model = Self::from_tensors(info, tensors, origin)?;
+        model.file_sha256 = crate::model::sha256_hex(bytes);
+        Ok(model)
+    }
+}
+
+/// Serialises a model file: checks the tensors against the schema's network, then writes them in
+/// state_dict order with the metadata.
+pub fn encode(info: &ModelInfo, tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>, ModelError> {
+    let shape = shape_for(info.schema);
+    check_tensors(tensors, shape, &info.name)?;
+    let ordered: Vec<(&str, &Tensor)> = TENSOR_NAMES.iter().map(|n| (*n, &tensors[*n])).collect();
+    safetensors::serialize(ordered, Some(info.to_metadata(shape)))
+        .map_err(|e| ModelError::Invalid(format!("cannot serialise model `{}`: {e}", info.name)))
+}
+
+/// Network shape each schema's models use.
+pub fn shape_for(schema: Schema) -> MlpShape {
+    match schema {
+        Schema::EscuV1 => MlpShape::ESCU,
+    }
+}
+
+/// Checks that `tensors` holds exactly the network's tensors, in float32 with the right shapes and
+/// only finite values.
+pub fn check_tensors(
+    tensors: &HashMap<String, Tensor>,
+    shape: MlpShape,
+    origin: &str,
+) -> Result<(), ModelError> {
+    for (name, expected) in shape.tensor_shapes() {
+        let Some(t) = tensors.get(name) else {
+            let mut found: Vec<&str> = tensors.keys().map(String::as_str).collect();
+            found.sort();
+            return Err(ModelError::Invalid(format!(
+                "{origin}: missing tensor `{name}` (found: {})",
+                found.join(", ")
+            )));
+        };
+        if t.dims() != expected.as_slice() {
+            return Err(ModelError::Invalid(format!(
+                "{origin}: tensor `{name}` has shape {:?} where {:?} was expected",
+                t.dims(),
+                expected
+            )));
+        }
+        if t.dtype() != DType::F32 {
+            return Err(ModelError::Invalid(format!(
+                "{origin}: tensor `{name}` is {:?} where F32 was expected",
+                t.dtype()
+            )));
+        }
+        let values = t
+            .flatten_all()
+            .and_then(|v| v.to_vec1::<f32>())
+            .map_err(|e| ModelError::Invalid(format!("{origin}: {e}")))?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::Invalid(format!(
+                "{origin}: tensor `{name}` holds NaN or infinite values"
+            )));
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !TENSOR_NAMES.contains(&k.as_str())) {
+        return Err(ModelError::Invalid(format!(
+            "{origin}: unexpected tensor `{extra}` (the network has only {})",
+            TENSOR_NAMES.join(", ")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The network: three fully connected layers with ReLU, run in candle on the CPU.
+//!
+//! Tensor names mirror the PyTorch state_dict of the published model (`layer_1.weight`, ...), so a
+//! converted artifact loads without renaming. Sigmoid is applied on the host with PyTorch's float32
+//! formula `1 / (1 + exp(-z))`, which saturates to exactly 0.0 and 1.0 the way the stock model does.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// Names of the network's tensors, in state_dict order.
+pub const TENSOR_NAMES: [&str; 6] = [
+    "layer_1.weight",
+    "layer_1.bias",
+    "layer_2.weight",
+    "layer_2.bias",
+    "layer_out.weight",
+    "layer_out.bias",
+];
+
+/// Layer sizes of an MLP `input -> hidden_1 -> hidden_2 -> 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlpShape {
+    pub input: usize,
+    pub hidden_1: usize,
+    pub hidden_2: usize,
+}
+
+impl MlpShape {
+    /// The published ESCU network: 98 -> 128 -> 128 -> 1.
+    pub const ESCU: MlpShape = MlpShape {
+        input: 98,
+        hidden_1: 128,
+        hidden_2: 128,
+    };
+
+    /// Expected shape of each tensor, in [`TENSOR_NAMES`] order.
+    pub fn tensor_shapes(&self) -> [(&'static str, Vec<usize>); 6] {
+        let MlpShape {
+            input,
+            hidden_1,
+            hidden_2,
+        } = *self;
+        [
+            (TENSOR_NAMES[0], vec![hidden_1, input]),
+            (TENSOR_NAMES[1], vec![hidden_1]),
+            (TENSOR_NAMES[2], vec![hidden_2, hidden_1]),
+            (TENSOR_NAMES[3], vec![hidden_2]),
+            (TENSOR_NAMES[4], vec![1, hidden_2]),
+            (TENSOR_NAMES[5], vec![1]),
+        ]
+    }
+}
+
+pub struct Mlp {
+    shape: MlpShape,
+    layer_1: Linear,
+    layer_2: Linear,
+    layer_out: Linear,
+}
+
+impl Mlp {
+    pub fn new(vb: VarBuilder, shape: MlpShape) -> candle_core::Result<Self> {
+        let layer_1 = candle_nn::linear(shape.input, shape.hidden_1, vb.pp("layer_1"))?;
+        let layer_2 = candle_nn::linear(shape.hidden_1, shape.hidden_2, vb.pp("layer_2"))?;
+        let layer_out = candle_nn::linear(shape.hidden_2, 1, vb.pp("layer_out"))?;
+        Ok(Self {
+            shape,
+            layer_1,
+            layer_2,
+            layer_out,
+        })
+    }
+
+    pub fn shape(&self) -> MlpShape {
+        self.shape
+    }
+
+    /// Logits `[n, 1]` for inputs `[n, input]`.
+    pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.layer_1.forward(x)?.relu()?;
+        let h = self.layer_2.forward(&h)?.relu()?;
+        self.layer_out.forward(&h)
+    }
+
+    /// Probabilities for `rows` feature vectors stored row-major in `values`: one batched forward.
+    pub fn predict(&self, values: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_slice(values, (rows, self.shape.input), &Device::Cpu)?;
+        let logits = self
+            .logits(&x)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(logits.into_iter().map(sigmoid).collect())
+    }
+}
+
+/// PyTorch's float32 sigmoid.
+pub fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn sigmoid_saturates_like_pytorch() {
+        assert_eq!(sigmoid(-100.0), 0.0);
+        assert_eq!(sigmoid(20.0), 1.0);
+        assert_eq!(sigmoid(0.0), 0.5);
+    }
+
+    #[test]
+    fn forward_matches_hand_computation() {
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 2,
+            hidden_2: 1,
+        };
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        t.insert(
+            "layer_1.weight".to_string(),
+            Tensor::new(&[[1f32, 0.], [0., -1.]], &dev).unwrap(),
+        );
+        t.insert(
+            "layer_1.bias".to_string(),
+            Tensor::new(&[0f32, 0.], &dev).unwrap(),
+        );
+        t.insert(
+            "layer_2.weight".to_string(),
+            Tensor::new(&[[2f32, 3.]], &dev).unwrap(),
+        );
+        t.insert(
+            "layer_2.bias".to_string(),
+            Tensor::new(&[1f32], &dev).unwrap(),
+        );
+        t.insert(
+            "layer_out.weight".to_string(),
+            Tensor::new(&[[0.5f32]], &dev).unwrap(),
+        );
+        t.insert(
+            "layer_out.bias".to_string(),
+            Tensor::new(&[-1f32], &dev).unwrap(),
+        );
+        let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
+        let mlp = Mlp::new(vb, shape).unwrap();
+        // x = [3, -2]: h1 = relu([3, 2]) = [3, 2]; h2 = relu(2*3 + 3*2 + 1) = 13; z = 6.5 - 1 = 5.5
+        let p = mlp.predict(&[3.0, -2.0], 1).unwrap();
+        assert_eq!(p, vec![sigmoid(5.5)]);
+    }
+}

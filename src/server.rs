@@ -1,0 +1,176 @@
+//! The HTTP server: routes, layers, the body limit, TLS and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use http_body_util::BodyExt;
+use tower_http::trace::TraceLayer;
+
+use crate::dsdl::auth::{require_token, Token};
+use crate::dsdl::handlers;
+use crate::model::Registry;
+
+/// Settings the request handlers need.
+pub struct ServerConfig {
+    pub token: Token,
+    pub max_body_bytes: usize,
+    /// Where `/fit mode=stage` writes `<model_name>.csv|.json`.
+    pub staging_dir: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub config: Arc<ServerConfig>,
+}
+
+/// The whole application, for a listener or for in-process tests.
+pub fn app(state: AppState) -> Router {
+    let dsdl = Router::new()
+        .route("/", get(handlers::summary))
+        .route("/summary", get(handlers::summary))
+        .route("/apply", post(handlers::apply))
+        .route("/fit", post(handlers::fit))
+        .route("/compute", post(handlers::compute))
+        .route_layer(middleware::from_fn_with_state(
+            state.config.token.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(dsdl)
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"detail": "Not Found"})),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(serde_json::json!({"detail": "Method Not Allowed"})),
+            )
+        })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge { limit: usize, received: usize },
+    Read(String),
+}
+
+/// Bodies larger than this are not even drained: the connection is dropped instead.
+const DRAIN_CAP: usize = 1 << 30;
+
+/// Reads the body up to `limit` bytes. An over-limit body is read to its end and discarded (up to
+/// 1 GiB), so a client that sends the whole body before reading (Splunk's urllib does) receives
+/// our error message instead of a reset connection.
+pub async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut body = body;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > limit {
+            if received > DRAIN_CAP {
+                break;
+            }
+            buf = Vec::new();
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if received > limit {
+        return Err(BodyError::TooLarge { limit, received });
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// How the listener speaks.
+pub enum Transport {
+    Http,
+    Https(axum_server::tls_rustls::RustlsConfig),
+}
+
+/// Serves `app` on an already bound listener until SIGTERM or Ctrl-C, then lets in-flight
+/// requests finish (up to `grace`).
+pub async fn serve(
+    listener: std::net::TcpListener,
+    transport: Transport,
+    app: Router,
+    grace: Duration,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        shutdown.graceful_shutdown(Some(grace));
+    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match transport {
+        Transport::Http => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+        Transport::Https(config) => {
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> axum::response::Response {
+        match self {
+            BodyError::TooLarge { limit, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(serde_json::json!({"detail": format!("request body exceeds {} MiB", limit >> 20)})),
+            )
+                .into_response(),
+            BodyError::Read(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"detail": e}))).into_response(),
+        }
+    }
+}

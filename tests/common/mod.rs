@@ -1,0 +1,179 @@
+//! Shared test helpers: the shared data folder, a converted ESCU model, a real server on a
+//! loopback socket, and DSDL envelopes.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dnsexfil::dsdl::auth::Token;
+use dnsexfil::model::convert::ESCU_MODEL_NAME;
+use dnsexfil::model::{Model, Registry};
+use dnsexfil::server::{self, AppState, ServerConfig, Transport};
+
+pub const TOKEN: &str = "test-token-5f2c";
+
+/// `../shared` beside the project (override with DNSEXFIL_SHARED).
+pub fn shared() -> PathBuf {
+    std::env::var_os("DNSEXFIL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+pub fn artifact() -> PathBuf {
+    shared()
+        .join("artifacts")
+        .join(format!("{ESCU_MODEL_NAME}.tar.gz"))
+}
+
+/// The ESCU model converted from the published tarball, once per test binary.
+pub fn escu_model_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        dnsexfil::model::convert::convert(&artifact(), None)
+            .expect("convert the published artifact")
+            .bytes
+    })
+}
+
+pub fn escu_registry() -> Arc<Registry> {
+    let registry = Registry::new();
+    registry.insert(Model::from_bytes(escu_model_bytes(), "escu").unwrap());
+    Arc::new(registry)
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub staging_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub struct ServerOptions {
+    pub token: Token,
+    pub max_body_bytes: usize,
+    pub https: Option<axum_server::tls_rustls::RustlsConfig>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            token: Token::Set(TOKEN.into()),
+            max_body_bytes: 32 << 20,
+            https: None,
+        }
+    }
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Starts the real server on 127.0.0.1 with an ephemeral port, on its own runtime thread.
+    pub fn start_with(opts: ServerOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let staging_dir = dir.path().join("notebooks/data");
+        let config = ServerConfig {
+            token: opts.token,
+            max_body_bytes: opts.max_body_bytes,
+            staging_dir: staging_dir.clone(),
+        };
+        let state = AppState {
+            registry: escu_registry(),
+            config: Arc::new(config),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let https = opts.https.is_some();
+        let transport = match opts.https {
+            Some(c) => Transport::Https(c),
+            None => Transport::Http,
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(server::serve(
+                listener,
+                transport,
+                server::app(state),
+                Duration::from_secs(5),
+            ))
+            .unwrap();
+        });
+        let url = format!("{}://{addr}", if https { "https" } else { "http" });
+        Self {
+            url,
+            staging_dir,
+            _dir: dir,
+        }
+    }
+
+    pub fn client() -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap()
+    }
+
+    /// POSTs a raw body with the test token; returns status and body text.
+    pub fn post_raw(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
+        let resp = Self::client()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", TOKEN)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    }
+
+    /// POSTs a DSDL envelope and returns the parsed JSON answer (asserting HTTP 200).
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (status, text) = self.post_raw(path, serde_json::to_vec(body).unwrap());
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Sends `csv` to /apply the way the ESCU search does; returns the JSON answer.
+    pub fn apply(&self, csv: &str) -> serde_json::Value {
+        self.post_json("/apply", &escu_envelope(csv))
+    }
+}
+
+/// The envelope the ESCU detection's `apply` sends.
+pub fn escu_envelope(csv: &str) -> serde_json::Value {
+    serde_json::json!({
+        "data": csv,
+        "meta": {
+            "options": {
+                "params": {"mode": "stage", "algo": ESCU_MODEL_NAME},
+                "args": ["src", "query", "rank"],
+                "feature_variables": ["src", "query", "rank"],
+                "model_name": ESCU_MODEL_NAME,
+                "algo_name": "MLTKContainer",
+                "mlspl_limits": {"max_inputs": "100000", "use_sampling": "true"},
+                "kfold_cv": null
+            },
+            "feature_variables": ["src", "query", "rank"]
+        }
+    })
+}
+
+/// Parses CSV text into a header and records.
+pub fn parse_csv(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(text.as_bytes());
+    let header = rdr.headers().unwrap().iter().map(String::from).collect();
+    let rows = rdr
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+/// Results of a successful /apply, asserting success.
+pub fn results_of(answer: &serde_json::Value) -> (Vec<String>, Vec<Vec<String>>) {
+    assert_eq!(answer["status"], "success", "{answer}");
+    parse_csv(answer["results"].as_str().expect("results CSV"))
+}
