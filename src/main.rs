@@ -1,13 +1,25 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use dnsexfil::cli::{self, Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let outcome = match cli.command {
         Command::Convert(args) => cli::run_convert(&args),
         Command::Serve(args) => {
             cli::init_logging(args.log_format);
-            tokio::runtime::Runtime::new()?.block_on(cli::run_serve(args))
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(cli::run_serve(args)))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` keeps the cause chain on one line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

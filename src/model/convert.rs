@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 
-use super::file::{encode, ModelInfo};
+use super::file::{check_names_and_shapes, encode, first_line, shape_for, ModelInfo};
 use super::{sha256_hex, ModelError};
 use crate::features::Schema;
 
@@ -237,11 +237,26 @@ fn decode_state_dict(pt: &PtFile) -> Result<HashMap<String, Tensor>, ModelError>
         .map_err(|e| ModelError::Io(format!("cannot write a temporary file: {e}")))?;
     let bad = |e: candle_core::Error| {
         ModelError::Invalid(format!(
-            "{}: cannot decode the PyTorch checkpoint: {e}",
-            pt.origin
+            "{}: cannot decode the PyTorch checkpoint: {}",
+            pt.origin,
+            first_line(&e.to_string())
         ))
     };
     let pth = candle_core::pickle::PthTensors::new(tmp.path(), None).map_err(bad)?;
+    if pth.tensor_infos().is_empty() {
+        return Err(ModelError::Invalid(format!(
+            "{}: the checkpoint holds no tensors (expected a state_dict)",
+            pt.origin
+        )));
+    }
+    // Names and shapes are checked from the pickle before any data is read, so a mismatch is
+    // reported as such rather than as a failed read.
+    let dims: HashMap<String, Vec<usize>> = pth
+        .tensor_infos()
+        .iter()
+        .map(|(n, info)| (n.clone(), info.layout.dims().to_vec()))
+        .collect();
+    check_names_and_shapes(&dims, shape_for(Schema::EscuV1), &pt.origin)?;
     let mut tensors = HashMap::new();
     for name in pth.tensor_infos().keys() {
         if let Some(t) = pth.get(name).map_err(bad)? {
@@ -252,12 +267,6 @@ fn decode_state_dict(pt: &PtFile) -> Result<HashMap<String, Tensor>, ModelError>
             };
             tensors.insert(name.clone(), t);
         }
-    }
-    if tensors.is_empty() {
-        return Err(ModelError::Invalid(format!(
-            "{}: the checkpoint holds no tensors (expected a state_dict)",
-            pt.origin
-        )));
     }
     Ok(tensors)
 }

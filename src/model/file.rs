@@ -1,7 +1,7 @@
 //! The model file: safetensors with the network's tensors and metadata that says how to use them
 //! (feature schema, output column names, threshold, provenance).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -146,13 +146,46 @@ impl Model {
 }
 
 /// Serialises a model file: checks the tensors against the schema's network, then writes them in
-/// state_dict order with the metadata.
+/// state_dict order with the metadata. The bytes depend only on the inputs (keys are written in
+/// sorted order), so a conversion or a seeded training run is reproducible bit for bit.
 pub fn encode(info: &ModelInfo, tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>, ModelError> {
     let shape = shape_for(info.schema);
     check_tensors(tensors, shape, &info.name)?;
-    let ordered: Vec<(&str, &Tensor)> = TENSOR_NAMES.iter().map(|n| (*n, &tensors[*n])).collect();
-    safetensors::serialize(ordered, Some(info.to_metadata(shape)))
-        .map_err(|e| ModelError::Invalid(format!("cannot serialise model `{}`: {e}", info.name)))
+    let mut header = serde_json::Map::new();
+    let metadata: BTreeMap<String, String> = info.to_metadata(shape).into_iter().collect();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings serialise"),
+    );
+    let mut data: Vec<u8> = Vec::new();
+    for name in TENSOR_NAMES {
+        let t = &tensors[name];
+        let values = t
+            .flatten_all()
+            .and_then(|v| v.to_vec1::<f32>())
+            .map_err(|e| {
+                ModelError::Invalid(format!("{}: {}", info.name, first_line(&e.to_string())))
+            })?;
+        let start = data.len();
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    // Keys come out sorted (or in insertion order with serde_json `preserve_order`): deterministic.
+    let mut header_bytes = serde_json::to_vec(&header).expect("JSON values serialise");
+    // The format pads the header with spaces so the data starts 8-byte aligned.
+    while header_bytes.len() % 8 != 0 {
+        header_bytes.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header_bytes.len() + data.len());
+    out.extend_from_slice(&(header_bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 /// Network shape each schema's models use.
@@ -162,6 +195,37 @@ pub fn shape_for(schema: Schema) -> MlpShape {
     }
 }
 
+/// Checks that the checkpoint holds exactly the network's tensors with the right shapes, given
+/// each tensor's name and dimensions.
+pub fn check_names_and_shapes(
+    found: &HashMap<String, Vec<usize>>,
+    shape: MlpShape,
+    origin: &str,
+) -> Result<(), ModelError> {
+    for (name, expected) in shape.tensor_shapes() {
+        let Some(dims) = found.get(name) else {
+            let mut names: Vec<&str> = found.keys().map(String::as_str).collect();
+            names.sort();
+            return Err(ModelError::Invalid(format!(
+                "{origin}: missing tensor `{name}` (found: {})",
+                names.join(", ")
+            )));
+        };
+        if *dims != expected {
+            return Err(ModelError::Invalid(format!(
+                "{origin}: tensor `{name}` has shape {dims:?} where {expected:?} was expected"
+            )));
+        }
+    }
+    if let Some(extra) = found.keys().find(|k| !TENSOR_NAMES.contains(&k.as_str())) {
+        return Err(ModelError::Invalid(format!(
+            "{origin}: unexpected tensor `{extra}` (the network has only {})",
+            TENSOR_NAMES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that `tensors` holds exactly the network's tensors, in float32 with the right shapes and
 /// only finite values.
 pub fn check_tensors(
@@ -169,22 +233,12 @@ pub fn check_tensors(
     shape: MlpShape,
     origin: &str,
 ) -> Result<(), ModelError> {
-    for (name, expected) in shape.tensor_shapes() {
-        let Some(t) = tensors.get(name) else {
-            let mut found: Vec<&str> = tensors.keys().map(String::as_str).collect();
-            found.sort();
-            return Err(ModelError::Invalid(format!(
-                "{origin}: missing tensor `{name}` (found: {})",
-                found.join(", ")
-            )));
-        };
-        if t.dims() != expected.as_slice() {
-            return Err(ModelError::Invalid(format!(
-                "{origin}: tensor `{name}` has shape {:?} where {:?} was expected",
-                t.dims(),
-                expected
-            )));
-        }
+    let dims: HashMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+        .collect();
+    check_names_and_shapes(&dims, shape, origin)?;
+    for (name, t) in tensors {
         if t.dtype() != DType::F32 {
             return Err(ModelError::Invalid(format!(
                 "{origin}: tensor `{name}` is {:?} where F32 was expected",
@@ -194,18 +248,19 @@ pub fn check_tensors(
         let values = t
             .flatten_all()
             .and_then(|v| v.to_vec1::<f32>())
-            .map_err(|e| ModelError::Invalid(format!("{origin}: {e}")))?;
+            .map_err(|e| {
+                ModelError::Invalid(format!("{origin}: {}", first_line(&e.to_string())))
+            })?;
         if values.iter().any(|v| !v.is_finite()) {
             return Err(ModelError::Invalid(format!(
                 "{origin}: tensor `{name}` holds NaN or infinite values"
             )));
         }
     }
-    if let Some(extra) = tensors.keys().find(|k| !TENSOR_NAMES.contains(&k.as_str())) {
-        return Err(ModelError::Invalid(format!(
-            "{origin}: unexpected tensor `{extra}` (the network has only {})",
-            TENSOR_NAMES.join(", ")
-        )));
-    }
     Ok(())
+}
+
+/// candle appends a backtrace to some errors; messages keep only their first line.
+pub fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
 }

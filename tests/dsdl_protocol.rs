@@ -1,0 +1,333 @@
+//! The DSDL wire contract over a real socket: auth, status codes, summary encoding, staging,
+//! HTTPS, and bad input that gets a clear error without affecting the next request.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use dnsexfil::dsdl::auth::Token;
+use dnsexfil::model::convert::ESCU_MODEL_NAME;
+
+const GOOD_CSV: &str = "src,query,rank\n10.1.1.1,www.google.com,1\n10.2.2.2,mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrrgm3tkmzsgi.t.exfil-example.net,1\n";
+
+/// A golden request answered exactly as the stock model answers it (probabilities within 1e-6).
+fn assert_good_request_still_works(server: &TestServer) {
+    let dir = shared().join("golden/all_rank1_small");
+    let (_, got) = results_of(&server.apply(&fs::read_to_string(dir.join("input.csv")).unwrap()));
+    let (_, expected) = parse_csv(&fs::read_to_string(dir.join("expected.csv")).unwrap());
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!((&g[..3], &g[4]), (&e[..3], &e[4]));
+        let (gp, ep): (f64, f64) = (g[3].parse().unwrap(), e[3].parse().unwrap());
+        assert!((gp - ep).abs() <= 1e-6, "{gp} vs {ep}");
+    }
+}
+
+fn get(url: &str, auth: Option<&str>) -> (u16, Option<String>, String) {
+    let mut req = TestServer::client().get(url);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let resp = req.send().unwrap();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.status().as_u16(), www, resp.text().unwrap())
+}
+
+#[test]
+fn token_is_required_raw_or_bearer_with_stock_reasons() {
+    let server = TestServer::start();
+    let url = format!("{}/summary", server.url);
+    assert_eq!(get(&url, Some(TOKEN)).0, 200);
+    assert_eq!(get(&url, Some(&format!("Bearer {TOKEN}"))).0, 200);
+    let (status, www, body) = get(&url, None);
+    assert_eq!((status, www.as_deref()), (401, Some("Bearer")));
+    assert_eq!(body, r#"{"detail":"No header with token"}"#);
+    let (status, _, body) = get(&url, Some("wrong"));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"detail":"Invalid token"}"#)
+    );
+    // The stock container accepted any header containing the token; we do not.
+    assert_eq!(get(&url, Some(&format!("x{TOKEN}x"))).0, 401);
+    for path in ["/", "/apply", "/fit", "/compute"] {
+        let method_ok = if path == "/" {
+            get(&format!("{}{path}", server.url), None).0
+        } else {
+            TestServer::client()
+                .post(format!("{}{path}", server.url))
+                .body("{}")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(method_ok, 401, "{path} is protected");
+    }
+
+    let unset = TestServer::start_with(ServerOptions {
+        token: Token::Unset,
+        ..Default::default()
+    });
+    let (status, _, body) = get(&format!("{}/summary", unset.url), Some(TOKEN));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"detail":"No token setup"}"#)
+    );
+    let empty = TestServer::start_with(ServerOptions {
+        token: Token::Empty,
+        ..Default::default()
+    });
+    let (status, _, body) = get(&format!("{}/summary", empty.url), Some(TOKEN));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"detail":"No token defined"}"#)
+    );
+}
+
+#[test]
+fn summary_is_json_encoded_twice_with_model_details() {
+    let server = TestServer::start();
+    for path in ["/summary", "/"] {
+        let (status, _, body) = get(&format!("{}{path}", server.url), Some(TOKEN));
+        assert_eq!(status, 200);
+        let once: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let inner: serde_json::Value =
+            serde_json::from_str(once.as_str().expect("a JSON string literal")).unwrap();
+        assert_eq!(inner["token"], "valid");
+        assert_eq!(inner["model"], ESCU_MODEL_NAME);
+        assert_eq!(inner["models"][0]["schema"], "escu-v1");
+        assert_eq!(
+            inner["models"][0]["source_sha256"],
+            "701d1c031e8af7c9b807ba7b1a31d933c34f65581dba750e77e5b1ee3ee652bf"
+        );
+    }
+}
+
+#[test]
+fn unknown_paths_methods_and_compute_answer_like_the_stock_container() {
+    let server = TestServer::start();
+    let (status, _, body) = get(&format!("{}/nope", server.url), Some(TOKEN));
+    assert_eq!((status, body.as_str()), (404, r#"{"detail":"Not Found"}"#));
+    let (status, _, body) = get(&format!("{}/apply", server.url), Some(TOKEN));
+    assert_eq!(
+        (status, body.as_str()),
+        (405, r#"{"detail":"Method Not Allowed"}"#)
+    );
+    let (status, body) = server.post_raw("/compute", "{}");
+    assert_eq!(status, 410);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "deprecated");
+    assert_eq!(
+        v["message"],
+        "/compute has been deprecated and disabled. Use /fit and /apply instead."
+    );
+    let (status, _, body) = get(&format!("{}/healthz", server.url), None);
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+}
+
+#[test]
+fn fit_with_mode_stage_writes_data_and_meta_without_the_session_key() {
+    let server = TestServer::start();
+    let body = serde_json::json!({
+        "data": "src,query,rank,is_exfiltration\n10.0.0.1,a.example.com,1,0\n",
+        "meta": {"options": {"params": {"mode": "\"stage\"", "algo": "my_algo"}, "model_name": "my_model",
+                 "session_key": "SPLUNK-SESSION-SECRET"},
+                 "feature_variables": ["src", "query", "rank"], "target_variables": ["is_exfiltration"]}
+    });
+    let answer = server.post_json("/fit", &body);
+    assert_eq!(answer["status"], "staged", "{answer}");
+    let csv_path = server.staging_dir.join("my_model.csv");
+    assert_eq!(
+        answer["message"],
+        format!(
+            "Model data staged successfully in {} - no model was built yet.",
+            csv_path.display()
+        )
+    );
+    assert!(answer.get("results").is_none());
+    assert_eq!(
+        fs::read_to_string(&csv_path).unwrap(),
+        body["data"].as_str().unwrap()
+    );
+    let meta_text = fs::read_to_string(server.staging_dir.join("my_model.json")).unwrap();
+    assert!(!meta_text.contains("SPLUNK-SESSION-SECRET"));
+    let meta: serde_json::Value = serde_json::from_str(&meta_text).unwrap();
+    assert_eq!(meta["target_variables"][0], "is_exfiltration");
+    assert_eq!(meta["options"]["model_name"], "my_model");
+
+    // A path-like model name is refused before it touches the disk.
+    let mut evil = body.clone();
+    evil["meta"]["options"]["model_name"] = "../../etc/passwd".into();
+    let answer = server.post_json("/fit", &evil);
+    assert_eq!(answer["status"], "error");
+    assert!(answer["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("/fit: ERROR: model_name: `../../etc/passwd` is not a valid name"));
+    let staged: Vec<_> = fs::read_dir(&server.staging_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(staged.len(), 2, "nothing else was written: {staged:?}");
+}
+
+#[test]
+fn fit_without_stage_applies_the_pretrained_model() {
+    let server = TestServer::start();
+    let mut body = escu_envelope(GOOD_CSV);
+    body["meta"]["options"]["params"] = serde_json::json!({"algo": ESCU_MODEL_NAME});
+    let answer = server.post_json("/fit", &body);
+    assert_eq!(answer["message"], "/fit done successfully");
+    assert_eq!(answer["results"], server.apply(GOOD_CSV)["results"]);
+
+    body["meta"]["options"]["params"]["algo"] = "some_new_algo".into();
+    body["meta"]["options"]["model_name"] = "fresh".into();
+    let answer = server.post_json("/fit", &body);
+    assert_eq!(answer["status"], "error");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot train models yet"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn apply_ignores_mode_and_resolves_names_like_dsdl() {
+    let server = TestServer::start();
+    // `| apply NAME` with the bare model name, no algo.
+    let body =
+        serde_json::json!({"data": GOOD_CSV, "meta": {"options": {"model_name": ESCU_MODEL_NAME}}});
+    assert_eq!(server.post_json("/apply", &body)["status"], "success");
+    // No meta at all (a curl client) falls back to `default`, which is not loaded: a clear error.
+    let answer = server.post_json("/apply", &serde_json::json!({"data": GOOD_CSV}));
+    assert_eq!(answer["status"], "error");
+    let msg = answer["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("/apply: ERROR: no model named `default` is loaded"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(ESCU_MODEL_NAME),
+        "lists the loaded models: {msg}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_the_next_request_is_unaffected() {
+    let server = TestServer::start();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"data\": \"src,query".to_vec(),
+            "not valid JSON",
+        ),
+        (
+            "missing data",
+            br#"{"meta": {}}"#.to_vec(),
+            "no `data` field",
+        ),
+        (
+            "non-UTF-8 bytes",
+            b"{\"data\": \"src,query\n\xff\xfe\"}".to_vec(),
+            "not UTF-8",
+        ),
+        (
+            "no query column",
+            serde_json::to_vec(&escu_envelope("src,rank\n10.0.0.1,1\n")).unwrap(),
+            "no `query` column",
+        ),
+        (
+            "path-like model name",
+            {
+                let mut e = escu_envelope(GOOD_CSV);
+                e["meta"]["options"]["model_name"] = "../../etc/passwd".into();
+                e["meta"]["options"]["params"] = serde_json::json!({});
+                serde_json::to_vec(&e).unwrap()
+            },
+            "is not a valid name",
+        ),
+    ];
+    for (what, body, expect) in cases {
+        let (status, text) = server.post_raw("/apply", body);
+        assert_eq!(status, 200, "{what}: DSDL errors are HTTP 200");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], "error", "{what}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("/apply: ERROR: ") && msg.contains(expect),
+            "{what}: {msg}"
+        );
+        assert!(v.get("results").is_none(), "{what}");
+        assert_good_request_still_works(&server);
+    }
+}
+
+#[test]
+fn ragged_and_unparsable_rows_are_reported_while_good_rows_are_scored() {
+    let server = TestServer::start();
+    let csv = "src,query,rank\n10.1.1.1,www.google.com,1\n10.1.1.1,a,b,1\n10.1.1.1,x.example.com,abc\n10.2.2.2,mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrrgm3tkmzsgi.t.exfil-example.net,1\n";
+    let answer = server.apply(csv);
+    let msg = answer["message"].as_str().unwrap();
+    assert_eq!(
+        msg,
+        "/apply done successfully; 2 of 4 rows were not scored: row 2: 4 fields where the header has 3 (quote cells that contain commas); row 3: rank `abc` is not a number"
+    );
+    let (_, rows) = results_of(&answer);
+    assert_eq!(rows.len(), 4);
+    assert_eq!((rows[1][3].as_str(), rows[2][3].as_str()), ("", ""));
+    // The good rows score as they do without the bad ones (which share no (src, tld) group).
+    let (_, alone) = results_of(&server.apply(GOOD_CSV));
+    assert_eq!(rows[0][3], alone[0][3]);
+    assert_eq!(rows[3][3], alone[1][3]);
+    assert!(!rows[0][3].is_empty() && !rows[3][3].is_empty());
+    assert_eq!(
+        rows[0][4], "0.0",
+        "labels print as floats once a row is unscored"
+    );
+}
+
+#[test]
+fn an_oversized_body_gets_a_dsdl_error_and_the_server_keeps_serving() {
+    let server = TestServer::start_with(ServerOptions {
+        max_body_bytes: 8 << 20,
+        ..Default::default()
+    });
+    let mut big = String::from("{\"data\": \"src,query,rank\\n");
+    while big.len() < 50 << 20 {
+        big.push_str("10.0.0.1,aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.com,1\\n");
+    }
+    big.push_str("\"}");
+    let (status, text) = server.post_raw("/apply", big);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "error");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exceeds the 8 MiB limit") && msg.contains("--max-body-mb"),
+        "{msg}"
+    );
+    assert_good_request_still_works(&server);
+}
+
+#[test]
+fn rows_without_a_rank_column_are_all_scored() {
+    let server = TestServer::start();
+    let (header, rows) = results_of(&server.apply("query,src\nwww.google.com,10.1.1.1\n"));
+    assert_eq!(
+        header,
+        [
+            "src",
+            "query",
+            "pred_is_dns_data_exfiltration_proba",
+            "pred_is_dns_data_exfiltration"
+        ]
+    );
+    assert_eq!(rows, [["10.1.1.1", "www.google.com", "0.0", "0"]]);
+}
