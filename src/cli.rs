@@ -29,9 +29,55 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the DSDL container protocol (and health checks) over HTTPS or HTTP.
+    #[command(
+        after_help = "Environment:\n  api_token    the DSDL container token every /fit, /apply, /summary, / and /compute request \
+must send as `Authorization: <token>` or `Authorization: Bearer <token>` (unset or empty: all are refused \
+with 401, as the stock container does). Read from the environment only, so it never shows in a process list.\n  \
+RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
+    )]
     Serve(ServeArgs),
     /// Convert Splunk's published artifact (tarball, .pt, or DSDL model directory) to a model file.
     Convert(ConvertArgs),
+    /// Write a synthetic DSDL batch (CSV, or the whole /apply envelope) for benchmarks and load tests.
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// Number of CSV rows (events) in the batch.
+    #[arg(long, default_value_t = 1000)]
+    pub rows: usize,
+    /// Seed: the same seed always gives the same batch.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write the JSON envelope `POST /apply` takes instead of bare CSV.
+    #[arg(long)]
+    pub envelope: bool,
+    /// Model name to put in the envelope.
+    #[arg(long, default_value = ESCU_MODEL_NAME)]
+    pub model_name: String,
+    /// Output file (default: standard output).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
+    let csv = crate::synth::dsdl_csv(args.rows, args.seed);
+    let text = if args.envelope {
+        crate::synth::dsdl_envelope(&csv, &args.model_name)
+    } else {
+        csv
+    };
+    match &args.output {
+        Some(path) => crate::fsutil::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write to standard output")
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

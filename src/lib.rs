@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod model;
 pub mod scoring;
 pub mod server;
+pub mod synth;
 pub mod tls;
 
 /// Checks a model or algorithm name from a request before it is used in a file path:

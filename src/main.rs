@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Convert(args) => cli::run_convert(&args),
+        Command::Synth(args) => cli::run_synth(&args),
         Command::Serve(args) => {
             cli::init_logging(args.log_format);
             tokio::runtime::Runtime::new()
