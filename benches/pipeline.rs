@@ -8,8 +8,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dnsexfil::dsdl::auth::Token;
 use dnsexfil::dsdl::handlers::process;
+use dnsexfil::dsdl::results::write_results;
 use dnsexfil::dsdl::table::Table;
-use dnsexfil::dsdl::{envelope, Endpoint};
+use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
 use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
 use dnsexfil::model::{Model, Registry};
 use dnsexfil::server::{AppState, ServerConfig};
@@ -29,10 +30,7 @@ fn escu_state() -> AppState {
         max_body_bytes: 64 << 20,
         staging_dir: std::env::temp_dir(),
     };
-    AppState {
-        registry: Arc::new(registry),
-        config: Arc::new(config),
-    }
+    AppState::new(Arc::new(registry), config, 2)
 }
 
 fn stages(c: &mut Criterion) {
@@ -61,6 +59,38 @@ fn stages(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("forward_pass_only", rows), |b| {
             b.iter(|| model.mlp.predict(&features.values, features.rows).unwrap())
+        });
+        let scores = model.mlp.predict(&features.values, features.rows).unwrap();
+        let (_, _, scored_table_rows) = table.feature_rows();
+        let mut probabilities = vec![None; table.len()];
+        for (k, &row) in scored_table_rows.iter().enumerate() {
+            probabilities[row] = Some(scores[k]);
+        }
+        g.bench_function(BenchmarkId::new("results_csv", rows), |b| {
+            b.iter(|| {
+                write_results(
+                    &table,
+                    &model.info.target,
+                    &probabilities,
+                    model.info.threshold,
+                )
+            })
+        });
+        let results = write_results(
+            &table,
+            &model.info.target,
+            &probabilities,
+            model.info.threshold,
+        );
+        g.bench_function(BenchmarkId::new("response_json", rows), |b| {
+            b.iter(|| {
+                let resp = DsdlResponse {
+                    status: "success",
+                    message: "/apply done successfully".into(),
+                    results: Some(results.clone()),
+                };
+                serde_json::to_vec(&resp).unwrap()
+            })
         });
         g.bench_function(BenchmarkId::new("whole_apply", rows), |b| {
             b.iter(|| {

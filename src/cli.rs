@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB).
     #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = 32)]
     pub max_body_mb: usize,
+    /// Requests computed at once (features and network); more wait their turn. Default: the CPUs
+    /// this process may use, container CPU quota included.
+    #[arg(long, env = "DNSEXFIL_COMPUTE_THREADS")]
+    pub compute_threads: Option<usize>,
     /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "DNSEXFIL_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -223,10 +227,10 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_mb << 20,
         staging_dir,
     };
-    let state = AppState {
-        registry,
-        config: Arc::new(config),
-    };
+    let compute_threads = args
+        .compute_threads
+        .unwrap_or_else(server::default_compute_threads);
+    let state = AppState::new(registry, config, compute_threads);
 
     let transport = if args.enable_https {
         let tls = match (&args.ssl_cert, &args.ssl_key) {
@@ -250,6 +254,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         address = %listener.local_addr()?,
         scheme = if args.enable_https { "https" } else { "http" },
         models = ?state.registry.names(),
+        compute_threads,
         "listening"
     );
     server::serve(

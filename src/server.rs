@@ -29,6 +29,39 @@ pub struct ServerConfig {
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub config: Arc<ServerConfig>,
+    /// One permit per compute thread: CPU work queues here (first come, first served) instead of
+    /// oversubscribing the cores, which keeps small requests fast under load.
+    pub compute: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(registry: Arc<Registry>, config: ServerConfig, compute_threads: usize) -> Self {
+        Self {
+            registry,
+            config: Arc::new(config),
+            compute: Arc::new(tokio::sync::Semaphore::new(compute_threads.max(1))),
+        }
+    }
+
+    /// Runs CPU-bound `work` on a blocking thread once a compute permit is free.
+    pub async fn run_compute<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let _permit = self
+            .compute
+            .acquire()
+            .await
+            .expect("the compute semaphore is never closed");
+        tokio::task::spawn_blocking(work).await
+    }
+}
+
+/// Compute threads to use by default: the CPUs this process may use (cgroup quota included).
+pub fn default_compute_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The whole application, for a listener or for in-process tests.

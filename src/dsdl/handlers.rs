@@ -47,8 +47,9 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     };
     // Parsing, features and the forward pass are CPU work: keep them off the async reactor.
     let worker_state = state.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || process(&worker_state, &bytes, endpoint)).await;
+    let outcome = state
+        .run_compute(move || process(&worker_state, &bytes, endpoint))
+        .await;
     match outcome {
         Ok(resp) => {
             if resp.status == "error" {

@@ -2,6 +2,7 @@
 //! and `/`, and what it expects back (HTTP 200 with a status, a message and a results CSV).
 
 pub mod auth;
+pub mod csvscan;
 pub mod envelope;
 pub mod handlers;
 pub mod results;

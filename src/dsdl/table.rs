@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use super::csvscan::{Field, Scanner};
 use crate::features::Row;
 
 /// Why a row was not scored.
@@ -38,11 +39,19 @@ pub enum RowKind {
     Skipped(SkipReason),
 }
 
-type Span = (u32, u32);
+/// Where a cell's text is: a range of the request's CSV, or (for quoted cells with doubled
+/// quotes) a range of the table's own buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    end: u32,
+    unescaped: bool,
+}
 
-/// Parsed request rows. Cell text lives in one buffer to avoid an allocation per cell.
-pub struct Table {
-    text: String,
+/// Parsed request rows, borrowing the cell text from the request's CSV (no copy per cell).
+pub struct Table<'a> {
+    text: &'a str,
+    unescaped: String,
     cells: Vec<[Span; 3]>,
     pub kinds: Vec<RowKind>,
     /// Whether the CSV had a `rank` column (without one, every row is rank 1).
@@ -66,23 +75,24 @@ const SRC: usize = 0;
 const QUERY: usize = 1;
 const RANK: usize = 2;
 
-impl Table {
-    pub fn parse(csv_text: &str) -> Result<Table, TableError> {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(csv_text.as_bytes());
-        let mut record = csv::StringRecord::new();
-        let has_header = reader
-            .read_record(&mut record)
-            .map_err(|e| TableError::Malformed {
+impl<'a> Table<'a> {
+    pub fn parse(csv_text: &'a str) -> Result<Table<'a>, TableError> {
+        if csv_text.len() > u32::MAX as usize {
+            return Err(TableError::Malformed {
                 row: 0,
-                detail: e.to_string(),
-            })?;
-        if !has_header {
+                detail: "the CSV is larger than 4 GiB".into(),
+            });
+        }
+        let mut scanner = Scanner::new(csv_text);
+        let mut fields: Vec<Field> = Vec::new();
+        let malformed = |row: usize| move |detail: String| TableError::Malformed { row, detail };
+        if !scanner.next_record(&mut fields).map_err(malformed(0))? {
             return Err(TableError::Empty);
         }
-        let header: Vec<String> = record.iter().map(|h| h.trim().to_string()).collect();
+        let header: Vec<String> = fields
+            .iter()
+            .map(|f| f.text(csv_text).trim().to_string())
+            .collect();
         let position = |name: &str| header.iter().position(|h| h == name);
         let found = || header.join(", ");
         let src_col = position("src").ok_or_else(|| TableError::MissingColumn {
@@ -97,43 +107,52 @@ impl Table {
         let columns = [Some(src_col), Some(query_col), rank_col];
 
         let mut table = Table {
-            text: String::with_capacity(csv_text.len()),
-            cells: Vec::new(),
-            kinds: Vec::new(),
+            text: csv_text,
+            unescaped: String::new(),
+            cells: Vec::with_capacity(csv_text.len() / 48),
+            kinds: Vec::with_capacity(csv_text.len() / 48),
             has_rank: rank_col.is_some(),
         };
         let mut row_number = 0usize;
         loop {
             row_number += 1;
-            match reader.read_record(&mut record) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    return Err(TableError::Malformed {
-                        row: row_number,
-                        detail: e.to_string(),
-                    })
-                }
+            if !scanner
+                .next_record(&mut fields)
+                .map_err(malformed(row_number))?
+            {
+                break;
             }
-            let mut spans = [(0u32, 0u32); 3];
+            let mut spans = [Span::default(); 3];
             for (slot, col) in columns.iter().enumerate() {
-                if let Some(cell) = col.and_then(|c| record.get(c)) {
-                    let start = table.text.len() as u32;
-                    table.text.push_str(cell);
-                    spans[slot] = (start, table.text.len() as u32);
+                if let Some(f) = col.and_then(|c| fields.get(c)) {
+                    spans[slot] = if f.escaped {
+                        let start = table.unescaped.len() as u32;
+                        table.unescaped.push_str(&f.text(csv_text));
+                        Span {
+                            start,
+                            end: table.unescaped.len() as u32,
+                            unescaped: true,
+                        }
+                    } else {
+                        Span {
+                            start: f.start as u32,
+                            end: f.end as u32,
+                            unescaped: false,
+                        }
+                    };
                 }
             }
-            let kind = if record.len() != header.len() {
+            table.cells.push(spans);
+            let kind = if fields.len() != header.len() {
                 RowKind::Skipped(SkipReason::Ragged {
-                    fields: record.len(),
+                    fields: fields.len(),
                     expected: header.len(),
                 })
-            } else if let Some(rc) = rank_col {
-                classify_rank(&record[rc])
+            } else if rank_col.is_some() {
+                classify_rank(table.cell(table.cells.len() - 1, RANK))
             } else {
                 RowKind::Rank1
             };
-            table.cells.push(spans);
             table.kinds.push(kind);
         }
         Ok(table)
@@ -148,8 +167,13 @@ impl Table {
     }
 
     fn cell(&self, row: usize, slot: usize) -> &str {
-        let (a, b) = self.cells[row][slot];
-        &self.text[a as usize..b as usize]
+        let span = self.cells[row][slot];
+        let source = if span.unescaped {
+            self.unescaped.as_str()
+        } else {
+            self.text
+        };
+        &source[span.start as usize..span.end as usize]
     }
 
     pub fn src(&self, row: usize) -> &str {

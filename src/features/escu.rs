@@ -6,7 +6,9 @@
 //! of the subdomain part is removed) is reproduced on purpose: the published weights were trained
 //! on it. Grouping is one hash-map pass, so the cost is linear in the number of rows.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+
+use rustc_hash::FxHashMap;
 
 use super::{FeatureMatrix, Row};
 
@@ -59,9 +61,23 @@ pub fn tld_key(query: &str, without_domain: &str) -> String {
         .to_owned()
 }
 
+/// [`tld_key`] without allocating in the usual case: `w` is a prefix of the query, so when it does
+/// not occur again the key is the rest of the query.
+fn tld_key_borrowed<'a>(query: &'a str, w: &str) -> Cow<'a, str> {
+    let rest = &query[w.len()..];
+    if w.is_empty() || !rest.contains(w) {
+        Cow::Borrowed(if w.is_empty() { query } else { rest }.trim_start_matches('.'))
+    } else {
+        Cow::Owned(tld_key(query, w))
+    }
+}
+
 /// Shannon entropy in bits, summed over distinct characters in first-occurrence order exactly as
 /// the stock notebook does, so the float64 result is bit-identical.
 pub fn entropy(text: &str) -> f64 {
+    if text.is_ascii() {
+        return entropy_ascii(text.as_bytes());
+    }
     let mut counts: Vec<(char, u32)> = Vec::new();
     let mut total = 0u32;
     for ch in text.chars() {
@@ -83,6 +99,32 @@ pub fn entropy(text: &str) -> f64 {
     -sum
 }
 
+/// [`entropy`] for ASCII text: table counts instead of a search per character, same summation order.
+fn entropy_ascii(bytes: &[u8]) -> f64 {
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 128];
+    let mut order = [0u8; 128];
+    let mut distinct = 0;
+    for &b in bytes {
+        let c = &mut counts[b as usize];
+        if *c == 0 {
+            order[distinct] = b;
+            distinct += 1;
+        }
+        *c += 1;
+    }
+    let ln2 = 2f64.ln();
+    let total = bytes.len() as f64;
+    let mut sum = 0.0f64;
+    for &b in &order[..distinct] {
+        let p = counts[b as usize] as f64 / total;
+        sum += p * (p.ln() / ln2);
+    }
+    -sum
+}
+
 /// Adds the character counts of `query` into the first 94 slots of `out`. Characters outside
 /// the alphabet (space, tab, non-ASCII) are not counted (stock: the whole request failed).
 fn count_chars(query: &str, out: &mut [f32]) {
@@ -96,8 +138,8 @@ fn count_chars(query: &str, out: &mut [f32]) {
     }
 }
 
-/// Per-row values the averages are taken over.
-struct RowStats {
+/// What every row of one (src, query) pair shares.
+struct PairStats {
     len: f64,
     entropy: f64,
     group: usize,
@@ -105,40 +147,55 @@ struct RowStats {
 
 /// Computes the escu-v1 features of every row in `scored` (indices into `rows`), using all
 /// `rows` as the per-source history. Output row k belongs to `scored[k]`.
+///
+/// Rows of the same (src, query) pair share their string features, so those are computed once
+/// per pair; the group sums are still accumulated row by row in input order, which keeps the
+/// float64 averages identical to the stock computation.
 pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
-    let mut group_of: HashMap<(&str, String), usize> = HashMap::with_capacity(rows.len() / 4 + 1);
-    // (sum of len, sum of entropy, count) per group, accumulated in input order.
+    let mut pair_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+    let mut group_of: FxHashMap<(&str, Cow<'_, str>), usize> = FxHashMap::default();
+    let mut pairs: Vec<PairStats> = Vec::new();
+    // (sum of len, sum of entropy, count) per (src, tld) group.
     let mut sums: Vec<(f64, f64, u32)> = Vec::new();
-    let mut stats = Vec::with_capacity(rows.len());
+    let mut row_pair = Vec::with_capacity(rows.len());
     for row in rows {
-        let w = without_domain(row.query);
-        let tld = tld_key(row.query, w);
-        let len = w.chars().count() as f64;
-        let ent = entropy(w);
-        let next = sums.len();
-        let group = *group_of.entry((row.src, tld)).or_insert(next);
-        if group == next {
-            sums.push((0.0, 0.0, 0));
+        let next_pair = pairs.len();
+        let pair = *pair_of.entry((row.src, row.query)).or_insert(next_pair);
+        if pair == next_pair {
+            let w = without_domain(row.query);
+            let tld = tld_key_borrowed(row.query, w);
+            let next_group = sums.len();
+            let group = *group_of.entry((row.src, tld)).or_insert(next_group);
+            if group == next_group {
+                sums.push((0.0, 0.0, 0));
+            }
+            let len = if w.is_ascii() {
+                w.len()
+            } else {
+                w.chars().count()
+            } as f64;
+            pairs.push(PairStats {
+                len,
+                entropy: entropy(w),
+                group,
+            });
         }
-        let s = &mut sums[group];
-        s.0 += len;
-        s.1 += ent;
+        let p = &pairs[pair];
+        let s = &mut sums[p.group];
+        s.0 += p.len;
+        s.1 += p.entropy;
         s.2 += 1;
-        stats.push(RowStats {
-            len,
-            entropy: ent,
-            group,
-        });
+        row_pair.push(pair);
     }
 
     let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
     for (k, &i) in scored.iter().enumerate() {
         let out = matrix.row_mut(k);
         count_chars(rows[i].query, out);
-        let st = &stats[i];
-        let (sum_len, sum_ent, n) = sums[st.group];
-        out[94] = st.len as f32;
-        out[95] = st.entropy as f32;
+        let p = &pairs[row_pair[i]];
+        let (sum_len, sum_ent, n) = sums[p.group];
+        out[94] = p.len as f32;
+        out[95] = p.entropy as f32;
         out[96] = (sum_len / n as f64) as f32;
         out[97] = (sum_ent / n as f64) as f32;
     }
@@ -168,6 +225,49 @@ mod tests {
         assert_eq!(tld_key("None", "None"), "");
         assert_eq!(tld_key(".com", ""), "com");
         assert_eq!(tld_key("", ""), "");
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_reference_definitions() {
+        let queries = [
+            "www.google.com",
+            "e.example.com",
+            "a.amazon.com",
+            "com.example.com",
+            "c.c.com",
+            "a.a.a",
+            "ns1.ns1.net",
+            "www.www.com",
+            "",
+            ".com",
+            "..x",
+            "None",
+            "a.b.c.example.co.uk",
+            "example.com.",
+            "bücher.example",
+            "aa.aa.aa.aa",
+            "x.xx.xxx",
+            "abab.ab.abab.com",
+        ];
+        for q in queries {
+            let w = without_domain(q);
+            assert_eq!(tld_key_borrowed(q, w), tld_key(q, w), "{q}");
+            let slow: f64 = {
+                let chars: Vec<char> = w.chars().collect();
+                let mut seen: Vec<char> = Vec::new();
+                let mut sum = 0.0;
+                for c in &chars {
+                    if !seen.contains(c) {
+                        seen.push(*c);
+                        let p =
+                            chars.iter().filter(|x| *x == c).count() as f64 / chars.len() as f64;
+                        sum += p * (p.ln() / 2f64.ln());
+                    }
+                }
+                -sum
+            };
+            assert!(entropy(w) == slow, "{q}: {} vs {slow}", entropy(w));
+        }
     }
 
     #[test]

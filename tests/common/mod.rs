@@ -79,10 +79,7 @@ impl TestServer {
             max_body_bytes: opts.max_body_bytes,
             staging_dir: staging_dir.clone(),
         };
-        let state = AppState {
-            registry: escu_registry(),
-            config: Arc::new(config),
-        };
+        let state = AppState::new(escu_registry(), config, 2);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let https = opts.https.is_some();
