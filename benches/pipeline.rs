@@ -5,10 +5,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dnsexfil::dsdl::auth::Token;
 use dnsexfil::dsdl::handlers::process;
-use dnsexfil::dsdl::results::write_results;
+use dnsexfil::dsdl::results::{write_results, JsonEscaped};
 use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
 use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
@@ -95,7 +98,7 @@ fn stages(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("whole_apply", rows), |b| {
             b.iter(|| {
                 let resp = process(&state, body.as_bytes(), Endpoint::Apply);
-                serde_json::to_vec(&resp).unwrap()
+                resp.to_json()
             })
         });
         g.finish();

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::envelope::{self, Envelope, Options};
-use super::results::write_results;
+use super::results::{write_results, JsonEscaped};
 use super::table::Table;
 use super::{DsdlResponse, Endpoint};
 use crate::model::Registry;
@@ -30,7 +30,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     let bytes = match read_body_limited(body, state.config.max_body_bytes).await {
         Ok(b) => b,
         Err(BodyError::TooLarge { limit, received }) => {
-            return Json(DsdlResponse::error(
+            return (DsdlResponse::error(
                 endpoint,
                 format!(
                     "the request body ({} MiB or more) exceeds the {} MiB limit; raise --max-body-mb (DNSEXFIL_MAX_BODY_MB) or send fewer rows per request",
@@ -41,7 +41,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             .into_response()
         }
         Err(BodyError::Read(e)) => {
-            return (StatusCode::BAD_REQUEST, Json(DsdlResponse::error(endpoint, format!("cannot read the request body: {e}"))))
+            return (StatusCode::BAD_REQUEST, (DsdlResponse::error(endpoint, format!("cannot read the request body: {e}"))))
                 .into_response()
         }
     };
@@ -55,11 +55,11 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             if resp.status == "error" {
                 tracing::warn!(endpoint = endpoint.path(), message = %resp.message, "request failed");
             }
-            Json(resp).into_response()
+            resp.into_response()
         }
         Err(e) => {
             tracing::error!(endpoint = endpoint.path(), error = %e, "request worker panicked");
-            Json(DsdlResponse::error(
+            (DsdlResponse::error(
                 endpoint,
                 "internal error while processing the request (see the service log)",
             ))
@@ -111,13 +111,14 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     }
 }
 
-/// Scores the CSV with the model the options name. Returns the results CSV and a note on rows
+/// Scores the CSV with the model the options name. Returns the results CSV (JSON-escaped, ready
+/// for the response body) and a note on rows
 /// that were not scored (empty when all were usable).
 pub fn apply_model(
     registry: &Registry,
     csv_text: &str,
     options: &Options,
-) -> Result<(String, String), String> {
+) -> Result<(Vec<u8>, String), String> {
     let Some(model) = registry.resolve(&options.model_name, options.algo.as_deref()) else {
         return Err(unknown_model(registry, options));
     };
@@ -136,13 +137,15 @@ pub fn apply_model(
         inference_ms = scores.inference_time.as_secs_f64() * 1e3,
         "scored"
     );
-    let results = write_results(
+    let mut results = JsonEscaped(Vec::with_capacity(csv_text.len() + scored.len() * 32 + 256));
+    write_results(
+        &mut results,
         &table,
         &model.info.target,
         &probabilities,
         model.info.threshold,
     );
-    Ok((results, skipped_note(&table)))
+    Ok((results.0, skipped_note(&table)))
 }
 
 fn unknown_model(registry: &Registry, options: &Options) -> String {

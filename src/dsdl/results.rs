@@ -4,14 +4,67 @@ use std::fmt::Write;
 
 use super::table::Table;
 
+/// Where result text goes: a plain CSV string, or straight into the body of the JSON response
+/// (escaped on the way), which saves building the CSV and escaping it in a second pass.
+pub trait CsvSink {
+    /// Text that needs no escaping (digits, `.`, `-`, `+`, `e`, `,`, letters).
+    fn push_plain(&mut self, s: &str);
+    /// Any text.
+    fn push_text(&mut self, s: &str);
+    fn end_row(&mut self);
+}
+
+impl CsvSink for String {
+    fn push_plain(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    fn push_text(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    fn end_row(&mut self) {
+        self.push('\n');
+    }
+}
+
+/// The contents of a JSON string literal (without its quotes).
+pub struct JsonEscaped(pub Vec<u8>);
+
+impl CsvSink for JsonEscaped {
+    fn push_plain(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn push_text(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        if !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+            self.0.extend_from_slice(bytes);
+            return;
+        }
+        for &b in bytes {
+            match b {
+                b'"' => self.0.extend_from_slice(b"\\\""),
+                b'\\' => self.0.extend_from_slice(b"\\\\"),
+                b'\n' => self.0.extend_from_slice(b"\\n"),
+                b'\r' => self.0.extend_from_slice(b"\\r"),
+                b'\t' => self.0.extend_from_slice(b"\\t"),
+                c if c < 0x20 => self.0.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+                c => self.0.push(c),
+            }
+        }
+    }
+    fn end_row(&mut self) {
+        self.0.extend_from_slice(b"\\n");
+    }
+}
+
 /// Writes one result row per table row, in order: `src,query,rank,pred_<target>_proba,pred_<target>`
 /// (no `rank` column when the request had none). Rows that were not scored get empty predictions.
-pub fn write_results(
+pub fn write_results<S: CsvSink>(
+    out: &mut S,
     table: &Table,
     target: &str,
     probabilities: &[Option<f32>],
     threshold: f32,
-) -> String {
+) {
     debug_assert_eq!(probabilities.len(), table.len());
     // pandas prints labels as 0/1 when every row has one, and 0.0/1.0 when a column holds a
     // missing value; Splunk reads both, we keep the stock text.
@@ -22,41 +75,58 @@ pub fn write_results(
         ("0.0", "1.0")
     };
 
-    let mut out = String::with_capacity(64 + table.len() * 96);
-    out.push_str("src,query,");
+    out.push_plain("src,query,");
     if table.has_rank {
-        out.push_str("rank,");
+        out.push_plain("rank,");
     }
-    let _ = writeln!(out, "pred_{target}_proba,pred_{target}");
+    out.push_text(&format!("pred_{target}_proba,pred_{target}"));
+    out.end_row();
+    let mut number = String::with_capacity(32);
+    let mut quoted = String::new();
     for (i, p) in probabilities.iter().enumerate() {
-        push_cell(&mut out, table.src(i));
-        out.push(',');
-        push_cell(&mut out, table.query(i));
-        out.push(',');
+        push_cell(out, table.src(i), &mut quoted);
+        out.push_plain(",");
+        push_cell(out, table.query(i), &mut quoted);
+        out.push_plain(",");
         if table.has_rank {
-            push_cell(&mut out, table.rank_text(i));
-            out.push(',');
+            push_cell(out, table.rank_text(i), &mut quoted);
+            out.push_plain(",");
         }
         if let Some(p) = p {
-            push_python_float(&mut out, *p as f64);
-            out.push(',');
-            out.push_str(if *p >= threshold { one } else { zero });
+            number.clear();
+            push_python_float(&mut number, *p as f64);
+            out.push_plain(&number);
+            out.push_plain(",");
+            out.push_plain(if *p >= threshold { one } else { zero });
         } else {
-            out.push(',');
+            out.push_plain(",");
         }
-        out.push('\n');
+        out.end_row();
     }
+}
+
+/// The results as a plain CSV string.
+pub fn results_csv(
+    table: &Table,
+    target: &str,
+    probabilities: &[Option<f32>],
+    threshold: f32,
+) -> String {
+    let mut out = String::with_capacity(64 + table.len() * 64);
+    write_results(&mut out, table, target, probabilities, threshold);
     out
 }
 
 /// Appends a CSV cell, quoted (with doubled quotes) only when it must be, like Python's csv module.
-pub fn push_cell(out: &mut String, cell: &str) {
+fn push_cell<S: CsvSink>(out: &mut S, cell: &str, scratch: &mut String) {
     if cell.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&cell.replace('"', "\"\""));
-        out.push('"');
+        scratch.clear();
+        scratch.push('"');
+        scratch.push_str(&cell.replace('"', "\"\""));
+        scratch.push('"');
+        out.push_text(scratch);
     } else {
-        out.push_str(cell);
+        out.push_text(cell);
     }
 }
 
@@ -121,23 +191,39 @@ mod tests {
     #[test]
     fn cells_are_quoted_only_when_needed() {
         let mut s = String::new();
-        push_cell(&mut s, "plain");
+        let mut scratch = String::new();
+        push_cell(&mut s, "plain", &mut scratch);
         s.push('|');
-        push_cell(&mut s, "a,b");
+        push_cell(&mut s, "a,b", &mut scratch);
         s.push('|');
-        push_cell(&mut s, "say \"hi\"");
+        push_cell(&mut s, "say \"hi\"", &mut scratch);
         assert_eq!(s, "plain|\"a,b\"|\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn json_escaped_output_is_the_csv_as_a_json_string() {
+        let t =
+            Table::parse("src,query,rank\n\"a\\b\",\"x\ty,\"\"q\"\"\",1\nh,\"multi\nline\",2\n")
+                .unwrap();
+        let probabilities = [Some(0.9), None];
+        let csv = results_csv(&t, "t", &probabilities, 0.5);
+        let mut json = JsonEscaped(Vec::new());
+        write_results(&mut json, &t, "t", &probabilities, 0.5);
+        let literal = format!("\"{}\"", String::from_utf8(json.0).unwrap());
+        let decoded: String = serde_json::from_str(&literal).unwrap();
+        assert_eq!(decoded, csv);
+        assert!(csv.contains("\"x\ty,\"\"q\"\"\""), "{csv}");
     }
 
     #[test]
     fn labels_switch_to_float_text_when_a_row_is_unscored() {
         let t = Table::parse("src,query,rank\na,x.y,1\na,x.y,2\n").unwrap();
-        let out = write_results(&t, "t", &[Some(0.75), None], 0.5);
+        let out = results_csv(&t, "t", &[Some(0.75), None], 0.5);
         assert_eq!(
             out,
             "src,query,rank,pred_t_proba,pred_t\na,x.y,1,0.75,1.0\na,x.y,2,,\n"
         );
-        let out = write_results(&t, "t", &[Some(0.25), Some(1.0)], 0.5);
+        let out = results_csv(&t, "t", &[Some(0.25), Some(1.0)], 0.5);
         assert_eq!(
             out,
             "src,query,rank,pred_t_proba,pred_t\na,x.y,1,0.25,0\na,x.y,2,1.0,1\n"
