@@ -49,7 +49,7 @@ done
 
 for conns in 1 16 64; do
   echo "== 100-row requests, $conns connection(s), ${secs}s"
-  wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port" -- "$work/rows100.json" \
+  wrk -t"$(( conns < 2 ? 1 : 2 ))" -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port" -- "$work/rows100.json" \
     | grep -E "Requests/sec|Latency  |50%|90%|99%|requests in|Non-2xx|Socket errors"
 done
 echo "== 100,000-row requests, 1 connection, $((secs * 2))s"
