@@ -23,9 +23,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 
 fn escu_state() -> AppState {
+    // As the service does at start-up (see `fix_candle_threads`).
+    dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
     let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../shared/artifacts/{ESCU_MODEL_NAME}.tar.gz"));
-    let converted = convert(&artifact, None).expect("the published artifact in ../shared/artifacts");
+    let converted =
+        convert(&artifact, None).expect("the published artifact in ../shared/artifacts");
     let registry = Registry::new();
     registry.insert(Model::from_bytes(&converted.bytes, "escu").unwrap());
     let config = ServerConfig {
@@ -73,9 +76,20 @@ fn stages(c: &mut Criterion) {
             b.iter(|| {
                 let mut out = JsonEscaped(Vec::with_capacity(csv.len() + 1024));
                 let target = &model.info.target;
-                write_results(&mut out, &table, target, &probabilities, model.info.threshold);
+                write_results(
+                    &mut out,
+                    &table,
+                    target,
+                    &probabilities,
+                    model.info.threshold,
+                );
                 let message = "/apply done successfully".to_string();
-                DsdlResponse { status: "success", message, results: Some(out.0) }.to_json()
+                DsdlResponse {
+                    status: "success",
+                    message,
+                    results: Some(out.0),
+                }
+                .to_json()
             })
         });
         g.bench_function(BenchmarkId::new("whole_apply", rows), |b| {

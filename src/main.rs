@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         Command::Convert(args) => cli::run_convert(&args),
         Command::Synth(args) => cli::run_synth(&args),
         Command::Serve(args) => {
+            let threads = args
+                .compute_threads
+                .unwrap_or_else(dnsexfil::server::default_compute_threads);
+            dnsexfil::model::fix_candle_threads(threads);
             cli::init_logging(args.log_format);
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

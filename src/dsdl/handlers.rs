@@ -48,7 +48,14 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     // Parsing, features and the forward pass are CPU work: keep them off the async reactor.
     let worker_state = state.clone();
     let outcome = state
-        .run_compute(move || process(&worker_state, &bytes, endpoint))
+        .run_compute(move || {
+            let response = process(&worker_state, &bytes, endpoint);
+            if bytes.len() >= crate::server::LARGE_REQUEST_BYTES {
+                drop(bytes);
+                crate::server::release_freed_memory();
+            }
+            response
+        })
         .await;
     match outcome {
         Ok(resp) => {

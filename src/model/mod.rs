@@ -20,6 +20,16 @@ pub enum ModelError {
     Io(String),
 }
 
+/// Fixes the thread count candle's matrix multiply uses. Without `RAYON_NUM_THREADS`, candle
+/// works the count out again on every matmul by reading /proc/cpuinfo, which costs more than the
+/// whole forward pass of a small request. Call before any other thread starts; a value the user
+/// already set is kept.
+pub fn fix_candle_threads(threads: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
