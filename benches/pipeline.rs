@@ -34,6 +34,7 @@ fn escu_state() -> AppState {
     let config = ServerConfig {
         token: Token::Unset,
         max_body_bytes: 64 << 20,
+        max_rows: 1_000_000,
         staging_dir: std::env::temp_dir(),
     };
     AppState::new(Arc::new(registry), config, 2)

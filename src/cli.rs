@@ -126,6 +126,9 @@ pub struct ServeArgs {
     /// this process may use, container CPU quota included.
     #[arg(long, env = "DNSEXFIL_COMPUTE_THREADS")]
     pub compute_threads: Option<usize>,
+    /// Largest number of CSV rows one request may carry (ESCU sends up to max_inputs = 100,000).
+    #[arg(long, env = "DNSEXFIL_MAX_ROWS", default_value_t = 1_000_000)]
+    pub max_rows: usize,
     /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "DNSEXFIL_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -224,7 +227,11 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = ServerConfig {
         token,
-        max_body_bytes: args.max_body_mb << 20,
+        max_body_bytes: args
+            .max_body_mb
+            .checked_mul(1 << 20)
+            .context("--max-body-mb is too large")?,
+        max_rows: args.max_rows,
         staging_dir,
     };
     let compute_threads = args

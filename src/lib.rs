@@ -19,9 +19,15 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if name.is_empty() || name.len() > 128 || !ok_chars || name.contains("..") {
+    // A leading `.` would make hidden files (and `.` itself names the directory).
+    if name.is_empty()
+        || name.len() > 128
+        || !ok_chars
+        || name.contains("..")
+        || name.starts_with('.')
+    {
         return Err(format!(
-            "`{}` is not a valid name: use 1 to 128 letters, digits, `_`, `.` or `-`, without `..`",
+            "`{}` is not a valid name: use 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` and without `..`",
             name.escape_debug()
         ));
     }

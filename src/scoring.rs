@@ -20,20 +20,34 @@ pub struct ScoreError {
     pub detail: String,
 }
 
+/// Scored rows per forward pass: bounds the memory of features and activations (about 2 KiB a
+/// row) whatever the request size, at no measurable cost in speed.
+pub const FORWARD_CHUNK_ROWS: usize = 16_384;
+
 pub fn score(model: &Model, rows: &[Row<'_>], scored: &[usize]) -> Result<Scores, ScoreError> {
     let t0 = Instant::now();
-    let features = model.info.schema.compute(rows, scored);
-    let t1 = Instant::now();
-    let probabilities = model
-        .mlp
-        .predict(&features.values, features.rows)
-        .map_err(|e| ScoreError {
-            model: model.info.name.clone(),
-            detail: e.to_string(),
-        })?;
+    let prepared = model.info.schema.prepare(rows);
+    let mut feature_time = t0.elapsed();
+    let mut inference_time = Duration::ZERO;
+    let mut probabilities = Vec::with_capacity(scored.len());
+    for chunk in scored.chunks(FORWARD_CHUNK_ROWS) {
+        let t1 = Instant::now();
+        let features = prepared.features(rows, chunk);
+        let t2 = Instant::now();
+        let p = model
+            .mlp
+            .predict(&features.values, features.rows)
+            .map_err(|e| ScoreError {
+                model: model.info.name.clone(),
+                detail: e.to_string(),
+            })?;
+        probabilities.extend(p);
+        feature_time += t2 - t1;
+        inference_time += t2.elapsed();
+    }
     Ok(Scores {
         probabilities,
-        feature_time: t1 - t0,
-        inference_time: t1.elapsed(),
+        feature_time,
+        inference_time,
     })
 }

@@ -21,6 +21,8 @@ use crate::model::Registry;
 pub struct ServerConfig {
     pub token: Token,
     pub max_body_bytes: usize,
+    /// Largest number of CSV rows one request may carry.
+    pub max_rows: usize,
     /// Where `/fit mode=stage` writes `<model_name>.csv|.json`.
     pub staging_dir: PathBuf,
 }
@@ -48,12 +50,20 @@ impl AppState {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
-        let _permit = self
+        // The permit moves into the task: if the client goes away, the work still holds it
+        // until it really ends, so the cores are never oversubscribed.
+        let permit = self
             .compute
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("the compute semaphore is never closed");
-        tokio::task::spawn_blocking(work).await
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
     }
 }
 

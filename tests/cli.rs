@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -83,11 +82,7 @@ fn serve_loads_the_artifact_and_speaks_https_by_default() {
         .expect("the self-signed fingerprint is logged")
         .contains(':'));
 
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let client = unverified_tls_client();
     let resp = client
         .post(format!("https://{address}/apply"))
         .header("Authorization", TOKEN)

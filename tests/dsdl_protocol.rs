@@ -168,12 +168,28 @@ fn fit_with_mode_stage_writes_data_and_meta_without_the_session_key() {
         .as_str()
         .unwrap()
         .starts_with("/fit: ERROR: model_name: `../../etc/passwd` is not a valid name"));
+    // Dotted names keep their full name (`v1.2.csv`, not `v1.csv`); `.` alone is refused.
+    let mut dotted = body.clone();
+    dotted["meta"]["options"]["model_name"] = "v1.2".into();
+    assert_eq!(server.post_json("/fit", &dotted)["status"], "staged");
+    assert!(
+        server.staging_dir.join("v1.2.csv").is_file()
+            && server.staging_dir.join("v1.2.json").is_file()
+    );
+    dotted["meta"]["options"]["model_name"] = ".".into();
+    assert_eq!(server.post_json("/fit", &dotted)["status"], "error");
     let staged: Vec<_> = fs::read_dir(&server.staging_dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(staged.len(), 2, "nothing else was written: {staged:?}");
+    assert_eq!(staged.len(), 4, "nothing else was written: {staged:?}");
+    assert!(!server
+        .staging_dir
+        .parent()
+        .unwrap()
+        .join("data.csv")
+        .exists());
 }
 
 #[test]

@@ -24,11 +24,7 @@ fn self_signed_https_serves_dsdl_requests() {
     assert!(server.url.starts_with("https://"));
 
     // Like Splunk's client by default: no certificate verification.
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let client = unverified_tls_client();
     let resp = client
         .post(format!("{}/apply", server.url))
         .header("Authorization", TOKEN)

@@ -10,7 +10,12 @@ pub struct Field {
     pub start: usize,
     pub end: usize,
     pub escaped: bool,
+    /// The field was written in quotes (so `""` alone is an empty field, not a blank line).
+    pub quoted: bool,
 }
+
+/// A record that cannot be read as sent; the scanner has moved on to the next line.
+pub const TEXT_AFTER_QUOTE: &str = "text follows the closing quote of a quoted cell";
 
 impl Field {
     /// The field's text, with doubled quotes undone.
@@ -22,6 +27,11 @@ impl Field {
             Cow::Borrowed(raw)
         }
     }
+}
+
+enum RecordError {
+    Unclosed,
+    TextAfterQuote,
 }
 
 pub struct Scanner<'a> {
@@ -37,23 +47,44 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Reads the next non-blank record into `fields`. `Ok(false)` at the end of the text.
-    /// The error says what is malformed; the caller knows the row number.
-    pub fn next_record(&mut self, fields: &mut Vec<Field>) -> Result<bool, String> {
+    /// Reads the next non-blank record into `fields`: `Ok(Some(None))` for a good record,
+    /// `Ok(Some(Some(problem)))` for a record that is malformed on its own (the scanner skips to
+    /// the next line, so the rest of the text is still read), `Ok(None)` at the end of the text.
+    /// `Err` means the text cannot be split into records at all (an unclosed quote).
+    pub fn next_record(
+        &mut self,
+        fields: &mut Vec<Field>,
+    ) -> Result<Option<Option<&'static str>>, String> {
         loop {
             fields.clear();
             if self.pos >= self.bytes.len() {
-                return Ok(false);
+                return Ok(None);
             }
-            self.read_record(fields)?;
-            let blank = fields.len() == 1 && fields[0].start == fields[0].end && !fields[0].escaped;
+            match self.read_record(fields) {
+                Ok(()) => {}
+                Err(RecordError::Unclosed) => {
+                    return Err("a quoted cell is never closed (a `\"` is missing)".into())
+                }
+                Err(RecordError::TextAfterQuote) => {
+                    self.skip_line();
+                    return Ok(Some(Some(TEXT_AFTER_QUOTE)));
+                }
+            }
+            let blank = fields.len() == 1 && fields[0].start == fields[0].end && !fields[0].quoted;
             if !blank {
-                return Ok(true);
+                return Ok(Some(None));
             }
         }
     }
 
-    fn read_record(&mut self, fields: &mut Vec<Field>) -> Result<(), String> {
+    fn skip_line(&mut self) {
+        match self.bytes[self.pos..].iter().position(|&c| c == b'\n') {
+            Some(off) => self.pos += off + 1,
+            None => self.pos = self.bytes.len(),
+        }
+    }
+
+    fn read_record(&mut self, fields: &mut Vec<Field>) -> Result<(), RecordError> {
         let b = self.bytes;
         loop {
             let field_start = self.pos;
@@ -64,9 +95,7 @@ impl<'a> Scanner<'a> {
                 let mut escaped = false;
                 loop {
                     match b[i..].iter().position(|&c| c == b'"') {
-                        None => {
-                            return Err("a quoted cell is never closed (a `\"` is missing)".into())
-                        }
+                        None => return Err(RecordError::Unclosed),
                         Some(off) => {
                             i += off;
                             if b.get(i + 1) == Some(&b'"') {
@@ -82,6 +111,7 @@ impl<'a> Scanner<'a> {
                     start,
                     end: i,
                     escaped,
+                    quoted: true,
                 });
                 self.pos = i + 1;
                 match b.get(self.pos) {
@@ -95,7 +125,7 @@ impl<'a> Scanner<'a> {
                         self.pos += 2;
                         return Ok(());
                     }
-                    Some(_) => return Err("text follows the closing quote of a quoted cell".into()),
+                    Some(_) => return Err(RecordError::TextAfterQuote),
                 }
             } else {
                 let rest = &b[field_start..];
@@ -113,6 +143,7 @@ impl<'a> Scanner<'a> {
                             start: field_start,
                             end: content_end,
                             escaped: false,
+                            quoted: false,
                         });
                         self.pos = end + 1;
                         if sep == b'\n' {
@@ -124,6 +155,7 @@ impl<'a> Scanner<'a> {
                                 start: self.pos,
                                 end: self.pos,
                                 escaped: false,
+                                quoted: false,
                             });
                             return Ok(());
                         }
@@ -137,6 +169,7 @@ impl<'a> Scanner<'a> {
                             start: field_start,
                             end,
                             escaped: false,
+                            quoted: false,
                         });
                         self.pos = b.len();
                         return Ok(());
@@ -155,8 +188,11 @@ mod tests {
         let mut s = Scanner::new(text);
         let mut fields = Vec::new();
         let mut out = Vec::new();
-        while s.next_record(&mut fields)? {
-            out.push(fields.iter().map(|f| f.text(text).into_owned()).collect());
+        while let Some(problem) = s.next_record(&mut fields)? {
+            match problem {
+                None => out.push(fields.iter().map(|f| f.text(text).into_owned()).collect()),
+                Some(p) => out.push(vec![format!("<{p}>")]),
+            }
         }
         Ok(out)
     }
@@ -200,8 +236,21 @@ mod tests {
     #[test]
     fn malformed_quoting_is_reported() {
         assert!(records("a\n\"open").unwrap_err().contains("never closed"));
-        assert!(records("a\n\"x\"y\n")
-            .unwrap_err()
-            .contains("follows the closing quote"));
+        // Text after a closing quote spoils that record only; the next line is read as usual.
+        let r = records("a\n\"x\"y,1\nb\n").unwrap();
+        let expected = vec![
+            vec!["a".to_string()],
+            vec![format!("<{TEXT_AFTER_QUOTE}>")],
+            vec!["b".to_string()],
+        ];
+        assert_eq!(r, expected);
+    }
+
+    #[test]
+    fn a_quoted_empty_line_is_a_record_not_a_blank_line() {
+        assert_eq!(
+            records("q\n\"\"\n\nz\n").unwrap(),
+            vec![vec!["q"], vec![""], vec!["z"]]
+        );
     }
 }

@@ -4,12 +4,20 @@
 use serde_json::{Map, Value};
 
 /// A parsed request body.
-#[derive(Debug)]
 pub struct Envelope {
     /// The CSV text.
     pub data: String,
     /// The `meta` object as sent (may hold the user's Splunk session key: never log or echo it).
     pub meta: Value,
+}
+
+/// Never prints `meta`: it may hold the user's Splunk session key.
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("data_bytes", &self.data.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the handlers use from `meta.options`.

@@ -108,7 +108,12 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             ),
         );
     }
-    match apply_model(&state.registry, &envelope.data, &options) {
+    match apply_model(
+        &state.registry,
+        &envelope.data,
+        &options,
+        state.config.max_rows,
+    ) {
         Ok((results, notes)) => DsdlResponse {
             status: "success",
             message: format!("{} done successfully{notes}", endpoint.path()),
@@ -125,11 +130,12 @@ pub fn apply_model(
     registry: &Registry,
     csv_text: &str,
     options: &Options,
+    max_rows: usize,
 ) -> Result<(Vec<u8>, String), String> {
     let Some(model) = registry.resolve(&options.model_name, options.algo.as_deref()) else {
         return Err(unknown_model(registry, options));
     };
-    let table = Table::parse(csv_text).map_err(|e| e.to_string())?;
+    let table = Table::parse_limited(csv_text, max_rows).map_err(|e| e.to_string())?;
     let (rows, scored, scored_table_rows) = table.feature_rows();
     let scores = scoring::score(&model, &rows, &scored).map_err(|e| e.to_string())?;
     let mut probabilities = vec![None; table.len()];
@@ -196,9 +202,9 @@ fn skipped_note(table: &Table) -> String {
 
 /// `mode=stage`: keep the data and its description for a notebook, build nothing.
 fn stage(dir: &Path, envelope: &Envelope, options: &Options) -> DsdlResponse {
-    let base = dir.join(&options.model_name);
-    let csv_path = base.with_extension("csv");
-    let json_path = base.with_extension("json");
+    // Appended, not `with_extension`: `a.b` and `a.c` are different models.
+    let csv_path = dir.join(format!("{}.csv", options.model_name));
+    let json_path = dir.join(format!("{}.json", options.model_name));
     // The session key Splunk puts into meta must never reach the disk.
     let meta =
         serde_json::to_vec_pretty(&envelope.meta_without_secrets()).expect("JSON values serialise");

@@ -16,6 +16,16 @@ pub enum SkipReason {
     Ragged { fields: usize, expected: usize },
     /// The rank cell is not a number.
     BadRank(String),
+    /// The record itself cannot be read (e.g. text after a closing quote).
+    Malformed(&'static str),
+}
+
+impl SkipReason {
+    /// Whether the row is still a real event for the per-source history: a row with an unreadable
+    /// rank is (its src and query are fine); a row whose fields are off is not.
+    pub fn feeds_history(&self) -> bool {
+        matches!(self, SkipReason::BadRank(_))
+    }
 }
 
 impl fmt::Display for SkipReason {
@@ -24,7 +34,8 @@ impl fmt::Display for SkipReason {
             SkipReason::Ragged { fields, expected } => {
                 write!(f, "{fields} fields where the header has {expected} (quote cells that contain commas)")
             }
-            SkipReason::BadRank(text) => write!(f, "rank `{text}` is not a number"),
+            SkipReason::BadRank(text) => write!(f, "rank `{}` is not a number", clip(text, 40)),
+            SkipReason::Malformed(what) => f.write_str(what),
         }
     }
 }
@@ -69,6 +80,16 @@ pub enum TableError {
     },
     #[error("the `data` CSV is malformed at row {row}: {detail}")]
     Malformed { row: usize, detail: String },
+    #[error("the request has more than {limit} rows; send fewer rows per request (MLTK's max_inputs) or raise --max-rows (DNSEXFIL_MAX_ROWS)")]
+    TooManyRows { limit: usize },
+}
+
+/// At most `max` characters of `text`, with `…` when cut (keeps messages and logs bounded).
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
 }
 
 const SRC: usize = 0;
@@ -76,7 +97,13 @@ const QUERY: usize = 1;
 const RANK: usize = 2;
 
 impl<'a> Table<'a> {
+    /// Parses a CSV of any number of rows.
     pub fn parse(csv_text: &'a str) -> Result<Table<'a>, TableError> {
+        Self::parse_limited(csv_text, usize::MAX)
+    }
+
+    /// Parses a CSV, refusing more than `max_rows` data rows before spending memory on them.
+    pub fn parse_limited(csv_text: &'a str, max_rows: usize) -> Result<Table<'a>, TableError> {
         if csv_text.len() > u32::MAX as usize {
             return Err(TableError::Malformed {
                 row: 0,
@@ -86,15 +113,17 @@ impl<'a> Table<'a> {
         let mut scanner = Scanner::new(csv_text);
         let mut fields: Vec<Field> = Vec::new();
         let malformed = |row: usize| move |detail: String| TableError::Malformed { row, detail };
-        if !scanner.next_record(&mut fields).map_err(malformed(0))? {
-            return Err(TableError::Empty);
+        match scanner.next_record(&mut fields).map_err(malformed(0))? {
+            None => return Err(TableError::Empty),
+            Some(Some(problem)) => return Err(malformed(0)(format!("header: {problem}"))),
+            Some(None) => {}
         }
         let header: Vec<String> = fields
             .iter()
             .map(|f| f.text(csv_text).trim().to_string())
             .collect();
         let position = |name: &str| header.iter().position(|h| h == name);
-        let found = || header.join(", ");
+        let found = || clip(&header.join(", "), 200);
         let src_col = position("src").ok_or_else(|| TableError::MissingColumn {
             missing: "src",
             found: found(),
@@ -106,21 +135,26 @@ impl<'a> Table<'a> {
         let rank_col = position("rank");
         let columns = [Some(src_col), Some(query_col), rank_col];
 
+        let expected_rows = (csv_text.len() / 48).min(max_rows);
         let mut table = Table {
             text: csv_text,
             unescaped: String::new(),
-            cells: Vec::with_capacity(csv_text.len() / 48),
-            kinds: Vec::with_capacity(csv_text.len() / 48),
+            cells: Vec::with_capacity(expected_rows),
+            kinds: Vec::with_capacity(expected_rows),
             has_rank: rank_col.is_some(),
         };
         let mut row_number = 0usize;
         loop {
             row_number += 1;
-            if !scanner
+            let problem = match scanner
                 .next_record(&mut fields)
                 .map_err(malformed(row_number))?
             {
-                break;
+                None => break,
+                Some(problem) => problem,
+            };
+            if row_number > max_rows {
+                return Err(TableError::TooManyRows { limit: max_rows });
             }
             let mut spans = [Span::default(); 3];
             for (slot, col) in columns.iter().enumerate() {
@@ -143,7 +177,9 @@ impl<'a> Table<'a> {
                 }
             }
             table.cells.push(spans);
-            let kind = if fields.len() != header.len() {
+            let kind = if let Some(problem) = problem {
+                RowKind::Skipped(SkipReason::Malformed(problem))
+            } else if fields.len() != header.len() {
                 RowKind::Skipped(SkipReason::Ragged {
                     fields: fields.len(),
                     expected: header.len(),
@@ -189,7 +225,7 @@ impl<'a> Table<'a> {
         self.cell(row, RANK)
     }
 
-    /// The rows that feed the features (all but skipped ones) and, among them, the positions of
+    /// The rows that feed the features (all but unreadable ones) and, among them, the positions of
     /// the rows to score. Returns (feature rows, index into feature rows of each scored row,
     /// table row of each scored row).
     pub fn feature_rows(&self) -> (Vec<Row<'_>>, Vec<usize>, Vec<usize>) {
@@ -197,7 +233,7 @@ impl<'a> Table<'a> {
         let mut scored = Vec::new();
         let mut scored_table_rows = Vec::new();
         for (i, kind) in self.kinds.iter().enumerate() {
-            if matches!(kind, RowKind::Skipped(_)) {
+            if matches!(kind, RowKind::Skipped(reason) if !reason.feeds_history()) {
                 continue;
             }
             if *kind == RowKind::Rank1 {
@@ -277,6 +313,35 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(scored, vec![0]);
         assert_eq!(table_rows, vec![0]);
+    }
+
+    #[test]
+    fn rows_with_an_unreadable_rank_still_count_as_history() {
+        let t = Table::parse("src,query,rank\na,x.y.z,1\na,q.y.z,abc\n").unwrap();
+        let (rows, scored, table_rows) = t.feature_rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((scored, table_rows), (vec![0], vec![0]));
+    }
+
+    #[test]
+    fn the_row_limit_is_checked_while_parsing() {
+        let e = Table::parse_limited("src,query\na,b\nc,d\n", 1).err();
+        assert_eq!(e, Some(TableError::TooManyRows { limit: 1 }));
+        assert_eq!(
+            Table::parse_limited("src,query\na,b\n", 1).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_record_with_text_after_a_quote_is_skipped_alone() {
+        let t = Table::parse("src,query,rank\n\"a\"x,b.c,1\nh,d.e,1\n").unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(matches!(
+            t.kinds[0],
+            RowKind::Skipped(SkipReason::Malformed(_))
+        ));
+        assert_eq!(t.kinds[1], RowKind::Rank1);
     }
 
     #[test]

@@ -78,21 +78,25 @@ pub fn entropy(text: &str) -> f64 {
     if text.is_ascii() {
         return entropy_ascii(text.as_bytes());
     }
-    let mut counts: Vec<(char, u32)> = Vec::new();
+    // Distinct characters in first-occurrence order, found through a map (linear in the text).
+    let mut index: FxHashMap<char, usize> = FxHashMap::default();
+    let mut counts: Vec<u32> = Vec::new();
     let mut total = 0u32;
     for ch in text.chars() {
         total += 1;
-        match counts.iter_mut().find(|(c, _)| *c == ch) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((ch, 1)),
+        let next = counts.len();
+        let i = *index.entry(ch).or_insert(next);
+        if i == next {
+            counts.push(0);
         }
+        counts[i] += 1;
     }
     if total == 0 {
         return 0.0;
     }
     let ln2 = 2f64.ln();
     let mut sum = 0.0f64;
-    for (_, n) in counts {
+    for n in counts {
         let p = n as f64 / total as f64;
         sum += p * (p.ln() / ln2);
     }
@@ -145,61 +149,84 @@ struct PairStats {
     group: usize,
 }
 
-/// Computes the escu-v1 features of every row in `scored` (indices into `rows`), using all
-/// `rows` as the per-source history. Output row k belongs to `scored[k]`.
+/// The per-request history the features need: string features per (src, query) pair and the
+/// (src, tld) group sums, built in one pass over all rows. Features of any subset of rows can
+/// then be produced in chunks, so memory stays bounded however many rows a request has.
 ///
 /// Rows of the same (src, query) pair share their string features, so those are computed once
 /// per pair; the group sums are still accumulated row by row in input order, which keeps the
 /// float64 averages identical to the stock computation.
-pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
-    let mut pair_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-    let mut group_of: FxHashMap<(&str, Cow<'_, str>), usize> = FxHashMap::default();
-    let mut pairs: Vec<PairStats> = Vec::new();
-    // (sum of len, sum of entropy, count) per (src, tld) group.
-    let mut sums: Vec<(f64, f64, u32)> = Vec::new();
-    let mut row_pair = Vec::with_capacity(rows.len());
-    for row in rows {
-        let next_pair = pairs.len();
-        let pair = *pair_of.entry((row.src, row.query)).or_insert(next_pair);
-        if pair == next_pair {
-            let w = without_domain(row.query);
-            let tld = tld_key_borrowed(row.query, w);
-            let next_group = sums.len();
-            let group = *group_of.entry((row.src, tld)).or_insert(next_group);
-            if group == next_group {
-                sums.push((0.0, 0.0, 0));
+pub struct History {
+    pairs: Vec<PairStats>,
+    /// (sum of len, sum of entropy, count) per (src, tld) group.
+    sums: Vec<(f64, f64, u32)>,
+    row_pair: Vec<usize>,
+}
+
+impl History {
+    pub fn build(rows: &[Row<'_>]) -> Self {
+        let mut pair_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+        let mut group_of: FxHashMap<(&str, Cow<'_, str>), usize> = FxHashMap::default();
+        let mut pairs: Vec<PairStats> = Vec::new();
+        let mut sums: Vec<(f64, f64, u32)> = Vec::new();
+        let mut row_pair = Vec::with_capacity(rows.len());
+        for row in rows {
+            let next_pair = pairs.len();
+            let pair = *pair_of.entry((row.src, row.query)).or_insert(next_pair);
+            if pair == next_pair {
+                let w = without_domain(row.query);
+                let tld = tld_key_borrowed(row.query, w);
+                let next_group = sums.len();
+                let group = *group_of.entry((row.src, tld)).or_insert(next_group);
+                if group == next_group {
+                    sums.push((0.0, 0.0, 0));
+                }
+                let len = if w.is_ascii() {
+                    w.len()
+                } else {
+                    w.chars().count()
+                } as f64;
+                pairs.push(PairStats {
+                    len,
+                    entropy: entropy(w),
+                    group,
+                });
             }
-            let len = if w.is_ascii() {
-                w.len()
-            } else {
-                w.chars().count()
-            } as f64;
-            pairs.push(PairStats {
-                len,
-                entropy: entropy(w),
-                group,
-            });
+            let p = &pairs[pair];
+            let s = &mut sums[p.group];
+            s.0 += p.len;
+            s.1 += p.entropy;
+            s.2 += 1;
+            row_pair.push(pair);
         }
-        let p = &pairs[pair];
-        let s = &mut sums[p.group];
-        s.0 += p.len;
-        s.1 += p.entropy;
-        s.2 += 1;
-        row_pair.push(pair);
+        Self {
+            pairs,
+            sums,
+            row_pair,
+        }
     }
 
-    let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-    for (k, &i) in scored.iter().enumerate() {
-        let out = matrix.row_mut(k);
-        count_chars(rows[i].query, out);
-        let p = &pairs[row_pair[i]];
-        let (sum_len, sum_ent, n) = sums[p.group];
-        out[94] = p.len as f32;
-        out[95] = p.entropy as f32;
-        out[96] = (sum_len / n as f64) as f32;
-        out[97] = (sum_ent / n as f64) as f32;
+    /// Features of the rows at `scored` (indices into the rows the history was built from).
+    pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+        for (k, &i) in scored.iter().enumerate() {
+            let out = matrix.row_mut(k);
+            count_chars(rows[i].query, out);
+            let p = &self.pairs[self.row_pair[i]];
+            let (sum_len, sum_ent, n) = self.sums[p.group];
+            out[94] = p.len as f32;
+            out[95] = p.entropy as f32;
+            out[96] = (sum_len / n as f64) as f32;
+            out[97] = (sum_ent / n as f64) as f32;
+        }
+        matrix
     }
-    matrix
+}
+
+/// Computes the escu-v1 features of every row in `scored` (indices into `rows`), using all
+/// `rows` as the per-source history. Output row k belongs to `scored[k]`.
+pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+    History::build(rows).features(rows, scored)
 }
 
 #[cfg(test)]

@@ -38,6 +38,20 @@ impl FeatureMatrix {
     }
 }
 
+/// A schema's per-request state (see [`Schema::prepare`]).
+pub enum Prepared {
+    Escu(escu::History),
+}
+
+impl Prepared {
+    /// Features of the rows at `scored`, indices into the rows it was prepared from.
+    pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+        match self {
+            Prepared::Escu(history) => history.features(rows, scored),
+        }
+    }
+}
+
 /// The feature schemas a model can declare in its metadata. The schema decides which pipeline
 /// turns rows into the model's inputs, so models of different schemas can be served side by side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,8 +76,14 @@ impl Schema {
 
     /// Features of the rows at indices `scored`, with all of `rows` as history.
     pub fn compute(self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+        self.prepare(rows).features(rows, scored)
+    }
+
+    /// The per-request state the schema needs from all rows, from which features of any
+    /// subset of rows (e.g. one chunk at a time) can be produced.
+    pub fn prepare(self, rows: &[Row<'_>]) -> Prepared {
         match self {
-            Schema::EscuV1 => escu::compute(rows, scored),
+            Schema::EscuV1 => Prepared::Escu(escu::History::build(rows)),
         }
     }
 }

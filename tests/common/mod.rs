@@ -77,6 +77,7 @@ impl TestServer {
         let config = ServerConfig {
             token: opts.token,
             max_body_bytes: opts.max_body_bytes,
+            max_rows: 1_000_000,
             staging_dir: staging_dir.clone(),
         };
         let state = AppState::new(escu_registry(), config, 2);
@@ -135,6 +136,15 @@ impl TestServer {
     pub fn apply(&self, csv: &str) -> serde_json::Value {
         self.post_json("/apply", &escu_envelope(csv))
     }
+}
+
+/// A client that does not verify the server's certificate, like Splunk's DSDL client by default.
+pub fn unverified_tls_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 /// The envelope the ESCU detection's `apply` sends.
