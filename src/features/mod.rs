@@ -1,6 +1,7 @@
 //! Feature schemas: pure functions from a request's rows to one f32 vector per scored row.
 
 pub mod escu;
+pub mod v2;
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,6 +42,7 @@ impl FeatureMatrix {
 /// A schema's per-request state (see [`Schema::prepare`]).
 pub enum Prepared {
     Escu(escu::History),
+    V2(v2::History),
 }
 
 impl Prepared {
@@ -48,6 +50,7 @@ impl Prepared {
     pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
         match self {
             Prepared::Escu(history) => history.features(rows, scored),
+            Prepared::V2(history) => history.features(scored),
         }
     }
 }
@@ -58,12 +61,15 @@ impl Prepared {
 pub enum Schema {
     /// The 98 features of Splunk's published ESCU model.
     EscuV1,
+    /// Our richer schema: name shape plus (src, registered domain) history (see `v2.rs`).
+    DnsexfilV2,
 }
 
 impl Schema {
     pub fn name(self) -> &'static str {
         match self {
             Schema::EscuV1 => "escu-v1",
+            Schema::DnsexfilV2 => "dnsexfil-v2",
         }
     }
 
@@ -71,6 +77,7 @@ impl Schema {
     pub fn width(self) -> usize {
         match self {
             Schema::EscuV1 => escu::WIDTH,
+            Schema::DnsexfilV2 => v2::WIDTH,
         }
     }
 
@@ -84,6 +91,7 @@ impl Schema {
     pub fn prepare(self, rows: &[Row<'_>]) -> Prepared {
         match self {
             Schema::EscuV1 => Prepared::Escu(escu::History::build(rows)),
+            Schema::DnsexfilV2 => Prepared::V2(v2::History::build(rows)),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::mlp::{Mlp, MlpShape, TENSOR_NAMES};
+use super::mlp::{Mlp, MlpShape};
 use super::ModelError;
 use crate::features::Schema;
 
@@ -158,7 +158,7 @@ pub fn encode(info: &ModelInfo, tensors: &HashMap<String, Tensor>) -> Result<Vec
         serde_json::to_value(metadata).expect("strings serialise"),
     );
     let mut data: Vec<u8> = Vec::new();
-    for name in TENSOR_NAMES {
+    for (name, _) in shape.tensor_shapes() {
         let t = &tensors[name];
         let values = t
             .flatten_all()
@@ -192,6 +192,7 @@ pub fn encode(info: &ModelInfo, tensors: &HashMap<String, Tensor>) -> Result<Vec
 pub fn shape_for(schema: Schema) -> MlpShape {
     match schema {
         Schema::EscuV1 => MlpShape::ESCU,
+        Schema::DnsexfilV2 => MlpShape::V2,
     }
 }
 
@@ -217,10 +218,11 @@ pub fn check_names_and_shapes(
             )));
         }
     }
-    if let Some(extra) = found.keys().find(|k| !TENSOR_NAMES.contains(&k.as_str())) {
+    let expected: Vec<&str> = shape.tensor_shapes().iter().map(|(n, _)| *n).collect();
+    if let Some(extra) = found.keys().find(|k| !expected.contains(&k.as_str())) {
         return Err(ModelError::Invalid(format!(
             "{origin}: unexpected tensor `{extra}` (the network has only {})",
-            TENSOR_NAMES.join(", ")
+            expected.join(", ")
         )));
     }
     Ok(())

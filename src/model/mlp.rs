@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-/// Names of the network's tensors, in state_dict order.
+/// Names of the network's layer tensors, in state_dict order.
 pub const TENSOR_NAMES: [&str; 6] = [
     "layer_1.weight",
     "layer_1.bias",
@@ -17,12 +17,16 @@ pub const TENSOR_NAMES: [&str; 6] = [
     "layer_out.bias",
 ];
 
-/// Layer sizes of an MLP `input -> hidden_1 -> hidden_2 -> 1`.
+/// Input standardisation of our own models: `x' = (x - mean) / std`, per feature.
+pub const NORM_NAMES: [&str; 2] = ["norm.mean", "norm.std"];
+
+/// Layer sizes of an MLP `input -> hidden_1 -> hidden_2 -> 1`, optionally standardising its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MlpShape {
     pub input: usize,
     pub hidden_1: usize,
     pub hidden_2: usize,
+    pub normalized: bool,
 }
 
 impl MlpShape {
@@ -31,28 +35,40 @@ impl MlpShape {
         input: 98,
         hidden_1: 128,
         hidden_2: 128,
+        normalized: false,
     };
 
-    /// Expected shape of each tensor, in [`TENSOR_NAMES`] order.
-    pub fn tensor_shapes(&self) -> [(&'static str, Vec<usize>); 6] {
-        let MlpShape {
-            input,
-            hidden_1,
-            hidden_2,
-        } = *self;
-        [
+    /// Our dnsexfil-v2 network: 30 standardised features -> 64 -> 32 -> 1.
+    pub const V2: MlpShape = MlpShape {
+        input: 30,
+        hidden_1: 64,
+        hidden_2: 32,
+        normalized: true,
+    };
+
+    /// Expected name and shape of each tensor, layers first in [`TENSOR_NAMES`] order.
+    pub fn tensor_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+        let MlpShape { input, hidden_1, hidden_2, normalized } = *self;
+        let mut shapes = vec![
             (TENSOR_NAMES[0], vec![hidden_1, input]),
             (TENSOR_NAMES[1], vec![hidden_1]),
             (TENSOR_NAMES[2], vec![hidden_2, hidden_1]),
             (TENSOR_NAMES[3], vec![hidden_2]),
             (TENSOR_NAMES[4], vec![1, hidden_2]),
             (TENSOR_NAMES[5], vec![1]),
-        ]
+        ];
+        if normalized {
+            shapes.push((NORM_NAMES[0], vec![input]));
+            shapes.push((NORM_NAMES[1], vec![input]));
+        }
+        shapes
     }
 }
 
 pub struct Mlp {
     shape: MlpShape,
+    /// (mean, std) as `[1, input]` rows, for standardised inputs.
+    norm: Option<(Tensor, Tensor)>,
     layer_1: Linear,
     layer_2: Linear,
     layer_out: Linear,
@@ -63,8 +79,16 @@ impl Mlp {
         let layer_1 = candle_nn::linear(shape.input, shape.hidden_1, vb.pp("layer_1"))?;
         let layer_2 = candle_nn::linear(shape.hidden_1, shape.hidden_2, vb.pp("layer_2"))?;
         let layer_out = candle_nn::linear(shape.hidden_2, 1, vb.pp("layer_out"))?;
+        let norm = if shape.normalized {
+            let mean = vb.get(shape.input, NORM_NAMES[0])?.reshape((1, shape.input))?;
+            let std = vb.get(shape.input, NORM_NAMES[1])?.reshape((1, shape.input))?;
+            Some((mean, std))
+        } else {
+            None
+        };
         Ok(Self {
             shape,
+            norm,
             layer_1,
             layer_2,
             layer_out,
@@ -77,6 +101,14 @@ impl Mlp {
 
     /// Logits `[n, 1]` for inputs `[n, input]`.
     pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let standardized;
+        let x = match &self.norm {
+            Some((mean, std)) => {
+                standardized = x.broadcast_sub(mean)?.broadcast_div(std)?;
+                &standardized
+            }
+            None => x,
+        };
         let h = self.layer_1.forward(x)?.relu()?;
         let h = self.layer_2.forward(&h)?.relu()?;
         self.layer_out.forward(&h)
@@ -120,6 +152,7 @@ mod tests {
             input: 2,
             hidden_1: 2,
             hidden_2: 1,
+            normalized: false,
         };
         let dev = Device::Cpu;
         let mut t = HashMap::new();

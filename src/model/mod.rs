@@ -3,8 +3,10 @@
 
 pub mod convert;
 pub mod file;
+pub mod metrics;
 pub mod mlp;
 pub mod registry;
+pub mod train;
 
 pub use file::{Model, ModelInfo};
 pub use registry::Registry;

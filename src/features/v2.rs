@@ -1,0 +1,319 @@
+//! The `dnsexfil-v2` feature schema, for our own models.
+//!
+//! What tunnelling looks like in DNS, per the detectors that work in practice: many distinct,
+//! long, high-entropy subdomains under one registered domain, queried by one host, in encoding
+//! alphabets (hex, base32, base64). So each scored row gets the shape of its own name plus the
+//! history of its (src, registered domain) pair in the same request, and how many sources in the
+//! request use that registered domain (a CDN is queried by many hosts, a tunnel by one).
+//! The registered domain comes from the Public Suffix List (`psl` crate); names without a known
+//! suffix (internal zones such as `corp.lan`) fall back to their last two labels.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::escu::entropy;
+use super::{FeatureMatrix, Row};
+
+/// Feature names in column order.
+pub const NAMES: [&str; 30] = [
+    "query_len",
+    "sub_len",
+    "sub_labels",
+    "sub_longest_label",
+    "sub_entropy",
+    "sub_digit_ratio",
+    "sub_upper_ratio",
+    "sub_hex_ratio",
+    "sub_base32_ratio",
+    "sub_other_ratio",
+    "sub_vowel_ratio",
+    "sub_unique_ratio",
+    "sub_max_consonant_run",
+    "sub_mixed_case",
+    "is_reverse_dns",
+    "is_service_label",
+    "escapes",
+    "pair_log_volume",
+    "pair_log_distinct",
+    "pair_distinct_ratio",
+    "pair_mean_sub_len",
+    "pair_max_sub_len",
+    "pair_mean_entropy",
+    "pair_mean_longest_label",
+    "pair_long_sub_share",
+    "pair_mean_digit_ratio",
+    "src_log_domains",
+    "src_domain_share",
+    "domain_log_srcs",
+    "query_log_repeats",
+];
+
+/// Number of features per row.
+pub const WIDTH: usize = NAMES.len();
+
+/// Splits a query into (subdomain part, registered domain), both lower-cased for the lookup.
+/// `a.b.example.co.uk` -> (`a.b`, `example.co.uk`).
+pub fn split_registered(query: &str) -> (String, String) {
+    let lower = query.trim_end_matches('.').to_ascii_lowercase();
+    let registered = psl::domain_str(&lower)
+        .map(str::to_string)
+        .unwrap_or_else(|| last_labels(&lower, 2).to_string());
+    let sub = lower
+        .strip_suffix(&registered)
+        .map(|s| s.trim_end_matches('.'))
+        .unwrap_or("")
+        .to_string();
+    (sub, registered)
+}
+
+fn last_labels(name: &str, n: usize) -> &str {
+    let mut dots = name.rmatch_indices('.').map(|(i, _)| i);
+    match dots.nth(n - 1) {
+        Some(i) => &name[i + 1..],
+        None => name,
+    }
+}
+
+/// Shape of one name: the per-row features 0..17 (see [`NAMES`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct NameShape {
+    values: [f32; 17],
+    sub_len: f32,
+    sub_entropy: f32,
+    longest_label: f32,
+    digit_ratio: f32,
+}
+
+fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
+    let sub = sub_original_case;
+    let n = sub.chars().count().max(1) as f32;
+    let (mut digits, mut upper, mut hex, mut b32, mut other, mut vowels, mut letters) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut run, mut max_run, mut has_lower) = (0, 0, false);
+    let mut seen = FxHashSet::default();
+    for c in sub.chars() {
+        seen.insert(c);
+        let l = c.to_ascii_lowercase();
+        if c.is_ascii_digit() {
+            digits += 1;
+        }
+        if c.is_ascii_uppercase() {
+            upper += 1;
+        }
+        if c.is_ascii_lowercase() {
+            has_lower = true;
+        }
+        if l.is_ascii_hexdigit() {
+            hex += 1;
+        }
+        if l.is_ascii_lowercase() || ('2'..='7').contains(&l) {
+            b32 += 1;
+        }
+        if !(l.is_ascii_alphanumeric() || l == '.' || l == '-') {
+            other += 1;
+        }
+        if l.is_ascii_alphabetic() {
+            letters += 1;
+            if "aeiou".contains(l) {
+                vowels += 1;
+                run = 0;
+            } else {
+                run += 1;
+                max_run = max_run.max(run);
+            }
+        } else {
+            run = 0;
+        }
+    }
+    let labels: Vec<&str> = if sub.is_empty() { Vec::new() } else { sub.split('.').collect() };
+    let longest = labels.iter().map(|l| l.len()).max().unwrap_or(0) as f32;
+    let lower_query = query.to_ascii_lowercase();
+    let sub_len = sub.len() as f32;
+    let sub_entropy = entropy(sub) as f32;
+    let digit_ratio = digits as f32 / n;
+    let values = [
+        query.len() as f32,
+        sub_len,
+        labels.len() as f32,
+        longest,
+        sub_entropy,
+        digit_ratio,
+        upper as f32 / n,
+        hex as f32 / n,
+        b32 as f32 / n,
+        other as f32 / n,
+        if letters == 0 { 0.0 } else { vowels as f32 / letters as f32 },
+        seen.len() as f32 / n,
+        max_run as f32,
+        (upper > 0 && has_lower) as u8 as f32,
+        (lower_query.ends_with(".in-addr.arpa") || lower_query.ends_with(".ip6.arpa")) as u8 as f32,
+        query.starts_with('_') as u8 as f32,
+        query.matches('\\').count() as f32,
+    ];
+    NameShape { values, sub_len, sub_entropy, longest_label: longest, digit_ratio }
+}
+
+#[derive(Default)]
+struct PairHistory {
+    volume: u32,
+    distinct: u32,
+    sum_sub_len: f64,
+    max_sub_len: f32,
+    sum_entropy: f64,
+    sum_longest: f64,
+    long_subs: u32,
+    sum_digit_ratio: f64,
+}
+
+/// The per-request history of the dnsexfil-v2 features, built in one pass over all rows.
+pub struct History {
+    /// Per distinct (src, query): its name shape, its (src, domain) pair and how often it occurs.
+    shapes: Vec<(NameShape, usize, u32)>,
+    pairs: Vec<PairHistory>,
+    /// (src id, domain id) of each pair.
+    pair_src_domain: Vec<(usize, usize)>,
+    src_rows: Vec<u32>,
+    src_domains: Vec<u32>,
+    domain_srcs: Vec<u32>,
+    row_query: Vec<usize>,
+}
+
+/// Computes the dnsexfil-v2 features of the rows at `scored`, with all `rows` as history.
+pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+    History::build(rows).features(scored)
+}
+
+impl History {
+/// Linear in the number of rows; names are examined once per distinct (src, query).
+pub fn build(rows: &[Row<'_>]) -> Self {
+    let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+    let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
+    let mut pair_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
+    let mut pairs: Vec<PairHistory> = Vec::new();
+    let mut pair_src_domain: Vec<(usize, usize)> = Vec::new(); // (src id, domain id)
+    let mut src_of: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut src_rows: Vec<u32> = Vec::new();
+    let mut src_domains: Vec<u32> = Vec::new();
+    let mut domain_of: FxHashMap<String, usize> = FxHashMap::default();
+    let mut domain_srcs: Vec<u32> = Vec::new();
+    let mut row_query = Vec::with_capacity(rows.len());
+
+    for row in rows {
+        let next = shapes.len();
+        let q = *query_of.entry((row.src, row.query)).or_insert(next);
+        if q == next {
+            let (sub_lower, registered) = split_registered(row.query);
+            // The subdomain in its original case (case mixing is a signal of base64 encodings);
+            // lower-casing is ASCII-only, so byte positions are the same.
+            let trimmed = row.query.trim_end_matches('.');
+            let sub = trimmed.get(..sub_lower.len()).unwrap_or(&sub_lower);
+            let shape = name_shape(row.query, sub);
+            let next_src = src_rows.len();
+            let src = *src_of.entry(row.src).or_insert(next_src);
+            if src == next_src {
+                src_rows.push(0);
+                src_domains.push(0);
+            }
+            let next_pair = pairs.len();
+            let pair = *pair_of.entry((row.src, registered.clone())).or_insert(next_pair);
+            if pair == next_pair {
+                pairs.push(PairHistory::default());
+                let next_domain = domain_srcs.len();
+                let domain = *domain_of.entry(registered).or_insert(next_domain);
+                if domain == next_domain {
+                    domain_srcs.push(0);
+                }
+                domain_srcs[domain] += 1;
+                src_domains[src] += 1;
+                pair_src_domain.push((src, domain));
+            }
+            let h = &mut pairs[pair];
+            h.distinct += 1;
+            h.sum_sub_len += shape.sub_len as f64;
+            h.max_sub_len = h.max_sub_len.max(shape.sub_len);
+            h.sum_entropy += shape.sub_entropy as f64;
+            h.sum_longest += shape.longest_label as f64;
+            h.long_subs += (shape.sub_len > 20.0) as u32;
+            h.sum_digit_ratio += shape.digit_ratio as f64;
+            shapes.push((shape, pair, 0));
+        }
+        let (_, pair, repeats) = &mut shapes[q];
+        *repeats += 1;
+        pairs[*pair].volume += 1;
+        src_rows[pair_src_domain[*pair].0] += 1;
+        row_query.push(q);
+    }
+    Self { shapes, pairs, pair_src_domain, src_rows, src_domains, domain_srcs, row_query }
+}
+
+/// Features of the rows at `scored` (indices into the rows the history was built from).
+pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
+    let Self { shapes, pairs, pair_src_domain, src_rows, src_domains, domain_srcs, row_query } = self;
+    let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+    for (k, &i) in scored.iter().enumerate() {
+        let (shape, pair, repeats) = &shapes[row_query[i]];
+        let h = &pairs[*pair];
+        let (src, domain) = pair_src_domain[*pair];
+        let d = h.distinct.max(1) as f64;
+        let out = matrix.row_mut(k);
+        out[..17].copy_from_slice(&shape.values);
+        out[17] = (h.volume as f32).ln_1p();
+        out[18] = (h.distinct as f32).ln_1p();
+        out[19] = h.distinct as f32 / h.volume.max(1) as f32;
+        out[20] = (h.sum_sub_len / d) as f32;
+        out[21] = h.max_sub_len;
+        out[22] = (h.sum_entropy / d) as f32;
+        out[23] = (h.sum_longest / d) as f32;
+        out[24] = (h.long_subs as f64 / d) as f32;
+        out[25] = (h.sum_digit_ratio / d) as f32;
+        out[26] = (src_domains[src] as f32).ln_1p();
+        out[27] = h.volume as f32 / src_rows[src].max(1) as f32;
+        out[28] = (domain_srcs[domain] as f32).ln_1p();
+        out[29] = (*repeats as f32).ln_1p();
+    }
+    matrix
+}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_domains_come_from_the_public_suffix_list() {
+        assert_eq!(split_registered("a.b.example.co.uk"), ("a.b".into(), "example.co.uk".into()));
+        assert_eq!(split_registered("WWW.Google.COM."), ("www".into(), "google.com".into()));
+        assert_eq!(split_registered("example.com"), ("".into(), "example.com".into()));
+        let (sub, reg) = split_registered("_ldap._tcp.dc._msdcs.hq.northwind.lan");
+        assert_eq!((sub.as_str(), reg.as_str()), ("_ldap._tcp.dc._msdcs.hq", "northwind.lan"));
+        assert_eq!(split_registered("localhost"), ("".into(), "localhost".into()));
+    }
+
+    #[test]
+    fn a_tunnel_stands_out_from_ordinary_browsing() {
+        let mut rows = Vec::new();
+        let tunnel: Vec<String> = (0..40).map(|i| format!("{i:02}mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrr.t.exfil-example.net")).collect();
+        for q in &tunnel {
+            rows.push(Row { src: "10.0.0.9", query: q });
+        }
+        for src in ["10.0.0.1", "10.0.0.2", "10.0.0.9"] {
+            rows.push(Row { src, query: "www.google.com" });
+        }
+        let m = compute(&rows, &[0, rows.len() - 1]);
+        let (t, b) = (m.row(0), m.row(1));
+        let col = |name: &str| NAMES.iter().position(|n| *n == name).unwrap();
+        assert!(t[col("sub_len")] > 30.0 && b[col("sub_len")] == 3.0);
+        assert!(t[col("pair_log_distinct")] > b[col("pair_log_distinct")]);
+        assert_eq!(b[col("domain_log_srcs")], 3f32.ln_1p());
+        assert_eq!(t[col("domain_log_srcs")], 1f32.ln_1p());
+        assert!(t[col("sub_base32_ratio")] > 0.9);
+        assert!(m.values.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn odd_names_give_finite_features() {
+        let names = ["", ".", "..", "a..b", "\\000\\001.x.y", "bücher.例え.jp", "_srv._tcp.x", "1.2.3.4.in-addr.arpa"];
+        let rows: Vec<Row> = names.iter().map(|q| Row { src: "s", query: q }).collect();
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let m = compute(&rows, &all);
+        assert!(m.values.iter().all(|v| v.is_finite()));
+    }
+}

@@ -1,0 +1,317 @@
+//! Training our networks with candle: weighted binary cross-entropy, AdamW, mini-batches, early
+//! stopping on a validation split, deterministic for a seed (own RNG for initialisation and
+//! shuffling; candle's CPU kernels reduce in a fixed order).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::mlp::{MlpShape, NORM_NAMES, TENSOR_NAMES};
+use crate::synth::SplitMix64;
+
+/// Feature rows and 0/1 labels.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub width: usize,
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+}
+
+impl Dataset {
+    pub fn new(width: usize) -> Self {
+        Self { width, ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    pub fn push(&mut self, features: &[f32], label: f32) {
+        debug_assert_eq!(features.len(), self.width);
+        self.x.extend_from_slice(features);
+        self.y.push(label);
+    }
+
+    fn positives(&self) -> usize {
+        self.y.iter().filter(|&&v| v == 1.0).count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainParams {
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    /// Epochs without a better validation loss before stopping.
+    pub patience: usize,
+    pub seed: u64,
+    /// Stop with an error when training takes longer.
+    pub time_limit: Option<Duration>,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self {
+            epochs: 60,
+            learning_rate: 2e-3,
+            batch_size: 256,
+            weight_decay: 1e-4,
+            patience: 8,
+            seed: 7,
+            time_limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_auc: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub best: EpochStats,
+    pub epochs_run: usize,
+    pub train_rows: usize,
+    pub val_rows: usize,
+    /// Weight of a positive row in the loss (negatives / positives of the training rows).
+    pub positive_weight: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Data(String),
+    #[error("training stopped after {0:?}, the time limit; raise the limit or train on fewer rows")]
+    TimeLimit(Duration),
+    #[error("training failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Trains a network of `shape` and returns its tensors (layers plus input standardisation).
+pub fn train(
+    shape: MlpShape,
+    train_set: &Dataset,
+    val_set: &Dataset,
+    params: &TrainParams,
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<(HashMap<String, Tensor>, TrainReport), TrainError> {
+    let started = Instant::now();
+    check_dataset("training", train_set, shape.input)?;
+    check_dataset("validation", val_set, shape.input)?;
+    if params.batch_size == 0 || params.epochs == 0 {
+        return Err(TrainError::Data("epochs and batch_size must be at least 1".into()));
+    }
+    let dev = Device::Cpu;
+    let (mean, std) = standardisation(train_set);
+    let mean_t = Tensor::from_slice(&mean, (1, shape.input), &dev)?;
+    let std_t = Tensor::from_slice(&std, (1, shape.input), &dev)?;
+    let standardise = |d: &Dataset| -> candle_core::Result<Tensor> {
+        Tensor::from_slice(&d.x, (d.len(), d.width), &dev)?.broadcast_sub(&mean_t)?.broadcast_div(&std_t)
+    };
+    let x_train = standardise(train_set)?;
+    let y_train = Tensor::from_slice(&train_set.y, train_set.len(), &dev)?;
+    let x_val = standardise(val_set)?;
+    let y_val = Tensor::from_slice(&val_set.y, val_set.len(), &dev)?;
+
+    let positives = train_set.positives();
+    let positive_weight = (train_set.len() - positives) as f64 / positives as f64;
+
+    let mut rng = SplitMix64::new(params.seed);
+    let vars = init_layers(shape, &mut rng)?;
+    let mut optimizer = AdamW::new(
+        vars.clone(),
+        ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..Default::default() },
+    )?;
+
+    let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
+    let mut best: Option<(EpochStats, Vec<Tensor>)> = None;
+    let mut since_best = 0;
+    let mut epochs_run = 0;
+    for epoch in 1..=params.epochs {
+        shuffle(&mut order, &mut rng);
+        let mut loss_sum = 0.0;
+        let mut batches = 0;
+        for batch in order.chunks(params.batch_size) {
+            if let Some(limit) = params.time_limit {
+                if started.elapsed() > limit {
+                    return Err(TrainError::TimeLimit(limit));
+                }
+            }
+            let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
+            let x = x_train.index_select(&idx, 0)?;
+            let y = y_train.index_select(&idx, 0)?;
+            let loss = weighted_bce(&logits(&vars, &x)?, &y, positive_weight)?;
+            optimizer.backward_step(&loss)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            batches += 1;
+        }
+        let val_logits = logits(&vars, &x_val)?;
+        let val_loss = weighted_bce(&val_logits, &y_val, positive_weight)?.to_scalar::<f32>()? as f64;
+        let val_scores = val_logits.to_vec1::<f32>()?;
+        let stats = EpochStats {
+            epoch,
+            train_loss: loss_sum / batches as f64,
+            val_loss,
+            val_auc: super::metrics::roc_auc(&val_scores, &val_set.y),
+        };
+        on_epoch(&stats);
+        epochs_run = epoch;
+        if best.as_ref().is_none_or(|(b, _)| stats.val_loss < b.val_loss) {
+            let snapshot = vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<Vec<_>, _>>()?;
+            best = Some((stats, snapshot));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= params.patience {
+                break;
+            }
+        }
+    }
+    let (best_stats, weights) = best.expect("at least one epoch ran");
+    let mut tensors: HashMap<String, Tensor> =
+        TENSOR_NAMES.iter().map(|n| n.to_string()).zip(weights).collect();
+    tensors.insert(NORM_NAMES[0].into(), Tensor::from_slice(&mean, shape.input, &dev)?);
+    tensors.insert(NORM_NAMES[1].into(), Tensor::from_slice(&std, shape.input, &dev)?);
+    let report = TrainReport {
+        best: best_stats,
+        epochs_run,
+        train_rows: train_set.len(),
+        val_rows: val_set.len(),
+        positive_weight,
+    };
+    Ok((tensors, report))
+}
+
+fn check_dataset(what: &str, d: &Dataset, width: usize) -> Result<(), TrainError> {
+    if d.width != width {
+        return Err(TrainError::Data(format!("{what} rows have {} features where the network takes {width}", d.width)));
+    }
+    if let Some(bad) = d.y.iter().find(|&&v| v != 0.0 && v != 1.0) {
+        return Err(TrainError::Data(format!("{what} labels must be 0 or 1, found {bad}")));
+    }
+    let positives = d.positives();
+    if positives == 0 || positives == d.len() {
+        return Err(TrainError::Data(format!(
+            "the {what} rows hold a single class ({positives} of {} labelled 1); training needs both malicious (1) and benign (0) rows",
+            d.len()
+        )));
+    }
+    if d.x.iter().any(|v| !v.is_finite()) {
+        return Err(TrainError::Data(format!("{what} features hold NaN or infinite values")));
+    }
+    Ok(())
+}
+
+/// Per-feature mean and standard deviation of the training rows (1 where a feature is constant).
+fn standardisation(d: &Dataset) -> (Vec<f32>, Vec<f32>) {
+    let n = d.len() as f64;
+    let mut mean = vec![0f64; d.width];
+    for row in d.x.chunks(d.width) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += *v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0f64; d.width];
+    for row in d.x.chunks(d.width) {
+        for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
+            *s += (*v as f64 - m).powi(2);
+        }
+    }
+    let std = var.iter().map(|s| (s / n).sqrt()).map(|s| if s < 1e-6 { 1.0 } else { s as f32 }).collect();
+    (mean.into_iter().map(|m| m as f32).collect(), std)
+}
+
+/// PyTorch's default initialisation of a Linear layer: uniform in ±1/sqrt(fan_in).
+fn init_layers(shape: MlpShape, rng: &mut SplitMix64) -> candle_core::Result<Vec<Var>> {
+    let mut vars = Vec::with_capacity(6);
+    for (_, dims) in shape.tensor_shapes().into_iter().take(TENSOR_NAMES.len()) {
+        let fan_in = if dims.len() == 2 { dims[1] } else { 0 };
+        // Biases take the fan-in of their weight, which precedes them.
+        let fan_in = if fan_in == 0 { vars.last().map(|w: &Var| w.dims()[1]).unwrap_or(1) } else { fan_in };
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let count: usize = dims.iter().product();
+        let values: Vec<f32> = (0..count)
+            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound)
+            .collect();
+        vars.push(Var::from_tensor(&Tensor::from_vec(values, dims, &Device::Cpu)?)?);
+    }
+    Ok(vars)
+}
+
+fn logits(vars: &[Var], x: &Tensor) -> candle_core::Result<Tensor> {
+    let layer = |x: &Tensor, w: &Var, b: &Var| x.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor());
+    let h = layer(x, &vars[0], &vars[1])?.relu()?;
+    let h = layer(&h, &vars[2], &vars[3])?.relu()?;
+    layer(&h, &vars[4], &vars[5])?.flatten_all()
+}
+
+/// Mean binary cross-entropy on logits, positives weighted by `positive_weight`, in the
+/// numerically stable form `max(z, 0) - z*y + ln(1 + exp(-|z|))`.
+fn weighted_bce(z: &Tensor, y: &Tensor, positive_weight: f64) -> candle_core::Result<Tensor> {
+    let per_row = ((z.relu()? - (z * y)?)? + z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let weights = y.affine(positive_weight - 1.0, 1.0)?;
+    (per_row * &weights)?.sum_all()?.div(&weights.sum_all()?)?.to_dtype(DType::F32)
+}
+
+fn shuffle(order: &mut [u32], rng: &mut SplitMix64) {
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(seed: u64, n: usize) -> Dataset {
+        // Label 1 when the first feature is large; the second is noise.
+        let mut rng = SplitMix64::new(seed);
+        let mut d = Dataset::new(2);
+        for _ in 0..n {
+            let a = rng.below(1000) as f32 / 100.0;
+            let b = rng.below(1000) as f32 / 100.0;
+            d.push(&[a, b], (a > 7.0) as u8 as f32);
+        }
+        d
+    }
+
+    #[test]
+    fn learns_a_separable_problem_and_is_deterministic() {
+        let shape = MlpShape { input: 2, hidden_1: 8, hidden_2: 4, normalized: true };
+        let params = TrainParams { epochs: 30, learning_rate: 1e-2, batch_size: 32, ..Default::default() };
+        let (a, report) = train(shape, &toy(1, 600), &toy(2, 200), &params, |_| {}).unwrap();
+        assert!(report.best.val_auc > 0.98, "{report:?}");
+        let (b, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, |_| {}).unwrap();
+        for name in TENSOR_NAMES {
+            assert_eq!(a[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+    }
+
+    #[test]
+    fn bad_data_is_refused_with_a_reason() {
+        let shape = MlpShape { input: 2, hidden_1: 4, hidden_2: 2, normalized: true };
+        let mut one_class = Dataset::new(2);
+        one_class.push(&[1.0, 2.0], 0.0);
+        let e = train(shape, &one_class, &toy(2, 50), &TrainParams::default(), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("single class"), "{e}");
+        let mut bad_label = toy(1, 50);
+        bad_label.y[0] = 2.0;
+        let e = train(shape, &bad_label, &toy(2, 50), &TrainParams::default(), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("must be 0 or 1"), "{e}");
+        let limit = TrainParams { time_limit: Some(Duration::ZERO), ..Default::default() };
+        let e = train(shape, &toy(1, 50), &toy(2, 50), &limit, |_| {}).unwrap_err();
+        assert!(matches!(e, TrainError::TimeLimit(_)), "{e}");
+    }
+}
