@@ -38,8 +38,185 @@ RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
     Serve(ServeArgs),
     /// Convert Splunk's published artifact (tarball, .pt, or DSDL model directory) to a model file.
     Convert(ConvertArgs),
+    /// Train a dnsexfil-v2 model from a labelled DNS log (events.csv + labels.csv).
+    Train(TrainArgs),
     /// Write a synthetic DSDL batch (CSV, or the whole /apply envelope) for benchmarks and load tests.
     Synth(SynthArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Events: `src,query,rank,_time` (rank is recomputed per window).
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Labels: `src,query,is_exfiltration[,...]`, keyed by (src, query).
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Model file to write (safetensors); a `<output>.report.json` is written beside it.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Model name requests select it by.
+    #[arg(long, default_value = "dnsexfil_v2")]
+    pub name: String,
+    #[arg(long, default_value_t = 60)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Epochs without a better validation loss before stopping.
+    #[arg(long, default_value_t = 8)]
+    pub patience: usize,
+    /// Seed for the source split, initialisation and shuffling: same seed, same model bytes.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Share of sources (hosts) held out for validation and early stopping.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Share of sources held out entirely as a test set; with --split-out, their events and
+    /// labels are written there for `eval/evaluate.py`.
+    #[arg(long, default_value_t = 0.0)]
+    pub test_fraction: f64,
+    /// Directory for the held-out test set (test_events.csv, test_labels.csv).
+    #[arg(long)]
+    pub split_out: Option<PathBuf>,
+    /// Window width in seconds (the hourly ESCU search: 3600).
+    #[arg(long, default_value_t = 3600.0)]
+    pub window: f64,
+}
+
+pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    use crate::dataset;
+    use crate::features::Schema;
+    use crate::model::train::{train, TrainParams};
+
+    crate::validate_name(&args.name).map_err(anyhow::Error::msg)?;
+    let events = dataset::read_events(&args.events).map_err(anyhow::Error::msg)?;
+    let labels = dataset::read_labels(&args.labels).map_err(anyhow::Error::msg)?;
+    let schema = Schema::DnsexfilV2;
+    let labelled = dataset::labelled_features(&events, &labels, schema, args.window)
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "{} labelled rank-1 events from {} events",
+        labelled.data.len(),
+        events.len()
+    );
+
+    let (rest, test) = if args.test_fraction > 0.0 {
+        dataset::split_sources(&labelled, args.test_fraction, args.seed)
+    } else {
+        (labelled.srcs.iter().cloned().collect(), Default::default())
+    };
+    if let Some(dir) = &args.split_out {
+        write_split(dir, &args.events, &args.labels, &test)?;
+    }
+    let kept = dataset::Labelled {
+        data: dataset::subset(&labelled, &rest),
+        srcs: labelled
+            .srcs
+            .iter()
+            .filter(|s| rest.contains(*s))
+            .cloned()
+            .collect(),
+    };
+    let (train_srcs, val_srcs) =
+        dataset::split_sources(&kept, args.val_fraction, args.seed.wrapping_add(1));
+    let train_set = dataset::subset(&kept, &train_srcs);
+    let val_set = dataset::subset(&kept, &val_srcs);
+    eprintln!(
+        "sources: {} train ({} rows), {} validation ({} rows), {} test",
+        train_srcs.len(),
+        train_set.len(),
+        val_srcs.len(),
+        val_set.len(),
+        test.len()
+    );
+    let params = TrainParams {
+        epochs: args.epochs,
+        learning_rate: args.learning_rate,
+        batch_size: args.batch_size,
+        patience: args.patience,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let shape = crate::model::file::shape_for(schema);
+    let (tensors, report) = train(shape, &train_set, &val_set, &params, |e| {
+        eprintln!(
+            "epoch {:3}: train loss {:.5}, validation loss {:.5}, validation AUC {:.5}",
+            e.epoch, e.train_loss, e.val_loss, e.val_auc
+        )
+    })?;
+
+    let info = crate::model::ModelInfo {
+        name: args.name.clone(),
+        schema,
+        // The ESCU detection's column names, so its search can switch to this model by name.
+        target: crate::model::convert::ESCU_TARGET.into(),
+        threshold: 0.5,
+        source_file: args
+            .events
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source_sha256: crate::model::sha256_hex(&std::fs::read(&args.events)?),
+        created_by: format!("dnsexfil {} train", env!("CARGO_PKG_VERSION")),
+    };
+    let bytes = crate::model::file::encode(&info, &tensors)?;
+    let model = crate::model::Model::from_bytes(&bytes, &args.name)?;
+    let val_scores = model.mlp.predict(&val_set.x, val_set.len())?;
+    let (tpr, _) = crate::model::metrics::tpr_at_fpr(&val_scores, &val_set.y, 0.001);
+    crate::fsutil::write_atomic(&args.output, &bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let report_json = serde_json::json!({
+        "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "model_sha256": crate::model::sha256_hex(&bytes),
+        "schema": schema.name(),
+        "params": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+                   "patience": args.patience, "seed": args.seed, "val_fraction": args.val_fraction,
+                   "test_fraction": args.test_fraction, "window": args.window},
+        "rows": {"train": report.train_rows, "validation": report.val_rows},
+        "sources": {"train": train_srcs, "validation": val_srcs, "test": test},
+        "positive_weight": report.positive_weight,
+        "epochs_run": report.epochs_run,
+        "best_epoch": report.best.epoch,
+        "validation": {"loss": report.best.val_loss, "roc_auc": report.best.val_auc, "tpr_at_fpr_0.001": tpr},
+    });
+    let report_path = PathBuf::from(format!("{}.report.json", args.output.display()));
+    crate::fsutil::write_atomic(
+        &report_path,
+        serde_json::to_string_pretty(&report_json)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {} (best epoch {}, validation AUC {:.5}, TPR {:.4} at FPR 0.1%) and {}",
+        args.output.display(),
+        report.best.epoch,
+        report.best.val_auc,
+        tpr,
+        report_path.display()
+    );
+    Ok(())
+}
+
+/// Writes the events and labels of the `test` sources, for `eval/evaluate.py`.
+fn write_split(
+    dir: &std::path::Path,
+    events: &std::path::Path,
+    labels: &std::path::Path,
+    test: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    for (from, to) in [(events, "test_events.csv"), (labels, "test_labels.csv")] {
+        let text = std::fs::read_to_string(from)?;
+        let mut out = String::new();
+        for (i, line) in text.lines().enumerate() {
+            // Both files start with the `src` column; a source never contains a comma.
+            if i == 0 || line.split(',').next().is_some_and(|src| test.contains(src)) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        crate::fsutil::write_atomic(&dir.join(to), out.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]

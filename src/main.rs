@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Convert(args) => cli::run_convert(&args),
         Command::Synth(args) => cli::run_synth(&args),
+        Command::Train(args) => cli::run_train(&args),
         Command::Serve(args) => {
             let threads = args
                 .compute_threads

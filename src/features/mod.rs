@@ -107,8 +107,9 @@ impl FromStr for Schema {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "escu-v1" => Ok(Schema::EscuV1),
+            "dnsexfil-v2" => Ok(Schema::DnsexfilV2),
             other => Err(format!(
-                "unknown feature schema `{other}` (this build knows: escu-v1)"
+                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2)"
             )),
         }
     }

@@ -86,7 +86,8 @@ struct NameShape {
 fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
     let sub = sub_original_case;
     let n = sub.chars().count().max(1) as f32;
-    let (mut digits, mut upper, mut hex, mut b32, mut other, mut vowels, mut letters) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut digits, mut upper, mut hex, mut b32, mut other, mut vowels, mut letters) =
+        (0, 0, 0, 0, 0, 0, 0);
     let (mut run, mut max_run, mut has_lower) = (0, 0, false);
     let mut seen = FxHashSet::default();
     for c in sub.chars() {
@@ -123,7 +124,11 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
             run = 0;
         }
     }
-    let labels: Vec<&str> = if sub.is_empty() { Vec::new() } else { sub.split('.').collect() };
+    let labels: Vec<&str> = if sub.is_empty() {
+        Vec::new()
+    } else {
+        sub.split('.').collect()
+    };
     let longest = labels.iter().map(|l| l.len()).max().unwrap_or(0) as f32;
     let lower_query = query.to_ascii_lowercase();
     let sub_len = sub.len() as f32;
@@ -140,7 +145,11 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
         hex as f32 / n,
         b32 as f32 / n,
         other as f32 / n,
-        if letters == 0 { 0.0 } else { vowels as f32 / letters as f32 },
+        if letters == 0 {
+            0.0
+        } else {
+            vowels as f32 / letters as f32
+        },
         seen.len() as f32 / n,
         max_run as f32,
         (upper > 0 && has_lower) as u8 as f32,
@@ -148,7 +157,13 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
         query.starts_with('_') as u8 as f32,
         query.matches('\\').count() as f32,
     ];
-    NameShape { values, sub_len, sub_entropy, longest_label: longest, digit_ratio }
+    NameShape {
+        values,
+        sub_len,
+        sub_entropy,
+        longest_label: longest,
+        digit_ratio,
+    }
 }
 
 #[derive(Default)]
@@ -182,95 +197,113 @@ pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
 }
 
 impl History {
-/// Linear in the number of rows; names are examined once per distinct (src, query).
-pub fn build(rows: &[Row<'_>]) -> Self {
-    let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-    let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
-    let mut pair_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
-    let mut pairs: Vec<PairHistory> = Vec::new();
-    let mut pair_src_domain: Vec<(usize, usize)> = Vec::new(); // (src id, domain id)
-    let mut src_of: FxHashMap<&str, usize> = FxHashMap::default();
-    let mut src_rows: Vec<u32> = Vec::new();
-    let mut src_domains: Vec<u32> = Vec::new();
-    let mut domain_of: FxHashMap<String, usize> = FxHashMap::default();
-    let mut domain_srcs: Vec<u32> = Vec::new();
-    let mut row_query = Vec::with_capacity(rows.len());
+    /// Linear in the number of rows; names are examined once per distinct (src, query).
+    pub fn build(rows: &[Row<'_>]) -> Self {
+        let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+        let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
+        let mut pair_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
+        let mut pairs: Vec<PairHistory> = Vec::new();
+        let mut pair_src_domain: Vec<(usize, usize)> = Vec::new(); // (src id, domain id)
+        let mut src_of: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut src_rows: Vec<u32> = Vec::new();
+        let mut src_domains: Vec<u32> = Vec::new();
+        let mut domain_of: FxHashMap<String, usize> = FxHashMap::default();
+        let mut domain_srcs: Vec<u32> = Vec::new();
+        let mut row_query = Vec::with_capacity(rows.len());
 
-    for row in rows {
-        let next = shapes.len();
-        let q = *query_of.entry((row.src, row.query)).or_insert(next);
-        if q == next {
-            let (sub_lower, registered) = split_registered(row.query);
-            // The subdomain in its original case (case mixing is a signal of base64 encodings);
-            // lower-casing is ASCII-only, so byte positions are the same.
-            let trimmed = row.query.trim_end_matches('.');
-            let sub = trimmed.get(..sub_lower.len()).unwrap_or(&sub_lower);
-            let shape = name_shape(row.query, sub);
-            let next_src = src_rows.len();
-            let src = *src_of.entry(row.src).or_insert(next_src);
-            if src == next_src {
-                src_rows.push(0);
-                src_domains.push(0);
-            }
-            let next_pair = pairs.len();
-            let pair = *pair_of.entry((row.src, registered.clone())).or_insert(next_pair);
-            if pair == next_pair {
-                pairs.push(PairHistory::default());
-                let next_domain = domain_srcs.len();
-                let domain = *domain_of.entry(registered).or_insert(next_domain);
-                if domain == next_domain {
-                    domain_srcs.push(0);
+        for row in rows {
+            let next = shapes.len();
+            let q = *query_of.entry((row.src, row.query)).or_insert(next);
+            if q == next {
+                let (sub_lower, registered) = split_registered(row.query);
+                // The subdomain in its original case (case mixing is a signal of base64 encodings);
+                // lower-casing is ASCII-only, so byte positions are the same.
+                let trimmed = row.query.trim_end_matches('.');
+                let sub = trimmed.get(..sub_lower.len()).unwrap_or(&sub_lower);
+                let shape = name_shape(row.query, sub);
+                let next_src = src_rows.len();
+                let src = *src_of.entry(row.src).or_insert(next_src);
+                if src == next_src {
+                    src_rows.push(0);
+                    src_domains.push(0);
                 }
-                domain_srcs[domain] += 1;
-                src_domains[src] += 1;
-                pair_src_domain.push((src, domain));
+                let next_pair = pairs.len();
+                let pair = *pair_of
+                    .entry((row.src, registered.clone()))
+                    .or_insert(next_pair);
+                if pair == next_pair {
+                    pairs.push(PairHistory::default());
+                    let next_domain = domain_srcs.len();
+                    let domain = *domain_of.entry(registered).or_insert(next_domain);
+                    if domain == next_domain {
+                        domain_srcs.push(0);
+                    }
+                    domain_srcs[domain] += 1;
+                    src_domains[src] += 1;
+                    pair_src_domain.push((src, domain));
+                }
+                let h = &mut pairs[pair];
+                h.distinct += 1;
+                h.sum_sub_len += shape.sub_len as f64;
+                h.max_sub_len = h.max_sub_len.max(shape.sub_len);
+                h.sum_entropy += shape.sub_entropy as f64;
+                h.sum_longest += shape.longest_label as f64;
+                h.long_subs += (shape.sub_len > 20.0) as u32;
+                h.sum_digit_ratio += shape.digit_ratio as f64;
+                shapes.push((shape, pair, 0));
             }
-            let h = &mut pairs[pair];
-            h.distinct += 1;
-            h.sum_sub_len += shape.sub_len as f64;
-            h.max_sub_len = h.max_sub_len.max(shape.sub_len);
-            h.sum_entropy += shape.sub_entropy as f64;
-            h.sum_longest += shape.longest_label as f64;
-            h.long_subs += (shape.sub_len > 20.0) as u32;
-            h.sum_digit_ratio += shape.digit_ratio as f64;
-            shapes.push((shape, pair, 0));
+            let (_, pair, repeats) = &mut shapes[q];
+            *repeats += 1;
+            pairs[*pair].volume += 1;
+            src_rows[pair_src_domain[*pair].0] += 1;
+            row_query.push(q);
         }
-        let (_, pair, repeats) = &mut shapes[q];
-        *repeats += 1;
-        pairs[*pair].volume += 1;
-        src_rows[pair_src_domain[*pair].0] += 1;
-        row_query.push(q);
+        Self {
+            shapes,
+            pairs,
+            pair_src_domain,
+            src_rows,
+            src_domains,
+            domain_srcs,
+            row_query,
+        }
     }
-    Self { shapes, pairs, pair_src_domain, src_rows, src_domains, domain_srcs, row_query }
-}
 
-/// Features of the rows at `scored` (indices into the rows the history was built from).
-pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
-    let Self { shapes, pairs, pair_src_domain, src_rows, src_domains, domain_srcs, row_query } = self;
-    let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-    for (k, &i) in scored.iter().enumerate() {
-        let (shape, pair, repeats) = &shapes[row_query[i]];
-        let h = &pairs[*pair];
-        let (src, domain) = pair_src_domain[*pair];
-        let d = h.distinct.max(1) as f64;
-        let out = matrix.row_mut(k);
-        out[..17].copy_from_slice(&shape.values);
-        out[17] = (h.volume as f32).ln_1p();
-        out[18] = (h.distinct as f32).ln_1p();
-        out[19] = h.distinct as f32 / h.volume.max(1) as f32;
-        out[20] = (h.sum_sub_len / d) as f32;
-        out[21] = h.max_sub_len;
-        out[22] = (h.sum_entropy / d) as f32;
-        out[23] = (h.sum_longest / d) as f32;
-        out[24] = (h.long_subs as f64 / d) as f32;
-        out[25] = (h.sum_digit_ratio / d) as f32;
-        out[26] = (src_domains[src] as f32).ln_1p();
-        out[27] = h.volume as f32 / src_rows[src].max(1) as f32;
-        out[28] = (domain_srcs[domain] as f32).ln_1p();
-        out[29] = (*repeats as f32).ln_1p();
+    /// Features of the rows at `scored` (indices into the rows the history was built from).
+    pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
+        let Self {
+            shapes,
+            pairs,
+            pair_src_domain,
+            src_rows,
+            src_domains,
+            domain_srcs,
+            row_query,
+        } = self;
+        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+        for (k, &i) in scored.iter().enumerate() {
+            let (shape, pair, repeats) = &shapes[row_query[i]];
+            let h = &pairs[*pair];
+            let (src, domain) = pair_src_domain[*pair];
+            let d = h.distinct.max(1) as f64;
+            let out = matrix.row_mut(k);
+            out[..17].copy_from_slice(&shape.values);
+            out[17] = (h.volume as f32).ln_1p();
+            out[18] = (h.distinct as f32).ln_1p();
+            out[19] = h.distinct as f32 / h.volume.max(1) as f32;
+            out[20] = (h.sum_sub_len / d) as f32;
+            out[21] = h.max_sub_len;
+            out[22] = (h.sum_entropy / d) as f32;
+            out[23] = (h.sum_longest / d) as f32;
+            out[24] = (h.long_subs as f64 / d) as f32;
+            out[25] = (h.sum_digit_ratio / d) as f32;
+            out[26] = (src_domains[src] as f32).ln_1p();
+            out[27] = h.volume as f32 / src_rows[src].max(1) as f32;
+            out[28] = (domain_srcs[domain] as f32).ln_1p();
+            out[29] = (*repeats as f32).ln_1p();
+        }
+        matrix
     }
-    matrix
-}
 }
 
 #[cfg(test)]
@@ -279,23 +312,46 @@ mod tests {
 
     #[test]
     fn registered_domains_come_from_the_public_suffix_list() {
-        assert_eq!(split_registered("a.b.example.co.uk"), ("a.b".into(), "example.co.uk".into()));
-        assert_eq!(split_registered("WWW.Google.COM."), ("www".into(), "google.com".into()));
-        assert_eq!(split_registered("example.com"), ("".into(), "example.com".into()));
+        assert_eq!(
+            split_registered("a.b.example.co.uk"),
+            ("a.b".into(), "example.co.uk".into())
+        );
+        assert_eq!(
+            split_registered("WWW.Google.COM."),
+            ("www".into(), "google.com".into())
+        );
+        assert_eq!(
+            split_registered("example.com"),
+            ("".into(), "example.com".into())
+        );
         let (sub, reg) = split_registered("_ldap._tcp.dc._msdcs.hq.northwind.lan");
-        assert_eq!((sub.as_str(), reg.as_str()), ("_ldap._tcp.dc._msdcs.hq", "northwind.lan"));
-        assert_eq!(split_registered("localhost"), ("".into(), "localhost".into()));
+        assert_eq!(
+            (sub.as_str(), reg.as_str()),
+            ("_ldap._tcp.dc._msdcs.hq", "northwind.lan")
+        );
+        assert_eq!(
+            split_registered("localhost"),
+            ("".into(), "localhost".into())
+        );
     }
 
     #[test]
     fn a_tunnel_stands_out_from_ordinary_browsing() {
         let mut rows = Vec::new();
-        let tunnel: Vec<String> = (0..40).map(|i| format!("{i:02}mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrr.t.exfil-example.net")).collect();
+        let tunnel: Vec<String> = (0..40)
+            .map(|i| format!("{i:02}mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrr.t.exfil-example.net"))
+            .collect();
         for q in &tunnel {
-            rows.push(Row { src: "10.0.0.9", query: q });
+            rows.push(Row {
+                src: "10.0.0.9",
+                query: q,
+            });
         }
         for src in ["10.0.0.1", "10.0.0.2", "10.0.0.9"] {
-            rows.push(Row { src, query: "www.google.com" });
+            rows.push(Row {
+                src,
+                query: "www.google.com",
+            });
         }
         let m = compute(&rows, &[0, rows.len() - 1]);
         let (t, b) = (m.row(0), m.row(1));
@@ -310,7 +366,16 @@ mod tests {
 
     #[test]
     fn odd_names_give_finite_features() {
-        let names = ["", ".", "..", "a..b", "\\000\\001.x.y", "bücher.例え.jp", "_srv._tcp.x", "1.2.3.4.in-addr.arpa"];
+        let names = [
+            "",
+            ".",
+            "..",
+            "a..b",
+            "\\000\\001.x.y",
+            "bücher.例え.jp",
+            "_srv._tcp.x",
+            "1.2.3.4.in-addr.arpa",
+        ];
         let rows: Vec<Row> = names.iter().map(|q| Row { src: "s", query: q }).collect();
         let all: Vec<usize> = (0..rows.len()).collect();
         let m = compute(&rows, &all);

@@ -2,7 +2,11 @@
 
 /// ROC AUC: the probability that a random positive outscores a random negative (ties count half).
 pub fn roc_auc(scores: &[f32], labels: &[f32]) -> f64 {
-    let mut pairs: Vec<(f32, bool)> = scores.iter().copied().zip(labels.iter().map(|&y| y == 1.0)).collect();
+    let mut pairs: Vec<(f32, bool)> = scores
+        .iter()
+        .copied()
+        .zip(labels.iter().map(|&y| y == 1.0))
+        .collect();
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let positives = pairs.iter().filter(|p| p.1).count() as f64;
     let negatives = pairs.len() as f64 - positives;
@@ -26,11 +30,21 @@ pub fn roc_auc(scores: &[f32], labels: &[f32]) -> f64 {
 /// True-positive rate with the threshold set so the false-positive rate stays at or under
 /// `max_fpr` (scores strictly above the threshold alert), and that threshold.
 pub fn tpr_at_fpr(scores: &[f32], labels: &[f32], max_fpr: f64) -> (f64, f32) {
-    let mut negatives: Vec<f32> = scores.iter().zip(labels).filter(|(_, &y)| y != 1.0).map(|(&s, _)| s).collect();
+    let mut negatives: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, &y)| y != 1.0)
+        .map(|(&s, _)| s)
+        .collect();
     negatives.sort_by(|a, b| b.total_cmp(a));
     let k = (max_fpr * negatives.len() as f64).floor() as usize;
     let threshold = negatives.get(k).copied().unwrap_or(f32::NEG_INFINITY);
-    let positives: Vec<f32> = scores.iter().zip(labels).filter(|(_, &y)| y == 1.0).map(|(&s, _)| s).collect();
+    let positives: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, &y)| y == 1.0)
+        .map(|(&s, _)| s)
+        .collect();
     let hits = positives.iter().filter(|&&s| s > threshold).count();
     (hits as f64 / positives.len().max(1) as f64, threshold)
 }

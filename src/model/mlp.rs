@@ -48,7 +48,12 @@ impl MlpShape {
 
     /// Expected name and shape of each tensor, layers first in [`TENSOR_NAMES`] order.
     pub fn tensor_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
-        let MlpShape { input, hidden_1, hidden_2, normalized } = *self;
+        let MlpShape {
+            input,
+            hidden_1,
+            hidden_2,
+            normalized,
+        } = *self;
         let mut shapes = vec![
             (TENSOR_NAMES[0], vec![hidden_1, input]),
             (TENSOR_NAMES[1], vec![hidden_1]),
@@ -80,8 +85,12 @@ impl Mlp {
         let layer_2 = candle_nn::linear(shape.hidden_1, shape.hidden_2, vb.pp("layer_2"))?;
         let layer_out = candle_nn::linear(shape.hidden_2, 1, vb.pp("layer_out"))?;
         let norm = if shape.normalized {
-            let mean = vb.get(shape.input, NORM_NAMES[0])?.reshape((1, shape.input))?;
-            let std = vb.get(shape.input, NORM_NAMES[1])?.reshape((1, shape.input))?;
+            let mean = vb
+                .get(shape.input, NORM_NAMES[0])?
+                .reshape((1, shape.input))?;
+            let std = vb
+                .get(shape.input, NORM_NAMES[1])?
+                .reshape((1, shape.input))?;
             Some((mean, std))
         } else {
             None

@@ -21,7 +21,10 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn new(width: usize) -> Self {
-        Self { width, ..Default::default() }
+        Self {
+            width,
+            ..Default::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -92,7 +95,9 @@ pub struct TrainReport {
 pub enum TrainError {
     #[error("{0}")]
     Data(String),
-    #[error("training stopped after {0:?}, the time limit; raise the limit or train on fewer rows")]
+    #[error(
+        "training stopped after {0:?}, the time limit; raise the limit or train on fewer rows"
+    )]
     TimeLimit(Duration),
     #[error("training failed: {0}")]
     Candle(#[from] candle_core::Error),
@@ -110,14 +115,18 @@ pub fn train(
     check_dataset("training", train_set, shape.input)?;
     check_dataset("validation", val_set, shape.input)?;
     if params.batch_size == 0 || params.epochs == 0 {
-        return Err(TrainError::Data("epochs and batch_size must be at least 1".into()));
+        return Err(TrainError::Data(
+            "epochs and batch_size must be at least 1".into(),
+        ));
     }
     let dev = Device::Cpu;
     let (mean, std) = standardisation(train_set);
     let mean_t = Tensor::from_slice(&mean, (1, shape.input), &dev)?;
     let std_t = Tensor::from_slice(&std, (1, shape.input), &dev)?;
     let standardise = |d: &Dataset| -> candle_core::Result<Tensor> {
-        Tensor::from_slice(&d.x, (d.len(), d.width), &dev)?.broadcast_sub(&mean_t)?.broadcast_div(&std_t)
+        Tensor::from_slice(&d.x, (d.len(), d.width), &dev)?
+            .broadcast_sub(&mean_t)?
+            .broadcast_div(&std_t)
     };
     let x_train = standardise(train_set)?;
     let y_train = Tensor::from_slice(&train_set.y, train_set.len(), &dev)?;
@@ -131,7 +140,11 @@ pub fn train(
     let vars = init_layers(shape, &mut rng)?;
     let mut optimizer = AdamW::new(
         vars.clone(),
-        ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..Default::default() },
+        ParamsAdamW {
+            lr: params.learning_rate,
+            weight_decay: params.weight_decay,
+            ..Default::default()
+        },
     )?;
 
     let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
@@ -157,7 +170,8 @@ pub fn train(
             batches += 1;
         }
         let val_logits = logits(&vars, &x_val)?;
-        let val_loss = weighted_bce(&val_logits, &y_val, positive_weight)?.to_scalar::<f32>()? as f64;
+        let val_loss =
+            weighted_bce(&val_logits, &y_val, positive_weight)?.to_scalar::<f32>()? as f64;
         let val_scores = val_logits.to_vec1::<f32>()?;
         let stats = EpochStats {
             epoch,
@@ -167,8 +181,14 @@ pub fn train(
         };
         on_epoch(&stats);
         epochs_run = epoch;
-        if best.as_ref().is_none_or(|(b, _)| stats.val_loss < b.val_loss) {
-            let snapshot = vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<Vec<_>, _>>()?;
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| stats.val_loss < b.val_loss)
+        {
+            let snapshot = vars
+                .iter()
+                .map(|v| v.as_tensor().copy())
+                .collect::<Result<Vec<_>, _>>()?;
             best = Some((stats, snapshot));
             since_best = 0;
         } else {
@@ -179,10 +199,19 @@ pub fn train(
         }
     }
     let (best_stats, weights) = best.expect("at least one epoch ran");
-    let mut tensors: HashMap<String, Tensor> =
-        TENSOR_NAMES.iter().map(|n| n.to_string()).zip(weights).collect();
-    tensors.insert(NORM_NAMES[0].into(), Tensor::from_slice(&mean, shape.input, &dev)?);
-    tensors.insert(NORM_NAMES[1].into(), Tensor::from_slice(&std, shape.input, &dev)?);
+    let mut tensors: HashMap<String, Tensor> = TENSOR_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .zip(weights)
+        .collect();
+    tensors.insert(
+        NORM_NAMES[0].into(),
+        Tensor::from_slice(&mean, shape.input, &dev)?,
+    );
+    tensors.insert(
+        NORM_NAMES[1].into(),
+        Tensor::from_slice(&std, shape.input, &dev)?,
+    );
     let report = TrainReport {
         best: best_stats,
         epochs_run,
@@ -195,10 +224,15 @@ pub fn train(
 
 fn check_dataset(what: &str, d: &Dataset, width: usize) -> Result<(), TrainError> {
     if d.width != width {
-        return Err(TrainError::Data(format!("{what} rows have {} features where the network takes {width}", d.width)));
+        return Err(TrainError::Data(format!(
+            "{what} rows have {} features where the network takes {width}",
+            d.width
+        )));
     }
     if let Some(bad) = d.y.iter().find(|&&v| v != 0.0 && v != 1.0) {
-        return Err(TrainError::Data(format!("{what} labels must be 0 or 1, found {bad}")));
+        return Err(TrainError::Data(format!(
+            "{what} labels must be 0 or 1, found {bad}"
+        )));
     }
     let positives = d.positives();
     if positives == 0 || positives == d.len() {
@@ -208,7 +242,9 @@ fn check_dataset(what: &str, d: &Dataset, width: usize) -> Result<(), TrainError
         )));
     }
     if d.x.iter().any(|v| !v.is_finite()) {
-        return Err(TrainError::Data(format!("{what} features hold NaN or infinite values")));
+        return Err(TrainError::Data(format!(
+            "{what} features hold NaN or infinite values"
+        )));
     }
     Ok(())
 }
@@ -229,7 +265,11 @@ fn standardisation(d: &Dataset) -> (Vec<f32>, Vec<f32>) {
             *s += (*v as f64 - m).powi(2);
         }
     }
-    let std = var.iter().map(|s| (s / n).sqrt()).map(|s| if s < 1e-6 { 1.0 } else { s as f32 }).collect();
+    let std = var
+        .iter()
+        .map(|s| (s / n).sqrt())
+        .map(|s| if s < 1e-6 { 1.0 } else { s as f32 })
+        .collect();
     (mean.into_iter().map(|m| m as f32).collect(), std)
 }
 
@@ -239,19 +279,28 @@ fn init_layers(shape: MlpShape, rng: &mut SplitMix64) -> candle_core::Result<Vec
     for (_, dims) in shape.tensor_shapes().into_iter().take(TENSOR_NAMES.len()) {
         let fan_in = if dims.len() == 2 { dims[1] } else { 0 };
         // Biases take the fan-in of their weight, which precedes them.
-        let fan_in = if fan_in == 0 { vars.last().map(|w: &Var| w.dims()[1]).unwrap_or(1) } else { fan_in };
+        let fan_in = if fan_in == 0 {
+            vars.last().map(|w: &Var| w.dims()[1]).unwrap_or(1)
+        } else {
+            fan_in
+        };
         let bound = 1.0 / (fan_in as f32).sqrt();
         let count: usize = dims.iter().product();
         let values: Vec<f32> = (0..count)
             .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound)
             .collect();
-        vars.push(Var::from_tensor(&Tensor::from_vec(values, dims, &Device::Cpu)?)?);
+        vars.push(Var::from_tensor(&Tensor::from_vec(
+            values,
+            dims,
+            &Device::Cpu,
+        )?)?);
     }
     Ok(vars)
 }
 
 fn logits(vars: &[Var], x: &Tensor) -> candle_core::Result<Tensor> {
-    let layer = |x: &Tensor, w: &Var, b: &Var| x.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor());
+    let layer =
+        |x: &Tensor, w: &Var, b: &Var| x.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor());
     let h = layer(x, &vars[0], &vars[1])?.relu()?;
     let h = layer(&h, &vars[2], &vars[3])?.relu()?;
     layer(&h, &vars[4], &vars[5])?.flatten_all()
@@ -262,7 +311,10 @@ fn logits(vars: &[Var], x: &Tensor) -> candle_core::Result<Tensor> {
 fn weighted_bce(z: &Tensor, y: &Tensor, positive_weight: f64) -> candle_core::Result<Tensor> {
     let per_row = ((z.relu()? - (z * y)?)? + z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
     let weights = y.affine(positive_weight - 1.0, 1.0)?;
-    (per_row * &weights)?.sum_all()?.div(&weights.sum_all()?)?.to_dtype(DType::F32)
+    (per_row * &weights)?
+        .sum_all()?
+        .div(&weights.sum_all()?)?
+        .to_dtype(DType::F32)
 }
 
 fn shuffle(order: &mut [u32], rng: &mut SplitMix64) {
@@ -289,28 +341,63 @@ mod tests {
 
     #[test]
     fn learns_a_separable_problem_and_is_deterministic() {
-        let shape = MlpShape { input: 2, hidden_1: 8, hidden_2: 4, normalized: true };
-        let params = TrainParams { epochs: 30, learning_rate: 1e-2, batch_size: 32, ..Default::default() };
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let params = TrainParams {
+            epochs: 30,
+            learning_rate: 1e-2,
+            batch_size: 32,
+            ..Default::default()
+        };
         let (a, report) = train(shape, &toy(1, 600), &toy(2, 200), &params, |_| {}).unwrap();
         assert!(report.best.val_auc > 0.98, "{report:?}");
         let (b, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, |_| {}).unwrap();
         for name in TENSOR_NAMES {
-            assert_eq!(a[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                a[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
         }
     }
 
     #[test]
     fn bad_data_is_refused_with_a_reason() {
-        let shape = MlpShape { input: 2, hidden_1: 4, hidden_2: 2, normalized: true };
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 4,
+            hidden_2: 2,
+            normalized: true,
+        };
         let mut one_class = Dataset::new(2);
         one_class.push(&[1.0, 2.0], 0.0);
-        let e = train(shape, &one_class, &toy(2, 50), &TrainParams::default(), |_| {}).unwrap_err();
+        let e = train(
+            shape,
+            &one_class,
+            &toy(2, 50),
+            &TrainParams::default(),
+            |_| {},
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("single class"), "{e}");
         let mut bad_label = toy(1, 50);
         bad_label.y[0] = 2.0;
-        let e = train(shape, &bad_label, &toy(2, 50), &TrainParams::default(), |_| {}).unwrap_err();
+        let e = train(
+            shape,
+            &bad_label,
+            &toy(2, 50),
+            &TrainParams::default(),
+            |_| {},
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("must be 0 or 1"), "{e}");
-        let limit = TrainParams { time_limit: Some(Duration::ZERO), ..Default::default() };
+        let limit = TrainParams {
+            time_limit: Some(Duration::ZERO),
+            ..Default::default()
+        };
         let e = train(shape, &toy(1, 50), &toy(2, 50), &limit, |_| {}).unwrap_err();
         assert!(matches!(e, TrainError::TimeLimit(_)), "{e}");
     }

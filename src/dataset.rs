@@ -1,0 +1,272 @@
+//! Labelled DNS logs for training and evaluation, in the format of `data/dev`:
+//! `events.csv` (`src,query,rank,_time`) and `labels.csv` (`src,query,is_exfiltration,...`).
+//!
+//! Features depend on the whole request, so events are replayed the way the hourly ESCU search
+//! sends them (the same rules as `eval/evaluate.py`): cut into windows, ranks recomputed per
+//! window (newest occurrence of a (src, query) pair = 1, only ranks below 10 kept), and the
+//! features of each window's rank-1 rows computed with the window as history.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::dsdl::csvscan::{Field, Scanner};
+use crate::features::{Row, Schema};
+use crate::model::train::Dataset;
+use crate::synth::SplitMix64;
+
+/// One DNS event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub src: String,
+    pub query: String,
+    pub time: f64,
+}
+
+/// Reads a CSV file into records of the named columns (in that order). Errors name the file,
+/// the row and the missing column.
+fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut scanner = Scanner::new(&text);
+    let mut fields: Vec<Field> = Vec::new();
+    let bad = |row: usize, what: String| format!("{} row {row}: {what}", path.display());
+    if scanner
+        .next_record(&mut fields)
+        .map_err(|e| bad(0, e))?
+        .is_none()
+    {
+        return Err(format!("{} is empty", path.display()));
+    }
+    let header: Vec<String> = fields
+        .iter()
+        .map(|f| f.text(&text).trim().to_string())
+        .collect();
+    let positions = columns
+        .iter()
+        .map(|c| {
+            header.iter().position(|h| h == c).ok_or_else(|| {
+                format!(
+                    "{} has no `{c}` column (its columns are: {})",
+                    path.display(),
+                    header.join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    let mut row = 0;
+    while let Some(problem) = scanner
+        .next_record(&mut fields)
+        .map_err(|e| bad(row + 1, e))?
+    {
+        row += 1;
+        if let Some(p) = problem {
+            return Err(bad(row, p.to_string()));
+        }
+        let record = positions
+            .iter()
+            .map(|&i| fields.get(i).map(|f| f.text(&text).into_owned()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                bad(
+                    row,
+                    format!(
+                        "{} fields where the header has {}",
+                        fields.len(),
+                        header.len()
+                    ),
+                )
+            })?;
+        out.push(record);
+    }
+    Ok(out)
+}
+
+pub fn read_events(path: &Path) -> Result<Vec<Event>, String> {
+    read_columns(path, &["src", "query", "_time"])?
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            let time = r[2].trim().parse::<f64>().map_err(|_| {
+                format!(
+                    "{} row {}: `_time` `{}` is not a number",
+                    path.display(),
+                    i + 1,
+                    r[2]
+                )
+            })?;
+            let query = std::mem::take(&mut r[1]);
+            Ok(Event {
+                src: std::mem::take(&mut r[0]),
+                query,
+                time,
+            })
+        })
+        .collect()
+}
+
+/// Labels keyed by (src, query): 1 for exfiltration, 0 for benign.
+pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, String> {
+    read_columns(path, &["src", "query", "is_exfiltration"])?
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            let label = match r[2].trim() {
+                "1" | "1.0" => 1.0,
+                "0" | "0.0" => 0.0,
+                other => {
+                    return Err(format!(
+                        "{} row {}: `is_exfiltration` must be 0 or 1, found `{other}`",
+                        path.display(),
+                        i + 1
+                    ))
+                }
+            };
+            Ok((
+                (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])),
+                label,
+            ))
+        })
+        .collect()
+}
+
+/// A window's rows as `/apply` would get them: (src, query, rank), newest first.
+pub fn windows(events: &[Event], width_secs: f64) -> Vec<Vec<(&str, &str, u32)>> {
+    let mut by_window: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        by_window
+            .entry((e.time / width_secs).floor() as i64)
+            .or_default()
+            .push(e);
+    }
+    by_window
+        .into_values()
+        .map(|mut evs| {
+            evs.sort_by(|a, b| {
+                b.time
+                    .total_cmp(&a.time)
+                    .then(a.src.cmp(&b.src))
+                    .then(a.query.cmp(&b.query))
+            });
+            let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
+            evs.iter()
+                .filter_map(|e| {
+                    let n = seen.entry((e.src.as_str(), e.query.as_str())).or_insert(0);
+                    *n += 1;
+                    (*n < 10).then_some((e.src.as_str(), e.query.as_str(), *n))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Feature rows of every labelled rank-1 event, with its source, for `schema`.
+pub struct Labelled {
+    pub data: Dataset,
+    pub srcs: Vec<String>,
+}
+
+pub fn labelled_features(
+    events: &[Event],
+    labels: &HashMap<(String, String), f32>,
+    schema: Schema,
+    window_secs: f64,
+) -> Result<Labelled, String> {
+    let mut data = Dataset::new(schema.width());
+    let mut srcs = Vec::new();
+    let mut unlabelled = 0usize;
+    for window in windows(events, window_secs) {
+        let rows: Vec<Row> = window
+            .iter()
+            .map(|(src, query, _)| Row { src, query })
+            .collect();
+        let scored: Vec<usize> = (0..window.len()).filter(|&i| window[i].2 == 1).collect();
+        let features = schema.compute(&rows, &scored);
+        for (k, &i) in scored.iter().enumerate() {
+            let (src, query, _) = window[i];
+            match labels.get(&(src.to_string(), query.to_string())) {
+                Some(&y) => {
+                    data.push(features.row(k), y);
+                    srcs.push(src.to_string());
+                }
+                None => unlabelled += 1,
+            }
+        }
+    }
+    if data.is_empty() {
+        return Err(format!("no event has a label ({unlabelled} rank-1 events without one): check that the labels file matches the events"));
+    }
+    Ok(Labelled { data, srcs })
+}
+
+/// Splits sources into (kept, held out) deterministically for `seed`, separately among sources
+/// with malicious rows and the others, so both sides see both classes. `fraction` of each kind
+/// (at least one) is held out.
+pub fn split_sources(
+    labelled: &Labelled,
+    fraction: f64,
+    seed: u64,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut malicious = BTreeSet::new();
+    let mut all = BTreeSet::new();
+    for (src, &y) in labelled.srcs.iter().zip(&labelled.data.y) {
+        all.insert(src.clone());
+        if y == 1.0 {
+            malicious.insert(src.clone());
+        }
+    }
+    let benign: Vec<String> = all.difference(&malicious).cloned().collect();
+    let mut rng = SplitMix64::new(seed);
+    let mut held_out = BTreeSet::new();
+    for group in [malicious.into_iter().collect::<Vec<_>>(), benign] {
+        let mut group = group;
+        for i in (1..group.len()).rev() {
+            group.swap(i, rng.below(i + 1));
+        }
+        let n = ((group.len() as f64 * fraction).round() as usize)
+            .max(1)
+            .min(group.len().saturating_sub(1));
+        held_out.extend(group.into_iter().take(n));
+    }
+    let kept = all.difference(&held_out).cloned().collect();
+    (kept, held_out)
+}
+
+/// The rows of `labelled` whose source is in `srcs`.
+pub fn subset(labelled: &Labelled, srcs: &BTreeSet<String>) -> Dataset {
+    let mut d = Dataset::new(labelled.data.width);
+    for (i, src) in labelled.srcs.iter().enumerate() {
+        if srcs.contains(src) {
+            d.push(
+                &labelled.data.x[i * d.width..(i + 1) * d.width],
+                labelled.data.y[i],
+            );
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_recompute_ranks_like_the_evaluator() {
+        let ev = |src: &str, query: &str, time: f64| Event {
+            src: src.into(),
+            query: query.into(),
+            time,
+        };
+        let mut events: Vec<Event> = (0..12)
+            .map(|i| ev("h", "a.example.com", 100.0 + i as f64))
+            .collect();
+        events.push(ev("h", "b.example.com", 50.0));
+        events.push(ev("h", "a.example.com", 4000.0));
+        let w = windows(&events, 3600.0);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].len(), 10, "ranks 1..9 of `a` plus `b`");
+        assert_eq!(w[0][0], ("h", "a.example.com", 1));
+        assert_eq!(w[0][9], ("h", "b.example.com", 1));
+        assert_eq!(w[1], vec![("h", "a.example.com", 1)]);
+    }
+}
