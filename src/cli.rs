@@ -83,6 +83,10 @@ pub struct TrainArgs {
     /// Window width in seconds (the hourly ESCU search: 3600).
     #[arg(long, default_value_t = 3600.0)]
     pub window: f64,
+    /// Synthetic tunnel sessions (hex, base32, base64url, base36 names) added to the training
+    /// and validation sources, so the model learns encodings the log lacks. Never in the test set.
+    #[arg(long, default_value_t = 30)]
+    pub synthetic_sessions: usize,
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -91,8 +95,14 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     use crate::model::train::{train, TrainParams};
 
     crate::validate_name(&args.name).map_err(anyhow::Error::msg)?;
-    let events = dataset::read_events(&args.events).map_err(anyhow::Error::msg)?;
-    let labels = dataset::read_labels(&args.labels).map_err(anyhow::Error::msg)?;
+    let mut events = dataset::read_events(&args.events).map_err(anyhow::Error::msg)?;
+    let mut labels = dataset::read_labels(&args.labels).map_err(anyhow::Error::msg)?;
+    let (synthetic_events, synthetic_labels) =
+        dataset::synthetic_tunnels(&events, args.synthetic_sessions, args.seed);
+    let synthetic_srcs: std::collections::BTreeSet<String> =
+        synthetic_events.iter().map(|e| e.src.clone()).collect();
+    events.extend(synthetic_events);
+    labels.extend(synthetic_labels);
     let schema = Schema::DnsexfilV2;
     let labelled = dataset::labelled_features(&events, &labels, schema, args.window)
         .map_err(anyhow::Error::msg)?;
@@ -103,7 +113,32 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     );
 
     let (rest, test) = if args.test_fraction > 0.0 {
-        dataset::split_sources(&labelled, args.test_fraction, args.seed)
+        // The test set holds real sources only; synthetic ones always train.
+        let real = dataset::Labelled {
+            data: dataset::subset(
+                &labelled,
+                &labelled
+                    .srcs
+                    .iter()
+                    .filter(|s| !synthetic_srcs.contains(*s))
+                    .cloned()
+                    .collect(),
+            ),
+            srcs: labelled
+                .srcs
+                .iter()
+                .filter(|s| !synthetic_srcs.contains(*s))
+                .cloned()
+                .collect(),
+        };
+        let (_, test) = dataset::split_sources(&real, args.test_fraction, args.seed);
+        let rest = labelled
+            .srcs
+            .iter()
+            .filter(|s| !test.contains(*s))
+            .cloned()
+            .collect();
+        (rest, test)
     } else {
         (labelled.srcs.iter().cloned().collect(), Default::default())
     };
@@ -173,7 +208,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         "schema": schema.name(),
         "params": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                    "patience": args.patience, "seed": args.seed, "val_fraction": args.val_fraction,
-                   "test_fraction": args.test_fraction, "window": args.window},
+                   "test_fraction": args.test_fraction, "window": args.window,
+                   "synthetic_sessions": args.synthetic_sessions},
         "rows": {"train": report.train_rows, "validation": report.val_rows},
         "sources": {"train": train_srcs, "validation": val_srcs, "test": test},
         "positive_weight": report.positive_weight,
@@ -275,6 +311,10 @@ pub struct ServeArgs {
     /// (converted in memory). Repeat the flag (or separate with commas) for several models.
     #[arg(long = "model", env = "DNSEXFIL_MODELS", value_delimiter = ',')]
     pub models: Vec<PathBuf>,
+    /// Do not load the built-in default model (dnsexfil_v2); serve only --model files and the
+    /// model directory.
+    #[arg(long, env = "DNSEXFIL_NO_DEFAULT_MODEL")]
+    pub no_default_model: bool,
     /// Data directory: models live in <DATA_DIR>/app/model/data and staged data in
     /// <DATA_DIR>/notebooks/data, like /srv in the stock DSDL image.
     #[arg(long, env = "DNSEXFIL_DATA_DIR", default_value = "data")]
@@ -372,6 +412,15 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.data_dir.join("notebooks/data"));
 
     let registry = Arc::new(Registry::new());
+    if !args.no_default_model {
+        // First, so a model of the same name from --model or the model directory replaces it.
+        let name = registry
+            .insert(crate::model::default_model()?)
+            .info
+            .name
+            .clone();
+        tracing::info!(model = %name, "built-in default model loaded");
+    }
     for path in &args.models {
         let name = registry
             .load_file(path)
@@ -386,7 +435,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if registry.is_empty() {
         bail!(
-            "no model to serve. Convert Splunk's published artifact and pass the result with --model:\n  \
+            "no model to serve (--no-default-model is set). Convert Splunk's published artifact and pass the result with --model:\n  \
              dnsexfil convert {ESCU_MODEL_NAME}.tar.gz -o escu.safetensors\n  \
              dnsexfil serve --model escu.safetensors\n\
              (--model also takes the tarball or .pt directly; or put model files in {})",

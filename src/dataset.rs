@@ -130,6 +130,61 @@ pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, String
         .collect()
 }
 
+/// Encodings tunnelling tools put in names; the development log only has some of them.
+const ENCODINGS: [&[u8]; 5] = [
+    b"0123456789abcdef",                 // hex (dnscat2, dnsteal -x)
+    b"abcdefghijklmnopqrstuvwxyz234567", // base32 (iodine)
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", // base32, upper case
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", // base64url
+    b"abcdefghijklmnopqrstuvwxyz0123456789", // base36
+];
+const SYNTHETIC_ZONES: [&str; 8] = ["com", "net", "org", "io", "info", "biz", "co.uk", "xyz"];
+
+/// Synthetic tunnel sessions, to teach the shape of encodings the log lacks: each from its own
+/// source (198.18.0.0/15, the benchmarking range), 8 to 80 queries of 1 to 3 encoded labels under
+/// one made-up registered domain, spread over the log's time span, labelled 1.
+pub fn synthetic_tunnels(
+    events: &[Event],
+    sessions: usize,
+    seed: u64,
+) -> (Vec<Event>, Vec<((String, String), f32)>) {
+    let (start, end) = events.iter().fold((f64::MAX, f64::MIN), |(a, b), e| {
+        (a.min(e.time), b.max(e.time))
+    });
+    let mut rng = SplitMix64::new(seed ^ 0x5EED_7E57);
+    let mut out = Vec::new();
+    let mut labels = Vec::new();
+    for s in 0..sessions {
+        let src = format!("198.18.{}.{}", s / 250, s % 250 + 1);
+        let alphabet = ENCODINGS[s % ENCODINGS.len()];
+        let zone = format!(
+            "t{}.tun{}.{}",
+            rng.below(10),
+            rng.next_u64() % 100_000,
+            SYNTHETIC_ZONES[rng.below(SYNTHETIC_ZONES.len())]
+        );
+        let at = start + (end - start).max(1.0) * (rng.below(10_000) as f64 / 10_000.0);
+        let count = 8 + rng.below(73);
+        for q in 0..count {
+            let mut name = String::new();
+            for _ in 0..(1 + rng.below(3)) {
+                for _ in 0..(12 + rng.below(52)) {
+                    name.push(alphabet[rng.below(alphabet.len())] as char);
+                }
+                name.push('.');
+            }
+            name.push_str(&zone);
+            labels.push(((src.clone(), name.clone()), 1.0));
+            out.push(Event {
+                src: src.clone(),
+                query: name,
+                time: at + q as f64,
+            });
+        }
+    }
+    (out, labels)
+}
+
 /// A window's rows as `/apply` would get them: (src, query, rank), newest first.
 pub fn windows(events: &[Event], width_secs: f64) -> Vec<Vec<(&str, &str, u32)>> {
     let mut by_window: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();

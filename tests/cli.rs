@@ -11,6 +11,7 @@ use common::*;
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
     for var in [
+        "DNSEXFIL_NO_DEFAULT_MODEL",
         "api_token",
         "ENABLE_HTTPS",
         "API_SSL_CERT",
@@ -24,10 +25,10 @@ fn bin() -> Command {
 }
 
 #[test]
-fn serve_without_a_model_says_how_to_convert_the_artifact() {
+fn serve_without_any_model_says_how_to_convert_the_artifact() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["serve", "--data-dir"])
+        .args(["serve", "--no-default-model", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();

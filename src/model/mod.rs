@@ -22,6 +22,14 @@ pub enum ModelError {
     Io(String),
 }
 
+/// The project's own default model (dnsexfil-v2), built into the binary; `models/README.md` says
+/// how it was trained and how to reproduce it bit for bit.
+pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/dnsexfil_v2.safetensors");
+
+pub fn default_model() -> Result<Model, ModelError> {
+    Model::from_bytes(DEFAULT_MODEL_BYTES, "the built-in default model")
+}
+
 /// Fixes the thread count candle's matrix multiply uses. Without `RAYON_NUM_THREADS`, candle
 /// works the count out again on every matmul by reading /proc/cpuinfo, which costs more than the
 /// whole forward pass of a small request. Call before any other thread starts; a value the user

@@ -1,0 +1,178 @@
+//! Training from a labelled log: `dnsexfil train` reproduces the shipped default model bit for
+//! bit, the built-in default is served with no flags, and it separates held-out hosts' tunnels
+//! from their benign traffic.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
+    for var in [
+        "api_token",
+        "ENABLE_HTTPS",
+        "DNSEXFIL_MODELS",
+        "DNSEXFIL_DATA_DIR",
+        "DNSEXFIL_NO_DEFAULT_MODEL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Ends the server even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn dev(file: &str) -> std::path::PathBuf {
+    shared().join("data/dev").join(file)
+}
+
+#[test]
+fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("dnsexfil_v2.safetensors");
+    // The command of models/README.md.
+    let out = bin()
+        .arg("train")
+        .arg("--events")
+        .arg(dev("events.csv"))
+        .arg("--labels")
+        .arg(dev("labels.csv"))
+        .arg("-o")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v2.safetensors"))
+            .unwrap();
+    assert!(
+        std::fs::read(&out_path).unwrap() == shipped,
+        "the trained model differs from models/dnsexfil_v2.safetensors"
+    );
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("epoch   1: train loss"),
+        "progress per epoch: {progress}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("dnsexfil_v2.safetensors.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        report["validation"]["roc_auc"].as_f64().unwrap() > 0.99,
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_training_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        "src,query,is_exfiltration\n10.0.0.1,a.example.com,maybe\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("train")
+        .arg("--events")
+        .arg(dev("events.csv"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("-o")
+        .arg(dir.path().join("m.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`is_exfiltration` must be 0 or 1, found `maybe`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("m.safetensors").exists());
+}
+
+#[test]
+fn serve_with_no_flags_serves_the_built_in_default_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        bin()
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--log-format",
+                "json",
+                "--enable-https",
+                "false",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("api_token", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let address = lines
+        .by_ref()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap_or_default();
+            v["fields"]["address"].as_str().map(String::from)
+        })
+        .expect("the server logs its address");
+    std::thread::spawn(move || for _ in lines {});
+
+    // A base32 tunnel from one host against ordinary names from several.
+    let mut csv = String::from("src,query,rank\n");
+    let mut rng = dnsexfil::synth::SplitMix64::new(3);
+    for _ in 0..30 {
+        let label: String = (0..48)
+            .map(|_| b"abcdefghijklmnopqrstuvwxyz234567"[rng.below(32)] as char)
+            .collect();
+        csv.push_str(&format!("10.9.9.9,{label}.t.tunnel-example.net,1\n"));
+    }
+    for src in ["10.1.1.1", "10.1.1.2", "10.1.1.3"] {
+        csv.push_str(&format!(
+            "{src},www.google.com,1\n{src},outlook.office365.com,1\n"
+        ));
+    }
+    let body = serde_json::json!({"data": csv, "meta": {"options": {"model_name": "dnsexfil_v2"}}});
+    let resp: serde_json::Value = TestServer::client()
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .json(&body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let (_, rows) = results_of(&resp);
+    let p = |i: usize| rows[i][3].parse::<f64>().unwrap();
+    assert!(p(0) > 0.5, "the tunnel alerts: {}", p(0));
+    assert!(
+        (30..36).all(|i| p(i) < 0.5),
+        "benign names stay quiet: {rows:?}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    assert!(child.0.wait().unwrap().success());
+}
