@@ -3,25 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
-    for var in [
-        "DNSEXFIL_NO_DEFAULT_MODEL",
-        "api_token",
-        "ENABLE_HTTPS",
-        "API_SSL_CERT",
-        "API_SSL_KEY",
-        "DNSEXFIL_MODELS",
-        "DNSEXFIL_DATA_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    dnsexfil_command()
 }
 
 #[test]
@@ -43,43 +30,11 @@ fn serve_without_any_model_says_how_to_convert_the_artifact() {
 
 #[test]
 fn serve_loads_the_artifact_and_speaks_https_by_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--log-format",
-            "json",
-            "--model",
-        ])
-        .arg(artifact())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("api_token", TOKEN)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut fingerprint = None;
-    let mut address = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        assert!(!line.contains(TOKEN), "the token never appears in logs");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(f) = v["fields"]["fingerprint_sha256"].as_str() {
-            fingerprint = Some(f.to_string());
-        }
-        if let Some(a) = v["fields"]["address"].as_str() {
-            address = Some(a.to_string());
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let address = address.expect("the server logs its address");
-    assert!(fingerprint
+    let server = ServedBinary::start(&["--model".as_ref(), artifact().as_os_str()]);
+    let address = server.address.clone();
+    assert!(server
+        .fingerprint
+        .as_deref()
         .expect("the self-signed fingerprint is logged")
         .contains(':'));
 
@@ -96,13 +51,7 @@ fn serve_loads_the_artifact_and_speaks_https_by_default() {
     assert_eq!(v["results"], "src,query,rank,pred_is_dns_data_exfiltration_proba,pred_is_dns_data_exfiltration\n10.1.1.1,www.google.com,1,0.0,0\n");
 
     // SIGTERM: a graceful exit with status 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
+    let status = server.terminate();
     assert!(status.success(), "{status:?}");
 }
 

@@ -4,33 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
-    for var in [
-        "api_token",
-        "ENABLE_HTTPS",
-        "DNSEXFIL_MODELS",
-        "DNSEXFIL_DATA_DIR",
-        "DNSEXFIL_NO_DEFAULT_MODEL",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-/// Ends the server even when an assertion fails first.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
+    dnsexfil_command()
 }
 
 fn dev(file: &str) -> std::path::PathBuf {
@@ -109,37 +89,8 @@ fn bad_training_input_gets_a_clear_error() {
 
 #[test]
 fn serve_with_no_flags_serves_the_built_in_default_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
-        bin()
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--host",
-                "127.0.0.1",
-                "--log-format",
-                "json",
-                "--enable-https",
-                "false",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("api_token", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let address = lines
-        .by_ref()
-        .find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap_or_default();
-            v["fields"]["address"].as_str().map(String::from)
-        })
-        .expect("the server logs its address");
-    std::thread::spawn(move || for _ in lines {});
+    let server = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    let address = server.address.clone();
 
     // A base32 tunnel from one host against ordinary names from several.
     let mut csv = String::from("src,query,rank\n");
@@ -171,8 +122,5 @@ fn serve_with_no_flags_serves_the_built_in_default_model() {
         (30..36).all(|i| p(i) < 0.5),
         "benign names stay quiet: {rows:?}"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    assert!(child.0.wait().unwrap().success());
+    assert!(server.terminate().success());
 }

@@ -138,6 +138,106 @@ impl TestServer {
     }
 }
 
+/// `dnsexfil` as users run it, without any of the service's settings from this environment.
+pub fn dnsexfil_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
+    for var in [
+        "DNSEXFIL_NO_DEFAULT_MODEL",
+        "api_token",
+        "ENABLE_HTTPS",
+        "API_SSL_CERT",
+        "API_SSL_KEY",
+        "DNSEXFIL_MODELS",
+        "DNSEXFIL_DATA_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A `dnsexfil serve` process on an ephemeral loopback port, ended when dropped.
+pub struct ServedBinary {
+    pub child: std::process::Child,
+    pub address: String,
+    /// The certificate fingerprint the service logged (HTTPS only).
+    pub fingerprint: Option<String>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl ServedBinary {
+    /// Runs `dnsexfil serve <extra args>` with JSON logs and the test token, and waits until it
+    /// logs its address. Every log line is checked not to contain the token.
+    pub fn start(extra_args: &[&std::ffi::OsStr]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut child = dnsexfil_command()
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .args(extra_args)
+            .env("api_token", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut fingerprint = None;
+        let mut address = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            assert!(!line.contains(TOKEN), "the token never appears in logs");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(f) = v["fields"]["fingerprint_sha256"].as_str() {
+                fingerprint = Some(f.to_string());
+            }
+            if let Some(a) = v["fields"]["address"].as_str() {
+                address = Some(a.to_string());
+                break;
+            }
+        }
+        std::thread::spawn(move || {
+            for line in lines {
+                assert!(
+                    !line.unwrap_or_default().contains(TOKEN),
+                    "the token never appears in logs"
+                );
+            }
+        });
+        let address = address.expect("the server logs its address");
+        Self {
+            child,
+            address,
+            fingerprint,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
 /// A client that does not verify the server's certificate, like Splunk's DSDL client by default.
 pub fn unverified_tls_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
