@@ -30,19 +30,19 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     let bytes = match read_body_limited(body, state.config.max_body_bytes).await {
         Ok(b) => b,
         Err(BodyError::TooLarge { limit, received }) => {
-            return (DsdlResponse::error(
+            return DsdlResponse::error(
                 endpoint,
                 format!(
                     "the request body ({} MiB or more) exceeds the {} MiB limit; raise --max-body-mb (DNSEXFIL_MAX_BODY_MB) or send fewer rows per request",
                     received >> 20,
                     limit >> 20
                 ),
-            ))
+            )
             .into_response()
         }
         Err(BodyError::Read(e)) => {
-            return (StatusCode::BAD_REQUEST, (DsdlResponse::error(endpoint, format!("cannot read the request body: {e}"))))
-                .into_response()
+            let what = format!("cannot read the request body: {e}");
+            return (StatusCode::BAD_REQUEST, DsdlResponse::error(endpoint, what)).into_response();
         }
     };
     // Parsing, features and the forward pass are CPU work: keep them off the async reactor.
@@ -66,10 +66,10 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
         }
         Err(e) => {
             tracing::error!(endpoint = endpoint.path(), error = %e, "request worker panicked");
-            (DsdlResponse::error(
+            DsdlResponse::error(
                 endpoint,
                 "internal error while processing the request (see the service log)",
-            ))
+            )
             .into_response()
         }
     }
