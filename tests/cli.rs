@@ -59,17 +59,12 @@ fn serve_loads_the_artifact_and_speaks_https_by_default() {
 fn convert_writes_a_model_file_and_explains_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("escu.safetensors");
-    let out = bin()
-        .arg("convert")
-        .arg(artifact())
-        .arg("-o")
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        bin()
+            .arg("convert")
+            .arg(artifact())
+            .arg("-o")
+            .arg(&out_path),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

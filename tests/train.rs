@@ -22,20 +22,15 @@ fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("dnsexfil_v2.safetensors");
     // The command of models/README.md.
-    let out = bin()
-        .arg("train")
-        .arg("--events")
-        .arg(dev("events.csv"))
-        .arg("--labels")
-        .arg(dev("labels.csv"))
-        .arg("-o")
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        bin()
+            .arg("train")
+            .arg("--events")
+            .arg(dev("events.csv"))
+            .arg("--labels")
+            .arg(dev("labels.csv"))
+            .arg("-o")
+            .arg(&out_path),
     );
     let shipped =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v2.safetensors"))

@@ -155,6 +155,17 @@ pub fn dnsexfil_command() -> std::process::Command {
     cmd
 }
 
+/// Runs a `dnsexfil` command to its end and asserts it succeeded (showing its stderr if not).
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A `dnsexfil serve` process on an ephemeral loopback port, ended when dropped.
 pub struct ServedBinary {
     pub child: std::process::Child,
