@@ -36,6 +36,8 @@ fn escu_state() -> AppState {
         max_body_bytes: 64 << 20,
         max_rows: 1_000_000,
         staging_dir: std::env::temp_dir(),
+        model_store: None,
+        fit_time_limit: std::time::Duration::from_secs(60),
     };
     AppState::new(Arc::new(registry), config, 2)
 }

@@ -12,7 +12,7 @@ use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::dsdl::auth::Token;
 use crate::model::convert::{self, ESCU_MODEL_NAME};
-use crate::model::Registry;
+use crate::model::{ModelStore, Registry};
 use crate::server::{self, AppState, ServerConfig, Transport};
 
 #[derive(Parser, Debug)]
@@ -90,169 +90,7 @@ pub struct TrainArgs {
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
-    use crate::dataset;
-    use crate::features::Schema;
-    use crate::model::train::{train, TrainParams};
-
-    crate::validate_name(&args.name).map_err(anyhow::Error::msg)?;
-    let mut events = dataset::read_events(&args.events).map_err(anyhow::Error::msg)?;
-    let mut labels = dataset::read_labels(&args.labels).map_err(anyhow::Error::msg)?;
-    let (synthetic_events, synthetic_labels) =
-        dataset::synthetic_tunnels(&events, args.synthetic_sessions, args.seed);
-    let synthetic_srcs: std::collections::BTreeSet<String> =
-        synthetic_events.iter().map(|e| e.src.clone()).collect();
-    events.extend(synthetic_events);
-    labels.extend(synthetic_labels);
-    let schema = Schema::DnsexfilV2;
-    let labelled = dataset::labelled_features(&events, &labels, schema, args.window)
-        .map_err(anyhow::Error::msg)?;
-    eprintln!(
-        "{} labelled rank-1 events from {} events",
-        labelled.data.len(),
-        events.len()
-    );
-
-    let (rest, test) = if args.test_fraction > 0.0 {
-        // The test set holds real sources only; synthetic ones always train.
-        let real = dataset::Labelled {
-            data: dataset::subset(
-                &labelled,
-                &labelled
-                    .srcs
-                    .iter()
-                    .filter(|s| !synthetic_srcs.contains(*s))
-                    .cloned()
-                    .collect(),
-            ),
-            srcs: labelled
-                .srcs
-                .iter()
-                .filter(|s| !synthetic_srcs.contains(*s))
-                .cloned()
-                .collect(),
-        };
-        let (_, test) = dataset::split_sources(&real, args.test_fraction, args.seed);
-        let rest = labelled
-            .srcs
-            .iter()
-            .filter(|s| !test.contains(*s))
-            .cloned()
-            .collect();
-        (rest, test)
-    } else {
-        (labelled.srcs.iter().cloned().collect(), Default::default())
-    };
-    if let Some(dir) = &args.split_out {
-        write_split(dir, &args.events, &args.labels, &test)?;
-    }
-    let kept = dataset::Labelled {
-        data: dataset::subset(&labelled, &rest),
-        srcs: labelled
-            .srcs
-            .iter()
-            .filter(|s| rest.contains(*s))
-            .cloned()
-            .collect(),
-    };
-    let (train_srcs, val_srcs) =
-        dataset::split_sources(&kept, args.val_fraction, args.seed.wrapping_add(1));
-    let train_set = dataset::subset(&kept, &train_srcs);
-    let val_set = dataset::subset(&kept, &val_srcs);
-    eprintln!(
-        "sources: {} train ({} rows), {} validation ({} rows), {} test",
-        train_srcs.len(),
-        train_set.len(),
-        val_srcs.len(),
-        val_set.len(),
-        test.len()
-    );
-    let params = TrainParams {
-        epochs: args.epochs,
-        learning_rate: args.learning_rate,
-        batch_size: args.batch_size,
-        patience: args.patience,
-        seed: args.seed,
-        ..Default::default()
-    };
-    let shape = crate::model::file::shape_for(schema);
-    let (tensors, report) = train(shape, &train_set, &val_set, &params, |e| {
-        eprintln!(
-            "epoch {:3}: train loss {:.5}, validation loss {:.5}, validation AUC {:.5}",
-            e.epoch, e.train_loss, e.val_loss, e.val_auc
-        )
-    })?;
-
-    let info = crate::model::ModelInfo {
-        name: args.name.clone(),
-        schema,
-        // The ESCU detection's column names, so its search can switch to this model by name.
-        target: crate::model::convert::ESCU_TARGET.into(),
-        threshold: 0.5,
-        source_file: args
-            .events
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        source_sha256: crate::model::sha256_hex(&std::fs::read(&args.events)?),
-        created_by: format!("dnsexfil {} train", env!("CARGO_PKG_VERSION")),
-    };
-    let bytes = crate::model::file::encode(&info, &tensors)?;
-    let model = crate::model::Model::from_bytes(&bytes, &args.name)?;
-    let val_scores = model.mlp.predict(&val_set.x, val_set.len())?;
-    let (tpr, _) = crate::model::metrics::tpr_at_fpr(&val_scores, &val_set.y, 0.001);
-    crate::fsutil::write_atomic(&args.output, &bytes)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let report_json = serde_json::json!({
-        "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "model_sha256": crate::model::sha256_hex(&bytes),
-        "schema": schema.name(),
-        "params": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-                   "patience": args.patience, "seed": args.seed, "val_fraction": args.val_fraction,
-                   "test_fraction": args.test_fraction, "window": args.window,
-                   "synthetic_sessions": args.synthetic_sessions},
-        "rows": {"train": report.train_rows, "validation": report.val_rows},
-        "sources": {"train": train_srcs, "validation": val_srcs, "test": test},
-        "positive_weight": report.positive_weight,
-        "epochs_run": report.epochs_run,
-        "best_epoch": report.best.epoch,
-        "validation": {"loss": report.best.val_loss, "roc_auc": report.best.val_auc, "tpr_at_fpr_0.001": tpr},
-    });
-    let report_path = PathBuf::from(format!("{}.report.json", args.output.display()));
-    crate::fsutil::write_atomic(
-        &report_path,
-        serde_json::to_string_pretty(&report_json)?.as_bytes(),
-    )?;
-    println!(
-        "wrote {} (best epoch {}, validation AUC {:.5}, TPR {:.4} at FPR 0.1%) and {}",
-        args.output.display(),
-        report.best.epoch,
-        report.best.val_auc,
-        tpr,
-        report_path.display()
-    );
-    Ok(())
-}
-
-/// Writes the events and labels of the `test` sources, for `eval/evaluate.py`.
-fn write_split(
-    dir: &std::path::Path,
-    events: &std::path::Path,
-    labels: &std::path::Path,
-    test: &std::collections::BTreeSet<String>,
-) -> anyhow::Result<()> {
-    for (from, to) in [(events, "test_events.csv"), (labels, "test_labels.csv")] {
-        let text = std::fs::read_to_string(from)?;
-        let mut out = String::new();
-        for (i, line) in text.lines().enumerate() {
-            // Both files start with the `src` column; a source never contains a comma.
-            if i == 0 || line.split(',').next().is_some_and(|src| test.contains(src)) {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        crate::fsutil::write_atomic(&dir.join(to), out.as_bytes())?;
-    }
-    Ok(())
+    crate::training::run_offline(args)
 }
 
 #[derive(clap::Args, Debug)]
@@ -349,6 +187,9 @@ pub struct ServeArgs {
     /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "DNSEXFIL_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Longest a `/fit` may train, in seconds; a longer one stops with an error and saves nothing.
+    #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900)]
+    pub fit_time_limit_secs: u64,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -411,6 +252,11 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("notebooks/data"));
 
+    let store = ModelStore::new(&model_dir);
+    let removed = store.remove_stale_temporaries();
+    if removed > 0 {
+        tracing::info!(removed, dir = %model_dir.display(), "removed leftovers of interrupted model saves");
+    }
     let registry = Arc::new(Registry::new());
     if !args.no_default_model {
         // First, so a model of the same name from --model or the model directory replaces it.
@@ -461,6 +307,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("--max-body-mb is too large")?,
         max_rows: args.max_rows,
         staging_dir,
+        model_store: Some(store),
+        fit_time_limit: Duration::from_secs(args.fit_time_limit_secs),
     };
     let compute_threads = args
         .compute_threads

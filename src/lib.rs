@@ -13,6 +13,7 @@ pub mod scoring;
 pub mod server;
 pub mod synth;
 pub mod tls;
+pub mod training;
 
 /// Checks a model or algorithm name from a request before it is used in a file path:
 /// 1 to 128 of `A-Z a-z 0-9 _ . -`, and no `..`.

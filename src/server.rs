@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
-use crate::model::Registry;
+use crate::model::{ModelStore, Registry};
 
 /// Settings the request handlers need.
 pub struct ServerConfig {
@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub max_rows: usize,
     /// Where `/fit mode=stage` writes `<model_name>.csv|.json`.
     pub staging_dir: PathBuf,
+    /// Where fitted models persist (none: `/fit` cannot train).
+    pub model_store: Option<ModelStore>,
+    /// A fit that trains longer is stopped with an error and saves nothing.
+    pub fit_time_limit: Duration,
 }
 
 #[derive(Clone)]
@@ -34,6 +38,8 @@ pub struct AppState {
     /// One permit per compute thread: CPU work queues here (first come, first served) instead of
     /// oversubscribing the cores, which keeps small requests fast under load.
     pub compute: Arc<tokio::sync::Semaphore>,
+    /// One training at a time: a fit arriving while another trains is refused, not queued.
+    pub fit_slot: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -42,6 +48,7 @@ impl AppState {
             registry,
             config: Arc::new(config),
             compute: Arc::new(tokio::sync::Semaphore::new(compute_threads.max(1))),
+            fit_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

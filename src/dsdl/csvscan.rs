@@ -47,6 +47,11 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Byte offset of the next unread text: after a record, the start of the line after it.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     /// Reads the next non-blank record into `fields`: `Ok(Some(None))` for a good record,
     /// `Ok(Some(Some(problem)))` for a record that is malformed on its own (the scanner skips to
     /// the next line, so the rest of the text is still read), `Ok(None)` at the end of the text.

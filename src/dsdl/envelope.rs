@@ -103,6 +103,30 @@ impl Envelope {
         self.options()?.get("params")?.get(key).and_then(text_of)
     }
 
+    /// Every `params` entry from the SPL as (key, unquoted text); values that are not text,
+    /// numbers or booleans come back as `None`.
+    pub fn params(&self) -> Vec<(String, Option<String>)> {
+        self.options()
+            .and_then(|o| o.get("params"))
+            .and_then(Value::as_object)
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), text_of(v))).collect())
+            .unwrap_or_default()
+    }
+
+    /// The label field a fit trains on: `meta.target_variables[0]` (what DSDL sends), else
+    /// `meta.options.target_variable` (a string or a one-element list).
+    pub fn target_variable(&self) -> Option<String> {
+        let first = |v: &Value| match v {
+            Value::Array(items) => items.first().and_then(text_of),
+            other => text_of(other),
+        };
+        self.meta
+            .get("target_variables")
+            .and_then(first)
+            .or_else(|| self.options()?.get("target_variable").and_then(first))
+            .filter(|t| !t.is_empty())
+    }
+
     pub fn options_summary(&self) -> Options {
         let model_name = self
             .options()
@@ -153,6 +177,26 @@ mod tests {
                 stage: false
             }
         );
+    }
+
+    #[test]
+    fn fit_target_and_params_are_read_from_meta() {
+        let env = parse(br#"{"data":"","meta":{"target_variables":["is_exfiltration"],"options":{"params":{"algo":"dnsexfil","epochs":"\"5\"","seed":3}}}}"#).unwrap();
+        assert_eq!(env.target_variable().as_deref(), Some("is_exfiltration"));
+        let mut params = env.params();
+        params.sort();
+        assert_eq!(
+            params,
+            vec![
+                ("algo".into(), Some("dnsexfil".into())),
+                ("epochs".into(), Some("5".into())),
+                ("seed".into(), Some("3".into())),
+            ]
+        );
+        let env = parse(br#"{"data":"","meta":{"options":{"target_variable":["y"]}}}"#).unwrap();
+        assert_eq!(env.target_variable().as_deref(), Some("y"));
+        let env = parse(br#"{"data":"","meta":{"target_variables":[]}}"#).unwrap();
+        assert_eq!(env.target_variable(), None);
     }
 
     #[test]

@@ -14,8 +14,10 @@ use super::envelope::{self, Envelope, Options};
 use super::results::{write_results, JsonEscaped};
 use super::table::Table;
 use super::{DsdlResponse, Endpoint};
-use crate::model::Registry;
+use crate::model::train::TrainError;
+use crate::model::{Model, ModelInfo, Registry};
 use crate::server::{read_body_limited, AppState, BodyError};
+use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
 
 pub async fn apply(State(state): State<AppState>, body: Body) -> Response {
@@ -47,16 +49,20 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     };
     // Parsing, features and the forward pass are CPU work: keep them off the async reactor.
     let worker_state = state.clone();
-    let outcome = state
-        .run_compute(move || {
-            let response = process(&worker_state, &bytes, endpoint);
-            if bytes.len() >= crate::server::LARGE_REQUEST_BYTES {
-                drop(bytes);
-                crate::server::release_freed_memory();
-            }
-            response
-        })
-        .await;
+    let work = move || {
+        let response = process(&worker_state, &bytes, endpoint);
+        if bytes.len() >= crate::server::LARGE_REQUEST_BYTES {
+            drop(bytes);
+            crate::server::release_freed_memory();
+        }
+        response
+    };
+    let outcome = match endpoint {
+        Endpoint::Apply => state.run_compute(work).await,
+        // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
+        // (with one CPU there is only one). Fits are serialised by the fit slot instead.
+        Endpoint::Fit => tokio::task::spawn_blocking(work).await,
+    };
     match outcome {
         Ok(resp) => {
             if resp.status == "error" {
@@ -93,20 +99,24 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     if endpoint == Endpoint::Fit && options.stage {
         return stage(&state.config.staging_dir, &envelope, &options);
     }
-    if endpoint == Endpoint::Fit
-        && state
+    if endpoint == Endpoint::Fit {
+        if let Some(target) = envelope.target_variable() {
+            return fit_and_apply(state, &envelope, &options, &target);
+        }
+        if state
             .registry
             .resolve(&options.model_name, options.algo.as_deref())
             .is_none()
-    {
-        // Training is not built yet: a fit can only apply a pretrained model, as the stock ESCU notebook intends.
-        return DsdlResponse::error(
-            endpoint,
-            format!(
-                "this service cannot train models yet; `fit` only applies an already loaded pretrained model, and {}",
-                unknown_model(&state.registry, &options)
-            ),
-        );
+        {
+            return DsdlResponse::error(
+                endpoint,
+                format!(
+                    "training needs a 0/1 label field, named before `from`: `| fit MLTKContainer algo=dnsexfil is_exfiltration from src query rank into app:{}`; without one, `fit` can only apply an already loaded model, and {}",
+                    options.model_name,
+                    unknown_model(&state.registry, &options)
+                ),
+            );
+        }
     }
     match apply_model(
         &state.registry,
@@ -136,8 +146,14 @@ pub fn apply_model(
         return Err(unknown_model(registry, options));
     };
     let table = Table::parse_limited(csv_text, max_rows).map_err(|e| e.to_string())?;
+    let results = score_table(&model, &table, csv_text.len())?;
+    Ok((results, skipped_note(&table)))
+}
+
+/// Scores every usable row of `table` with `model`; returns the results CSV, JSON-escaped.
+fn score_table(model: &Model, table: &Table, csv_len: usize) -> Result<Vec<u8>, String> {
     let (rows, scored, scored_table_rows) = table.feature_rows();
-    let scores = scoring::score(&model, &rows, &scored).map_err(|e| e.to_string())?;
+    let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
     let mut probabilities = vec![None; table.len()];
     for (k, &row) in scored_table_rows.iter().enumerate() {
         probabilities[row] = Some(scores.probabilities[k]);
@@ -150,15 +166,141 @@ pub fn apply_model(
         inference_ms = scores.inference_time.as_secs_f64() * 1e3,
         "scored"
     );
-    let mut results = JsonEscaped(Vec::with_capacity(csv_text.len() + scored.len() * 32 + 256));
+    let mut results = JsonEscaped(Vec::with_capacity(csv_len + scored.len() * 32 + 256));
     write_results(
         &mut results,
-        &table,
+        table,
         &model.info.target,
         &probabilities,
         model.info.threshold,
     );
-    Ok((results.0, skipped_note(&table)))
+    Ok(results.0)
+}
+
+/// `/fit` with a label field: trains as the request says, saves the model atomically as
+/// `<algo>_<model_name>`, serves it from then on, and answers with its scores of the training
+/// rows (what the stock container's fit-then-apply returns).
+fn fit_and_apply(
+    state: &AppState,
+    envelope: &Envelope,
+    options: &Options,
+    target: &str,
+) -> DsdlResponse {
+    let fail = |what: String| DsdlResponse::error(Endpoint::Fit, what);
+    if let Err(msg) = validate_name(target) {
+        return fail(format!("target variable: {msg}"));
+    }
+    let Some(store) = &state.config.model_store else {
+        return fail("this service has no model store to save fitted models in; start it with --model-dir DIR (DNSEXFIL_MODEL_DIR)".into());
+    };
+    let name = match &options.algo {
+        Some(algo) => format!("{algo}_{}", options.model_name),
+        None => options.model_name.clone(),
+    };
+    if let Err(msg) = validate_name(&name) {
+        return fail(format!(
+            "the fitted model's name `<algo>_<model_name>`: {msg}"
+        ));
+    }
+    let plan = match FitPlan::from_request(
+        options.algo.as_deref(),
+        &options.model_name,
+        &envelope.params(),
+        &state.registry,
+    ) {
+        Ok(p) => p,
+        Err(msg) => return fail(msg),
+    };
+    let table = match Table::parse_with_target(&envelope.data, state.config.max_rows, Some(target))
+    {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Ok(_slot) = state.fit_slot.try_acquire() else {
+        return fail("another fit is training right now; run this fit again when it has finished (fits run one at a time)".into());
+    };
+    let labelled = match labelled_from_table(&table, plan.schema, target) {
+        Ok(l) => l,
+        Err(msg) => return fail(msg),
+    };
+    let positives = labelled.data.y.iter().filter(|&&y| y == 1.0).count();
+    let sources = labelled
+        .srcs
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let started = std::time::Instant::now();
+    let info = ModelInfo {
+        name: name.clone(),
+        schema: plan.schema,
+        target: target.to_string(),
+        threshold: plan.threshold,
+        source_file: format!("/fit of app:{}", options.model_name),
+        source_sha256: crate::model::sha256_hex(envelope.data.as_bytes()),
+        created_by: match &plan.base {
+            Some(base) => format!(
+                "dnsexfil {} /fit, fine-tuned from {} (sha256 {})",
+                env!("CARGO_PKG_VERSION"),
+                base.info.name,
+                base.file_sha256
+            ),
+            None => format!("dnsexfil {} /fit", env!("CARGO_PKG_VERSION")),
+        },
+    };
+    let mut plan = plan;
+    plan.params.time_limit = Some(state.config.fit_time_limit);
+    tracing::info!(model = %name, schema = %plan.schema, rows = labelled.data.len(), positives, sources,
+        base = plan.base.as_ref().map(|b| b.info.name.as_str()), "fit started");
+    let fitted = match fit_labelled(&labelled, &plan, info, |e| {
+        tracing::info!(model = %name, epoch = e.epoch, train_loss = e.train_loss,
+            validation_loss = e.val_loss, validation_auc = e.val_auc, "fit epoch");
+    }) {
+        Ok(f) => f,
+        Err(e @ TrainError::TimeLimit(_)) => {
+            return fail(format!(
+                "{e} (--fit-time-limit-secs, DNSEXFIL_FIT_TIME_LIMIT_SECS); nothing was saved and `{name}` is unchanged"
+            ))
+        }
+        Err(e) => return fail(format!("{e}; nothing was saved")),
+    };
+    let path = match store.save(&name, &fitted.bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(format!(
+                "the model trained but cannot be saved in {}: {e}; check that the model store is writable",
+                store.dir().display()
+            ))
+        }
+    };
+    // From here on requests get the new model; those in flight finish on the one they hold.
+    let model = state.registry.insert(fitted.model);
+    tracing::info!(model = %name, file = %path.display(), sha256 = %model.file_sha256,
+        seconds = started.elapsed().as_secs_f64(), "fit saved and serving");
+    let results = match score_table(&model, &table, envelope.data.len()) {
+        Ok(r) => r,
+        Err(msg) => return fail(msg),
+    };
+    let report = &fitted.report;
+    DsdlResponse {
+        status: "success",
+        message: format!(
+            "/fit done successfully; model `{name}` ({}, {}) trained on {} rows ({positives} labelled 1) from {sources} sources in {:.1} s: best epoch {} of {}, validation ROC AUC {:.4} and TPR {:.1}% at 0.1% FPR on {}; saved and serving{}",
+            plan.schema,
+            match &plan.base {
+                Some(b) => format!("fine-tuned from `{}`", b.info.name),
+                None => "from scratch".to_string(),
+            },
+            labelled.data.len(),
+            started.elapsed().as_secs_f64(),
+            report.best.epoch,
+            report.epochs_run,
+            report.best.val_auc,
+            fitted.validation_tpr_at_fpr_0_001 * 100.0,
+            fitted.split.describe(),
+            skipped_note(&table)
+        ),
+        results: Some(results),
+    }
 }
 
 fn unknown_model(registry: &Registry, options: &Options) -> String {

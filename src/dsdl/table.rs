@@ -63,10 +63,12 @@ struct Span {
 pub struct Table<'a> {
     text: &'a str,
     unescaped: String,
-    cells: Vec<[Span; 3]>,
+    cells: Vec<[Span; 4]>,
     pub kinds: Vec<RowKind>,
     /// Whether the CSV had a `rank` column (without one, every row is rank 1).
     pub has_rank: bool,
+    /// Whether the label column a fit asked for was read (see [`Table::parse_with_target`]).
+    pub has_target: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -78,6 +80,8 @@ pub enum TableError {
         missing: &'static str,
         found: String,
     },
+    #[error("the CSV has no `{target}` column to train on (its columns are: {found}); name the 0/1 label field before `from`, e.g. `| fit MLTKContainer algo=dnsexfil {target} from src query rank into app:NAME`")]
+    MissingTarget { target: String, found: String },
     #[error("the `data` CSV is malformed at row {row}: {detail}")]
     Malformed { row: usize, detail: String },
     #[error("the request has more than {limit} rows; send fewer rows per request (MLTK's max_inputs) or raise --max-rows (DNSEXFIL_MAX_ROWS)")]
@@ -95,6 +99,7 @@ fn clip(text: &str, max: usize) -> String {
 const SRC: usize = 0;
 const QUERY: usize = 1;
 const RANK: usize = 2;
+const TARGET: usize = 3;
 
 impl<'a> Table<'a> {
     /// Parses a CSV of any number of rows.
@@ -104,6 +109,16 @@ impl<'a> Table<'a> {
 
     /// Parses a CSV, refusing more than `max_rows` data rows before spending memory on them.
     pub fn parse_limited(csv_text: &'a str, max_rows: usize) -> Result<Table<'a>, TableError> {
+        Self::parse_with_target(csv_text, max_rows, None)
+    }
+
+    /// Like [`Table::parse_limited`], also keeping the cells of the label column `target` (for
+    /// `/fit`), which must then exist.
+    pub fn parse_with_target(
+        csv_text: &'a str,
+        max_rows: usize,
+        target: Option<&str>,
+    ) -> Result<Table<'a>, TableError> {
         if csv_text.len() > u32::MAX as usize {
             return Err(TableError::Malformed {
                 row: 0,
@@ -133,7 +148,14 @@ impl<'a> Table<'a> {
             found: found(),
         })?;
         let rank_col = position("rank");
-        let columns = [Some(src_col), Some(query_col), rank_col];
+        let target_col = match target {
+            None => None,
+            Some(t) => Some(position(t).ok_or_else(|| TableError::MissingTarget {
+                target: t.to_string(),
+                found: found(),
+            })?),
+        };
+        let columns = [Some(src_col), Some(query_col), rank_col, target_col];
 
         let expected_rows = (csv_text.len() / 48).min(max_rows);
         let mut table = Table {
@@ -142,6 +164,7 @@ impl<'a> Table<'a> {
             cells: Vec::with_capacity(expected_rows),
             kinds: Vec::with_capacity(expected_rows),
             has_rank: rank_col.is_some(),
+            has_target: target_col.is_some(),
         };
         let mut row_number = 0usize;
         loop {
@@ -156,7 +179,7 @@ impl<'a> Table<'a> {
             if row_number > max_rows {
                 return Err(TableError::TooManyRows { limit: max_rows });
             }
-            let mut spans = [Span::default(); 3];
+            let mut spans = [Span::default(); 4];
             for (slot, col) in columns.iter().enumerate() {
                 if let Some(f) = col.and_then(|c| fields.get(c)) {
                     spans[slot] = if f.escaped {
@@ -223,6 +246,11 @@ impl<'a> Table<'a> {
     /// The rank cell as sent (empty when there is no rank column).
     pub fn rank_text(&self, row: usize) -> &str {
         self.cell(row, RANK)
+    }
+
+    /// The label cell as sent (empty when no target column was read).
+    pub fn target_text(&self, row: usize) -> &str {
+        self.cell(row, TARGET)
     }
 
     /// The rows that feed the features (all but unreadable ones) and, among them, the positions of

@@ -4,6 +4,8 @@
 //! converted artifact loads without renaming. Sigmoid is applied on the host with PyTorch's float32
 //! formula `1 / (1 + exp(-z))`, which saturates to exactly 0.0 and 1.0 the way the stock model does.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -108,6 +110,25 @@ impl Mlp {
         self.shape
     }
 
+    /// The network's tensors by state_dict name (with `norm.*` for standardised inputs): what a
+    /// fine-tune starts from.
+    pub fn tensors(&self) -> candle_core::Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        let layers = [&self.layer_1, &self.layer_2, &self.layer_out];
+        for (i, layer) in layers.into_iter().enumerate() {
+            out.insert(TENSOR_NAMES[2 * i].to_string(), layer.weight().clone());
+            let bias = layer
+                .bias()
+                .ok_or_else(|| candle_core::Error::Msg("a layer has no bias".into()))?;
+            out.insert(TENSOR_NAMES[2 * i + 1].to_string(), bias.clone());
+        }
+        if let Some((mean, std)) = &self.norm {
+            out.insert(NORM_NAMES[0].to_string(), mean.flatten_all()?);
+            out.insert(NORM_NAMES[1].to_string(), std.flatten_all()?);
+        }
+        Ok(out)
+    }
+
     /// Logits `[n, 1]` for inputs `[n, input]`.
     pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let standardized;
@@ -146,7 +167,6 @@ pub fn sigmoid(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     #[test]
     fn sigmoid_saturates_like_pytorch() {

@@ -6,10 +6,12 @@ pub mod file;
 pub mod metrics;
 pub mod mlp;
 pub mod registry;
+pub mod store;
 pub mod train;
 
 pub use file::{Model, ModelInfo};
 pub use registry::Registry;
+pub use store::ModelStore;
 
 use sha2::{Digest, Sha256};
 

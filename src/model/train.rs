@@ -103,12 +103,15 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
 }
 
-/// Trains a network of `shape` and returns its tensors (layers plus input standardisation).
+/// Trains a network of `shape` and returns its tensors (layers, plus the input standardisation
+/// when the shape has one). With `start`, training continues from those tensors (a fine-tune,
+/// keeping their standardisation); otherwise it starts from a seeded random initialisation.
 pub fn train(
     shape: MlpShape,
     train_set: &Dataset,
     val_set: &Dataset,
     params: &TrainParams,
+    start: Option<&HashMap<String, Tensor>>,
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<(HashMap<String, Tensor>, TrainReport), TrainError> {
     let started = Instant::now();
@@ -120,7 +123,15 @@ pub fn train(
         ));
     }
     let dev = Device::Cpu;
-    let (mean, std) = standardisation(train_set);
+    let (mean, std) = match (shape.normalized, start) {
+        // A network without standardisation sees raw features (the published ESCU one).
+        (false, _) => (vec![0.0; shape.input], vec![1.0; shape.input]),
+        (true, Some(tensors)) => (
+            start_vector(tensors, NORM_NAMES[0], shape.input)?,
+            start_vector(tensors, NORM_NAMES[1], shape.input)?,
+        ),
+        (true, None) => standardisation(train_set),
+    };
     let mean_t = Tensor::from_slice(&mean, (1, shape.input), &dev)?;
     let std_t = Tensor::from_slice(&std, (1, shape.input), &dev)?;
     let standardise = |d: &Dataset| -> candle_core::Result<Tensor> {
@@ -137,7 +148,10 @@ pub fn train(
     let positive_weight = (train_set.len() - positives) as f64 / positives as f64;
 
     let mut rng = SplitMix64::new(params.seed);
-    let vars = init_layers(shape, &mut rng)?;
+    let vars = match start {
+        Some(tensors) => start_layers(tensors, shape)?,
+        None => init_layers(shape, &mut rng)?,
+    };
     let mut optimizer = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -204,14 +218,16 @@ pub fn train(
         .map(|n| n.to_string())
         .zip(weights)
         .collect();
-    tensors.insert(
-        NORM_NAMES[0].into(),
-        Tensor::from_slice(&mean, shape.input, &dev)?,
-    );
-    tensors.insert(
-        NORM_NAMES[1].into(),
-        Tensor::from_slice(&std, shape.input, &dev)?,
-    );
+    if shape.normalized {
+        tensors.insert(
+            NORM_NAMES[0].into(),
+            Tensor::from_slice(&mean, shape.input, &dev)?,
+        );
+        tensors.insert(
+            NORM_NAMES[1].into(),
+            Tensor::from_slice(&std, shape.input, &dev)?,
+        );
+    }
     let report = TrainReport {
         best: best_stats,
         epochs_run,
@@ -271,6 +287,47 @@ fn standardisation(d: &Dataset) -> (Vec<f32>, Vec<f32>) {
         .map(|s| if s < 1e-6 { 1.0 } else { s as f32 })
         .collect();
     (mean.into_iter().map(|m| m as f32).collect(), std)
+}
+
+/// One `[len]` vector of a starting model, e.g. its standardisation.
+fn start_vector(
+    tensors: &HashMap<String, Tensor>,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f32>, TrainError> {
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| TrainError::Data(format!("the starting model has no `{name}` tensor")))?;
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    if v.len() != len {
+        return Err(TrainError::Data(format!(
+            "the starting model's `{name}` has {} values where the network takes {len}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+/// The layers of a starting model, as trainable copies (the model itself stays untouched, so
+/// requests still scoring with it see no change).
+fn start_layers(
+    tensors: &HashMap<String, Tensor>,
+    shape: MlpShape,
+) -> Result<Vec<Var>, TrainError> {
+    let mut vars = Vec::with_capacity(TENSOR_NAMES.len());
+    for (name, dims) in shape.tensor_shapes().into_iter().take(TENSOR_NAMES.len()) {
+        let t = tensors.get(name).ok_or_else(|| {
+            TrainError::Data(format!("the starting model has no `{name}` tensor"))
+        })?;
+        if t.dims() != dims.as_slice() {
+            return Err(TrainError::Data(format!(
+                "the starting model's `{name}` has shape {:?} where the network needs {dims:?}",
+                t.dims()
+            )));
+        }
+        vars.push(Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?);
+    }
+    Ok(vars)
 }
 
 /// PyTorch's default initialisation of a Linear layer: uniform in ±1/sqrt(fan_in).
@@ -353,15 +410,70 @@ mod tests {
             batch_size: 32,
             ..Default::default()
         };
-        let (a, report) = train(shape, &toy(1, 600), &toy(2, 200), &params, |_| {}).unwrap();
+        let (a, report) = train(shape, &toy(1, 600), &toy(2, 200), &params, None, |_| {}).unwrap();
         assert!(report.best.val_auc > 0.98, "{report:?}");
-        let (b, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, |_| {}).unwrap();
+        let (b, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, None, |_| {}).unwrap();
         for name in TENSOR_NAMES {
             assert_eq!(
                 a[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    #[test]
+    fn fine_tuning_starts_from_the_given_weights_and_keeps_their_standardisation() {
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let params = TrainParams {
+            epochs: 20,
+            learning_rate: 1e-2,
+            batch_size: 32,
+            ..Default::default()
+        };
+        let (base, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, None, |_| {}).unwrap();
+        // Different data (other seeds), one gentle epoch: the result stays next to the base.
+        let gentle = TrainParams {
+            epochs: 1,
+            learning_rate: 1e-5,
+            ..params
+        };
+        let (tuned, report) = train(
+            shape,
+            &toy(3, 300),
+            &toy(4, 100),
+            &gentle,
+            Some(&base),
+            |_| {},
+        )
+        .unwrap();
+        assert!(report.best.val_auc > 0.98, "{report:?}");
+        let values = |t: &HashMap<String, Tensor>, n: &str| {
+            t[n].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        for name in NORM_NAMES {
+            assert_eq!(values(&tuned, name), values(&base, name), "{name}");
+        }
+        for name in TENSOR_NAMES {
+            let (a, b) = (values(&tuned, name), values(&base, name));
+            let moved = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(moved > 0.0 && moved < 1e-3, "{name} moved by {moved}");
+        }
+        // A network without standardisation gets none.
+        let raw = MlpShape {
+            normalized: false,
+            ..shape
+        };
+        let (t, _) = train(raw, &toy(1, 200), &toy(2, 100), &params, None, |_| {}).unwrap();
+        assert!(!t.contains_key(NORM_NAMES[0]));
     }
 
     #[test]
@@ -379,6 +491,7 @@ mod tests {
             &one_class,
             &toy(2, 50),
             &TrainParams::default(),
+            None,
             |_| {},
         )
         .unwrap_err();
@@ -390,6 +503,7 @@ mod tests {
             &bad_label,
             &toy(2, 50),
             &TrainParams::default(),
+            None,
             |_| {},
         )
         .unwrap_err();
@@ -398,7 +512,7 @@ mod tests {
             time_limit: Some(Duration::ZERO),
             ..Default::default()
         };
-        let e = train(shape, &toy(1, 50), &toy(2, 50), &limit, |_| {}).unwrap_err();
+        let e = train(shape, &toy(1, 50), &toy(2, 50), &limit, None, |_| {}).unwrap_err();
         assert!(matches!(e, TrainError::TimeLimit(_)), "{e}");
     }
 }

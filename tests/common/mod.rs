@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dnsexfil::dsdl::auth::Token;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
-use dnsexfil::model::{Model, Registry};
+use dnsexfil::model::{Model, ModelStore, Registry};
 use dnsexfil::server::{self, AppState, ServerConfig, Transport};
 
 pub const TOKEN: &str = "test-token-5f2c";
@@ -53,6 +53,7 @@ pub struct ServerOptions {
     pub token: Token,
     pub max_body_bytes: usize,
     pub https: Option<axum_server::tls_rustls::RustlsConfig>,
+    pub fit_time_limit: Duration,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +62,7 @@ impl Default for ServerOptions {
             token: Token::Set(TOKEN.into()),
             max_body_bytes: 32 << 20,
             https: None,
+            fit_time_limit: Duration::from_secs(600),
         }
     }
 }
@@ -79,6 +81,8 @@ impl TestServer {
             max_body_bytes: opts.max_body_bytes,
             max_rows: 1_000_000,
             staging_dir: staging_dir.clone(),
+            model_store: Some(ModelStore::new(dir.path().join("app/model/data"))),
+            fit_time_limit: opts.fit_time_limit,
         };
         let state = AppState::new(escu_registry(), config, 2);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
