@@ -117,6 +117,11 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The model store `/fit` saves into.
+    pub fn model_dir(&self) -> PathBuf {
+        self._dir.path().join("app/model/data")
+    }
+
     /// POSTs a raw body with the test token; returns status and body text.
     pub fn post_raw(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
         let resp = Self::client()

@@ -1,0 +1,453 @@
+//! Real training over `/fit`: a labelled CSV from the dev traffic trains a model that `/apply`
+//! then uses, fits replace models without a restart, errors name the problem and save nothing,
+//! `/apply` keeps answering during a fit, and killing the server mid-fit leaves the store loadable.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dnsexfil::model::convert::ESCU_MODEL_NAME;
+
+/// A CSV `src,query,rank,is_exfiltration` of whole hourly windows of the dev traffic (ranks
+/// recomputed per window, as the search sends them), taking windows that hold tunnel traffic and
+/// windows that do not until about `max_rows` rows.
+fn labelled_csv(max_rows: usize) -> String {
+    static EVENTS: OnceLock<(
+        Vec<dnsexfil::dataset::Event>,
+        HashMap<(String, String), f32>,
+    )> = OnceLock::new();
+    let (events, labels) = EVENTS.get_or_init(|| {
+        let dev = shared().join("data/dev");
+        (
+            dnsexfil::dataset::read_events(&dev.join("events.csv")).unwrap(),
+            dnsexfil::dataset::read_labels(&dev.join("labels.csv")).unwrap(),
+        )
+    });
+    let label = |src: &str, query: &str| labels.get(&(src.to_string(), query.to_string()));
+    let mut csv = String::from("src,query,rank,is_exfiltration\n");
+    let (mut rows, mut with_tunnels, mut without) = (0, 0, 0);
+    for window in dnsexfil::dataset::windows(events, 3600.0) {
+        let tunnels = window.iter().any(|(s, q, _)| label(s, q) == Some(&1.0));
+        // Alternate so both kinds of window are in the sample.
+        if (tunnels && with_tunnels > without) || (!tunnels && without > with_tunnels) {
+            continue;
+        }
+        if tunnels {
+            with_tunnels += 1;
+        } else {
+            without += 1;
+        }
+        for (src, query, rank) in window {
+            if let Some(y) = label(src, query) {
+                csv.push_str(&format!("{src},{query},{rank},{y}\n"));
+                rows += 1;
+            }
+        }
+        if rows >= max_rows {
+            break;
+        }
+    }
+    csv
+}
+
+fn fit_envelope(
+    csv: &str,
+    algo: &str,
+    model_name: &str,
+    params: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut p = serde_json::Map::new();
+    p.insert("algo".into(), algo.into());
+    for (k, v) in params {
+        // MLTK sends every value as a string, sometimes still quoted.
+        p.insert(k.to_string(), format!("\"{v}\"").into());
+    }
+    serde_json::json!({
+        "data": csv,
+        "meta": {
+            "options": {"params": p, "args": ["is_exfiltration", "src", "query", "rank"],
+                        "target_variable": ["is_exfiltration"],
+                        "feature_variables": ["src", "query", "rank"],
+                        "model_name": model_name, "algo_name": "MLTKContainer"},
+            "feature_variables": ["src", "query", "rank"],
+            "target_variables": ["is_exfiltration"]
+        }
+    })
+}
+
+fn apply_envelope(csv: &str, algo: &str, model_name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "data": csv,
+        "meta": {"options": {"params": {"algo": algo}, "model_name": model_name,
+                             "feature_variables": ["src", "query", "rank"]}}
+    })
+}
+
+/// The probability column of a results CSV, as sent (empty for rows that were not scored).
+fn probabilities(answer: &serde_json::Value) -> Vec<String> {
+    let (header, rows) = results_of(answer);
+    let col = header.iter().position(|h| h.ends_with("_proba")).unwrap();
+    rows.iter().map(|r| r[col].clone()).collect()
+}
+
+/// Asserts two score columns are equal without printing thousands of numbers.
+fn assert_same_scores(a: &[String], b: &[String], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: row counts");
+    if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+        panic!("{what}: row {} differs: {} vs {}", i + 1, a[i], b[i]);
+    }
+}
+
+fn store_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn fit_trains_saves_and_serves_a_model_and_a_refit_replaces_it() {
+    let server = TestServer::start();
+    let csv = labelled_csv(3000);
+    let answer = server.post_json(
+        "/fit",
+        &fit_envelope(
+            &csv,
+            "dnsexfil",
+            "tunnels",
+            &[("epochs", "8"), ("seed", "1")],
+        ),
+    );
+    assert_eq!(answer["status"], "success", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("/fit done successfully; model `dnsexfil_tunnels`"),
+        "{message}"
+    );
+    assert!(message.contains("from scratch"), "{message}");
+    assert_eq!(
+        store_files(&server.model_dir()),
+        vec!["dnsexfil_tunnels.safetensors"]
+    );
+
+    // The fit's results score the training rows, one row per row, with the target's columns.
+    let (header, rows) = results_of(&answer);
+    assert_eq!(
+        header,
+        [
+            "src",
+            "query",
+            "rank",
+            "pred_is_exfiltration_proba",
+            "pred_is_exfiltration"
+        ]
+    );
+    assert_eq!(rows.len(), csv.lines().count() - 1);
+    let fitted = probabilities(&answer);
+    let (_, input) = parse_csv(&csv);
+    // It learned: tunnel rows score higher than benign ones on average.
+    let mean = |label: &str| {
+        let v: Vec<f64> = input
+            .iter()
+            .zip(&fitted)
+            .filter(|(r, p)| r[3] == label && !p.is_empty())
+            .map(|(_, p)| p.parse::<f64>().unwrap())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(
+        mean("1") > 0.8 && mean("0") < 0.2,
+        "{} vs {}",
+        mean("1"),
+        mean("0")
+    );
+
+    // `| apply tunnels` (MLTK sends the fit's algo) now uses it: the same scores.
+    let apply_csv: String = csv
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    let applied = server.post_json("/apply", &apply_envelope(&apply_csv, "dnsexfil", "tunnels"));
+    assert_same_scores(&probabilities(&applied), &fitted, "apply after fit");
+
+    // A new fit of the same name replaces it for the next requests, without a restart.
+    let refit = server.post_json(
+        "/fit",
+        &fit_envelope(
+            &csv,
+            "dnsexfil",
+            "tunnels",
+            &[("epochs", "3"), ("seed", "2")],
+        ),
+    );
+    assert_eq!(refit["status"], "success", "{refit}");
+    let reapplied = server.post_json("/apply", &apply_envelope(&apply_csv, "dnsexfil", "tunnels"));
+    assert_same_scores(
+        &probabilities(&reapplied),
+        &probabilities(&refit),
+        "apply after refit",
+    );
+    assert!(
+        probabilities(&reapplied) != fitted,
+        "the refit changed the scores"
+    );
+    assert_eq!(
+        store_files(&server.model_dir()),
+        vec!["dnsexfil_tunnels.safetensors"]
+    );
+}
+
+#[test]
+fn fitting_the_published_model_fine_tunes_its_weights() {
+    let server = TestServer::start();
+    let csv = labelled_csv(2000);
+    let apply_csv: String = csv
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    let before = probabilities(&server.apply(&apply_csv));
+    let answer = server.post_json(
+        "/fit",
+        &fit_envelope(&csv, ESCU_MODEL_NAME, ESCU_MODEL_NAME, &[("epochs", "2")]),
+    );
+    assert_eq!(answer["status"], "success", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("fine-tuned from `{ESCU_MODEL_NAME}`")),
+        "{message}"
+    );
+    assert!(message.contains("escu-v1"), "{message}");
+    // The ESCU search's own `apply` now reaches the fine-tuned model (`<algo>_<model_name>`).
+    let after = probabilities(&server.apply(&apply_csv));
+    assert_same_scores(&after, &probabilities(&answer), "apply after fine-tune");
+    let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert!(changed > 0, "the fine-tune changed no score");
+    let file = format!("{ESCU_MODEL_NAME}_{ESCU_MODEL_NAME}.safetensors");
+    assert_eq!(store_files(&server.model_dir()), vec![file]);
+}
+
+#[test]
+fn bad_fits_are_explained_and_save_nothing() {
+    let server = TestServer::start();
+    let csv = labelled_csv(500);
+    let error_of = |body: serde_json::Value| {
+        let answer = server.post_json("/fit", &body);
+        assert_eq!(answer["status"], "error", "{answer}");
+        assert!(answer.get("results").is_none());
+        answer["message"].as_str().unwrap().to_string()
+    };
+    let e = error_of(fit_envelope(&csv, "dnsexfil", "m", &[("epochs", "lots")]));
+    assert!(
+        e.starts_with("/fit: ERROR: fit parameter `epochs` has the value `lots`"),
+        "{e}"
+    );
+    let e = error_of(fit_envelope(
+        &csv,
+        "dnsexfil",
+        "m",
+        &[("learning_rte", "0.1")],
+    ));
+    assert!(e.contains("unknown fit parameter `learning_rte`"), "{e}");
+    let e = error_of(fit_envelope(&csv, "isolation_forest", "m", &[]));
+    assert!(e.contains("unknown algorithm `isolation_forest`"), "{e}");
+    let no_target: String = csv.replace(",is_exfiltration\n", ",label\n");
+    let e = error_of(fit_envelope(&no_target, "dnsexfil", "m", &[]));
+    assert!(e.contains("no `is_exfiltration` column to train on"), "{e}");
+    let bad_label = csv.replacen(",0\n", ",maybe\n", 1);
+    let e = error_of(fit_envelope(&bad_label, "dnsexfil", "m", &[]));
+    assert!(e.contains("must be 0 or 1") && e.contains("`maybe`"), "{e}");
+    let benign_only: String = csv
+        .lines()
+        .filter(|l| !l.ends_with(",1"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let e = error_of(fit_envelope(&benign_only, "dnsexfil", "m", &[]));
+    assert!(e.contains("at least 2 rows labelled 1"), "{e}");
+    assert!(store_files(&server.model_dir()).is_empty());
+    // And the service still answers the next request normally.
+    assert_eq!(server.apply(GOOD_ROWS)["status"], "success");
+}
+
+const GOOD_ROWS: &str = "src,query,rank\n10.1.1.1,www.google.com,1\n";
+
+#[test]
+fn a_fit_over_the_time_limit_stops_and_keeps_the_previous_model() {
+    let server = TestServer::start_with(ServerOptions {
+        fit_time_limit: Duration::ZERO,
+        ..Default::default()
+    });
+    let answer = server.post_json(
+        "/fit",
+        &fit_envelope(&labelled_csv(500), "dnsexfil", "m", &[]),
+    );
+    let e = answer["message"].as_str().unwrap();
+    assert!(
+        e.contains("time limit") && e.contains("--fit-time-limit-secs"),
+        "{e}"
+    );
+    assert!(e.contains("nothing was saved"), "{e}");
+    assert!(store_files(&server.model_dir()).is_empty());
+}
+
+#[test]
+fn apply_keeps_answering_while_a_fit_trains() {
+    let server = TestServer::start_with(ServerOptions {
+        fit_time_limit: Duration::from_secs(8),
+        ..Default::default()
+    });
+    let csv = labelled_csv(3000);
+    let url = server.url.clone();
+    // A fit that would train far longer than the limit: it ends by the limit.
+    let body = serde_json::to_vec(&fit_envelope(
+        &csv,
+        "dnsexfil",
+        "long",
+        &[
+            ("epochs", "10000"),
+            ("patience", "1000"),
+            ("batch_size", "16"),
+        ],
+    ))
+    .unwrap();
+    let fit = std::thread::spawn(move || {
+        let started = Instant::now();
+        let text = TestServer::client()
+            .post(format!("{url}/fit"))
+            .header("Authorization", TOKEN)
+            .body(body)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        (started.elapsed(), text)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(server.apply(GOOD_ROWS)["status"], "success");
+    }
+    let applies_took = started.elapsed();
+    assert!(
+        !fit.is_finished(),
+        "the fit was still training while /apply answered"
+    );
+    // A second fit meanwhile is refused with a reason rather than queued behind the first.
+    let second = server.post_json("/fit", &fit_envelope(&csv, "dnsexfil", "other", &[]));
+    assert!(
+        second["message"]
+            .as_str()
+            .unwrap()
+            .contains("another fit is training"),
+        "{second}"
+    );
+    let (fit_took, text) = fit.join().unwrap();
+    assert!(text.contains("time limit"), "{text}");
+    assert!(applies_took < fit_took, "{applies_took:?} vs {fit_took:?}");
+}
+
+#[test]
+fn killing_the_server_during_fits_leaves_the_store_loadable() {
+    let model_dir = tempfile::tempdir().unwrap();
+    let csv = labelled_csv(2000);
+    let apply_csv: String = csv
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    let args = |dir: &Path| {
+        vec![
+            std::ffi::OsString::from("--enable-https=false"),
+            "--model-dir".into(),
+            dir.as_os_str().to_owned(),
+        ]
+    };
+    let post = |address: &str, path: &str, body: &serde_json::Value| {
+        TestServer::client()
+            .post(format!("http://{address}{path}"))
+            .header("Authorization", TOKEN)
+            .json(body)
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+    };
+    let served = |dir: &Path| {
+        let a = args(dir);
+        let refs: Vec<&std::ffi::OsStr> = a.iter().map(|s| s.as_os_str()).collect();
+        ServedBinary::start(&refs)
+    };
+
+    // Training is deterministic for a seed, so each version's scores are known in advance.
+    let fit_body = |seed: u64| {
+        fit_envelope(
+            &csv,
+            "dnsexfil",
+            "m",
+            &[
+                ("epochs", "30"),
+                ("patience", "1000"),
+                ("seed", &seed.to_string()),
+            ],
+        )
+    };
+    let reference = TestServer::start();
+    let version = |seed: u64| probabilities(&reference.post_json("/fit", &fit_body(seed)));
+
+    // A first version of the model, saved completely.
+    let server = served(model_dir.path());
+    let first = post(&server.address, "/fit", &fit_body(0)).unwrap();
+    // Shows (with --nocapture) how long a fit takes, so the kill delays below can span it.
+    eprintln!("{}", first["message"]);
+    assert_same_scores(
+        &probabilities(&first),
+        &version(0),
+        "a fit in the binary and in-process",
+    );
+    drop(server);
+
+    // Refit the same name and kill the process (SIGKILL) at a different moment each time:
+    // during training, around the save, after it. Every restart must load the store, and serve
+    // either the previous version or the new one, complete.
+    let mut current = version(0);
+    for (seed, delay_ms) in [
+        (1u64, 100u64),
+        (2, 500),
+        (3, 900),
+        (4, 1300),
+        (5, 1700),
+        (6, 3000),
+    ] {
+        let new = version(seed);
+        let mut server = served(model_dir.path());
+        let address = server.address.clone();
+        let body = fit_body(seed);
+        let fit = std::thread::spawn(move || post(&address, "/fit", &body).ok());
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let _ = fit.join();
+        let restarted = served(model_dir.path());
+        let applied = post(
+            &restarted.address,
+            "/apply",
+            &apply_envelope(&apply_csv, "dnsexfil", "m"),
+        )
+        .unwrap();
+        let scores = probabilities(&applied);
+        assert!(
+            scores == current || scores == new,
+            "after a kill at {delay_ms} ms the store serves neither the previous nor the new version"
+        );
+        current = scores;
+        let stray: Vec<String> = store_files(model_dir.path())
+            .into_iter()
+            .filter(|f| !f.ends_with(".tmp"))
+            .collect();
+        assert_eq!(stray, vec!["dnsexfil_m.safetensors"]);
+    }
+}
