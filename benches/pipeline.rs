@@ -85,6 +85,7 @@ fn stages(c: &mut Criterion) {
                     target,
                     &probabilities,
                     model.info.threshold,
+                    None,
                 );
                 let message = "/apply done successfully".to_string();
                 DsdlResponse {

@@ -14,6 +14,7 @@ use crate::dsdl::auth::Token;
 use crate::model::convert::{self, ESCU_MODEL_NAME};
 use crate::model::{ModelStore, Registry};
 use crate::server::{self, AppState, ServerConfig, Transport};
+use crate::suppress::{Suppressions, BUILTIN_ALLOWLIST};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -187,6 +188,18 @@ pub struct ServeArgs {
     /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "DNSEXFIL_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Allowlist file: one domain or suffix per line (`example.com` covers every name under it),
+    /// `#` comments. Scored rows under it keep their probability, get label 0, and say why in
+    /// the `suppressed_by` column. Added to the built-in list.
+    #[arg(long, env = "DNSEXFIL_ALLOWLIST")]
+    pub allowlist: Option<PathBuf>,
+    /// Do not use the built-in allowlist of well-known benign high-entropy services.
+    #[arg(long, env = "DNSEXFIL_NO_DEFAULT_ALLOWLIST")]
+    pub no_default_allowlist: bool,
+    /// Muted sources file: one source per line, exact (`10.0.0.5`, `host-7`) or a network
+    /// (`10.1.0.0/16`); a `# comment` after an entry is shown as part of the reason.
+    #[arg(long, env = "DNSEXFIL_MUTED_SOURCES")]
+    pub muted_sources: Option<PathBuf>,
     /// Longest a `/fit` may train, in seconds; a longer one stops with an error and saves nothing.
     #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900)]
     pub fit_time_limit_secs: u64,
@@ -313,7 +326,28 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let compute_threads = args
         .compute_threads
         .unwrap_or_else(server::default_compute_threads);
-    let state = AppState::new(registry, config, compute_threads);
+    let mut suppressions = Suppressions::none();
+    if !args.no_default_allowlist {
+        suppressions
+            .add_allowlist(BUILTIN_ALLOWLIST, "built-in")
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(path) = &args.allowlist {
+        suppressions
+            .add_allowlist_file(path)
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(path) = &args.muted_sources {
+        suppressions
+            .add_mutes_file(path)
+            .map_err(anyhow::Error::msg)?;
+    }
+    tracing::info!(
+        allowlisted_domains = suppressions.domain_count(),
+        muted_sources = suppressions.mute_count(),
+        "suppressions"
+    );
+    let state = AppState::new(registry, config, compute_threads).with_suppressions(suppressions);
 
     let transport = if args.enable_https {
         let tls = match (&args.ssl_cert, &args.ssl_key) {

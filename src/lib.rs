@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod model;
 pub mod scoring;
 pub mod server;
+pub mod suppress;
 pub mod synth;
 pub mod tls;
 pub mod training;

@@ -16,6 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
 use crate::model::{ModelStore, Registry};
+use crate::suppress::Suppressions;
 
 /// Settings the request handlers need.
 pub struct ServerConfig {
@@ -40,6 +41,8 @@ pub struct AppState {
     pub compute: Arc<tokio::sync::Semaphore>,
     /// One training at a time: a fit arriving while another trains is refused, not queued.
     pub fit_slot: Arc<tokio::sync::Semaphore>,
+    /// Allowlist and muted sources, applied to every scored row after scoring.
+    pub suppressions: Arc<Suppressions>,
 }
 
 impl AppState {
@@ -49,7 +52,14 @@ impl AppState {
             config: Arc::new(config),
             compute: Arc::new(tokio::sync::Semaphore::new(compute_threads.max(1))),
             fit_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            suppressions: Arc::new(Suppressions::none()),
         }
+    }
+
+    /// The same state with an allowlist and mutes (none by default).
+    pub fn with_suppressions(mut self, suppressions: Suppressions) -> Self {
+        self.suppressions = Arc::new(suppressions);
+        self
     }
 
     /// Runs CPU-bound `work` on a blocking thread once a compute permit is free.

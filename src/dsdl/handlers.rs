@@ -17,6 +17,7 @@ use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
 use crate::model::{Model, ModelInfo, Registry};
 use crate::server::{read_body_limited, AppState, BodyError};
+use crate::suppress::Suppressions;
 use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
 
@@ -120,6 +121,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     }
     match apply_model(
         &state.registry,
+        &state.suppressions,
         &envelope.data,
         &options,
         state.config.max_rows,
@@ -138,6 +140,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
 /// that were not scored (empty when all were usable).
 pub fn apply_model(
     registry: &Registry,
+    suppressions: &Suppressions,
     csv_text: &str,
     options: &Options,
     max_rows: usize,
@@ -146,12 +149,18 @@ pub fn apply_model(
         return Err(unknown_model(registry, options));
     };
     let table = Table::parse_limited(csv_text, max_rows).map_err(|e| e.to_string())?;
-    let results = score_table(&model, &table, csv_text.len())?;
+    let results = score_table(&model, suppressions, &table, csv_text.len())?;
     Ok((results, skipped_note(&table)))
 }
 
-/// Scores every usable row of `table` with `model`; returns the results CSV, JSON-escaped.
-fn score_table(model: &Model, table: &Table, csv_len: usize) -> Result<Vec<u8>, String> {
+/// Scores every usable row of `table` with `model`, then applies the allowlist and mutes;
+/// returns the results CSV, JSON-escaped.
+fn score_table(
+    model: &Model,
+    suppressions: &Suppressions,
+    table: &Table,
+    csv_len: usize,
+) -> Result<Vec<u8>, String> {
     let (rows, scored, scored_table_rows) = table.feature_rows();
     let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
     let mut probabilities = vec![None; table.len()];
@@ -166,6 +175,14 @@ fn score_table(model: &Model, table: &Table, csv_len: usize) -> Result<Vec<u8>, 
         inference_ms = scores.inference_time.as_secs_f64() * 1e3,
         "scored"
     );
+    // Only scored rows can be suppressed; the column exists whenever suppression is configured.
+    let suppressed: Option<Vec<Option<&str>>> = (!suppressions.is_empty()).then(|| {
+        let mut reasons = vec![None; table.len()];
+        for &row in &scored_table_rows {
+            reasons[row] = suppressions.reason(table.src(row), table.query(row));
+        }
+        reasons
+    });
     let mut results = JsonEscaped(Vec::with_capacity(csv_len + scored.len() * 32 + 256));
     write_results(
         &mut results,
@@ -173,6 +190,7 @@ fn score_table(model: &Model, table: &Table, csv_len: usize) -> Result<Vec<u8>, 
         &model.info.target,
         &probabilities,
         model.info.threshold,
+        suppressed.as_deref(),
     );
     Ok(results.0)
 }
@@ -276,7 +294,7 @@ fn fit_and_apply(
     let model = state.registry.insert(fitted.model);
     tracing::info!(model = %name, file = %path.display(), sha256 = %model.file_sha256,
         seconds = started.elapsed().as_secs_f64(), "fit saved and serving");
-    let results = match score_table(&model, &table, envelope.data.len()) {
+    let results = match score_table(&model, &state.suppressions, &table, envelope.data.len()) {
         Ok(r) => r,
         Err(msg) => return fail(msg),
     };

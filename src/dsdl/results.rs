@@ -58,14 +58,18 @@ impl CsvSink for JsonEscaped {
 
 /// Writes one result row per table row, in order: `src,query,rank,pred_<target>_proba,pred_<target>`
 /// (no `rank` column when the request had none). Rows that were not scored get empty predictions.
+/// With `suppressed` (allowlist and mutes are configured), a last column `suppressed_by` names
+/// why a row's label was forced to 0; its probability is kept as scored.
 pub fn write_results<S: CsvSink>(
     out: &mut S,
     table: &Table,
     target: &str,
     probabilities: &[Option<f32>],
     threshold: f32,
+    suppressed: Option<&[Option<&str>]>,
 ) {
     debug_assert_eq!(probabilities.len(), table.len());
+    debug_assert!(suppressed.is_none_or(|s| s.len() == table.len()));
     // pandas prints labels as 0/1 when every row has one, and 0.0/1.0 when a column holds a
     // missing value; Splunk reads both, we keep the stock text.
     let all_scored = probabilities.iter().all(Option::is_some);
@@ -80,6 +84,9 @@ pub fn write_results<S: CsvSink>(
         out.push_plain("rank,");
     }
     out.push_text(&format!("pred_{target}_proba,pred_{target}"));
+    if suppressed.is_some() {
+        out.push_plain(",suppressed_by");
+    }
     out.end_row();
     let mut number = String::with_capacity(32);
     let mut quoted = String::new();
@@ -92,14 +99,22 @@ pub fn write_results<S: CsvSink>(
             push_cell(out, table.rank_text(i), &mut quoted);
             out.push_plain(",");
         }
+        let reason = suppressed.and_then(|s| s[i]);
         if let Some(p) = p {
             number.clear();
             push_python_float(&mut number, *p as f64);
             out.push_plain(&number);
             out.push_plain(",");
-            out.push_plain(if *p >= threshold { one } else { zero });
+            let alert = *p >= threshold && reason.is_none();
+            out.push_plain(if alert { one } else { zero });
         } else {
             out.push_plain(",");
+        }
+        if suppressed.is_some() {
+            out.push_plain(",");
+            if let Some(reason) = reason {
+                push_cell(out, reason, &mut quoted);
+            }
         }
         out.end_row();
     }
@@ -113,7 +128,7 @@ pub fn results_csv(
     threshold: f32,
 ) -> String {
     let mut out = String::with_capacity(64 + table.len() * 64);
-    write_results(&mut out, table, target, probabilities, threshold);
+    write_results(&mut out, table, target, probabilities, threshold, None);
     out
 }
 
@@ -208,11 +223,42 @@ mod tests {
         let probabilities = [Some(0.9), None];
         let csv = results_csv(&t, "t", &probabilities, 0.5);
         let mut json = JsonEscaped(Vec::new());
-        write_results(&mut json, &t, "t", &probabilities, 0.5);
+        write_results(&mut json, &t, "t", &probabilities, 0.5, None);
         let literal = format!("\"{}\"", String::from_utf8(json.0).unwrap());
         let decoded: String = serde_json::from_str(&literal).unwrap();
         assert_eq!(decoded, csv);
         assert!(csv.contains("\"x\ty,\"\"q\"\"\""), "{csv}");
+    }
+
+    #[test]
+    fn suppressed_rows_keep_their_probability_get_label_0_and_a_reason() {
+        let t = Table::parse(
+            "src,query,rank
+a,x.y,1
+b,z.y,1
+c,w.y,2
+",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let reasons = [Some("allowlist x.y (built-in)"), None, None];
+        write_results(
+            &mut out,
+            &t,
+            "t",
+            &[Some(0.75), Some(0.75), None],
+            0.5,
+            Some(&reasons),
+        );
+        assert_eq!(
+            out,
+            concat!(
+                "src,query,rank,pred_t_proba,pred_t,suppressed_by\n",
+                "a,x.y,1,0.75,0.0,allowlist x.y (built-in)\n",
+                "b,z.y,1,0.75,1.0,\n",
+                "c,w.y,2,,,\n"
+            )
+        );
     }
 
     #[test]

@@ -269,6 +269,11 @@ pub fn unverified_tls_client() -> reqwest::blocking::Client {
 
 /// The envelope the ESCU detection's `apply` sends.
 pub fn escu_envelope(csv: &str) -> serde_json::Value {
+    escu_envelope_for(csv, ESCU_MODEL_NAME)
+}
+
+/// The ESCU detection's `apply` envelope, switched to the model `model_name` (`into app:NAME`).
+pub fn escu_envelope_for(csv: &str, model_name: &str) -> serde_json::Value {
     serde_json::json!({
         "data": csv,
         "meta": {
@@ -276,7 +281,7 @@ pub fn escu_envelope(csv: &str) -> serde_json::Value {
                 "params": {"mode": "stage", "algo": ESCU_MODEL_NAME},
                 "args": ["src", "query", "rank"],
                 "feature_variables": ["src", "query", "rank"],
-                "model_name": ESCU_MODEL_NAME,
+                "model_name": model_name,
                 "algo_name": "MLTKContainer",
                 "mlspl_limits": {"max_inputs": "100000", "use_sampling": "true"},
                 "kfold_cv": null

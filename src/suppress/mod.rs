@@ -1,0 +1,265 @@
+//! Allowlist and mutes: after scoring, a row whose query falls under an allowlisted domain, or
+//! whose source is muted, keeps its probability but gets label 0, and the reason is written next
+//! to it (`suppressed_by`). Nothing is hidden: the analyst sees what was suppressed and why.
+//!
+//! - Allowlist: registered domains or any suffix (`example.com` covers `a.b.example.com`), from
+//!   the built-in list of well-known benign high-entropy services and the user's file.
+//! - Mutes: sources by exact value (an IP or host name) or by network (`10.1.0.0/16`), from the
+//!   user's file. A `# comment` after an entry becomes part of the reason.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rustc_hash::FxHashMap;
+
+/// The built-in allowlist (one domain per line, `#` comments), shipped with the binary.
+pub const BUILTIN_ALLOWLIST: &str = include_str!("builtin_allowlist.txt");
+
+/// What suppresses rows, each entry with the reason text shown for it.
+#[derive(Debug, Default, Clone)]
+pub struct Suppressions {
+    domains: FxHashMap<String, String>,
+    sources: FxHashMap<String, String>,
+    networks: Vec<(IpAddr, u8, String)>,
+}
+
+impl Suppressions {
+    /// No allowlist and no mutes: results carry no `suppressed_by` column.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty() && self.sources.is_empty() && self.networks.is_empty()
+    }
+
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn mute_count(&self) -> usize {
+        self.sources.len() + self.networks.len()
+    }
+
+    /// Adds allowlist entries from `text`; `origin` names the list in reasons and errors
+    /// (e.g. `built-in` or a file name).
+    pub fn add_allowlist(&mut self, text: &str, origin: &str) -> Result<(), String> {
+        for (line_no, entry, comment) in entries(text) {
+            let domain = entry
+                .trim_start_matches("*.")
+                .trim_start_matches('.')
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let valid = !domain.is_empty()
+                && domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+                && !domain.contains("..");
+            if !valid {
+                return Err(format!(
+                    "{origin} line {line_no}: `{}` is not a domain; write one domain or suffix per line, e.g. `example.com` (it covers every name under it)",
+                    entry.escape_debug()
+                ));
+            }
+            let reason = match comment {
+                Some(c) => format!("allowlist {domain} ({origin}: {c})"),
+                None => format!("allowlist {domain} ({origin})"),
+            };
+            self.domains.insert(domain, reason);
+        }
+        Ok(())
+    }
+
+    /// Adds muted sources from `text`: an exact source per line, or a network in CIDR form.
+    pub fn add_mutes(&mut self, text: &str, origin: &str) -> Result<(), String> {
+        for (line_no, entry, comment) in entries(text) {
+            let reason = match comment {
+                Some(c) => format!("muted source {entry} ({origin}: {c})"),
+                None => format!("muted source {entry} ({origin})"),
+            };
+            if let Some((addr, bits)) = entry.split_once('/') {
+                let addr: IpAddr = addr.parse().map_err(|_| {
+                    format!(
+                        "{origin} line {line_no}: `{}` is not a network; write e.g. 10.1.0.0/16",
+                        entry.escape_debug()
+                    )
+                })?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let bits: u8 = bits.parse().ok().filter(|b| *b <= max).ok_or_else(|| {
+                    format!(
+                        "{origin} line {line_no}: the prefix length of `{}` must be 0 to {max}",
+                        entry.escape_debug()
+                    )
+                })?;
+                self.networks.push((addr, bits, reason));
+            } else {
+                self.sources.insert(entry.to_string(), reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a user's allowlist file.
+    pub fn add_allowlist_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the allowlist {}: {e}", path.display()))?;
+        self.add_allowlist(&text, &file_label(path))
+    }
+
+    /// Reads a user's mutes file.
+    pub fn add_mutes_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the muted sources {}: {e}", path.display()))?;
+        self.add_mutes(&text, &file_label(path))
+    }
+
+    /// Why the row (`src`, `query`) is suppressed, if it is. A muted source wins over the allowlist.
+    pub fn reason(&self, src: &str, query: &str) -> Option<&str> {
+        if self.is_empty() {
+            return None;
+        }
+        if let Some(r) = self.source_reason(src) {
+            return Some(r);
+        }
+        self.domain_reason(query)
+    }
+
+    fn source_reason(&self, src: &str) -> Option<&str> {
+        if let Some(r) = self.sources.get(src) {
+            return Some(r);
+        }
+        if self.networks.is_empty() {
+            return None;
+        }
+        let ip: IpAddr = src.trim().parse().ok()?;
+        self.networks
+            .iter()
+            .find(|(net, bits, _)| in_network(ip, *net, *bits))
+            .map(|(_, _, r)| r.as_str())
+    }
+
+    fn domain_reason(&self, query: &str) -> Option<&str> {
+        if self.domains.is_empty() {
+            return None;
+        }
+        let name = query.trim().trim_end_matches('.');
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        // The name itself, then every suffix after a dot: a.b.example.com, b.example.com, ...
+        let mut rest = name;
+        loop {
+            if let Some(r) = self.domains.get(rest) {
+                return Some(r);
+            }
+            match rest.find('.') {
+                Some(dot) => rest = &rest[dot + 1..],
+                None => return None,
+            }
+        }
+    }
+}
+
+/// (line number, entry, optional comment) of every non-blank, non-comment line.
+fn entries(text: &str) -> impl Iterator<Item = (usize, &str, Option<&str>)> {
+    text.lines().enumerate().filter_map(|(i, line)| {
+        let (entry, comment) = match line.split_once('#') {
+            Some((e, c)) => (e.trim(), Some(c.trim()).filter(|c| !c.is_empty())),
+            None => (line.trim(), None),
+        };
+        (!entry.is_empty()).then_some((i + 1, entry, comment))
+    })
+}
+
+fn file_label(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - bits as u32).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_covers_names_under_a_domain_only() {
+        let mut s = Suppressions::none();
+        s.add_allowlist(
+            "# CDN\nexample.com\n*.Sophosxl.NET  # AV lookups\n",
+            "mine.txt",
+        )
+        .unwrap();
+        assert_eq!(
+            s.reason("h", "example.com"),
+            Some("allowlist example.com (mine.txt)")
+        );
+        assert_eq!(
+            s.reason("h", "A.b.EXAMPLE.com."),
+            Some("allowlist example.com (mine.txt)")
+        );
+        assert_eq!(
+            s.reason("h", "x1.sophosxl.net"),
+            Some("allowlist sophosxl.net (mine.txt: AV lookups)")
+        );
+        assert_eq!(s.reason("h", "notexample.com"), None);
+        assert_eq!(s.reason("h", "example.com.evil.net"), None);
+        let e = s
+            .add_allowlist("ok.com\nbad domain\n", "f.txt")
+            .unwrap_err();
+        assert!(
+            e.starts_with("f.txt line 2: `bad domain` is not a domain"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mutes_match_exact_sources_and_networks() {
+        let mut s = Suppressions::none();
+        s.add_mutes(
+            "10.0.0.5 # backup server\n192.168.0.0/16\nfd00::/8\nscanner-01\n",
+            "mutes.txt",
+        )
+        .unwrap();
+        assert_eq!(
+            s.reason("10.0.0.5", "q.example.com"),
+            Some("muted source 10.0.0.5 (mutes.txt: backup server)")
+        );
+        assert_eq!(
+            s.reason("192.168.7.1", "q"),
+            Some("muted source 192.168.0.0/16 (mutes.txt)")
+        );
+        assert!(s.reason("fd12::1", "q").is_some());
+        assert!(s.reason("scanner-01", "q").is_some());
+        assert_eq!(s.reason("10.0.0.6", "q"), None);
+        assert_eq!(s.reason("192.169.0.1", "q"), None);
+        for bad in ["10.0.0.0/33", "nonsense/8"] {
+            assert!(s.add_mutes(bad, "m").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_builtin_allowlist_parses() {
+        let mut s = Suppressions::none();
+        s.add_allowlist(BUILTIN_ALLOWLIST, "built-in").unwrap();
+        assert!(s.domain_count() >= 20);
+        assert!(s.reason("h", "r3---sn-abc.googlevideo.com").is_some());
+    }
+}

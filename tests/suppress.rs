@@ -1,0 +1,105 @@
+//! Allowlist and mutes through the real binary: suppressed rows keep their probability, get
+//! label 0 and say why; a bad list stops start-up with the file and line named.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowlist = dir.path().join("allow.txt");
+    std::fs::write(
+        &allowlist,
+        "# ours\ncorp-telemetry.example  # vendor agent\n",
+    )
+    .unwrap();
+    let mutes = dir.path().join("mutes.txt");
+    std::fs::write(&mutes, "10.9.0.0/16  # red team lab\n").unwrap();
+    let server = ServedBinary::start(&[
+        "--enable-https=false".as_ref(),
+        "--allowlist".as_ref(),
+        allowlist.as_os_str(),
+        "--muted-sources".as_ref(),
+        mutes.as_os_str(),
+    ]);
+    // The same tunnel session (80 encoded names) from an unmuted and a muted source.
+    let tunnel = |i: usize| {
+        format!(
+            "{:032x}.t.exfil-example.net",
+            (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15_f39c
+        )
+    };
+    let mut csv = String::from("src,query,rank\n");
+    for src in ["10.8.4.4", "10.9.4.4"] {
+        for i in 0..80 {
+            csv.push_str(&format!("{src},{},1\n", tunnel(i)));
+        }
+    }
+    csv.push_str("10.1.1.1,k2h4nd8s7dj3k4l5m6n7b8v9c0x1z2a3.corp-telemetry.example,1\n");
+    csv.push_str("10.1.1.1,r4---sn-5hne6nzy.googlevideo.com,1\n");
+    csv.push_str(&format!("10.1.1.1,{},2\n", tunnel(0)));
+    let answer = unverified_tls_client()
+        .post(format!("http://{}/apply", server.address))
+        .header("Authorization", TOKEN)
+        .json(&escu_envelope_for(&csv, "dnsexfil_v2"))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap();
+    let (header, rows) = results_of(&answer);
+    assert_eq!(header.last().unwrap(), "suppressed_by");
+    let reason = |i: usize| rows[i][5].as_str();
+    for i in 0..80 {
+        let (open, muted) = (&rows[i], &rows[80 + i]);
+        assert_eq!(reason(i), "");
+        assert_eq!(open[4], "1.0", "the session alerts from an unmuted source");
+        assert_eq!(
+            reason(80 + i),
+            "muted source 10.9.0.0/16 (mutes.txt: red team lab)"
+        );
+        // Same traffic, same probability: only the label and the reason differ.
+        assert_eq!(
+            (muted[3].as_str(), muted[4].as_str()),
+            (open[3].as_str(), "0.0")
+        );
+    }
+    assert_eq!(
+        reason(160),
+        "allowlist corp-telemetry.example (allow.txt: vendor agent)"
+    );
+    assert!(
+        reason(161).starts_with("allowlist googlevideo.com (built-in"),
+        "{}",
+        reason(161)
+    );
+    assert_eq!(
+        reason(162),
+        "",
+        "history rows are not scored, so never suppressed"
+    );
+}
+
+#[test]
+fn a_bad_allowlist_stops_start_up_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowlist = dir.path().join("allow.txt");
+    std::fs::write(&allowlist, "good.example\nnot a domain\n").unwrap();
+    let out = dnsexfil_command()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--enable-https=false",
+            "--allowlist",
+        ])
+        .arg(&allowlist)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("allow.txt line 2: `not a domain` is not a domain"),
+        "{stderr}"
+    );
+}
