@@ -48,7 +48,8 @@ fn serve_loads_the_artifact_and_speaks_https_by_default() {
         .send()
         .unwrap();
     let v: serde_json::Value = resp.json().unwrap();
-    assert_eq!(v["results"], "src,query,rank,pred_is_dns_data_exfiltration_proba,pred_is_dns_data_exfiltration\n10.1.1.1,www.google.com,1,0.0,0\n");
+    // The built-in allowlist is on by default, so the results say what it suppressed (nothing).
+    assert_eq!(v["results"], "src,query,rank,pred_is_dns_data_exfiltration_proba,pred_is_dns_data_exfiltration,suppressed_by\n10.1.1.1,www.google.com,1,0.0,0,\n");
 
     // SIGTERM: a graceful exit with status 0.
     let status = server.terminate();

@@ -193,7 +193,7 @@ fn fit_with_mode_stage_writes_data_and_meta_without_the_session_key() {
 }
 
 #[test]
-fn fit_without_stage_applies_the_pretrained_model() {
+fn fit_without_a_label_field_applies_the_pretrained_model() {
     let server = TestServer::start();
     let mut body = escu_envelope(GOOD_CSV);
     body["meta"]["options"]["params"] = serde_json::json!({"algo": ESCU_MODEL_NAME});
@@ -209,7 +209,7 @@ fn fit_without_stage_applies_the_pretrained_model() {
         answer["message"]
             .as_str()
             .unwrap()
-            .contains("cannot train models yet"),
+            .contains("training needs a 0/1 label field"),
         "{answer}"
     );
 }
