@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use crate::dataset::{self, Labelled};
 use crate::dsdl::table::{RowKind, Table};
-use crate::features::Schema;
+use crate::features::{Row, Schema};
 use crate::model::convert::ESCU_MODEL_NAME;
 use crate::model::file::shape_for;
 use crate::model::train::{train, Dataset, EpochStats, TrainError, TrainParams, TrainReport};
@@ -23,7 +23,7 @@ pub const FRESH_ALGORITHMS: [(&str, Schema); 2] = [
 ];
 
 /// Parameters a fit accepts (`| fit MLTKContainer algo=.. key=value ...`), with their meaning.
-pub const FIT_PARAMS: [(&str, &str); 9] = [
+pub const FIT_PARAMS: [(&str, &str); 10] = [
     ("epochs", "passes over the training rows, 1 to 10000"),
     ("learning_rate", "AdamW step size, above 0 and at most 1"),
     ("batch_size", "rows per step, 1 to 65536"),
@@ -48,6 +48,10 @@ pub const FIT_PARAMS: [(&str, &str); 9] = [
         "base",
         "name of a loaded model to fine-tune instead of training from scratch",
     ),
+    (
+        "window",
+        "seconds per window when the data has `_time` (the search's span), 60 to 86400",
+    ),
 ];
 
 /// SPL parameters that are not training settings (MLTK's own).
@@ -61,6 +65,8 @@ pub struct FitPlan {
     pub params: TrainParams,
     pub validation_fraction: f64,
     pub threshold: f32,
+    /// Window width when the rows carry `_time`.
+    pub window_secs: f64,
 }
 
 impl FitPlan {
@@ -143,6 +149,7 @@ impl FitPlan {
             TrainParams::default()
         };
         let mut validation_fraction = 0.2;
+        let mut window_secs = 3600.0;
         let mut threshold = base.as_ref().map_or(0.5, |m| m.info.threshold);
         for (&key, &text) in &given {
             match key {
@@ -160,6 +167,9 @@ impl FitPlan {
                     validation_fraction = parse_real(key, text, |v| (0.05..=0.9).contains(&v))?
                 }
                 "threshold" => threshold = parse_real(key, text, |v| v > 0.0 && v < 1.0)? as f32,
+                "window" => {
+                    window_secs = parse_real(key, text, |v| (60.0..=86_400.0).contains(&v))?
+                }
                 _ => {}
             }
         }
@@ -169,6 +179,7 @@ impl FitPlan {
             params,
             validation_fraction,
             threshold,
+            window_secs,
         })
     }
 }
@@ -180,6 +191,7 @@ fn example(key: &str) -> &'static str {
         "validation_fraction" => "0.2",
         "threshold" => "0.5",
         "base" => "dnsexfil_v2",
+        "window" => "3600",
         _ => "10",
     }
 }
@@ -234,48 +246,71 @@ pub fn parse_label(text: &str) -> Option<f32> {
     }
 }
 
+/// How a fit request's rows were grouped into the requests `/apply` will see.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Windowing {
+    /// No `_time` column: the whole request is one batch, with the ranks as sent.
+    WholeRequest,
+    /// By `_time`, in windows of this many seconds, ranks recomputed in each (newest = 1).
+    ByTime { seconds: f64, windows: usize },
+}
+
+impl Windowing {
+    pub fn describe(&self) -> String {
+        match self {
+            Windowing::WholeRequest => "as one batch (send `_time` too to train in the hourly windows the search applies to)".into(),
+            Windowing::ByTime { seconds, windows } => {
+                format!("in {windows} windows of {seconds} s by `_time`")
+            }
+        }
+    }
+}
+
 /// The features and labels of a fit request's rank-1 rows (older rows are history only, and
-/// unreadable rows are left out). Labels that are not 0/1 fail the fit, naming the rows.
+/// unreadable rows are left out). With a `_time` column the rows are replayed the way the
+/// scheduled search sends them: cut into windows of `window_secs`, ranks recomputed in each
+/// (newest occurrence of a (src, query) pair = 1, ranks of 10 and above dropped), so the model
+/// learns the features it will see at `/apply`. Labels that are not 0/1, and times that are not
+/// numbers, fail the fit, naming the rows.
 pub fn labelled_from_table(
     table: &Table,
     schema: Schema,
     target: &str,
-) -> Result<Labelled, String> {
-    let (rows, scored, scored_table_rows) = table.feature_rows();
+    window_secs: f64,
+) -> Result<(Labelled, Windowing), String> {
+    // Each batch: (table rows feeding the history, positions among them of the rows to score).
+    let (batches, windowing) = if table.has_time {
+        time_windows(table, window_secs)?
+    } else {
+        let usable: Vec<usize> = (0..table.len())
+            .filter(|&i| !matches!(&table.kinds[i], RowKind::Skipped(r) if !r.feeds_history()))
+            .collect();
+        let scored: Vec<usize> = (0..usable.len())
+            .filter(|&k| table.kinds[usable[k]] == RowKind::Rank1)
+            .collect();
+        (vec![(usable, scored)], Windowing::WholeRequest)
+    };
+    let scored_rows: Vec<usize> = batches
+        .iter()
+        .flat_map(|(rows, scored)| scored.iter().map(|&k| rows[k]))
+        .collect();
     let mut bad = Vec::new();
-    let mut labels = Vec::with_capacity(scored.len());
-    for &row in &scored_table_rows {
+    let mut labels = Vec::with_capacity(scored_rows.len());
+    for &row in &scored_rows {
         match parse_label(table.target_text(row)) {
             Some(y) => labels.push(y),
             None => bad.push(row),
         }
     }
     if !bad.is_empty() {
-        let examples: Vec<String> = bad
-            .iter()
-            .take(5)
-            .map(|&r| {
-                let text = table.target_text(r);
-                if text.is_empty() {
-                    format!("row {}: empty", r + 1)
-                } else {
-                    format!(
-                        "row {}: `{}`",
-                        r + 1,
-                        text.chars().take(20).collect::<String>().escape_debug()
-                    )
-                }
-            })
-            .collect();
         return Err(format!(
-            "the label `{target}` must be 0 or 1 on every rank-1 row; {} of {} are not ({}{}). Fix or drop those rows before `| fit`",
+            "the label `{target}` must be 0 or 1 on every rank-1 row; {} of {} are not ({}). Fix or drop those rows before `| fit`",
             bad.len(),
-            scored.len(),
-            examples.join("; "),
-            if bad.len() > 5 { "; ..." } else { "" }
+            scored_rows.len(),
+            row_examples(table, &bad, Table::target_text)
         ));
     }
-    if scored.is_empty() {
+    if scored_rows.is_empty() {
         let why = if table.kinds.iter().any(|k| *k == RowKind::History) {
             "every row has a rank above 1 (send each (src, query) pair's newest event with rank 1)"
         } else {
@@ -283,14 +318,118 @@ pub fn labelled_from_table(
         };
         return Err(format!("nothing to train on: {why}"));
     }
-    let features = schema.compute(&rows, &scored);
     let mut data = Dataset::new(schema.width());
-    let mut srcs = Vec::with_capacity(scored.len());
-    for (k, &row) in scored_table_rows.iter().enumerate() {
-        data.push(features.row(k), labels[k]);
-        srcs.push(table.src(row).to_string());
+    let mut srcs = Vec::with_capacity(scored_rows.len());
+    let mut next_label = labels.iter();
+    for (batch, scored) in &batches {
+        let rows: Vec<Row> = batch
+            .iter()
+            .map(|&i| Row {
+                src: table.src(i),
+                query: table.query(i),
+            })
+            .collect();
+        let features = schema.compute(&rows, scored);
+        for (k, &position) in scored.iter().enumerate() {
+            let y = *next_label.next().expect("one label per scored row");
+            data.push(features.row(k), y);
+            srcs.push(table.src(batch[position]).to_string());
+        }
     }
-    Ok(Labelled { data, srcs })
+    Ok((Labelled { data, srcs }, windowing))
+}
+
+/// Groups usable rows by `_time` window and recomputes ranks in each, like the hourly search.
+#[allow(clippy::type_complexity)]
+fn time_windows(
+    table: &Table,
+    window_secs: f64,
+) -> Result<(Vec<(Vec<usize>, Vec<usize>)>, Windowing), String> {
+    let mut by_window: std::collections::BTreeMap<i64, Vec<(f64, usize)>> = Default::default();
+    let mut bad = Vec::new();
+    for i in 0..table.len() {
+        if matches!(&table.kinds[i], RowKind::Skipped(r) if !r.feeds_history()) {
+            continue;
+        }
+        match crate::dsdl::envelope::unquote(table.time_text(i))
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite())
+        {
+            Some(t) => by_window
+                .entry((t / window_secs).floor() as i64)
+                .or_default()
+                .push((t, i)),
+            None => bad.push(i),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(format!(
+            "`_time` must be a number (epoch seconds) on every row; {} rows are not ({}). Send `_time` as Splunk stores it, or leave the field out",
+            bad.len(),
+            row_examples(table, &bad, Table::time_text)
+        ));
+    }
+    let windows = by_window.len();
+    let batches = by_window
+        .into_values()
+        .map(|mut events| {
+            events.sort_by(|a, b| {
+                b.0.total_cmp(&a.0)
+                    .then_with(|| table.src(a.1).cmp(table.src(b.1)))
+                    .then_with(|| table.query(a.1).cmp(table.query(b.1)))
+            });
+            let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
+            let mut rows = Vec::with_capacity(events.len());
+            let mut scored = Vec::new();
+            for (_, i) in events {
+                let rank = seen.entry((table.src(i), table.query(i))).or_insert(0);
+                *rank += 1;
+                if *rank < 10 {
+                    if *rank == 1 {
+                        scored.push(rows.len());
+                    }
+                    rows.push(i);
+                }
+            }
+            (rows, scored)
+        })
+        .collect();
+    Ok((
+        batches,
+        Windowing::ByTime {
+            seconds: window_secs,
+            windows,
+        },
+    ))
+}
+
+/// "row 2: `yes`; row 4: empty; ..." for at most five rows (1-based data row numbers).
+fn row_examples<'t>(
+    table: &'t Table<'t>,
+    rows: &[usize],
+    cell: fn(&'t Table<'t>, usize) -> &'t str,
+) -> String {
+    let mut out: Vec<String> = rows
+        .iter()
+        .take(5)
+        .map(|&r| {
+            let text = cell(table, r);
+            if text.is_empty() {
+                format!("row {}: empty", r + 1)
+            } else {
+                format!(
+                    "row {}: `{}`",
+                    r + 1,
+                    text.chars().take(20).collect::<String>().escape_debug()
+                )
+            }
+        })
+        .collect();
+    if rows.len() > 5 {
+        out.push("...".into());
+    }
+    out.join("; ")
 }
 
 /// How the validation rows were chosen.
@@ -503,6 +642,7 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         },
         validation_fraction: args.val_fraction,
         threshold: 0.5,
+        window_secs: args.window,
     };
     let info = ModelInfo {
         name: args.name.clone(),
@@ -685,7 +825,7 @@ mod tests {
         assert_eq!(parse_label(""), None);
         let csv = "src,query,rank,y\nh,a.example.com,1,1\nh,b.example.com,1,yes\nh,a.example.com,2,junk\nh,c.example.com,1,\n";
         let table = Table::parse_with_target(csv, 100, Some("y")).unwrap();
-        let e = labelled_from_table(&table, Schema::DnsexfilV2, "y")
+        let e = labelled_from_table(&table, Schema::DnsexfilV2, "y", 3600.0)
             .err()
             .unwrap();
         assert!(e.contains("2 of 3"), "{e}");
@@ -696,8 +836,40 @@ mod tests {
         // A history row's label is never read.
         let csv = "src,query,rank,y\nh,a.example.com,1,1\nh,a.example.com,2,junk\n";
         let table = Table::parse_with_target(csv, 100, Some("y")).unwrap();
-        let l = labelled_from_table(&table, Schema::DnsexfilV2, "y").unwrap();
+        let (l, w) = labelled_from_table(&table, Schema::DnsexfilV2, "y", 3600.0).unwrap();
         assert_eq!(l.data.y, vec![1.0]);
+        assert_eq!(w, Windowing::WholeRequest);
+    }
+
+    #[test]
+    fn with_time_rows_are_replayed_in_windows_with_ranks_recomputed() {
+        // Two hours; `a` is queried twice in the first (only the newest is scored) and once in
+        // the second; the sent ranks are ignored.
+        let csv = "src,query,rank,y,_time\n\
+                   h,a.example.com,7,1,100\n\
+                   h,a.example.com,1,0,200\n\
+                   h,b.example.com,1,0,150\n\
+                   h,a.example.com,3,1,3700\n";
+        let table = Table::parse_with_target(csv, 100, Some("y")).unwrap();
+        let (l, w) = labelled_from_table(&table, Schema::DnsexfilV2, "y", 3600.0).unwrap();
+        assert_eq!(
+            w,
+            Windowing::ByTime {
+                seconds: 3600.0,
+                windows: 2
+            }
+        );
+        // Window 1: a@200 (label 0), b@150 (label 0); window 2: a@3700 (label 1).
+        assert_eq!(l.data.y, vec![0.0, 0.0, 1.0]);
+        let bad = "src,query,rank,y,_time\nh,a.example.com,1,1,yesterday\n";
+        let table = Table::parse_with_target(bad, 100, Some("y")).unwrap();
+        let e = labelled_from_table(&table, Schema::DnsexfilV2, "y", 3600.0)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("`_time` must be a number") && e.contains("`yesterday`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -237,10 +237,11 @@ fn fit_and_apply(
     let Ok(_slot) = state.fit_slot.try_acquire() else {
         return fail("another fit is training right now; run this fit again when it has finished (fits run one at a time)".into());
     };
-    let labelled = match labelled_from_table(&table, plan.schema, target) {
-        Ok(l) => l,
-        Err(msg) => return fail(msg),
-    };
+    let (labelled, windowing) =
+        match labelled_from_table(&table, plan.schema, target, plan.window_secs) {
+            Ok(l) => l,
+            Err(msg) => return fail(msg),
+        };
     let positives = labelled.data.y.iter().filter(|&&y| y == 1.0).count();
     let sources = labelled
         .srcs
@@ -302,13 +303,14 @@ fn fit_and_apply(
     DsdlResponse {
         status: "success",
         message: format!(
-            "/fit done successfully; model `{name}` ({}, {}) trained on {} rows ({positives} labelled 1) from {sources} sources in {:.1} s: best epoch {} of {}, validation ROC AUC {:.4} and TPR {:.1}% at 0.1% FPR on {}; saved and serving{}",
+            "/fit done successfully; model `{name}` ({}, {}) trained on {} rank-1 rows ({positives} labelled 1) from {sources} sources {} in {:.1} s: best epoch {} of {}, validation ROC AUC {:.4} and TPR {:.1}% at 0.1% FPR on {}; saved and serving{}",
             plan.schema,
             match &plan.base {
                 Some(b) => format!("fine-tuned from `{}`", b.info.name),
                 None => "from scratch".to_string(),
             },
             labelled.data.len(),
+            windowing.describe(),
             started.elapsed().as_secs_f64(),
             report.best.epoch,
             report.epochs_run,

@@ -63,12 +63,14 @@ struct Span {
 pub struct Table<'a> {
     text: &'a str,
     unescaped: String,
-    cells: Vec<[Span; 4]>,
+    cells: Vec<[Span; 5]>,
     pub kinds: Vec<RowKind>,
     /// Whether the CSV had a `rank` column (without one, every row is rank 1).
     pub has_rank: bool,
     /// Whether the label column a fit asked for was read (see [`Table::parse_with_target`]).
     pub has_target: bool,
+    /// Whether a fit's CSV had a `_time` column (read only with a target).
+    pub has_time: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -100,6 +102,7 @@ const SRC: usize = 0;
 const QUERY: usize = 1;
 const RANK: usize = 2;
 const TARGET: usize = 3;
+const TIME: usize = 4;
 
 impl<'a> Table<'a> {
     /// Parses a CSV of any number of rows.
@@ -113,7 +116,7 @@ impl<'a> Table<'a> {
     }
 
     /// Like [`Table::parse_limited`], also keeping the cells of the label column `target` (for
-    /// `/fit`), which must then exist.
+    /// `/fit`), which must then exist, and of `_time` when there is one.
     pub fn parse_with_target(
         csv_text: &'a str,
         max_rows: usize,
@@ -155,7 +158,14 @@ impl<'a> Table<'a> {
                 found: found(),
             })?),
         };
-        let columns = [Some(src_col), Some(query_col), rank_col, target_col];
+        let time_col = target.and_then(|_| position("_time"));
+        let columns = [
+            Some(src_col),
+            Some(query_col),
+            rank_col,
+            target_col,
+            time_col,
+        ];
 
         let expected_rows = (csv_text.len() / 48).min(max_rows);
         let mut table = Table {
@@ -165,6 +175,7 @@ impl<'a> Table<'a> {
             kinds: Vec::with_capacity(expected_rows),
             has_rank: rank_col.is_some(),
             has_target: target_col.is_some(),
+            has_time: time_col.is_some(),
         };
         let mut row_number = 0usize;
         loop {
@@ -179,7 +190,7 @@ impl<'a> Table<'a> {
             if row_number > max_rows {
                 return Err(TableError::TooManyRows { limit: max_rows });
             }
-            let mut spans = [Span::default(); 4];
+            let mut spans = [Span::default(); 5];
             for (slot, col) in columns.iter().enumerate() {
                 if let Some(f) = col.and_then(|c| fields.get(c)) {
                     spans[slot] = if f.escaped {
@@ -251,6 +262,11 @@ impl<'a> Table<'a> {
     /// The label cell as sent (empty when no target column was read).
     pub fn target_text(&self, row: usize) -> &str {
         self.cell(row, TARGET)
+    }
+
+    /// The `_time` cell as sent (empty when no time column was read).
+    pub fn time_text(&self, row: usize) -> &str {
+        self.cell(row, TIME)
     }
 
     /// The rows that feed the features (all but unreadable ones) and, among them, the positions of
