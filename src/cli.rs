@@ -200,12 +200,40 @@ pub struct ServeArgs {
     /// (`10.1.0.0/16`); a `# comment` after an entry is shown as part of the reason.
     #[arg(long, env = "DNSEXFIL_MUTED_SOURCES")]
     pub muted_sources: Option<PathBuf>,
+    /// Seconds between scans of the model store for models another replica fitted or someone
+    /// copied in (new or changed files are loaded; 0 turns scanning off). An `/apply` naming an
+    /// unknown model also looks at the store once.
+    #[arg(long, env = "DNSEXFIL_STORE_RESCAN_SECS", default_value_t = 10)]
+    pub store_rescan_secs: u64,
     /// Longest a `/fit` may train, in seconds; a longer one stops with an error and saves nothing.
     #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900)]
     pub fit_time_limit_secs: u64,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Every `every`, loads models that appeared or changed in the store (fitted by another replica).
+fn spawn_store_rescan(registry: Arc<Registry>, dir: PathBuf, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let (registry, dir) = (registry.clone(), dir.clone());
+            let scanned = tokio::task::spawn_blocking(move || registry.refresh_dir(&dir)).await;
+            let Ok((loaded, failed)) = scanned else {
+                continue;
+            };
+            for name in loaded {
+                tracing::info!(model = %name, "model loaded from the store");
+            }
+            for (file, problem) in failed {
+                tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
+            }
+        }
+    });
 }
 
 #[derive(clap::Args, Debug)]
@@ -364,6 +392,14 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         Transport::Http
     };
+
+    if args.store_rescan_secs > 0 {
+        spawn_store_rescan(
+            state.registry.clone(),
+            model_dir.clone(),
+            Duration::from_secs(args.store_rescan_secs),
+        );
+    }
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;

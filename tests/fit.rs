@@ -451,3 +451,68 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
         assert_eq!(stray, vec!["dnsexfil_m.safetensors"]);
     }
 }
+
+#[test]
+fn replicas_sharing_the_store_serve_what_another_replica_fitted() {
+    let store = tempfile::tempdir().unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--enable-https=false".into(),
+        "--store-rescan-secs".into(),
+        "1".into(),
+        "--model-dir".into(),
+        store.path().as_os_str().to_owned(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+    let (a, b) = (ServedBinary::start(&refs), ServedBinary::start(&refs));
+    let post = |address: &str, path: &str, body: &serde_json::Value| {
+        TestServer::client()
+            .post(format!("http://{address}{path}"))
+            .header("Authorization", TOKEN)
+            .json(body)
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap()
+    };
+    let csv = labelled_csv(1500);
+    let apply_csv: String = csv
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    let apply_body = apply_envelope(&apply_csv, "dnsexfil", "shared");
+
+    // Fitted on A, applied on B right away: B finds it in the store on the miss.
+    let fitted = post(
+        &a.address,
+        "/fit",
+        &fit_envelope(&csv, "dnsexfil", "shared", &[("epochs", "3")]),
+    );
+    assert_same_scores(
+        &probabilities(&post(&b.address, "/apply", &apply_body)),
+        &probabilities(&fitted),
+        "replica B after a fit on A",
+    );
+    // Refitted on A: B picks the new version up at its next store scan.
+    let refit = post(
+        &a.address,
+        "/fit",
+        &fit_envelope(
+            &csv,
+            "dnsexfil",
+            "shared",
+            &[("epochs", "3"), ("seed", "99")],
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let on_b = probabilities(&post(&b.address, "/apply", &apply_body));
+        if on_b == probabilities(&refit) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica B never picked up the refit"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

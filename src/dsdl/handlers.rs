@@ -100,6 +100,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     if endpoint == Endpoint::Fit && options.stage {
         return stage(&state.config.staging_dir, &envelope, &options);
     }
+    refresh_on_miss(state, &options);
     if endpoint == Endpoint::Fit {
         if let Some(target) = envelope.target_variable() {
             return fit_and_apply(state, &envelope, &options, &target);
@@ -132,6 +133,28 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             results: Some(results),
         },
         Err(msg) => DsdlResponse::error(endpoint, msg),
+    }
+}
+
+/// A model this replica does not know may have just been fitted by another replica sharing the
+/// store: look at the store once before answering "unknown model".
+fn refresh_on_miss(state: &AppState, options: &Options) {
+    let Some(store) = &state.config.model_store else {
+        return;
+    };
+    if state
+        .registry
+        .resolve(&options.model_name, options.algo.as_deref())
+        .is_some()
+    {
+        return;
+    }
+    let (loaded, failed) = state.registry.refresh_dir(store.dir());
+    for name in loaded {
+        tracing::info!(model = %name, dir = %store.dir().display(), "model loaded from the store");
+    }
+    for (file, problem) in failed {
+        tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
     }
 }
 
@@ -292,6 +315,7 @@ fn fit_and_apply(
         }
     };
     // From here on requests get the new model; those in flight finish on the one they hold.
+    state.registry.remember(&path, None);
     let model = state.registry.insert(fitted.model);
     tracing::info!(model = %name, file = %path.display(), sha256 = %model.file_sha256,
         seconds = started.elapsed().as_secs_f64(), "fit saved and serving");

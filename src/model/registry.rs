@@ -1,9 +1,10 @@
 //! The read-mostly set of loaded models, shared by all requests. Requests take an `Arc` to the
 //! model they use, so replacing a model never disturbs a request in flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use super::convert;
 use super::{Model, ModelError};
@@ -11,6 +12,27 @@ use super::{Model, ModelError};
 #[derive(Default)]
 pub struct Registry {
     models: RwLock<BTreeMap<String, Arc<Model>>>,
+    /// Model files of the store as last loaded (modification time, size), so a rescan only
+    /// reloads what another replica (or a person) changed.
+    store_files: Mutex<HashMap<PathBuf, FileStamp>>,
+}
+
+type FileStamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::Io(format!("cannot list {}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 impl Registry {
@@ -82,16 +104,11 @@ impl Registry {
         if !dir.is_dir() {
             return Ok(loaded);
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| ModelError::Io(format!("cannot list {}: {e}", dir.display())))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("safetensors"))
-            .collect();
-        files.sort();
-        for f in files {
+        for f in model_files(dir)? {
+            let before = stamp(&f);
             let model = Model::load(&f)?;
             loaded.push(self.insert(model).info.name.clone());
+            self.remember(&f, before);
         }
         let escu = convert::ESCU_MODEL_NAME;
         let has_escu_pt = dir.join(format!("{escu}.pt")).is_file()
@@ -104,6 +121,49 @@ impl Registry {
         Ok(loaded)
     }
 
+    /// Notes that `path` holds the version just loaded or saved (stamped before reading, so a
+    /// change during the read is seen by the next rescan).
+    pub fn remember(&self, path: &Path, at: Option<FileStamp>) {
+        if let Some(at) = at.or_else(|| stamp(path)) {
+            self.store_files
+                .lock()
+                .expect("store files lock")
+                .insert(path.to_path_buf(), at);
+        }
+    }
+
+    /// Loads the model files of the store that are new or changed since they were last loaded:
+    /// models fitted by another replica sharing the store, or files copied in by hand. A file
+    /// that does not load is reported and skipped; the model already served stays. Returns
+    /// (names loaded, (file, problem) for files skipped).
+    pub fn refresh_dir(&self, dir: &Path) -> (Vec<String>, Vec<(PathBuf, String)>) {
+        let mut loaded = Vec::new();
+        let mut failed = Vec::new();
+        let files = match model_files(dir) {
+            Ok(f) => f,
+            Err(_) => return (loaded, failed),
+        };
+        for f in files {
+            let now = stamp(&f);
+            let known = self
+                .store_files
+                .lock()
+                .expect("store files lock")
+                .get(&f)
+                .copied();
+            if now.is_none() || now == known {
+                continue;
+            }
+            match Model::load(&f) {
+                Ok(model) => loaded.push(self.insert(model).info.name.clone()),
+                Err(e) => failed.push((f.clone(), e.to_string())),
+            }
+            // A bad file is not retried until it changes again.
+            self.remember(&f, now);
+        }
+        (loaded, failed)
+    }
+
     /// Loads one model given on the command line: a model file, or an artifact/`.pt` converted in memory.
     pub fn load_file(&self, path: &Path) -> Result<String, ModelError> {
         let model = if path.extension().and_then(|x| x.to_str()) == Some("safetensors") {
@@ -113,5 +173,35 @@ impl Registry {
             Model::from_bytes(&converted.bytes, &path.display().to_string())?
         };
         Ok(self.insert(model).info.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rescan_loads_new_and_changed_files_and_skips_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        assert!(registry.load_dir(dir.path()).unwrap().is_empty());
+        // Another replica saves a model into the shared store.
+        let bytes = crate::model::DEFAULT_MODEL_BYTES;
+        let mut model = crate::model::default_model().unwrap();
+        model.info.name = "fitted".into();
+        let tensors = model.mlp.tensors().unwrap();
+        let fitted = crate::model::file::encode(&model.info, &tensors).unwrap();
+        std::fs::write(dir.path().join("fitted.safetensors"), &fitted).unwrap();
+        std::fs::write(dir.path().join("broken.safetensors"), b"not a model").unwrap();
+        let (loaded, failed) = registry.refresh_dir(dir.path());
+        assert_eq!(loaded, vec!["fitted".to_string()]);
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].0.ends_with("broken.safetensors"));
+        // Nothing changed: nothing reloaded, the bad file is not retried.
+        assert_eq!(registry.refresh_dir(dir.path()), (vec![], vec![]));
+        // A changed file is reloaded.
+        std::fs::write(dir.path().join("broken.safetensors"), bytes).unwrap();
+        let (loaded, failed) = registry.refresh_dir(dir.path());
+        assert_eq!((loaded, failed.len()), (vec!["dnsexfil_v2".to_string()], 0));
     }
 }
