@@ -36,6 +36,7 @@ fn escu_state() -> AppState {
         max_body_bytes: 64 << 20,
         max_rows: 1_000_000,
         staging_dir: std::env::temp_dir(),
+        limits: Default::default(),
     };
     AppState::new(Arc::new(registry), config, 2)
 }

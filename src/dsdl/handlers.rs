@@ -150,6 +150,13 @@ pub fn apply_model(
         inference_ms = scores.inference_time.as_secs_f64() * 1e3,
         "scored"
     );
+    crate::metrics::record_scoring(
+        "dsdl",
+        &model.info.name,
+        scored.len(),
+        scores.feature_time,
+        scores.inference_time,
+    );
     let mut results = JsonEscaped(Vec::with_capacity(csv_text.len() + scored.len() * 32 + 256));
     write_results(
         &mut results,

@@ -79,6 +79,7 @@ impl TestServer {
             max_body_bytes: opts.max_body_bytes,
             max_rows: 1_000_000,
             staging_dir: staging_dir.clone(),
+            limits: dnsexfil::limits::Limits::default(),
         };
         let state = AppState::new(escu_registry(), config, 2);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
