@@ -216,14 +216,17 @@ fn score_body(
         Format::Json => events::from_json(body, max_events)?,
         Format::Ndjson => events::from_ndjson(body, max_events)?,
     };
-    let requested = match (query_model, &batch.model) {
-        (Some(q), Some(b)) if q != *b => {
+    // An empty name means "not given" (e.g. `?model=$MODEL` with the variable unset).
+    let query_model = query_model.filter(|m| !m.is_empty());
+    let body_model = batch.model.clone().filter(|m| !m.is_empty());
+    let requested = match (query_model, body_model) {
+        (Some(q), Some(b)) if q != b => {
             return Err(ApiError::unprocessable(
                 "conflicting_model",
                 format!("?model={q} and the body's `model` field `{b}` disagree; give one of them"),
             ))
         }
-        (q, b) => q.or_else(|| b.clone()),
+        (q, b) => q.or(b),
     };
     let model = models::choose(&state.registry, requested.as_deref())?;
     let probabilities = probabilities(&model, &batch)?;
