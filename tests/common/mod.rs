@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub token: Token,
     pub max_body_bytes: usize,
     pub https: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// The models to serve (default: the converted ESCU model only).
+    pub registry: Option<Arc<Registry>>,
+    pub limits: dnsexfil::limits::Limits,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,8 @@ impl Default for ServerOptions {
             token: Token::Set(TOKEN.into()),
             max_body_bytes: 32 << 20,
             https: None,
+            registry: None,
+            limits: Default::default(),
         }
     }
 }
@@ -79,9 +84,10 @@ impl TestServer {
             max_body_bytes: opts.max_body_bytes,
             max_rows: 1_000_000,
             staging_dir: staging_dir.clone(),
-            limits: dnsexfil::limits::Limits::default(),
+            limits: opts.limits,
         };
-        let state = AppState::new(escu_registry(), config, 2);
+        let registry = opts.registry.unwrap_or_else(escu_registry);
+        let state = AppState::new(registry, config, 2);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let https = opts.https.is_some();
@@ -173,6 +179,8 @@ pub struct ServedBinary {
     pub address: String,
     /// The certificate fingerprint the service logged (HTTPS only).
     pub fingerprint: Option<String>,
+    /// Log lines after the start-up ones, as they arrive.
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
     _data_dir: tempfile::TempDir,
 }
 
@@ -215,12 +223,13 @@ impl ServedBinary {
                 break;
             }
         }
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             for line in lines {
-                assert!(
-                    !line.unwrap_or_default().contains(TOKEN),
-                    "the token never appears in logs"
-                );
+                let line = line.unwrap_or_default();
+                assert!(!line.contains(TOKEN), "the token never appears in logs");
+                kept.lock().unwrap().push(line);
             }
         });
         let address = address.expect("the server logs its address");
@@ -228,6 +237,7 @@ impl ServedBinary {
             child,
             address,
             fingerprint,
+            logs,
             _data_dir: data_dir,
         }
     }
