@@ -29,9 +29,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the DSDL container protocol (and health checks) over HTTPS or HTTP.
+    /// Serve the DSDL container protocol, the /v1 REST API, health, readiness and metrics over
+    /// HTTPS or HTTP.
     #[command(
-        after_help = "Environment:\n  api_token    the DSDL container token every /fit, /apply, /summary, / and /compute request \
+        after_help = "Environment:\n  api_token    the token every /fit, /apply, /summary, /, /compute and /v1 request \
 must send as `Authorization: <token>` or `Authorization: Bearer <token>` (unset or empty: all are refused \
 with 401, as the stock container does). Read from the environment only, so it never shows in a process list.\n  \
 RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"

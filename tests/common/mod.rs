@@ -156,6 +156,8 @@ pub fn dnsexfil_command() -> std::process::Command {
         "API_SSL_KEY",
         "DNSEXFIL_MODELS",
         "DNSEXFIL_DATA_DIR",
+        "DNSEXFIL_MAX_CONCURRENT_REQUESTS",
+        "DNSEXFIL_REQUEST_TIMEOUT_SECS",
     ] {
         cmd.env_remove(var);
     }
