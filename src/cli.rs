@@ -11,6 +11,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::dsdl::auth::Token;
+use crate::limits::{Limits, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_REQUEST_TIMEOUT_SECS};
 use crate::model::convert::{self, ESCU_MODEL_NAME};
 use crate::model::{ModelStore, Registry};
 use crate::server::{self, AppState, ServerConfig, Transport};
@@ -29,9 +30,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the DSDL container protocol (and health checks) over HTTPS or HTTP.
+    /// Serve the DSDL container protocol, the /v1 REST API, health, readiness and metrics over
+    /// HTTPS or HTTP.
     #[command(
-        after_help = "Environment:\n  api_token    the DSDL container token every /fit, /apply, /summary, / and /compute request \
+        after_help = "Environment:\n  api_token    the token every /fit, /apply, /summary, /, /compute and /v1 request \
 must send as `Authorization: <token>` or `Authorization: Bearer <token>` (unset or empty: all are refused \
 with 401, as the stock container does). Read from the environment only, so it never shows in a process list.\n  \
 RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
@@ -43,6 +45,9 @@ RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
     Train(TrainArgs),
     /// Write a synthetic DSDL batch (CSV, or the whole /apply envelope) for benchmarks and load tests.
     Synth(SynthArgs),
+    /// Print the service's OpenAPI 3 document (what GET /openapi.json serves):
+    /// `dnsexfil openapi > openapi/openapi.json` regenerates the committed copy.
+    Openapi,
 }
 
 #[derive(clap::Args, Debug)]
@@ -208,6 +213,16 @@ pub struct ServeArgs {
     /// Longest a `/fit` may train, in seconds; a longer one stops with an error and saves nothing.
     #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900)]
     pub fit_time_limit_secs: u64,
+    /// Requests in flight at once on the DSDL and /v1 routes; more are refused at once with 429
+    /// (health, readiness and metrics are exempt).
+    #[arg(long, env = "DNSEXFIL_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_concurrent_requests: usize,
+    /// Longest time one request may take, body upload included, before it is answered 503
+    /// (POST /fit is exempt: training has its own limit).
+    #[arg(long, env = "DNSEXFIL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -261,6 +276,14 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Writes the OpenAPI document to standard output.
+pub fn run_openapi() -> anyhow::Result<()> {
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(crate::openapi::document_json().as_bytes())
+        .context("cannot write to standard output")
 }
 
 pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
@@ -350,6 +373,10 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         staging_dir,
         model_store: Some(store),
         fit_time_limit: Duration::from_secs(args.fit_time_limit_secs),
+        limits: Limits {
+            max_concurrent_requests: args.max_concurrent_requests,
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+        },
     };
     let compute_threads = args
         .compute_threads
@@ -408,6 +435,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         scheme = if args.enable_https { "https" } else { "http" },
         models = ?state.registry.names(),
         compute_threads,
+        max_concurrent_requests = args.max_concurrent_requests,
+        request_timeout_secs = args.request_timeout_secs,
         "listening"
     );
     server::serve(

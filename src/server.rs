@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -15,8 +16,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
+use crate::limits::{self, Flavor, Limits};
 use crate::model::{ModelStore, Registry};
 use crate::suppress::Suppressions;
+use crate::{metrics, ops, request_id, rest};
 
 /// Settings the request handlers need.
 pub struct ServerConfig {
@@ -30,6 +33,8 @@ pub struct ServerConfig {
     pub model_store: Option<ModelStore>,
     /// A fit that trains longer is stopped with an error and saves nothing.
     pub fit_time_limit: Duration,
+    /// In-flight and time limits per request.
+    pub limits: Limits,
 }
 
 #[derive(Clone)]
@@ -43,16 +48,20 @@ pub struct AppState {
     pub fit_slot: Arc<tokio::sync::Semaphore>,
     /// Allowlist and muted sources, applied to every scored row after scoring.
     pub suppressions: Arc<Suppressions>,
+    /// One permit per request in flight on the limited routes (see `limits.rs`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, config: ServerConfig, compute_threads: usize) -> Self {
+        let in_flight = config.limits.max_concurrent_requests.max(1);
         Self {
             registry,
             config: Arc::new(config),
             compute: Arc::new(tokio::sync::Semaphore::new(compute_threads.max(1))),
             fit_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             suppressions: Arc::new(Suppressions::none()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight)),
         }
     }
 
@@ -105,35 +114,60 @@ pub fn default_compute_threads() -> usize {
 
 /// The whole application, for a listener or for in-process tests.
 pub fn app(state: AppState) -> Router {
-    let dsdl = Router::new()
+    let dsdl_timed = Router::new()
         .route("/", get(handlers::summary))
         .route("/summary", get(handlers::summary))
         .route("/apply", post(handlers::apply))
-        .route("/fit", post(handlers::fit))
-        .route("/compute", post(handlers::compute))
+        .route("/compute", post(handlers::compute));
+    // Training can take long and has its own limit: no request timeout on /fit.
+    let dsdl_fit = Router::new().route("/fit", post(handlers::fit));
+    let dsdl = limits::guard(dsdl_timed, &state, Flavor::Dsdl, true)
+        .merge(limits::guard(dsdl_fit, &state, Flavor::Dsdl, false))
         .route_layer(middleware::from_fn_with_state(
             state.config.token.clone(),
             require_token,
         ));
     Router::new()
         .merge(dsdl)
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .fallback(|| async {
+        .merge(rest::routes(&state))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|uri: Uri| async move {
+            if uri.path().starts_with("/v1/") {
+                return rest::not_found(uri.path());
+            }
             (
                 StatusCode::NOT_FOUND,
                 Json(serde_json::json!({"detail": "Not Found"})),
             )
+                .into_response()
         })
-        .method_not_allowed_fallback(|| async {
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            if uri.path().starts_with("/v1/") {
+                return rest::method_not_allowed(uri.path());
+            }
             (
                 StatusCode::METHOD_NOT_ALLOWED,
                 Json(serde_json::json!({"detail": "Method Not Allowed"})),
             )
+                .into_response()
         })
-        .layer(TraceLayer::new_for_http())
+        // Outermost last: the request id first, then the span that carries it, then the counts.
+        .layer(middleware::from_fn(metrics::track))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+                // Never the headers: the token travels in one.
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id = %request_id::of(req),
+                )
+            }),
+        )
+        .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

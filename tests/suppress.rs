@@ -78,6 +78,35 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
         "",
         "history rows are not scored, so never suppressed"
     );
+
+    // The REST API gives the same reasons, with the label forced to 0 and the probability kept.
+    let events: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({"src": r[0], "query": r[1], "rank": r[2].parse::<u32>().unwrap()}))
+        .collect();
+    let scored = unverified_tls_client()
+        .post(format!(
+            "http://{}/v1/score?model=dnsexfil_v2",
+            server.address
+        ))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "events": events }))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap();
+    let results = scored["results"].as_array().unwrap();
+    assert_eq!(results.len(), rows.len());
+    for (i, r) in results.iter().enumerate() {
+        let want = reason(i);
+        assert_eq!(r["reason"].as_str().unwrap_or(""), want, "event {i}");
+        if r["scored"] == true {
+            let p = r["probability"].as_f64().unwrap() as f32;
+            assert_eq!(p, rows[i][3].parse::<f32>().unwrap(), "event {i}");
+            let alert = p >= 0.5 && want.is_empty();
+            assert_eq!(r["label"], u8::from(alert), "event {i}");
+        }
+    }
 }
 
 #[test]

@@ -207,6 +207,13 @@ fn score_table(
         reasons
     });
     let mut results = JsonEscaped(Vec::with_capacity(csv_len + scored.len() * 32 + 256));
+    crate::metrics::record_scoring(
+        "dsdl",
+        &model.info.name,
+        scored.len(),
+        scores.feature_time,
+        scores.inference_time,
+    );
     write_results(
         &mut results,
         table,

@@ -54,6 +54,9 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     pub https: Option<axum_server::tls_rustls::RustlsConfig>,
     pub fit_time_limit: Duration,
+    /// The models to serve (default: the converted ESCU model only).
+    pub registry: Option<Arc<Registry>>,
+    pub limits: dnsexfil::limits::Limits,
 }
 
 impl Default for ServerOptions {
@@ -63,6 +66,8 @@ impl Default for ServerOptions {
             max_body_bytes: 32 << 20,
             https: None,
             fit_time_limit: Duration::from_secs(600),
+            registry: None,
+            limits: Default::default(),
         }
     }
 }
@@ -83,8 +88,10 @@ impl TestServer {
             staging_dir: staging_dir.clone(),
             model_store: Some(ModelStore::new(dir.path().join("app/model/data"))),
             fit_time_limit: opts.fit_time_limit,
+            limits: opts.limits,
         };
-        let state = AppState::new(escu_registry(), config, 2);
+        let registry = opts.registry.unwrap_or_else(escu_registry);
+        let state = AppState::new(registry, config, 2);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let https = opts.https.is_some();
@@ -158,6 +165,8 @@ pub fn dnsexfil_command() -> std::process::Command {
         "API_SSL_KEY",
         "DNSEXFIL_MODELS",
         "DNSEXFIL_DATA_DIR",
+        "DNSEXFIL_MAX_CONCURRENT_REQUESTS",
+        "DNSEXFIL_REQUEST_TIMEOUT_SECS",
     ] {
         cmd.env_remove(var);
     }
@@ -181,6 +190,8 @@ pub struct ServedBinary {
     pub address: String,
     /// The certificate fingerprint the service logged (HTTPS only).
     pub fingerprint: Option<String>,
+    /// Log lines after the start-up ones, as they arrive.
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
     _data_dir: tempfile::TempDir,
 }
 
@@ -223,12 +234,13 @@ impl ServedBinary {
                 break;
             }
         }
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             for line in lines {
-                assert!(
-                    !line.unwrap_or_default().contains(TOKEN),
-                    "the token never appears in logs"
-                );
+                let line = line.unwrap_or_default();
+                assert!(!line.contains(TOKEN), "the token never appears in logs");
+                kept.lock().unwrap().push(line);
             }
         });
         let address = address.expect("the server logs its address");
@@ -236,6 +248,7 @@ impl ServedBinary {
             child,
             address,
             fingerprint,
+            logs,
             _data_dir: data_dir,
         }
     }

@@ -1,0 +1,134 @@
+//! Request limits: at most N requests in flight (more are refused at once with 429, so a burst
+//! cannot queue unbounded work), and a time limit per request (503). Each route family answers
+//! in its own error format: /v1 JSON errors, or DSDL's `{"status": "error", ...}` body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::dsdl::DsdlResponse;
+use crate::rest::error::ApiError;
+use crate::server::AppState;
+
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// The limits `serve` enforces (`--max-concurrent-requests`, `--request-timeout-secs`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests in flight at once on the limited routes (health, readiness and metrics are not).
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take, body upload included (`POST /fit` has no such limit).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// Which error format a route family speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    V1,
+    Dsdl,
+}
+
+#[derive(Clone)]
+struct Guard {
+    in_flight: Arc<Semaphore>,
+    limit: usize,
+    timeout: Option<Duration>,
+    flavor: Flavor,
+}
+
+/// Puts the routes of `router` under the in-flight limit shared by all limited routes, and
+/// under the time limit when `timed`.
+pub fn guard(
+    router: Router<AppState>,
+    state: &AppState,
+    flavor: Flavor,
+    timed: bool,
+) -> Router<AppState> {
+    let guard = Guard {
+        in_flight: state.in_flight.clone(),
+        limit: state.config.limits.max_concurrent_requests,
+        timeout: timed.then_some(state.config.limits.request_timeout),
+        flavor,
+    };
+    router.route_layer(middleware::from_fn_with_state(guard, enforce))
+}
+
+async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    // The permit lives until the response is produced: a request in flight holds one.
+    let Ok(_permit) = guard.in_flight.clone().try_acquire_owned() else {
+        tracing::warn!(path = %path, limit = guard.limit, "request refused: too many in flight");
+        let what = format!(
+            "{} requests are already in flight, the limit (--max-concurrent-requests); retry shortly",
+            guard.limit
+        );
+        let mut resp = refuse(
+            guard.flavor,
+            &path,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            what,
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    let Some(limit) = guard.timeout else {
+        return next.run(req).await;
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            // CPU work already started finishes in the background (it holds its compute slot),
+            // so the cores are never oversubscribed; only the answer is given up.
+            tracing::warn!(path = %path, limit_secs = limit.as_secs_f64(), "request timed out");
+            let what = format!(
+                "the request took longer than {} s (--request-timeout-secs); send fewer events per request or raise the limit",
+                limit.as_secs_f64()
+            );
+            refuse(
+                guard.flavor,
+                &path,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                what,
+            )
+        }
+    }
+}
+
+fn refuse(
+    flavor: Flavor,
+    path: &str,
+    status: StatusCode,
+    code: &'static str,
+    what: String,
+) -> Response {
+    match flavor {
+        Flavor::V1 => ApiError::new(status, code, what).into_response(),
+        Flavor::Dsdl => {
+            let body = DsdlResponse {
+                status: "error",
+                message: format!("{path}: ERROR: {what}"),
+                results: None,
+            };
+            (status, body).into_response()
+        }
+    }
+}

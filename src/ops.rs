@@ -1,0 +1,89 @@
+//! Unauthenticated endpoints for operators and orchestrators: liveness, readiness, metrics and
+//! the API description. They are cheap and exempt from the in-flight limit, so probes keep
+//! answering while the service is saturated.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::server::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `not_ready` when no model is loaded.
+    #[schema(example = "ready")]
+    pub status: String,
+    /// Names of the loaded models.
+    pub models: Vec<String>,
+}
+
+/// Liveness: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: at least one model is loaded, so scoring requests can be answered.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: models are loaded", body = Readiness),
+        (status = 503, description = "Not ready: no model is loaded", body = Readiness),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let models = state.registry.names();
+    let (status, word) = if models.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    (
+        status,
+        Json(Readiness {
+            status: word.into(),
+            models,
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in Prometheus text format", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let limit = state.config.limits.max_concurrent_requests;
+    let in_flight = limit.saturating_sub(state.in_flight.available_permits());
+    let text = crate::metrics::render(&state.registry, in_flight, limit);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document (the same as openapi/openapi.json)",
+        body = Object, content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
+}

@@ -1,0 +1,331 @@
+//! Decoding a `/v1/score` body (JSON object or NDJSON lines) into events. A bad event never fails
+//! the request: it becomes a per-event error in place, so the answer keeps one result per event.
+
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{clip, ApiError, ErrorDetail};
+
+/// One DNS event as a client sends it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the wire format; events are read from JSON values one by one
+pub struct Event {
+    /// Source host (text as sent; any string, e.g. an IP address).
+    #[schema(example = "10.0.0.5")]
+    pub src: String,
+    /// The DNS query name.
+    #[schema(example = "mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrr.t.exfil-example.net")]
+    pub query: String,
+    /// 1 (or absent/null): the newest event of its (src, query) pair, scored. Any other number:
+    /// an older event that only feeds the per-source history (`"scored": false`), as in DSDL.
+    #[schema(example = 1)]
+    pub rank: Option<f64>,
+    /// Event time (string or number). Accepted for the caller's bookkeeping; it does not change
+    /// the score.
+    #[schema(value_type = Option<String>, example = "2024-05-01T12:00:00Z")]
+    pub time: Option<Value>,
+}
+
+/// A JSON scoring request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the wire format; the body is read as a JSON value
+pub struct ScoreRequest {
+    /// Model to use; the same as `?model=` (both may be given only if they agree). Default: the
+    /// built-in `dnsexfil_v2` when loaded, else the only loaded model.
+    #[schema(example = "dnsexfil_v2")]
+    pub model: Option<String>,
+    /// The events, in order. History events (rank other than 1) of the same request are what the
+    /// per-source features are computed from, so send a source's events together.
+    pub events: Vec<Event>,
+}
+
+/// What the service made of one event.
+#[derive(Debug)]
+pub struct Decoded {
+    /// `(src, query)` when both are usable: the event then feeds the per-source history.
+    pub dns: Option<(String, String)>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    /// Rank 1: scored.
+    Scored,
+    /// Another rank: history only.
+    History,
+    /// Unusable; answered with this error.
+    Invalid(ErrorDetail),
+}
+
+/// A decoded request: the model named in the body (JSON only) and the events in order.
+#[derive(Debug)]
+pub struct Batch {
+    pub model: Option<String>,
+    pub events: Vec<Decoded>,
+}
+
+/// Reads a JSON body `{"model": ..., "events": [...]}`.
+pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not valid JSON ({e}); send {{\"events\": [{{\"src\": \"...\", \"query\": \"...\"}}]}}"),
+        )
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "the body is JSON {}, not an object; send {{\"events\": [{{\"src\": \"...\", \"query\": \"...\"}}]}}",
+                type_name(&value)
+            ),
+        ));
+    };
+    let model = match object.remove("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name),
+        Some(other) => {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                format!(
+                    "`model` must be a string naming a loaded model (see GET /v1/models), not {}",
+                    type_name(&other)
+                ),
+            ))
+        }
+    };
+    let events = match object.remove("events") {
+        Some(Value::Array(events)) => events,
+        Some(other) => {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                format!(
+                    "`events` must be an array of event objects, not {}",
+                    type_name(&other)
+                ),
+            ))
+        }
+        None => {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                "the body has no `events` array; send {\"events\": [{\"src\": \"...\", \"query\": \"...\"}]}",
+            ))
+        }
+    };
+    check_count(events.len(), max_events)?;
+    let events = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| decode(i, e))
+        .collect();
+    Ok(Batch { model, events })
+}
+
+/// Reads NDJSON: one event object per line; blank lines are skipped. A line that is not JSON is a
+/// per-event error, like any other bad event.
+pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not UTF-8 text ({e}); send one JSON event object per line"),
+        )
+    })?;
+    let lines: Vec<(usize, &str)> = text
+        .split('\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    check_count(lines.len(), max_events)?;
+    let events = lines
+        .iter()
+        .enumerate()
+        .map(
+            |(i, (line_no, line))| match serde_json::from_str::<Value>(line) {
+                Ok(v) => decode(i, &v),
+                Err(e) => Decoded {
+                    dns: None,
+                    kind: Kind::Invalid(ErrorDetail {
+                        code: "invalid_json".into(),
+                        message: format!(
+                            "line {} is not JSON ({e}); send one event object per line",
+                            line_no + 1
+                        ),
+                    }),
+                },
+            },
+        )
+        .collect();
+    Ok(Batch {
+        model: None,
+        events,
+    })
+}
+
+fn check_count(count: usize, max_events: usize) -> Result<(), ApiError> {
+    if count > max_events {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("the request has {count} events, more than the limit of {max_events}; send fewer per request or raise --max-rows (DNSEXFIL_MAX_ROWS)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one event. Like a DSDL row with an unreadable rank, an event whose `src` and `query`
+/// are fine but whose `rank` or `time` is not still counts in its source's history.
+fn decode(index: usize, event: &Value) -> Decoded {
+    let invalid = |dns, message: String| Decoded {
+        dns,
+        kind: Kind::Invalid(ErrorDetail {
+            code: "invalid_event".into(),
+            message: format!("event {index}: {message}"),
+        }),
+    };
+    let Value::Object(fields) = event else {
+        return invalid(
+            None,
+            format!(
+                "is JSON {}, not an object with string fields `src` and `query`",
+                type_name(event)
+            ),
+        );
+    };
+    let text = |name: &str| match fields.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None => Err(format!(
+            "`{name}` is missing; every event needs string fields `src` and `query`"
+        )),
+        Some(other) => Err(format!(
+            "`{name}` must be a string, not {}",
+            type_name(other)
+        )),
+    };
+    let dns = match (text("src"), text("query")) {
+        (Ok(src), Ok(query)) => (src, query),
+        (Err(e), _) | (_, Err(e)) => return invalid(None, e),
+    };
+    match fields.get("time") {
+        None | Some(Value::Null | Value::String(_) | Value::Number(_)) => {}
+        Some(other) => {
+            return invalid(
+                Some(dns),
+                format!(
+                    "`time` must be a string or a number, not {}",
+                    type_name(other)
+                ),
+            )
+        }
+    }
+    let kind = match fields.get("rank") {
+        None | Some(Value::Null) => Kind::Scored,
+        Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Kind::Scored,
+        Some(Value::Number(_)) => Kind::History,
+        Some(other) => {
+            return invalid(
+                Some(dns),
+                format!(
+                    "`rank` must be a number (1 = score this event), not {}",
+                    type_name(other)
+                ),
+            )
+        }
+    };
+    Decoded {
+        dns: Some(dns),
+        kind,
+    }
+}
+
+fn type_name(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(n) => format!("the number {}", clip(&n.to_string(), 20)),
+        Value::String(s) => format!("the string \"{}\"", clip(s, 40)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(batch: &Batch) -> Vec<&str> {
+        batch
+            .events
+            .iter()
+            .map(|e| match &e.kind {
+                Kind::Scored => "scored",
+                Kind::History => "history",
+                Kind::Invalid(_) => "invalid",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranks_decide_what_is_scored_and_bad_events_stay_in_place() {
+        let body = br#"{"model": "m", "events": [
+            {"src": "a", "query": "x.y"},
+            {"src": "a", "query": "x.y", "rank": 1.0, "time": 5},
+            {"src": "a", "query": "x.y", "rank": 3},
+            {"src": 7, "query": "x.y"},
+            {"src": "a"},
+            {"src": "a", "query": "q.y", "rank": "1"},
+            "text"
+        ]}"#;
+        let batch = from_json(body, 100).unwrap();
+        assert_eq!(batch.model.as_deref(), Some("m"));
+        assert_eq!(
+            kinds(&batch),
+            ["scored", "scored", "history", "invalid", "invalid", "invalid", "invalid"]
+        );
+        // A bad rank keeps the event in the history, a bad src or query does not.
+        let feeds: Vec<bool> = batch.events.iter().map(|e| e.dns.is_some()).collect();
+        assert_eq!(feeds, [true, true, true, false, false, true, false]);
+        let Kind::Invalid(e) = &batch.events[3].kind else {
+            unreachable!()
+        };
+        assert_eq!(
+            e.message,
+            "event 3: `src` must be a string, not the number 7"
+        );
+        let Kind::Invalid(e) = &batch.events[4].kind else {
+            unreachable!()
+        };
+        assert!(e.message.contains("`query` is missing"), "{}", e.message);
+    }
+
+    #[test]
+    fn request_level_problems_are_errors_with_codes() {
+        let code = |r: Result<Batch, ApiError>| r.unwrap_err().code;
+        assert_eq!(code(from_json(b"{", 10)), "invalid_json");
+        assert_eq!(code(from_json(b"[]", 10)), "invalid_request");
+        assert_eq!(code(from_json(b"{}", 10)), "invalid_request");
+        assert_eq!(code(from_json(br#"{"events": {}}"#, 10)), "invalid_request");
+        assert_eq!(
+            code(from_json(br#"{"events": [], "model": 3}"#, 10)),
+            "invalid_request"
+        );
+        assert_eq!(
+            code(from_json(br#"{"events": [1, 2, 3]}"#, 2)),
+            "too_many_events"
+        );
+        assert_eq!(code(from_ndjson(b"{}\n{}\n{}\n", 2)), "too_many_events");
+        assert_eq!(code(from_ndjson(b"\xff", 2)), "invalid_json");
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_reports_bad_lines_in_place() {
+        let body = b"{\"src\":\"a\",\"query\":\"b.c\"}\r\n\n  \nnot json\n{\"src\":\"a\",\"query\":\"d.c\",\"rank\":2}";
+        let batch = from_ndjson(body, 10).unwrap();
+        assert_eq!(kinds(&batch), ["scored", "invalid", "history"]);
+        let Kind::Invalid(e) = &batch.events[1].kind else {
+            unreachable!()
+        };
+        assert_eq!(e.code, "invalid_json");
+        assert!(e.message.starts_with("line 4 is not JSON"), "{}", e.message);
+    }
+}
