@@ -73,6 +73,9 @@ pub struct TrainArgs {
     /// Epochs without a better validation loss before stopping.
     #[arg(long, default_value_t = 8)]
     pub patience: usize,
+    /// Weight of a malicious row in the loss (default: negatives / positives, balancing the classes).
+    #[arg(long)]
+    pub positive_weight: Option<f64>,
     /// Seed for the source split, initialisation and shuffling: same seed, same model bytes.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -90,9 +93,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3600.0)]
     pub window: f64,
     /// Synthetic tunnel sessions (hex, base32, base64url, base36 names) added to the training
-    /// and validation sources, so the model learns encodings the log lacks. Never in the test set.
-    #[arg(long, default_value_t = 30)]
+    /// and validation sources, so the model learns encodings the log lacks; every other one rides
+    /// on a copy of a training host's normal traffic. Never in the test set.
+    #[arg(long, default_value_t = 90)]
     pub synthetic_sessions: usize,
+    /// Also replay each hour with the sources split into this many groups (each group alone), so
+    /// the model learns what small networks look like (0 or 1: only the whole log).
+    #[arg(long, default_value_t = 8)]
+    pub source_groups: usize,
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {

@@ -140,41 +140,94 @@ const ENCODINGS: [&[u8]; 5] = [
 ];
 const SYNTHETIC_ZONES: [&str; 8] = ["com", "net", "org", "io", "info", "biz", "co.uk", "xyz"];
 
-/// Synthetic tunnel sessions, to teach the shape of encodings the log lacks: each from its own
-/// source (198.18.0.0/15, the benchmarking range), 8 to 80 queries of 1 to 3 encoded labels under
-/// one made-up registered domain, spread over the log's time span, labelled 1.
+/// Fixed labels some tools put before the payload (session ids, record-type tags, decoys).
+const PREFIXES: [&str; 6] = ["api", "www6", "cdn", "post", "dnscat", "m"];
+
+/// Synthetic tunnel sessions, to teach encodings and shapes the log lacks, each from its own
+/// source in 198.18.0.0/15 (the benchmarking range), labelled 1: 4 to 80 queries of 1 to 3
+/// encoded labels of 24 to 63 characters under one or two made-up domains, sometimes behind a
+/// fixed label such as `api.` or a numeric session id. Every other session runs on a "carrier": the source also
+/// makes the normal queries of a real benign host (copied, with their labels, from one of
+/// `donors` in the same hour), because an infected workstation keeps browsing while it tunnels.
+/// Without carriers the model learned that tunnelling sources query nothing else. Donors must be
+/// training sources only, so no held-out host's traffic is copied into training.
 pub fn synthetic_tunnels(
     events: &[Event],
+    labels: &HashMap<(String, String), f32>,
+    donors: &BTreeSet<String>,
     sessions: usize,
     seed: u64,
 ) -> (Vec<Event>, Vec<((String, String), f32)>) {
     let (start, end) = events.iter().fold((f64::MAX, f64::MIN), |(a, b), e| {
         (a.min(e.time), b.max(e.time))
     });
+    let donor_events: Vec<&Event> = events.iter().filter(|e| donors.contains(&e.src)).collect();
     let mut rng = SplitMix64::new(seed ^ 0x5EED_7E57);
     let mut out = Vec::new();
-    let mut labels = Vec::new();
+    let mut out_labels = Vec::new();
     for s in 0..sessions {
         let src = format!("198.18.{}.{}", s / 250, s % 250 + 1);
         let alphabet = ENCODINGS[s % ENCODINGS.len()];
-        let zone = format!(
-            "t{}.tun{}.{}",
-            rng.below(10),
-            rng.next_u64() % 100_000,
-            SYNTHETIC_ZONES[rng.below(SYNTHETIC_ZONES.len())]
-        );
-        let at = start + (end - start).max(1.0) * (rng.below(10_000) as f64 / 10_000.0);
-        let count = 8 + rng.below(73);
+        let carried = s % 2 == 0 && !donor_events.is_empty();
+        // A carrier's session starts at one of its donor's queries, so both share the hour.
+        let (at, donor) = if carried {
+            let e = donor_events[rng.below(donor_events.len())];
+            (e.time, Some(e.src.as_str()))
+        } else {
+            (
+                start + (end - start).max(1.0) * (rng.below(10_000) as f64 / 10_000.0),
+                None,
+            )
+        };
+        if let Some(donor) = donor {
+            let hour = (at / 3600.0).floor();
+            for e in donor_events
+                .iter()
+                .filter(|e| e.src == donor && (e.time / 3600.0).floor() == hour)
+            {
+                let y = labels
+                    .get(&(e.src.clone(), e.query.clone()))
+                    .copied()
+                    .unwrap_or(0.0);
+                out_labels.push(((src.clone(), e.query.clone()), y));
+                out.push(Event {
+                    src: src.clone(),
+                    query: e.query.clone(),
+                    time: e.time,
+                });
+            }
+        }
+        let zones: Vec<String> = (0..1 + (rng.below(4) == 0) as usize)
+            .map(|_| {
+                format!(
+                    "t{}.tun{}.{}",
+                    rng.below(10),
+                    rng.next_u64() % 100_000,
+                    SYNTHETIC_ZONES[rng.below(SYNTHETIC_ZONES.len())]
+                )
+            })
+            .collect();
+        let prefix = match rng.below(6) {
+            0 => Some(PREFIXES[rng.below(PREFIXES.len())].to_string()),
+            1 => Some(format!("{}", 10_000 + rng.below(90_000))),
+            _ => None,
+        };
+        let labels_per_name = 1 + rng.below(3);
+        let count = 4 + rng.below(77);
         for q in 0..count {
             let mut name = String::new();
-            for _ in 0..(1 + rng.below(3)) {
-                for _ in 0..(12 + rng.below(52)) {
+            if let Some(p) = &prefix {
+                name.push_str(p);
+                name.push('.');
+            }
+            for _ in 0..labels_per_name {
+                for _ in 0..(24 + rng.below(40)) {
                     name.push(alphabet[rng.below(alphabet.len())] as char);
                 }
                 name.push('.');
             }
-            name.push_str(&zone);
-            labels.push(((src.clone(), name.clone()), 1.0));
+            name.push_str(&zones[q % zones.len()]);
+            out_labels.push(((src.clone(), name.clone()), 1.0));
             out.push(Event {
                 src: src.clone(),
                 query: name,
@@ -182,7 +235,28 @@ pub fn synthetic_tunnels(
             });
         }
     }
-    (out, labels)
+    (out, out_labels)
+}
+
+/// Splits the sources of a labelled log into (kept, held out) like [`split_sources`], from the
+/// events' labels alone (before any feature is computed).
+pub fn split_event_sources(
+    events: &[Event],
+    labels: &HashMap<(String, String), f32>,
+    fraction: f64,
+    seed: u64,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut by_source = Labelled {
+        data: Dataset::new(0),
+        srcs: Vec::new(),
+    };
+    for e in events {
+        if let Some(&y) = labels.get(&(e.src.clone(), e.query.clone())) {
+            by_source.data.push(&[], y);
+            by_source.srcs.push(e.src.clone());
+        }
+    }
+    split_sources(&by_source, fraction, seed)
 }
 
 /// A window's rows as `/apply` would get them: (src, query, rank), newest first.

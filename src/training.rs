@@ -575,41 +575,60 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     crate::validate_name(&args.name).map_err(anyhow::Error::msg)?;
     let mut events = dataset::read_events(&args.events).map_err(anyhow::Error::msg)?;
     let mut labels = dataset::read_labels(&args.labels).map_err(anyhow::Error::msg)?;
-    let (synthetic_events, synthetic_labels) =
-        dataset::synthetic_tunnels(&events, args.synthetic_sessions, args.seed);
-    let synthetic_srcs: BTreeSet<String> = synthetic_events.iter().map(|e| e.src.clone()).collect();
+    // The held-out test hosts are chosen first, from the real log only, so that synthetic
+    // sessions never borrow their traffic.
+    let test: BTreeSet<String> = if args.test_fraction > 0.0 {
+        dataset::split_event_sources(&events, &labels, args.test_fraction, args.seed).1
+    } else {
+        BTreeSet::new()
+    };
+    let malicious: BTreeSet<&String> = labels
+        .iter()
+        .filter(|(_, &y)| y == 1.0)
+        .map(|((src, _), _)| src)
+        .collect();
+    let donors: BTreeSet<String> = events
+        .iter()
+        .map(|e| &e.src)
+        .filter(|src| !test.contains(*src) && !malicious.contains(src))
+        .cloned()
+        .collect();
+    let (synthetic_events, synthetic_labels) = dataset::synthetic_tunnels(
+        &events,
+        &labels,
+        &donors,
+        args.synthetic_sessions,
+        args.seed,
+    );
     events.extend(synthetic_events);
     labels.extend(synthetic_labels);
     let schema = Schema::DnsexfilV2;
-    let labelled = dataset::labelled_features(&events, &labels, schema, args.window)
+    let mut labelled = dataset::labelled_features(&events, &labels, schema, args.window)
         .map_err(anyhow::Error::msg)?;
+    // The same hours again as smaller networks would send them: each group of sources alone.
+    // Features such as "how many sources query this domain" then take the values a site with
+    // few hosts sees, and the model cannot lean on a crowd being there.
+    let groups = args.source_groups as u64;
+    for g in 0..groups {
+        let part: Vec<dataset::Event> = events
+            .iter()
+            .filter(|e| source_group(&e.src, groups) == g)
+            .cloned()
+            .collect();
+        // A group may hold no labelled source at all (many groups, few sources).
+        let Ok(more) = dataset::labelled_features(&part, &labels, schema, args.window) else {
+            continue;
+        };
+        labelled.data.x.extend(more.data.x);
+        labelled.data.y.extend(more.data.y);
+        labelled.srcs.extend(more.srcs);
+    }
     eprintln!(
         "{} labelled rank-1 events from {} events",
         labelled.data.len(),
         events.len()
     );
 
-    // The test set holds real sources only; synthetic ones always train.
-    let test: BTreeSet<String> = if args.test_fraction > 0.0 {
-        let real: BTreeSet<String> = labelled
-            .srcs
-            .iter()
-            .filter(|s| !synthetic_srcs.contains(*s))
-            .cloned()
-            .collect();
-        let real = Labelled {
-            data: dataset::subset(&labelled, &real),
-            srcs: labelled
-                .srcs
-                .iter()
-                .filter(|s| real.contains(*s))
-                .cloned()
-                .collect(),
-        };
-        dataset::split_sources(&real, args.test_fraction, args.seed).1
-    } else {
-        BTreeSet::new()
-    };
     if let Some(dir) = &args.split_out {
         write_split(dir, &args.events, &args.labels, &test)?;
     }
@@ -638,6 +657,7 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
             batch_size: args.batch_size,
             patience: args.patience,
             seed: args.seed,
+            positive_weight: args.positive_weight,
             ..Default::default()
         },
         validation_fraction: args.val_fraction,
@@ -677,8 +697,9 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         "schema": schema.name(),
         "params": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                    "patience": args.patience, "seed": args.seed, "val_fraction": args.val_fraction,
+                   "positive_weight": args.positive_weight,
                    "test_fraction": args.test_fraction, "window": args.window,
-                   "synthetic_sessions": args.synthetic_sessions},
+                   "synthetic_sessions": args.synthetic_sessions, "source_groups": args.source_groups},
         "rows": {"train": report.train_rows, "validation": report.val_rows},
         "sources": {"train": train_srcs, "validation": val_srcs, "test": test},
         "positive_weight": report.positive_weight,
@@ -701,6 +722,12 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         report_path.display()
     );
     Ok(())
+}
+
+/// A source's group among `groups`, from a hash of its name: stable across runs and platforms.
+fn source_group(src: &str, groups: u64) -> u64 {
+    let digest = crate::model::sha256_hex(src.as_bytes());
+    u64::from_str_radix(&digest[..8], 16).expect("hex digits") % groups
 }
 
 /// Writes the events and labels of the `test` sources, for `eval/evaluate.py`. Records are

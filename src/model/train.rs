@@ -57,6 +57,8 @@ pub struct TrainParams {
     pub seed: u64,
     /// Stop with an error when training takes longer.
     pub time_limit: Option<Duration>,
+    /// Weight of a positive row in the loss; `None` balances the classes (negatives / positives).
+    pub positive_weight: Option<f64>,
 }
 
 impl Default for TrainParams {
@@ -69,6 +71,7 @@ impl Default for TrainParams {
             patience: 8,
             seed: 7,
             time_limit: None,
+            positive_weight: None,
         }
     }
 }
@@ -145,7 +148,9 @@ pub fn train(
     let y_val = Tensor::from_slice(&val_set.y, val_set.len(), &dev)?;
 
     let positives = train_set.positives();
-    let positive_weight = (train_set.len() - positives) as f64 / positives as f64;
+    let positive_weight = params
+        .positive_weight
+        .unwrap_or((train_set.len() - positives) as f64 / positives as f64);
 
     let mut rng = SplitMix64::new(params.seed);
     let vars = match start {
