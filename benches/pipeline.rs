@@ -38,6 +38,7 @@ fn escu_state() -> AppState {
         staging_dir: std::env::temp_dir(),
         model_store: None,
         fit_time_limit: std::time::Duration::from_secs(60),
+        max_fit_rows: 200_000,
         limits: Default::default(),
     };
     AppState::new(Arc::new(registry), config, 2)

@@ -218,6 +218,10 @@ pub struct ServeArgs {
     /// unknown model also looks at the store once.
     #[arg(long, env = "DNSEXFIL_STORE_RESCAN_SECS", default_value_t = 10)]
     pub store_rescan_secs: u64,
+    /// Largest number of CSV rows one `/fit` may train on (training memory: about 4 KiB a row
+    /// when fine-tuning the ESCU model, less for dnsexfil-v2).
+    #[arg(long, env = "DNSEXFIL_MAX_FIT_ROWS", default_value_t = 200_000)]
+    pub max_fit_rows: usize,
     /// Longest a `/fit` may train, in seconds; a longer one stops with an error and saves nothing.
     #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900)]
     pub fit_time_limit_secs: u64,
@@ -337,12 +341,14 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .info
             .name
             .clone();
+        registry.pin(&name);
         tracing::info!(model = %name, "built-in default model loaded");
     }
     for path in &args.models {
         let name = registry
             .load_file(path)
             .with_context(|| format!("cannot load --model {}", path.display()))?;
+        registry.pin(&name);
         tracing::info!(model = %name, file = %path.display(), "model loaded");
     }
     for name in registry
@@ -381,6 +387,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         staging_dir,
         model_store: Some(store),
         fit_time_limit: Duration::from_secs(args.fit_time_limit_secs),
+        max_fit_rows: args.max_fit_rows,
         limits: Limits {
             max_concurrent_requests: args.max_concurrent_requests,
             request_timeout: Duration::from_secs(args.request_timeout_secs),

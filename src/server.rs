@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub model_store: Option<ModelStore>,
     /// A fit that trains longer is stopped with an error and saves nothing.
     pub fit_time_limit: Duration,
+    /// Largest number of CSV rows a `/fit` may train on (training holds several copies of the
+    /// features, so its memory grows faster than `/apply`'s).
+    pub max_fit_rows: usize,
     /// In-flight and time limits per request.
     pub limits: Limits,
 }
@@ -84,12 +87,41 @@ impl AppState {
             .acquire_owned()
             .await
             .expect("the compute semaphore is never closed");
+        // The request's span (and its request id) follows the work onto the blocking thread.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let result = work();
+            let result = span.in_scope(work);
             drop(permit);
             result
         })
         .await
+    }
+
+    /// Runs long CPU-bound `work` (training) on a blocking thread without a compute permit, in
+    /// the request's span.
+    pub async fn run_uncounted<T: Send + 'static>(
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(work)).await
+    }
+
+    /// When no loaded model answers to `model_name`/`algo`, looks at the model store once: another
+    /// replica sharing it may have just fitted that model.
+    pub fn rescan_store_if_missing(&self, model_name: &str, algo: Option<&str>) {
+        let Some(store) = &self.config.model_store else {
+            return;
+        };
+        if self.registry.resolve(model_name, algo).is_some() {
+            return;
+        }
+        let (loaded, failed) = self.registry.refresh_dir(store.dir());
+        for name in loaded {
+            tracing::info!(model = %name, dir = %store.dir().display(), "model loaded from the store");
+        }
+        for (file, problem) in failed {
+            tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
+        }
     }
 }
 

@@ -271,6 +271,19 @@ fn bad_fits_are_explained_and_save_nothing() {
         .collect();
     let e = error_of(fit_envelope(&benign_only, "dnsexfil", "m", &[]));
     assert!(e.contains("at least 2 rows labelled 1"), "{e}");
+    let mut rank_as_label = fit_envelope(&csv, "dnsexfil", "m", &[]);
+    rank_as_label["meta"]["target_variables"] = serde_json::json!(["rank"]);
+    let e = error_of(rank_as_label);
+    assert!(e.contains("`rank` is an input field, not a label"), "{e}");
+    // Fitting into the name of a model the service was started with would replace it for
+    // every search: refused.
+    let mut pinned = fit_envelope(&csv, "dnsexfil", ESCU_MODEL_NAME, &[]);
+    pinned["meta"]["options"]["params"] = serde_json::json!({});
+    let e = error_of(pinned);
+    assert!(
+        e.contains("is a model this service was started with"),
+        "{e}"
+    );
     assert!(store_files(&server.model_dir()).is_empty());
     // And the service still answers the next request normally.
     assert_eq!(server.apply(GOOD_ROWS)["status"], "success");
@@ -300,7 +313,7 @@ fn a_fit_over_the_time_limit_stops_and_keeps_the_previous_model() {
 #[test]
 fn apply_keeps_answering_while_a_fit_trains() {
     let server = TestServer::start_with(ServerOptions {
-        fit_time_limit: Duration::from_secs(8),
+        fit_time_limit: Duration::from_secs(12),
         ..Default::default()
     });
     let csv = labelled_csv(3000);
@@ -329,7 +342,8 @@ fn apply_keeps_answering_while_a_fit_trains() {
             .unwrap();
         (started.elapsed(), text)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Give the fit time to parse and take the fit slot, even on a loaded machine.
+    std::thread::sleep(Duration::from_millis(2000));
     let started = Instant::now();
     for _ in 0..20 {
         assert_eq!(server.apply(GOOD_ROWS)["status"], "success");
@@ -350,7 +364,11 @@ fn apply_keeps_answering_while_a_fit_trains() {
     );
     let (fit_took, text) = fit.join().unwrap();
     assert!(text.contains("time limit"), "{text}");
-    assert!(applies_took < fit_took, "{applies_took:?} vs {fit_took:?}");
+    // Each apply answered while training ran: 20 of them well within the fit's own time.
+    assert!(
+        applies_took < fit_took / 2,
+        "{applies_took:?} vs {fit_took:?}"
+    );
 }
 
 #[test]

@@ -62,7 +62,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
         Endpoint::Apply => state.run_compute(work).await,
         // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
         // (with one CPU there is only one). Fits are serialised by the fit slot instead.
-        Endpoint::Fit => tokio::task::spawn_blocking(work).await,
+        Endpoint::Fit => AppState::run_uncounted(work).await,
     };
     match outcome {
         Ok(resp) => {
@@ -100,7 +100,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     if endpoint == Endpoint::Fit && options.stage {
         return stage(&state.config.staging_dir, &envelope, &options);
     }
-    refresh_on_miss(state, &options);
+    state.rescan_store_if_missing(&options.model_name, options.algo.as_deref());
     if endpoint == Endpoint::Fit {
         if let Some(target) = envelope.target_variable() {
             return fit_and_apply(state, &envelope, &options, &target);
@@ -133,28 +133,6 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             results: Some(results),
         },
         Err(msg) => DsdlResponse::error(endpoint, msg),
-    }
-}
-
-/// A model this replica does not know may have just been fitted by another replica sharing the
-/// store: look at the store once before answering "unknown model".
-fn refresh_on_miss(state: &AppState, options: &Options) {
-    let Some(store) = &state.config.model_store else {
-        return;
-    };
-    if state
-        .registry
-        .resolve(&options.model_name, options.algo.as_deref())
-        .is_some()
-    {
-        return;
-    }
-    let (loaded, failed) = state.registry.refresh_dir(store.dir());
-    for name in loaded {
-        tracing::info!(model = %name, dir = %store.dir().display(), "model loaded from the store");
-    }
-    for (file, problem) in failed {
-        tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
     }
 }
 
@@ -238,6 +216,11 @@ fn fit_and_apply(
     if let Err(msg) = validate_name(target) {
         return fail(format!("target variable: {msg}"));
     }
+    if ["src", "query", "rank", "_time"].contains(&target) {
+        return fail(format!(
+            "`{target}` is an input field, not a label; name the 0/1 label field before `from`: `| fit MLTKContainer algo=dnsexfil is_exfiltration from src query rank _time into app:NAME`"
+        ));
+    }
     let Some(store) = &state.config.model_store else {
         return fail("this service has no model store to save fitted models in; start it with --model-dir DIR (DNSEXFIL_MODEL_DIR)".into());
     };
@@ -248,6 +231,11 @@ fn fit_and_apply(
     if let Err(msg) = validate_name(&name) {
         return fail(format!(
             "the fitted model's name `<algo>_<model_name>`: {msg}"
+        ));
+    }
+    if state.registry.is_pinned(&name) {
+        return fail(format!(
+            "`{name}` is a model this service was started with (built in or given with --model); a fit would replace it for every search that uses it. Fit into another name (`into app:OTHER`), adding base={name} to start from its weights"
         ));
     }
     let plan = match FitPlan::from_request(
@@ -264,6 +252,13 @@ fn fit_and_apply(
         Ok(t) => t,
         Err(e) => return fail(e.to_string()),
     };
+    if table.len() > state.config.max_fit_rows {
+        return fail(format!(
+            "the fit has {} rows, more than the {} a fit may train on; sample the data first (e.g. `| sample 100000`) or raise --max-fit-rows (DNSEXFIL_MAX_FIT_ROWS)",
+            table.len(),
+            state.config.max_fit_rows
+        ));
+    }
     let Ok(_slot) = state.fit_slot.try_acquire() else {
         return fail("another fit is training right now; run this fit again when it has finished (fits run one at a time)".into());
     };

@@ -15,6 +15,8 @@ pub struct Registry {
     /// Model files of the store as last loaded (modification time, size), so a rescan only
     /// reloads what another replica (or a person) changed.
     store_files: Mutex<HashMap<PathBuf, FileStamp>>,
+    /// Models the service was started with (built in, `--model`): a fit may not replace them.
+    pinned: Mutex<std::collections::BTreeSet<String>>,
 }
 
 type FileStamp = (SystemTime, u64);
@@ -106,8 +108,14 @@ impl Registry {
         }
         for f in model_files(dir)? {
             let before = stamp(&f);
-            let model = Model::load(&f)?;
-            loaded.push(self.insert(model).info.name.clone());
+            // One unreadable file (copied by hand, or from a newer version sharing the store)
+            // must not keep the service, or every replica, from starting.
+            match Model::load(&f) {
+                Ok(model) => loaded.push(self.insert(model).info.name.clone()),
+                Err(e) => {
+                    tracing::error!(file = %f.display(), problem = %e, "model file in the store skipped")
+                }
+            }
             self.remember(&f, before);
         }
         let escu = convert::ESCU_MODEL_NAME;
@@ -117,8 +125,21 @@ impl Registry {
             let converted = convert::convert(dir, Some(escu))?;
             let model = Model::from_bytes(&converted.bytes, escu)?;
             loaded.push(self.insert(model).info.name.clone());
+            self.pin(escu);
         }
         Ok(loaded)
+    }
+
+    /// Marks `name` as a model the service was started with.
+    pub fn pin(&self, name: &str) {
+        self.pinned
+            .lock()
+            .expect("pinned lock")
+            .insert(name.to_string());
+    }
+
+    pub fn is_pinned(&self, name: &str) -> bool {
+        self.pinned.lock().expect("pinned lock").contains(name)
     }
 
     /// Notes that `path` holds the version just loaded or saved (stamped before reading, so a

@@ -1,7 +1,10 @@
 //! Decoding a `/v1/score` body (JSON object or NDJSON lines) into events. A bad event never fails
 //! the request: it becomes a per-event error in place, so the answer keeps one result per event.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -65,65 +68,133 @@ pub struct Batch {
     pub events: Vec<Decoded>,
 }
 
-/// Reads a JSON body `{"model": ..., "events": [...]}`.
+/// Reads a JSON body `{"model": ..., "events": [...]}`. The body is read shallowly first (the
+/// events stay slices of the body) and the events are counted before any is decoded, so an
+/// oversized request costs little more memory than its body.
 pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let invalid_json = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(
             "invalid_json",
             format!("the body is not valid JSON ({e}); send {{\"events\": [{{\"src\": \"...\", \"query\": \"...\"}}]}}"),
         )
-    })?;
-    let Value::Object(mut object) = value else {
-        return Err(ApiError::unprocessable(
+    };
+    let text = std::str::from_utf8(body).map_err(|e| invalid_json(&e))?;
+    // Valid JSON at all? (`IgnoredAny` allocates nothing.)
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| invalid_json(&e))?;
+    let object: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|_| {
+        ApiError::unprocessable(
             "invalid_request",
             format!(
                 "the body is JSON {}, not an object; send {{\"events\": [{{\"src\": \"...\", \"query\": \"...\"}}]}}",
-                type_name(&value)
+                raw_type_name(text)
             ),
-        ));
-    };
-    let model = match object.remove("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(name)) => Some(name),
-        Some(other) => {
-            return Err(ApiError::unprocessable(
+        )
+    })?;
+    let model = match object.get("model").map(|raw| raw.get()) {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Null) => None,
+            Ok(Value::String(name)) => Some(name),
+            _ => return Err(ApiError::unprocessable(
                 "invalid_request",
                 format!(
                     "`model` must be a string naming a loaded model (see GET /v1/models), not {}",
-                    type_name(&other)
+                    raw_type_name(raw)
                 ),
-            ))
-        }
+            )),
+        },
     };
-    let events = match object.remove("events") {
-        Some(Value::Array(events)) => events,
-        Some(other) => {
-            return Err(ApiError::unprocessable(
-                "invalid_request",
-                format!(
-                    "`events` must be an array of event objects, not {}",
-                    type_name(&other)
-                ),
-            ))
-        }
-        None => {
-            return Err(ApiError::unprocessable(
-                "invalid_request",
-                "the body has no `events` array; send {\"events\": [{\"src\": \"...\", \"query\": \"...\"}]}",
-            ))
-        }
+    let Some(events) = object.get("events") else {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            "the body has no `events` array; send {\"events\": [{\"src\": \"...\", \"query\": \"...\"}]}",
+        ));
     };
-    check_count(events.len(), max_events)?;
+    if !events.get().trim_start().starts_with('[') {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "`events` must be an array of event objects, not {}",
+                raw_type_name(events.get())
+            ),
+        ));
+    }
+    let events = bounded_array(events.get(), max_events).map_err(|e| match e {
+        Bounded::TooMany => too_many(max_events),
+        Bounded::Invalid(e) => invalid_json(&e),
+    })?;
     let events = events
         .iter()
         .enumerate()
-        .map(|(i, e)| decode(i, e))
+        .map(|(i, raw)| match serde_json::from_str::<Value>(raw.get()) {
+            Ok(v) => decode(i, &v),
+            Err(e) => Decoded {
+                dns: None,
+                kind: Kind::Invalid(ErrorDetail {
+                    code: "invalid_json".into(),
+                    message: format!("event {i} is not JSON ({e})"),
+                }),
+            },
+        })
         .collect();
     Ok(Batch { model, events })
 }
 
+enum Bounded {
+    TooMany,
+    Invalid(serde_json::Error),
+}
+
+/// The elements of a JSON array as slices of its text, refusing more than `max` before storing
+/// them all.
+fn bounded_array(text: &str, max: usize) -> Result<Vec<&RawValue>, Bounded> {
+    struct Elements {
+        max: usize,
+    }
+    const TOO_MANY: &str = "dnsexfil: too many elements";
+    impl<'de> serde::de::Visitor<'de> for Elements {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(element) = seq.next_element::<&'de RawValue>()? {
+                if out.len() == self.max {
+                    return Err(serde::de::Error::custom(TOO_MANY));
+                }
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_seq(&mut de, Elements { max }).map_err(|e| {
+        if e.to_string().starts_with(TOO_MANY) {
+            Bounded::TooMany
+        } else {
+            Bounded::Invalid(e)
+        }
+    })
+}
+
+/// The JSON type of a (valid) JSON text, from its first character.
+fn raw_type_name(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't') | Some(b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
 /// Reads NDJSON: one event object per line; blank lines are skipped. A line that is not JSON is a
-/// per-event error, like any other bad event.
+/// per-event error, like any other bad event. Lines are counted before any is decoded.
 pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(
@@ -131,14 +202,15 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
             format!("the body is not UTF-8 text ({e}); send one JSON event object per line"),
         )
     })?;
-    let lines: Vec<(usize, &str)> = text
-        .split('\n')
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .collect();
-    check_count(lines.len(), max_events)?;
-    let events = lines
-        .iter()
+    let lines = || {
+        text.split('\n')
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+    };
+    if lines().nth(max_events).is_some() {
+        return Err(too_many(max_events));
+    }
+    let events = lines()
         .enumerate()
         .map(
             |(i, (line_no, line))| match serde_json::from_str::<Value>(line) {
@@ -162,15 +234,12 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
     })
 }
 
-fn check_count(count: usize, max_events: usize) -> Result<(), ApiError> {
-    if count > max_events {
-        return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_events",
-            format!("the request has {count} events, more than the limit of {max_events}; send fewer per request or raise --max-rows (DNSEXFIL_MAX_ROWS)"),
-        ));
-    }
-    Ok(())
+fn too_many(max_events: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_events",
+        format!("the request has more than {max_events} events, the limit; send fewer per request or raise --max-rows (DNSEXFIL_MAX_ROWS)"),
+    )
 }
 
 /// Checks one event. Like a DSDL row with an unreadable rank, an event whose `src` and `query`
@@ -314,6 +383,15 @@ mod tests {
             "too_many_events"
         );
         assert_eq!(code(from_ndjson(b"{}\n{}\n{}\n", 2)), "too_many_events");
+        // Exactly at the limit is fine: two events, each answered in place.
+        assert_eq!(
+            from_json(br#"{"events": [1, {"src": "a"}]}"#, 2)
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
+        assert_eq!(from_ndjson(b"{}\n{}\n", 2).unwrap().events.len(), 2);
         assert_eq!(code(from_ndjson(b"\xff", 2)), "invalid_json");
     }
 

@@ -228,6 +228,9 @@ fn score_body(
         }
         (q, b) => q.or(b),
     };
+    if let Some(name) = requested.as_deref() {
+        state.rescan_store_if_missing(name, None);
+    }
     let model = models::choose(&state.registry, requested.as_deref())?;
     let probabilities = probabilities(&model, &batch)?;
     let response = build_response(state, &model, &batch, &probabilities);

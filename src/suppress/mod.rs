@@ -91,9 +91,13 @@ impl Suppressions {
                         entry.escape_debug()
                     )
                 })?;
-                self.networks.push((addr, bits, reason));
+                self.networks.push((canonical(addr), bits, reason));
+            } else if let Ok(addr) = entry.parse::<IpAddr>() {
+                // An address is a one-address network, so `FD00::1` also mutes `fd00:0::1`.
+                let bits = if addr.is_ipv4() { 32 } else { 128 };
+                self.networks.push((canonical(addr), bits, reason));
             } else {
-                self.sources.insert(entry.to_string(), reason);
+                self.sources.insert(entry.to_ascii_lowercase(), reason);
             }
         }
         Ok(())
@@ -125,13 +129,21 @@ impl Suppressions {
     }
 
     fn source_reason(&self, src: &str) -> Option<&str> {
-        if let Some(r) = self.sources.get(src) {
-            return Some(r);
+        let src = src.trim();
+        if !self.sources.is_empty() {
+            let found = if src.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.sources.get(&src.to_ascii_lowercase())
+            } else {
+                self.sources.get(src)
+            };
+            if let Some(r) = found {
+                return Some(r);
+            }
         }
         if self.networks.is_empty() {
             return None;
         }
-        let ip: IpAddr = src.trim().parse().ok()?;
+        let ip = canonical(src.parse().ok()?);
         self.networks
             .iter()
             .find(|(net, bits, _)| in_network(ip, *net, *bits))
@@ -179,6 +191,15 @@ fn file_label(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.9.0.1`) as the IPv4 address they carry, so an IPv4
+/// network mutes a source however a resolver logged it.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
@@ -248,6 +269,31 @@ mod tests {
         );
         assert!(s.reason("fd12::1", "q").is_some());
         assert!(s.reason("scanner-01", "q").is_some());
+        assert!(
+            s.reason(" Scanner-01 ", "q").is_some(),
+            "host names ignore case and spaces"
+        );
+        assert!(
+            s.reason("::ffff:192.168.3.4", "q").is_some(),
+            "IPv4-mapped IPv6"
+        );
+        let mut exact = Suppressions::none();
+        exact
+            .add_mutes("FD00::1\n0.0.0.0/0 # everything v4\n", "m")
+            .unwrap();
+        assert!(
+            exact.reason("fd00:0::1", "q").is_some(),
+            "addresses compare as addresses"
+        );
+        assert!(
+            exact.reason("203.0.113.9", "q").is_some(),
+            "/0 covers every IPv4 source"
+        );
+        assert_eq!(
+            exact.reason("fd00::2", "q"),
+            None,
+            "a single address is /128"
+        );
         assert_eq!(s.reason("10.0.0.6", "q"), None);
         assert_eq!(s.reason("192.169.0.1", "q"), None);
         for bad in ["10.0.0.0/33", "nonsense/8"] {

@@ -40,6 +40,8 @@ pub fn escu_model_bytes() -> &'static [u8] {
 pub fn escu_registry() -> Arc<Registry> {
     let registry = Registry::new();
     registry.insert(Model::from_bytes(escu_model_bytes(), "escu").unwrap());
+    // As `serve --model` does: a fit may not replace a model the service was started with.
+    registry.pin(ESCU_MODEL_NAME);
     Arc::new(registry)
 }
 
@@ -88,6 +90,7 @@ impl TestServer {
             staging_dir: staging_dir.clone(),
             model_store: Some(ModelStore::new(dir.path().join("app/model/data"))),
             fit_time_limit: opts.fit_time_limit,
+            max_fit_rows: 200_000,
             limits: opts.limits,
         };
         let registry = opts.registry.unwrap_or_else(escu_registry);
@@ -157,18 +160,14 @@ impl TestServer {
 /// `dnsexfil` as users run it, without any of the service's settings from this environment.
 pub fn dnsexfil_command() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
-    for var in [
-        "DNSEXFIL_NO_DEFAULT_MODEL",
-        "api_token",
-        "ENABLE_HTTPS",
-        "API_SSL_CERT",
-        "API_SSL_KEY",
-        "DNSEXFIL_MODELS",
-        "DNSEXFIL_DATA_DIR",
-        "DNSEXFIL_MAX_CONCURRENT_REQUESTS",
-        "DNSEXFIL_REQUEST_TIMEOUT_SECS",
-    ] {
-        cmd.env_remove(var);
+    // Every setting of the service, so a developer's shell cannot point tests at a real store.
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("DNSEXFIL_")
+            || ["api_token", "ENABLE_HTTPS", "API_SSL_CERT", "API_SSL_KEY"].contains(&name.as_ref())
+        {
+            cmd.env_remove(&var);
+        }
     }
     cmd
 }
@@ -237,10 +236,10 @@ impl ServedBinary {
         let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
         let kept = logs.clone();
         std::thread::spawn(move || {
+            // Keep draining whatever the lines hold (a full pipe would block the server); the
+            // token check runs on the collected lines when the server is stopped.
             for line in lines {
-                let line = line.unwrap_or_default();
-                assert!(!line.contains(TOKEN), "the token never appears in logs");
-                kept.lock().unwrap().push(line);
+                kept.lock().unwrap().push(line.unwrap_or_default());
             }
         });
         let address = address.expect("the server logs its address");
@@ -261,13 +260,29 @@ impl ServedBinary {
             .status()
             .unwrap()
             .success());
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        self.assert_token_never_logged();
+        status
+    }
+
+    /// The token never appears in a log line of the server (checked when it stops).
+    fn assert_token_never_logged(&self) {
+        // Give the drain thread a moment to read the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        let logs = self.logs.lock().unwrap();
+        if let Some(line) = logs.iter().find(|l| l.contains(TOKEN)) {
+            panic!("the token appears in a log line: {line}");
+        }
     }
 }
 
 impl Drop for ServedBinary {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            self.assert_token_never_logged();
+        }
     }
 }
 
