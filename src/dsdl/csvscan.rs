@@ -47,6 +47,21 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// A scanner that starts reading at byte `pos`, which must be the start of a record for the
+    /// records to be those a scanner from the start would read.
+    pub fn starting_at(text: &'a str, pos: usize) -> Self {
+        Self {
+            bytes: text.as_bytes(),
+            pos: pos.min(text.len()),
+        }
+    }
+
+    /// The whole text being read.
+    pub fn text(&self) -> &'a str {
+        // SAFETY: `bytes` is always the whole of a `&str`.
+        unsafe { std::str::from_utf8_unchecked(self.bytes) }
+    }
+
     /// Byte offset of the next unread text: after a record, the start of the line after it.
     pub fn position(&self) -> usize {
         self.pos
