@@ -1,5 +1,6 @@
 //! The `results` CSV of a DSDL response, in the stock container's column order and number format.
 
+use super::csvscan::needs_quotes_or_escapes;
 use super::table::Table;
 
 /// Where result text goes: a plain CSV string, or straight into the body of the JSON response
@@ -202,12 +203,8 @@ pub fn results_csv(
 
 /// Appends a CSV cell, quoted (with doubled quotes) only when it must be, like Python's csv module.
 fn push_cell<S: CsvSink>(out: &mut S, cell: &str, scratch: &mut String) {
-    // One branch-free pass (it vectorises) finds the usual cell that needs neither CSV quotes
-    // (`,` `"` CR LF) nor JSON escapes (`"` `\` control characters).
-    let special = cell.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b',') | (b == b'"') | (b == b'\\')
-    });
-    if !special {
+    // The usual cell needs neither CSV quotes nor JSON escapes: one word-at-a-time pass says so.
+    if !needs_quotes_or_escapes(cell) {
         out.push_plain(cell);
     } else if cell.contains([',', '"', '\n', '\r']) {
         scratch.clear();
