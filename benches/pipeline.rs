@@ -2,18 +2,16 @@
 //! (envelope parse to response body) next to the network's forward pass alone.
 //! Run: `cargo bench --bench pipeline` (needs ../shared/artifacts for the weights).
 
-use std::path::Path;
-use std::sync::Arc;
+mod support;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dnsexfil::dsdl::auth::Token;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use dnsexfil::dsdl::handlers::process;
 use dnsexfil::dsdl::results::{write_results, JsonEscaped};
 use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
-use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
-use dnsexfil::model::{Model, Registry};
-use dnsexfil::server::{AppState, ServerConfig};
+use dnsexfil::model::convert::ESCU_MODEL_NAME;
 use dnsexfil::synth;
 
 // The same allocator as the service binary.
@@ -22,30 +20,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 
-fn escu_state() -> AppState {
-    // As the service does at start-up (see `fix_candle_threads`).
-    dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
-    let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../shared/artifacts/{ESCU_MODEL_NAME}.tar.gz"));
-    let converted =
-        convert(&artifact, None).expect("the published artifact in ../shared/artifacts");
-    let registry = Registry::new();
-    registry.insert(Model::from_bytes(&converted.bytes, "escu").unwrap());
-    let config = ServerConfig {
-        token: Token::Unset,
-        max_body_bytes: 64 << 20,
-        max_rows: 1_000_000,
-        staging_dir: std::env::temp_dir(),
-        model_store: None,
-        fit_time_limit: std::time::Duration::from_secs(60),
-        max_fit_rows: 200_000,
-        limits: Default::default(),
-    };
-    AppState::new(Arc::new(registry), config, 2)
-}
-
 fn stages(c: &mut Criterion) {
-    let state = escu_state();
+    let state = support::escu_state();
     let model = state.registry.get(ESCU_MODEL_NAME).unwrap();
     for rows in SIZES {
         let csv = synth::dsdl_csv(rows, 42);
@@ -105,5 +81,58 @@ fn stages(c: &mut Criterion) {
     }
 }
 
+/// The goal's ratio, measured honestly under a noisy machine: the whole request and the forward
+/// pass alone on the same rank-1 rows run alternately, so both see the same conditions; prints
+/// the medians and `ratio whole/forward = X` per size.
+fn ratio() {
+    // Only under `cargo bench` (not the one-shot run of `cargo test`), and unless a filter
+    // names other benchmarks (`cargo bench --bench pipeline -- ratio` runs only this).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if !args.iter().any(|a| a == "--bench")
+        || (!filter.is_empty() && !filter.iter().any(|f| "ratio".contains(f.as_str())))
+    {
+        return;
+    }
+    let state = support::escu_state();
+    let model = state.registry.get(ESCU_MODEL_NAME).unwrap();
+    println!("\nwhole /apply vs forward pass alone, run alternately (median of the runs):");
+    for rows in SIZES {
+        let csv = synth::dsdl_csv(rows, 42);
+        let body = synth::dsdl_envelope(&csv, ESCU_MODEL_NAME);
+        let table = Table::parse(&csv).unwrap();
+        let (feature_rows, scored, _) = table.feature_rows();
+        let features = model.info.schema.compute(&feature_rows, &scored);
+        let runs = (2_000_000 / rows).clamp(15, 201);
+        let (mut whole, mut forward) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            std::hint::black_box(process(&state, body.as_bytes(), Endpoint::Apply).to_json());
+            whole.push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(model.mlp.predict(&features.values, features.rows).unwrap());
+            forward.push(t.elapsed());
+        }
+        let (w, f) = (median(&mut whole), median(&mut forward));
+        println!(
+            "{rows:>7} rows ({} rank 1, {runs} runs): whole {:.2} ms, forward {:.2} ms, ratio whole/forward = {:.2}",
+            scored.len(),
+            w.as_secs_f64() * 1e3,
+            f.as_secs_f64() * 1e3,
+            w.as_secs_f64() / f.as_secs_f64()
+        );
+    }
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
 criterion_group!(benches, stages);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ratio();
+}

@@ -36,7 +36,7 @@ pub fn score(model: &Model, rows: &[Row<'_>], scored: &[usize]) -> Result<Scores
         let t2 = Instant::now();
         let p = model
             .mlp
-            .predict(&features.values, features.rows)
+            .predict_owned(features.values, features.rows)
             .map_err(|e| ScoreError {
                 model: model.info.name.clone(),
                 detail: e.to_string(),

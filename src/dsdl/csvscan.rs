@@ -47,6 +47,21 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// A scanner that starts reading at byte `pos`, which must be the start of a record for the
+    /// records to be those a scanner from the start would read.
+    pub fn starting_at(text: &'a str, pos: usize) -> Self {
+        Self {
+            bytes: text.as_bytes(),
+            pos: pos.min(text.len()),
+        }
+    }
+
+    /// The whole text being read.
+    pub fn text(&self) -> &'a str {
+        // SAFETY: `bytes` is always the whole of a `&str`.
+        unsafe { std::str::from_utf8_unchecked(self.bytes) }
+    }
+
     /// Byte offset of the next unread text: after a record, the start of the line after it.
     pub fn position(&self) -> usize {
         self.pos
@@ -133,10 +148,8 @@ impl<'a> Scanner<'a> {
                     Some(_) => return Err(RecordError::TextAfterQuote),
                 }
             } else {
-                let rest = &b[field_start..];
-                match rest.iter().position(|&c| c == b',' || c == b'\n') {
-                    Some(off) => {
-                        let end = field_start + off;
+                match find_comma_or_line_end(b, field_start) {
+                    Some(end) => {
                         let sep = b[end];
                         let content_end =
                             if sep == b'\n' && end > field_start && b[end - 1] == b'\r' {
@@ -183,6 +196,63 @@ impl<'a> Scanner<'a> {
             }
         }
     }
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `word` that equals `byte` (exact for the lowest one; any bit is
+/// set only when some byte matches).
+#[inline(always)]
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * byte as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The high bit of each byte of `word` below `limit` (at most 0x80), with the same guarantees.
+#[inline(always)]
+fn bytes_below(word: u64, limit: u8) -> u64 {
+    word.wrapping_sub(ONES * limit as u64) & !word & HIGHS
+}
+
+/// Position of the first `,` or `\n` at or after `from`, eight bytes at a time.
+#[inline]
+fn find_comma_or_line_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let hits = bytes_equal(word, b',') | bytes_equal(word, b'\n');
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| c == b',' || c == b'\n')
+        .map(|off| i + off)
+}
+
+/// Whether `text` holds a byte that a CSV cell must be quoted for (`,` `"` CR LF) or that a
+/// JSON string must escape (`"` `\\` control characters), eight bytes at a time.
+#[inline]
+pub fn needs_quotes_or_escapes(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut chunks = b.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let hits = bytes_below(word, 0x20)
+            | bytes_equal(word, b',')
+            | bytes_equal(word, b'"')
+            | bytes_equal(word, b'\\');
+        if hits != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b',' || c == b'"' || c == b'\\')
 }
 
 #[cfg(test)]
@@ -236,6 +306,35 @@ mod tests {
             .map(|r| r.unwrap().iter().map(String::from).collect())
             .collect();
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn word_at_a_time_searches_agree_with_byte_loops() {
+        let mut rng = crate::synth::SplitMix64::new(5);
+        let alphabet = b"ab,\n\"\\\r\t\x01\x1f\x20\x7f\xc3\xa9.-0";
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    if rng.below(4) == 0 {
+                        alphabet[rng.below(alphabet.len())]
+                    } else {
+                        b'a' + rng.below(26) as u8
+                    }
+                })
+                .collect();
+            let from = rng.below(len + 1);
+            let expected = bytes[from..]
+                .iter()
+                .position(|&c| c == b',' || c == b'\n')
+                .map(|o| from + o);
+            assert_eq!(find_comma_or_line_end(&bytes, from), expected, "{bytes:?}");
+            let text = String::from_utf8_lossy(&bytes);
+            let expected = text
+                .bytes()
+                .any(|c| c < 0x20 || c == b',' || c == b'"' || c == b'\\');
+            assert_eq!(needs_quotes_or_escapes(&text), expected, "{text:?}");
+        }
     }
 
     #[test]

@@ -32,13 +32,17 @@ pub struct Options {
 }
 
 pub fn parse(body: &[u8]) -> Result<Envelope, String> {
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(format!(
-            "the request body is not UTF-8 (invalid byte at offset {}); send JSON text, with non-ASCII characters as \\uXXXX escapes as Splunk does",
-            e.valid_up_to()
-        ));
-    }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(format!(
+                "the request body is not UTF-8 (invalid byte at offset {}); send JSON text, with non-ASCII characters as \\uXXXX escapes as Splunk does",
+                e.valid_up_to()
+            ))
+        }
+    };
+    // From text already known to be UTF-8, serde_json does not check the strings again.
+    let value: Value = serde_json::from_str(text).map_err(|e| {
         format!("the request body is not valid JSON ({e}); send {{\"data\": \"<CSV text>\", \"meta\": {{\"options\": {{...}}}}}}")
     })?;
     let Value::Object(mut obj) = value else {

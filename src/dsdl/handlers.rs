@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::envelope::{self, Envelope, Options};
-use super::results::{write_results, JsonEscaped};
+use super::results::json_results;
 use super::table::Table;
 use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
@@ -179,12 +179,24 @@ fn score_table(
     // Only scored rows can be suppressed; the column exists whenever suppression is configured.
     let suppressed: Option<Vec<Option<&str>>> = (!suppressions.is_empty()).then(|| {
         let mut reasons = vec![None; table.len()];
-        for &row in &scored_table_rows {
-            reasons[row] = suppressions.reason(table.src(row), table.query(row));
+        let look_up = |rows: &[usize]| -> Vec<Option<&str>> {
+            rows.iter()
+                .map(|&row| suppressions.reason(table.src(row), table.query(row)))
+                .collect()
+        };
+        let found = if scored_table_rows.len() >= crate::features::PARALLEL_MIN_ROWS {
+            let (first, second) = scored_table_rows.split_at(scored_table_rows.len() / 2);
+            let (mut a, b) = rayon::join(|| look_up(first), || look_up(second));
+            a.extend(b);
+            a
+        } else {
+            look_up(&scored_table_rows)
+        };
+        for (&row, reason) in scored_table_rows.iter().zip(found) {
+            reasons[row] = reason;
         }
         reasons
     });
-    let mut results = JsonEscaped(Vec::with_capacity(csv_len + scored.len() * 32 + 256));
     crate::metrics::record_scoring(
         "dsdl",
         &model.info.name,
@@ -192,15 +204,19 @@ fn score_table(
         scores.feature_time,
         scores.inference_time,
     );
-    write_results(
-        &mut results,
+    // The CSV text comes back with every line end escaped and two prediction cells per row.
+    let mut capacity = csv_len + table.len() * 4 + scored.len() * 26 + 256;
+    if let Some(reasons) = &suppressed {
+        capacity += table.len() + reasons.iter().flatten().map(|r| r.len() + 2).sum::<usize>();
+    }
+    Ok(json_results(
         table,
         &model.info.target,
         &probabilities,
         model.info.threshold,
         suppressed.as_deref(),
-    );
-    Ok(results.0)
+        capacity,
+    ))
 }
 
 /// `/fit` with a label field: trains as the request says, saves the model atomically as

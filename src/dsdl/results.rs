@@ -1,7 +1,6 @@
 //! The `results` CSV of a DSDL response, in the stock container's column order and number format.
 
-use std::fmt::Write;
-
+use super::csvscan::needs_quotes_or_escapes;
 use super::table::Table;
 
 /// Where result text goes: a plain CSV string, or straight into the body of the JSON response
@@ -68,55 +67,125 @@ pub fn write_results<S: CsvSink>(
     threshold: f32,
     suppressed: Option<&[Option<&str>]>,
 ) {
-    debug_assert_eq!(probabilities.len(), table.len());
-    debug_assert!(suppressed.is_none_or(|s| s.len() == table.len()));
-    // pandas prints labels as 0/1 when every row has one, and 0.0/1.0 when a column holds a
-    // missing value; Splunk reads both, we keep the stock text.
-    let all_scored = probabilities.iter().all(Option::is_some);
-    let (zero, one) = if all_scored {
-        ("0", "1")
-    } else {
-        ("0.0", "1.0")
-    };
+    let rows = Rows::new(table, probabilities, threshold, suppressed);
+    rows.write_header(out, target);
+    rows.write(out, 0..table.len());
+}
 
-    out.push_plain("src,query,");
-    if table.has_rank {
-        out.push_plain("rank,");
+/// [`write_results`] into the body of the JSON response; a large table is written on all cores
+/// (in parts, joined in order), so the text is the same.
+pub fn json_results(
+    table: &Table,
+    target: &str,
+    probabilities: &[Option<f32>],
+    threshold: f32,
+    suppressed: Option<&[Option<&str>]>,
+    capacity: usize,
+) -> Vec<u8> {
+    let rows = Rows::new(table, probabilities, threshold, suppressed);
+    let mut out = JsonEscaped(Vec::with_capacity(capacity));
+    rows.write_header(&mut out, target);
+    let n = table.len();
+    if n < 2 * crate::features::PARALLEL_MIN_ROWS {
+        rows.write(&mut out, 0..n);
+        return out.0;
     }
-    out.push_text(&format!("pred_{target}_proba,pred_{target}"));
-    if suppressed.is_some() {
-        out.push_plain(",suppressed_by");
-    }
-    out.end_row();
-    let mut number = String::with_capacity(32);
-    let mut quoted = String::new();
-    for (i, p) in probabilities.iter().enumerate() {
-        push_cell(out, table.src(i), &mut quoted);
-        out.push_plain(",");
-        push_cell(out, table.query(i), &mut quoted);
-        out.push_plain(",");
-        if table.has_rank {
-            push_cell(out, table.rank_text(i), &mut quoted);
-            out.push_plain(",");
-        }
-        let reason = suppressed.and_then(|s| s[i]);
-        if let Some(p) = p {
-            number.clear();
-            push_python_float(&mut number, *p as f64);
-            out.push_plain(&number);
-            out.push_plain(",");
-            let alert = *p >= threshold && reason.is_none();
-            out.push_plain(if alert { one } else { zero });
+    let half = n / 2;
+    let mut second = JsonEscaped(Vec::with_capacity(capacity / 2));
+    rayon::join(
+        || rows.write(&mut out, 0..half),
+        || rows.write(&mut second, half..n),
+    );
+    out.0.extend_from_slice(&second.0);
+    out.0
+}
+
+/// What every result row needs, shared by the parts of a table written in parallel.
+struct Rows<'t, 'a> {
+    table: &'t Table<'a>,
+    probabilities: &'t [Option<f32>],
+    threshold: f32,
+    suppressed: Option<&'t [Option<&'t str>]>,
+    zero: &'static str,
+    one: &'static str,
+}
+
+impl<'t, 'a> Rows<'t, 'a> {
+    fn new(
+        table: &'t Table<'a>,
+        probabilities: &'t [Option<f32>],
+        threshold: f32,
+        suppressed: Option<&'t [Option<&'t str>]>,
+    ) -> Self {
+        debug_assert_eq!(probabilities.len(), table.len());
+        debug_assert!(suppressed.is_none_or(|s| s.len() == table.len()));
+        // pandas prints labels as 0/1 when every row has one, and 0.0/1.0 when a column holds a
+        // missing value; Splunk reads both, we keep the stock text.
+        let all_scored = probabilities.iter().all(Option::is_some);
+        let (zero, one) = if all_scored {
+            ("0", "1")
         } else {
-            out.push_plain(",");
+            ("0.0", "1.0")
+        };
+        Self {
+            table,
+            probabilities,
+            threshold,
+            suppressed,
+            zero,
+            one,
         }
-        if suppressed.is_some() {
-            out.push_plain(",");
-            if let Some(reason) = reason {
-                push_cell(out, reason, &mut quoted);
-            }
+    }
+
+    fn write_header<S: CsvSink>(&self, out: &mut S, target: &str) {
+        out.push_plain("src,query,");
+        if self.table.has_rank {
+            out.push_plain("rank,");
+        }
+        out.push_text(&format!("pred_{target}_proba,pred_{target}"));
+        if self.suppressed.is_some() {
+            out.push_plain(",suppressed_by");
         }
         out.end_row();
+    }
+
+    fn write<S: CsvSink>(&self, out: &mut S, range: std::ops::Range<usize>) {
+        let Self {
+            table,
+            probabilities,
+            threshold,
+            suppressed,
+            zero,
+            one,
+        } = *self;
+        let mut number = PythonFloat::new();
+        let mut quoted = String::new();
+        for i in range {
+            push_cell(out, table.src(i), &mut quoted);
+            out.push_plain(",");
+            push_cell(out, table.query(i), &mut quoted);
+            out.push_plain(",");
+            if table.has_rank {
+                push_cell(out, table.rank_text(i), &mut quoted);
+                out.push_plain(",");
+            }
+            let reason = suppressed.and_then(|s| s[i]);
+            if let Some(p) = probabilities[i] {
+                out.push_plain(number.format(p as f64));
+                out.push_plain(",");
+                let alert = p >= threshold && reason.is_none();
+                out.push_plain(if alert { one } else { zero });
+            } else {
+                out.push_plain(",");
+            }
+            if suppressed.is_some() {
+                out.push_plain(",");
+                if let Some(reason) = reason {
+                    push_cell(out, reason, &mut quoted);
+                }
+            }
+            out.end_row();
+        }
     }
 }
 
@@ -134,7 +203,10 @@ pub fn results_csv(
 
 /// Appends a CSV cell, quoted (with doubled quotes) only when it must be, like Python's csv module.
 fn push_cell<S: CsvSink>(out: &mut S, cell: &str, scratch: &mut String) {
-    if cell.contains([',', '"', '\n', '\r']) {
+    // The usual cell needs neither CSV quotes nor JSON escapes: one word-at-a-time pass says so.
+    if !needs_quotes_or_escapes(cell) {
+        out.push_plain(cell);
+    } else if cell.contains([',', '"', '\n', '\r']) {
         scratch.clear();
         scratch.push('"');
         scratch.push_str(&cell.replace('"', "\"\""));
@@ -148,36 +220,203 @@ fn push_cell<S: CsvSink>(out: &mut S, cell: &str, scratch: &mut String) {
 /// Appends Python's `repr` of a float: the shortest text that round-trips, in scientific notation
 /// with a two-digit exponent below 1e-4 or from 1e16 up (`1.0441447985637224e-14`, `0.0`, `1.0`).
 pub fn push_python_float(out: &mut String, x: f64) {
-    if x.is_nan() {
-        out.push_str("nan");
-        return;
+    out.push_str(PythonFloat::new().format(x));
+}
+
+/// A reusable buffer for Python's float `repr` (see [`push_python_float`]), without allocating.
+///
+/// The digits are ryu's shortest round-trip digits (the same as Rust's and Python's); ryu's layout
+/// already matches Python's except for the exponent (`e-5` vs `e-05`, `e16` vs `e+16`) and for
+/// numbers in [1e-5, 1e-4), which ryu writes in fixed notation and Python in scientific.
+pub struct PythonFloat {
+    ryu: ryu::Buffer,
+    text: [u8; 32],
+}
+
+impl Default for PythonFloat {
+    fn default() -> Self {
+        Self::new()
     }
-    if x.is_infinite() {
-        out.push_str(if x > 0.0 { "inf" } else { "-inf" });
-        return;
-    }
-    let sci = format!("{x:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
-    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
-    if x != 0.0 && !(-4..16).contains(&exp) {
-        let _ = write!(
-            out,
-            "{mantissa}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        );
-    } else {
-        let start = out.len();
-        let _ = write!(out, "{x}");
-        if !out[start..].contains('.') {
-            out.push_str(".0");
+}
+
+impl PythonFloat {
+    pub fn new() -> Self {
+        Self {
+            ryu: ryu::Buffer::new(),
+            text: [0; 32],
         }
+    }
+
+    pub fn format(&mut self, x: f64) -> &str {
+        if !x.is_finite() {
+            return if x.is_nan() {
+                "nan"
+            } else if x > 0.0 {
+                "inf"
+            } else {
+                "-inf"
+            };
+        }
+        let s = self.ryu.format_finite(x).as_bytes();
+        let (sign, body) = match s.split_first() {
+            Some((b'-', rest)) => (&s[..1], rest),
+            _ => (&s[..0], s),
+        };
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            self.text[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        if let Some(e) = body.iter().position(|&b| b == b'e') {
+            // `1e30`, `1.5e-7`: the mantissa is Python's already.
+            put(sign);
+            put(&body[..e]);
+            let exp = &body[e + 1..];
+            let (exp_sign, digits) = match exp.split_first() {
+                Some((b'-', digits)) => (b"e-", digits),
+                _ => (b"e+", exp),
+            };
+            put(exp_sign);
+            if digits.len() < 2 {
+                put(b"0");
+            }
+            put(digits);
+        } else if let Some(digits) = body.strip_prefix(b"0.0000") {
+            // [1e-5, 1e-4): `0.0000123` is `1.23e-05` (zero itself is `0.0`).
+            put(sign);
+            put(&digits[..1]);
+            if digits.len() > 1 {
+                put(b".");
+                put(&digits[1..]);
+            }
+            put(b"e-05");
+        } else {
+            return std::str::from_utf8(s).expect("ryu writes ASCII");
+        }
+        std::str::from_utf8(&self.text[..len]).expect("ryu writes ASCII")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write;
+
+    /// The first implementation (std's float formatting, twice), kept as the reference the fast one
+    /// must equal byte for byte.
+    /// Appends Python's `repr` of a float: the shortest text that round-trips, in scientific notation
+    /// with a two-digit exponent below 1e-4 or from 1e16 up (`1.0441447985637224e-14`, `0.0`, `1.0`).
+    fn push_python_float_reference(out: &mut String, x: f64) {
+        if x.is_nan() {
+            out.push_str("nan");
+            return;
+        }
+        if x.is_infinite() {
+            out.push_str(if x > 0.0 { "inf" } else { "-inf" });
+            return;
+        }
+        let sci = format!("{x:e}");
+        let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
+        let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+        if x != 0.0 && !(-4..16).contains(&exp) {
+            let _ = write!(
+                out,
+                "{mantissa}e{}{:02}",
+                if exp < 0 { '-' } else { '+' },
+                exp.abs()
+            );
+        } else {
+            let start = out.len();
+            let _ = write!(out, "{x}");
+            if !out[start..].contains('.') {
+                out.push_str(".0");
+            }
+        }
+    }
+
+    /// The fast text equals the reference's, except where the reference is not Python's: when
+    /// two shortest texts are equally close to the float, std rounds the last digit up and Python
+    /// (like ryu) to even (`0.9999160766601562`, not `...563`).
+    fn check_same(x: f64) {
+        let mut old = String::new();
+        push_python_float_reference(&mut old, x);
+        let mut new = String::new();
+        push_python_float(&mut new, x);
+        if new == old {
+            return;
+        }
+        let what = format!("bits {:#018x}: {new} vs {old}", x.to_bits());
+        assert_eq!(new.len(), old.len(), "{what}");
+        assert_eq!(new.parse::<f64>().unwrap(), x, "{what}");
+        assert_eq!(old.parse::<f64>().unwrap(), x, "{what}");
+        let digit = |s: &str| -> u8 {
+            let mantissa = s.split('e').next().unwrap();
+            mantissa.as_bytes()[mantissa.len() - 1] - b'0'
+        };
+        assert_eq!(digit(&old), digit(&new) + 1, "{what}");
+        assert_eq!(digit(&new) % 2, 0, "{what}");
+    }
+
+    #[test]
+    fn ties_round_to_even_like_python() {
+        // From Python 3: repr(float(numpy.float32(x))) for float32 probabilities.
+        assert_eq!(py(0.9999160766601562), "0.9999160766601562");
+        assert_eq!(py(0.24589920043945312), "0.24589920043945312");
+        assert_eq!(py(0.9999771118164062), "0.9999771118164062");
+        assert_eq!(py(1223383794756801.2), "1223383794756801.2");
+    }
+
+    #[test]
+    fn fast_float_text_equals_the_reference_on_edge_and_random_floats_but_ties() {
+        let mut edges = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            0.1,
+            1e-4,
+            1e-5,
+            9.999999999999999e-5,
+            f64::from_bits(1e-4f64.to_bits() + 1),
+            0.00012,
+            1.2345e-5,
+            -1.2345e-5,
+            1e15,
+            9999999999999998.0,
+            1e16,
+            1.5e16,
+            123456789012345680.0,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f32::MIN_POSITIVE as f64,
+            f32::MAX as f64,
+            1e-45f32 as f64,
+        ];
+        for e in -330..=310 {
+            let p = format!("1e{e}").parse::<f64>().unwrap();
+            edges.extend([p, -p, p * 1.5, p * 9.87654321, p * 0.999999]);
+        }
+        for x in edges {
+            check_same(x);
+        }
+        let mut rng = crate::synth::SplitMix64::new(7);
+        for _ in 0..200_000 {
+            let bits = rng.next_u64();
+            // Any float64, any float32 widened (what probabilities are), and probabilities-like.
+            check_same(f64::from_bits(bits));
+            check_same(f32::from_bits(bits as u32) as f64);
+            check_same((bits >> 11) as f64 / (1u64 << 53) as f64);
+            let z = ((bits >> 40) as f32 / (1u32 << 24) as f32 - 0.5) * 200.0;
+            check_same(crate::model::mlp::sigmoid(z) as f64);
+        }
+    }
 
     fn py(x: f64) -> String {
         let mut s = String::new();

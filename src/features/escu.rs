@@ -121,10 +121,24 @@ fn entropy_ascii(bytes: &[u8]) -> f64 {
     }
     let ln2 = 2f64.ln();
     let total = bytes.len() as f64;
+    // Characters with the same count add the same term: each distinct small count's term is
+    // computed once (the same expression, so the same bits) and the sum keeps its order.
+    let mut memo = [f64::NAN; 16];
     let mut sum = 0.0f64;
     for &b in &order[..distinct] {
-        let p = counts[b as usize] as f64 / total;
-        sum += p * (p.ln() / ln2);
+        let n = counts[b as usize];
+        let term = match memo.get_mut(n as usize) {
+            Some(m) if !m.is_nan() => *m,
+            slot => {
+                let p = n as f64 / total;
+                let term = p * (p.ln() / ln2);
+                if let Some(m) = slot {
+                    *m = term;
+                }
+                term
+            }
+        };
+        sum += term;
     }
     -sum
 }
@@ -138,6 +152,29 @@ fn count_chars(query: &str, out: &mut [f32]) {
             if idx != u8::MAX {
                 out[idx as usize] += 1.0;
             }
+        }
+    }
+}
+
+/// The features of a query's name that do not depend on the source.
+struct PairStrings<'a> {
+    len: f64,
+    entropy: f64,
+    tld: Cow<'a, str>,
+}
+
+impl<'a> PairStrings<'a> {
+    fn of(query: &'a str) -> Self {
+        let w = without_domain(query);
+        let len = if w.is_ascii() {
+            w.len()
+        } else {
+            w.chars().count()
+        } as f64;
+        Self {
+            len,
+            entropy: entropy(w),
+            tld: tld_key_borrowed(query, w),
         }
     }
 }
@@ -164,40 +201,63 @@ pub struct History {
 }
 
 impl History {
-    pub fn build(rows: &[Row<'_>]) -> Self {
+    pub fn build<'a>(rows: &[Row<'a>]) -> Self {
+        // Pairs in order of first occurrence: one hash lookup per row.
         let mut pair_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-        let mut group_of: FxHashMap<(&str, Cow<'_, str>), usize> = FxHashMap::default();
-        let mut pairs: Vec<PairStats> = Vec::new();
-        let mut sums: Vec<(f64, f64, u32)> = Vec::new();
+        let mut first_rows: Vec<usize> = Vec::new();
         let mut row_pair = Vec::with_capacity(rows.len());
-        for row in rows {
-            let next_pair = pairs.len();
+        for (i, row) in rows.iter().enumerate() {
+            let next_pair = first_rows.len();
             let pair = *pair_of.entry((row.src, row.query)).or_insert(next_pair);
             if pair == next_pair {
-                let w = without_domain(row.query);
-                let tld = tld_key_borrowed(row.query, w);
+                first_rows.push(i);
+            }
+            row_pair.push(pair);
+        }
+        drop(pair_of);
+        // The string features of each pair, on all cores for large requests.
+        fn strings<'a>(rows: &[Row<'a>], first: &[usize], out: &mut Vec<PairStrings<'a>>) {
+            out.extend(first.iter().map(|&i| PairStrings::of(rows[i].query)));
+        }
+        let mut pair_strings = Vec::with_capacity(first_rows.len());
+        if first_rows.len() >= super::PARALLEL_MIN_ROWS {
+            let half = first_rows.len() / 2;
+            let mut second = Vec::with_capacity(first_rows.len() - half);
+            rayon::join(
+                || strings(rows, &first_rows[..half], &mut pair_strings),
+                || strings(rows, &first_rows[half..], &mut second),
+            );
+            pair_strings.append(&mut second);
+        } else {
+            strings(rows, &first_rows, &mut pair_strings);
+        }
+        // Groups numbered in pair order; sums accumulated row by row in input order.
+        let mut group_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+        let mut sums: Vec<(f64, f64, u32)> = Vec::new();
+        let pairs: Vec<PairStats> = first_rows
+            .iter()
+            .zip(&pair_strings)
+            .map(|(&i, strings)| {
                 let next_group = sums.len();
-                let group = *group_of.entry((row.src, tld)).or_insert(next_group);
+                let group = *group_of
+                    .entry((rows[i].src, strings.tld.as_ref()))
+                    .or_insert(next_group);
                 if group == next_group {
                     sums.push((0.0, 0.0, 0));
                 }
-                let len = if w.is_ascii() {
-                    w.len()
-                } else {
-                    w.chars().count()
-                } as f64;
-                pairs.push(PairStats {
-                    len,
-                    entropy: entropy(w),
+                PairStats {
+                    len: strings.len,
+                    entropy: strings.entropy,
                     group,
-                });
-            }
+                }
+            })
+            .collect();
+        for &pair in &row_pair {
             let p = &pairs[pair];
             let s = &mut sums[p.group];
             s.0 += p.len;
             s.1 += p.entropy;
             s.2 += 1;
-            row_pair.push(pair);
         }
         Self {
             pairs,
@@ -207,10 +267,25 @@ impl History {
     }
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
+    /// Large batches are split across the cores (candle's rayon pool, which the forward pass
+    /// uses too, so the two never oversubscribe the machine).
     pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        for (k, &i) in scored.iter().enumerate() {
-            let out = matrix.row_mut(k);
+        self.fill(rows, scored, &mut matrix.values);
+        matrix
+    }
+
+    fn fill(&self, rows: &[Row<'_>], scored: &[usize], out: &mut [f32]) {
+        if scored.len() >= super::PARALLEL_MIN_ROWS {
+            let half = scored.len() / 2;
+            let (first, second) = out.split_at_mut(half * WIDTH);
+            rayon::join(
+                || self.fill(rows, &scored[..half], first),
+                || self.fill(rows, &scored[half..], second),
+            );
+            return;
+        }
+        for (&i, out) in scored.iter().zip(out.chunks_exact_mut(WIDTH)) {
             count_chars(rows[i].query, out);
             let p = &self.pairs[self.row_pair[i]];
             let (sum_len, sum_ent, n) = self.sums[p.group];
@@ -219,7 +294,6 @@ impl History {
             out[96] = (sum_len / n as f64) as f32;
             out[97] = (sum_ent / n as f64) as f32;
         }
-        matrix
     }
 }
 

@@ -6,6 +6,10 @@ pub mod v2;
 use std::fmt;
 use std::str::FromStr;
 
+/// Batches at least this large are split across the cores (in halves, recursively): below it,
+/// handing work to another thread costs more than it saves.
+pub const PARALLEL_MIN_ROWS: usize = 4096;
+
 /// One DNS event as the feature layer sees it. Cells are text exactly as sent.
 #[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {

@@ -150,8 +150,22 @@ impl Mlp {
             return Ok(Vec::new());
         }
         let x = Tensor::from_slice(values, (rows, self.shape.input), &Device::Cpu)?;
+        self.probabilities(&x)
+    }
+
+    /// [`Mlp::predict`] taking the feature vectors by value: the tensor uses their storage
+    /// instead of a copy.
+    pub fn predict_owned(&self, values: Vec<f32>, rows: usize) -> candle_core::Result<Vec<f32>> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_vec(values, (rows, self.shape.input), &Device::Cpu)?;
+        self.probabilities(&x)
+    }
+
+    fn probabilities(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
         let logits = self
-            .logits(&x)?
+            .logits(x)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;

@@ -95,13 +95,15 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
         Some(raw) => match serde_json::from_str::<Value>(raw) {
             Ok(Value::Null) => None,
             Ok(Value::String(name)) => Some(name),
-            _ => return Err(ApiError::unprocessable(
-                "invalid_request",
-                format!(
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_request",
+                    format!(
                     "`model` must be a string naming a loaded model (see GET /v1/models), not {}",
                     raw_type_name(raw)
                 ),
-            )),
+                ))
+            }
         },
     };
     let Some(events) = object.get("events") else {

@@ -1,0 +1,129 @@
+//! A small driver that runs one stage of `/apply` a given number of times, for profilers
+//! (`valgrind --tool=callgrind`, `perf record`) and instruction counts, where criterion's
+//! repetitions and statistics only get in the way.
+//!
+//! Build: `cargo bench --bench profile --no-run`, then run the printed executable:
+//! `profile <stage> <rows> <iterations>` with stage one of envelope, csv, feature_rows, features,
+//! forward, score, results, whole. Under `cargo bench` (no stage given) it runs each stage once
+//! at 1,000 rows as a smoke test.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use dnsexfil::dsdl::handlers::process;
+use dnsexfil::dsdl::results::{write_results, JsonEscaped};
+use dnsexfil::dsdl::table::Table;
+use dnsexfil::dsdl::{envelope, Endpoint};
+use dnsexfil::model::convert::ESCU_MODEL_NAME;
+use dnsexfil::server::AppState;
+use dnsexfil::{scoring, synth};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const STAGES: [&str; 8] = [
+    "envelope",
+    "csv",
+    "feature_rows",
+    "features",
+    "forward",
+    "score",
+    "results",
+    "whole",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (stages, rows, iterations) = match args.first().map(String::as_str) {
+        Some(stage) if STAGES.contains(&stage) => {
+            let rows = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(100_000);
+            let iterations = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(1);
+            (vec![stage], rows, iterations)
+        }
+        _ => (STAGES.to_vec(), 1_000, 1),
+    };
+    let state = support::escu_state();
+    let model = state.registry.get(ESCU_MODEL_NAME).unwrap();
+    let csv = synth::dsdl_csv(rows, 42);
+    let body = synth::dsdl_envelope(&csv, ESCU_MODEL_NAME);
+    let table = Table::parse(&csv).unwrap();
+    let (feature_rows, scored, scored_table_rows) = table.feature_rows();
+    let features = model.info.schema.compute(&feature_rows, &scored);
+    let scores = model.mlp.predict(&features.values, features.rows).unwrap();
+    let mut probabilities = vec![None; table.len()];
+    for (k, &row) in scored_table_rows.iter().enumerate() {
+        probabilities[row] = Some(scores[k]);
+    }
+    let ctx = Ctx {
+        state: &state,
+        body: &body,
+        csv: &csv,
+        table: &table,
+        probabilities: &probabilities,
+        features: &features.values,
+        scored_rows: features.rows,
+    };
+    for stage in stages {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            run(stage, &ctx);
+        }
+        let per = started.elapsed().as_secs_f64() * 1e3 / iterations as f64;
+        println!("{stage} {rows} rows: {per:.3} ms per run ({iterations} runs)");
+    }
+}
+
+struct Ctx<'a> {
+    state: &'a AppState,
+    body: &'a str,
+    csv: &'a str,
+    table: &'a Table<'a>,
+    probabilities: &'a [Option<f32>],
+    features: &'a [f32],
+    scored_rows: usize,
+}
+
+#[inline(never)]
+fn run(stage: &str, ctx: &Ctx) {
+    let model = ctx.state.registry.get(ESCU_MODEL_NAME).unwrap();
+    match stage {
+        "envelope" => {
+            black_box(envelope::parse(ctx.body.as_bytes()).unwrap());
+        }
+        "csv" => {
+            black_box(Table::parse(ctx.csv).unwrap());
+        }
+        "feature_rows" => {
+            black_box(ctx.table.feature_rows());
+        }
+        "features" => {
+            let (rows, scored, _) = ctx.table.feature_rows();
+            black_box(model.info.schema.compute(&rows, &scored));
+        }
+        "forward" => {
+            black_box(model.mlp.predict(ctx.features, ctx.scored_rows).unwrap());
+        }
+        "score" => {
+            let (rows, scored, _) = ctx.table.feature_rows();
+            black_box(scoring::score(&model, &rows, &scored).unwrap());
+        }
+        "results" => {
+            let mut out = JsonEscaped(Vec::with_capacity(ctx.csv.len() + 1024));
+            write_results(
+                &mut out,
+                ctx.table,
+                &model.info.target,
+                ctx.probabilities,
+                model.info.threshold,
+                None,
+            );
+            black_box(out.0);
+        }
+        "whole" => {
+            black_box(process(ctx.state, ctx.body.as_bytes(), Endpoint::Apply).to_json());
+        }
+        _ => unreachable!(),
+    }
+}

@@ -1,0 +1,32 @@
+//! What the benchmarks share: the service's state with the published ESCU model loaded.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dnsexfil::dsdl::auth::Token;
+use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
+use dnsexfil::model::{Model, Registry};
+use dnsexfil::server::{AppState, ServerConfig};
+
+/// The service's state with the published ESCU model, set up as `dnsexfil serve` does.
+pub fn escu_state() -> AppState {
+    // As the service does at start-up (see `fix_candle_threads`).
+    dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
+    let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../shared/artifacts/{ESCU_MODEL_NAME}.tar.gz"));
+    let converted =
+        convert(&artifact, None).expect("the published artifact in ../shared/artifacts");
+    let registry = Registry::new();
+    registry.insert(Model::from_bytes(&converted.bytes, "escu").unwrap());
+    let config = ServerConfig {
+        token: Token::Unset,
+        max_body_bytes: 64 << 20,
+        max_rows: 1_000_000,
+        staging_dir: std::env::temp_dir(),
+        model_store: None,
+        fit_time_limit: std::time::Duration::from_secs(60),
+        max_fit_rows: 200_000,
+        limits: Default::default(),
+    };
+    AppState::new(Arc::new(registry), config, 2)
+}
