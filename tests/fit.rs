@@ -54,6 +54,13 @@ fn labelled_csv(max_rows: usize) -> String {
     csv
 }
 
+/// The same CSV without its last (label) column: what `| apply` sends.
+fn without_labels(csv: &str) -> String {
+    csv.lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect()
+}
+
 fn fit_envelope(
     csv: &str,
     algo: &str,
@@ -171,10 +178,7 @@ fn fit_trains_saves_and_serves_a_model_and_a_refit_replaces_it() {
     );
 
     // `| apply tunnels` (MLTK sends the fit's algo) now uses it: the same scores.
-    let apply_csv: String = csv
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
-        .collect();
+    let apply_csv = without_labels(&csv);
     let applied = server.post_json("/apply", &apply_envelope(&apply_csv, "dnsexfil", "tunnels"));
     assert_same_scores(&probabilities(&applied), &fitted, "apply after fit");
 
@@ -209,10 +213,7 @@ fn fit_trains_saves_and_serves_a_model_and_a_refit_replaces_it() {
 fn fitting_the_published_model_fine_tunes_its_weights() {
     let server = TestServer::start();
     let csv = labelled_csv(2000);
-    let apply_csv: String = csv
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
-        .collect();
+    let apply_csv = without_labels(&csv);
     let before = probabilities(&server.apply(&apply_csv));
     let answer = server.post_json(
         "/fit",
@@ -375,10 +376,7 @@ fn apply_keeps_answering_while_a_fit_trains() {
 fn killing_the_server_during_fits_leaves_the_store_loadable() {
     let model_dir = tempfile::tempdir().unwrap();
     let csv = labelled_csv(2000);
-    let apply_csv: String = csv
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
-        .collect();
+    let apply_csv = without_labels(&csv);
     let args = |dir: &Path| {
         vec![
             std::ffi::OsString::from("--enable-https=false"),
@@ -493,10 +491,7 @@ fn replicas_sharing_the_store_serve_what_another_replica_fitted() {
             .unwrap()
     };
     let csv = labelled_csv(1500);
-    let apply_csv: String = csv
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
-        .collect();
+    let apply_csv = without_labels(&csv);
     let apply_body = apply_envelope(&apply_csv, "dnsexfil", "shared");
 
     // Fitted on A, applied on B right away: B finds it in the store on the miss.
