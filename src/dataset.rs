@@ -105,23 +105,35 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, String> {
         .collect()
 }
 
+/// Reads a label cell: 0 or 1, leniently (`1`, `1.0`, `"1"`, `true`).
+pub fn parse_label(text: &str) -> Option<f32> {
+    let t = crate::dsdl::envelope::unquote(text);
+    match t.to_ascii_lowercase().as_str() {
+        "true" => return Some(1.0),
+        "false" => return Some(0.0),
+        _ => {}
+    }
+    match t.parse::<f64>() {
+        Ok(v) if v == 0.0 => Some(0.0),
+        Ok(v) if v == 1.0 => Some(1.0),
+        _ => None,
+    }
+}
+
 /// Labels keyed by (src, query): 1 for exfiltration, 0 for benign.
 pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, String> {
     read_columns(path, &["src", "query", "is_exfiltration"])?
         .into_iter()
         .enumerate()
         .map(|(i, mut r)| {
-            let label = match r[2].trim() {
-                "1" | "1.0" => 1.0,
-                "0" | "0.0" => 0.0,
-                other => {
-                    return Err(format!(
-                        "{} row {}: `is_exfiltration` must be 0 or 1, found `{other}`",
-                        path.display(),
-                        i + 1
-                    ))
-                }
-            };
+            let label = parse_label(&r[2]).ok_or_else(|| {
+                format!(
+                    "{} row {}: `is_exfiltration` must be 0 or 1, found `{}`",
+                    path.display(),
+                    i + 1,
+                    r[2]
+                )
+            })?;
             Ok((
                 (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])),
                 label,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::dataset::{self, Labelled};
+use crate::dataset::{self, parse_label, Labelled};
 use crate::dsdl::table::{RowKind, Table};
 use crate::features::{Row, Schema};
 use crate::model::convert::ESCU_MODEL_NAME;
@@ -229,21 +229,6 @@ fn bad_param(key: &str, text: &str) -> String {
         describe(key),
         example(key)
     )
-}
-
-/// Reads a label cell: 0 or 1, leniently (`1`, `1.0`, `"1"`, `true`).
-pub fn parse_label(text: &str) -> Option<f32> {
-    let t = crate::dsdl::envelope::unquote(text);
-    match t.to_ascii_lowercase().as_str() {
-        "true" => return Some(1.0),
-        "false" => return Some(0.0),
-        _ => {}
-    }
-    match t.parse::<f64>() {
-        Ok(v) if v == 0.0 => Some(0.0),
-        Ok(v) if v == 1.0 => Some(1.0),
-        _ => None,
-    }
 }
 
 /// How a fit request's rows were grouped into the requests `/apply` will see.
