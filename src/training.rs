@@ -268,7 +268,7 @@ pub fn labelled_from_table(
         time_windows(table, window_secs)?
     } else {
         let usable: Vec<usize> = (0..table.len())
-            .filter(|&i| !matches!(&table.kinds[i], RowKind::Skipped(r) if !r.feeds_history()))
+            .filter(|&i| table.feeds_history(i))
             .collect();
         let scored: Vec<usize> = (0..usable.len())
             .filter(|&k| table.kinds[usable[k]] == RowKind::Rank1)
@@ -333,7 +333,7 @@ fn time_windows(
     let mut by_window: std::collections::BTreeMap<i64, Vec<(f64, usize)>> = Default::default();
     let mut bad = Vec::new();
     for i in 0..table.len() {
-        if matches!(&table.kinds[i], RowKind::Skipped(r) if !r.feeds_history()) {
+        if !table.feeds_history(i) {
             continue;
         }
         match crate::dsdl::envelope::unquote(table.time_text(i))

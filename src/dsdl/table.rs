@@ -389,7 +389,7 @@ impl<'a> Table<'a> {
         let mut scored = Vec::new();
         let mut scored_table_rows = Vec::new();
         for (i, kind) in self.kinds.iter().enumerate() {
-            if matches!(kind, RowKind::Skipped(reason) if !reason.feeds_history()) {
+            if !self.feeds_history(i) {
                 continue;
             }
             if *kind == RowKind::Rank1 {
@@ -402,6 +402,11 @@ impl<'a> Table<'a> {
             });
         }
         (rows, scored, scored_table_rows)
+    }
+
+    /// Whether `row` is a DNS event for the per-source history: every row but unreadable ones.
+    pub fn feeds_history(&self, row: usize) -> bool {
+        !matches!(&self.kinds[row], RowKind::Skipped(reason) if !reason.feeds_history())
     }
 
     /// Skipped rows as (1-based row number, reason).
