@@ -7,8 +7,12 @@
 //! on it. Grouping is one hash-map pass, so the cost is linear in the number of rows.
 
 use std::borrow::Cow;
+use std::hash::Hasher;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use rustc_hash::FxHashMap;
+use hashbrown::hash_table::{Entry, HashTable};
+
+use rustc_hash::{FxHashMap, FxHasher};
 
 use super::{FeatureMatrix, Row};
 
@@ -119,28 +123,47 @@ fn entropy_ascii(bytes: &[u8]) -> f64 {
         }
         *c += 1;
     }
+    if let Some(terms) = entropy_terms(bytes.len()) {
+        let mut sum = 0.0f64;
+        for &b in &order[..distinct] {
+            sum += terms[counts[b as usize] as usize];
+        }
+        return -sum;
+    }
     let ln2 = 2f64.ln();
     let total = bytes.len() as f64;
-    // Characters with the same count add the same term: each distinct small count's term is
-    // computed once (the same expression, so the same bits) and the sum keeps its order.
-    let mut memo = [f64::NAN; 16];
     let mut sum = 0.0f64;
     for &b in &order[..distinct] {
-        let n = counts[b as usize];
-        let term = match memo.get_mut(n as usize) {
-            Some(m) if !m.is_nan() => *m,
-            slot => {
-                let p = n as f64 / total;
-                let term = p * (p.ln() / ln2);
-                if let Some(m) = slot {
-                    *m = term;
-                }
-                term
-            }
-        };
-        sum += term;
+        let p = counts[b as usize] as f64 / total;
+        sum += p * (p.ln() / ln2);
     }
     -sum
+}
+
+/// Texts up to this long take their entropy terms from a table.
+const TERM_TABLE_MAX_LEN: usize = 64;
+
+/// The entropy terms `p * (p.ln() / ln2)` with `p = n / len`, indexed by `n`, for texts of length
+/// `len` up to [`TERM_TABLE_MAX_LEN`]: the very expression of the definition, evaluated once per
+/// (n, len), so the sums stay bit-identical while the logarithms leave the per-row path.
+fn entropy_terms(len: usize) -> Option<&'static [f64]> {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    if len > TERM_TABLE_MAX_LEN {
+        return None;
+    }
+    let table = TABLE.get_or_init(|| {
+        let ln2 = 2f64.ln();
+        let mut table = Vec::new();
+        for total in 0..=TERM_TABLE_MAX_LEN {
+            for n in 0..=total {
+                let p = n as f64 / total as f64;
+                table.push(p * (p.ln() / ln2));
+            }
+        }
+        table
+    });
+    let start = len * (len + 1) / 2;
+    Some(&table[start..start + len + 1])
 }
 
 /// Adds the character counts of `query` into the first 94 slots of `out`. Characters outside
@@ -156,119 +179,240 @@ fn count_chars(query: &str, out: &mut [f32]) {
     }
 }
 
-/// The features of a query's name that do not depend on the source.
+/// Hash of a two-string key (src and query, or src and tld).
+fn hash_key(a: &str, b: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(a.as_bytes());
+    hasher.write_u8(0xff);
+    hasher.write(b.as_bytes());
+    hasher.finish()
+}
+
+/// How a build splits its keys: one shard for small requests, two (one per core) for large ones.
+#[derive(Clone, Copy)]
+struct Shards {
+    count: usize,
+}
+
+impl Shards {
+    fn for_len(rows: usize) -> Self {
+        Self {
+            count: if rows >= super::PARALLEL_MIN_ROWS {
+                2
+            } else {
+                1
+            },
+        }
+    }
+
+    /// The shard of a key: a hash bit that neither a table's bucket index (low bits) nor its
+    /// control tag (top seven bits) uses.
+    fn of(self, hash: u64) -> usize {
+        if self.count == 1 {
+            0
+        } else {
+            (hash >> 40) as usize & 1
+        }
+    }
+
+    /// `work(shard)` for every shard, both at once when there are two.
+    fn run<T: Send>(self, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        if self.count == 1 {
+            vec![work(0)]
+        } else {
+            let (a, b) = rayon::join(|| work(0), || work(1));
+            vec![a, b]
+        }
+    }
+}
+
+/// A shard-local number with its shard in the top bit, as the shards record them side by side.
+fn tag(shard: usize, local: u32) -> u32 {
+    debug_assert!(local < 1 << 31);
+    local | (shard as u32) << 31
+}
+
+/// The global number of a [`tag`]ged one: shard 1's numbers follow shard 0's.
+fn untag(tagged: u32, offsets: [u32; 2]) -> u32 {
+    (tagged & !(1 << 31)) + offsets[(tagged >> 31) as usize]
+}
+
+/// What every row of one (src, query) pair shares, and its group's key.
 struct PairStrings<'a> {
     len: f64,
     entropy: f64,
+    src: &'a str,
     tld: Cow<'a, str>,
+    /// Hash of (src, tld): the group's shard and its slot in that shard's table.
+    group_hash: u64,
 }
 
 impl<'a> PairStrings<'a> {
-    fn of(query: &'a str) -> Self {
-        let w = without_domain(query);
+    fn of(row: &Row<'a>) -> Self {
+        let w = without_domain(row.query);
         let len = if w.is_ascii() {
             w.len()
         } else {
             w.chars().count()
         } as f64;
+        let tld = tld_key_borrowed(row.query, w);
         Self {
             len,
             entropy: entropy(w),
-            tld: tld_key_borrowed(query, w),
+            src: row.src,
+            group_hash: hash_key(row.src, &tld),
+            tld,
         }
     }
 }
 
-/// What every row of one (src, query) pair shares.
+/// What the features of one pair need once every group is summed.
 struct PairStats {
     len: f64,
     entropy: f64,
-    group: usize,
+    group: u32,
 }
 
-/// The per-request history the features need: string features per (src, query) pair and the
-/// (src, tld) group sums, built in one pass over all rows. Features of any subset of rows can
-/// then be produced in chunks, so memory stays bounded however many rows a request has.
+/// The per-request history the features need: string features per (src, query) pair, each
+/// pair's (src, tld) group, and the group sums, built from all rows. Features of any subset of
+/// rows can then be produced in chunks, so memory stays bounded however many rows a request has.
 ///
-/// Rows of the same (src, query) pair share their string features, so those are computed once
-/// per pair; the group sums are still accumulated row by row in input order, which keeps the
-/// float64 averages identical to the stock computation.
+/// Rows of the same pair share their string features, so those are computed once per pair. The
+/// group sums are accumulated row by row in input order, which keeps the float64 averages
+/// identical to the stock computation. Large requests are built on both cores, split by hash
+/// into two shards: each shard owns its pairs and groups and scans the rows in input order, so
+/// every group's sum still adds its rows in input order.
 pub struct History {
+    /// Pair of each row.
+    row_pair: Vec<u32>,
     pairs: Vec<PairStats>,
     /// (sum of len, sum of entropy, count) per (src, tld) group.
     sums: Vec<(f64, f64, u32)>,
-    row_pair: Vec<usize>,
 }
 
 impl History {
-    pub fn build<'a>(rows: &[Row<'a>]) -> Self {
-        // Pairs in order of first occurrence: one hash lookup per row.
-        let mut pair_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-        let mut first_rows: Vec<usize> = Vec::new();
-        let mut row_pair = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let next_pair = first_rows.len();
-            let pair = *pair_of.entry((row.src, row.query)).or_insert(next_pair);
-            if pair == next_pair {
-                first_rows.push(i);
-            }
-            row_pair.push(pair);
-        }
-        drop(pair_of);
-        // The string features of each pair, on all cores for large requests.
-        fn strings<'a>(rows: &[Row<'a>], first: &[usize], out: &mut Vec<PairStrings<'a>>) {
-            out.extend(first.iter().map(|&i| PairStrings::of(rows[i].query)));
-        }
-        let mut pair_strings = Vec::with_capacity(first_rows.len());
-        if first_rows.len() >= super::PARALLEL_MIN_ROWS {
-            let half = first_rows.len() / 2;
-            let mut second = Vec::with_capacity(first_rows.len() - half);
-            rayon::join(
-                || strings(rows, &first_rows[..half], &mut pair_strings),
-                || strings(rows, &first_rows[half..], &mut second),
-            );
-            pair_strings.append(&mut second);
+    pub fn build(rows: &[Row<'_>]) -> Self {
+        let shards = Shards::for_len(rows.len());
+        let pair_hashes: Vec<u64> = if shards.count == 2 {
+            let (first, second) = rows.split_at(rows.len() / 2);
+            let hash_all = |rows: &[Row<'_>]| -> Vec<u64> {
+                rows.iter().map(|r| hash_key(r.src, r.query)).collect()
+            };
+            let (mut a, b) = rayon::join(|| hash_all(first), || hash_all(second));
+            a.extend(b);
+            a
         } else {
-            strings(rows, &first_rows, &mut pair_strings);
-        }
-        // Groups numbered in pair order; sums accumulated row by row in input order.
-        let mut group_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-        let mut sums: Vec<(f64, f64, u32)> = Vec::new();
-        let pairs: Vec<PairStats> = first_rows
+            rows.iter().map(|r| hash_key(r.src, r.query)).collect()
+        };
+
+        // Pairs, numbered per shard in order of first occurrence. Tables hold (first row, number)
+        // and find hashes in `pair_hashes`, so a lookup never rehashes a string.
+        let row_pair: Vec<AtomicU32> = (0..rows.len()).map(|_| AtomicU32::new(0)).collect();
+        let pair_shards = shards.run(|shard| {
+            let mut table: HashTable<(u32, u32)> = HashTable::new();
+            let mut pairs: Vec<PairStrings> = Vec::new();
+            for (i, (&hash, row)) in pair_hashes.iter().zip(rows).enumerate() {
+                if shards.of(hash) != shard {
+                    continue;
+                }
+                let same = |&(first, _): &(u32, u32)| {
+                    let other = &rows[first as usize];
+                    pair_hashes[first as usize] == hash
+                        && other.query == row.query
+                        && other.src == row.src
+                };
+                let rehash = |&(first, _): &(u32, u32)| pair_hashes[first as usize];
+                let pair = match table.entry(hash, same, rehash) {
+                    Entry::Occupied(e) => e.get().1,
+                    Entry::Vacant(e) => {
+                        let pair = pairs.len() as u32;
+                        e.insert((i as u32, pair));
+                        pairs.push(PairStrings::of(row));
+                        pair
+                    }
+                };
+                row_pair[i].store(tag(shard, pair), Ordering::Relaxed);
+            }
+            pairs
+        });
+        let pair_offsets = [0, pair_shards[0].len() as u32];
+        let pairs: Vec<PairStrings> = pair_shards.into_iter().flatten().collect();
+
+        // Groups, numbered per shard in pair order; tables hold (a pair of the group, number).
+        let pair_group: Vec<AtomicU32> = (0..pairs.len()).map(|_| AtomicU32::new(0)).collect();
+        let group_counts = shards.run(|shard| {
+            let mut table: HashTable<(u32, u32)> = HashTable::new();
+            for (p, strings) in pairs.iter().enumerate() {
+                let hash = strings.group_hash;
+                if shards.of(hash) != shard {
+                    continue;
+                }
+                let same = |&(q, _): &(u32, u32)| {
+                    let other = &pairs[q as usize];
+                    other.group_hash == hash && other.tld == strings.tld && other.src == strings.src
+                };
+                let rehash = |&(q, _): &(u32, u32)| pairs[q as usize].group_hash;
+                let next = table.len() as u32;
+                let group = match table.entry(hash, same, rehash) {
+                    Entry::Occupied(e) => e.get().1,
+                    Entry::Vacant(e) => {
+                        e.insert((p as u32, next));
+                        next
+                    }
+                };
+                pair_group[p].store(tag(shard, group), Ordering::Relaxed);
+            }
+            table.len() as u32
+        });
+        let group_offsets = [0, group_counts[0]];
+        let pairs: Vec<PairStats> = pairs
             .iter()
-            .zip(&pair_strings)
-            .map(|(&i, strings)| {
-                let next_group = sums.len();
-                let group = *group_of
-                    .entry((rows[i].src, strings.tld.as_ref()))
-                    .or_insert(next_group);
-                if group == next_group {
-                    sums.push((0.0, 0.0, 0));
-                }
-                PairStats {
-                    len: strings.len,
-                    entropy: strings.entropy,
-                    group,
-                }
+            .zip(pair_group)
+            .map(|(strings, group)| PairStats {
+                len: strings.len,
+                entropy: strings.entropy,
+                group: untag(group.into_inner(), group_offsets),
             })
             .collect();
-        for &pair in &row_pair {
-            let p = &pairs[pair];
-            let s = &mut sums[p.group];
-            s.0 += p.len;
-            s.1 += p.entropy;
-            s.2 += 1;
+        let row_pair: Vec<u32> = row_pair
+            .into_iter()
+            .map(|pair| untag(pair.into_inner(), pair_offsets))
+            .collect();
+
+        // Sums row by row in input order; each shard adds into its own groups.
+        let mut sums = vec![(0.0, 0.0, 0u32); group_counts.iter().sum::<u32>() as usize];
+        let accumulate = |sums: &mut [(f64, f64, u32)], first_group: u32| {
+            for &pair in &row_pair {
+                let p = &pairs[pair as usize];
+                if let Some(sum) = p
+                    .group
+                    .checked_sub(first_group)
+                    .and_then(|g| sums.get_mut(g as usize))
+                {
+                    sum.0 += p.len;
+                    sum.1 += p.entropy;
+                    sum.2 += 1;
+                }
+            }
+        };
+        let (first, second) = sums.split_at_mut(group_offsets[1] as usize);
+        if shards.count == 2 {
+            rayon::join(
+                || accumulate(first, 0),
+                || accumulate(second, group_offsets[1]),
+            );
+        } else {
+            accumulate(first, 0);
         }
         Self {
+            row_pair,
             pairs,
             sums,
-            row_pair,
         }
     }
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
-    /// Large batches are split across the cores (candle's rayon pool, which the forward pass
-    /// uses too, so the two never oversubscribe the machine).
+    /// Large batches are split across the cores.
     pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
         self.fill(rows, scored, &mut matrix.values);
@@ -287,8 +431,8 @@ impl History {
         }
         for (&i, out) in scored.iter().zip(out.chunks_exact_mut(WIDTH)) {
             count_chars(rows[i].query, out);
-            let p = &self.pairs[self.row_pair[i]];
-            let (sum_len, sum_ent, n) = self.sums[p.group];
+            let p = &self.pairs[self.row_pair[i] as usize];
+            let (sum_len, sum_ent, n) = self.sums[p.group as usize];
             out[94] = p.len as f32;
             out[95] = p.entropy as f32;
             out[96] = (sum_len / n as f64) as f32;
@@ -349,6 +493,9 @@ mod tests {
             "aa.aa.aa.aa",
             "x.xx.xxx",
             "abab.ab.abab.com",
+            // Longer than the entropy term table.
+            "4a6f686e20446f65206c6f676765642d696e2061742031303a3030206e6f772d3132333435363738.x.tunnel.example",
+            "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789.ex.com",
         ];
         for q in queries {
             let w = without_domain(q);
@@ -397,6 +544,70 @@ mod tests {
         let counted: f32 = r[..94].iter().sum();
         assert_eq!(counted, 6.0); // a b ü . x . y minus space, tab, ü
         assert_eq!(r[94], 5.0); // "a b\tü" has five characters
+    }
+
+    /// The features by their definition, one row at a time: what the sharded, parallel build
+    /// must reproduce bit for bit.
+    fn reference(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+        let mut sums: FxHashMap<(String, String), (f64, f64, u32)> = FxHashMap::default();
+        for row in rows {
+            let w = without_domain(row.query);
+            let sum = sums
+                .entry((row.src.to_string(), tld_key(row.query, w)))
+                .or_default();
+            sum.0 += w.chars().count() as f64;
+            sum.1 += entropy(w);
+            sum.2 += 1;
+        }
+        let mut m = FeatureMatrix::zeros(scored.len(), WIDTH);
+        for (k, &i) in scored.iter().enumerate() {
+            let q = rows[i].query;
+            let w = without_domain(q);
+            let out = m.row_mut(k);
+            count_chars(q, out);
+            let (sl, se, n) = sums[&(rows[i].src.to_string(), tld_key(q, w))];
+            out[94] = w.chars().count() as f32;
+            out[95] = entropy(w) as f32;
+            out[96] = (sl / n as f64) as f32;
+            out[97] = (se / n as f64) as f32;
+        }
+        m
+    }
+
+    #[test]
+    fn large_requests_built_on_both_cores_equal_the_definition() {
+        // Enough rows for the parallel paths; few sources and domains so groups span both
+        // halves of the rows, and names whose tld key hits the every-occurrence quirk.
+        let queries: Vec<String> = (0..12_000)
+            .map(|i| match i % 5 {
+                0 => format!("{:x}{}.t{}.example.com", i * 7919, i % 13, i % 3),
+                1 => format!("www.site{}.org", i % 17),
+                2 => "e.example.com".to_string(),
+                3 => format!("a{}.a{}.amazon.com", i % 4, i % 4),
+                _ => format!("x{}.bücher.de", i % 7),
+            })
+            .collect();
+        let srcs = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fe80::1"];
+        let rows: Vec<Row> = queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Row {
+                src: srcs[(i / 7) % srcs.len()],
+                query: q,
+            })
+            .collect();
+        assert!(rows.len() >= 2 * crate::features::PARALLEL_MIN_ROWS);
+        let scored: Vec<usize> = (0..rows.len()).filter(|i| i % 3 != 1).collect();
+        let fast = compute(&rows, &scored);
+        let slow = reference(&rows, &scored);
+        for k in 0..scored.len() {
+            let (f, s) = (fast.row(k), slow.row(k));
+            assert!(
+                f.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {}: {f:?} vs {s:?}",
+                scored[k]
+            );
+        }
     }
 
     #[test]
