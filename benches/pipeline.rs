@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use dnsexfil::dsdl::handlers::process;
-use dnsexfil::dsdl::results::{write_results, JsonEscaped};
+use dnsexfil::dsdl::results::json_results;
 use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
@@ -55,27 +55,24 @@ fn stages(c: &mut Criterion) {
         // Results are written straight into the JSON response body, escaped on the way.
         g.bench_function(BenchmarkId::new("results_json", rows), |b| {
             b.iter(|| {
-                let mut out = JsonEscaped(Vec::with_capacity(csv.len() + 1024));
-                let target = &model.info.target;
-                write_results(
-                    &mut out,
+                let results = json_results(
                     &table,
-                    target,
+                    &model.info.target,
                     &probabilities,
                     model.info.threshold,
                     None,
+                    csv.len() + 1024,
                 );
-                let message = "/apply done successfully".to_string();
                 DsdlResponse {
                     status: "success",
-                    message,
-                    results: Some(out.0),
+                    message: "/apply done successfully".to_string(),
+                    results: Some(results),
                 }
-                .to_json()
+                .into_body()
             })
         });
         g.bench_function(BenchmarkId::new("whole_apply", rows), |b| {
-            b.iter(|| process(&state, body.as_bytes(), Endpoint::Apply).to_json())
+            b.iter(|| process(&state, body.as_bytes(), Endpoint::Apply).into_body())
         });
         g.finish();
     }
@@ -107,7 +104,7 @@ fn ratio() {
         let (mut whole, mut forward) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let t = Instant::now();
-            std::hint::black_box(process(&state, body.as_bytes(), Endpoint::Apply).to_json());
+            std::hint::black_box(process(&state, body.as_bytes(), Endpoint::Apply).into_body());
             whole.push(t.elapsed());
             let t = Instant::now();
             std::hint::black_box(model.mlp.predict(&features.values, features.rows).unwrap());

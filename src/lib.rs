@@ -9,6 +9,7 @@ pub mod dsdl;
 pub mod features;
 pub mod fsutil;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

@@ -237,12 +237,25 @@ fn find_comma_or_line_end(b: &[u8], from: usize) -> Option<usize> {
 /// JSON string must escape (`"` `\\` control characters), eight bytes at a time.
 #[inline]
 pub fn needs_quotes_or_escapes(text: &str) -> bool {
+    holds_special_bytes(text, true)
+}
+
+/// Whether `text` (cells joined by commas) holds a byte that a CSV cell must be quoted for or a
+/// JSON string must escape, commas apart.
+#[inline]
+pub fn needs_quotes_or_escapes_besides_commas(text: &str) -> bool {
+    holds_special_bytes(text, false)
+}
+
+#[inline(always)]
+fn holds_special_bytes(text: &str, commas: bool) -> bool {
     let b = text.as_bytes();
+    let comma = if commas { b',' } else { b'"' };
     let mut chunks = b.chunks_exact(8);
     for chunk in &mut chunks {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         let hits = bytes_below(word, 0x20)
-            | bytes_equal(word, b',')
+            | bytes_equal(word, comma)
             | bytes_equal(word, b'"')
             | bytes_equal(word, b'\\');
         if hits != 0 {
@@ -252,7 +265,7 @@ pub fn needs_quotes_or_escapes(text: &str) -> bool {
     chunks
         .remainder()
         .iter()
-        .any(|&c| c < 0x20 || c == b',' || c == b'"' || c == b'\\')
+        .any(|&c| c < 0x20 || c == comma || c == b'"' || c == b'\\')
 }
 
 #[cfg(test)]
@@ -334,6 +347,12 @@ mod tests {
                 .bytes()
                 .any(|c| c < 0x20 || c == b',' || c == b'"' || c == b'\\');
             assert_eq!(needs_quotes_or_escapes(&text), expected, "{text:?}");
+            let expected = text.bytes().any(|c| c < 0x20 || c == b'"' || c == b'\\');
+            assert_eq!(
+                needs_quotes_or_escapes_besides_commas(&text),
+                expected,
+                "{text:?}"
+            );
         }
     }
 

@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::envelope::{self, Envelope, Options};
-use super::results::json_results;
+use super::results::{json_results, EscapedResults};
 use super::table::Table;
 use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
 use crate::model::{Model, ModelInfo, Registry};
-use crate::server::{read_body_limited, AppState, BodyError};
+use crate::server::{read_body_limited, AppState, BodyError, WorkerPanicked};
 use crate::suppress::Suppressions;
 use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
@@ -48,21 +48,24 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             return (StatusCode::BAD_REQUEST, DsdlResponse::error(endpoint, what)).into_response();
         }
     };
-    // Parsing, features and the forward pass are CPU work: keep them off the async reactor.
+    // Parsing, features and the forward pass are CPU work: only small requests run on the
+    // async worker.
     let worker_state = state.clone();
+    let body_len = bytes.len();
     let work = move || {
         let response = process(&worker_state, &bytes, endpoint);
-        if bytes.len() >= crate::server::LARGE_REQUEST_BYTES {
-            drop(bytes);
-            crate::server::release_freed_memory();
+        if bytes.len() >= crate::memory::LARGE_REQUEST_BYTES {
+            crate::memory::large_request_done();
         }
         response
     };
     let outcome = match endpoint {
-        Endpoint::Apply => state.run_compute(work).await,
+        Endpoint::Apply => state.run_compute(body_len, work).await,
         // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
         // (with one CPU there is only one). Fits are serialised by the fit slot instead.
-        Endpoint::Fit => AppState::run_uncounted(work).await,
+        Endpoint::Fit => AppState::run_uncounted(work)
+            .await
+            .map_err(|e| WorkerPanicked(e.to_string())),
     };
     match outcome {
         Ok(resp) => {
@@ -145,7 +148,7 @@ pub fn apply_model(
     csv_text: &str,
     options: &Options,
     max_rows: usize,
-) -> Result<(Vec<u8>, String), String> {
+) -> Result<(EscapedResults, String), String> {
     let Some(model) = registry.resolve(&options.model_name, options.algo.as_deref()) else {
         return Err(unknown_model(registry, options));
     };
@@ -161,7 +164,7 @@ fn score_table(
     suppressions: &Suppressions,
     table: &Table,
     csv_len: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<EscapedResults, String> {
     let (rows, scored, scored_table_rows) = table.feature_rows();
     let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
     let mut probabilities = vec![None; table.len()];

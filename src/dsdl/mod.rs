@@ -13,16 +13,16 @@ pub mod table;
 pub struct DsdlResponse {
     pub status: &'static str,
     pub message: String,
-    /// The results CSV, already escaped as the contents of a JSON string (see
-    /// [`results::JsonEscaped`]); absent on errors and staging.
-    pub results: Option<Vec<u8>>,
+    /// The results CSV, already escaped as the contents of a JSON string; absent on errors and
+    /// staging.
+    pub results: Option<results::EscapedResults>,
 }
 
 impl axum::response::IntoResponse for DsdlResponse {
     fn into_response(self) -> axum::response::Response {
         (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            self.to_json(),
+            self.into_body(),
         )
             .into_response()
     }
@@ -45,21 +45,24 @@ impl Endpoint {
 }
 
 impl DsdlResponse {
-    /// `{"status": ..., "message": ..., "results": "..."}` as the stock container sends it.
-    pub fn to_json(&self) -> Vec<u8> {
-        let results_len = self.results.as_ref().map_or(0, Vec::len);
-        let mut body = Vec::with_capacity(64 + self.message.len() + results_len);
-        body.extend_from_slice(b"{\"status\":");
-        serde_json::to_writer(&mut body, self.status).expect("writing to a Vec cannot fail");
-        body.extend_from_slice(b",\"message\":");
-        serde_json::to_writer(&mut body, &self.message).expect("writing to a Vec cannot fail");
-        if let Some(results) = &self.results {
-            body.extend_from_slice(b",\"results\":\"");
-            body.extend_from_slice(results);
-            body.push(b'"');
+    /// `{"status": ..., "message": ..., "results": "..."}` as the stock container sends it. The
+    /// results (megabytes for a large batch) are not copied: the rest is written around them.
+    pub fn into_body(self) -> bytes::Bytes {
+        let mut head = Vec::with_capacity(64 + self.message.len());
+        head.extend_from_slice(b"{\"status\":");
+        serde_json::to_writer(&mut head, self.status).expect("writing to a Vec cannot fail");
+        head.extend_from_slice(b",\"message\":");
+        serde_json::to_writer(&mut head, &self.message).expect("writing to a Vec cannot fail");
+        match self.results {
+            Some(results) => {
+                head.extend_from_slice(b",\"results\":\"");
+                results.wrap(&head, b"\"}")
+            }
+            None => {
+                head.push(b'}');
+                bytes::Bytes::from(head)
+            }
         }
-        body.push(b'}');
-        body
     }
 
     pub fn error(endpoint: Endpoint, what: impl std::fmt::Display) -> Self {
@@ -68,5 +71,41 @@ impl DsdlResponse {
             message: format!("{}: ERROR: {what}", endpoint.path()),
             results: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsdl::table::Table;
+
+    #[test]
+    fn body_is_the_stock_json_whether_or_not_the_message_fits_the_headroom() {
+        let table = Table::parse("src,query,rank\na,\"x\"\"y\",1\n").unwrap();
+        for message in ["/apply done successfully".to_string(), "é\"".repeat(3000)] {
+            let results = results::json_results(&table, "t", &[Some(0.25)], 0.5, None, 64);
+            let body = DsdlResponse {
+                status: "success",
+                message: message.clone(),
+                results: Some(results),
+            }
+            .into_body();
+            let text = std::str::from_utf8(&body).unwrap();
+            assert!(
+                text.starts_with("{\"status\":\"success\",\"message\":"),
+                "{text}"
+            );
+            let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(parsed["message"], message.as_str());
+            assert_eq!(
+                parsed["results"],
+                "src,query,rank,pred_t_proba,pred_t\na,\"x\"\"y\",1,0.25,0\n"
+            );
+        }
+        let error = DsdlResponse::error(Endpoint::Apply, "bad").into_body();
+        assert_eq!(
+            &error[..],
+            b"{\"status\":\"error\",\"message\":\"/apply: ERROR: bad\"}"
+        );
     }
 }

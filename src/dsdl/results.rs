@@ -1,6 +1,6 @@
 //! The `results` CSV of a DSDL response, in the stock container's column order and number format.
 
-use super::csvscan::needs_quotes_or_escapes;
+use super::csvscan::{needs_quotes_or_escapes, needs_quotes_or_escapes_besides_commas};
 use super::table::Table;
 
 /// Where result text goes: a plain CSV string, or straight into the body of the JSON response
@@ -72,6 +72,41 @@ pub fn write_results<S: CsvSink>(
     rows.write(out, 0..table.len());
 }
 
+/// Spare bytes before the results where the response's opening fields go (status, message and
+/// the `results` key): the body is then built around the results without copying them.
+pub const HEADROOM: usize = 4096;
+
+/// The results CSV as the contents of a JSON string (see [`JsonEscaped`]), after [`HEADROOM`]
+/// spare bytes.
+#[derive(Debug)]
+pub struct EscapedResults {
+    bytes: Vec<u8>,
+}
+
+impl EscapedResults {
+    /// The escaped text.
+    pub fn text(&self) -> &[u8] {
+        &self.bytes[HEADROOM..]
+    }
+
+    /// `head`, the results, then `tail`, as one buffer: in place when `head` fits the headroom.
+    pub fn wrap(mut self, head: &[u8], tail: &[u8]) -> bytes::Bytes {
+        self.bytes.extend_from_slice(tail);
+        match HEADROOM.checked_sub(head.len()) {
+            Some(start) => {
+                self.bytes[start..HEADROOM].copy_from_slice(head);
+                bytes::Bytes::from(self.bytes).slice(start..)
+            }
+            None => {
+                let mut body = Vec::with_capacity(head.len() + self.bytes.len() - HEADROOM);
+                body.extend_from_slice(head);
+                body.extend_from_slice(&self.bytes[HEADROOM..]);
+                bytes::Bytes::from(body)
+            }
+        }
+    }
+}
+
 /// [`write_results`] into the body of the JSON response; a large table is written on all cores
 /// (in parts, joined in order), so the text is the same.
 pub fn json_results(
@@ -81,14 +116,16 @@ pub fn json_results(
     threshold: f32,
     suppressed: Option<&[Option<&str>]>,
     capacity: usize,
-) -> Vec<u8> {
+) -> EscapedResults {
     let rows = Rows::new(table, probabilities, threshold, suppressed);
-    let mut out = JsonEscaped(Vec::with_capacity(capacity));
+    let mut bytes = Vec::with_capacity(HEADROOM + capacity + 2);
+    bytes.resize(HEADROOM, 0);
+    let mut out = JsonEscaped(bytes);
     rows.write_header(&mut out, target);
     let n = table.len();
     if n < 2 * crate::features::PARALLEL_MIN_ROWS {
         rows.write(&mut out, 0..n);
-        return out.0;
+        return EscapedResults { bytes: out.0 };
     }
     let half = n / 2;
     let mut second = JsonEscaped(Vec::with_capacity(capacity / 2));
@@ -97,7 +134,7 @@ pub fn json_results(
         || rows.write(&mut second, half..n),
     );
     out.0.extend_from_slice(&second.0);
-    out.0
+    EscapedResults { bytes: out.0 }
 }
 
 /// What every result row needs, shared by the parts of a table written in parallel.
@@ -161,13 +198,25 @@ impl<'t, 'a> Rows<'t, 'a> {
         let mut number = PythonFloat::new();
         let mut quoted = String::new();
         for i in range {
-            push_cell(out, table.src(i), &mut quoted);
-            out.push_plain(",");
-            push_cell(out, table.query(i), &mut quoted);
-            out.push_plain(",");
-            if table.has_rank {
-                push_cell(out, table.rank_text(i), &mut quoted);
-                out.push_plain(",");
+            // Usually the input cells can be copied as they stand, in one piece.
+            match table
+                .leading_cells_text(i)
+                .filter(|text| !needs_quotes_or_escapes_besides_commas(text))
+            {
+                Some(text) => {
+                    out.push_plain(text);
+                    out.push_plain(",");
+                }
+                None => {
+                    push_cell(out, table.src(i), &mut quoted);
+                    out.push_plain(",");
+                    push_cell(out, table.query(i), &mut quoted);
+                    out.push_plain(",");
+                    if table.has_rank {
+                        push_cell(out, table.rank_text(i), &mut quoted);
+                        out.push_plain(",");
+                    }
+                }
             }
             let reason = suppressed.and_then(|s| s[i]);
             if let Some(p) = probabilities[i] {
@@ -467,6 +516,43 @@ mod tests {
         let decoded: String = serde_json::from_str(&literal).unwrap();
         assert_eq!(decoded, csv);
         assert!(csv.contains("\"x\ty,\"\"q\"\"\""), "{csv}");
+    }
+
+    #[test]
+    fn cells_copied_in_one_piece_read_as_cell_by_cell_output() {
+        // Layouts where src,query,rank are and are not one unquoted stretch of the input.
+        let inputs = [
+            "src,query,rank\na,x.y,1\n\"a\",x.y,2\n\"a,b\",x.y,3\na,\"x\"\"y\",1\na\\b,x\ty,1\n,,1\n",
+            "rank,src,query\n1,a,x.y\n2,\"b\",x.y\n",
+            "src,_time,query,rank\na,5,x.y,1\n",
+            "src,query\na,x.y\n\"a\",\"x.y\"\n",
+            "query,src,rank\nx.y,a,1\n",
+        ];
+        for input in inputs {
+            let t = Table::parse(input).unwrap();
+            let probabilities: Vec<Option<f32>> = (0..t.len()).map(|_| Some(0.5)).collect();
+            let mut expected = String::new();
+            let mut scratch = String::new();
+            for i in 0..t.len() {
+                push_cell(&mut expected, t.src(i), &mut scratch);
+                expected.push(',');
+                push_cell(&mut expected, t.query(i), &mut scratch);
+                if t.has_rank {
+                    expected.push(',');
+                    push_cell(&mut expected, t.rank_text(i), &mut scratch);
+                }
+                expected.push_str(",0.5,1\n");
+            }
+            let out = results_csv(&t, "t", &probabilities, 0.5);
+            let (_, rows) = out.split_once('\n').unwrap();
+            assert_eq!(rows, expected, "{input:?}");
+            let mut json = JsonEscaped(Vec::new());
+            write_results(&mut json, &t, "t", &probabilities, 0.5, None);
+            let decoded: String =
+                serde_json::from_str(&format!("\"{}\"", String::from_utf8(json.0).unwrap()))
+                    .unwrap();
+            assert_eq!(decoded, out, "{input:?}");
+        }
     }
 
     #[test]

@@ -371,6 +371,19 @@ impl<'a> Table<'a> {
         self.cell(row, RANK)
     }
 
+    /// The row's `src,query,rank` cells (`src,query` without a rank column) as one stretch of
+    /// the CSV, when they stand there side by side in that order, unquoted: results can then
+    /// copy them at once.
+    pub fn leading_cells_text(&self, row: usize) -> Option<&str> {
+        let cells = &self.cells[row];
+        let last = if self.has_rank { RANK } else { QUERY };
+        let side_by_side = (SRC..last).all(|slot| cells[slot].end + 1 == cells[slot + 1].start);
+        if !side_by_side || cells[SRC..=last].iter().any(|c| c.unescaped) {
+            return None;
+        }
+        Some(&self.text[cells[SRC].start as usize..cells[last].end as usize])
+    }
+
     /// The label cell as sent (empty when no target column was read).
     pub fn target_text(&self, row: usize) -> &str {
         self.cell(row, TARGET)

@@ -159,14 +159,14 @@ async fn handle(
             ApiError::bad_request("body_unreadable", format!("cannot read the body: {e}"))
         }
     })?;
-    // Decoding, features and the forward pass are CPU work: keep them off the async reactor.
+    // Decoding, features and the forward pass are CPU work: only small requests run on the
+    // async worker.
     let worker_state = state.clone();
     let outcome = state
-        .run_compute(move || {
+        .run_compute(bytes.len(), move || {
             let answer = score_body(&worker_state, &bytes, format, params.model);
-            if bytes.len() >= crate::server::LARGE_REQUEST_BYTES {
-                drop(bytes);
-                crate::server::release_freed_memory();
+            if bytes.len() >= crate::memory::LARGE_REQUEST_BYTES {
+                crate::memory::large_request_done();
             }
             answer
         })
