@@ -443,8 +443,6 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    crate::memory::spawn_idle_release(Duration::from_secs(1));
-
     let addr = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(

@@ -20,7 +20,6 @@ fn main() -> ExitCode {
                 .compute_threads
                 .unwrap_or_else(dnsexfil::server::default_compute_threads);
             dnsexfil::model::fix_candle_threads(threads);
-            dnsexfil::memory::configure_allocator();
             cli::init_logging(args.log_format);
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

@@ -55,7 +55,8 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     let work = move || {
         let response = process(&worker_state, &bytes, endpoint);
         if bytes.len() >= crate::memory::LARGE_REQUEST_BYTES {
-            crate::memory::large_request_done();
+            drop(bytes);
+            crate::memory::release_freed_memory();
         }
         response
     };

@@ -166,7 +166,8 @@ async fn handle(
         .run_compute(bytes.len(), move || {
             let answer = score_body(&worker_state, &bytes, format, params.model);
             if bytes.len() >= crate::memory::LARGE_REQUEST_BYTES {
-                crate::memory::large_request_done();
+                drop(bytes);
+                crate::memory::release_freed_memory();
             }
             answer
         })
