@@ -9,7 +9,8 @@ pub const LARGE_REQUEST_BYTES: usize = 1 << 20;
 /// parts of large requests), to the OS.
 pub fn release_freed_memory() {
     collect_this_thread();
-    rayon::broadcast(|_| collect_this_thread());
+    // Queued, not awaited: the pool may be busy with another request.
+    rayon::spawn_broadcast(|_| collect_this_thread());
 }
 
 fn collect_this_thread() {

@@ -12,7 +12,6 @@ use dnsexfil::server::{AppState, ServerConfig};
 pub fn escu_state() -> AppState {
     // As the service does at start-up (see `fix_candle_threads`).
     dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
-    dnsexfil::memory::configure_allocator();
     let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../shared/artifacts/{ESCU_MODEL_NAME}.tar.gz"));
     let converted =
