@@ -326,3 +326,45 @@ impl IntoResponse for BodyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AppState {
+        let config = ServerConfig {
+            token: Token::Unset,
+            max_body_bytes: 1 << 20,
+            max_rows: 1000,
+            staging_dir: std::env::temp_dir(),
+            model_store: None,
+            fit_time_limit: Duration::from_secs(1),
+            max_fit_rows: 1000,
+            limits: Default::default(),
+        };
+        AppState::new(Arc::new(Registry::new()), config, 1)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_and_large_work_both_answer_and_a_panic_is_an_error_not_a_crash() {
+        let state = state();
+        let on_worker = std::thread::current().id();
+        // Small: here on the async worker; large: on a blocking thread.
+        let small = state.run_compute(100, std::thread::current).await.unwrap();
+        assert_eq!(small.id(), on_worker);
+        let large = state
+            .run_compute(INLINE_MAX_BYTES + 1, std::thread::current)
+            .await
+            .unwrap();
+        assert_ne!(large.id(), on_worker);
+        for size in [100, INLINE_MAX_BYTES + 1] {
+            let failed = state
+                .run_compute(size, move || -> u32 { panic!("boom {size}") })
+                .await
+                .unwrap_err();
+            assert!(failed.to_string().contains("panicked"), "{failed}");
+            // The permit came back: the next request still runs (one compute permit).
+            assert_eq!(state.run_compute(size, || 7).await.unwrap(), 7);
+        }
+    }
+}
