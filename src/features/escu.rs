@@ -4,7 +4,8 @@
 //! of the query without its last two labels, then the mean of those two over every row of the
 //! request with the same (src, "tld") key. The "tld" quirk of the stock notebook (every occurrence
 //! of the subdomain part is removed) is reproduced on purpose: the published weights were trained
-//! on it. Grouping is one hash-map pass, so the cost is linear in the number of rows.
+//! on it. Grouping is by hash tables (split across the cores for large requests), so the cost is
+//! linear in the number of rows.
 
 use std::borrow::Cow;
 use std::hash::Hasher;
