@@ -11,6 +11,7 @@ use dnsexfil::dsdl::handlers::process;
 use dnsexfil::dsdl::results::json_results;
 use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
+use dnsexfil::features::Schema;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
 use dnsexfil::synth;
 
@@ -48,6 +49,10 @@ fn stages(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("features_escu_v1", rows), |b| {
             b.iter(|| model.info.schema.compute(&feature_rows, &scored))
+        });
+        // Our own schema (the default model's), over the same rows.
+        g.bench_function(BenchmarkId::new("features_dnsexfil_v2", rows), |b| {
+            b.iter(|| Schema::DnsexfilV2.compute(&feature_rows, &scored))
         });
         g.bench_function(BenchmarkId::new("forward_pass_only", rows), |b| {
             b.iter(|| model.mlp.predict(&features.values, features.rows).unwrap())

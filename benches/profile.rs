@@ -5,8 +5,8 @@
 //! Build: `cargo bench --bench profile --no-run`, then run the printed executable:
 //! `profile <stage> <rows> <iterations>` with stage one of envelope, csv, feature_rows, prepare
 //! (the per-request history), fill (features from a prepared history; only that part is timed),
-//! features (both), forward, score, results, whole. Under `cargo bench` (no stage given) it runs each stage once
-//! at 1,000 rows as a smoke test.
+//! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, results, whole. Under
+//! `cargo bench` (no stage given) it runs each stage once at 1,000 rows as a smoke test.
 
 mod support;
 
@@ -18,6 +18,7 @@ use dnsexfil::dsdl::handlers::process;
 use dnsexfil::dsdl::results::json_results;
 use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, Endpoint};
+use dnsexfil::features::Schema;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
 use dnsexfil::server::AppState;
 use dnsexfil::{scoring, synth};
@@ -25,13 +26,14 @@ use dnsexfil::{scoring, synth};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STAGES: [&str; 10] = [
+const STAGES: [&str; 11] = [
     "envelope",
     "csv",
     "feature_rows",
     "prepare",
     "fill",
     "features",
+    "features_v2",
     "forward",
     "score",
     "results",
@@ -123,6 +125,10 @@ fn run(stage: &str, ctx: &Ctx) {
         "features" => {
             let (rows, scored, _) = ctx.table.feature_rows();
             black_box(model.info.schema.compute(&rows, &scored));
+        }
+        "features_v2" => {
+            let (rows, scored, _) = ctx.table.feature_rows();
+            black_box(Schema::DnsexfilV2.compute(&rows, &scored));
         }
         "forward" => {
             black_box(model.mlp.predict(ctx.features, ctx.scored_rows).unwrap());

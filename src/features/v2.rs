@@ -83,15 +83,27 @@ struct NameShape {
     digit_ratio: f32,
 }
 
+/// `text.to_ascii_lowercase().ends_with(suffix)` for a lower-case ASCII `suffix`, without the copy.
+fn ends_with_ignoring_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
 fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
     let sub = sub_original_case;
     let n = sub.chars().count().max(1) as f32;
     let (mut digits, mut upper, mut hex, mut b32, mut other, mut vowels, mut letters) =
         (0, 0, 0, 0, 0, 0, 0);
     let (mut run, mut max_run, mut has_lower) = (0, 0, false);
-    let mut seen = FxHashSet::default();
+    // Distinct characters: a bit per ASCII character, a set only for the others.
+    let mut seen_ascii: u128 = 0;
+    let mut seen_other: FxHashSet<char> = FxHashSet::default();
     for c in sub.chars() {
-        seen.insert(c);
+        if c.is_ascii() {
+            seen_ascii |= 1u128 << c as u32;
+        } else {
+            seen_other.insert(c);
+        }
         let l = c.to_ascii_lowercase();
         if c.is_ascii_digit() {
             digits += 1;
@@ -113,7 +125,7 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
         }
         if l.is_ascii_alphabetic() {
             letters += 1;
-            if "aeiou".contains(l) {
+            if matches!(l, 'a' | 'e' | 'i' | 'o' | 'u') {
                 vowels += 1;
                 run = 0;
             } else {
@@ -124,20 +136,21 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
             run = 0;
         }
     }
-    let labels: Vec<&str> = if sub.is_empty() {
-        Vec::new()
+    let (labels, longest) = if sub.is_empty() {
+        (0, 0)
     } else {
-        sub.split('.').collect()
+        sub.split('.').fold((0, 0), |(count, longest), label| {
+            (count + 1, longest.max(label.len()))
+        })
     };
-    let longest = labels.iter().map(|l| l.len()).max().unwrap_or(0) as f32;
-    let lower_query = query.to_ascii_lowercase();
+    let longest = longest as f32;
     let sub_len = sub.len() as f32;
     let sub_entropy = entropy(sub) as f32;
     let digit_ratio = digits as f32 / n;
     let values = [
         query.len() as f32,
         sub_len,
-        labels.len() as f32,
+        labels as f32,
         longest,
         sub_entropy,
         digit_ratio,
@@ -150,12 +163,13 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
         } else {
             vowels as f32 / letters as f32
         },
-        seen.len() as f32 / n,
+        (seen_ascii.count_ones() as usize + seen_other.len()) as f32 / n,
         max_run as f32,
         (upper > 0 && has_lower) as u8 as f32,
-        (lower_query.ends_with(".in-addr.arpa") || lower_query.ends_with(".ip6.arpa")) as u8 as f32,
+        (ends_with_ignoring_case(query, ".in-addr.arpa")
+            || ends_with_ignoring_case(query, ".ip6.arpa")) as u8 as f32,
         query.starts_with('_') as u8 as f32,
-        query.matches('\\').count() as f32,
+        query.bytes().filter(|&b| b == b'\\').count() as f32,
     ];
     NameShape {
         values,
@@ -201,7 +215,7 @@ impl History {
     pub fn build(rows: &[Row<'_>]) -> Self {
         let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
         let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
-        let mut pair_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
+        let mut pair_of: FxHashMap<(usize, usize), usize> = FxHashMap::default(); // (src id, domain id)
         let mut pairs: Vec<PairHistory> = Vec::new();
         let mut pair_src_domain: Vec<(usize, usize)> = Vec::new(); // (src id, domain id)
         let mut src_of: FxHashMap<&str, usize> = FxHashMap::default();
@@ -227,17 +241,15 @@ impl History {
                     src_rows.push(0);
                     src_domains.push(0);
                 }
+                let next_domain = domain_srcs.len();
+                let domain = *domain_of.entry(registered).or_insert(next_domain);
+                if domain == next_domain {
+                    domain_srcs.push(0);
+                }
                 let next_pair = pairs.len();
-                let pair = *pair_of
-                    .entry((row.src, registered.clone()))
-                    .or_insert(next_pair);
+                let pair = *pair_of.entry((src, domain)).or_insert(next_pair);
                 if pair == next_pair {
                     pairs.push(PairHistory::default());
-                    let next_domain = domain_srcs.len();
-                    let domain = *domain_of.entry(registered).or_insert(next_domain);
-                    if domain == next_domain {
-                        domain_srcs.push(0);
-                    }
                     domain_srcs[domain] += 1;
                     src_domains[src] += 1;
                     pair_src_domain.push((src, domain));
