@@ -299,16 +299,17 @@ pub struct History {
 impl History {
     pub fn build(rows: &[Row<'_>]) -> Self {
         let shards = Shards::for_len(rows.len());
-        let pair_hashes: Vec<u64> = if shards.count == 2 {
+        // Every row's pair hash, by halves of the rows when there are two shards.
+        let hash_all = |rows: &[Row<'_>]| -> Vec<u64> {
+            rows.iter().map(|r| hash_key(r.src, r.query)).collect()
+        };
+        let pair_hashes = if shards.count == 2 {
             let (first, second) = rows.split_at(rows.len() / 2);
-            let hash_all = |rows: &[Row<'_>]| -> Vec<u64> {
-                rows.iter().map(|r| hash_key(r.src, r.query)).collect()
-            };
             let (mut a, b) = rayon::join(|| hash_all(first), || hash_all(second));
             a.extend(b);
             a
         } else {
-            rows.iter().map(|r| hash_key(r.src, r.query)).collect()
+            hash_all(rows)
         };
 
         // Pairs, numbered per shard in order of first occurrence. Tables hold (first row, number)
