@@ -3,7 +3,9 @@
 //! repetitions and statistics only get in the way.
 //!
 //! Build: `cargo bench --bench profile --no-run`, then run the printed executable:
-//! `profile <stage> <rows> <iterations>` with stage one of envelope, csv, feature_rows, prepare
+//! `profile <stage> <rows> <iterations>` with stage one of envelope and csv (as `/apply` reads
+//! them: the CSV stays JSON-escaped in the body), envelope_unescaping and csv_unescaped (the
+//! general path of `/fit` and of CSVs that need unescaping), feature_rows, prepare
 //! (the per-request history), fill (features from a prepared history; only that part is timed),
 //! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, results, whole. Under
 //! `cargo bench` (no stage given) it runs each stage once at 1,000 rows as a smoke test.
@@ -26,9 +28,11 @@ use dnsexfil::{scoring, synth};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STAGES: [&str; 11] = [
+const STAGES: [&str; 13] = [
     "envelope",
     "csv",
+    "envelope_unescaping",
+    "csv_unescaped",
     "feature_rows",
     "prepare",
     "fill",
@@ -62,10 +66,15 @@ fn main() {
     for (k, &row) in scored_table_rows.iter().enumerate() {
         probabilities[row] = Some(scores[k]);
     }
+    let escaped = envelope::parse_keeping_data_escaped(body.as_bytes())
+        .unwrap()
+        .data
+        .0;
     let ctx = Ctx {
         state: &state,
         body: &body,
         csv: &csv,
+        escaped,
         table: &table,
         probabilities: &probabilities,
         features: &features.values,
@@ -92,6 +101,8 @@ struct Ctx<'a> {
     state: &'a AppState,
     body: &'a str,
     csv: &'a str,
+    /// The CSV as it stands in the body, JSON-escaped.
+    escaped: &'a str,
     table: &'a Table<'a>,
     probabilities: &'a [Option<f32>],
     features: &'a [f32],
@@ -103,9 +114,15 @@ fn run(stage: &str, ctx: &Ctx) {
     let model = ctx.state.registry.get(ESCU_MODEL_NAME).unwrap();
     match stage {
         "envelope" => {
-            black_box(envelope::parse(ctx.body.as_bytes()).unwrap());
+            black_box(envelope::parse_keeping_data_escaped(ctx.body.as_bytes()).unwrap());
         }
         "csv" => {
+            black_box(Table::parse_json_escaped(ctx.escaped, usize::MAX).unwrap());
+        }
+        "envelope_unescaping" => {
+            black_box(envelope::parse(ctx.body.as_bytes()).unwrap());
+        }
+        "csv_unescaped" => {
             black_box(Table::parse(ctx.csv).unwrap());
         }
         "feature_rows" => {

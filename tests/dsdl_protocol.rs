@@ -347,3 +347,48 @@ fn rows_without_a_rank_column_are_all_scored() {
     );
     assert_eq!(rows, [["10.1.1.1", "www.google.com", "0.0", "0"]]);
 }
+
+#[test]
+fn a_csv_read_in_place_answers_as_one_read_after_unescaping() {
+    // `/apply` reads a plain CSV where it stands in the body, still JSON-escaped; one row that
+    // needs unescaping (a tab, a quoted cell, a \u escape) sends the whole request the general
+    // way. Both must answer the other rows alike. The odd rows have sources of their own, so
+    // they share no history with the rest.
+    let server = TestServer::start();
+    let csv = dnsexfil::synth::dsdl_csv(6000, 9);
+    let in_place = server.apply(&csv);
+    assert_eq!(in_place["status"], "success", "{in_place}");
+    let in_place = in_place["results"].as_str().unwrap().to_string();
+    for odd_rows in [
+        "10.250.0.1,odd\tname.example.com,1\n",
+        "10.250.0.2,\"quoted,name.example.com\",1\n",
+        "10.250.0.3,caf\u{e9}.example.com,1\r\n10.250.0.4,x.example.com,2\n",
+    ] {
+        let answer = server.apply(&format!("{csv}{odd_rows}"));
+        assert_eq!(answer["status"], "success", "{answer}");
+        let unescaped = answer["results"].as_str().unwrap();
+        assert!(unescaped.starts_with(&in_place), "{odd_rows:?}");
+        let extra = odd_rows.lines().count();
+        assert_eq!(unescaped.lines().count(), in_place.lines().count() + extra);
+    }
+    // Python writes non-ASCII as \u escapes; `data` need not come first; spaces are allowed.
+    let body = format!(
+        "{{ \"meta\" : {{\"options\": {{\"model_name\": \"{ESCU_MODEL_NAME}\"}}}} , \"data\" : {} }}",
+        serde_json::to_string(&format!("{csv}10.250.0.5,caf\u{e9}.example.com,1\n"))
+            .unwrap()
+            .replace('\u{e9}', "\\u00e9")
+    );
+    let (status, text) = server.post_raw("/apply", body);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(answer["results"].as_str().unwrap().starts_with(&in_place));
+    // Two `data` fields: the last one counts, as with any JSON object read into a map.
+    let body = format!(
+        "{{\"data\": \"src,query\\nnot,this\\n\", \"data\": {}, \"meta\": {{\"options\": {{\"model_name\": \"{ESCU_MODEL_NAME}\"}}}}}}",
+        serde_json::to_string(&csv).unwrap()
+    );
+    let (status, text) = server.post_raw("/apply", body);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["results"].as_str().unwrap(), in_place);
+}

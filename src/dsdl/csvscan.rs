@@ -198,6 +198,170 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Why a reader stopped before the end of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanStop {
+    /// The text cannot be split into records (an unclosed quote).
+    Unreadable(String),
+    /// JSON-escaped text holds an escape other than a line end: it must be unescaped and read
+    /// with [`Scanner`].
+    NeedsUnescaping,
+}
+
+/// The records of a CSV text, read from either form the service receives it in.
+pub trait Records<'a> {
+    /// A reader of `text` that starts at byte `pos`, which must be the start of a record.
+    fn starting_at(text: &'a str, pos: usize) -> Self;
+    /// The whole text being read.
+    fn text(&self) -> &'a str;
+    /// Byte offset of the next unread text.
+    fn position(&self) -> usize;
+    /// Like [`Scanner::next_record`].
+    fn next_record(
+        &mut self,
+        fields: &mut Vec<Field>,
+    ) -> Result<Option<Option<&'static str>>, ScanStop>;
+    /// The start of the first line after byte `at`, or `None`: where a second reader may begin.
+    /// It can be inside a quoted cell; the caller checks that the first reader ends there.
+    fn line_start_after(text: &str, at: usize) -> Option<usize>;
+}
+
+impl<'a> Records<'a> for Scanner<'a> {
+    fn starting_at(text: &'a str, pos: usize) -> Self {
+        Scanner::starting_at(text, pos)
+    }
+
+    fn text(&self) -> &'a str {
+        Scanner::text(self)
+    }
+
+    fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn next_record(
+        &mut self,
+        fields: &mut Vec<Field>,
+    ) -> Result<Option<Option<&'static str>>, ScanStop> {
+        Scanner::next_record(self, fields).map_err(ScanStop::Unreadable)
+    }
+
+    fn line_start_after(text: &str, at: usize) -> Option<usize> {
+        let at = at.min(text.len());
+        text.as_bytes()[at..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map(|off| at + off + 1)
+    }
+}
+
+/// Reads CSV text that is still JSON-escaped, as it stands between the quotes of a JSON string
+/// that has been checked to be valid (line ends are the two characters `\n`, or `\r\n`), without
+/// unescaping it first. It reads only CSV that needs no other unescaping: unquoted cells without
+/// escapes, which is what an ESCU batch of addresses and DNS names is. Anything else (a quoted
+/// cell, a tab, a `\u` escape) stops it with [`ScanStop::NeedsUnescaping`]. A field's byte range
+/// of the escaped text is then exactly its text, and the records are those [`Scanner`] reads
+/// from the unescaped text.
+pub struct EscapedScanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> EscapedScanner<'a> {
+    pub fn new(escaped: &'a str) -> Self {
+        Self {
+            bytes: escaped.as_bytes(),
+            pos: 0,
+        }
+    }
+
+    fn read_record(&mut self, fields: &mut Vec<Field>) -> Result<(), ScanStop> {
+        let b = self.bytes;
+        let plain = |start: usize, end: usize| Field {
+            start,
+            end,
+            escaped: false,
+            quoted: false,
+        };
+        loop {
+            let field_start = self.pos;
+            let Some(at) = find_comma_or_backslash(b, field_start) else {
+                fields.push(plain(field_start, b.len()));
+                self.pos = b.len();
+                return Ok(());
+            };
+            if b[at] == b',' {
+                fields.push(plain(field_start, at));
+                self.pos = at + 1;
+                if self.pos == b.len() {
+                    // A trailing separator at the very end: one more, empty field.
+                    fields.push(plain(self.pos, self.pos));
+                    return Ok(());
+                }
+                continue;
+            }
+            let next = match &b[at + 1..] {
+                [b'n', ..] => at + 2,
+                [b'r', b'\\', b'n', ..] => at + 4,
+                _ => return Err(ScanStop::NeedsUnescaping),
+            };
+            fields.push(plain(field_start, at));
+            self.pos = next;
+            return Ok(());
+        }
+    }
+}
+
+impl<'a> Records<'a> for EscapedScanner<'a> {
+    fn starting_at(text: &'a str, pos: usize) -> Self {
+        Self {
+            bytes: text.as_bytes(),
+            pos: pos.min(text.len()),
+        }
+    }
+
+    fn text(&self) -> &'a str {
+        // SAFETY: `bytes` is always the whole of a `&str`.
+        unsafe { std::str::from_utf8_unchecked(self.bytes) }
+    }
+
+    fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn next_record(
+        &mut self,
+        fields: &mut Vec<Field>,
+    ) -> Result<Option<Option<&'static str>>, ScanStop> {
+        loop {
+            fields.clear();
+            if self.pos >= self.bytes.len() {
+                return Ok(None);
+            }
+            self.read_record(fields)?;
+            let blank = fields.len() == 1 && fields[0].start == fields[0].end;
+            if !blank {
+                return Ok(Some(None));
+            }
+        }
+    }
+
+    fn line_start_after(text: &str, at: usize) -> Option<usize> {
+        // A `\n` whose backslash follows another character is a line end: in valid JSON string
+        // text a lone backslash always starts an escape.
+        let b = text.as_bytes();
+        let mut from = at.min(b.len());
+        while let Some(off) = b[from..].windows(2).position(|w| w == b"\\n") {
+            let at = from + off;
+            if at == 0 || b[at - 1] != b'\\' {
+                return Some(at + 2);
+            }
+            from = at + 1;
+        }
+        None
+    }
+}
+
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
 const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
 
@@ -230,6 +394,24 @@ fn find_comma_or_line_end(b: &[u8], from: usize) -> Option<usize> {
     b[i..]
         .iter()
         .position(|&c| c == b',' || c == b'\n')
+        .map(|off| i + off)
+}
+
+/// Position of the first `,` or `\\` at or after `from`, eight bytes at a time.
+#[inline]
+fn find_comma_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let hits = bytes_equal(word, b',') | bytes_equal(word, b'\\');
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| c == b',' || c == b'\\')
         .map(|off| i + off)
 }
 

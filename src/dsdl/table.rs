@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::csvscan::{Field, Scanner};
+use super::csvscan::{EscapedScanner, Field, Records, ScanStop, Scanner};
 use crate::features::Row;
 
 /// Why a row was not scored.
@@ -114,6 +114,19 @@ struct Layout {
     max_rows: usize,
 }
 
+/// Why reading a table stopped.
+enum ReadError {
+    Table(TableError),
+    /// JSON-escaped text that [`EscapedScanner`] cannot read.
+    NeedsUnescaping,
+}
+
+impl From<TableError> for ReadError {
+    fn from(e: TableError) -> Self {
+        ReadError::Table(e)
+    }
+}
+
 /// Rows read from one stretch of the CSV (spans into the CSV or into `unescaped`).
 struct Part {
     unescaped: String,
@@ -125,14 +138,21 @@ impl Layout {
     /// Reads records from `scanner` to the end of the text, or until the record that ends at or
     /// after `end`; says whether the last record read ended exactly at `end`. `rows_before` is
     /// the number of data rows before the scanner's position (for row numbers in errors).
-    fn read(
+    fn read<'a, R: Records<'a>>(
         &self,
-        mut scanner: Scanner<'_>,
+        mut scanner: R,
         end: Option<usize>,
         rows_before: usize,
-    ) -> Result<(Part, bool), TableError> {
+    ) -> Result<(Part, bool), ReadError> {
         let text = scanner.text();
-        let malformed = |row: usize| move |detail: String| TableError::Malformed { row, detail };
+        let malformed = |row: usize| {
+            move |stop: ScanStop| match stop {
+                ScanStop::Unreadable(detail) => {
+                    ReadError::Table(TableError::Malformed { row, detail })
+                }
+                ScanStop::NeedsUnescaping => ReadError::NeedsUnescaping,
+            }
+        };
         let span_len = end.unwrap_or(text.len()) - scanner.position();
         let expected_rows = (span_len / 48).min(self.max_rows);
         let mut part = Part {
@@ -157,9 +177,9 @@ impl Layout {
                 Some(problem) => problem,
             };
             if row_number > self.max_rows {
-                return Err(TableError::TooManyRows {
+                return Err(ReadError::Table(TableError::TooManyRows {
                     limit: self.max_rows,
-                });
+                }));
             }
             let mut spans = [Span::default(); 5];
             for (slot, col) in self.columns.iter().enumerate() {
@@ -224,29 +244,58 @@ impl<'a> Table<'a> {
         max_rows: usize,
         target: Option<&str>,
     ) -> Result<Table<'a>, TableError> {
-        Self::parse_in_parts(csv_text, max_rows, target, PARALLEL_MIN_BYTES)
+        match Self::parse_in_parts::<Scanner>(csv_text, max_rows, target, PARALLEL_MIN_BYTES) {
+            Ok(table) => Ok(table),
+            Err(ReadError::Table(e)) => Err(e),
+            Err(ReadError::NeedsUnescaping) => unreachable!("plain CSV text needs no unescaping"),
+        }
     }
 
-    /// [`Table::parse_with_target`], reading CSV texts of `parallel_min_bytes` or more in two
-    /// halves at once.
-    fn parse_in_parts(
+    /// Parses CSV text that is still JSON-escaped, as it stands between the quotes of a valid
+    /// JSON string, without unescaping it first: `Ok(None)` when it needs unescaping (quoted
+    /// cells, escapes other than line ends; see [`EscapedScanner`]), else the table
+    /// [`Table::parse_limited`] makes of the unescaped text. Cells are ranges of `escaped`.
+    pub fn parse_json_escaped(
+        escaped: &'a str,
+        max_rows: usize,
+    ) -> Result<Option<Table<'a>>, TableError> {
+        match Self::parse_in_parts::<EscapedScanner>(escaped, max_rows, None, PARALLEL_MIN_BYTES) {
+            Ok(table) => Ok(Some(table)),
+            Err(ReadError::Table(e)) => Err(e),
+            Err(ReadError::NeedsUnescaping) => Ok(None),
+        }
+    }
+
+    /// Reads the table from `csv_text` with reader `R`, reading texts of `parallel_min_bytes` or
+    /// more in two halves at once.
+    fn parse_in_parts<R: Records<'a>>(
         csv_text: &'a str,
         max_rows: usize,
         target: Option<&str>,
         parallel_min_bytes: usize,
-    ) -> Result<Table<'a>, TableError> {
+    ) -> Result<Table<'a>, ReadError> {
         if csv_text.len() > u32::MAX as usize {
-            return Err(TableError::Malformed {
+            return Err(ReadError::Table(TableError::Malformed {
                 row: 0,
                 detail: "the CSV is larger than 4 GiB".into(),
-            });
+            }));
         }
-        let mut scanner = Scanner::new(csv_text);
+        let mut scanner = R::starting_at(csv_text, 0);
         let mut fields: Vec<Field> = Vec::new();
-        let malformed = |row: usize| move |detail: String| TableError::Malformed { row, detail };
-        match scanner.next_record(&mut fields).map_err(malformed(0))? {
-            None => return Err(TableError::Empty),
-            Some(Some(problem)) => return Err(malformed(0)(format!("header: {problem}"))),
+        let header_problem = |stop: ScanStop| match stop {
+            ScanStop::Unreadable(detail) => {
+                ReadError::Table(TableError::Malformed { row: 0, detail })
+            }
+            ScanStop::NeedsUnescaping => ReadError::NeedsUnescaping,
+        };
+        match scanner.next_record(&mut fields).map_err(header_problem)? {
+            None => return Err(ReadError::Table(TableError::Empty)),
+            Some(Some(problem)) => {
+                return Err(ReadError::Table(TableError::Malformed {
+                    row: 0,
+                    detail: format!("header: {problem}"),
+                }))
+            }
             Some(None) => {}
         }
         let header: Vec<String> = fields
@@ -255,14 +304,12 @@ impl<'a> Table<'a> {
             .collect();
         let position = |name: &str| header.iter().position(|h| h == name);
         let found = || clip(&header.join(", "), 200);
-        let src_col = position("src").ok_or_else(|| TableError::MissingColumn {
-            missing: "src",
+        let missing = |missing: &'static str| TableError::MissingColumn {
+            missing,
             found: found(),
-        })?;
-        let query_col = position("query").ok_or_else(|| TableError::MissingColumn {
-            missing: "query",
-            found: found(),
-        })?;
+        };
+        let src_col = position("src").ok_or_else(|| missing("src"))?;
+        let query_col = position("query").ok_or_else(|| missing("query"))?;
         let rank_col = position("rank");
         let target_col = match target {
             None => None,
@@ -298,25 +345,22 @@ impl<'a> Table<'a> {
         // the first half's records end exactly there and neither half met an error; otherwise
         // the text is read again from the start, as one part.
         let middle = body_start + (csv_text.len() - body_start) / 2;
-        let split = csv_text.as_bytes()[middle..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|off| middle + off + 1);
+        let split = R::line_start_after(csv_text, middle);
         if let Some(split) = split.filter(|_| csv_text.len() >= parallel_min_bytes) {
             let (first, second) = rayon::join(
-                || layout.read(Scanner::starting_at(csv_text, body_start), Some(split), 0),
-                || layout.read(Scanner::starting_at(csv_text, split), None, 0),
+                || layout.read(R::starting_at(csv_text, body_start), Some(split), 0),
+                || layout.read(R::starting_at(csv_text, split), None, 0),
             );
             if let (Ok((first, true)), Ok((second, _))) = (first, second) {
                 if first.cells.len() + second.cells.len() > max_rows {
-                    return Err(TableError::TooManyRows { limit: max_rows });
+                    return Err(TableError::TooManyRows { limit: max_rows }.into());
                 }
                 table.append(first);
                 table.append(second);
                 return Ok(table);
             }
         }
-        let (part, _) = layout.read(Scanner::starting_at(csv_text, body_start), None, 0)?;
+        let (part, _) = layout.read(R::starting_at(csv_text, body_start), None, 0)?;
         table.append(part);
         Ok(table)
     }
@@ -572,21 +616,130 @@ mod tests {
             if case % 5 == 0 {
                 csv.push_str("tail,\"no line end\",1,1");
             }
-            let whole = Table::parse_in_parts(&csv, usize::MAX, Some("y"), usize::MAX).unwrap();
-            let halves = Table::parse_in_parts(&csv, usize::MAX, Some("y"), 0).unwrap();
+            let whole = plain_in_parts(&csv, usize::MAX, Some("y"), usize::MAX).unwrap();
+            let halves = plain_in_parts(&csv, usize::MAX, Some("y"), 0).unwrap();
             assert_eq!(rows_of(&halves), rows_of(&whole), "case {case}");
             let n = whole.len();
             for limit in [n - 1, n] {
-                let a = Table::parse_in_parts(&csv, limit, Some("y"), usize::MAX).map(|t| t.len());
-                let b = Table::parse_in_parts(&csv, limit, Some("y"), 0).map(|t| t.len());
+                let a = plain_in_parts(&csv, limit, Some("y"), usize::MAX).map(|t| t.len());
+                let b = plain_in_parts(&csv, limit, Some("y"), 0).map(|t| t.len());
                 assert_eq!(a, b, "case {case} limit {limit}");
             }
         }
         let open = "src,query\na,b\nc,\"d\ne,f\ng,h\n";
         assert_eq!(
-            Table::parse_in_parts(open, 100, None, 0).err(),
-            Table::parse_in_parts(open, 100, None, usize::MAX).err()
+            plain_in_parts(open, 100, None, 0).err(),
+            plain_in_parts(open, 100, None, usize::MAX).err()
         );
+    }
+
+    /// `Table::parse_in_parts` over plain CSV text.
+    fn plain_in_parts<'a>(
+        csv: &'a str,
+        max_rows: usize,
+        target: Option<&str>,
+        parallel_min_bytes: usize,
+    ) -> Result<Table<'a>, TableError> {
+        match Table::parse_in_parts::<Scanner>(csv, max_rows, target, parallel_min_bytes) {
+            Ok(table) => Ok(table),
+            Err(ReadError::Table(e)) => Err(e),
+            Err(ReadError::NeedsUnescaping) => panic!("plain text needs no unescaping"),
+        }
+    }
+
+    /// `Table::parse_in_parts` over JSON-escaped text: `Ok(None)` when it gives up.
+    fn escaped_in_parts(
+        escaped: &str,
+        max_rows: usize,
+        parallel_min_bytes: usize,
+    ) -> Result<Option<Table<'_>>, TableError> {
+        match Table::parse_in_parts::<EscapedScanner>(escaped, max_rows, None, parallel_min_bytes) {
+            Ok(table) => Ok(Some(table)),
+            Err(ReadError::Table(e)) => Err(e),
+            Err(ReadError::NeedsUnescaping) => Ok(None),
+        }
+    }
+
+    /// The text of `csv` inside a JSON string, as serde_json (and Splunk) write it.
+    fn json_escaped(csv: &str) -> String {
+        let quoted = serde_json::to_string(csv).unwrap();
+        quoted[1..quoted.len() - 1].to_string()
+    }
+
+    #[test]
+    fn json_escaped_csv_reads_as_its_unescaped_text_or_gives_up() {
+        let mut rng = crate::synth::SplitMix64::new(23);
+        // Rows that need unescaping: the escaped reader must give up on them, wherever they are.
+        let needs_unescaping = [
+            "h,\"quoted,cell\",1\n",
+            "h,tab\there.com,1\n",
+            "h,back\\slash.com,1\n",
+            "h,lone\rcr.com,1\n",
+            "h,say\"hi\".com,1\n",
+        ];
+        for case in 0..60 {
+            let mut csv = String::from("src,query,rank\n");
+            let special = case % 3 == 0;
+            let rows = 20 + rng.below(300);
+            let special_at = rng.below(rows);
+            for i in 0..rows {
+                if special && i == special_at {
+                    csv.push_str(needs_unescaping[rng.below(needs_unescaping.len())]);
+                }
+                match rng.below(9) {
+                    0 => csv.push_str(&format!("h{i},crlf{i}.example.com,1\r\n")),
+                    1 => csv.push('\n'),
+                    2 => csv.push_str("\r\n"),
+                    3 => csv.push_str(&format!("h{i},bad{i}.com,abc\n")),
+                    4 => csv.push_str(&format!("h{i},ragged\n")),
+                    5 => csv.push_str(&format!("h{i},trailing.com,2,\n")),
+                    6 => csv.push_str(&format!("h{i},caf\u{e9}{i}.example,1\n")),
+                    7 => csv.push_str(&format!(",,{}\n", 1 + i % 2)),
+                    _ => csv.push_str(&format!("h{},q{i}.example.com,{}\n", i % 7, 1 + i % 3)),
+                }
+            }
+            match case % 4 {
+                0 => csv.push_str("tail,no.line.end,1"),
+                1 => csv.push_str("tail,trailing.comma,"),
+                _ => {}
+            }
+            let escaped = json_escaped(&csv);
+            let plain = Table::parse(&csv).unwrap();
+            for parallel_min_bytes in [usize::MAX, 0] {
+                let read = escaped_in_parts(&escaped, usize::MAX, parallel_min_bytes).unwrap();
+                match read {
+                    None => assert!(special, "case {case} gave up without a reason"),
+                    Some(table) => {
+                        assert!(!special, "case {case} read a row that needs unescaping");
+                        assert_eq!(rows_of(&table), rows_of(&plain), "case {case}");
+                        assert_eq!(table.has_rank, plain.has_rank);
+                    }
+                }
+            }
+            if !special {
+                let n = plain.len();
+                for limit in [n - 1, n] {
+                    let want = Table::parse_limited(&csv, limit).map(|t| t.len());
+                    for parallel_min_bytes in [usize::MAX, 0] {
+                        let got = escaped_in_parts(&escaped, limit, parallel_min_bytes)
+                            .map(|t| t.expect("plain rows").len());
+                        assert_eq!(got, want, "case {case} limit {limit}");
+                    }
+                }
+            }
+        }
+        // Python's json.dumps writes non-ASCII characters as \u escapes: those need unescaping.
+        let escaped = "src,query,rank\\nh,caf\\u00e9.example,1\\n";
+        assert!(escaped_in_parts(escaped, 10, usize::MAX).unwrap().is_none());
+        // The header is read the same way, and its errors are the plain reader's.
+        for csv in ["", "\n", "src,rank\na,1\n", "query\nx\n"] {
+            let want = Table::parse(csv).err();
+            let got = escaped_in_parts(&json_escaped(csv), 10, usize::MAX).err();
+            assert_eq!(got, want, "{csv:?}");
+        }
+        assert!(escaped_in_parts("\\\"src\\\",query\\na,b", 10, 0)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
