@@ -271,7 +271,7 @@ pub fn labelled_from_table(
             .filter(|&i| table.feeds_history(i))
             .collect();
         let scored: Vec<usize> = (0..usable.len())
-            .filter(|&k| table.kinds[usable[k]] == RowKind::Rank1)
+            .filter(|&k| table.kind(usable[k]) == RowKind::Rank1)
             .collect();
         (vec![(usable, scored)], Windowing::WholeRequest)
     };
@@ -296,7 +296,7 @@ pub fn labelled_from_table(
         ));
     }
     if scored_rows.is_empty() {
-        let why = if table.kinds.iter().any(|k| *k == RowKind::History) {
+        let why = if (0..table.len()).any(|row| table.kind(row) == RowKind::History) {
             "every row has a rank above 1 (send each (src, query) pair's newest event with rank 1)"
         } else {
             "no row could be read"

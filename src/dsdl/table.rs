@@ -40,31 +40,48 @@ impl fmt::Display for SkipReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowKind {
     /// The newest event of its (src, query) pair: scored.
     Rank1,
     /// An older event: feeds the per-source history only.
     History,
-    /// Not usable; reported in the response message.
-    Skipped(SkipReason),
+    /// Not scored, for the reason [`Table::skip_reason`] gives; reported in the response message.
+    Skipped,
 }
 
-/// Where a cell's text is: a range of the request's CSV, or (for quoted cells with doubled
-/// quotes) a range of the table's own buffer.
+/// Where a cell's text is: `start..end` of the request's CSV or, with [`UNESCAPED`] set in
+/// `end`, of the table's own buffer (quoted cells with doubled quotes). Eight bytes, so a
+/// 100,000-row table stays small.
 #[derive(Debug, Clone, Copy, Default)]
 struct Span {
     start: u32,
     end: u32,
-    unescaped: bool,
+}
+
+/// The flag in [`Span::end`] of a span into the table's own buffer.
+const UNESCAPED: u32 = 1 << 31;
+
+impl Span {
+    fn unescaped(self) -> bool {
+        self.end & UNESCAPED != 0
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.end & !UNESCAPED) as usize
+    }
 }
 
 /// Parsed request rows, borrowing the cell text from the request's CSV (no copy per cell).
 pub struct Table<'a> {
     text: &'a str,
     unescaped: String,
-    cells: Vec<[Span; 5]>,
-    pub kinds: Vec<RowKind>,
+    /// `slots` spans per row: src, query, rank, then the label and `_time` for a fit.
+    cells: Vec<Span>,
+    slots: usize,
+    kinds: Vec<RowKind>,
+    /// (row, why) of every skipped row, in row order.
+    skips: Vec<(usize, SkipReason)>,
     /// Whether the CSV had a `rank` column (without one, every row is rank 1).
     pub has_rank: bool,
     /// Whether the label column a fit asked for was read (see [`Table::parse_with_target`]).
@@ -127,14 +144,25 @@ impl From<TableError> for ReadError {
     }
 }
 
-/// Rows read from one stretch of the CSV (spans into the CSV or into `unescaped`).
+/// Rows read from one stretch of the CSV (spans into the CSV or into `unescaped`; skipped rows
+/// numbered from the part's first row).
 struct Part {
     unescaped: String,
-    cells: Vec<[Span; 5]>,
+    cells: Vec<Span>,
     kinds: Vec<RowKind>,
+    skips: Vec<(usize, SkipReason)>,
 }
 
 impl Layout {
+    /// Spans kept per row: src, query and rank, and the label and `_time` when a fit reads them.
+    fn slots(&self) -> usize {
+        if self.columns[TARGET].is_some() || self.columns[TIME].is_some() {
+            5
+        } else {
+            3
+        }
+    }
+
     /// Reads records from `scanner` to the end of the text, or until the record that ends at or
     /// after `end`; says whether the last record read ended exactly at `end`. `rows_before` is
     /// the number of data rows before the scanner's position (for row numbers in errors).
@@ -154,11 +182,14 @@ impl Layout {
             }
         };
         let span_len = end.unwrap_or(text.len()) - scanner.position();
-        let expected_rows = (span_len / 48).min(self.max_rows);
+        // Rarely less than 32 bytes a row; untouched capacity costs no memory.
+        let expected_rows = (span_len / 32).min(self.max_rows);
+        let slots = self.slots();
         let mut part = Part {
             unescaped: String::new(),
-            cells: Vec::with_capacity(expected_rows),
+            cells: Vec::with_capacity(expected_rows * slots),
             kinds: Vec::with_capacity(expected_rows),
+            skips: Vec::new(),
         };
         let mut fields: Vec<Field> = Vec::new();
         let mut row_number = rows_before;
@@ -181,45 +212,47 @@ impl Layout {
                     limit: self.max_rows,
                 }));
             }
-            let mut spans = [Span::default(); 5];
-            for (slot, col) in self.columns.iter().enumerate() {
-                if let Some(f) = col.and_then(|c| fields.get(c)) {
-                    spans[slot] = if f.escaped {
+            let row_cells = part.cells.len();
+            for col in &self.columns[..slots] {
+                let span = match col.and_then(|c| fields.get(c)) {
+                    None => Span::default(),
+                    Some(f) if f.escaped => {
                         let start = part.unescaped.len() as u32;
                         part.unescaped.push_str(&f.text(text));
                         Span {
                             start,
-                            end: part.unescaped.len() as u32,
-                            unescaped: true,
+                            end: part.unescaped.len() as u32 | UNESCAPED,
                         }
-                    } else {
-                        Span {
-                            start: f.start as u32,
-                            end: f.end as u32,
-                            unescaped: false,
-                        }
-                    };
-                }
+                    }
+                    Some(f) => Span {
+                        start: f.start as u32,
+                        end: f.end as u32,
+                    },
+                };
+                part.cells.push(span);
             }
             let kind = if let Some(problem) = problem {
-                RowKind::Skipped(SkipReason::Malformed(problem))
+                Err(SkipReason::Malformed(problem))
             } else if fields.len() != self.header_len {
-                RowKind::Skipped(SkipReason::Ragged {
+                Err(SkipReason::Ragged {
                     fields: fields.len(),
                     expected: self.header_len,
                 })
             } else if self.columns[RANK].is_some() {
-                let rank = spans[RANK];
-                let source = if rank.unescaped {
+                let rank = part.cells[row_cells + RANK];
+                let source = if rank.unescaped() {
                     part.unescaped.as_str()
                 } else {
                     text
                 };
-                classify_rank(&source[rank.start as usize..rank.end as usize])
+                classify_rank(&source[rank.range()])
             } else {
-                RowKind::Rank1
+                Ok(RowKind::Rank1)
             };
-            part.cells.push(spans);
+            let kind = kind.unwrap_or_else(|reason| {
+                part.skips.push((part.kinds.len(), reason));
+                RowKind::Skipped
+            });
             part.kinds.push(kind);
         }
         Ok((part, end.is_none()))
@@ -274,10 +307,10 @@ impl<'a> Table<'a> {
         target: Option<&str>,
         parallel_min_bytes: usize,
     ) -> Result<Table<'a>, ReadError> {
-        if csv_text.len() > u32::MAX as usize {
+        if csv_text.len() >= UNESCAPED as usize {
             return Err(ReadError::Table(TableError::Malformed {
                 row: 0,
-                detail: "the CSV is larger than 4 GiB".into(),
+                detail: "the CSV is larger than 2 GiB".into(),
             }));
         }
         let mut scanner = R::starting_at(csv_text, 0);
@@ -335,7 +368,9 @@ impl<'a> Table<'a> {
             text: csv_text,
             unescaped: String::new(),
             cells: Vec::new(),
+            slots: layout.slots(),
             kinds: Vec::new(),
+            skips: Vec::new(),
             has_rank: rank_col.is_some(),
             has_target: target_col.is_some(),
             has_time: time_col.is_some(),
@@ -352,7 +387,7 @@ impl<'a> Table<'a> {
                 || layout.read(R::starting_at(csv_text, split), None, 0),
             );
             if let (Ok((first, true)), Ok((second, _))) = (first, second) {
-                if first.cells.len() + second.cells.len() > max_rows {
+                if first.kinds.len() + second.kinds.len() > max_rows {
                     return Err(TableError::TooManyRows { limit: max_rows }.into());
                 }
                 table.append(first);
@@ -366,7 +401,13 @@ impl<'a> Table<'a> {
     }
 
     fn append(&mut self, part: Part) {
-        if self.cells.is_empty() {
+        let rows_before = self.kinds.len();
+        self.skips.extend(
+            part.skips
+                .into_iter()
+                .map(|(row, reason)| (rows_before + row, reason)),
+        );
+        if self.kinds.is_empty() {
             self.unescaped = part.unescaped;
             self.cells = part.cells;
             self.kinds = part.kinds;
@@ -374,32 +415,58 @@ impl<'a> Table<'a> {
         }
         let offset = self.unescaped.len() as u32;
         self.unescaped.push_str(&part.unescaped);
-        self.cells.extend(part.cells.into_iter().map(|mut spans| {
-            for span in spans.iter_mut().filter(|s| s.unescaped) {
+        self.cells.extend(part.cells.into_iter().map(|mut span| {
+            if span.unescaped() {
                 span.start += offset;
                 span.end += offset;
             }
-            spans
+            span
         }));
         self.kinds.extend(part.kinds);
     }
 
     pub fn len(&self) -> usize {
-        self.cells.len()
+        self.kinds.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.kinds.is_empty()
+    }
+
+    /// What the row is for: scored, history only, or skipped.
+    pub fn kind(&self, row: usize) -> RowKind {
+        self.kinds[row]
+    }
+
+    /// Why the row was skipped (`None` for a usable row).
+    pub fn skip_reason(&self, row: usize) -> Option<&SkipReason> {
+        if self.kinds[row] != RowKind::Skipped {
+            return None;
+        }
+        let at = self.skips.binary_search_by_key(&row, |(r, _)| *r).ok()?;
+        Some(&self.skips[at].1)
+    }
+
+    /// The spans of a row's kept cells.
+    fn spans(&self, row: usize) -> &[Span] {
+        &self.cells[row * self.slots..(row + 1) * self.slots]
     }
 
     fn cell(&self, row: usize, slot: usize) -> &str {
-        let span = self.cells[row][slot];
-        let source = if span.unescaped {
+        // Slots a table does not keep (the label and `_time` when not fitting) are empty.
+        match self.spans(row).get(slot) {
+            Some(&span) => self.text_of(span),
+            None => "",
+        }
+    }
+
+    fn text_of(&self, span: Span) -> &str {
+        let source = if span.unescaped() {
             self.unescaped.as_str()
         } else {
             self.text
         };
-        &source[span.start as usize..span.end as usize]
+        &source[span.range()]
     }
 
     pub fn src(&self, row: usize) -> &str {
@@ -419,13 +486,13 @@ impl<'a> Table<'a> {
     /// the CSV, when they stand there side by side in that order, unquoted: results can then
     /// copy them at once.
     pub fn leading_cells_text(&self, row: usize) -> Option<&str> {
-        let cells = &self.cells[row];
+        let cells = self.spans(row);
         let last = if self.has_rank { RANK } else { QUERY };
-        let side_by_side = (SRC..last).all(|slot| cells[slot].end + 1 == cells[slot + 1].start);
-        if !side_by_side || cells[SRC..=last].iter().any(|c| c.unescaped) {
+        if cells[SRC..=last].iter().any(|c| c.unescaped()) {
             return None;
         }
-        Some(&self.text[cells[SRC].start as usize..cells[last].end as usize])
+        let side_by_side = (SRC..last).all(|slot| cells[slot].end + 1 == cells[slot + 1].start);
+        side_by_side.then(|| &self.text[cells[SRC].start as usize..cells[last].end as usize])
     }
 
     /// The label cell as sent (empty when no target column was read).
@@ -445,17 +512,18 @@ impl<'a> Table<'a> {
         let mut rows = Vec::with_capacity(self.len());
         let mut scored = Vec::new();
         let mut scored_table_rows = Vec::new();
-        for (i, kind) in self.kinds.iter().enumerate() {
-            if !self.feeds_history(i) {
+        let spans = self.cells.chunks_exact(self.slots);
+        for (i, (&kind, spans)) in self.kinds.iter().zip(spans).enumerate() {
+            if kind == RowKind::Skipped && !self.feeds_history(i) {
                 continue;
             }
-            if *kind == RowKind::Rank1 {
+            if kind == RowKind::Rank1 {
                 scored.push(rows.len());
                 scored_table_rows.push(i);
             }
             rows.push(Row {
-                src: self.src(i),
-                query: self.query(i),
+                src: self.text_of(spans[SRC]),
+                query: self.text_of(spans[QUERY]),
             });
         }
         (rows, scored, scored_table_rows)
@@ -463,31 +531,28 @@ impl<'a> Table<'a> {
 
     /// Whether `row` is a DNS event for the per-source history: every row but unreadable ones.
     pub fn feeds_history(&self, row: usize) -> bool {
-        !matches!(&self.kinds[row], RowKind::Skipped(reason) if !reason.feeds_history())
+        self.skip_reason(row).is_none_or(SkipReason::feeds_history)
     }
 
     /// Skipped rows as (1-based row number, reason).
     pub fn skipped(&self) -> impl Iterator<Item = (usize, &SkipReason)> {
-        self.kinds.iter().enumerate().filter_map(|(i, k)| match k {
-            RowKind::Skipped(r) => Some((i + 1, r)),
-            _ => None,
-        })
+        self.skips.iter().map(|(row, reason)| (row + 1, reason))
     }
 }
 
 /// `1`, `1.0`, `"1"` and ` 1 ` are all rank 1; other numbers are history rows.
-fn classify_rank(text: &str) -> RowKind {
+fn classify_rank(text: &str) -> Result<RowKind, SkipReason> {
     // The ESCU search sends ranks 1 to 9 as one digit: no float parsing for those.
     match text.as_bytes() {
-        [b'1'] => return RowKind::Rank1,
-        [b'2'..=b'9'] => return RowKind::History,
+        [b'1'] => return Ok(RowKind::Rank1),
+        [b'2'..=b'9'] => return Ok(RowKind::History),
         _ => {}
     }
     let t = text.trim().trim_matches('"').trim();
     match t.parse::<f64>() {
-        Ok(r) if r == 1.0 => RowKind::Rank1,
-        Ok(r) if r.is_finite() => RowKind::History,
-        _ => RowKind::Skipped(SkipReason::BadRank(text.to_string())),
+        Ok(r) if r == 1.0 => Ok(RowKind::Rank1),
+        Ok(r) if r.is_finite() => Ok(RowKind::History),
+        _ => Err(SkipReason::BadRank(text.to_string())),
     }
 }
 
@@ -505,13 +570,12 @@ mod tests {
         assert_eq!((t.src(0), t.query(0)), ("NA", "null"));
         assert_eq!((t.src(1), t.query(1)), ("", "None"));
         assert_eq!(t.query(2), "x,y");
-        assert_eq!(t.kinds[0], RowKind::Rank1);
-        assert_eq!(t.kinds[1], RowKind::Rank1);
-        assert_eq!(t.kinds[2], RowKind::History);
-        assert_eq!(
-            t.kinds[3],
-            RowKind::Skipped(SkipReason::BadRank("abc".into()))
-        );
+        assert_eq!(t.kind(0), RowKind::Rank1);
+        assert_eq!(t.kind(1), RowKind::Rank1);
+        assert_eq!(t.kind(2), RowKind::History);
+        assert_eq!(t.kind(3), RowKind::Skipped);
+        assert_eq!(t.skip_reason(3), Some(&SkipReason::BadRank("abc".into())));
+        assert_eq!(t.skip_reason(2), None);
     }
 
     #[test]
@@ -519,15 +583,15 @@ mod tests {
         let t = Table::parse("src,query,rank\na,b.c,1\na,b,c,1\nz\n").unwrap();
         assert_eq!(t.len(), 3);
         assert_eq!(
-            t.kinds[1],
-            RowKind::Skipped(SkipReason::Ragged {
+            t.skip_reason(1),
+            Some(&SkipReason::Ragged {
                 fields: 4,
                 expected: 3
             })
         );
         assert_eq!(
-            t.kinds[2],
-            RowKind::Skipped(SkipReason::Ragged {
+            t.skip_reason(2),
+            Some(&SkipReason::Ragged {
                 fields: 1,
                 expected: 3
             })
@@ -561,18 +625,15 @@ mod tests {
     fn a_record_with_text_after_a_quote_is_skipped_alone() {
         let t = Table::parse("src,query,rank\n\"a\"x,b.c,1\nh,d.e,1\n").unwrap();
         assert_eq!(t.len(), 2);
-        assert!(matches!(
-            t.kinds[0],
-            RowKind::Skipped(SkipReason::Malformed(_))
-        ));
-        assert_eq!(t.kinds[1], RowKind::Rank1);
+        assert!(matches!(t.skip_reason(0), Some(SkipReason::Malformed(_))));
+        assert_eq!(t.kind(1), RowKind::Rank1);
     }
 
     #[test]
     fn missing_rank_column_means_every_row_is_rank_1() {
         let t = Table::parse("query,src\nx.y.z,h\n").unwrap();
         assert!(!t.has_rank);
-        assert_eq!(t.kinds[0], RowKind::Rank1);
+        assert_eq!(t.kind(0), RowKind::Rank1);
         assert_eq!(t.rank_text(0), "");
     }
 
@@ -586,12 +647,15 @@ mod tests {
         );
     }
 
-    fn rows_of(t: &Table) -> Vec<(String, String, String, String, RowKind)> {
+    type RowText = (String, String, String, String, RowKind, Option<SkipReason>);
+
+    fn rows_of(t: &Table) -> Vec<RowText> {
         (0..t.len())
             .map(|i| {
                 let cells = (t.src(i), t.query(i), t.rank_text(i), t.target_text(i));
                 let (a, b, c, d) = cells;
-                (a.into(), b.into(), c.into(), d.into(), t.kinds[i].clone())
+                let why = t.skip_reason(i).cloned();
+                (a.into(), b.into(), c.into(), d.into(), t.kind(i), why)
             })
             .collect()
     }
