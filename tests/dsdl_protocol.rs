@@ -391,4 +391,14 @@ fn a_csv_read_in_place_answers_as_one_read_after_unescaping() {
     assert_eq!(status, 200, "{text}");
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["results"].as_str().unwrap(), in_place);
+    // A raw control character is not JSON: the error says so, as for any bad body.
+    let (status, text) = server.post_raw("/apply", "{\"data\": \"src,query\\na,b\tc\"}");
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["status"], "error", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("not valid JSON") && message.contains("control character"),
+        "{message}"
+    );
 }

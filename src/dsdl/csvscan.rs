@@ -256,10 +256,11 @@ impl<'a> Records<'a> for Scanner<'a> {
 }
 
 /// Reads CSV text that is still JSON-escaped, as it stands between the quotes of a JSON string
-/// that has been checked to be valid (line ends are the two characters `\n`, or `\r\n`), without
-/// unescaping it first. It reads only CSV that needs no other unescaping: unquoted cells without
-/// escapes, which is what an ESCU batch of addresses and DNS names is. Anything else (a quoted
-/// cell, a tab, a `\u` escape) stops it with [`ScanStop::NeedsUnescaping`]. A field's byte range
+/// (line ends are the two characters `\n`, or `\r\n`), without unescaping it first. It reads
+/// only CSV that needs no other unescaping: unquoted cells without escapes, which is what an ESCU
+/// batch of addresses and DNS names is. Anything else (a quoted cell, a tab, a `\u` escape, or a
+/// control character, which a JSON string may not hold) stops it with
+/// [`ScanStop::NeedsUnescaping`]; so text it reads to the end is a valid JSON string. A field's byte range
 /// of the escaped text is then exactly its text, and the records are those [`Scanner`] reads
 /// from the unescaped text.
 pub struct EscapedScanner<'a> {
@@ -285,7 +286,7 @@ impl<'a> EscapedScanner<'a> {
         };
         loop {
             let field_start = self.pos;
-            let Some(at) = find_comma_or_backslash(b, field_start) else {
+            let Some(at) = find_comma_backslash_or_control(b, field_start) else {
                 fields.push(plain(field_start, b.len()));
                 self.pos = b.len();
                 return Ok(());
@@ -299,6 +300,9 @@ impl<'a> EscapedScanner<'a> {
                     return Ok(());
                 }
                 continue;
+            }
+            if b[at] < 0x20 {
+                return Err(ScanStop::NeedsUnescaping);
             }
             let next = match &b[at + 1..] {
                 [b'n', ..] => at + 2,
@@ -397,13 +401,13 @@ fn find_comma_or_line_end(b: &[u8], from: usize) -> Option<usize> {
         .map(|off| i + off)
 }
 
-/// Position of the first `,` or `\\` at or after `from`, eight bytes at a time.
+/// Position of the first `,`, `\\` or control character at or after `from`, eight bytes at a time.
 #[inline]
-fn find_comma_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+fn find_comma_backslash_or_control(b: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(chunk) = b.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let hits = bytes_equal(word, b',') | bytes_equal(word, b'\\');
+        let hits = bytes_equal(word, b',') | bytes_equal(word, b'\\') | bytes_below(word, 0x20);
         if hits != 0 {
             return Some(i + (hits.trailing_zeros() / 8) as usize);
         }
@@ -411,7 +415,7 @@ fn find_comma_or_backslash(b: &[u8], from: usize) -> Option<usize> {
     }
     b[i..]
         .iter()
-        .position(|&c| c == b',' || c == b'\\')
+        .position(|&c| c == b',' || c == b'\\' || c < 0x20)
         .map(|off| i + off)
 }
 

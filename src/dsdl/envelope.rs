@@ -12,7 +12,8 @@ pub struct Envelope<D = String> {
 }
 
 /// The CSV text still JSON-escaped, exactly as it stands between the quotes of the `data` string
-/// in the request body (which serde_json has checked to be a valid JSON string).
+/// in the request body. It has not been checked to be a valid JSON string: its reader accepts
+/// only text that is (see `Table::parse_json_escaped`).
 #[derive(Debug, Clone, Copy)]
 pub struct JsonEscaped<'a>(pub &'a str);
 
@@ -95,11 +96,66 @@ struct BodyWithRawData<'a> {
 /// (and at most one `data`): [`parse`] then reads it and names the problem.
 pub fn parse_keeping_data_escaped(body: &[u8]) -> Option<Envelope<JsonEscaped<'_>>> {
     let text = std::str::from_utf8(body).ok()?;
-    let parsed: BodyWithRawData = serde_json::from_str(text).ok()?;
-    let escaped = parsed.data.get().strip_prefix('"')?.strip_suffix('"')?;
+    data_first(text).or_else(|| {
+        // serde would also read the struct from an array: only an object is a request.
+        skip_whitespace(text).starts_with('{').then_some(())?;
+        let parsed: BodyWithRawData = serde_json::from_str(text).ok()?;
+        let escaped = parsed.data.get().strip_prefix('"')?.strip_suffix('"')?;
+        Some(Envelope {
+            data: JsonEscaped(escaped),
+            meta: parsed.meta,
+        })
+    })
+}
+
+/// JSON's whitespace (narrower than Unicode's).
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+fn skip_whitespace(s: &str) -> &str {
+    s.trim_start_matches(JSON_WHITESPACE)
+}
+
+/// The layout DSDL sends, `{"data": "<CSV>", "meta": {...}}`, read without walking the CSV: its
+/// end is the first quote that no backslash escapes, found with a vectorised search, and only
+/// the (small) rest of the body is parsed. `None` for any other layout.
+fn data_first(text: &str) -> Option<Envelope<JsonEscaped<'_>>> {
+    let after_key =
+        skip_whitespace(skip_whitespace(text).strip_prefix('{')?).strip_prefix("\"data\"")?;
+    let data = skip_whitespace(skip_whitespace(after_key).strip_prefix(':')?).strip_prefix('"')?;
+    let bytes = data.as_bytes();
+    let mut from = 0;
+    let end = loop {
+        let quote = from + memchr::memchr(b'"', &bytes[from..])?;
+        let backslashes = bytes[..quote]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            break quote;
+        }
+        from = quote + 1;
+    };
+    let rest = skip_whitespace(&data[end + 1..]);
+    let meta = if let Some(after) = rest.strip_prefix('}') {
+        if !skip_whitespace(after).is_empty() {
+            return None;
+        }
+        Value::Null
+    } else {
+        let members = skip_whitespace(rest.strip_prefix(',')?);
+        if members.starts_with('}') {
+            return None; // a trailing comma
+        }
+        let mut others: Map<String, Value> = serde_json::from_str(&format!("{{{members}")).ok()?;
+        if others.contains_key("data") {
+            return None;
+        }
+        others.remove("meta").unwrap_or(Value::Null)
+    };
     Some(Envelope {
-        data: JsonEscaped(escaped),
-        meta: parsed.meta,
+        data: JsonEscaped(&data[..end]),
+        meta,
     })
 }
 
@@ -248,5 +304,54 @@ mod tests {
             .unwrap_err()
             .contains("no `data` field"));
         assert!(parse(b"{\"data\":5}").unwrap_err().contains("not a number"));
+    }
+
+    /// What [`parse_keeping_data_escaped`] gives, with the data unescaped, next to [`parse`].
+    fn both_ways(body: &str) -> (Option<(String, Value)>, Option<(String, Value)>) {
+        let kept = parse_keeping_data_escaped(body.as_bytes()).map(|e| {
+            let data: String = serde_json::from_str(&format!("\"{}\"", e.data.0)).unwrap();
+            (data, e.meta)
+        });
+        let general = parse(body.as_bytes()).ok().map(|e| (e.data, e.meta));
+        (kept, general)
+    }
+
+    #[test]
+    fn data_kept_escaped_reads_as_the_general_parse() {
+        let meta = r#"{"options": {"model_name": "m", "params": {"algo": "a"}}}"#;
+        for body in [
+            format!(r#"{{"data": "src,query\nh,q.example.com\n", "meta": {meta}}}"#),
+            format!("\n {{ \"data\" :\t\"a,b\\nc,d\" ,\r\n \"meta\" : {meta} }} \n"),
+            // Escaped quotes and backslashes, and backslash runs right before the closing quote.
+            format!(r#"{{"data": "say \"hi\",\\", "meta": {meta}}}"#),
+            format!(r#"{{"data": "x\\\"y\\\\", "meta": {meta}}}"#),
+            r#"{"data": ""}"#.to_string(),
+            r#"{"data": "a,b", "other": [1, {"data": 2}]}"#.to_string(),
+            // Layouts for serde_json: `meta` first, or `data` written with an escape.
+            format!(r#"{{"meta": {meta}, "data": "a,b\nc,d"}}"#),
+            format!(r#"{{"d\u0061ta": "a,b", "meta": {meta}}}"#),
+        ] {
+            let (kept, general) = both_ways(&body);
+            assert!(kept.is_some(), "{body}");
+            assert_eq!(kept, general, "{body}");
+        }
+        // Not a well-formed body, or two `data` fields: left to the general parse, which names
+        // the problem or keeps the last `data`.
+        for body in [
+            r#"{"data": "a,b",}"#,
+            r#"{"data": "a,b"} x"#,
+            r#"{"data": "a,b", "meta": {}"#,
+            r#"{"data": "a,b", "data": "c,d"}"#,
+            r#"{"data": "a,b""#,
+            r#"{"data": 5}"#,
+            r#"["data"]"#,
+        ] {
+            assert!(
+                parse_keeping_data_escaped(body.as_bytes()).is_none(),
+                "{body}"
+            );
+        }
+        let (kept, general) = both_ways(r#"{"data": "a,b", "data": "c,d"}"#);
+        assert_eq!((kept, general.unwrap().0), (None, "c,d".to_string()));
     }
 }

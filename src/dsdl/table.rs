@@ -801,6 +801,10 @@ mod tests {
             let got = escaped_in_parts(&json_escaped(csv), 10, usize::MAX).err();
             assert_eq!(got, want, "{csv:?}");
         }
+        // A control character is not allowed in a JSON string: left to serde_json to report.
+        assert!(escaped_in_parts("src,query\\na,b\tc\\n", 10, usize::MAX)
+            .unwrap()
+            .is_none());
         assert!(escaped_in_parts("\\\"src\\\",query\\na,b", 10, 0)
             .unwrap()
             .is_none());
