@@ -30,7 +30,11 @@ pub fn score(model: &Model, rows: &[Row<'_>], scored: &[usize]) -> Result<Scores
     let mut feature_time = t0.elapsed();
     let mut inference_time = Duration::ZERO;
     let mut probabilities = Vec::with_capacity(scored.len());
-    for chunk in scored.chunks(FORWARD_CHUNK_ROWS) {
+    // Chunks of equal size: a short last chunk would run the network at a worse shape.
+    let chunk_rows = scored
+        .len()
+        .div_ceil(scored.len().div_ceil(FORWARD_CHUNK_ROWS).max(1));
+    for chunk in scored.chunks(chunk_rows.max(1)) {
         let t1 = Instant::now();
         let features = prepared.features(rows, chunk);
         let t2 = Instant::now();
