@@ -58,7 +58,14 @@ fn main() {
     let model = state.registry.get(ESCU_MODEL_NAME).unwrap();
     let csv = synth::dsdl_csv(rows, 42);
     let body = synth::dsdl_envelope(&csv, ESCU_MODEL_NAME);
-    let table = Table::parse(&csv).unwrap();
+    let escaped = envelope::parse_keeping_data_escaped(body.as_bytes())
+        .unwrap()
+        .data
+        .0;
+    // The table as `/apply` reads it: cells are ranges of the escaped text.
+    let table = Table::parse_json_escaped(escaped, usize::MAX)
+        .unwrap()
+        .unwrap();
     let (feature_rows, scored, scored_table_rows) = table.feature_rows();
     let features = model.info.schema.compute(&feature_rows, &scored);
     let scores = model.mlp.predict(&features.values, features.rows).unwrap();
@@ -66,10 +73,6 @@ fn main() {
     for (k, &row) in scored_table_rows.iter().enumerate() {
         probabilities[row] = Some(scores[k]);
     }
-    let escaped = envelope::parse_keeping_data_escaped(body.as_bytes())
-        .unwrap()
-        .data
-        .0;
     let ctx = Ctx {
         state: &state,
         body: &body,

@@ -210,6 +210,9 @@ pub enum ScanStop {
 
 /// The records of a CSV text, read from either form the service receives it in.
 pub trait Records<'a> {
+    /// Whether every field this reader returns is unquoted text without `"`, `\\` or control
+    /// characters.
+    const PLAIN_CELLS: bool;
     /// A reader of `text` that starts at byte `pos`, which must be the start of a record.
     fn starting_at(text: &'a str, pos: usize) -> Self;
     /// The whole text being read.
@@ -227,6 +230,8 @@ pub trait Records<'a> {
 }
 
 impl<'a> Records<'a> for Scanner<'a> {
+    const PLAIN_CELLS: bool = false;
+
     fn starting_at(text: &'a str, pos: usize) -> Self {
         Scanner::starting_at(text, pos)
     }
@@ -317,6 +322,9 @@ impl<'a> EscapedScanner<'a> {
 }
 
 impl<'a> Records<'a> for EscapedScanner<'a> {
+    // Anything else makes it stop.
+    const PLAIN_CELLS: bool = true;
+
     fn starting_at(text: &'a str, pos: usize) -> Self {
         Self {
             bytes: text.as_bytes(),

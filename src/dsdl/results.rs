@@ -10,7 +10,11 @@ pub trait CsvSink {
     fn push_plain(&mut self, s: &str);
     /// Any text.
     fn push_text(&mut self, s: &str);
-    fn end_row(&mut self);
+    /// What ends a row, as written.
+    const ROW_END: &'static str;
+    fn end_row(&mut self) {
+        self.push_plain(Self::ROW_END);
+    }
 }
 
 impl CsvSink for String {
@@ -20,9 +24,7 @@ impl CsvSink for String {
     fn push_text(&mut self, s: &str) {
         self.push_str(s);
     }
-    fn end_row(&mut self) {
-        self.push('\n');
-    }
+    const ROW_END: &'static str = "\n";
 }
 
 /// The contents of a JSON string literal (without its quotes).
@@ -50,9 +52,7 @@ impl CsvSink for JsonEscaped {
             }
         }
     }
-    fn end_row(&mut self) {
-        self.0.extend_from_slice(b"\\n");
-    }
+    const ROW_END: &'static str = "\\n";
 }
 
 /// Writes one result row per table row, in order: `src,query,rank,pred_<target>_proba,pred_<target>`
@@ -197,11 +197,12 @@ impl<'t, 'a> Rows<'t, 'a> {
         } = *self;
         let mut number = PythonFloat::new();
         let mut quoted = String::new();
+        let plain_cells = table.cells_are_plain();
         for i in range {
             // Usually the input cells can be copied as they stand, in one piece.
             match table
                 .leading_cells_text(i)
-                .filter(|text| !needs_quotes_or_escapes_besides_commas(text))
+                .filter(|text| plain_cells || !needs_quotes_or_escapes_besides_commas(text))
             {
                 Some(text) => {
                     out.push_plain(text);

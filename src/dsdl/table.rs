@@ -88,6 +88,9 @@ pub struct Table<'a> {
     pub has_target: bool,
     /// Whether a fit's CSV had a `_time` column (read only with a target).
     pub has_time: bool,
+    /// Whether every cell is unquoted text without `"`, `\\` or control characters (a table read
+    /// JSON-escaped): results can copy cells without looking at them.
+    plain_cells: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -371,6 +374,7 @@ impl<'a> Table<'a> {
             slots: layout.slots(),
             kinds: Vec::new(),
             skips: Vec::new(),
+            plain_cells: R::PLAIN_CELLS,
             has_rank: rank_col.is_some(),
             has_target: target_col.is_some(),
             has_time: time_col.is_some(),
@@ -431,6 +435,12 @@ impl<'a> Table<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.kinds.is_empty()
+    }
+
+    /// Whether every cell is unquoted text without `"`, `\\` or control characters, so it needs
+    /// neither CSV quotes nor JSON escapes.
+    pub fn cells_are_plain(&self) -> bool {
+        self.plain_cells
     }
 
     /// What the row is for: scored, history only, or skipped.
