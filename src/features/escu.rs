@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::hash::Hasher;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use hashbrown::hash_table::{Entry, HashTable};
@@ -178,13 +179,13 @@ fn entropy_terms(len: usize) -> Option<&'static [f64]> {
 /// the alphabet (space, tab, non-ASCII) are not counted (stock: the whole request failed).
 /// Counting is in integers (no branch per byte, no float add chained through memory); the
 /// counts are exact in f32, so the values equal adding 1.0 per character.
-fn count_chars(query: &str, out: &mut [f32]) {
+fn count_chars(query: &str, out: &mut [MaybeUninit<f32>]) {
     let mut counts = [0u32; UNCOUNTED + 1];
     for &b in query.as_bytes() {
         counts[CHAR_INDEX[b as usize] as usize] += 1;
     }
     for (slot, &n) in out[..UNCOUNTED].iter_mut().zip(&counts) {
-        *slot = n as f32;
+        slot.write(n as f32);
     }
 }
 
@@ -427,12 +428,21 @@ impl History {
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     /// Large batches are split across the cores.
     pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
-        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        self.fill(rows, scored, &mut matrix.values);
-        matrix
+        // Every value is written below, so the matrix is not zeroed first (a serial pass over
+        // megabytes for a large request).
+        let len = scored.len() * WIDTH;
+        let mut values: Vec<f32> = Vec::with_capacity(len);
+        self.fill(rows, scored, &mut values.spare_capacity_mut()[..len]);
+        // SAFETY: `fill` wrote all `len` values (each row's `WIDTH` slots).
+        unsafe { values.set_len(len) };
+        FeatureMatrix {
+            rows: scored.len(),
+            width: WIDTH,
+            values,
+        }
     }
 
-    fn fill(&self, rows: &[Row<'_>], scored: &[usize], out: &mut [f32]) {
+    fn fill(&self, rows: &[Row<'_>], scored: &[usize], out: &mut [MaybeUninit<f32>]) {
         if scored.len() >= super::PARALLEL_MIN_ROWS {
             let half = scored.len() / 2;
             let (first, second) = out.split_at_mut(half * WIDTH);
@@ -446,10 +456,10 @@ impl History {
             count_chars(rows[i].query, out);
             let p = &self.pairs[self.row_pair[i] as usize];
             let (sum_len, sum_ent, n) = self.sums[p.group as usize];
-            out[94] = p.len as f32;
-            out[95] = p.entropy as f32;
-            out[96] = (sum_len / n as f64) as f32;
-            out[97] = (sum_ent / n as f64) as f32;
+            out[94].write(p.len as f32);
+            out[95].write(p.entropy as f32);
+            out[96].write((sum_len / n as f64) as f32);
+            out[97].write((sum_ent / n as f64) as f32);
         }
     }
 }
@@ -577,7 +587,11 @@ mod tests {
             let q = rows[i].query;
             let w = without_domain(q);
             let out = m.row_mut(k);
-            count_chars(q, out);
+            for b in q.bytes() {
+                if let Some(slot) = ALPHABET.iter().position(|&a| a == b) {
+                    out[slot] += 1.0;
+                }
+            }
             let (sl, se, n) = sums[&(rows[i].src.to_string(), tld_key(q, w))];
             out[94] = w.chars().count() as f32;
             out[95] = entropy(w) as f32;
