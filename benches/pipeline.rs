@@ -116,7 +116,7 @@ fn ratio() {
         let table = Table::parse(&csv).unwrap();
         let (feature_rows, scored, _) = table.feature_rows();
         let features = model.info.schema.compute(&feature_rows, &scored);
-        let runs = (2_000_000 / rows).clamp(15, 201);
+        let runs = (2_000_000 / rows).clamp(60, 201);
         let (mut whole, mut forward) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let t = Instant::now();
