@@ -58,10 +58,7 @@ fn main() {
     let model = state.registry.get(ESCU_MODEL_NAME).unwrap();
     let csv = synth::dsdl_csv(rows, 42);
     let body = synth::dsdl_envelope(&csv, ESCU_MODEL_NAME);
-    let escaped = envelope::parse_keeping_data_escaped(body.as_bytes())
-        .unwrap()
-        .data
-        .0;
+    let escaped = support::escaped_csv(&body);
     // The table as `/apply` reads it: cells are ranges of the escaped text.
     let table = Table::parse_json_escaped(escaped, usize::MAX)
         .unwrap()

@@ -30,3 +30,11 @@ pub fn escu_state() -> AppState {
     };
     AppState::new(Arc::new(registry), config, 2)
 }
+
+/// The CSV of a DSDL `/apply` body as the service reads it: still JSON-escaped, where it stands.
+pub fn escaped_csv(body: &str) -> &str {
+    dnsexfil::dsdl::envelope::parse_keeping_data_escaped(body.as_bytes())
+        .expect("a DSDL request body")
+        .data
+        .0
+}

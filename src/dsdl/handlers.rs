@@ -100,7 +100,8 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             state.rescan_store_if_missing(&options.model_name, options.algo.as_deref());
             // Errors before the table (an unknown model) are left to the general way too: the
             // data is not yet known to be valid JSON, and invalid JSON is the first thing to say.
-            let known = (state.registry)
+            let known = state
+                .registry
                 .resolve(&options.model_name, options.algo.as_deref())
                 .is_some();
             let escaped = envelope.data.0;

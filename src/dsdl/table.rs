@@ -280,22 +280,39 @@ impl<'a> Table<'a> {
         max_rows: usize,
         target: Option<&str>,
     ) -> Result<Table<'a>, TableError> {
-        match Self::parse_in_parts::<Scanner>(csv_text, max_rows, target, PARALLEL_MIN_BYTES) {
+        Self::parse_plain_in_parts(csv_text, max_rows, target, PARALLEL_MIN_BYTES)
+    }
+
+    fn parse_plain_in_parts(
+        csv_text: &'a str,
+        max_rows: usize,
+        target: Option<&str>,
+        parallel_min_bytes: usize,
+    ) -> Result<Table<'a>, TableError> {
+        match Self::parse_in_parts::<Scanner>(csv_text, max_rows, target, parallel_min_bytes) {
             Ok(table) => Ok(table),
             Err(ReadError::Table(e)) => Err(e),
             Err(ReadError::NeedsUnescaping) => unreachable!("plain CSV text needs no unescaping"),
         }
     }
 
-    /// Parses CSV text that is still JSON-escaped, as it stands between the quotes of a valid
-    /// JSON string, without unescaping it first: `Ok(None)` when it needs unescaping (quoted
-    /// cells, escapes other than line ends; see [`EscapedScanner`]), else the table
+    /// Parses CSV text that is still JSON-escaped, as it stands between the quotes of a JSON
+    /// string, without unescaping it first: `Ok(None)` when it needs unescaping (quoted cells,
+    /// escapes other than line ends, control characters; see [`EscapedScanner`]), else the table
     /// [`Table::parse_limited`] makes of the unescaped text. Cells are ranges of `escaped`.
     pub fn parse_json_escaped(
         escaped: &'a str,
         max_rows: usize,
     ) -> Result<Option<Table<'a>>, TableError> {
-        match Self::parse_in_parts::<EscapedScanner>(escaped, max_rows, None, PARALLEL_MIN_BYTES) {
+        Self::parse_json_escaped_in_parts(escaped, max_rows, PARALLEL_MIN_BYTES)
+    }
+
+    fn parse_json_escaped_in_parts(
+        escaped: &'a str,
+        max_rows: usize,
+        parallel_min_bytes: usize,
+    ) -> Result<Option<Table<'a>>, TableError> {
+        match Self::parse_in_parts::<EscapedScanner>(escaped, max_rows, None, parallel_min_bytes) {
             Ok(table) => Ok(Some(table)),
             Err(ReadError::Table(e)) => Err(e),
             Err(ReadError::NeedsUnescaping) => Ok(None),
@@ -690,48 +707,23 @@ mod tests {
             if case % 5 == 0 {
                 csv.push_str("tail,\"no line end\",1,1");
             }
-            let whole = plain_in_parts(&csv, usize::MAX, Some("y"), usize::MAX).unwrap();
-            let halves = plain_in_parts(&csv, usize::MAX, Some("y"), 0).unwrap();
+            let whole =
+                Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), usize::MAX).unwrap();
+            let halves = Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), 0).unwrap();
             assert_eq!(rows_of(&halves), rows_of(&whole), "case {case}");
             let n = whole.len();
             for limit in [n - 1, n] {
-                let a = plain_in_parts(&csv, limit, Some("y"), usize::MAX).map(|t| t.len());
-                let b = plain_in_parts(&csv, limit, Some("y"), 0).map(|t| t.len());
+                let a = Table::parse_plain_in_parts(&csv, limit, Some("y"), usize::MAX)
+                    .map(|t| t.len());
+                let b = Table::parse_plain_in_parts(&csv, limit, Some("y"), 0).map(|t| t.len());
                 assert_eq!(a, b, "case {case} limit {limit}");
             }
         }
         let open = "src,query\na,b\nc,\"d\ne,f\ng,h\n";
         assert_eq!(
-            plain_in_parts(open, 100, None, 0).err(),
-            plain_in_parts(open, 100, None, usize::MAX).err()
+            Table::parse_plain_in_parts(open, 100, None, 0).err(),
+            Table::parse_plain_in_parts(open, 100, None, usize::MAX).err()
         );
-    }
-
-    /// `Table::parse_in_parts` over plain CSV text.
-    fn plain_in_parts<'a>(
-        csv: &'a str,
-        max_rows: usize,
-        target: Option<&str>,
-        parallel_min_bytes: usize,
-    ) -> Result<Table<'a>, TableError> {
-        match Table::parse_in_parts::<Scanner>(csv, max_rows, target, parallel_min_bytes) {
-            Ok(table) => Ok(table),
-            Err(ReadError::Table(e)) => Err(e),
-            Err(ReadError::NeedsUnescaping) => panic!("plain text needs no unescaping"),
-        }
-    }
-
-    /// `Table::parse_in_parts` over JSON-escaped text: `Ok(None)` when it gives up.
-    fn escaped_in_parts(
-        escaped: &str,
-        max_rows: usize,
-        parallel_min_bytes: usize,
-    ) -> Result<Option<Table<'_>>, TableError> {
-        match Table::parse_in_parts::<EscapedScanner>(escaped, max_rows, None, parallel_min_bytes) {
-            Ok(table) => Ok(Some(table)),
-            Err(ReadError::Table(e)) => Err(e),
-            Err(ReadError::NeedsUnescaping) => Ok(None),
-        }
     }
 
     /// The text of `csv` inside a JSON string, as serde_json (and Splunk) write it.
@@ -780,7 +772,9 @@ mod tests {
             let escaped = json_escaped(&csv);
             let plain = Table::parse(&csv).unwrap();
             for parallel_min_bytes in [usize::MAX, 0] {
-                let read = escaped_in_parts(&escaped, usize::MAX, parallel_min_bytes).unwrap();
+                let read =
+                    Table::parse_json_escaped_in_parts(&escaped, usize::MAX, parallel_min_bytes)
+                        .unwrap();
                 match read {
                     None => assert!(special, "case {case} gave up without a reason"),
                     Some(table) => {
@@ -795,8 +789,9 @@ mod tests {
                 for limit in [n - 1, n] {
                     let want = Table::parse_limited(&csv, limit).map(|t| t.len());
                     for parallel_min_bytes in [usize::MAX, 0] {
-                        let got = escaped_in_parts(&escaped, limit, parallel_min_bytes)
-                            .map(|t| t.expect("plain rows").len());
+                        let got =
+                            Table::parse_json_escaped_in_parts(&escaped, limit, parallel_min_bytes)
+                                .map(|t| t.expect("plain rows").len());
                         assert_eq!(got, want, "case {case} limit {limit}");
                     }
                 }
@@ -804,20 +799,26 @@ mod tests {
         }
         // Python's json.dumps writes non-ASCII characters as \u escapes: those need unescaping.
         let escaped = "src,query,rank\\nh,caf\\u00e9.example,1\\n";
-        assert!(escaped_in_parts(escaped, 10, usize::MAX).unwrap().is_none());
+        assert!(Table::parse_json_escaped_in_parts(escaped, 10, usize::MAX)
+            .unwrap()
+            .is_none());
         // The header is read the same way, and its errors are the plain reader's.
         for csv in ["", "\n", "src,rank\na,1\n", "query\nx\n"] {
             let want = Table::parse(csv).err();
-            let got = escaped_in_parts(&json_escaped(csv), 10, usize::MAX).err();
+            let got = Table::parse_json_escaped_in_parts(&json_escaped(csv), 10, usize::MAX).err();
             assert_eq!(got, want, "{csv:?}");
         }
         // A control character is not allowed in a JSON string: left to serde_json to report.
-        assert!(escaped_in_parts("src,query\\na,b\tc\\n", 10, usize::MAX)
-            .unwrap()
-            .is_none());
-        assert!(escaped_in_parts("\\\"src\\\",query\\na,b", 10, 0)
-            .unwrap()
-            .is_none());
+        assert!(
+            Table::parse_json_escaped_in_parts("src,query\\na,b\tc\\n", 10, usize::MAX)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Table::parse_json_escaped_in_parts("\\\"src\\\",query\\na,b", 10, 0)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
