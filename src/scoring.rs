@@ -20,7 +20,8 @@ pub struct ScoreError {
     pub detail: String,
 }
 
-/// Scored rows per forward pass: bounds the memory of features and activations (about 2 KiB a
+/// Most scored rows per forward pass (a batch is cut into equal chunks of at most this many):
+/// bounds the memory of features and activations (about 2 KiB a
 /// row) whatever the request size, at no measurable cost in speed.
 pub const FORWARD_CHUNK_ROWS: usize = 16_384;
 
@@ -31,10 +32,9 @@ pub fn score(model: &Model, rows: &[Row<'_>], scored: &[usize]) -> Result<Scores
     let mut inference_time = Duration::ZERO;
     let mut probabilities = Vec::with_capacity(scored.len());
     // Chunks of equal size: a short last chunk would run the network at a worse shape.
-    let chunk_rows = scored
-        .len()
-        .div_ceil(scored.len().div_ceil(FORWARD_CHUNK_ROWS).max(1));
-    for chunk in scored.chunks(chunk_rows.max(1)) {
+    let chunks = scored.len().div_ceil(FORWARD_CHUNK_ROWS).max(1);
+    let chunk_rows = scored.len().div_ceil(chunks).max(1);
+    for chunk in scored.chunks(chunk_rows) {
         let t1 = Instant::now();
         let features = prepared.features(rows, chunk);
         let t2 = Instant::now();

@@ -7,6 +7,7 @@ use dnsexfil::dsdl::auth::Token;
 use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
 use dnsexfil::model::{Model, Registry};
 use dnsexfil::server::{AppState, ServerConfig};
+use dnsexfil::suppress::{Suppressions, BUILTIN_ALLOWLIST};
 
 /// The service's state with the published ESCU model, set up as `dnsexfil serve` does.
 pub fn escu_state() -> AppState {
@@ -28,7 +29,12 @@ pub fn escu_state() -> AppState {
         max_fit_rows: 200_000,
         limits: Default::default(),
     };
-    AppState::new(Arc::new(registry), config, 2)
+    // `dnsexfil serve` checks scored rows against the built-in allowlist unless told not to.
+    let mut suppressions = Suppressions::none();
+    suppressions
+        .add_allowlist(BUILTIN_ALLOWLIST, "built-in")
+        .expect("the built-in allowlist parses");
+    AppState::new(Arc::new(registry), config, 2).with_suppressions(suppressions)
 }
 
 /// The CSV of a DSDL `/apply` body as the service reads it: still JSON-escaped, where it stands.

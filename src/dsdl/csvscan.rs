@@ -265,24 +265,15 @@ impl<'a> Records<'a> for Scanner<'a> {
 /// only CSV that needs no other unescaping: unquoted cells without escapes, which is what an ESCU
 /// batch of addresses and DNS names is. Anything else (a quoted cell, a tab, a `\u` escape, or a
 /// control character, which a JSON string may not hold) stops it with
-/// [`ScanStop::NeedsUnescaping`]; so text it reads to the end is a valid JSON string. A field's byte range
-/// of the escaped text is then exactly its text, and the records are those [`Scanner`] reads
-/// from the unescaped text.
-pub struct EscapedScanner<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
+/// [`ScanStop::NeedsUnescaping`], so text it reads to the end is a valid JSON string. A field's
+/// byte range of the escaped text is then exactly its text, and the records are those [`Scanner`]
+/// reads from the unescaped text. It moves over the text as a [`Scanner`] does.
+pub struct EscapedScanner<'a>(Scanner<'a>);
 
-impl<'a> EscapedScanner<'a> {
-    pub fn new(escaped: &'a str) -> Self {
-        Self {
-            bytes: escaped.as_bytes(),
-            pos: 0,
-        }
-    }
-
+impl EscapedScanner<'_> {
     fn read_record(&mut self, fields: &mut Vec<Field>) -> Result<(), ScanStop> {
-        let b = self.bytes;
+        let Scanner { bytes: b, pos } = &mut self.0;
+        let b = *b;
         let plain = |start: usize, end: usize| Field {
             start,
             end,
@@ -290,18 +281,18 @@ impl<'a> EscapedScanner<'a> {
             quoted: false,
         };
         loop {
-            let field_start = self.pos;
+            let field_start = *pos;
             let Some(at) = find_comma_backslash_or_control(b, field_start) else {
                 fields.push(plain(field_start, b.len()));
-                self.pos = b.len();
+                *pos = b.len();
                 return Ok(());
             };
             if b[at] == b',' {
                 fields.push(plain(field_start, at));
-                self.pos = at + 1;
-                if self.pos == b.len() {
+                *pos = at + 1;
+                if *pos == b.len() {
                     // A trailing separator at the very end: one more, empty field.
-                    fields.push(plain(self.pos, self.pos));
+                    fields.push(plain(*pos, *pos));
                     return Ok(());
                 }
                 continue;
@@ -315,7 +306,7 @@ impl<'a> EscapedScanner<'a> {
                 _ => return Err(ScanStop::NeedsUnescaping),
             };
             fields.push(plain(field_start, at));
-            self.pos = next;
+            *pos = next;
             return Ok(());
         }
     }
@@ -326,19 +317,15 @@ impl<'a> Records<'a> for EscapedScanner<'a> {
     const PLAIN_CELLS: bool = true;
 
     fn starting_at(text: &'a str, pos: usize) -> Self {
-        Self {
-            bytes: text.as_bytes(),
-            pos: pos.min(text.len()),
-        }
+        Self(Scanner::starting_at(text, pos))
     }
 
     fn text(&self) -> &'a str {
-        // SAFETY: `bytes` is always the whole of a `&str`.
-        unsafe { std::str::from_utf8_unchecked(self.bytes) }
+        self.0.text()
     }
 
     fn position(&self) -> usize {
-        self.pos
+        self.0.pos
     }
 
     fn next_record(
@@ -347,7 +334,7 @@ impl<'a> Records<'a> for EscapedScanner<'a> {
     ) -> Result<Option<Option<&'static str>>, ScanStop> {
         loop {
             fields.clear();
-            if self.pos >= self.bytes.len() {
+            if self.0.pos >= self.0.bytes.len() {
                 return Ok(None);
             }
             self.read_record(fields)?;

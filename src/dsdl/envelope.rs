@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-/// A parsed request body. `D` is the CSV text: a `String`, or [`JsonEscaped`] text of the body.
+/// A parsed request body. `D` is the CSV text: a `String`, or [`EscapedCsv`] text of the body.
 pub struct Envelope<D = String> {
     /// The CSV text.
     pub data: D,
@@ -15,7 +15,7 @@ pub struct Envelope<D = String> {
 /// in the request body. It has not been checked to be a valid JSON string: its reader accepts
 /// only text that is (see `Table::parse_json_escaped`).
 #[derive(Debug, Clone, Copy)]
-pub struct JsonEscaped<'a>(pub &'a str);
+pub struct EscapedCsv<'a>(pub &'a str);
 
 /// Never prints `meta`: it may hold the user's Splunk session key.
 impl<D: AsRef<str>> std::fmt::Debug for Envelope<D> {
@@ -26,7 +26,7 @@ impl<D: AsRef<str>> std::fmt::Debug for Envelope<D> {
     }
 }
 
-impl AsRef<str> for JsonEscaped<'_> {
+impl AsRef<str> for EscapedCsv<'_> {
     fn as_ref(&self) -> &str {
         self.0
     }
@@ -94,7 +94,7 @@ struct BodyWithRawData<'a> {
 /// batch is neither copied nor read twice (the table reads it escaped, see
 /// `Table::parse_json_escaped`). `None` when the body is not a JSON object with a string `data`
 /// (and at most one `data`): [`parse`] then reads it and names the problem.
-pub fn parse_keeping_data_escaped(body: &[u8]) -> Option<Envelope<JsonEscaped<'_>>> {
+pub fn parse_keeping_data_escaped(body: &[u8]) -> Option<Envelope<EscapedCsv<'_>>> {
     let text = std::str::from_utf8(body).ok()?;
     data_first(text).or_else(|| {
         // serde would also read the struct from an array: only an object is a request.
@@ -102,7 +102,7 @@ pub fn parse_keeping_data_escaped(body: &[u8]) -> Option<Envelope<JsonEscaped<'_
         let parsed: BodyWithRawData = serde_json::from_str(text).ok()?;
         let escaped = parsed.data.get().strip_prefix('"')?.strip_suffix('"')?;
         Some(Envelope {
-            data: JsonEscaped(escaped),
+            data: EscapedCsv(escaped),
             meta: parsed.meta,
         })
     })
@@ -118,7 +118,7 @@ fn skip_whitespace(s: &str) -> &str {
 /// The layout DSDL sends, `{"data": "<CSV>", "meta": {...}}`, read without walking the CSV: its
 /// end is the first quote that no backslash escapes, found with a vectorised search, and only
 /// the (small) rest of the body is parsed. `None` for any other layout.
-fn data_first(text: &str) -> Option<Envelope<JsonEscaped<'_>>> {
+fn data_first(text: &str) -> Option<Envelope<EscapedCsv<'_>>> {
     let after_key =
         skip_whitespace(skip_whitespace(text).strip_prefix('{')?).strip_prefix("\"data\"")?;
     let data = skip_whitespace(skip_whitespace(after_key).strip_prefix(':')?).strip_prefix('"')?;
@@ -154,7 +154,7 @@ fn data_first(text: &str) -> Option<Envelope<JsonEscaped<'_>>> {
         others.remove("meta").unwrap_or(Value::Null)
     };
     Some(Envelope {
-        data: JsonEscaped(&data[..end]),
+        data: EscapedCsv(&data[..end]),
         meta,
     })
 }

@@ -10,11 +10,7 @@ pub trait CsvSink {
     fn push_plain(&mut self, s: &str);
     /// Any text.
     fn push_text(&mut self, s: &str);
-    /// What ends a row, as written.
-    const ROW_END: &'static str;
-    fn end_row(&mut self) {
-        self.push_plain(Self::ROW_END);
-    }
+    fn end_row(&mut self);
 }
 
 impl CsvSink for String {
@@ -24,7 +20,9 @@ impl CsvSink for String {
     fn push_text(&mut self, s: &str) {
         self.push_str(s);
     }
-    const ROW_END: &'static str = "\n";
+    fn end_row(&mut self) {
+        self.push('\n');
+    }
 }
 
 /// The contents of a JSON string literal (without its quotes).
@@ -52,7 +50,9 @@ impl CsvSink for JsonEscaped {
             }
         }
     }
-    const ROW_END: &'static str = "\\n";
+    fn end_row(&mut self) {
+        self.0.extend_from_slice(b"\\n");
+    }
 }
 
 /// Writes one result row per table row, in order: `src,query,rank,pred_<target>_proba,pred_<target>`

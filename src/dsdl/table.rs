@@ -147,6 +147,16 @@ impl From<TableError> for ReadError {
     }
 }
 
+impl ReadError {
+    /// Why a reader stopped at data row `row` (0 for the header).
+    fn stopped_at(row: usize) -> impl Fn(ScanStop) -> ReadError {
+        move |stop| match stop {
+            ScanStop::Unreadable(detail) => ReadError::Table(TableError::Malformed { row, detail }),
+            ScanStop::NeedsUnescaping => ReadError::NeedsUnescaping,
+        }
+    }
+}
+
 /// Rows read from one stretch of the CSV (spans into the CSV or into `unescaped`; skipped rows
 /// numbered from the part's first row).
 struct Part {
@@ -167,23 +177,15 @@ impl Layout {
     }
 
     /// Reads records from `scanner` to the end of the text, or until the record that ends at or
-    /// after `end`; says whether the last record read ended exactly at `end`. `rows_before` is
-    /// the number of data rows before the scanner's position (for row numbers in errors).
+    /// after `end`; says whether the last record read ended exactly at `end`. Row numbers in
+    /// errors count from the scanner's position: only a read from the first data row reports
+    /// its errors (a split read that fails is read again whole).
     fn read<'a, R: Records<'a>>(
         &self,
         mut scanner: R,
         end: Option<usize>,
-        rows_before: usize,
     ) -> Result<(Part, bool), ReadError> {
         let text = scanner.text();
-        let malformed = |row: usize| {
-            move |stop: ScanStop| match stop {
-                ScanStop::Unreadable(detail) => {
-                    ReadError::Table(TableError::Malformed { row, detail })
-                }
-                ScanStop::NeedsUnescaping => ReadError::NeedsUnescaping,
-            }
-        };
         let span_len = end.unwrap_or(text.len()) - scanner.position();
         // Rarely less than 32 bytes a row; untouched capacity costs no memory.
         let expected_rows = (span_len / 32).min(self.max_rows);
@@ -195,7 +197,7 @@ impl Layout {
             skips: Vec::new(),
         };
         let mut fields: Vec<Field> = Vec::new();
-        let mut row_number = rows_before;
+        let mut row_number = 0;
         loop {
             if let Some(end) = end {
                 if scanner.position() >= end {
@@ -205,7 +207,7 @@ impl Layout {
             row_number += 1;
             let problem = match scanner
                 .next_record(&mut fields)
-                .map_err(malformed(row_number))?
+                .map_err(ReadError::stopped_at(row_number))?
             {
                 None => break,
                 Some(problem) => problem,
@@ -335,13 +337,10 @@ impl<'a> Table<'a> {
         }
         let mut scanner = R::starting_at(csv_text, 0);
         let mut fields: Vec<Field> = Vec::new();
-        let header_problem = |stop: ScanStop| match stop {
-            ScanStop::Unreadable(detail) => {
-                ReadError::Table(TableError::Malformed { row: 0, detail })
-            }
-            ScanStop::NeedsUnescaping => ReadError::NeedsUnescaping,
-        };
-        match scanner.next_record(&mut fields).map_err(header_problem)? {
+        match scanner
+            .next_record(&mut fields)
+            .map_err(ReadError::stopped_at(0))?
+        {
             None => return Err(ReadError::Table(TableError::Empty)),
             Some(Some(problem)) => {
                 return Err(ReadError::Table(TableError::Malformed {
@@ -404,8 +403,8 @@ impl<'a> Table<'a> {
         let split = R::line_start_after(csv_text, middle);
         if let Some(split) = split.filter(|_| csv_text.len() >= parallel_min_bytes) {
             let (first, second) = rayon::join(
-                || layout.read(R::starting_at(csv_text, body_start), Some(split), 0),
-                || layout.read(R::starting_at(csv_text, split), None, 0),
+                || layout.read(R::starting_at(csv_text, body_start), Some(split)),
+                || layout.read(R::starting_at(csv_text, split), None),
             );
             if let (Ok((first, true)), Ok((second, _))) = (first, second) {
                 if first.kinds.len() + second.kinds.len() > max_rows {
@@ -416,7 +415,7 @@ impl<'a> Table<'a> {
                 return Ok(table);
             }
         }
-        let (part, _) = layout.read(R::starting_at(csv_text, body_start), None, 0)?;
+        let (part, _) = layout.read(R::starting_at(csv_text, body_start), None)?;
         table.append(part);
         Ok(table)
     }
@@ -541,7 +540,7 @@ impl<'a> Table<'a> {
         let mut scored_table_rows = Vec::new();
         let spans = self.cells.chunks_exact(self.slots);
         for (i, (&kind, spans)) in self.kinds.iter().zip(spans).enumerate() {
-            if kind == RowKind::Skipped && !self.feeds_history(i) {
+            if !self.feeds_history(i) {
                 continue;
             }
             if kind == RowKind::Rank1 {

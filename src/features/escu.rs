@@ -49,12 +49,9 @@ const UNCOUNTED: usize = ALPHABET.len();
 
 /// The query without its last two dot-separated labels (Python `query.rsplit('.', 2)[0]`).
 pub fn without_domain(query: &str) -> &str {
-    // A byte loop: names are short, and a library search costs more to set up than to run.
-    let last_dot = |text: &[u8]| text.iter().rposition(|&b| b == b'.');
-    let bytes = query.as_bytes();
-    match last_dot(bytes) {
+    match query.rfind('.') {
         None => query,
-        Some(last) => match last_dot(&bytes[..last]) {
+        Some(last) => match query[..last].rfind('.') {
             None => &query[..last],
             Some(second_last) => &query[..second_last],
         },
@@ -319,10 +316,8 @@ impl History {
         // Pairs, numbered per shard in order of first occurrence. Tables hold (first row, number)
         // and find hashes in `pair_hashes`, so a lookup never rehashes a string.
         let row_pair: Vec<AtomicU32> = (0..rows.len()).map(|_| AtomicU32::new(0)).collect();
-        // Sized for every row being a pair of its own, so the tables never grow on the way.
         let pair_shards = shards.run(|shard| {
-            let mut table: HashTable<(u32, u32)> =
-                HashTable::with_capacity(rows.len().div_ceil(shards.count));
+            let mut table: HashTable<(u32, u32)> = HashTable::new();
             let mut pairs: Vec<PairStrings> = Vec::new();
             for (i, (&hash, row)) in pair_hashes.iter().zip(rows).enumerate() {
                 if shards.of(hash) != shard {
@@ -354,8 +349,7 @@ impl History {
         // Groups, numbered per shard in pair order; tables hold (a pair of the group, number).
         let pair_group: Vec<AtomicU32> = (0..pairs.len()).map(|_| AtomicU32::new(0)).collect();
         let group_counts = shards.run(|shard| {
-            let mut table: HashTable<(u32, u32)> =
-                HashTable::with_capacity(pairs.len().div_ceil(shards.count));
+            let mut table: HashTable<(u32, u32)> = HashTable::new();
             for (p, strings) in pairs.iter().enumerate() {
                 let hash = strings.group_hash;
                 if shards.of(hash) != shard {
