@@ -7,7 +7,8 @@
 //! them: the CSV stays JSON-escaped in the body), envelope_unescaping and csv_unescaped (the
 //! general path of `/fit` and of CSVs that need unescaping), feature_rows, prepare
 //! (the per-request history), fill (features from a prepared history; only that part is timed),
-//! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, results, whole. Under
+//! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, allowlist (the suppression check of every
+//! scored row, on one core), results, whole. Under
 //! `cargo bench` (no stage given) it runs each stage once at 1,000 rows as a smoke test.
 
 mod support;
@@ -28,7 +29,7 @@ use dnsexfil::{scoring, synth};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STAGES: [&str; 13] = [
+const STAGES: [&str; 14] = [
     "envelope",
     "csv",
     "envelope_unescaping",
@@ -40,6 +41,7 @@ const STAGES: [&str; 13] = [
     "features_v2",
     "forward",
     "score",
+    "allowlist",
     "results",
     "whole",
 ];
@@ -153,6 +155,19 @@ fn run(stage: &str, ctx: &Ctx) {
         "score" => {
             let (rows, scored, _) = ctx.table.feature_rows();
             black_box(scoring::score(&model, &rows, &scored).unwrap());
+        }
+        "allowlist" => {
+            // What the service does after scoring: one allowlist and mute check per scored row,
+            // serially here.
+            for row in 0..ctx.table.len() {
+                if ctx.probabilities[row].is_some() {
+                    black_box(
+                        ctx.state
+                            .suppressions
+                            .reason(ctx.table.src(row), ctx.table.query(row)),
+                    );
+                }
+            }
         }
         "results" => {
             black_box(json_results(

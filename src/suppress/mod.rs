@@ -18,7 +18,7 @@ pub const BUILTIN_ALLOWLIST: &str = include_str!("builtin_allowlist.txt");
 /// What suppresses rows, each entry with the reason text shown for it.
 #[derive(Debug, Default, Clone)]
 pub struct Suppressions {
-    domains: FxHashMap<String, String>,
+    domains: DomainSuffixes,
     sources: FxHashMap<String, String>,
     networks: Vec<(IpAddr, u8, String)>,
 }
@@ -34,7 +34,7 @@ impl Suppressions {
     }
 
     pub fn domain_count(&self) -> usize {
-        self.domains.len()
+        self.domains.entries
     }
 
     pub fn mute_count(&self) -> usize {
@@ -65,7 +65,7 @@ impl Suppressions {
                 Some(c) => format!("allowlist {domain} ({origin}: {c})"),
                 None => format!("allowlist {domain} ({origin})"),
             };
-            self.domains.insert(domain, reason);
+            self.domains.insert(&domain, reason);
         }
         Ok(())
     }
@@ -155,22 +155,71 @@ impl Suppressions {
             return None;
         }
         let name = query.trim().trim_end_matches('.');
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.domains.longest_entry_under(&name.to_ascii_lowercase())
         } else {
-            name
-        };
-        // The name itself, then every suffix after a dot: a.b.example.com, b.example.com, ...
-        let mut rest = name;
+            self.domains.longest_entry_under(name)
+        }
+    }
+}
+
+/// Allowlisted domains, found from the top-level label down: a name is checked against its
+/// suffixes `com`, `example.com`, `b.example.com`, ... and the walk stops at the first suffix no
+/// entry ends with, so most names cost one or two lookups of short keys (a DNS tunnel's long
+/// labels are never hashed).
+#[derive(Debug, Default, Clone)]
+struct DomainSuffixes {
+    /// Every entry and every suffix of one (after a dot).
+    nodes: FxHashMap<String, SuffixNode>,
+    entries: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SuffixNode {
+    /// The reason, when this suffix is itself an entry.
+    reason: Option<String>,
+    /// Whether some entry is longer than this suffix and ends with it.
+    has_longer_entries: bool,
+}
+
+impl DomainSuffixes {
+    fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Adds `domain` (lower case, no leading or trailing dot); a repeated entry takes the new
+    /// reason.
+    fn insert(&mut self, domain: &str, reason: String) {
+        let node = self.nodes.entry(domain.to_owned()).or_default();
+        if node.reason.replace(reason).is_none() {
+            self.entries += 1;
+        }
+        for (dot, _) in domain.match_indices('.') {
+            self.nodes
+                .entry(domain[dot + 1..].to_owned())
+                .or_default()
+                .has_longer_entries = true;
+        }
+    }
+
+    /// The reason of the longest entry that is `name` or a suffix of it after a dot (the most
+    /// specific entry wins).
+    fn longest_entry_under(&self, name: &str) -> Option<&str> {
+        let mut found = None;
+        let mut start = name.len();
         loop {
-            if let Some(r) = self.domains.get(rest) {
-                return Some(r);
+            // The next suffix: one more label to the left.
+            start = name[..start.saturating_sub(1)]
+                .rfind('.')
+                .map_or(0, |dot| dot + 1);
+            let Some(node) = self.nodes.get(&name[start..]) else {
+                return found;
+            };
+            if let Some(reason) = &node.reason {
+                found = Some(reason.as_str());
             }
-            match rest.find('.') {
-                Some(dot) => rest = &rest[dot + 1..],
-                None => return None,
+            if !node.has_longer_entries || start == 0 {
+                return found;
             }
         }
     }
@@ -299,6 +348,94 @@ mod tests {
         for bad in ["10.0.0.0/33", "nonsense/8"] {
             assert!(s.add_mutes(bad, "m").is_err(), "{bad}");
         }
+    }
+
+    /// The allowlist's definition: the longest of the name and its suffixes after each dot that
+    /// is an entry, looked for from the whole name down.
+    fn longest_entry_by_definition<'a>(
+        entries: &'a FxHashMap<String, String>,
+        name: &str,
+    ) -> Option<&'a str> {
+        let mut rest = name;
+        loop {
+            if let Some(reason) = entries.get(rest) {
+                return Some(reason);
+            }
+            rest = &rest[rest.find('.')? + 1..];
+        }
+    }
+
+    #[test]
+    fn the_top_down_walk_finds_the_longest_entry() {
+        // Entries nested in each other, and names built from the same labels, so that names often
+        // fall under one, two or none of them; plus empty labels, leading dots and upper case.
+        let entries = [
+            "com",
+            "example.com",
+            "a.example.com",
+            "b.a.example.com",
+            "x.b",
+            "b",
+            "co.uk",
+            "shop.co.uk",
+            "a-b.c_d.net",
+        ];
+        let labels = [
+            "a", "b", "x", "example", "com", "co", "uk", "shop", "", "A", "net", "c_d", "a-b",
+        ];
+        let mut suppressions = Suppressions::none();
+        let mut by_definition = FxHashMap::default();
+        for (i, entry) in entries.iter().enumerate() {
+            suppressions
+                .add_allowlist(&format!("{entry} # {i}"), "t")
+                .unwrap();
+            by_definition.insert(entry.to_string(), format!("allowlist {entry} (t: {i})"));
+        }
+        assert_eq!(suppressions.domain_count(), entries.len());
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let mut found = std::collections::HashSet::new();
+        for _ in 0..20_000 {
+            let count = next(6);
+            let mut name = String::new();
+            for k in 0..count {
+                if k > 0 || next(8) == 0 {
+                    name.push('.');
+                }
+                name.push_str(labels[next(labels.len())]);
+            }
+            // Half the names end in an entry (random labels in front of it).
+            if next(2) == 0 {
+                name.push('.');
+                name.push_str(entries[next(entries.len())]);
+            }
+            // A fully qualified name's final dot does not count.
+            let lower = name.to_ascii_lowercase();
+            let expected = longest_entry_by_definition(&by_definition, lower.trim_end_matches('.'));
+            found.insert(expected);
+            assert_eq!(suppressions.reason("h", &name), expected, "{name:?}");
+            assert_eq!(
+                suppressions.reason("h", &format!(" {name}. ")),
+                expected,
+                "{name:?}"
+            );
+        }
+        // Every entry was the answer for some name (nested ones included), and so was none.
+        assert_eq!(found.len(), entries.len() + 1, "{found:?}");
+        // A repeated entry keeps one count and takes the last reason.
+        suppressions
+            .add_allowlist("example.com # again", "t")
+            .unwrap();
+        assert_eq!(suppressions.domain_count(), entries.len());
+        assert_eq!(
+            suppressions.reason("h", "q.example.com"),
+            Some("allowlist example.com (t: again)")
+        );
     }
 
     #[test]
