@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use dnsexfil::dsdl::handlers::process;
-use dnsexfil::dsdl::results::json_results;
+use dnsexfil::dsdl::results::{json_results, Predictions, SuppressionCheck};
 use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
 use dnsexfil::features::Schema;
@@ -35,10 +35,13 @@ fn stages(c: &mut Criterion) {
         let (feature_rows, scored, scored_table_rows) = table.feature_rows();
         let features = model.info.schema.compute(&feature_rows, &scored);
         let scores = model.mlp.predict(&features.values, features.rows).unwrap();
-        let mut probabilities = vec![None; table.len()];
-        for (k, &row) in scored_table_rows.iter().enumerate() {
-            probabilities[row] = Some(scores[k]);
-        }
+        // As the service writes results: the allowlist is checked as each scored row is written.
+        let suppressed = |row: usize| state.suppressions.reason(table.src(row), table.query(row));
+        let predictions = Predictions {
+            rows: &scored_table_rows,
+            probabilities: &scores,
+            suppressed: Some(&suppressed as &SuppressionCheck),
+        };
 
         let mut g = c.benchmark_group(format!("apply_{rows}_rows"));
         g.throughput(Throughput::Elements(rows as u64));
@@ -71,9 +74,8 @@ fn stages(c: &mut Criterion) {
                 let results = json_results(
                     &table,
                     &model.info.target,
-                    &probabilities,
+                    predictions,
                     model.info.threshold,
-                    None,
                     csv.len() + 1024,
                 );
                 DsdlResponse {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::envelope::{self, Envelope, Options};
-use super::results::{json_results, EscapedResults};
+use super::results::{json_results, EscapedResults, Predictions, SuppressionCheck};
 use super::table::{Table, TableError};
 use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
@@ -217,10 +217,6 @@ fn score_table(
 ) -> Result<EscapedResults, String> {
     let (rows, scored, scored_table_rows) = table.feature_rows();
     let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
-    let mut probabilities = vec![None; table.len()];
-    for (k, &row) in scored_table_rows.iter().enumerate() {
-        probabilities[row] = Some(scores.probabilities[k]);
-    }
     tracing::debug!(
         model = %model.info.name,
         rows = table.len(),
@@ -229,27 +225,6 @@ fn score_table(
         inference_ms = scores.inference_time.as_secs_f64() * 1e3,
         "scored"
     );
-    // Only scored rows can be suppressed; the column exists whenever suppression is configured.
-    let suppressed: Option<Vec<Option<&str>>> = (!suppressions.is_empty()).then(|| {
-        let mut reasons = vec![None; table.len()];
-        let look_up = |rows: &[usize]| -> Vec<Option<&str>> {
-            rows.iter()
-                .map(|&row| suppressions.reason(table.src(row), table.query(row)))
-                .collect()
-        };
-        let found = if scored_table_rows.len() >= crate::features::PARALLEL_MIN_ROWS {
-            let (first, second) = scored_table_rows.split_at(scored_table_rows.len() / 2);
-            let (mut a, b) = rayon::join(|| look_up(first), || look_up(second));
-            a.extend(b);
-            a
-        } else {
-            look_up(&scored_table_rows)
-        };
-        for (&row, reason) in scored_table_rows.iter().zip(found) {
-            reasons[row] = reason;
-        }
-        reasons
-    });
     crate::metrics::record_scoring(
         "dsdl",
         &model.info.name,
@@ -257,17 +232,26 @@ fn score_table(
         scores.feature_time,
         scores.inference_time,
     );
+    // The allowlist and mutes are checked as each scored row's result is written; the column
+    // exists whenever suppression is configured.
+    let suppressed = |row: usize| suppressions.reason(table.src(row), table.query(row));
+    let predictions = Predictions {
+        rows: &scored_table_rows,
+        probabilities: &scores.probabilities,
+        suppressed: (!suppressions.is_empty()).then_some(&suppressed as &SuppressionCheck),
+    };
     // The CSV text comes back with every line end escaped and two prediction cells per row.
     let mut capacity = csv_len + table.len() * 4 + scored.len() * 26 + 256;
-    if let Some(reasons) = &suppressed {
-        capacity += table.len() + reasons.iter().flatten().map(|r| r.len() + 2).sum::<usize>();
+    if predictions.suppressed.is_some() {
+        // A comma per row, and room for a reason on every scored row (capacity that is never
+        // written to costs no memory).
+        capacity += table.len() + scored.len() * (suppressions.longest_reason() + 2);
     }
     Ok(json_results(
         table,
         &model.info.target,
-        &probabilities,
+        predictions,
         model.info.threshold,
-        suppressed.as_deref(),
         capacity,
     ))
 }

@@ -83,7 +83,12 @@ mod tests {
     fn body_is_the_stock_json_whether_or_not_the_message_fits_the_headroom() {
         let table = Table::parse("src,query,rank\na,\"x\"\"y\",1\n").unwrap();
         for message in ["/apply done successfully".to_string(), "é\"".repeat(3000)] {
-            let results = results::json_results(&table, "t", &[Some(0.25)], 0.5, None, 64);
+            let predictions = results::Predictions {
+                rows: &[0],
+                probabilities: &[0.25],
+                suppressed: None,
+            };
+            let results = results::json_results(&table, "t", predictions, 0.5, 64);
             let body = DsdlResponse {
                 status: "success",
                 message: message.clone(),

@@ -55,19 +55,35 @@ impl CsvSink for JsonEscaped {
     }
 }
 
+/// What the model said of a table: its scored rows and their probabilities, and what
+/// suppresses some of them.
+#[derive(Clone, Copy)]
+pub struct Predictions<'t> {
+    /// The table rows that were scored, in ascending order.
+    pub rows: &'t [usize],
+    /// The probability of each, in the same order.
+    pub probabilities: &'t [f32],
+    /// Why a scored table row is suppressed, if it is (allowlist and mutes; its label is then
+    /// forced to 0). Asked once per scored row as its result is written, when the row's text is
+    /// in cache. `None` when nothing is configured: then there is no `suppressed_by` column.
+    pub suppressed: Option<&'t SuppressionCheck<'t>>,
+}
+
+/// Why a table row is suppressed, if it is: see [`Predictions::suppressed`].
+pub type SuppressionCheck<'t> = dyn Fn(usize) -> Option<&'t str> + Sync + 't;
+
 /// Writes one result row per table row, in order: `src,query,rank,pred_<target>_proba,pred_<target>`
 /// (no `rank` column when the request had none). Rows that were not scored get empty predictions.
-/// With `suppressed` (allowlist and mutes are configured), a last column `suppressed_by` names
-/// why a row's label was forced to 0; its probability is kept as scored.
+/// With suppression configured, a last column `suppressed_by` names why a row's label was forced
+/// to 0; its probability is kept as scored.
 pub fn write_results<S: CsvSink>(
     out: &mut S,
     table: &Table,
     target: &str,
-    probabilities: &[Option<f32>],
+    predictions: Predictions,
     threshold: f32,
-    suppressed: Option<&[Option<&str>]>,
 ) {
-    let rows = Rows::new(table, probabilities, threshold, suppressed);
+    let rows = Rows::new(table, predictions, threshold);
     rows.write_header(out, target);
     rows.write(out, 0..table.len());
 }
@@ -112,12 +128,11 @@ impl EscapedResults {
 pub fn json_results(
     table: &Table,
     target: &str,
-    probabilities: &[Option<f32>],
+    predictions: Predictions,
     threshold: f32,
-    suppressed: Option<&[Option<&str>]>,
     capacity: usize,
 ) -> EscapedResults {
-    let rows = Rows::new(table, probabilities, threshold, suppressed);
+    let rows = Rows::new(table, predictions, threshold);
     let mut bytes = Vec::with_capacity(HEADROOM + capacity + 2);
     bytes.resize(HEADROOM, 0);
     let mut out = JsonEscaped(bytes);
@@ -138,27 +153,22 @@ pub fn json_results(
 }
 
 /// What every result row needs, shared by the parts of a table written in parallel.
-struct Rows<'t, 'a> {
+struct Rows<'t, 'a, 'p> {
     table: &'t Table<'a>,
-    probabilities: &'t [Option<f32>],
+    predictions: Predictions<'p>,
     threshold: f32,
-    suppressed: Option<&'t [Option<&'t str>]>,
     zero: &'static str,
     one: &'static str,
 }
 
-impl<'t, 'a> Rows<'t, 'a> {
-    fn new(
-        table: &'t Table<'a>,
-        probabilities: &'t [Option<f32>],
-        threshold: f32,
-        suppressed: Option<&'t [Option<&'t str>]>,
-    ) -> Self {
-        debug_assert_eq!(probabilities.len(), table.len());
-        debug_assert!(suppressed.is_none_or(|s| s.len() == table.len()));
+impl<'t, 'a, 'p> Rows<'t, 'a, 'p> {
+    fn new(table: &'t Table<'a>, predictions: Predictions<'p>, threshold: f32) -> Self {
+        debug_assert_eq!(predictions.rows.len(), predictions.probabilities.len());
+        debug_assert!(predictions.rows.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(predictions.rows.last().is_none_or(|&r| r < table.len()));
         // pandas prints labels as 0/1 when every row has one, and 0.0/1.0 when a column holds a
         // missing value; Splunk reads both, we keep the stock text.
-        let all_scored = probabilities.iter().all(Option::is_some);
+        let all_scored = predictions.rows.len() == table.len();
         let (zero, one) = if all_scored {
             ("0", "1")
         } else {
@@ -166,9 +176,8 @@ impl<'t, 'a> Rows<'t, 'a> {
         };
         Self {
             table,
-            probabilities,
+            predictions,
             threshold,
-            suppressed,
             zero,
             one,
         }
@@ -180,7 +189,7 @@ impl<'t, 'a> Rows<'t, 'a> {
             out.push_plain("rank,");
         }
         out.push_text(&format!("pred_{target}_proba,pred_{target}"));
-        if self.suppressed.is_some() {
+        if self.predictions.suppressed.is_some() {
             out.push_plain(",suppressed_by");
         }
         out.end_row();
@@ -189,15 +198,16 @@ impl<'t, 'a> Rows<'t, 'a> {
     fn write<S: CsvSink>(&self, out: &mut S, range: std::ops::Range<usize>) {
         let Self {
             table,
-            probabilities,
+            predictions,
             threshold,
-            suppressed,
             zero,
             one,
         } = *self;
         let mut number = PythonFloat::new();
         let mut quoted = String::new();
         let plain_cells = table.cells_are_plain();
+        // The next scored row at or after the range's start, and its position in the predictions.
+        let mut next_scored = predictions.rows.partition_point(|&row| row < range.start);
         for i in range {
             // Usually the input cells can be copied as they stand, in one piece.
             match table
@@ -219,8 +229,13 @@ impl<'t, 'a> Rows<'t, 'a> {
                     }
                 }
             }
-            let reason = suppressed.and_then(|s| s[i]);
-            if let Some(p) = probabilities[i] {
+            let scored = predictions.rows.get(next_scored) == Some(&i);
+            let mut reason = None;
+            if scored {
+                let p = predictions.probabilities[next_scored];
+                next_scored += 1;
+                // Only scored rows can be suppressed.
+                reason = predictions.suppressed.and_then(|suppressed| suppressed(i));
                 out.push_plain(number.format(p as f64));
                 out.push_plain(",");
                 let alert = p >= threshold && reason.is_none();
@@ -228,7 +243,7 @@ impl<'t, 'a> Rows<'t, 'a> {
             } else {
                 out.push_plain(",");
             }
-            if suppressed.is_some() {
+            if predictions.suppressed.is_some() {
                 out.push_plain(",");
                 if let Some(reason) = reason {
                     push_cell(out, reason, &mut quoted);
@@ -243,11 +258,11 @@ impl<'t, 'a> Rows<'t, 'a> {
 pub fn results_csv(
     table: &Table,
     target: &str,
-    probabilities: &[Option<f32>],
+    predictions: Predictions,
     threshold: f32,
 ) -> String {
     let mut out = String::with_capacity(64 + table.len() * 64);
-    write_results(&mut out, table, target, probabilities, threshold, None);
+    write_results(&mut out, table, target, predictions, threshold);
     out
 }
 
@@ -350,6 +365,23 @@ impl PythonFloat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Probabilities per table row (`None`: not scored) as the scored rows and their scores.
+    fn scored(probabilities: &[Option<f32>]) -> (Vec<usize>, Vec<f32>) {
+        probabilities
+            .iter()
+            .enumerate()
+            .filter_map(|(row, p)| p.map(|p| (row, p)))
+            .unzip()
+    }
+
+    fn unsuppressed(scored: &(Vec<usize>, Vec<f32>)) -> Predictions<'_> {
+        Predictions {
+            rows: &scored.0,
+            probabilities: &scored.1,
+            suppressed: None,
+        }
+    }
     use std::fmt::Write;
 
     /// The first implementation (std's float formatting, twice), kept as the reference the fast one
@@ -509,10 +541,10 @@ mod tests {
         let t =
             Table::parse("src,query,rank\n\"a\\b\",\"x\ty,\"\"q\"\"\",1\nh,\"multi\nline\",2\n")
                 .unwrap();
-        let probabilities = [Some(0.9), None];
-        let csv = results_csv(&t, "t", &probabilities, 0.5);
+        let predictions = scored(&[Some(0.9), None]);
+        let csv = results_csv(&t, "t", unsuppressed(&predictions), 0.5);
         let mut json = JsonEscaped(Vec::new());
-        write_results(&mut json, &t, "t", &probabilities, 0.5, None);
+        write_results(&mut json, &t, "t", unsuppressed(&predictions), 0.5);
         let literal = format!("\"{}\"", String::from_utf8(json.0).unwrap());
         let decoded: String = serde_json::from_str(&literal).unwrap();
         assert_eq!(decoded, csv);
@@ -532,6 +564,7 @@ mod tests {
         for input in inputs {
             let t = Table::parse(input).unwrap();
             let probabilities: Vec<Option<f32>> = (0..t.len()).map(|_| Some(0.5)).collect();
+            let predictions = scored(&probabilities);
             let mut expected = String::new();
             let mut scratch = String::new();
             for i in 0..t.len() {
@@ -544,11 +577,11 @@ mod tests {
                 }
                 expected.push_str(",0.5,1\n");
             }
-            let out = results_csv(&t, "t", &probabilities, 0.5);
+            let out = results_csv(&t, "t", unsuppressed(&predictions), 0.5);
             let (_, rows) = out.split_once('\n').unwrap();
             assert_eq!(rows, expected, "{input:?}");
             let mut json = JsonEscaped(Vec::new());
-            write_results(&mut json, &t, "t", &probabilities, 0.5, None);
+            write_results(&mut json, &t, "t", unsuppressed(&predictions), 0.5);
             let decoded: String =
                 serde_json::from_str(&format!("\"{}\"", String::from_utf8(json.0).unwrap()))
                     .unwrap();
@@ -567,15 +600,16 @@ c,w.y,2
         )
         .unwrap();
         let mut out = String::new();
-        let reasons = [Some("allowlist x.y (built-in)"), None, None];
-        write_results(
-            &mut out,
-            &t,
-            "t",
-            &[Some(0.75), Some(0.75), None],
-            0.5,
-            Some(&reasons),
-        );
+        // Row 2 is not scored, so it is not suppressed whatever the check says.
+        let reasons = [Some("allowlist x.y (built-in)"), None, Some("muted")];
+        let suppressed = |row: usize| reasons[row];
+        let (rows, probabilities) = scored(&[Some(0.75), Some(0.75), None]);
+        let predictions = Predictions {
+            rows: &rows,
+            probabilities: &probabilities,
+            suppressed: Some(&suppressed),
+        };
+        write_results(&mut out, &t, "t", predictions, 0.5);
         assert_eq!(
             out,
             concat!(
@@ -590,12 +624,17 @@ c,w.y,2
     #[test]
     fn labels_switch_to_float_text_when_a_row_is_unscored() {
         let t = Table::parse("src,query,rank\na,x.y,1\na,x.y,2\n").unwrap();
-        let out = results_csv(&t, "t", &[Some(0.75), None], 0.5);
+        let out = results_csv(&t, "t", unsuppressed(&scored(&[Some(0.75), None])), 0.5);
         assert_eq!(
             out,
             "src,query,rank,pred_t_proba,pred_t\na,x.y,1,0.75,1.0\na,x.y,2,,\n"
         );
-        let out = results_csv(&t, "t", &[Some(0.25), Some(1.0)], 0.5);
+        let out = results_csv(
+            &t,
+            "t",
+            unsuppressed(&scored(&[Some(0.25), Some(1.0)])),
+            0.5,
+        );
         assert_eq!(
             out,
             "src,query,rank,pred_t_proba,pred_t\na,x.y,1,0.25,0\na,x.y,2,1.0,1\n"

@@ -41,6 +41,22 @@ impl Suppressions {
         self.sources.len() + self.networks.len()
     }
 
+    /// The length of the longest reason any row can be given.
+    pub fn longest_reason(&self) -> usize {
+        let domains = self
+            .domains
+            .nodes
+            .values()
+            .filter_map(|n| n.reason.as_ref());
+        let networks = self.networks.iter().map(|(_, _, reason)| reason);
+        domains
+            .chain(self.sources.values())
+            .chain(networks)
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Adds allowlist entries from `text`; `origin` names the list in reasons and errors
     /// (e.g. `built-in` or a file name).
     pub fn add_allowlist(&mut self, text: &str, origin: &str) -> Result<(), String> {
@@ -54,10 +70,11 @@ impl Suppressions {
                 && domain
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-                && !domain.contains("..");
+                && !domain.contains("..")
+                && domain.len() <= MAX_DOMAIN_LEN;
             if !valid {
                 return Err(format!(
-                    "{origin} line {line_no}: `{}` is not a domain; write one domain or suffix per line, e.g. `example.com` (it covers every name under it)",
+                    "{origin} line {line_no}: `{}` is not a domain; write one domain or suffix per line (letters, digits, `-`, `_`, dots; at most {MAX_DOMAIN_LEN} characters), e.g. `example.com` (it covers every name under it)",
                     entry.escape_debug()
                 ));
             }
@@ -154,12 +171,8 @@ impl Suppressions {
         if self.domains.is_empty() {
             return None;
         }
-        let name = query.trim().trim_end_matches('.');
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.domains.longest_entry_under(&name.to_ascii_lowercase())
-        } else {
-            self.domains.longest_entry_under(name)
-        }
+        self.domains
+            .longest_entry_under(query.trim().trim_end_matches('.').as_bytes())
     }
 }
 
@@ -170,9 +183,15 @@ impl Suppressions {
 #[derive(Debug, Default, Clone)]
 struct DomainSuffixes {
     /// Every entry and every suffix of one (after a dot).
-    nodes: FxHashMap<String, SuffixNode>,
+    nodes: FxHashMap<Box<[u8]>, SuffixNode>,
     entries: usize,
+    /// The longest entry's length: only that many of a name's last bytes (and the byte before
+    /// them) are ever looked at, however long the name.
+    longest: usize,
 }
+
+/// The longest domain name DNS allows, and so the longest allowlist entry.
+const MAX_DOMAIN_LEN: usize = 253;
 
 #[derive(Debug, Default, Clone)]
 struct SuffixNode {
@@ -190,13 +209,16 @@ impl DomainSuffixes {
     /// Adds `domain` (lower case, no leading or trailing dot); a repeated entry takes the new
     /// reason.
     fn insert(&mut self, domain: &str, reason: String) {
-        let node = self.nodes.entry(domain.to_owned()).or_default();
+        debug_assert!(domain.len() <= MAX_DOMAIN_LEN);
+        let domain = domain.as_bytes();
+        let node = self.nodes.entry(domain.into()).or_default();
         if node.reason.replace(reason).is_none() {
             self.entries += 1;
         }
-        for (dot, _) in domain.match_indices('.') {
+        self.longest = self.longest.max(domain.len());
+        for dot in (0..domain.len()).filter(|&i| domain[i] == b'.') {
             self.nodes
-                .entry(domain[dot + 1..].to_owned())
+                .entry(domain[dot + 1..].into())
                 .or_default()
                 .has_longer_entries = true;
         }
@@ -204,15 +226,24 @@ impl DomainSuffixes {
 
     /// The reason of the longest entry that is `name` or a suffix of it after a dot (the most
     /// specific entry wins).
-    fn longest_entry_under(&self, name: &str) -> Option<&str> {
+    /// Upper-case ASCII letters match their lower-case entries.
+    fn longest_entry_under(&self, name: &[u8]) -> Option<&str> {
+        // The name's tail, lower-cased: a suffix longer than every entry is no entry's suffix,
+        // so one more byte than the longest entry is enough to see where the walk stops.
+        let mut tail = [0u8; MAX_DOMAIN_LEN + 1];
+        let tail_len = name.len().min(self.longest + 1);
+        let tail = &mut tail[..tail_len];
+        tail.copy_from_slice(&name[name.len() - tail_len..]);
+        tail.make_ascii_lowercase();
         let mut found = None;
-        let mut start = name.len();
+        let mut start = tail_len;
         loop {
             // The next suffix: one more label to the left.
-            start = name[..start.saturating_sub(1)]
-                .rfind('.')
+            start = tail[..start.saturating_sub(1)]
+                .iter()
+                .rposition(|&b| b == b'.')
                 .map_or(0, |dot| dot + 1);
-            let Some(node) = self.nodes.get(&name[start..]) else {
+            let Some(node) = self.nodes.get(&tail[start..]) else {
                 return found;
             };
             if let Some(reason) = &node.reason {
@@ -380,8 +411,11 @@ mod tests {
             "shop.co.uk",
             "a-b.c_d.net",
         ];
+        // Also labels longer than any entry and non-ASCII ones, which the walk cuts through.
+        let long = "q".repeat(40);
         let labels = [
             "a", "b", "x", "example", "com", "co", "uk", "shop", "", "A", "net", "c_d", "a-b",
+            "ExAmple", "é", "bücher", "xé", &long,
         ];
         let mut suppressions = Suppressions::none();
         let mut by_definition = FxHashMap::default();
@@ -427,6 +461,23 @@ mod tests {
         }
         // Every entry was the answer for some name (nested ones included), and so was none.
         assert_eq!(found.len(), entries.len() + 1, "{found:?}");
+        // Entries are at most as long as a DNS name can be.
+        let longest = format!("{}.com", "a".repeat(249));
+        assert!(suppressions.add_allowlist(&longest, "t").is_ok());
+        assert_eq!(
+            suppressions.reason("h", &format!("x.{}", longest.to_uppercase())),
+            Some(format!("allowlist {longest} (t)").as_str())
+        );
+        let e = suppressions
+            .add_allowlist(&format!("a{longest}"), "t")
+            .unwrap_err();
+        assert!(e.contains("at most 253 characters"), "{e}");
+        suppressions = Suppressions::none();
+        for (i, entry) in entries.iter().enumerate() {
+            suppressions
+                .add_allowlist(&format!("{entry} # {i}"), "t")
+                .unwrap();
+        }
         // A repeated entry keeps one count and takes the last reason.
         suppressions
             .add_allowlist("example.com # again", "t")
