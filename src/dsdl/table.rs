@@ -5,6 +5,7 @@
 //! results still have one row per input row, and is reported instead of failing the request.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use super::csvscan::{EscapedScanner, Field, Records, ScanStop, Scanner};
 use crate::features::Row;
@@ -533,26 +534,77 @@ impl<'a> Table<'a> {
 
     /// The rows that feed the features (all but unreadable ones) and, among them, the positions of
     /// the rows to score. Returns (feature rows, index into feature rows of each scored row,
-    /// table row of each scored row).
+    /// table row of each scored row). A large table's halves are listed on both cores, each
+    /// straight into its part of the list.
     pub fn feature_rows(&self) -> (Vec<Row<'_>>, Vec<usize>, Vec<usize>) {
-        let mut rows = Vec::with_capacity(self.len());
+        let n = self.len();
+        let half = if n >= 2 * crate::features::PARALLEL_MIN_ROWS {
+            n / 2
+        } else {
+            n
+        };
+        let first_count = half - self.rows_not_feeding_history(0..half);
+        let total = first_count + (n - half) - self.rows_not_feeding_history(half..n);
+        let mut rows: Vec<Row<'_>> = Vec::with_capacity(total);
+        let (first_out, second_out) = rows.spare_capacity_mut()[..total].split_at_mut(first_count);
+        let ((mut scored, mut scored_table_rows), (scored_2, scored_table_rows_2)) = if half < n {
+            rayon::join(
+                || self.list_feature_rows(0..half, first_out, 0),
+                || self.list_feature_rows(half..n, second_out, first_count),
+            )
+        } else {
+            let first = self.list_feature_rows(0..n, first_out, 0);
+            (first, (Vec::new(), Vec::new()))
+        };
+        // SAFETY: each part wrote every row of its slice (`list_feature_rows` asserts it).
+        unsafe { rows.set_len(total) };
+        scored.extend(scored_2);
+        scored_table_rows.extend(scored_table_rows_2);
+        (rows, scored, scored_table_rows)
+    }
+
+    /// How many rows of `range` do not feed the history (only some skipped rows).
+    fn rows_not_feeding_history(&self, range: std::ops::Range<usize>) -> usize {
+        self.skips
+            .iter()
+            .filter(|(row, reason)| range.contains(row) && !reason.feeds_history())
+            .count()
+    }
+
+    /// Writes the feature rows of table rows `range` into `out` (exactly its length), the first
+    /// being feature row `first_feature_row`; returns the feature-row and table-row indices of
+    /// the rows to score among them.
+    fn list_feature_rows<'t>(
+        &'t self,
+        range: std::ops::Range<usize>,
+        out: &mut [MaybeUninit<Row<'t>>],
+        first_feature_row: usize,
+    ) -> (Vec<usize>, Vec<usize>) {
         let mut scored = Vec::new();
         let mut scored_table_rows = Vec::new();
-        let spans = self.cells.chunks_exact(self.slots);
-        for (i, (&kind, spans)) in self.kinds.iter().zip(spans).enumerate() {
+        let mut written = 0;
+        let spans =
+            self.cells[range.start * self.slots..range.end * self.slots].chunks_exact(self.slots);
+        for ((i, &kind), spans) in range.clone().zip(&self.kinds[range]).zip(spans) {
             if !self.feeds_history(i) {
                 continue;
             }
             if kind == RowKind::Rank1 {
-                scored.push(rows.len());
+                scored.push(first_feature_row + written);
                 scored_table_rows.push(i);
             }
-            rows.push(Row {
+            out[written].write(Row {
                 src: self.text_of(spans[SRC]),
                 query: self.text_of(spans[QUERY]),
             });
+            written += 1;
         }
-        (rows, scored, scored_table_rows)
+        assert_eq!(
+            written,
+            out.len(),
+            "every feature row of the range is written"
+        );
+        (scored, scored_table_rows)
     }
 
     /// Whether `row` is a DNS event for the per-source history: every row but unreadable ones.
@@ -635,6 +687,38 @@ mod tests {
         let (rows, scored, table_rows) = t.feature_rows();
         assert_eq!(rows.len(), 2);
         assert_eq!((scored, table_rows), (vec![0], vec![0]));
+    }
+
+    #[test]
+    fn feature_rows_of_a_large_table_are_listed_as_row_by_row() {
+        // Large enough to be listed in two halves, with ragged rows (not history) and bad ranks
+        // (history, not scored) in both.
+        let mut rng = crate::synth::SplitMix64::new(5);
+        let mut csv = String::from("src,query,rank\n");
+        for i in 0..(3 * crate::features::PARALLEL_MIN_ROWS) {
+            match rng.below(20) {
+                0 => csv.push_str(&format!("h{i},ragged.example\n")),
+                1 => csv.push_str(&format!("h{i},bad{i}.example,x\n")),
+                _ => csv.push_str(&format!("h{},q{i}.example,{}\n", i % 9, 1 + rng.below(3))),
+            }
+        }
+        let t = Table::parse(&csv).unwrap();
+        let (rows, scored, table_rows) = t.feature_rows();
+        let feeding: Vec<usize> = (0..t.len()).filter(|&i| t.feeds_history(i)).collect();
+        assert!(feeding.len() < t.len() && t.skipped().count() > feeding.len() / 30);
+        assert_eq!(rows.len(), feeding.len());
+        for (row, &i) in rows.iter().zip(&feeding) {
+            assert_eq!((row.src, row.query), (t.src(i), t.query(i)));
+        }
+        let expected: Vec<usize> = (0..t.len())
+            .filter(|&i| t.kind(i) == RowKind::Rank1)
+            .collect();
+        assert_eq!(table_rows, expected);
+        let expected: Vec<usize> = expected
+            .iter()
+            .map(|i| feeding.binary_search(i).unwrap())
+            .collect();
+        assert_eq!(scored, expected);
     }
 
     #[test]
