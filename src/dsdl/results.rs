@@ -365,6 +365,7 @@ impl PythonFloat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write;
 
     /// Probabilities per table row (`None`: not scored) as the scored rows and their scores.
     fn scored(probabilities: &[Option<f32>]) -> (Vec<usize>, Vec<f32>) {
@@ -382,7 +383,6 @@ mod tests {
             suppressed: None,
         }
     }
-    use std::fmt::Write;
 
     /// The first implementation (std's float formatting, twice), kept as the reference the fast one
     /// must equal byte for byte.
@@ -619,6 +619,39 @@ c,w.y,2
                 "c,w.y,2,,,\n"
             )
         );
+    }
+
+    #[test]
+    fn a_large_table_written_in_parts_reads_as_one_written_row_by_row() {
+        // Large enough to be written in two parts at once; scored rows, suppressed ones and
+        // neither on both sides of the split.
+        let mut rng = crate::synth::SplitMix64::new(3);
+        let mut csv = String::from("src,query,rank\n");
+        for i in 0..(3 * crate::features::PARALLEL_MIN_ROWS + 7) {
+            let _ = writeln!(csv, "h{},q{i}.example,{}", i % 13, 1 + rng.below(3));
+        }
+        let t = Table::parse(&csv).unwrap();
+        let (rows, probabilities): (Vec<usize>, Vec<f32>) = (0..t.len())
+            .filter(|&row| t.rank_text(row) == "1")
+            .map(|row| (row, rng.below(1000) as f32 / 999.0))
+            .unzip();
+        let suppressed = |row: usize| (row % 5 == 0).then_some("muted");
+        let predictions = Predictions {
+            rows: &rows,
+            probabilities: &probabilities,
+            suppressed: Some(&suppressed),
+        };
+        let mut one_by_one = String::new();
+        write_results(&mut one_by_one, &t, "t", predictions, 0.5);
+        let in_parts = json_results(&t, "t", predictions, 0.5, 0);
+        let decoded: String = serde_json::from_str(&format!(
+            "\"{}\"",
+            std::str::from_utf8(in_parts.text()).unwrap()
+        ))
+        .unwrap();
+        assert_eq!(decoded, one_by_one);
+        assert_eq!(one_by_one.lines().count(), t.len() + 1);
+        assert!(one_by_one.contains(",muted\n") && one_by_one.contains(",1.0,\n"));
     }
 
     #[test]
