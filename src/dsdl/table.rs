@@ -181,15 +181,17 @@ impl Layout {
     /// after `end`; says whether the last record read ended exactly at `end`. Row numbers in
     /// errors count from the scanner's position: only a read from the first data row reports
     /// its errors (a split read that fails is read again whole).
+    /// `room_for_bytes`: how much CSV text the part's lists get room for (the first part of a
+    /// split read makes room for the second, which is appended to it).
     fn read<'a, R: Records<'a>>(
         &self,
         mut scanner: R,
         end: Option<usize>,
+        room_for_bytes: usize,
     ) -> Result<(Part, bool), ReadError> {
         let text = scanner.text();
-        let span_len = end.unwrap_or(text.len()) - scanner.position();
         // Rarely less than 32 bytes a row; untouched capacity costs no memory.
-        let expected_rows = (span_len / 32).min(self.max_rows);
+        let expected_rows = (room_for_bytes / 32).min(self.max_rows);
         let slots = self.slots();
         let mut part = Part {
             unescaped: String::new(),
@@ -400,12 +402,19 @@ impl<'a> Table<'a> {
         // the middle. That line end may be inside a quoted cell, so the halves are only used when
         // the first half's records end exactly there and neither half met an error; otherwise
         // the text is read again from the start, as one part.
-        let middle = body_start + (csv_text.len() - body_start) / 2;
+        let body_len = csv_text.len() - body_start;
+        let middle = body_start + body_len / 2;
         let split = R::line_start_after(csv_text, middle);
         if let Some(split) = split.filter(|_| csv_text.len() >= parallel_min_bytes) {
             let (first, second) = rayon::join(
-                || layout.read(R::starting_at(csv_text, body_start), Some(split)),
-                || layout.read(R::starting_at(csv_text, split), None),
+                || layout.read(R::starting_at(csv_text, body_start), Some(split), body_len),
+                || {
+                    layout.read(
+                        R::starting_at(csv_text, split),
+                        None,
+                        csv_text.len() - split,
+                    )
+                },
             );
             if let (Ok((first, true)), Ok((second, _))) = (first, second) {
                 if first.kinds.len() + second.kinds.len() > max_rows {
@@ -416,7 +425,7 @@ impl<'a> Table<'a> {
                 return Ok(table);
             }
         }
-        let (part, _) = layout.read(R::starting_at(csv_text, body_start), None)?;
+        let (part, _) = layout.read(R::starting_at(csv_text, body_start), None, body_len)?;
         table.append(part);
         Ok(table)
     }
