@@ -88,7 +88,9 @@ pub struct Mlp {
 /// small forward pass (20 rows: about 30% faster per layer with the copy; from about 1,000 rows
 /// no difference). The copy changes no bits from 9 rows up: gemm runs the same kernels, in the
 /// same order. Below that (1 to 8 rows, depending on the layer) it takes other paths whose bits
-/// differ, so those batches keep `Linear`, and a row's score never depends on its batch's size.
+/// differ, so those batches keep `Linear`: every batch scores exactly as with `Linear` alone.
+/// (A row's last bits may still differ between batch sizes, through gemm's blocking, as they
+/// always did with `Linear`.)
 pub const TRANSPOSED_MIN_ROWS: usize = 16;
 
 /// One fully connected layer: candle's `Linear`, plus its weights transposed once at load.
