@@ -21,6 +21,9 @@ pub struct Suppressions {
     domains: DomainSuffixes,
     sources: FxHashMap<String, String>,
     networks: Vec<(IpAddr, u8, String)>,
+    /// The longest reason of any entry, kept as entries are added: requests size their results
+    /// with it, so it must not cost a walk over the lists.
+    longest_reason: usize,
 }
 
 impl Suppressions {
@@ -43,18 +46,7 @@ impl Suppressions {
 
     /// The length of the longest reason any row can be given.
     pub fn longest_reason(&self) -> usize {
-        let domains = self
-            .domains
-            .nodes
-            .values()
-            .filter_map(|n| n.reason.as_ref());
-        let networks = self.networks.iter().map(|(_, _, reason)| reason);
-        domains
-            .chain(self.sources.values())
-            .chain(networks)
-            .map(String::len)
-            .max()
-            .unwrap_or(0)
+        self.longest_reason
     }
 
     /// Adds allowlist entries from `text`; `origin` names the list in reasons and errors
@@ -82,6 +74,7 @@ impl Suppressions {
                 Some(c) => format!("allowlist {domain} ({origin}: {c})"),
                 None => format!("allowlist {domain} ({origin})"),
             };
+            self.longest_reason = self.longest_reason.max(reason.len());
             self.domains.insert(&domain, reason);
         }
         Ok(())
@@ -94,6 +87,7 @@ impl Suppressions {
                 Some(c) => format!("muted source {entry} ({origin}: {c})"),
                 None => format!("muted source {entry} ({origin})"),
             };
+            self.longest_reason = self.longest_reason.max(reason.len());
             if let Some((addr, bits)) = entry.split_once('/') {
                 let addr: IpAddr = addr.parse().map_err(|_| {
                     format!(
@@ -342,6 +336,11 @@ mod tests {
         assert_eq!(
             s.reason("10.0.0.5", "q.example.com"),
             Some("muted source 10.0.0.5 (mutes.txt: backup server)")
+        );
+        // The longest reason, as results size their room for it.
+        assert_eq!(
+            s.longest_reason(),
+            "muted source 10.0.0.5 (mutes.txt: backup server)".len()
         );
         assert_eq!(
             s.reason("192.168.7.1", "q"),
