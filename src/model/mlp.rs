@@ -84,8 +84,8 @@ pub struct Mlp {
 /// Batches of at least this many rows multiply by a transposed copy of each weight matrix.
 ///
 /// `Linear` multiplies by a transposed view of `[out, in]` weights, which gemm reads column by
-/// column; below a few dozen rows it does not pack them, and that strided reading is most of a
-/// small forward pass (20 rows: about 30% faster per layer with the copy; from about 1,000 rows
+/// column; below a few dozen rows it does not pack them, and that strided reading was a third of
+/// a small forward pass (20 rows: about 30% faster per layer with the copy; from about 1,000 rows
 /// no difference). The copy changes no bits from 9 rows up: gemm runs the same kernels, in the
 /// same order. Below that (1 to 8 rows, depending on the layer) it takes other paths whose bits
 /// differ, so those batches keep `Linear`: every batch scores exactly as with `Linear` alone.
