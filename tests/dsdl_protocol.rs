@@ -402,3 +402,51 @@ fn a_csv_read_in_place_answers_as_one_read_after_unescaping() {
         "{message}"
     );
 }
+
+#[test]
+fn a_large_batch_answers_every_row_in_order_with_its_exact_length() {
+    // Enough rows for the results to be written on two cores and sent in two parts: the
+    // response must still say its exact length and read as one results CSV, row for row.
+    let server = TestServer::start();
+    let csv = dnsexfil::synth::dsdl_csv(3 * dnsexfil::features::PARALLEL_MIN_ROWS + 11, 4);
+    let resp = TestServer::client()
+        .post(format!("{}/apply", server.url))
+        .header("Authorization", common::TOKEN)
+        .body(serde_json::to_vec(&common::escu_envelope(&csv)).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("transfer-encoding").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let length = resp.content_length().expect("a Content-Length");
+    let body = resp.bytes().unwrap();
+    assert_eq!(body.len() as u64, length);
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["status"], "success", "{answer}");
+    let results = answer["results"].as_str().unwrap();
+    let mut sent = csv.lines().skip(1);
+    let mut answered = results.lines().skip(1);
+    let mut scored = 0;
+    for (row, (input, output)) in sent.by_ref().zip(answered.by_ref()).enumerate() {
+        let cells = output
+            .strip_prefix(input)
+            .and_then(|rest| rest.strip_prefix(','))
+            .unwrap_or_else(|| panic!("row {row}: {output:?} does not answer {input:?}"));
+        if input.ends_with(",1") {
+            let (p, label) = cells.split_once(',').unwrap();
+            let p: f64 = p.parse().unwrap();
+            assert!(
+                (0.0..=1.0).contains(&p) && ["0.0", "1.0"].contains(&label),
+                "{output}"
+            );
+            scored += 1;
+        } else {
+            assert_eq!(cells, ",", "row {row}");
+        }
+    }
+    assert_eq!((sent.next(), answered.next()), (None, None));
+    assert!(scored > 1000, "{scored} rows scored");
+}

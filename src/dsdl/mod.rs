@@ -2,6 +2,7 @@
 //! and `/`, and what it expects back (HTTP 200 with a status, a message and a results CSV).
 
 pub mod auth;
+pub mod body;
 pub mod csvscan;
 pub mod envelope;
 pub mod handlers;
@@ -22,7 +23,7 @@ impl axum::response::IntoResponse for DsdlResponse {
     fn into_response(self) -> axum::response::Response {
         (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            self.into_body(),
+            axum::body::Body::new(self.into_body()),
         )
             .into_response()
     }
@@ -47,7 +48,7 @@ impl Endpoint {
 impl DsdlResponse {
     /// `{"status": ..., "message": ..., "results": "..."}` as the stock container sends it. The
     /// results (megabytes for a large batch) are not copied: the rest is written around them.
-    pub fn into_body(self) -> bytes::Bytes {
+    pub fn into_body(self) -> body::ResponseBody {
         let mut head = Vec::with_capacity(64 + self.message.len());
         head.extend_from_slice(b"{\"status\":");
         serde_json::to_writer(&mut head, self.status).expect("writing to a Vec cannot fail");
@@ -60,7 +61,7 @@ impl DsdlResponse {
             }
             None => {
                 head.push(b'}');
-                bytes::Bytes::from(head)
+                bytes::Bytes::from(head).into()
             }
         }
     }
@@ -81,33 +82,53 @@ mod tests {
 
     #[test]
     fn body_is_the_stock_json_whether_or_not_the_message_fits_the_headroom() {
-        let table = Table::parse("src,query,rank\na,\"x\"\"y\",1\n").unwrap();
-        for message in ["/apply done successfully".to_string(), "é\"".repeat(3000)] {
+        // A small table's results are one part; a large one's are written on two cores and
+        // sent in two parts.
+        let mut large = String::from("src,query,rank\n");
+        for i in 0..(2 * crate::features::PARALLEL_MIN_ROWS + 5) {
+            large.push_str(&format!("h{},q{i}.example,{}\n", i % 7, 1 + i % 2));
+        }
+        for csv in ["src,query,rank\na,\"x\"\"y\",1\n", large.as_str()] {
+            let table = Table::parse(csv).unwrap();
+            let rows: Vec<usize> = (0..table.len()).step_by(2).collect();
+            let probabilities = vec![0.25; rows.len()];
+            let mut expected = String::new();
             let predictions = results::Predictions {
-                rows: &[0],
-                probabilities: &[0.25],
+                rows: &rows,
+                probabilities: &probabilities,
                 suppressed: None,
             };
-            let results = results::json_results(&table, "t", predictions, 0.5, 64);
-            let body = DsdlResponse {
-                status: "success",
-                message: message.clone(),
-                results: Some(results),
+            results::write_results(&mut expected, &table, "t", predictions, 0.5);
+            if table.len() == 1 {
+                assert_eq!(
+                    expected,
+                    "src,query,rank,pred_t_proba,pred_t\na,\"x\"\"y\",1,0.25,0\n"
+                );
             }
-            .into_body();
-            let text = std::str::from_utf8(&body).unwrap();
-            assert!(
-                text.starts_with("{\"status\":\"success\",\"message\":"),
-                "{text}"
-            );
-            let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
-            assert_eq!(parsed["message"], message.as_str());
-            assert_eq!(
-                parsed["results"],
-                "src,query,rank,pred_t_proba,pred_t\na,\"x\"\"y\",1,0.25,0\n"
-            );
+            for message in ["/apply done successfully".to_string(), "é\"".repeat(3000)] {
+                let results = results::json_results(&table, "t", predictions, 0.5, 64);
+                let body = DsdlResponse {
+                    status: "success",
+                    message: message.clone(),
+                    results: Some(results),
+                }
+                .into_body();
+                let length = body.len();
+                let body = body.to_bytes();
+                assert_eq!(body.len(), length);
+                let text = std::str::from_utf8(&body).unwrap();
+                assert!(
+                    text.starts_with("{\"status\":\"success\",\"message\":"),
+                    "{text}"
+                );
+                let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+                assert_eq!(parsed["message"], message.as_str());
+                assert_eq!(parsed["results"], expected.as_str());
+            }
         }
-        let error = DsdlResponse::error(Endpoint::Apply, "bad").into_body();
+        let error = DsdlResponse::error(Endpoint::Apply, "bad")
+            .into_body()
+            .to_bytes();
         assert_eq!(
             &error[..],
             b"{\"status\":\"error\",\"message\":\"/apply: ERROR: bad\"}"

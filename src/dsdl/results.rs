@@ -1,5 +1,6 @@
 //! The `results` CSV of a DSDL response, in the stock container's column order and number format.
 
+use super::body::ResponseBody;
 use super::csvscan::{needs_quotes_or_escapes, needs_quotes_or_escapes_besides_commas};
 use super::table::Table;
 
@@ -93,38 +94,47 @@ pub fn write_results<S: CsvSink>(
 pub const HEADROOM: usize = 4096;
 
 /// The results CSV as the contents of a JSON string (see [`JsonEscaped`]), after [`HEADROOM`]
-/// spare bytes.
+/// spare bytes; in two parts when a large table was written on two cores at once.
 #[derive(Debug)]
 pub struct EscapedResults {
     bytes: Vec<u8>,
+    /// The text that follows `bytes` (empty when the results are in one part).
+    rest: Vec<u8>,
 }
 
 impl EscapedResults {
-    /// The escaped text.
-    pub fn text(&self) -> &[u8] {
-        &self.bytes[HEADROOM..]
+    /// The escaped text, in one piece.
+    #[cfg(test)]
+    pub fn text(&self) -> Vec<u8> {
+        [&self.bytes[HEADROOM..], &self.rest[..]].concat()
     }
 
-    /// `head`, the results, then `tail`, as one buffer: in place when `head` fits the headroom.
-    pub fn wrap(mut self, head: &[u8], tail: &[u8]) -> bytes::Bytes {
-        self.bytes.extend_from_slice(tail);
-        match HEADROOM.checked_sub(head.len()) {
+    /// `head`, the results, then `tail`, as a response body. The results are not copied: `head`
+    /// goes into the headroom when it fits, and a second part is sent as it is.
+    pub fn wrap(mut self, head: &[u8], tail: &[u8]) -> ResponseBody {
+        if self.rest.is_empty() {
+            self.bytes.extend_from_slice(tail);
+        } else {
+            self.rest.extend_from_slice(tail);
+        }
+        let first = match HEADROOM.checked_sub(head.len()) {
             Some(start) => {
                 self.bytes[start..HEADROOM].copy_from_slice(head);
                 bytes::Bytes::from(self.bytes).slice(start..)
             }
             None => {
-                let mut body = Vec::with_capacity(head.len() + self.bytes.len() - HEADROOM);
-                body.extend_from_slice(head);
-                body.extend_from_slice(&self.bytes[HEADROOM..]);
-                bytes::Bytes::from(body)
+                let mut first = Vec::with_capacity(head.len() + self.bytes.len() - HEADROOM);
+                first.extend_from_slice(head);
+                first.extend_from_slice(&self.bytes[HEADROOM..]);
+                bytes::Bytes::from(first)
             }
-        }
+        };
+        ResponseBody::new(first, bytes::Bytes::from(self.rest))
     }
 }
 
-/// [`write_results`] into the body of the JSON response; a large table is written on all cores
-/// (in parts, joined in order), so the text is the same.
+/// [`write_results`] into the body of the JSON response; a large table is written on all cores,
+/// in parts that are sent one after the other, so the text is the same.
 pub fn json_results(
     table: &Table,
     target: &str,
@@ -140,16 +150,21 @@ pub fn json_results(
     let n = table.len();
     if n < 2 * crate::features::PARALLEL_MIN_ROWS {
         rows.write(&mut out, 0..n);
-        return EscapedResults { bytes: out.0 };
+        return EscapedResults {
+            bytes: out.0,
+            rest: Vec::new(),
+        };
     }
     let half = n / 2;
-    let mut second = JsonEscaped(Vec::with_capacity(capacity / 2));
+    let mut second = JsonEscaped(Vec::with_capacity(capacity / 2 + 2));
     rayon::join(
         || rows.write(&mut out, 0..half),
         || rows.write(&mut second, half..n),
     );
-    out.0.extend_from_slice(&second.0);
-    EscapedResults { bytes: out.0 }
+    EscapedResults {
+        bytes: out.0,
+        rest: second.0,
+    }
 }
 
 /// What every result row needs, shared by the parts of a table written in parallel.
@@ -646,7 +661,7 @@ c,w.y,2
         let in_parts = json_results(&t, "t", predictions, 0.5, 0);
         let decoded: String = serde_json::from_str(&format!(
             "\"{}\"",
-            std::str::from_utf8(in_parts.text()).unwrap()
+            std::str::from_utf8(&in_parts.text()).unwrap()
         ))
         .unwrap();
         assert_eq!(decoded, one_by_one);
