@@ -9,7 +9,8 @@
 //! per-request history), fill (features from a prepared history; only that part is timed),
 //! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, allowlist (the
 //! suppression check of every scored row, alone on one core), results (with that check, as the
-//! service writes them), whole. Under `cargo bench` (no stage given) it runs each stage once at
+//! service writes them), whole, app (the whole service in-process: router, middleware, handler
+//! and response body, without the network). Under `cargo bench` (no stage given) it runs each stage once at
 //! 1,000 rows as a smoke test.
 
 mod support;
@@ -30,7 +31,7 @@ use dnsexfil::{scoring, synth};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STAGES: [&str; 14] = [
+const STAGES: [&str; 15] = [
     "envelope",
     "csv",
     "envelope_unescaping",
@@ -45,6 +46,7 @@ const STAGES: [&str; 14] = [
     "allowlist",
     "results",
     "whole",
+    "app",
 ];
 
 fn main() {
@@ -69,7 +71,14 @@ fn main() {
     let (feature_rows, scored, scored_table_rows) = table.feature_rows();
     let features = model.info.schema.compute(&feature_rows, &scored);
     let scores = model.mlp.predict(&features.values, features.rows).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = dnsexfil::server::app(state.clone());
     let ctx = Ctx {
+        runtime: &runtime,
+        app: &app,
         state: &state,
         body: &body,
         csv: &csv,
@@ -98,6 +107,8 @@ fn main() {
 static FILL_NANOS: AtomicU64 = AtomicU64::new(0);
 
 struct Ctx<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    app: &'a axum::Router,
     state: &'a AppState,
     body: &'a str,
     csv: &'a str,
@@ -189,6 +200,21 @@ fn run(stage: &str, ctx: &Ctx) {
         }
         "whole" => {
             black_box(process(ctx.state, ctx.body.as_bytes(), Endpoint::Apply).into_body());
+        }
+        "app" => {
+            use http_body_util::BodyExt;
+            use tower::ServiceExt;
+            let request = axum::http::Request::post("/apply")
+                .header("content-type", "application/json")
+                .header("authorization", support::BENCH_TOKEN)
+                .body(axum::body::Body::from(ctx.body.to_string()))
+                .unwrap();
+            let body = ctx.runtime.block_on(async {
+                let response = ctx.app.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.into_body().collect().await.unwrap().to_bytes()
+            });
+            black_box(body);
         }
         _ => unreachable!(),
     }

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -67,19 +67,24 @@ fn lock() -> std::sync::MutexGuard<'static, Families> {
     families().lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The value of the series with these label values, created on first use. Series are few (route
+/// templates, methods, statuses, models), so a scan finds one without allocating its labels.
+fn series<'m, V: Default>(map: &'m mut BTreeMap<Labels, V>, labels: &[&str]) -> &'m mut V {
+    let known = map.keys().position(|k| k.iter().eq(labels));
+    match known {
+        Some(i) => map.values_mut().nth(i).expect("the key was just found"),
+        None => map
+            .entry(labels.iter().map(|l| l.to_string()).collect())
+            .or_default(),
+    }
+}
+
 /// Counts one answered request and its latency.
-pub fn record_request(route: &str, method: &Method, status: u16, elapsed: Duration) {
-    let labels = vec![
-        route.to_string(),
-        method_label(method).to_string(),
-        status.to_string(),
-    ];
+pub fn record_request(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+    let labels = [route, method_label(method), status.as_str()];
     let mut f = lock();
-    *f.requests.entry(labels.clone()).or_default() += 1;
-    f.request_seconds
-        .entry(labels)
-        .or_default()
-        .observe(elapsed.as_secs_f64());
+    *series(&mut f.requests, &labels) += 1;
+    series(&mut f.request_seconds, &labels).observe(elapsed.as_secs_f64());
 }
 
 /// Records one scoring pass: `api` is `v1` or `dsdl`.
@@ -90,17 +95,11 @@ pub fn record_scoring(
     features: Duration,
     inference: Duration,
 ) {
-    let labels = vec![api.to_string(), model.to_string()];
+    let labels = [api, model];
     let mut f = lock();
-    *f.rows_scored.entry(labels.clone()).or_default() += rows as u64;
-    f.feature_seconds
-        .entry(labels.clone())
-        .or_default()
-        .observe(features.as_secs_f64());
-    f.inference_seconds
-        .entry(labels)
-        .or_default()
-        .observe(inference.as_secs_f64());
+    *series(&mut f.rows_scored, &labels) += rows as u64;
+    series(&mut f.feature_seconds, &labels).observe(features.as_secs_f64());
+    series(&mut f.inference_seconds, &labels).observe(inference.as_secs_f64());
 }
 
 /// Methods outside the standard set share one label, so clients cannot create new series.
@@ -122,14 +121,12 @@ fn method_label(method: &Method) -> &'static str {
 /// Middleware: counts every request by route template (`unmatched` when no route matched),
 /// method and final status.
 pub async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    record_request(&route, &method, resp.status().as_u16(), start.elapsed());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    record_request(route, &method, resp.status(), start.elapsed());
     resp
 }
 
@@ -279,6 +276,24 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_is_found_again_by_its_label_values() {
+        let mut map: BTreeMap<Labels, u64> = BTreeMap::new();
+        for labels in [
+            ["/apply", "POST", "200"],
+            ["/apply", "POST", "500"],
+            ["/apply", "POST", "200"],
+        ] {
+            *series(&mut map, &labels) += 1;
+        }
+        *series(&mut map, &["/fit", "POST", "200"]) += 5;
+        let key = |labels: [&str; 3]| labels.map(String::from).to_vec();
+        assert_eq!(map.len(), 3);
+        assert_eq!(map[&key(["/apply", "POST", "200"])], 2);
+        assert_eq!(map[&key(["/apply", "POST", "500"])], 1);
+        assert_eq!(map[&key(["/fit", "POST", "200"])], 5);
+    }
 
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {

@@ -9,6 +9,10 @@ use dnsexfil::model::{Model, Registry};
 use dnsexfil::server::{AppState, ServerConfig};
 use dnsexfil::suppress::{Suppressions, BUILTIN_ALLOWLIST};
 
+/// The API token of the benchmarks' service.
+#[allow(dead_code)] // only the profile driver sends requests through the router
+pub const BENCH_TOKEN: &str = "bench-token";
+
 /// The service's state with the published ESCU model, set up as `dnsexfil serve` does.
 pub fn escu_state() -> AppState {
     // As the service does at start-up (see `fix_candle_threads`).
@@ -20,7 +24,7 @@ pub fn escu_state() -> AppState {
     let registry = Registry::new();
     registry.insert(Model::from_bytes(&converted.bytes, "escu").unwrap());
     let config = ServerConfig {
-        token: Token::Unset,
+        token: Token::Set(BENCH_TOKEN.to_string()),
         max_body_bytes: 64 << 20,
         max_rows: 1_000_000,
         staging_dir: std::env::temp_dir(),
