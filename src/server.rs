@@ -231,7 +231,12 @@ const DRAIN_CAP: usize = 1 << 30;
 /// our error message instead of a reset connection.
 pub async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     let mut body = body;
-    let mut buf: Vec<u8> = Vec::new();
+    // A declared length within the limit is reserved at once: a large body is then copied once,
+    // not again at every doubling of the buffer.
+    let declared = http_body::Body::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.filter(|&n| n <= limit).unwrap_or(0));
     let mut received = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
