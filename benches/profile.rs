@@ -10,8 +10,8 @@
 //! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, allowlist (the
 //! suppression check of every scored row, alone on one core), results (with that check, as the
 //! service writes them), whole, app (the whole service in-process: router, middleware, handler
-//! and response body, without the network). Under `cargo bench` (no stage given) it runs each stage once at
-//! 1,000 rows as a smoke test.
+//! and response body, without the network). Under `cargo bench` (no stage given) it runs each
+//! stage once at 1,000 rows as a smoke test.
 
 mod support;
 
