@@ -21,7 +21,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(dnsexfil::server::default_compute_threads);
             dnsexfil::model::fix_candle_threads(threads);
             cli::init_logging(args.log_format);
-            tokio::runtime::Runtime::new()
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .on_thread_park(dnsexfil::memory::on_async_worker_park)
+                .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(cli::run_serve(args)))
         }

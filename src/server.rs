@@ -75,7 +75,7 @@ impl AppState {
     }
 
     /// Runs CPU-bound `work` for a request of `body_len` bytes once a compute permit is free:
-    /// small requests right here on the async worker, larger ones on a blocking thread.
+    /// small requests right here on the async worker, larger ones on the compute pool.
     pub async fn run_compute<T: Send + 'static>(
         &self,
         body_len: usize,
@@ -94,15 +94,24 @@ impl AppState {
             drop(permit);
             return result.map_err(|panic| WorkerPanicked(panic_text(&*panic)));
         }
-        // The request's span (and its request id) follows the work onto the blocking thread.
+        // On the compute pool, whose threads also split the work of large requests: the memory
+        // they free stays with a few known threads, which `memory` hands back together. The
+        // request's span (and its request id) follows the work there.
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let result = span.in_scope(work);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let result =
+                span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
             drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| WorkerPanicked(e.to_string()))
+            // The request may have been given up (timeout, client gone): nobody to answer.
+            let _ = answer.send(result);
+        });
+        match answered.await {
+            Ok(result) => result.map_err(|panic| WorkerPanicked(panic_text(&*panic))),
+            Err(_) => Err(WorkerPanicked(
+                "the compute pool dropped the request".into(),
+            )),
+        }
     }
 
     /// Runs long CPU-bound `work` (training) on a blocking thread without a compute permit, in
@@ -354,7 +363,7 @@ mod tests {
     async fn small_and_large_work_both_answer_and_a_panic_is_an_error_not_a_crash() {
         let state = state();
         let on_worker = std::thread::current().id();
-        // Small: here on the async worker; large: on a blocking thread.
+        // Small: here on the async worker; large: on the compute pool.
         let small = state.run_compute(100, std::thread::current).await.unwrap();
         assert_eq!(small.id(), on_worker);
         let large = state

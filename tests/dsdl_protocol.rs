@@ -450,3 +450,65 @@ fn a_large_batch_answers_every_row_in_order_with_its_exact_length() {
     assert_eq!((sent.next(), answered.next()), (None, None));
     assert!(scored > 1000, "{scored} rows scored");
 }
+
+/// A memory figure of process `pid` from its status file (`VmRSS`, `VmHWM`), in bytes.
+fn memory_of(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in kB"));
+    kib << 10
+}
+
+#[test]
+fn memory_of_large_requests_goes_back_to_the_os_once_they_stop() {
+    if !std::path::Path::new("/proc/self/status").exists() {
+        return; // memory figures are read from /proc
+    }
+    let served = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--model".as_ref(),
+        artifact().as_os_str(),
+    ]);
+    let pid = served.child.id();
+    let idle = memory_of(pid, "VmRSS");
+    // Large requests (over 1 MiB) back to back, as one Splunk search sends its chunks.
+    let body = serde_json::to_vec(&escu_envelope(&dnsexfil::synth::dsdl_csv(40_000, 5))).unwrap();
+    assert!(body.len() > dnsexfil::memory::LARGE_REQUEST_BYTES);
+    for _ in 0..3 {
+        let answer: serde_json::Value = TestServer::client()
+            .post(format!("http://{}/apply", served.address))
+            .header("Authorization", TOKEN)
+            .body(body.clone())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(answer["status"], "success");
+    }
+    // The peak, not the figure now: a slow client leaves quiet moments between the requests,
+    // in which memory may already have gone back.
+    let peak = memory_of(pid, "VmHWM");
+    let grown = peak.saturating_sub(idle);
+    assert!(
+        grown > 16 << 20,
+        "the batches used memory: idle {idle}, peak {peak}"
+    );
+    // After the quiet moment, most of what the batches left cached is handed back.
+    let deadline = std::time::Instant::now()
+        + dnsexfil::memory::RELEASE_AFTER_QUIET
+        + std::time::Duration::from_secs(5);
+    let mut now = memory_of(pid, "VmRSS");
+    while now > idle + grown / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resident memory stays at {now} bytes (idle {idle}, peak {peak})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = memory_of(pid, "VmRSS");
+    }
+}

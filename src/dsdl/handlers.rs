@@ -52,12 +52,10 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     // async worker.
     let worker_state = state.clone();
     let body_len = bytes.len();
+    let large = crate::memory::LargeRequest::begin(body_len);
     let work = move || {
         let response = process(&worker_state, &bytes, endpoint);
-        if bytes.len() >= crate::memory::LARGE_REQUEST_BYTES {
-            drop(bytes);
-            crate::memory::release_freed_memory();
-        }
+        drop((bytes, large));
         response
     };
     let outcome = match endpoint {

@@ -162,13 +162,11 @@ async fn handle(
     // Decoding, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
+    let large = crate::memory::LargeRequest::begin(bytes.len());
     let outcome = state
         .run_compute(bytes.len(), move || {
             let answer = score_body(&worker_state, &bytes, format, params.model);
-            if bytes.len() >= crate::memory::LARGE_REQUEST_BYTES {
-                drop(bytes);
-                crate::memory::release_freed_memory();
-            }
+            drop((bytes, large));
             answer
         })
         .await;
