@@ -55,11 +55,11 @@ impl LargeRequests {
 
 static LARGE_REQUESTS: LargeRequests = LargeRequests::new();
 
-/// A large request in flight, from before its body is processed until its answer is ready.
+/// A large request in flight, from before it waits for a compute permit until its work ends.
 /// Dropping it hands freed memory back to the OS at once when the process holds more than
 /// [`RELEASE_AT_ONCE_ABOVE_BYTES`], else once large requests stop for [`RELEASE_AFTER_QUIET`].
 /// Made on the async runtime, it moves into the request's work and ends with it, even when the
-/// client has gone away meanwhile.
+/// client has gone away meanwhile (see `AppState::run_compute`).
 #[must_use = "the request counts as in flight only while the guard lives"]
 pub struct LargeRequest {
     runtime: Option<tokio::runtime::Handle>,
@@ -74,6 +74,14 @@ impl LargeRequest {
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }
         })
+    }
+}
+
+impl LargeRequest {
+    /// Ends the request on a blocking thread (training), which a later release cannot reach:
+    /// that thread's freed memory goes back now, the rest as for any large request.
+    pub fn end_on_blocking_thread(self) {
+        collect_this_thread();
     }
 }
 

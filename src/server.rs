@@ -17,6 +17,7 @@ use tower_http::trace::TraceLayer;
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
 use crate::limits::{self, Flavor, Limits};
+use crate::memory::LargeRequest;
 use crate::model::{ModelStore, Registry};
 use crate::suppress::Suppressions;
 use crate::{metrics, ops, request_id, rest};
@@ -81,46 +82,56 @@ impl AppState {
         body_len: usize,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, WorkerPanicked> {
-        // The permit moves into the task: if the client goes away, the work still holds it
-        // until it really ends, so the cores are never oversubscribed.
+        let large = LargeRequest::begin(body_len);
         let permit = self
             .compute
             .clone()
             .acquire_owned()
             .await
             .expect("the compute semaphore is never closed");
-        if body_len <= INLINE_MAX_BYTES {
+        // The permit and the large-request guard end with the work itself: if the client goes
+        // away, the work still holds them until it really ends, so the cores are never
+        // oversubscribed and its memory is handed back after it.
+        let job = move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            drop(permit);
-            return result.map_err(|panic| WorkerPanicked(panic_text(&*panic)));
-        }
-        // On the compute pool, whose threads also split the work of large requests: the memory
-        // they free stays with a few known threads, which `memory` hands back together. The
-        // request's span (and its request id) follows the work there.
-        let span = tracing::Span::current();
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let result =
-                span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
-            drop(permit);
-            // The request may have been given up (timeout, client gone): nobody to answer.
-            let _ = answer.send(result);
-        });
-        match answered.await {
-            Ok(result) => result.map_err(|panic| WorkerPanicked(panic_text(&*panic))),
-            Err(_) => Err(WorkerPanicked(
-                "the compute pool dropped the request".into(),
-            )),
-        }
+            drop((large, permit));
+            result
+        };
+        let result = if body_len <= INLINE_MAX_BYTES {
+            job()
+        } else {
+            // On the compute pool, whose threads also split the work of large requests: the
+            // memory they free stays with a few known threads, which `memory` hands back
+            // together. The request's span (and its request id) follows the work there.
+            let span = tracing::Span::current();
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            rayon::spawn(move || {
+                // The request may have been given up (timeout, client gone): nobody to answer.
+                let _ = answer.send(span.in_scope(job));
+            });
+            answered
+                .await
+                .map_err(|_| WorkerPanicked("the compute pool dropped the request".into()))?
+        };
+        result.map_err(|panic| WorkerPanicked(panic_text(&*panic)))
     }
 
-    /// Runs long CPU-bound `work` (training) on a blocking thread without a compute permit, in
-    /// the request's span.
+    /// Runs long CPU-bound `work` (training) for a request of `body_len` bytes on a blocking
+    /// thread without a compute permit, in the request's span.
     pub async fn run_uncounted<T: Send + 'static>(
+        body_len: usize,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
+        let large = LargeRequest::begin(body_len);
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work)).await
+        tokio::task::spawn_blocking(move || {
+            let result = span.in_scope(work);
+            if let Some(large) = large {
+                large.end_on_blocking_thread();
+            }
+            result
+        })
+        .await
     }
 
     /// When no loaded model answers to `model_name`/`algo`, looks at the model store once: another

@@ -52,17 +52,12 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     // async worker.
     let worker_state = state.clone();
     let body_len = bytes.len();
-    let large = crate::memory::LargeRequest::begin(body_len);
-    let work = move || {
-        let response = process(&worker_state, &bytes, endpoint);
-        drop((bytes, large));
-        response
-    };
+    let work = move || process(&worker_state, &bytes, endpoint);
     let outcome = match endpoint {
         Endpoint::Apply => state.run_compute(body_len, work).await,
         // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
         // (with one CPU there is only one). Fits are serialised by the fit slot instead.
-        Endpoint::Fit => AppState::run_uncounted(work)
+        Endpoint::Fit => AppState::run_uncounted(body_len, work)
             .await
             .map_err(|e| WorkerPanicked(e.to_string())),
     };

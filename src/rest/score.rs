@@ -162,12 +162,9 @@ async fn handle(
     // Decoding, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
-    let large = crate::memory::LargeRequest::begin(bytes.len());
     let outcome = state
         .run_compute(bytes.len(), move || {
-            let answer = score_body(&worker_state, &bytes, format, params.model);
-            drop((bytes, large));
-            answer
+            score_body(&worker_state, &bytes, format, params.model)
         })
         .await;
     let json = outcome.map_err(|e| {
