@@ -86,7 +86,7 @@ impl<'a> Scanner<'a> {
                     return Err("a quoted cell is never closed (a `\"` is missing)".into())
                 }
                 Err(RecordError::TextAfterQuote) => {
-                    self.skip_line();
+                    self.skip_rest_of_record()?;
                     return Ok(Some(Some(TEXT_AFTER_QUOTE)));
                 }
             }
@@ -97,11 +97,44 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn skip_line(&mut self) {
-        match self.bytes[self.pos..].iter().position(|&c| c == b'\n') {
-            Some(off) => self.pos += off + 1,
-            None => self.pos = self.bytes.len(),
+    /// Moves past the rest of a malformed record (the scanner stands just after the text that
+    /// follows a closing quote). A later cell of the same record may be quoted and hold line
+    /// ends, so the record ends at the first line end outside a quoted cell, not the first line
+    /// end: otherwise the rest of that cell would be read as records of its own, and every
+    /// result after it would land one row off.
+    fn skip_rest_of_record(&mut self) -> Result<(), String> {
+        let b = self.bytes;
+        let mut at_field_start = false;
+        while self.pos < b.len() {
+            let c = b[self.pos];
+            self.pos += 1;
+            match c {
+                b'\n' => return Ok(()),
+                b',' => at_field_start = true,
+                // As in a record read whole: a quote opens a quoted cell only at a cell's start.
+                b'"' if at_field_start => {
+                    let mut i = self.pos;
+                    loop {
+                        match b[i..].iter().position(|&c| c == b'"') {
+                            None => {
+                                return Err(
+                                    "a quoted cell is never closed (a `\"` is missing)".into()
+                                )
+                            }
+                            Some(off) if b.get(i + off + 1) == Some(&b'"') => i += off + 2,
+                            Some(off) => {
+                                i += off + 1;
+                                break;
+                            }
+                        }
+                    }
+                    self.pos = i;
+                    at_field_start = false;
+                }
+                _ => at_field_start = false,
+            }
         }
+        Ok(())
     }
 
     fn read_record(&mut self, fields: &mut Vec<Field>) -> Result<(), RecordError> {

@@ -353,10 +353,24 @@ impl<'a> Table<'a> {
             }
             Some(None) => {}
         }
+        // Saved from a spreadsheet, a CSV may start with a byte-order mark: not part of a name.
         let header: Vec<String> = fields
             .iter()
-            .map(|f| f.text(csv_text).trim().to_string())
+            .map(|f| {
+                let text = f.text(csv_text);
+                text.trim()
+                    .trim_start_matches('\u{feff}')
+                    .trim()
+                    .to_string()
+            })
             .collect();
+        if header.iter().any(|h| h.contains('\r')) {
+            return Err(ReadError::Table(TableError::Malformed {
+                row: 0,
+                detail: "header: lines end with a lone `\\r`; end each line with `\\n` or `\\r\\n`"
+                    .into(),
+            }));
+        }
         let position = |name: &str| header.iter().position(|h| h == name);
         let found = || clip(&header.join(", "), 200);
         let missing = |missing: &'static str| TableError::MissingColumn {
@@ -746,6 +760,38 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(matches!(t.skip_reason(0), Some(SkipReason::Malformed(_))));
         assert_eq!(t.kind(1), RowKind::Rank1);
+    }
+
+    #[test]
+    fn a_malformed_record_ends_at_its_own_end_even_past_a_quoted_line_end() {
+        // A later cell of the bad record holds line ends: its rest is not read as records, so
+        // the good rows after it keep their own positions (Splunk joins results by position).
+        for csv in [
+            "src,query,rank\n\"h\"x,\"a\nb.com\",1\nc,d.e,1\n",
+            "src,query,rank\n\"h\"x,\"a\nb\n\"\"c\"\".com\",1\r\nc,d.e,1\n",
+            // A quote inside an unquoted cell is text, as in a record read whole.
+            "src,query,rank\n\"h\"x,a\"b,\"c\nd\",1\nc,d.e,1\n",
+        ] {
+            let t = Table::parse(csv).unwrap();
+            assert_eq!(t.len(), 2, "{csv:?}");
+            assert!(matches!(t.skip_reason(0), Some(SkipReason::Malformed(_))));
+            assert_eq!(
+                (t.src(1), t.query(1), t.kind(1)),
+                ("c", "d.e", RowKind::Rank1)
+            );
+        }
+        let e = Table::parse("src,query,rank\n\"h\"x,\"never closed\nc,d.e,1\n").err();
+        assert!(e.unwrap().to_string().contains("never closed"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name_and_lone_cr_line_ends_are_named() {
+        let t = Table::parse("\u{feff}src,query,rank\na,www.google.com,1\n").unwrap();
+        assert_eq!((t.len(), t.src(0), t.kind(0)), (1, "a", RowKind::Rank1));
+        let e = Table::parse("src,query,rank\ra,b.com,1\rc,d.com,1\r")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("lone `\\r`"), "{e}");
     }
 
     #[test]
