@@ -362,7 +362,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "no model to serve (--no-default-model is set). Convert Splunk's published artifact and pass the result with --model:\n  \
              dnsexfil convert {ESCU_MODEL_NAME}.tar.gz -o escu.safetensors\n  \
              dnsexfil serve --model escu.safetensors\n\
-             (--model also takes the tarball or .pt directly; or put model files in {})",
+             (--model also takes the tarball or .pt directly; or put model files, named <model name>.safetensors, in {})",
             model_dir.display()
         );
     }

@@ -215,9 +215,25 @@ fn fitting_the_published_model_fine_tunes_its_weights() {
     let csv = labelled_csv(2000);
     let apply_csv = without_labels(&csv);
     let before = probabilities(&server.apply(&apply_csv));
-    let answer = server.post_json(
+    // Fitted into the ESCU model's own name, it would be saved as `<algo>_<model_name>`, which
+    // the ESCU detection's `apply` finds first: refused, and nothing changes for that search.
+    let in_place = server.post_json(
         "/fit",
         &fit_envelope(&csv, ESCU_MODEL_NAME, ESCU_MODEL_NAME, &[("epochs", "2")]),
+    );
+    assert_eq!(in_place["status"], "error", "{in_place}");
+    let message = in_place["message"].as_str().unwrap();
+    assert!(
+        message.contains("is a model this service was started with")
+            && message.contains("into app:OTHER"),
+        "{message}"
+    );
+    assert!(store_files(&server.model_dir()).is_empty());
+    assert_eq!(probabilities(&server.apply(&apply_csv)), before);
+    // Into another name, the algorithm fine-tunes the published weights.
+    let answer = server.post_json(
+        "/fit",
+        &fit_envelope(&csv, ESCU_MODEL_NAME, "corp", &[("epochs", "2")]),
     );
     assert_eq!(answer["status"], "success", "{answer}");
     let message = answer["message"].as_str().unwrap();
@@ -226,12 +242,16 @@ fn fitting_the_published_model_fine_tunes_its_weights() {
         "{message}"
     );
     assert!(message.contains("escu-v1"), "{message}");
-    // The ESCU search's own `apply` now reaches the fine-tuned model (`<algo>_<model_name>`).
-    let after = probabilities(&server.apply(&apply_csv));
+    let after = probabilities(&server.post_json(
+        "/apply",
+        &apply_envelope(&apply_csv, ESCU_MODEL_NAME, "corp"),
+    ));
     assert_same_scores(&after, &probabilities(&answer), "apply after fine-tune");
     let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     assert!(changed > 0, "the fine-tune changed no score");
-    let file = format!("{ESCU_MODEL_NAME}_{ESCU_MODEL_NAME}.safetensors");
+    // The ESCU detection's own `apply` still reaches the published model.
+    assert_eq!(probabilities(&server.apply(&apply_csv)), before);
+    let file = format!("{ESCU_MODEL_NAME}_corp.safetensors");
     assert_eq!(store_files(&server.model_dir()), vec![file]);
 }
 

@@ -284,6 +284,15 @@ fn fit_and_apply(
             "`{name}` is a model this service was started with (built in or given with --model); a fit would replace it for every search that uses it. Fit into another name (`into app:OTHER`), adding base={name} to start from its weights"
         ));
     }
+    // `apply M` looks for `<algo>_M` before `M` itself, so a fit saved as `<algo>_M` would take
+    // the place of a model M the service was started with, for the searches that use M (the
+    // ESCU detection applies its model with algo = model_name), under other output columns.
+    let model_name = &options.model_name;
+    if name != *model_name && state.registry.is_pinned(model_name) {
+        return fail(format!(
+            "`into app:{model_name}`: `{model_name}` is a model this service was started with (built in or given with --model); the fit would be saved as `{name}`, which `apply {model_name}` finds first, so it would replace `{model_name}` for every search that uses it. Fit into another name (`into app:OTHER`); algo={model_name} or base={model_name} starts from its weights"
+        ));
+    }
     let plan = match FitPlan::from_request(
         options.algo.as_deref(),
         &options.model_name,

@@ -37,6 +37,22 @@ fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(files)
 }
 
+/// Loads a model file of the store. The store keeps each model in `<name>.safetensors`, so a
+/// file must hold the model it is named after: a copy under another name (`x_old.safetensors`)
+/// would otherwise serve its old weights under the original's name, replacing the original at
+/// every scan, in the order the files happen to sort.
+fn load_store_file(path: &Path) -> Result<Model, String> {
+    let model = Model::load(path).map_err(|e| e.to_string())?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if model.info.name != stem {
+        return Err(format!(
+            "it holds the model `{}`, but a model file in the store must be named after its model: rename it to {}.safetensors, or move it out of the store",
+            model.info.name, model.info.name
+        ));
+    }
+    Ok(model)
+}
+
 impl Registry {
     pub fn new() -> Self {
         Self::default()
@@ -110,7 +126,7 @@ impl Registry {
             let before = stamp(&f);
             // One unreadable file (copied by hand, or from a newer version sharing the store)
             // must not keep the service, or every replica, from starting.
-            match Model::load(&f) {
+            match load_store_file(&f) {
                 Ok(model) => loaded.push(self.insert(model).info.name.clone()),
                 Err(e) => {
                     tracing::error!(file = %f.display(), problem = %e, "model file in the store skipped")
@@ -122,10 +138,18 @@ impl Registry {
         let has_escu_pt = dir.join(format!("{escu}.pt")).is_file()
             || dir.join(escu).join(format!("{escu}.pt")).is_file();
         if has_escu_pt && self.get(escu).is_none() {
-            let converted = convert::convert(dir, Some(escu))?;
-            let model = Model::from_bytes(&converted.bytes, escu)?;
-            loaded.push(self.insert(model).info.name.clone());
-            self.pin(escu);
+            // A half-copied or foreign `.pt` is skipped like any bad file in the store.
+            match convert::convert(dir, Some(escu))
+                .and_then(|converted| Model::from_bytes(&converted.bytes, escu))
+            {
+                Ok(model) => {
+                    loaded.push(self.insert(model).info.name.clone());
+                    self.pin(escu);
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), problem = %e, "the ESCU model's .pt in the store skipped")
+                }
+            }
         }
         Ok(loaded)
     }
@@ -175,9 +199,9 @@ impl Registry {
             if now.is_none() || now == known {
                 continue;
             }
-            match Model::load(&f) {
+            match load_store_file(&f) {
                 Ok(model) => loaded.push(self.insert(model).info.name.clone()),
-                Err(e) => failed.push((f.clone(), e.to_string())),
+                Err(e) => failed.push((f.clone(), e)),
             }
             // A bad file is not retried until it changes again.
             self.remember(&f, now);
@@ -220,9 +244,56 @@ mod tests {
         assert!(failed[0].0.ends_with("broken.safetensors"));
         // Nothing changed: nothing reloaded, the bad file is not retried.
         assert_eq!(registry.refresh_dir(dir.path()), (vec![], vec![]));
-        // A changed file is reloaded.
+        // A changed file is reloaded; a file must hold the model it is named after.
         std::fs::write(dir.path().join("broken.safetensors"), bytes).unwrap();
         let (loaded, failed) = registry.refresh_dir(dir.path());
-        assert_eq!((loaded, failed.len()), (vec!["dnsexfil_v2".to_string()], 0));
+        assert!(loaded.is_empty());
+        assert!(
+            failed[0].1.contains("rename it to dnsexfil_v2.safetensors"),
+            "{failed:?}"
+        );
+        model.info.name = "broken".into();
+        let repaired = crate::model::file::encode(&model.info, &tensors).unwrap();
+        std::fs::write(dir.path().join("broken.safetensors"), repaired).unwrap();
+        let (loaded, failed) = registry.refresh_dir(dir.path());
+        assert_eq!((loaded, failed.len()), (vec!["broken".to_string()], 0));
+    }
+
+    #[test]
+    fn a_copy_of_a_model_file_under_another_name_does_not_take_over_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        let mut model = crate::model::default_model().unwrap();
+        model.info.name = "corp".into();
+        let tensors = model.mlp.tensors().unwrap();
+        let old = crate::model::file::encode(&model.info, &tensors).unwrap();
+        std::fs::write(dir.path().join("corp_old.safetensors"), &old).unwrap();
+        model.info.threshold = 0.25;
+        let new = crate::model::file::encode(&model.info, &tensors).unwrap();
+        std::fs::write(dir.path().join("corp.safetensors"), &new).unwrap();
+        // `corp_old` sorts after `corp`: it used to be loaded last and win, at start-up and scans.
+        assert_eq!(
+            registry.load_dir(dir.path()).unwrap(),
+            vec!["corp".to_string()]
+        );
+        assert_eq!(registry.get("corp").unwrap().info.threshold, 0.25);
+        // Changed by hand later (another length, so the scan sees the change): still not loaded.
+        model.info.threshold = 0.125;
+        let changed = crate::model::file::encode(&model.info, &tensors).unwrap();
+        std::fs::write(dir.path().join("corp_old.safetensors"), changed).unwrap();
+        let (loaded, failed) = registry.refresh_dir(dir.path());
+        assert!(loaded.is_empty());
+        assert!(failed[0].1.contains("named after its model"), "{failed:?}");
+        assert_eq!(registry.get("corp").unwrap().info.threshold, 0.25);
+    }
+
+    #[test]
+    fn a_bad_escu_pt_in_the_store_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let pt = dir.path().join(format!("{}.pt", convert::ESCU_MODEL_NAME));
+        std::fs::write(pt, b"junk").unwrap();
+        let registry = Registry::new();
+        assert_eq!(registry.load_dir(dir.path()).unwrap(), Vec::<String>::new());
+        assert!(registry.get(convert::ESCU_MODEL_NAME).is_none());
     }
 }
