@@ -11,7 +11,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir)?;
+    create_dirs_durably(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.",
@@ -30,10 +30,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     // Make the rename itself durable.
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents, and makes each new entry durable (fsync of the
+/// directory holding it): after a power cut, a file saved in a new store folder must not vanish
+/// with the folder.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent);
+        }
+    }
+    Ok(())
+}
+
+/// fsync of a directory, for the entries just made in it. Best effort: some filesystems refuse
+/// to sync a directory (the data itself was already synced).
+fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 #[cfg(test)]

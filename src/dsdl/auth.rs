@@ -35,9 +35,10 @@ impl Token {
             Token::Set(t) => t.as_bytes(),
         };
         let raw_ok = given.ct_eq(token);
-        let bearer_ok = match given.strip_prefix(b"Bearer ") {
-            Some(rest) => rest.ct_eq(token),
-            None => 0u8.ct_eq(&1u8),
+        // The scheme name is case-insensitive (RFC 9110): `bearer` and `BEARER` are `Bearer`.
+        let bearer_ok = match given.split_at_checked(7) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"Bearer ") => rest.ct_eq(token),
+            _ => 0u8.ct_eq(&1u8),
         };
         if bool::from(raw_ok | bearer_ok) {
             None
@@ -80,6 +81,9 @@ mod tests {
         assert_eq!(t.refusal(Some(b"abc")), None);
         assert_eq!(t.refusal(Some(b"Bearer abc")), None);
         assert_eq!(t.refusal(Some(b"Bearer abd")), Some("Invalid token"));
+        assert_eq!(t.refusal(Some(b"bearer abc")), None);
+        assert_eq!(t.refusal(Some(b"BEARER abc")), None);
+        assert_eq!(t.refusal(Some(b"Bearerabc")), Some("Invalid token"));
         assert_eq!(t.refusal(Some(b"xabc")), Some("Invalid token"));
         assert_eq!(t.refusal(Some(b"")), Some("Invalid token"));
         assert_eq!(Token::Unset.refusal(Some(b"abc")), Some("No token setup"));

@@ -221,18 +221,26 @@ impl<D> Envelope<D> {
             .filter(|t| !t.is_empty())
     }
 
-    pub fn options_summary(&self) -> Options {
-        let model_name = self
-            .options()
-            .and_then(|o| o.get("model_name"))
-            .and_then(text_of)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default".to_string());
-        Options {
-            model_name,
+    /// The request's model name (`default` when absent, as in the stock container), algorithm
+    /// and mode. A model name that is not text is refused: read as `default`, a fit would save
+    /// over another model.
+    pub fn options_summary(&self) -> Result<Options, String> {
+        let model_name = match self.options().and_then(|o| o.get("model_name")) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(text_of(value).ok_or_else(|| {
+                format!(
+                    "meta.options.model_name must be text, not {}; name the model with `into app:NAME`",
+                    crate::rest::error::clip(&value.to_string(), 60)
+                )
+            })?),
+        };
+        Ok(Options {
+            model_name: model_name
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_string()),
             algo: self.param("algo").filter(|s| !s.is_empty()),
             stage: self.param("mode").as_deref() == Some("stage"),
-        }
+        })
     }
 
     /// `meta` without the user's Splunk session key, safe to write to disk.
@@ -252,7 +260,7 @@ mod tests {
     #[test]
     fn options_are_unquoted_and_defaulted() {
         let env = parse(br#"{"data":"src,query\n","meta":{"options":{"params":{"algo":"\"my_algo\"","mode":"\"stage\""},"model_name":"m1","session_key":"s3cret"}}}"#).unwrap();
-        let o = env.options_summary();
+        let o = env.options_summary().unwrap();
         assert_eq!(
             o,
             Options {
@@ -264,13 +272,25 @@ mod tests {
         assert!(!env.meta_without_secrets().to_string().contains("s3cret"));
         let env = parse(br#"{"data":""}"#).unwrap();
         assert_eq!(
-            env.options_summary(),
+            env.options_summary().unwrap(),
             Options {
                 model_name: "default".into(),
                 algo: None,
                 stage: false
             }
         );
+    }
+
+    #[test]
+    fn a_model_name_that_is_not_text_is_refused_not_defaulted() {
+        let env = parse(br#"{"data":"","meta":{"options":{"model_name":["corp"]}}}"#).unwrap();
+        let e = env.options_summary().unwrap_err();
+        assert!(
+            e.contains("model_name must be text") && e.contains("[\"corp\"]"),
+            "{e}"
+        );
+        let env = parse(br#"{"data":"","meta":{"options":{"model_name":null}}}"#).unwrap();
+        assert_eq!(env.options_summary().unwrap().model_name, "default");
     }
 
     #[test]

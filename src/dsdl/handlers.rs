@@ -153,7 +153,9 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
 
 /// The request's options, once the names in them are known to be safe to use.
 fn checked_options<D>(envelope: &Envelope<D>, endpoint: Endpoint) -> Result<Options, DsdlResponse> {
-    let options = envelope.options_summary();
+    let options = envelope
+        .options_summary()
+        .map_err(|msg| DsdlResponse::error(endpoint, msg))?;
     if let Err(msg) = validate_name(&options.model_name) {
         return Err(DsdlResponse::error(endpoint, format!("model_name: {msg}")));
     }

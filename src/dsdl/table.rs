@@ -32,8 +32,11 @@ impl SkipReason {
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SkipReason::Ragged { fields, expected } => {
+            SkipReason::Ragged { fields, expected } if fields > expected => {
                 write!(f, "{fields} fields where the header has {expected} (quote cells that contain commas)")
+            }
+            SkipReason::Ragged { fields, expected } => {
+                write!(f, "{fields} fields where the header has {expected}")
             }
             SkipReason::BadRank(text) => write!(f, "rank `{}` is not a number", clip(text, 40)),
             SkipReason::Malformed(what) => f.write_str(what),
