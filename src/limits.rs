@@ -2,8 +2,13 @@
 //! cannot queue unbounded work), and a time limit per request (503). Each route family answers
 //! in its own error format: /v1 JSON errors, or DSDL's `{"status": "error", ...}` body.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -71,8 +76,10 @@ pub fn guard(
 
 async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    // The permit lives until the response is produced: a request in flight holds one.
-    let Ok(_permit) = guard.in_flight.clone().try_acquire_owned() else {
+    // A request in flight holds a permit until its answer has been sent (or the connection is
+    // gone), not only until the answer is made: a client that reads slowly, or not at all, still
+    // counts, and so does the memory its answer holds.
+    let Ok(permit) = guard.in_flight.clone().try_acquire_owned() else {
         tracing::warn!(path = %path, limit = guard.limit, "request refused: too many in flight");
         let what = format!(
             "{} requests are already in flight, the limit (--max-concurrent-requests); retry shortly",
@@ -90,10 +97,10 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
         return resp;
     };
     let Some(limit) = guard.timeout else {
-        return next.run(req).await;
+        return holding_until_sent(next.run(req).await, permit);
     };
     match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
+        Ok(resp) => holding_until_sent(resp, permit),
         Err(_) => {
             // CPU work already started finishes in the background (it holds its compute slot),
             // so the cores are never oversubscribed; only the answer is given up.
@@ -110,6 +117,38 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
                 what,
             )
         }
+    }
+}
+
+/// `resp` with `held` kept alive until its body has been sent or dropped.
+fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
+    resp.map(|inner| Body::new(Holding { inner, _held: held }))
+}
+
+/// A response body that keeps something alive (the request's in-flight permit) as long as the
+/// body itself: until hyper has sent its last byte, or drops it with the connection.
+struct Holding<T> {
+    inner: Body,
+    _held: T,
+}
+
+impl<T: Unpin> http_body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -130,5 +169,42 @@ fn refuse(
             };
             (status, body).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn an_answer_counts_as_in_flight_until_its_body_is_sent() {
+        let in_flight = Arc::new(Semaphore::new(1));
+        let guard = Guard {
+            in_flight: in_flight.clone(),
+            limit: 1,
+            timeout: Some(Duration::from_secs(60)),
+            flavor: Flavor::V1,
+        };
+        let app: Router = Router::new()
+            .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
+            .route_layer(middleware::from_fn_with_state(guard, enforce));
+        let request = || Request::get("/big").body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Made but not yet read: still in flight, so the next request is refused.
+        assert_eq!(in_flight.available_permits(), 0);
+        let refused = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 1 << 20);
+        assert_eq!(in_flight.available_permits(), 1);
+        // An answer dropped unsent (the client went away) gives its permit back too.
+        let resp = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(in_flight.available_permits(), 0);
+        drop(resp);
+        assert_eq!(in_flight.available_permits(), 1);
     }
 }
