@@ -201,7 +201,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(|uri: Uri| async move {
-            if uri.path().starts_with("/v1/") {
+            if rest::is_v1_path(uri.path()) {
                 return rest::not_found(uri.path());
             }
             (
@@ -211,7 +211,7 @@ pub fn app(state: AppState) -> Router {
                 .into_response()
         })
         .method_not_allowed_fallback(|uri: Uri| async move {
-            if uri.path().starts_with("/v1/") {
+            if rest::is_v1_path(uri.path()) {
                 return rest::method_not_allowed(uri.path());
             }
             (

@@ -307,6 +307,14 @@ fn v1_errors_are_json_with_a_code_and_a_status() {
             "conflicting_model",
         ),
         (
+            // The client's text is echoed clipped, as in every other message.
+            "?model=a",
+            "application/json",
+            format!(r#"{{"model": "{}", "events": []}}"#, "m".repeat(2000)).into_bytes(),
+            422,
+            "conflicting_model",
+        ),
+        (
             "",
             "application/json",
             b"{\"events\": [".to_vec(),
@@ -321,16 +329,16 @@ fn v1_errors_are_json_with_a_code_and_a_status() {
             (status, code),
             "{query} {content_type}: {answer}"
         );
-        assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(!message.is_empty() && message.len() < 1000, "{message}");
     }
 
     // Unknown /v1 paths and methods answer in the /v1 format; DSDL's stay as they were.
-    let resp = client
-        .get(format!("{}/v1/nothing", server.url))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    assert_eq!(error_code(&resp.json().unwrap()), "not_found");
+    for path in ["/v1/nothing", "/v1"] {
+        let resp = client.get(format!("{}{path}", server.url)).send().unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(error_code(&resp.json().unwrap()), "not_found", "{path}");
+    }
     let resp = client
         .get(&url)
         .header("Authorization", TOKEN)

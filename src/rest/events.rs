@@ -26,8 +26,20 @@ pub struct Event {
     pub rank: Option<f64>,
     /// Event time (string or number). Accepted for the caller's bookkeeping; it does not change
     /// the score.
-    #[schema(value_type = Option<String>, example = "2024-05-01T12:00:00Z")]
+    #[schema(schema_with = time_schema)]
     pub time: Option<Value>,
+}
+
+/// `time` in the document: a string, a number or null, as the service accepts it.
+fn time_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Number, Type::Null]))
+        .description(Some(
+            "Event time (string or number). Accepted for the caller's bookkeeping; it does not change the score.",
+        ))
+        .examples([serde_json::json!("2024-05-01T12:00:00Z")])
+        .build()
 }
 
 /// A JSON scoring request.

@@ -29,6 +29,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     ))
 }
 
+/// Whether `path` is under `/v1` (`/v1` itself included), so its errors speak /v1's format.
+pub fn is_v1_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
 /// The DSDL token check, answered in the /v1 error format.
 async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
     let given = req

@@ -219,7 +219,11 @@ fn score_body(
         (Some(q), Some(b)) if q != b => {
             return Err(ApiError::unprocessable(
                 "conflicting_model",
-                format!("?model={q} and the body's `model` field `{b}` disagree; give one of them"),
+                format!(
+                    "?model={} and the body's `model` field `{}` disagree; give one of them",
+                    super::error::clip(&q, 130),
+                    super::error::clip(&b, 130)
+                ),
             ))
         }
         (q, b) => q.or(b),
