@@ -105,7 +105,7 @@ enum Format {
     ),
     responses(
         (status = 200, description = "One result per event, in order", body = ScoreResponse),
-        (status = 400, description = "The body is not JSON (`invalid_json`) or the query string is malformed (`invalid_query`)", body = ErrorBody),
+        (status = 400, description = "The body is not JSON (`invalid_json`), could not be read to its end (`body_unreadable`), or the query string is malformed (`invalid_query`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong token (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such model (`model_not_found`)", body = ErrorBody),
         (status = 413, description = "Body over --max-body-mb (`body_too_large`) or more events than --max-rows (`too_many_events`)", body = ErrorBody),
