@@ -54,11 +54,11 @@ pub struct EventResult<'a> {
     #[schema(required = true)]
     pub reason: Option<String>,
     /// Why the event could not be used, else null.
-    #[schema(required = true)]
-    pub error: Option<ErrorDetail>,
+    #[schema(required = true, value_type = Option<ErrorDetail>)]
+    pub error: Option<&'a ErrorDetail>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct ScoreResponse<'a> {
     /// Model that scored the request.
     #[schema(example = "dnsexfil_v2")]
@@ -75,7 +75,53 @@ pub struct ScoreResponse<'a> {
     /// Number of events with an error.
     pub errors: usize,
     /// One result per event, in request order.
-    pub results: Vec<EventResult<'a>>,
+    #[schema(value_type = Vec<EventResult>)]
+    pub results: Results<'a>,
+}
+
+/// The results of a request, made one at a time as they are written: a large request's answer
+/// is not held twice, as results and as text.
+pub struct Results<'a> {
+    state: &'a AppState,
+    model: &'a Model,
+    batch: &'a Batch,
+    probabilities: &'a [Option<f32>],
+}
+
+impl Serialize for Results<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let info = &self.model.info;
+        let schema = info.schema.name();
+        let results = self.batch.events.iter().zip(self.probabilities).enumerate();
+        serializer.collect_seq(results.map(|(index, (event, p))| {
+            let (src, query) = match &event.dns {
+                Some((s, q)) => (Some(s.as_str()), Some(q.as_str())),
+                None => (None, None),
+            };
+            let error = match &event.kind {
+                Kind::Invalid(e) => Some(e),
+                _ => None,
+            };
+            let reason = match (p, src, query) {
+                (Some(_), Some(s), Some(q)) => suppression_reason(self.state, s, q),
+                _ => None,
+            };
+            let label = p.map(|p| u8::from(reason.is_none() && p >= info.threshold));
+            EventResult {
+                index,
+                scored: p.is_some(),
+                src,
+                query,
+                // f64 of the f32, as `/apply` prints it, so both APIs give the same number.
+                probability: p.map(f64::from),
+                label,
+                model: &info.name,
+                schema,
+                reason,
+                error,
+            }
+        }))
+    }
 }
 
 /// Body formats `/v1/score` reads.
@@ -234,7 +280,11 @@ fn score_body(
     let model = models::choose(&state.registry, requested.as_deref())?;
     let probabilities = probabilities(&model, &batch)?;
     let response = build_response(state, &model, &batch, &probabilities);
-    Ok(serde_json::to_vec(&response).expect("results serialise"))
+    // Room for the whole answer at once (a result is a little over 200 bytes plus its event's
+    // text), so a large answer is not copied at every doubling; pages not written stay unused.
+    let mut out = Vec::with_capacity(body.len() + 320 * batch.events.len() + 256);
+    serde_json::to_writer(&mut out, &response).expect("results serialise");
+    Ok(out)
 }
 
 /// Scores the batch's rank-1 events with all usable events as history (the rows `/apply` would
@@ -272,59 +322,29 @@ fn probabilities(model: &Model, batch: &Batch) -> Result<Vec<Option<f32>>, ApiEr
 }
 
 fn build_response<'a>(
-    state: &AppState,
+    state: &'a AppState,
     model: &'a Model,
     batch: &'a Batch,
-    probabilities: &[Option<f32>],
+    probabilities: &'a [Option<f32>],
 ) -> ScoreResponse<'a> {
     let info = &model.info;
-    let schema = info.schema.name();
-    let mut errors = 0;
-    let results: Vec<EventResult> = batch
-        .events
-        .iter()
-        .zip(probabilities)
-        .enumerate()
-        .map(|(index, (event, p))| {
-            let (src, query) = match &event.dns {
-                Some((s, q)) => (Some(s.as_str()), Some(q.as_str())),
-                None => (None, None),
-            };
-            let error = match &event.kind {
-                Kind::Invalid(e) => {
-                    errors += 1;
-                    Some(e.clone())
-                }
-                _ => None,
-            };
-            let reason = match (p, src, query) {
-                (Some(_), Some(s), Some(q)) => suppression_reason(state, s, q),
-                _ => None,
-            };
-            let label = p.map(|p| u8::from(reason.is_none() && p >= info.threshold));
-            EventResult {
-                index,
-                scored: p.is_some(),
-                src,
-                query,
-                // f64 of the f32, as `/apply` prints it, so both APIs give the same number.
-                probability: p.map(f64::from),
-                label,
-                model: &info.name,
-                schema,
-                reason,
-                error,
-            }
-        })
-        .collect();
     ScoreResponse {
         model: &info.name,
-        schema,
+        schema: info.schema.name(),
         threshold: info.threshold,
         events: batch.events.len(),
         scored: probabilities.iter().filter(|p| p.is_some()).count(),
-        errors,
-        results,
+        errors: batch
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Invalid(_)))
+            .count(),
+        results: Results {
+            state,
+            model,
+            batch,
+            probabilities,
+        },
     }
 }
 
