@@ -140,8 +140,8 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
     let events = events
         .iter()
         .enumerate()
-        .map(|(i, raw)| match serde_json::from_str::<Value>(raw.get()) {
-            Ok(v) => decode(i, &v),
+        .map(|(i, raw)| match decode_text(i, raw.get()) {
+            Ok(decoded) => decoded,
             Err(e) => Decoded {
                 dns: None,
                 kind: Kind::Invalid(ErrorDetail {
@@ -226,21 +226,19 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
     }
     let events = lines()
         .enumerate()
-        .map(
-            |(i, (line_no, line))| match serde_json::from_str::<Value>(line) {
-                Ok(v) => decode(i, &v),
-                Err(e) => Decoded {
-                    dns: None,
-                    kind: Kind::Invalid(ErrorDetail {
-                        code: "invalid_json".into(),
-                        message: format!(
-                            "line {} is not JSON ({e}); send one event object per line",
-                            line_no + 1
-                        ),
-                    }),
-                },
+        .map(|(i, (line_no, line))| match decode_text(i, line) {
+            Ok(decoded) => decoded,
+            Err(e) => Decoded {
+                dns: None,
+                kind: Kind::Invalid(ErrorDetail {
+                    code: "invalid_json".into(),
+                    message: format!(
+                        "line {} is not JSON ({e}); send one event object per line",
+                        line_no + 1
+                    ),
+                }),
             },
-        )
+        })
         .collect();
     Ok(Batch {
         model: None,
@@ -258,6 +256,49 @@ fn too_many(max_events: usize) -> ApiError {
 
 /// Checks one event. Like a DSDL row with an unreadable rank, an event whose `src` and `query`
 /// are fine but whose `rank` or `time` is not still counts in its source's history.
+/// Decodes one event from its JSON text; `Err` when the text is not JSON. Valid JSON that
+/// serde_json cannot hold as a value (a number beyond f64's range, `1e999`) is read field by
+/// field: an unreadable `src`, `query`, `rank` or `time` is the event's error, and an event
+/// whose `src` and `query` are good still counts in its source's history, as with any other
+/// bad rank. Other fields are ignored, readable or not.
+fn decode_text(index: usize, text: &str) -> Result<Decoded, serde_json::Error> {
+    let not_a_value = match serde_json::from_str::<Value>(text) {
+        Ok(event) => return Ok(decode(index, &event)),
+        Err(e) => e,
+    };
+    let Ok(fields) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
+        return Err(not_a_value);
+    };
+    let mut readable = serde_json::Map::new();
+    let mut unreadable = Vec::new();
+    for (name, raw) in fields {
+        if !KNOWN_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => {
+                readable.insert(name, value);
+            }
+            Err(e) => unreadable.push(format!("`{name}` cannot be read ({e})")),
+        }
+    }
+    if unreadable.is_empty() {
+        return Ok(decode(index, &Value::Object(readable)));
+    }
+    unreadable.sort();
+    let dns = decode(index, &Value::Object(readable)).dns;
+    Ok(Decoded {
+        dns,
+        kind: Kind::Invalid(ErrorDetail {
+            code: "invalid_event".into(),
+            message: format!("event {index}: {}", unreadable.join("; ")),
+        }),
+    })
+}
+
+/// The fields of an event the service reads.
+const KNOWN_FIELDS: [&str; 4] = ["src", "query", "rank", "time"];
+
 fn decode(index: usize, event: &Value) -> Decoded {
     let invalid = |dns, message: String| Decoded {
         dns,
@@ -346,6 +387,39 @@ mod tests {
                 Kind::Invalid(_) => "invalid",
             })
             .collect()
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_the_events_error_and_a_good_src_and_query_still_count() {
+        let body = br#"{"events": [
+            {"src": "a", "query": "x.y", "rank": 1e999},
+            {"src": "a", "query": "x.y", "extra": [1e999]},
+            {"src": 1e999, "query": "x.y"}
+        ]}"#;
+        let batch = from_json(body, 100).unwrap();
+        assert_eq!(kinds(&batch), ["invalid", "scored", "invalid"]);
+        let feeds: Vec<bool> = batch.events.iter().map(|e| e.dns.is_some()).collect();
+        assert_eq!(feeds, [true, true, false]);
+        let Kind::Invalid(e) = &batch.events[0].kind else {
+            unreachable!()
+        };
+        assert_eq!(e.code, "invalid_event");
+        assert!(
+            e.message
+                .starts_with("event 0: `rank` cannot be read (number out of range"),
+            "{}",
+            e.message
+        );
+        // NDJSON reads its lines the same way.
+        let lines = from_ndjson(
+            b"{\"src\": \"a\", \"query\": \"x.y\", \"rank\": 1e999}\n",
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            (kinds(&lines)[0], lines.events[0].dns.is_some()),
+            ("invalid", true)
+        );
     }
 
     #[test]
