@@ -32,6 +32,48 @@ impl AsRef<str> for EscapedCsv<'_> {
     }
 }
 
+/// `text` with every `\uXXXX` escape of an unpaired UTF-16 surrogate replaced by `\ufffd` (the
+/// same length), or `None` when it has none.
+fn with_lone_surrogates_replaced(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let surrogate_at = |i: usize| -> Option<u16> {
+        let hex = b.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        let unit = u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()?;
+        (0xD800..=0xDFFF).contains(&unit).then_some(unit)
+    };
+    let mut lone = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match surrogate_at(i) {
+            // A high surrogate followed by a low one: a pair, one character.
+            Some(0xD800..=0xDBFF) if surrogate_at(i + 6).is_some_and(|low| low >= 0xDC00) => {
+                i += 12;
+            }
+            Some(_) => {
+                lone.push(i);
+                i += 6;
+            }
+            // Any other escape: the backslash and the character it escapes.
+            None => i += 2,
+        }
+    }
+    if lone.is_empty() {
+        return None;
+    }
+    let mut patched = text.as_bytes().to_vec();
+    for at in lone {
+        patched[at..at + 6].copy_from_slice(b"\\ufffd");
+    }
+    String::from_utf8(patched).ok()
+}
+
 /// What the handlers use from `meta.options`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -54,9 +96,19 @@ pub fn parse(body: &[u8]) -> Result<Envelope, String> {
         }
     };
     // From text already known to be UTF-8, serde_json does not check the strings again.
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        format!("the request body is not valid JSON ({e}); send {{\"data\": \"<CSV text>\", \"meta\": {{\"options\": {{...}}}}}}")
-    })?;
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        // Python's json writes a string holding a lone surrogate (from bytes that were not
+        // UTF-8) as `\udXXX`; serde_json refuses it. Such a character becomes U+FFFD, so one odd
+        // query does not fail the whole batch.
+        Err(e) => match with_lone_surrogates_replaced(text) {
+            Some(patched) => serde_json::from_str(&patched),
+            None => Err(e),
+        }
+        .map_err(|e| {
+            format!("the request body is not valid JSON ({e}); send {{\"data\": \"<CSV text>\", \"meta\": {{\"options\": {{...}}}}}}")
+        })?,
+    };
     let Value::Object(mut obj) = value else {
         return Err(
             "the request body must be a JSON object {\"data\": \"<CSV text>\", \"meta\": {...}}"
@@ -279,6 +331,22 @@ mod tests {
                 stage: false
             }
         );
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_become_the_replacement_character() {
+        let env = parse(
+            br#"{"data":"src,query,rank\na,x\ud800y.com,1\nb,\udc00\\ud800\ud83d\ude00.com,1\n"}"#,
+        )
+        .unwrap();
+        // The paired escape stays the emoji; a `\\ud800` after an escaped backslash is text.
+        assert_eq!(
+            env.data,
+            "src,query,rank\na,x\u{fffd}y.com,1\nb,\u{fffd}\\ud800\u{1f600}.com,1\n"
+        );
+        assert!(parse(br#"{"data": 1"#)
+            .unwrap_err()
+            .contains("not valid JSON"));
     }
 
     #[test]
