@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -122,13 +122,27 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
 
 /// `resp` with `held` kept alive until its body has been sent or dropped.
 fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
-    resp.map(|inner| Body::new(Holding { inner, _held: held }))
+    resp.map(|inner| {
+        Body::new(Holding {
+            inner,
+            rest: Bytes::new(),
+            _held: held,
+        })
+    })
 }
 
+/// Largest piece of an answer handed to hyper at once. hyper asks for the next piece only when
+/// it has room to send it, so a body is finished (and dropped) only when all but its last
+/// piece has gone to the client; a whole answer handed over at once would end its body at
+/// once, however slowly the client reads. Pieces are slices of the answer, not copies.
+const PIECE_BYTES: usize = 1 << 20;
+
 /// A response body that keeps something alive (the request's in-flight permit) as long as the
-/// body itself: until hyper has sent its last byte, or drops it with the connection.
+/// body itself: until hyper has taken its last piece, or drops it with the connection.
 struct Holding<T> {
     inner: Body,
+    /// What is left of a data frame larger than a piece.
+    rest: Bytes,
     _held: T,
 }
 
@@ -140,15 +154,32 @@ impl<T: Unpin> http_body::Body for Holding<T> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return Poll::Ready(other),
+            }
+        }
+        let piece = this.rest.split_to(this.rest.len().min(PIECE_BYTES));
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
@@ -206,5 +237,20 @@ mod tests {
         assert_eq!(in_flight.available_permits(), 0);
         drop(resp);
         assert_eq!(in_flight.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_handed_over_in_pieces_with_its_exact_length() {
+        let resp = holding_until_sent(vec![7u8; 5 * PIECE_BYTES / 2].into_response(), ());
+        let mut body = resp.into_body();
+        assert_eq!(
+            http_body::Body::size_hint(&body).exact(),
+            Some(5 * PIECE_BYTES as u64 / 2)
+        );
+        let mut pieces = Vec::new();
+        while let Some(frame) = body.frame().await {
+            pieces.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(pieces, [PIECE_BYTES, PIECE_BYTES, PIECE_BYTES / 2]);
     }
 }

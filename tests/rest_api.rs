@@ -481,6 +481,50 @@ fn a_saturated_service_answers_429_in_each_format_and_recovers() {
 }
 
 #[test]
+fn an_answer_the_client_does_not_read_stays_in_flight_until_it_is_sent() {
+    let server = TestServer::start_with(ServerOptions {
+        limits: Limits {
+            max_concurrent_requests: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    // 200,000 events that are all errors: a 600 kB request with a 54 MB answer, far more than
+    // the two sockets' buffers hold, so most of it waits for the client.
+    let events = vec!["{}"; 200_000].join(",");
+    let body = format!(r#"{{"events": [{events}]}}"#).into_bytes();
+    let mut stalled = start_request(
+        &server.url,
+        "/v1/score",
+        "application/json",
+        &body,
+        body.len(),
+    );
+    // The answer has been made once its first bytes arrive; then the client stops reading.
+    let mut head = [0u8; 12];
+    stalled.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric(&server.url, "dnsexfil_requests_in_flight"), 1.0);
+    let small = json!({"events": [{"src": "a", "query": "b.c"}]})
+        .to_string()
+        .into_bytes();
+    let (status, answer) = score(&server, "", "application/json", small.clone());
+    assert_eq!((status, error_code(&answer)), (429, "too_many_requests"));
+    // Read to the end: the answer is whole, and the slot is free again.
+    let mut raw = head.to_vec();
+    stalled.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let answer: Value = serde_json::from_slice(&raw[at + 4..]).unwrap();
+    assert_eq!(answer["errors"], 200_000);
+    wait_for("the slot to free", || {
+        metric(&server.url, "dnsexfil_requests_in_flight") == 0.0
+    });
+    let (status, answer) = score(&server, "", "application/json", small);
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[test]
 fn slow_requests_time_out_with_503_except_fit() {
     let server = TestServer::start_with(ServerOptions {
         limits: Limits {
