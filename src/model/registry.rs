@@ -103,15 +103,16 @@ impl Registry {
     /// `apply detect_dns_..._in_dsdl` reaches the converted ESCU model.
     pub fn resolve(&self, model_name: &str, algo: Option<&str>) -> Option<Arc<Model>> {
         let models = self.models.read().expect("registry lock");
-        let mut candidates = Vec::with_capacity(3);
-        if let Some(algo) = algo {
-            candidates.push(format!("{algo}_{model_name}"));
-        }
-        candidates.push(model_name.to_string());
-        if let Some(algo) = algo {
-            candidates.push(algo.to_string());
-        }
-        candidates.iter().find_map(|c| models.get(c).cloned())
+        // Only the joined name is made; the others are looked up as they are (every DSDL request
+        // resolves its model).
+        let joined = algo.map(|algo| format!("{algo}_{model_name}"));
+        let found = joined
+            .as_deref()
+            .into_iter()
+            .chain([model_name])
+            .chain(algo)
+            .find_map(|name| models.get(name).cloned());
+        found
     }
 
     /// Loads every model file in `dir` (`*.safetensors`), and converts in memory a published
