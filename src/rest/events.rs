@@ -254,8 +254,6 @@ fn too_many(max_events: usize) -> ApiError {
     )
 }
 
-/// Checks one event. Like a DSDL row with an unreadable rank, an event whose `src` and `query`
-/// are fine but whose `rank` or `time` is not still counts in its source's history.
 /// Decodes one event from its JSON text; `Err` when the text is not JSON. Valid JSON that
 /// serde_json cannot hold as a value (a number beyond f64's range, `1e999`) is read field by
 /// field: an unreadable `src`, `query`, `rank` or `time` is the event's error, and an event
@@ -299,6 +297,8 @@ fn decode_text(index: usize, text: &str) -> Result<Decoded, serde_json::Error> {
 /// The fields of an event the service reads.
 const KNOWN_FIELDS: [&str; 4] = ["src", "query", "rank", "time"];
 
+/// Checks one event. Like a DSDL row with an unreadable rank, an event whose `src` and `query`
+/// are fine but whose `rank` or `time` is not still counts in its source's history.
 fn decode(index: usize, event: &Value) -> Decoded {
     let invalid = |dns, message: String| Decoded {
         dns,
