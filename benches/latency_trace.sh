@@ -10,37 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-64}
-port=${DNSEXFIL_BENCH_PORT:-5077}
-artifact=../shared/artifacts/detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.tar.gz
 command -v perf >/dev/null || { echo "perf is needed (Debian: linux-perf)" >&2; exit 1; }
-if ! command -v wrk >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
-cargo build --release --quiet
-bin=target/release/dnsexfil
-work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-"$bin" synth --rows 100 --seed 1 --envelope -o "$work/rows100.json"
-cat > "$work/post.lua" <<'LUA'
-function init(args)
-  local f = assert(io.open(args[1], "rb"))
-  wrk.body = f:read("*a")
-  f:close()
-  wrk.method = "POST"
-  wrk.path = "/apply"
-  wrk.headers["Authorization"] = "bench-token"
-  wrk.headers["Content-Type"] = "application/json"
-end
-LUA
-
-env ${WORKERS:+TOKIO_WORKER_THREADS=$WORKERS} api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn \
-  "$bin" serve --host 127.0.0.1 --port "$port" --model "$artifact" --data-dir "$work/data" &
-server=$!
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-  sleep 0.1
-done
+. benches/http_bench.sh
+prepare_bench
+start_server ${WORKERS:+TOKIO_WORKER_THREADS=$WORKERS}
 load=(-t"${WRK_THREADS:-2}" -c"$conns" --latency -s "$work/post.lua" "http://127.0.0.1:$port")
 wrk -d2s "${load[@]}" -- "$work/rows100.json" >/dev/null
 wrk -d6s "${load[@]}" -- "$work/rows100.json" > "$work/wrk.txt" &

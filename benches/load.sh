@@ -6,46 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-port=${DNSEXFIL_BENCH_PORT:-5077}
-artifact=../shared/artifacts/detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.tar.gz
-
-if ! command -v wrk >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
-cargo build --release --quiet
-bin=target/release/dnsexfil
-work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-"$bin" synth --rows 100 --seed 1 --envelope -o "$work/rows100.json"
+. benches/http_bench.sh
+prepare_bench
 "$bin" synth --rows 100000 --seed 2 --envelope -o "$work/rows100k.json"
-cat > "$work/post.lua" <<'LUA'
--- A static request: wrk formats it once and sends the same bytes every time without calling
--- into Lua, so the load tool takes less of the CPU the server shares with it.
-function init(args)
-  local f = assert(io.open(args[1], "rb"))
-  wrk.body = f:read("*a")
-  f:close()
-  wrk.method = "POST"
-  wrk.path = "/apply"
-  wrk.headers["Authorization"] = "bench-token"
-  wrk.headers["Content-Type"] = "application/json"
-end
--- Little's law: requests really outstanding on average (throughput x mean latency). Near the
--- connection count when the load tool keeps every connection busy.
-function done(summary, latency, requests)
-  local rate = summary.requests / (summary.duration / 1e6)
-  io.write(string.format("Outstanding requests on average: %.1f\n", rate * latency.mean / 1e6))
-end
-LUA
-
-api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn "$bin" serve --host 127.0.0.1 --port "$port" \
-  --model "$artifact" --data-dir "$work/data" &
-server=$!
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-  sleep 0.1
-done
+start_server
 rss() { awk -v k="$1" '$1 == k":" {print $2 / 1024 " MiB"}' "/proc/$server/status"; }
 echo "idle RSS: $(rss VmRSS)"
 

@@ -1,0 +1,51 @@
+# Shared by the HTTP benches (sourced, not run): installs wrk if missing, builds the service,
+# makes a scratch directory with a 100-row DSDL request and wrk's request script, and starts
+# `dnsexfil serve` on the published ESCU model.
+# Sets: port, bin, work (scratch directory, removed on exit), server (the server's pid).
+
+port=${DNSEXFIL_BENCH_PORT:-5077}
+artifact=../shared/artifacts/detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.tar.gz
+
+prepare_bench() {
+  if ! command -v wrk >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+  fi
+  cargo build --release --quiet
+  bin=target/release/dnsexfil
+  work=$(mktemp -d)
+  server=
+  trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+  "$bin" synth --rows 100 --seed 1 --envelope -o "$work/rows100.json"
+  cat > "$work/post.lua" <<'LUA'
+-- A static request: wrk formats it once and sends the same bytes every time without calling
+-- into Lua, so the load tool takes less of the CPU the server shares with it.
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.method = "POST"
+  wrk.path = "/apply"
+  wrk.headers["Authorization"] = "bench-token"
+  wrk.headers["Content-Type"] = "application/json"
+end
+-- Little's law: requests really outstanding on average (throughput x mean latency). Near the
+-- connection count when the load tool keeps every connection busy.
+function done(summary, latency, requests)
+  local rate = summary.requests / (summary.duration / 1e6)
+  io.write(string.format("Outstanding requests on average: %.1f\n", rate * latency.mean / 1e6))
+end
+LUA
+}
+
+# start_server [VAR=value ...]: the server with these extra environment settings, once healthy.
+start_server() {
+  env "$@" api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn "$bin" serve --host 127.0.0.1 \
+    --port "$port" --model "$artifact" --data-dir "$work/data" &
+  server=$!
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the server did not start on port $port (DNSEXFIL_BENCH_PORT picks another)" >&2
+  exit 1
+}
