@@ -6,7 +6,8 @@
 # reading the answer (benches/latency_trace.py). Tracing slows both sides by 10 to 30%.
 # Usage: benches/latency_trace.sh [connections]   (default 64)
 # Environment: WORKERS (the server's async workers, default: one per core), WRK_THREADS
-# (default 2), DNSEXFIL_BENCH_PORT (default 5077).
+# (default 2), RAISED=1 (wrk at the raised priority load.sh gives it), DNSEXFIL_BENCH_PORT
+# (default 5077).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-64}
@@ -16,7 +17,9 @@ prepare_bench
 start_server ${WORKERS:+TOKIO_WORKER_THREADS=$WORKERS}
 load=(-t"${WRK_THREADS:-2}" -c"$conns" --latency -s "$work/post.lua" "http://127.0.0.1:$port")
 wrk -d2s "${load[@]}" -- "$work/rows100.json" >/dev/null
-wrk -d6s "${load[@]}" -- "$work/rows100.json" > "$work/wrk.txt" &
+wrk_prefix=()
+if [ "${RAISED:-0}" = 1 ]; then wrk_prefix=("${prioritized[@]}"); fi
+"${wrk_prefix[@]}" wrk -d6s "${load[@]}" -- "$work/rows100.json" > "$work/wrk.txt" &
 wrk_pid=$!
 sleep 2
 # Only these two processes (and all their threads).
