@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use bytes::Buf;
 use http_body::{Frame, SizeHint};
 
 use axum::extract::{Request, State};
@@ -18,6 +19,7 @@ use axum::Router;
 use tokio::sync::Semaphore;
 
 use crate::dsdl::DsdlResponse;
+use crate::memory::LargeRequest;
 use crate::rest::error::ApiError;
 use crate::server::AppState;
 
@@ -126,6 +128,7 @@ fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Res
         Body::new(Holding {
             inner,
             rest: Bytes::new(),
+            large_answer: None,
             _held: held,
         })
     })
@@ -134,7 +137,12 @@ fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Res
 /// Largest piece of an answer handed to hyper at once. hyper asks for the next piece only when
 /// it has room to send it, so a body is finished (and dropped) only when all but its last
 /// piece has gone to the client; a whole answer handed over at once would end its body at
-/// once, however slowly the client reads. Pieces are slices of the answer, not copies.
+/// once, however slowly the client reads.
+///
+/// The pieces of an answer larger than one piece are copies, not slices: the answer's buffer
+/// is then freed as soon as its last piece is cut, and the memory release that follows the
+/// answer (it counts as a large request until sent) finds it freed. A slice would keep the
+/// whole buffer alive until hyper had written it.
 const PIECE_BYTES: usize = 1 << 20;
 
 /// A response body that keeps something alive (the request's in-flight permit) as long as the
@@ -143,6 +151,9 @@ struct Holding<T> {
     inner: Body,
     /// What is left of a data frame larger than a piece.
     rest: Bytes,
+    /// Held while an answer larger than a piece is sent: it ends with the body, and then hands
+    /// the answer's freed memory back to the OS like any large request's.
+    large_answer: Option<LargeRequest>,
     _held: T,
 }
 
@@ -158,13 +169,28 @@ impl<T: Unpin> http_body::Body for Holding<T> {
         if this.rest.is_empty() {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => this.rest = data,
+                    Ok(data) if data.len() <= PIECE_BYTES => {
+                        return Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => {
+                        if this.large_answer.is_none() {
+                            this.large_answer = LargeRequest::begin(data.len());
+                        }
+                        this.rest = data;
+                    }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 other => return Poll::Ready(other),
             }
         }
-        let piece = this.rest.split_to(this.rest.len().min(PIECE_BYTES));
+        let take = this.rest.len().min(PIECE_BYTES);
+        let piece = Bytes::copy_from_slice(&this.rest[..take]);
+        if take == this.rest.len() {
+            // Frees the answer's buffer now (see PIECE_BYTES).
+            this.rest = Bytes::new();
+        } else {
+            this.rest.advance(take);
+        }
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 

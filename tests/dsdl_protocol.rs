@@ -512,3 +512,50 @@ fn memory_of_large_requests_goes_back_to_the_os_once_they_stop() {
         now = memory_of(pid, "VmRSS");
     }
 }
+
+#[test]
+fn memory_of_an_answer_much_larger_than_its_request_goes_back_once_it_is_sent() {
+    if !std::path::Path::new("/proc/self/status").exists() {
+        return; // memory figures are read from /proc
+    }
+    let served = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    let pid = served.child.id();
+    let idle = memory_of(pid, "VmRSS");
+    // Empty events: under 1 MiB of request, so only its answer (one error result of about
+    // 270 bytes per event) makes it large.
+    let events = 300_000;
+    let body = format!("{{\"events\":[{}]}}", vec!["{}"; events].join(","));
+    assert!(body.len() < dnsexfil::memory::LARGE_REQUEST_BYTES);
+    let answer = TestServer::client()
+        .post(format!("http://{}/v1/score", served.address))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(answer.len() > 50 << 20, "{} bytes", answer.len());
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["errors"], events);
+    let peak = memory_of(pid, "VmHWM");
+    let grown = peak.saturating_sub(idle);
+    assert!(
+        grown > 50 << 20,
+        "the answer was held: idle {idle}, peak {peak}"
+    );
+    // Once sent, the answer's memory goes back (after the quiet moment, or at once above the
+    // budget), with no later request to trigger it.
+    let deadline = std::time::Instant::now()
+        + dnsexfil::memory::RELEASE_AFTER_QUIET
+        + std::time::Duration::from_secs(5);
+    let mut now = memory_of(pid, "VmRSS");
+    while now > idle + grown / 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resident memory stays at {now} bytes after the answer (idle {idle}, peak {peak})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = memory_of(pid, "VmRSS");
+    }
+}
