@@ -321,6 +321,14 @@ fn v1_errors_are_json_with_a_code_and_a_status() {
             400,
             "invalid_json",
         ),
+        (
+            // A misspelt `model` is refused, not scored with the default model.
+            "",
+            "application/json",
+            br#"{"Model": "dnsexfil_v2", "events": []}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
     ];
     for (query, content_type, body, status, code) in cases {
         let (got, answer) = score(&server, query, content_type, body);

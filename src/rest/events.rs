@@ -42,8 +42,12 @@ fn time_schema() -> utoipa::openapi::Object {
         .build()
 }
 
+/// The fields a JSON scoring request may have ([`ScoreRequest`]).
+const BODY_FIELDS: [&str; 2] = ["model", "events"];
+
 /// A JSON scoring request.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documents the wire format; the body is read as a JSON value
 pub struct ScoreRequest {
     /// Model to use; the same as `?model=` (both may be given only if they agree). Default: the
@@ -102,6 +106,31 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
             ),
         )
     })?;
+    // A misspelt `model` ("Model", "model_name") would otherwise score with the default model
+    // without a word, so a field the body does not take is refused, named.
+    let mut unknown: Vec<&str> = object
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !BODY_FIELDS.contains(key))
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        let named: Vec<String> = unknown
+            .iter()
+            .take(3)
+            .map(|key| format!("`{}`", clip(key, 40)))
+            .collect();
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "the body has {} field{} it does not take: {}{}; a body takes only `model` and `events` (fields of an event go inside `events`)",
+                unknown.len(),
+                if unknown.len() == 1 { "" } else { "s" },
+                named.join(", "),
+                if unknown.len() > 3 { ", ..." } else { "" }
+            ),
+        ));
+    }
     let model = match object.get("model").map(|raw| raw.get()) {
         None => None,
         Some(raw) => match serde_json::from_str::<Value>(raw) {
@@ -481,6 +510,27 @@ mod tests {
         );
         assert_eq!(from_ndjson(b"{}\n{}\n", 2).unwrap().events.len(), 2);
         assert_eq!(code(from_ndjson(b"\xff", 2)), "invalid_json");
+    }
+
+    #[test]
+    fn a_field_the_body_does_not_take_is_refused_by_name() {
+        let refused = from_json(br#"{"Model": "escu", "events": []}"#, 10).unwrap_err();
+        assert_eq!(refused.code, "invalid_request");
+        assert!(refused.message.contains("`Model`"), "{}", refused.message);
+        assert!(
+            refused.message.contains("`model` and `events`"),
+            "{}",
+            refused.message
+        );
+        let refused =
+            from_json(br#"{"events": [], "a": 1, "b": 2, "c": 3, "d": 4}"#, 10).unwrap_err();
+        assert!(
+            refused.message.contains("4 fields") && refused.message.contains("`a`, `b`, `c`, ..."),
+            "{}",
+            refused.message
+        );
+        // The two fields it takes, null model included.
+        assert!(from_json(br#"{"model": null, "events": []}"#, 10).is_ok());
     }
 
     #[test]
