@@ -172,6 +172,12 @@ dockerfile = read("docker/Dockerfile")
 m = re.search(r"(?m)^ARG VERSION=(\S+)", dockerfile)
 if not m or m.group(1) != version:
     fail(f"docker/Dockerfile: ARG VERSION={m.group(1) if m else '?'} != {version} (Cargo.toml)")
+# The dependency layer builds against stubs: cargo refuses the manifest if a bench it names has
+# no file, so every `[[bench]]` needs its stub there.
+for bench in re.findall(r'(?m)^\[\[bench\]\]\s*\nname\s*=\s*"([^"]+)"', cargo):
+    if f"> benches/{bench}.rs" not in dockerfile:
+        fail(f"docker/Dockerfile: the dependency step makes no stub benches/{bench}.rs "
+             f"(Cargo.toml names `[[bench]] {bench}`, and cargo refuses the manifest without it)")
 allowed = [l[1:].strip().rstrip("/") for l in read(".dockerignore").splitlines() if l.startswith("!")]
 for line in re.findall(r"(?m)^COPY\s+(.+)$", dockerfile):
     words = line.split()
