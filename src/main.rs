@@ -26,7 +26,13 @@ fn main() -> ExitCode {
                 .on_thread_park(dnsexfil::memory::on_async_worker_park)
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(cli::run_serve(args)))
+                .and_then(|rt| {
+                    let served = rt.block_on(cli::run_serve(args));
+                    // Blocking work still running (a fit, which stops at its next batch once
+                    // the service is stopping) gets a moment, not an unbounded wait.
+                    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                    served
+                })
         }
     };
     match outcome {

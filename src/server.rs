@@ -298,7 +298,8 @@ pub async fn serve(
     let shutdown = handle.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
+        STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("shutting down: finishing requests in flight (fits in training stop)");
         shutdown.graceful_shutdown(Some(grace));
     });
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -317,6 +318,10 @@ pub async fn serve(
         }
     }
 }
+
+/// Set when the service starts shutting down: work that could outlast the grace period (a fit's
+/// training) checks it and stops, so the process exits within the grace period.
+pub static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

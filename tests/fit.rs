@@ -549,3 +549,63 @@ fn replicas_sharing_the_store_serve_what_another_replica_fitted() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
+    let store = tempfile::tempdir().unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--enable-https=false".into(),
+        "--model-dir".into(),
+        store.path().as_os_str().to_owned(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+    let mut served = ServedBinary::start(&refs);
+    // Far more epochs than the test waits for: only the stop can end this fit in time.
+    let body = fit_envelope(
+        &labelled_csv(2000),
+        "dnsexfil",
+        "long",
+        &[("epochs", "1000"), ("patience", "1000")],
+    );
+    let address = served.address.clone();
+    let fit = std::thread::spawn(move || {
+        TestServer::client()
+            .post(format!("http://{address}/fit"))
+            .header("Authorization", TOKEN)
+            .json(&body)
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+    });
+    let logs = served.logs.clone();
+    let started = Instant::now();
+    while !logs.lock().unwrap().iter().any(|l| l.contains("fit epoch")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the fit never trained an epoch"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    let pid = served.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let answer = fit.join().unwrap().expect("the fit is answered");
+    assert_eq!(answer["status"], "error", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("shutting down") && message.contains("nothing was saved"),
+        "{message}"
+    );
+    let exit = served.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // Well within the shutdown grace period (30 s by default), which a fit used to outlast.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(store_files(store.path()), Vec::<String>::new());
+}

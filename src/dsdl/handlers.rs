@@ -350,6 +350,7 @@ fn fit_and_apply(
     };
     let mut plan = plan;
     plan.params.time_limit = Some(state.config.fit_time_limit);
+    plan.params.stop_when = Some(&crate::server::STOPPING);
     tracing::info!(model = %name, schema = %plan.schema, rows = labelled.data.len(), positives, sources,
         base = plan.base.as_ref().map(|b| b.info.name.as_str()), "fit started");
     let fitted = match fit_labelled(&labelled, &plan, info, |e| {
@@ -360,6 +361,11 @@ fn fit_and_apply(
         Err(e @ TrainError::TimeLimit(_)) => {
             return fail(format!(
                 "{e} (--fit-time-limit-secs, DNSEXFIL_FIT_TIME_LIMIT_SECS); nothing was saved and `{name}` is unchanged"
+            ))
+        }
+        Err(e @ TrainError::Stopped) => {
+            return fail(format!(
+                "{e}; nothing was saved and `{name}` is unchanged: run the fit again once the service is back"
             ))
         }
         Err(e) => return fail(format!("{e}; nothing was saved")),

@@ -3,6 +3,7 @@
 //! shuffling; candle's CPU kernels reduce in a fixed order).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -59,6 +60,9 @@ pub struct TrainParams {
     pub time_limit: Option<Duration>,
     /// Weight of a positive row in the loss; `None` balances the classes (negatives / positives).
     pub positive_weight: Option<f64>,
+    /// Stop with an error as soon as this is set (the service is shutting down); checked before
+    /// every batch, like the time limit.
+    pub stop_when: Option<&'static AtomicBool>,
 }
 
 impl Default for TrainParams {
@@ -72,6 +76,7 @@ impl Default for TrainParams {
             seed: 7,
             time_limit: None,
             positive_weight: None,
+            stop_when: None,
         }
     }
 }
@@ -102,6 +107,8 @@ pub enum TrainError {
         "training stopped after {0:?}, the time limit; raise the limit or train on fewer rows"
     )]
     TimeLimit(Duration),
+    #[error("training stopped: the service is shutting down")]
+    Stopped,
     #[error("training failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -179,6 +186,12 @@ pub fn train(
                 if started.elapsed() > limit {
                     return Err(TrainError::TimeLimit(limit));
                 }
+            }
+            if params
+                .stop_when
+                .is_some_and(|stop| stop.load(Ordering::Relaxed))
+            {
+                return Err(TrainError::Stopped);
             }
             let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
             let x = x_train.index_select(&idx, 0)?;
@@ -519,5 +532,15 @@ mod tests {
         };
         let e = train(shape, &toy(1, 50), &toy(2, 50), &limit, None, |_| {}).unwrap_err();
         assert!(matches!(e, TrainError::TimeLimit(_)), "{e}");
+        static STOPPING: AtomicBool = AtomicBool::new(false);
+        let stoppable = TrainParams {
+            stop_when: Some(&STOPPING),
+            ..Default::default()
+        };
+        // Not set: trains as usual.
+        assert!(train(shape, &toy(1, 50), &toy(2, 50), &stoppable, None, |_| {}).is_ok());
+        STOPPING.store(true, Ordering::Relaxed);
+        let e = train(shape, &toy(1, 50), &toy(2, 50), &stoppable, None, |_| {}).unwrap_err();
+        assert!(matches!(e, TrainError::Stopped), "{e}");
     }
 }
