@@ -102,11 +102,19 @@ impl Suppressions {
                         entry.escape_debug()
                     )
                 })?;
-                self.networks.push((canonical(addr), bits, reason));
+                let (net, bits) = canonical_network(addr, bits).ok_or_else(|| {
+                    format!(
+                        "{origin} line {line_no}: `{}` is an IPv4-mapped network shorter than /96, which would reach beyond IPv4; write the IPv4 network itself, e.g. 10.9.0.0/16",
+                        entry.escape_debug()
+                    )
+                })?;
+                self.networks.push((net, bits, reason));
             } else if let Ok(addr) = entry.parse::<IpAddr>() {
                 // An address is a one-address network, so `FD00::1` also mutes `fd00:0::1`.
                 let bits = if addr.is_ipv4() { 32 } else { 128 };
-                self.networks.push((canonical(addr), bits, reason));
+                let (net, bits) =
+                    canonical_network(addr, bits).expect("a whole address is a valid network");
+                self.networks.push((net, bits, reason));
             } else {
                 self.sources.insert(entry.to_ascii_lowercase(), reason);
             }
@@ -276,14 +284,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A network as [`in_network`] compares it: an IPv4-mapped IPv6 network (`::ffff:10.9.0.0/120`)
+/// becomes the IPv4 network it covers (`10.9.0.0/24`), its prefix shortened by the 96 mapping
+/// bits. `None` for a mapped network shorter than /96, which covers more than IPv4.
+fn canonical_network(addr: IpAddr, bits: u8) -> Option<(IpAddr, u8)> {
+    match canonical(addr) {
+        IpAddr::V4(v4) if addr.is_ipv6() => Some((IpAddr::V4(v4), bits.checked_sub(96)?)),
+        net => Some((net, bits)),
+    }
+}
+
 fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
+            let mask = u32::MAX.checked_shl(32 - bits.min(32) as u32).unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - bits as u32).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - bits.min(128) as u32)
+                .unwrap_or(0);
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -375,8 +395,27 @@ mod tests {
         );
         assert_eq!(s.reason("10.0.0.6", "q"), None);
         assert_eq!(s.reason("192.169.0.1", "q"), None);
-        for bad in ["10.0.0.0/33", "nonsense/8"] {
+        for bad in ["10.0.0.0/33", "nonsense/8", "::ffff:10.0.0.0/95"] {
             assert!(s.add_mutes(bad, "m").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_ipv4_mapped_entry_mutes_its_ipv4_addresses_only() {
+        let mut s = Suppressions::none();
+        s.add_mutes(
+            "::ffff:10.9.0.1
+::ffff:172.16.0.0/112
+",
+            "m",
+        )
+        .unwrap();
+        assert!(s.reason("10.9.0.1", "q").is_some());
+        assert!(s.reason("::ffff:10.9.0.1", "q").is_some());
+        // /112 of the mapped space is 172.16.0.0/16.
+        assert!(s.reason("172.16.200.1", "q").is_some());
+        for other in ["10.9.0.2", "203.0.113.9", "172.17.0.1", "::1"] {
+            assert_eq!(s.reason(other, "q"), None, "{other}");
         }
     }
 
