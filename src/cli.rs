@@ -335,7 +335,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let registry = Arc::new(Registry::new());
     if !args.no_default_model {
-        // First, so a model of the same name from --model or the model directory replaces it.
+        // First, so a model of the same name from --model replaces it. The model directory
+        // (the store) never replaces a model the service was started with.
         let name = registry
             .insert(crate::model::default_model()?)
             .info

@@ -127,7 +127,7 @@ impl Registry {
             let before = stamp(&f);
             // One unreadable file (copied by hand, or from a newer version sharing the store)
             // must not keep the service, or every replica, from starting.
-            match load_store_file(&f) {
+            match self.load_unpinned_store_file(&f) {
                 Ok(model) => loaded.push(self.insert(model).info.name.clone()),
                 Err(e) => {
                     tracing::error!(file = %f.display(), problem = %e, "model file in the store skipped")
@@ -153,6 +153,21 @@ impl Registry {
             }
         }
         Ok(loaded)
+    }
+
+    /// Loads a model file of the store unless it holds a model the service was started with:
+    /// the store never replaces those, as a fit may not (another replica, started without that
+    /// model, could otherwise fit it and change what every replica's searches get).
+    fn load_unpinned_store_file(&self, path: &Path) -> Result<Model, String> {
+        let model = load_store_file(path)?;
+        if self.is_pinned(&model.info.name) {
+            return Err(format!(
+                "it holds `{}`, a model this service was started with (built in, --model or the ESCU model), which the store does not replace: fit or copy it under another name, or start the service with --model {}",
+                model.info.name,
+                path.display()
+            ));
+        }
+        Ok(model)
     }
 
     /// Marks `name` as a model the service was started with.
@@ -200,7 +215,7 @@ impl Registry {
             if now.is_none() || now == known {
                 continue;
             }
-            match load_store_file(&f) {
+            match self.load_unpinned_store_file(&f) {
                 Ok(model) => loaded.push(self.insert(model).info.name.clone()),
                 Err(e) => failed.push((f.clone(), e)),
             }
@@ -286,6 +301,49 @@ mod tests {
         assert!(loaded.is_empty());
         assert!(failed[0].1.contains("named after its model"), "{failed:?}");
         assert_eq!(registry.get("corp").unwrap().info.threshold, 0.25);
+    }
+
+    #[test]
+    fn the_store_never_replaces_a_model_the_service_was_started_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        let started_with = registry.insert(crate::model::default_model().unwrap());
+        let name = started_with.info.name.clone();
+        registry.pin(&name);
+        // A file of that name in the store: fitted by a replica started without the model.
+        let mut other = crate::model::default_model().unwrap();
+        other.info.threshold = 0.125;
+        let tensors = other.mlp.tensors().unwrap();
+        let path = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(
+            &path,
+            crate::model::file::encode(&other.info, &tensors).unwrap(),
+        )
+        .unwrap();
+        // Neither at start-up nor at a rescan.
+        assert_eq!(registry.load_dir(dir.path()).unwrap(), Vec::<String>::new());
+        std::fs::write(
+            &path,
+            crate::model::file::encode(&other.info, &tensors).unwrap(),
+        )
+        .unwrap();
+        registry.store_files.lock().unwrap().clear();
+        let (loaded, failed) = registry.refresh_dir(dir.path());
+        assert!(loaded.is_empty());
+        assert!(
+            failed[0]
+                .1
+                .contains("a model this service was started with"),
+            "{failed:?}"
+        );
+        assert_eq!(
+            registry.get(&name).unwrap().info.threshold,
+            started_with.info.threshold
+        );
+        // A name it was not started with loads as before.
+        let unpinned = Registry::new();
+        assert_eq!(unpinned.load_dir(dir.path()).unwrap(), vec![name.clone()]);
+        assert_eq!(unpinned.get(&name).unwrap().info.threshold, 0.125);
     }
 
     #[test]
