@@ -64,33 +64,37 @@ pub struct TrainArgs {
     /// Model name requests select it by.
     #[arg(long, default_value = "dnsexfil_v2")]
     pub name: String,
-    #[arg(long, default_value_t = 60)]
+    /// Passes over the training rows (1 to 10,000; the ranges are /fit's).
+    #[arg(long, default_value_t = 60, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub epochs: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    /// AdamW's learning rate, above 0 and at most 1.
+    #[arg(long, default_value_t = 2e-3, value_parser = real_in("above 0 and at most 1", |v| v > 0.0 && v <= 1.0))]
     pub learning_rate: f64,
-    #[arg(long, default_value_t = 256)]
+    /// Rows per optimiser step (1 to 65,536).
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub batch_size: usize,
-    /// Epochs without a better validation loss before stopping.
-    #[arg(long, default_value_t = 8)]
+    /// Epochs without a better validation loss before stopping (1 to 1,000).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
     pub patience: usize,
-    /// Weight of a malicious row in the loss (default: negatives / positives, balancing the classes).
-    #[arg(long)]
+    /// Weight of a malicious row in the loss, above 0 (default: negatives / positives, balancing
+    /// the classes).
+    #[arg(long, value_parser = real_in("above 0", |v| v > 0.0))]
     pub positive_weight: Option<f64>,
     /// Seed for the source split, initialisation and shuffling: same seed, same model bytes.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Share of sources (hosts) held out for validation and early stopping.
-    #[arg(long, default_value_t = 0.2)]
+    /// Share of sources (hosts) held out for validation and early stopping (0.05 to 0.9).
+    #[arg(long, default_value_t = 0.2, value_parser = real_in("0.05 to 0.9", |v| (0.05..=0.9).contains(&v)))]
     pub val_fraction: f64,
-    /// Share of sources held out entirely as a test set; with --split-out, their events and
-    /// labels are written there for `eval/evaluate.py`.
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of sources held out entirely as a test set (0 to 0.9); with --split-out, their
+    /// events and labels are written there for `eval/evaluate.py`.
+    #[arg(long, default_value_t = 0.0, value_parser = real_in("0 to 0.9", |v| (0.0..=0.9).contains(&v)))]
     pub test_fraction: f64,
     /// Directory for the held-out test set (test_events.csv, test_labels.csv).
     #[arg(long)]
     pub split_out: Option<PathBuf>,
-    /// Window width in seconds (the hourly ESCU search: 3600).
-    #[arg(long, default_value_t = 3600.0)]
+    /// Window width in seconds, 60 to 86,400 (the hourly ESCU search: 3600).
+    #[arg(long, default_value_t = 3600.0, value_parser = real_in("60 to 86,400", |v| (60.0..=86_400.0).contains(&v)))]
     pub window: f64,
     /// Synthetic tunnel sessions (hex, base32, base64url, base36 names) added to the training
     /// and validation sources, so the model learns encodings the log lacks; every other one rides
@@ -101,6 +105,18 @@ pub struct TrainArgs {
     /// the model learns what small networks look like (0 or 1: only the whole log).
     #[arg(long, default_value_t = 8)]
     pub source_groups: usize,
+}
+
+/// A clap parser for a real number that `accept`s, named by `range` in the error.
+fn real_in(
+    range: &'static str,
+    accept: fn(f64) -> bool,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && accept(v) => Ok(v),
+        Ok(_) => Err(format!("must be {range}")),
+        Err(_) => Err(format!("`{text}` is not a number; it must be {range}")),
+    }
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -222,8 +238,10 @@ pub struct ServeArgs {
     /// when fine-tuning the ESCU model, less for dnsexfil-v2).
     #[arg(long, env = "DNSEXFIL_MAX_FIT_ROWS", default_value_t = 200_000)]
     pub max_fit_rows: usize,
-    /// Longest a `/fit` may train, in seconds; a longer one stops with an error and saves nothing.
-    #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900)]
+    /// Longest a `/fit` may train, in seconds (1 or more); a longer one stops with an error and
+    /// saves nothing.
+    #[arg(long, env = "DNSEXFIL_FIT_TIME_LIMIT_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub fit_time_limit_secs: u64,
     /// Requests in flight at once on the DSDL and /v1 routes; more are refused at once with 429
     /// (health, readiness and metrics are exempt).

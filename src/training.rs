@@ -593,7 +593,12 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     // The same hours again as smaller networks would send them: each group of sources alone.
     // Features such as "how many sources query this domain" then take the values a site with
     // few hosts sees, and the model cannot lean on a crowd being there.
-    let groups = args.source_groups as u64;
+    // One group would be the whole log again (--source-groups 0 and 1 both mean none).
+    let groups = if args.source_groups > 1 {
+        args.source_groups as u64
+    } else {
+        0
+    };
     for g in 0..groups {
         let part: Vec<dataset::Event> = events
             .iter()

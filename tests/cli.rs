@@ -89,3 +89,50 @@ fn convert_writes_a_model_file_and_explains_bad_input() {
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
     assert!(!dir.path().join("x.safetensors").exists());
 }
+
+#[test]
+fn out_of_range_training_settings_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    for (flag, value, range) in [
+        ("--window", "0", "60 to 86,400"),
+        ("--learning-rate", "-0.01", "above 0 and at most 1"),
+        ("--positive-weight", "0", "above 0"),
+        ("--positive-weight", "NaN", "above 0"),
+        ("--val-fraction", "0", "0.05 to 0.9"),
+        ("--patience", "0", "1..=1000"),
+        ("--epochs", "0", "1..=10000"),
+    ] {
+        // The events and labels need not exist: the settings are checked first.
+        let result = bin()
+            .args([
+                "train",
+                "--events",
+                "missing.csv",
+                "--labels",
+                "missing.csv",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{flag} {value} was accepted");
+        assert!(
+            stderr.contains(flag) && stderr.contains(range),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    let result = bin()
+        .args(["serve", "--fit-time-limit-secs", "0"])
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    assert!(
+        String::from_utf8_lossy(&result.stderr).contains("--fit-time-limit-secs"),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(!out.exists());
+}

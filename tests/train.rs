@@ -119,3 +119,35 @@ fn serve_with_no_flags_serves_the_built_in_default_model() {
     );
     assert!(server.terminate().success());
 }
+
+#[test]
+fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows_trained_on = |groups: &str| {
+        let out = run_ok(
+            bin()
+                .arg("train")
+                .arg("--events")
+                .arg(dev("events.csv"))
+                .arg("--labels")
+                .arg(dev("labels.csv"))
+                .arg("-o")
+                .arg(dir.path().join(format!("g{groups}.safetensors")))
+                .args([
+                    "--epochs",
+                    "1",
+                    "--synthetic-sessions",
+                    "0",
+                    "--source-groups",
+                    groups,
+                ]),
+        );
+        let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+        progress
+            .lines()
+            .find(|l| l.contains("labelled rank-1 events"))
+            .unwrap_or_else(|| panic!("no row count in {progress}"))
+            .to_string()
+    };
+    assert_eq!(rows_trained_on("1"), rows_trained_on("0"));
+}
