@@ -248,6 +248,15 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_requests: usize,
+    /// Connections open at once; one more is closed at once (before its TLS handshake).
+    #[arg(long, env = "DNSEXFIL_MAX_CONNECTIONS", default_value_t = crate::connections::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (an idle keep-alive connection is
+    /// closed after as long); a slower one is disconnected.
+    #[arg(long, env = "DNSEXFIL_HEADER_READ_TIMEOUT_SECS", default_value_t = crate::connections::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
     /// Longest time one request may take, body upload included, before it is answered 503
     /// (POST /fit is exempt: training has its own limit).
     #[arg(long, env = "DNSEXFIL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
@@ -470,6 +479,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         models = ?state.registry.names(),
         compute_threads,
         max_concurrent_requests = args.max_concurrent_requests,
+        max_connections = args.max_connections,
         request_timeout_secs = args.request_timeout_secs,
         "listening"
     );
@@ -478,6 +488,10 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         transport,
         server::app(state),
         Duration::from_secs(args.shutdown_grace_secs),
+        server::ConnectionSettings {
+            max_open: args.max_connections,
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        },
     )
     .await?;
     tracing::info!("stopped");

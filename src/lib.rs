@@ -4,6 +4,7 @@
 //! candle network -> results CSV -> HTTP. Every stage is a plain function over plain data.
 
 pub mod cli;
+pub mod connections;
 pub mod dataset;
 pub mod dsdl;
 pub mod features;

@@ -14,6 +14,7 @@ use axum::{middleware, Json, Router};
 use http_body_util::BodyExt;
 use tower_http::trace::TraceLayer;
 
+use crate::connections::ConnectionLimit;
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
 use crate::limits::{self, Flavor, Limits};
@@ -286,12 +287,14 @@ pub enum Transport {
 }
 
 /// Serves `app` on an already bound listener until SIGTERM or Ctrl-C, then lets in-flight
-/// requests finish (up to `grace`).
+/// requests finish (up to `grace`). At most `connections.max_open` connections are open at
+/// once, and each request's headers must arrive within `connections.header_read_timeout`.
 pub async fn serve(
     listener: std::net::TcpListener,
     transport: Transport,
     app: Router,
     grace: Duration,
+    connections: ConnectionSettings,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let handle = axum_server::Handle::new();
@@ -303,20 +306,50 @@ pub async fn serve(
         shutdown.graceful_shutdown(Some(grace));
     });
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let limit = ConnectionLimit::new(connections.max_open);
+    let timeout = connections.header_read_timeout;
     match transport {
         Transport::Http => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await
+            let mut server = axum_server::from_tcp(listener).acceptor(limit);
+            with_header_timeout(server.http_builder(), timeout);
+            server.handle(handle).serve(service).await
         }
         Transport::Https(config) => {
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(service)
-                .await
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(limit);
+            let mut server = axum_server::from_tcp(listener).acceptor(tls);
+            with_header_timeout(server.http_builder(), timeout);
+            server.handle(handle).serve(service).await
         }
     }
+}
+
+/// `--max-connections` and `--header-read-timeout-secs`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub max_open: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_open: crate::connections::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(
+                crate::connections::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            ),
+        }
+    }
+}
+
+/// hyper applies its header read timeout only with a timer, which axum-server does not give it.
+fn with_header_timeout(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
 }
 
 /// Set when the service starts shutting down: work that could outlast the grace period (a fit's

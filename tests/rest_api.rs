@@ -858,3 +858,90 @@ fn sigterm_lets_accepted_requests_finish_then_the_process_exits_0() {
     assert!(exit.success(), "{exit:?}");
     assert!(logs.lock().unwrap().iter().any(|l| l.contains("stopped")));
 }
+
+/// Reads until the server closes `stream`; how long that took (`None`: still open after `wait`).
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue, // an answer (e.g. 408) before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(start.elapsed())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_and_the_slots_come_back() {
+    let served = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--max-connections".as_ref(),
+        "2".as_ref(),
+    ]);
+    let healthy = || {
+        reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .get(format!("http://{}/healthz", served.address))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    assert!(healthy());
+    // Two clients that connect and send nothing take both slots.
+    let mut idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&served.address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = TcpStream::connect(&served.address).unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(5)).is_some(),
+        "a connection over the limit is closed at once"
+    );
+    assert!(!healthy(), "no request gets in while the slots are taken");
+    // A slot comes back when its connection closes.
+    idle.pop();
+    let start = Instant::now();
+    while !healthy() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        closed_within(&mut idle[0], Duration::from_millis(200)).is_none(),
+        "connections within the limit stay open"
+    );
+}
+
+#[test]
+fn a_client_slow_to_send_its_headers_is_disconnected() {
+    let served = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--header-read-timeout-secs".as_ref(),
+        "1".as_ref(),
+    ]);
+    // Headers started and never finished.
+    let mut slow = TcpStream::connect(&served.address).unwrap();
+    slow.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let took = closed_within(&mut slow, Duration::from_secs(10)).expect("disconnected");
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    // A keep-alive connection left idle after its request: closed after as long.
+    let mut kept = TcpStream::connect(&served.address).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    kept.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert!(closed_within(&mut kept, Duration::from_secs(10)).is_some());
+}

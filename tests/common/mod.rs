@@ -109,6 +109,7 @@ impl TestServer {
                 transport,
                 server::app(state),
                 Duration::from_secs(5),
+                Default::default(),
             ))
             .unwrap();
         });

@@ -1,0 +1,127 @@
+//! Connection limits: at most N connections open at once, and a request's headers must arrive
+//! within a time limit. The request limits (`limits.rs`) only count requests that have reached a
+//! route, so without these a client could open connections and send nothing, or a byte at a
+//! time, and hold the process's file descriptors and memory (health checks included).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Default for `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default for `--header-read-timeout-secs`: how long a client may take to send a request's
+/// headers (hyper's own default, which it applies only when given a timer).
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+
+/// Accepts connections while fewer than the limit are open; a connection over the limit is
+/// closed at once (before any TLS handshake when this is the TLS acceptor's inner acceptor).
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    open: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl ConnectionLimit {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            open: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<I, S> axum_server::accept::Accept<I, S> for ConnectionLimit {
+    type Stream = CountedConnection<I>;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        std::future::ready(match self.open.clone().try_acquire_owned() {
+            Ok(permit) => Ok((
+                CountedConnection {
+                    inner: stream,
+                    _open: permit,
+                },
+                service,
+            )),
+            Err(_) => {
+                warn_at_most_every_minute(self.limit);
+                Err(io::Error::other("too many open connections"))
+            }
+        })
+    }
+}
+
+/// Seconds since the epoch of the last warning about refused connections.
+static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// One line a minute at most: a flood of connections must not also flood the logs.
+fn warn_at_most_every_minute(limit: usize) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED.load(Ordering::Relaxed);
+    if now >= last + 60
+        && LAST_WARNED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            limit,
+            "connections refused: {limit} are open, the limit (--max-connections); further refusals this minute are not logged"
+        );
+    }
+}
+
+/// An accepted connection, counted until it is dropped.
+pub struct CountedConnection<S> {
+    inner: S,
+    _open: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountedConnection<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedConnection<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
