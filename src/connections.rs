@@ -2,7 +2,13 @@
 //! within a time limit. The request limits (`limits.rs`) only count requests that have reached a
 //! route, so without these a client could open connections and send nothing, or a byte at a
 //! time, and hold the process's file descriptors and memory (health checks included).
+//!
+//! hyper's header read timeout covers HTTP/1 once the connection is known to be HTTP/1. Before
+//! that, the connection builder reads bytes to tell HTTP/1 from HTTP/2 with no time limit, so
+//! [`FirstRequestDeadline`] bounds that stage too, and refuses HTTP/2 (DSDL and REST clients
+//! speak HTTP/1.1; TLS offers no HTTP/2).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Duration, Sleep};
 
 /// Default for `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -97,6 +104,140 @@ impl<S: AsyncRead + Unpin> AsyncRead for CountedConnection<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for CountedConnection<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2's connection preface: a connection whose bytes so far are a prefix of it may still
+/// become HTTP/2, so hyper's HTTP/1 header timeout does not cover it yet.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Wraps each connection (after TLS, where the HTTP bytes flow) in [`FirstBytes`].
+#[derive(Clone)]
+pub struct FirstRequestDeadline<A> {
+    inner: A,
+    timeout: Duration,
+}
+
+impl<A> FirstRequestDeadline<A> {
+    pub fn new(inner: A, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+}
+
+impl<I, S, A> axum_server::accept::Accept<I, S> for FirstRequestDeadline<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = FirstBytes<A::Stream>;
+    type Service = A::Service;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let accepted = self.inner.accept(stream, service);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            Ok((FirstBytes::new(stream, timeout), service))
+        })
+    }
+}
+
+/// A connection that must show it speaks HTTP/1 before a deadline: until its first bytes
+/// differ from HTTP/2's preface (zero bytes included), a read past the deadline fails and the
+/// connection is closed. The whole preface is refused.
+pub struct FirstBytes<S> {
+    inner: S,
+    /// Armed until the connection is known to be HTTP/1.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// How many of the first bytes matched the HTTP/2 preface.
+    matched: usize,
+}
+
+impl<S> FirstBytes<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            matched: 0,
+        }
+    }
+
+    /// Looks at newly read bytes while the connection may still be HTTP/2.
+    fn check(&mut self, bytes: &[u8]) -> io::Result<()> {
+        for &b in bytes {
+            if b != HTTP2_PREFACE[self.matched] {
+                self.deadline = None; // HTTP/1: hyper's header timeout takes over
+                return Ok(());
+            }
+            self.matched += 1;
+            if self.matched == HTTP2_PREFACE.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "HTTP/2 is not served; use HTTP/1.1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let Some(deadline) = this.deadline.as_mut() else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request within the header read timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            this.check(&buf.filled()[before..])?;
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

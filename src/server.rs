@@ -14,7 +14,7 @@ use axum::{middleware, Json, Router};
 use http_body_util::BodyExt;
 use tower_http::trace::TraceLayer;
 
-use crate::connections::ConnectionLimit;
+use crate::connections::{ConnectionLimit, FirstRequestDeadline};
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
 use crate::limits::{self, Flavor, Limits};
@@ -310,12 +310,16 @@ pub async fn serve(
     let timeout = connections.header_read_timeout;
     match transport {
         Transport::Http => {
-            let mut server = axum_server::from_tcp(listener).acceptor(limit);
+            let mut server =
+                axum_server::from_tcp(listener).acceptor(FirstRequestDeadline::new(limit, timeout));
             with_header_timeout(server.http_builder(), timeout);
             server.handle(handle).serve(service).await
         }
         Transport::Https(config) => {
-            let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(limit);
+            let tls = FirstRequestDeadline::new(
+                axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(limit),
+                timeout,
+            );
             let mut server = axum_server::from_tcp(listener).acceptor(tls);
             with_header_timeout(server.http_builder(), timeout);
             server.handle(handle).serve(service).await

@@ -36,7 +36,7 @@ pub async fn from_files(cert: &Path, key: &Path) -> Result<Tls, String> {
             )
         })?;
     Ok(Tls {
-        config,
+        config: http1_only(config),
         fingerprint,
         self_signed: false,
     })
@@ -66,10 +66,18 @@ pub async fn self_signed(hosts: &[String]) -> Result<Tls, String> {
         .await
         .map_err(|e| format!("cannot use the generated certificate: {e}"))?;
     Ok(Tls {
-        config,
+        config: http1_only(config),
         fingerprint,
         self_signed: true,
     })
+}
+
+/// `config` offering only HTTP/1.1 in the TLS handshake (axum-server offers HTTP/2 first): the
+/// service speaks HTTP/1.1 only (see `connections.rs`), so clients must not pick HTTP/2.
+fn http1_only(config: RustlsConfig) -> RustlsConfig {
+    let mut server_config = (*config.get_inner()).clone();
+    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    RustlsConfig::from_config(std::sync::Arc::new(server_config))
 }
 
 fn fingerprint_of_pem(pem: &[u8]) -> Option<String> {

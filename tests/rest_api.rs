@@ -930,6 +930,23 @@ fn a_client_slow_to_send_its_headers_is_disconnected() {
         "--header-read-timeout-secs".as_ref(),
         "1".as_ref(),
     ]);
+    // Nothing at all, or the start of HTTP/2's preface (before the HTTP/1 header timeout can
+    // apply, the connection could still become HTTP/2).
+    for first_bytes in [&b""[..], b"P", b"PRI * HTTP/2"] {
+        let mut silent = TcpStream::connect(&served.address).unwrap();
+        silent.write_all(first_bytes).unwrap();
+        let took = closed_within(&mut silent, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{first_bytes:?}: never disconnected"));
+        assert!(
+            took >= Duration::from_millis(700),
+            "{first_bytes:?}: {took:?}"
+        );
+    }
+    // HTTP/2 is refused at once: the service speaks HTTP/1.1.
+    let mut h2 = TcpStream::connect(&served.address).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let took = closed_within(&mut h2, Duration::from_secs(10)).expect("refused");
+    assert!(took < Duration::from_millis(700), "{took:?}");
     // Headers started and never finished.
     let mut slow = TcpStream::connect(&served.address).unwrap();
     slow.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")

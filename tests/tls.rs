@@ -93,6 +93,24 @@ fn a_given_certificate_is_served_and_verifies() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 
+    // A client offering HTTP/2 first is given HTTP/1.1: the service speaks only that.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let mut offer_h2 = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    offer_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(offer_h2),
+        "localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut socket = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut socket).unwrap();
+    }
+    assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+
     // Missing or mismatched files give a message naming the file.
     let missing = rt.block_on(dnsexfil::tls::from_files(
         &dir.path().join("nope.pem"),
