@@ -152,7 +152,8 @@ struct Holding<T> {
     /// What is left of a data frame larger than a piece.
     rest: Bytes,
     /// Held while an answer larger than a piece is sent: it ends with the body, and then hands
-    /// the answer's freed memory back to the OS like any large request's.
+    /// the answer's freed memory back to the OS like a large request's end (without counting
+    /// as a request in flight meanwhile).
     large_answer: Option<LargeRequest>,
     _held: T,
 }
@@ -174,7 +175,7 @@ impl<T: Unpin> http_body::Body for Holding<T> {
                     }
                     Ok(data) => {
                         if this.large_answer.is_none() {
-                            this.large_answer = LargeRequest::begin(data.len());
+                            this.large_answer = LargeRequest::answer(data.len());
                         }
                         this.rest = data;
                     }

@@ -45,6 +45,12 @@ impl LargeRequests {
         finished
     }
 
+    /// Marks one large answer sent (answers never count as in flight); returns its place among
+    /// the finished ones.
+    fn answer_sent(&self) -> u64 {
+        self.finished.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// True when no large request is in flight and none finished after the `finished`-th:
     /// the quiet moment that request's release waited for.
     fn quiet_since(&self, finished: u64) -> bool {
@@ -63,6 +69,8 @@ static LARGE_REQUESTS: LargeRequests = LargeRequests::new();
 #[must_use = "the request counts as in flight only while the guard lives"]
 pub struct LargeRequest {
     runtime: Option<tokio::runtime::Handle>,
+    /// A large answer being sent, not a request (see [`LargeRequest::answer`]).
+    answer: bool,
 }
 
 impl LargeRequest {
@@ -72,7 +80,18 @@ impl LargeRequest {
             LARGE_REQUESTS.begin();
             Self {
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                answer: false,
             }
+        })
+    }
+
+    /// A guard for an answer of `len` bytes being sent, when large: dropped once sent, it hands
+    /// the answer's memory back like a large request's end. It does not count as in flight, so
+    /// a client that stops reading cannot hold back every other release.
+    pub fn answer(len: usize) -> Option<Self> {
+        (len >= LARGE_REQUEST_BYTES).then(|| Self {
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            answer: true,
         })
     }
 }
@@ -87,7 +106,11 @@ impl LargeRequest {
 
 impl Drop for LargeRequest {
     fn drop(&mut self) {
-        let finished = LARGE_REQUESTS.end();
+        let finished = if self.answer {
+            LARGE_REQUESTS.answer_sent()
+        } else {
+            LARGE_REQUESTS.end()
+        };
         let over_budget =
             resident_bytes().is_none_or(|resident| resident > RELEASE_AT_ONCE_ABOVE_BYTES);
         match &self.runtime {
@@ -116,10 +139,14 @@ thread_local! {
 
 /// Returns memory freed by the compute pool's threads (which processed large requests) and by
 /// the async workers of `runtime` (which read their bodies and sent their answers) to the OS:
-/// the calling thread and the pool at once, the workers when they next go idle.
+/// the calling thread and the pool at once, the workers when they next go idle. An async
+/// worker calling this does not collect at once either: it may be serving small requests.
 fn release_freed_memory(runtime: Option<&tokio::runtime::Handle>) {
     RELEASES.fetch_add(1, Ordering::SeqCst);
-    collect_this_thread();
+    let on_async_worker = runtime.is_some() && tokio::runtime::Handle::try_current().is_ok();
+    if !on_async_worker {
+        collect_this_thread();
+    }
     // Queued, not awaited: the pool may be busy with another request.
     rayon::spawn_broadcast(|_| collect_this_thread());
     // Idle workers sleep until there is work: empty tasks wake them, and they collect when
@@ -182,6 +209,19 @@ mod tests {
         assert!(!requests.quiet_since(second));
         let third = requests.end();
         assert!(requests.quiet_since(third));
+    }
+
+    #[test]
+    fn a_large_answer_is_a_finish_but_never_in_flight() {
+        let requests = LargeRequests::new();
+        requests.begin();
+        let first = requests.end();
+        // An answer still being sent does not count (a client that stops reading must not
+        // hold back every other release); one sent later is a newer finish, waited for.
+        let sent = requests.answer_sent();
+        assert!(!requests.quiet_since(first));
+        assert!(requests.quiet_since(sent));
+        assert_eq!(requests.in_flight.load(Ordering::SeqCst), 0);
     }
 
     #[test]
