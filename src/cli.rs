@@ -342,6 +342,15 @@ pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
             ", not the published ESCU artifact"
         }
     );
+    let stem = args.output.file_stem().and_then(|s| s.to_str());
+    if stem != Some(converted.info.name.as_str()) {
+        // Not an error: `serve --model FILE` takes any name. The store is stricter.
+        println!(
+            "note: a model store (--model-dir) loads this file only as {}.safetensors, named after its model; `serve --model {}` takes it as it is",
+            converted.info.name,
+            args.output.display()
+        );
+    }
     Ok(())
 }
 
@@ -376,7 +385,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let name = registry
             .load_file(path)
             .with_context(|| format!("cannot load --model {}", path.display()))?;
-        registry.pin(&name);
+        registry.pin_from(&name, path);
         tracing::info!(model = %name, file = %path.display(), "model loaded");
     }
     for name in registry

@@ -72,6 +72,13 @@ fn convert_writes_a_model_file_and_explains_bad_input() {
         stdout.contains("Splunk's published ESCU artifact"),
         "{stdout}"
     );
+    // Named otherwise than its model: fine for --model, and the store's rule is said.
+    assert!(
+        stdout.contains(
+            "loads this file only as detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.safetensors"
+        ),
+        "{stdout}"
+    );
     assert!(out_path.is_file());
 
     let junk = dir.path().join("junk.pt");

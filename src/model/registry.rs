@@ -15,8 +15,9 @@ pub struct Registry {
     /// Model files of the store as last loaded (modification time, size), so a rescan only
     /// reloads what another replica (or a person) changed.
     store_files: Mutex<HashMap<PathBuf, FileStamp>>,
-    /// Models the service was started with (built in, `--model`): a fit may not replace them.
-    pinned: Mutex<std::collections::BTreeSet<String>>,
+    /// Models the service was started with (built in, `--model`): a fit may not replace them,
+    /// nor may the store. With the file each came from, when it came from one.
+    pinned: Mutex<BTreeMap<String, Option<PathBuf>>>,
 }
 
 type FileStamp = (SystemTime, u64);
@@ -24,6 +25,13 @@ type FileStamp = (SystemTime, u64);
 fn stamp(path: &Path) -> Option<FileStamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
@@ -128,7 +136,8 @@ impl Registry {
             // One unreadable file (copied by hand, or from a newer version sharing the store)
             // must not keep the service, or every replica, from starting.
             match self.load_unpinned_store_file(&f) {
-                Ok(model) => loaded.push(self.insert(model).info.name.clone()),
+                Ok(Some(model)) => loaded.push(self.insert(model).info.name.clone()),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(file = %f.display(), problem = %e, "model file in the store skipped")
                 }
@@ -158,16 +167,24 @@ impl Registry {
     /// Loads a model file of the store unless it holds a model the service was started with:
     /// the store never replaces those, as a fit may not (another replica, started without that
     /// model, could otherwise fit it and change what every replica's searches get).
-    fn load_unpinned_store_file(&self, path: &Path) -> Result<Model, String> {
+    /// `None`: the very file a pinned model was loaded from (`--model` pointing into the store),
+    /// nothing to load or report.
+    fn load_unpinned_store_file(&self, path: &Path) -> Result<Option<Model>, String> {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if self
+            .pinned_from(stem)
+            .is_some_and(|from| same_file(&from, path))
+        {
+            return Ok(None);
+        }
         let model = load_store_file(path)?;
         if self.is_pinned(&model.info.name) {
             return Err(format!(
-                "it holds `{}`, a model this service was started with (built in, --model or the ESCU model), which the store does not replace: fit or copy it under another name, or start the service with --model {}",
-                model.info.name,
-                path.display()
+                "it holds `{}`, a model this service was started with (built in, --model or the ESCU model), which the store does not replace: train it under another name (a fit's model name, or `train --name`), or start the service without that model (--no-default-model for the built-in one)",
+                model.info.name
             ));
         }
-        Ok(model)
+        Ok(Some(model))
     }
 
     /// Marks `name` as a model the service was started with.
@@ -175,11 +192,27 @@ impl Registry {
         self.pinned
             .lock()
             .expect("pinned lock")
-            .insert(name.to_string());
+            .insert(name.to_string(), None);
+    }
+
+    /// Marks `name` as a model the service was started with, loaded from `file`.
+    pub fn pin_from(&self, name: &str, file: &Path) {
+        self.pinned
+            .lock()
+            .expect("pinned lock")
+            .insert(name.to_string(), Some(file.to_path_buf()));
     }
 
     pub fn is_pinned(&self, name: &str) -> bool {
-        self.pinned.lock().expect("pinned lock").contains(name)
+        self.pinned.lock().expect("pinned lock").contains_key(name)
+    }
+
+    fn pinned_from(&self, name: &str) -> Option<PathBuf> {
+        self.pinned
+            .lock()
+            .expect("pinned lock")
+            .get(name)
+            .cloned()?
     }
 
     /// Notes that `path` holds the version just loaded or saved (stamped before reading, so a
@@ -216,7 +249,8 @@ impl Registry {
                 continue;
             }
             match self.load_unpinned_store_file(&f) {
-                Ok(model) => loaded.push(self.insert(model).info.name.clone()),
+                Ok(Some(model)) => loaded.push(self.insert(model).info.name.clone()),
+                Ok(None) => {}
                 Err(e) => failed.push((f.clone(), e)),
             }
             // A bad file is not retried until it changes again.
@@ -340,6 +374,15 @@ mod tests {
             registry.get(&name).unwrap().info.threshold,
             started_with.info.threshold
         );
+        // Started with that very file (`--model` into the store): nothing to load or report.
+        let from_store = Registry::new();
+        from_store.pin_from(&name, &path);
+        assert_eq!(
+            from_store.load_dir(dir.path()).unwrap(),
+            Vec::<String>::new()
+        );
+        from_store.store_files.lock().unwrap().clear();
+        assert_eq!(from_store.refresh_dir(dir.path()), (vec![], vec![]));
         // A name it was not started with loads as before.
         let unpinned = Registry::new();
         assert_eq!(unpinned.load_dir(dir.path()).unwrap(), vec![name.clone()]);
