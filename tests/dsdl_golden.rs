@@ -49,8 +49,15 @@ fn num(s: &str) -> f64 {
     s.parse::<f64>().unwrap_or(f64::NAN)
 }
 
-/// Compares a result CSV with the stock one: same rows and cells, probability within 1e-6.
-fn assert_same_results(case: &str, got: &(Vec<String>, Vec<Vec<String>>), expected_csv: &str) {
+/// Compares a result CSV with the stock one: same rows and cells, probability within 1e-6 and
+/// its text the stock text wherever the float32 values agree. Returns how many probability
+/// texts were compared exactly.
+fn assert_same_results(
+    case: &str,
+    got: &(Vec<String>, Vec<Vec<String>>),
+    expected_csv: &str,
+) -> usize {
+    let mut exact = 0;
     let (eh, erows) = parse_csv(expected_csv);
     let (gh, grows) = got;
     assert_eq!(gh, &eh, "{case}: header");
@@ -70,23 +77,30 @@ fn assert_same_results(case: &str, got: &(Vec<String>, Vec<Vec<String>>), expect
                 (gp - ep).abs() <= 1e-6,
                 "{case} row {i}: probability {gp} vs {ep}"
             );
-            assert_python_text(case, i, &g[PROBA], &e[PROBA]);
+            if assert_python_text(case, i, &g[PROBA], &e[PROBA]) {
+                exact += 1;
+            }
         }
     }
+    exact
 }
 
-/// The probability's text is what the stock container prints: Python's `repr` of the float32
-/// widened to float64, and the stock text itself whenever both float32 values are equal.
-fn assert_python_text(case: &str, row: usize, ours: &str, stock: &str) {
+/// The probability's text: the stock container's own text whenever both float32 values are
+/// equal (returns true then). Otherwise the text must at least be the shortest round trip of
+/// our float32 widened to float64, in Python's layout; that formatter's digits and layout are
+/// checked against Python's `repr` in `src/dsdl/results.rs`.
+fn assert_python_text(case: &str, row: usize, ours: &str, stock: &str) -> bool {
     let ours32 = num(ours) as f32;
     assert_eq!(
         ours,
         PythonFloat::new().format(ours32 as f64),
         "{case} row {row}: the probability's text"
     );
-    if ours32 == num(stock) as f32 {
+    let same_value = ours32 == num(stock) as f32;
+    if same_value {
         assert_eq!(ours, stock, "{case} row {row}: the probability's text");
     }
+    same_value
 }
 
 /// Checks our features against features.csv (identical after the float32 cast) and our
@@ -157,6 +171,7 @@ fn table_rows_to_feature_index(table: &Table, row: usize) -> usize {
 fn golden_cases_match_the_stock_model_over_http() {
     let server = TestServer::start();
     let mut total_checked = 0;
+    let mut exact_texts = 0;
     for case in cases_with_expected() {
         let dir = golden().join(&case);
         let input = read(&dir.join("input.csv"));
@@ -170,12 +185,19 @@ fn golden_cases_match_the_stock_model_over_http() {
         );
         total_checked += assert_features_and_probabilities(&case, &input, &results.1);
         if !DEVIATIONS.contains(&case.as_str()) {
-            assert_same_results(&case, &results, &read(&dir.join("expected.csv")));
+            exact_texts += assert_same_results(&case, &results, &read(&dir.join("expected.csv")));
         }
     }
     assert!(
         total_checked >= 900,
         "only {total_checked} rows were compared"
+    );
+    // 554 of the 912: elsewhere the float32 values differ in their last bits (PyTorch and gemm
+    // add up the dot products in different orders), within the 1e-6 the spec allows.
+    eprintln!("{exact_texts} probability texts equal to the stock container's");
+    assert!(
+        exact_texts >= 500,
+        "only {exact_texts} probability texts compared exactly"
     );
 }
 
