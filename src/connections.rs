@@ -1,12 +1,12 @@
-//! Connection limits: at most N connections open at once, and a request's headers must arrive
-//! within a time limit. The request limits (`limits.rs`) only count requests that have reached a
-//! route, so without these a client could open connections and send nothing, or a byte at a
+//! Admission of connections: at most N open at once, and each must send a request's headers
+//! within a time limit. The request limits (`limits.rs`) only count requests that have reached
+//! a route, so without these a client could open connections and send nothing, or a byte at a
 //! time, and hold the process's file descriptors and memory (health checks included).
 //!
 //! hyper's header read timeout covers HTTP/1 once the connection is known to be HTTP/1. Before
 //! that, the connection builder reads bytes to tell HTTP/1 from HTTP/2 with no time limit, so
-//! [`FirstRequestDeadline`] bounds that stage too, and refuses HTTP/2 (DSDL and REST clients
-//! speak HTTP/1.1; TLS offers no HTTP/2).
+//! [`Admitted`] bounds that stage too, and refuses HTTP/2 (DSDL and REST clients speak
+//! HTTP/1.1; TLS offers no HTTP/2).
 
 use std::future::Future;
 use std::io;
@@ -27,41 +27,55 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// headers (hyper's own default, which it applies only when given a timer).
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 
-/// Accepts connections while fewer than the limit are open; a connection over the limit is
-/// closed at once (before any TLS handshake when this is the TLS acceptor's inner acceptor).
+/// HTTP/2's connection preface: a connection whose bytes so far are a prefix of it may still
+/// become HTTP/2, so hyper's HTTP/1 header timeout does not cover it yet.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An axum-server acceptor in front of `inner` (plain, or the TLS handshake): a connection over
+/// the limit is closed at once, before `inner` spends anything on it; an admitted one is
+/// [`Admitted`] and counts until it is dropped.
 #[derive(Clone)]
-pub struct ConnectionLimit {
+pub struct Admission<A> {
+    inner: A,
     open: Arc<Semaphore>,
     limit: usize,
+    first_request_within: Duration,
 }
 
-impl ConnectionLimit {
-    pub fn new(limit: usize) -> Self {
+impl<A> Admission<A> {
+    pub fn new(inner: A, limit: usize, first_request_within: Duration) -> Self {
         Self {
+            inner,
             open: Arc::new(Semaphore::new(limit)),
             limit,
+            first_request_within,
         }
     }
 }
 
-impl<I, S> axum_server::accept::Accept<I, S> for ConnectionLimit {
-    type Stream = CountedConnection<I>;
-    type Service = S;
-    type Future = std::future::Ready<io::Result<(Self::Stream, Self::Service)>>;
+impl<I, S, A> axum_server::accept::Accept<I, S> for Admission<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = Admitted<A::Stream>;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        std::future::ready(match self.open.clone().try_acquire_owned() {
-            Ok(permit) => Ok((
-                CountedConnection {
-                    inner: stream,
-                    _open: permit,
-                },
-                service,
-            )),
-            Err(_) => {
-                warn_at_most_every_minute(self.limit);
-                Err(io::Error::other("too many open connections"))
-            }
+        let Ok(permit) = self.open.clone().try_acquire_owned() else {
+            warn_at_most_every_minute(self.limit);
+            return Box::pin(std::future::ready(Err(io::Error::other(
+                "too many open connections",
+            ))));
+        };
+        let accepted = self.inner.accept(stream, service);
+        let within = self.first_request_within;
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            Ok((Admitted::new(stream, permit, within), service))
         })
     }
 }
@@ -87,108 +101,24 @@ fn warn_at_most_every_minute(limit: usize) {
     }
 }
 
-/// An accepted connection, counted until it is dropped.
-pub struct CountedConnection<S> {
+/// An admitted connection. It counts as open until dropped, and must show it speaks HTTP/1
+/// before a deadline: until its first bytes differ from HTTP/2's preface (zero bytes included),
+/// a read past the deadline fails and the connection is closed. The whole preface is refused.
+pub struct Admitted<S> {
     inner: S,
     _open: OwnedSemaphorePermit,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CountedConnection<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountedConnection<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// HTTP/2's connection preface: a connection whose bytes so far are a prefix of it may still
-/// become HTTP/2, so hyper's HTTP/1 header timeout does not cover it yet.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Wraps each connection (after TLS, where the HTTP bytes flow) in [`FirstBytes`].
-#[derive(Clone)]
-pub struct FirstRequestDeadline<A> {
-    inner: A,
-    timeout: Duration,
-}
-
-impl<A> FirstRequestDeadline<A> {
-    pub fn new(inner: A, timeout: Duration) -> Self {
-        Self { inner, timeout }
-    }
-}
-
-impl<I, S, A> axum_server::accept::Accept<I, S> for FirstRequestDeadline<A>
-where
-    A: axum_server::accept::Accept<I, S>,
-    A::Future: Send + 'static,
-    A::Stream: Send + 'static,
-    A::Service: Send + 'static,
-{
-    type Stream = FirstBytes<A::Stream>;
-    type Service = A::Service;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>,
-    >;
-
-    fn accept(&self, stream: I, service: S) -> Self::Future {
-        let accepted = self.inner.accept(stream, service);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let (stream, service) = accepted.await?;
-            Ok((FirstBytes::new(stream, timeout), service))
-        })
-    }
-}
-
-/// A connection that must show it speaks HTTP/1 before a deadline: until its first bytes
-/// differ from HTTP/2's preface (zero bytes included), a read past the deadline fails and the
-/// connection is closed. The whole preface is refused.
-pub struct FirstBytes<S> {
-    inner: S,
     /// Armed until the connection is known to be HTTP/1.
     deadline: Option<Pin<Box<Sleep>>>,
     /// How many of the first bytes matched the HTTP/2 preface.
     matched: usize,
 }
 
-impl<S> FirstBytes<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
+impl<S> Admitted<S> {
+    fn new(inner: S, open: OwnedSemaphorePermit, within: Duration) -> Self {
         Self {
             inner,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            _open: open,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
             matched: 0,
         }
     }
@@ -212,7 +142,7 @@ impl<S> FirstBytes<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Admitted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -237,7 +167,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -11,10 +11,11 @@ use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
+use axum_server::accept::DefaultAcceptor;
 use http_body_util::BodyExt;
 use tower_http::trace::TraceLayer;
 
-use crate::connections::{ConnectionLimit, FirstRequestDeadline};
+use crate::connections::Admission;
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
 use crate::limits::{self, Flavor, Limits};
@@ -306,22 +307,23 @@ pub async fn serve(
         shutdown.graceful_shutdown(Some(grace));
     });
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let limit = ConnectionLimit::new(connections.max_open);
-    let timeout = connections.header_read_timeout;
+    let ConnectionSettings {
+        max_open,
+        header_read_timeout,
+    } = connections;
     match transport {
         Transport::Http => {
-            let mut server =
-                axum_server::from_tcp(listener).acceptor(FirstRequestDeadline::new(limit, timeout));
-            with_header_timeout(server.http_builder(), timeout);
+            let admission = Admission::new(DefaultAcceptor::new(), max_open, header_read_timeout);
+            let mut server = axum_server::from_tcp(listener).acceptor(admission);
+            with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await
         }
         Transport::Https(config) => {
-            let tls = FirstRequestDeadline::new(
-                axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(limit),
-                timeout,
-            );
-            let mut server = axum_server::from_tcp(listener).acceptor(tls);
-            with_header_timeout(server.http_builder(), timeout);
+            // Admission before the handshake: a connection over the limit costs no TLS work.
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(config);
+            let admission = Admission::new(tls, max_open, header_read_timeout);
+            let mut server = axum_server::from_tcp(listener).acceptor(admission);
+            with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await
         }
     }

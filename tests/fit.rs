@@ -559,7 +559,7 @@ fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
         store.path().as_os_str().to_owned(),
     ];
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
-    let mut served = ServedBinary::start(&refs);
+    let served = ServedBinary::start(&refs);
     // Far more epochs than the test waits for: only the stop can end this fit in time.
     let body = fit_envelope(
         &labelled_csv(2000),
@@ -586,12 +586,8 @@ fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let signalled = Instant::now();
-    let pid = served.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let exit = served.terminate();
+    assert!(exit.success(), "{exit:?}");
     let answer = fit.join().unwrap().expect("the fit is answered");
     assert_eq!(answer["status"], "error", "{answer}");
     let message = answer["message"].as_str().unwrap();
@@ -599,8 +595,6 @@ fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
         message.contains("shutting down") && message.contains("nothing was saved"),
         "{message}"
     );
-    let exit = served.child.wait().unwrap();
-    assert!(exit.success(), "{exit:?}");
     // Well within the shutdown grace period (30 s by default), which a fit used to outlast.
     assert!(
         signalled.elapsed() < Duration::from_secs(15),

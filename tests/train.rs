@@ -17,21 +17,26 @@ fn dev(file: &str) -> std::path::PathBuf {
     shared().join("data/dev").join(file)
 }
 
+/// `dnsexfil train` on the development log, writing `out`.
+fn train_on_dev(out: &Path) -> Command {
+    let mut command = bin();
+    command
+        .arg("train")
+        .arg("--events")
+        .arg(dev("events.csv"))
+        .arg("--labels")
+        .arg(dev("labels.csv"))
+        .arg("-o")
+        .arg(out);
+    command
+}
+
 #[test]
 fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("dnsexfil_v2.safetensors");
     // The command of models/README.md.
-    let out = run_ok(
-        bin()
-            .arg("train")
-            .arg("--events")
-            .arg(dev("events.csv"))
-            .arg("--labels")
-            .arg(dev("labels.csv"))
-            .arg("-o")
-            .arg(&out_path),
-    );
+    let out = run_ok(&mut train_on_dev(&out_path));
     let shipped =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v2.safetensors"))
             .unwrap();
@@ -125,22 +130,14 @@ fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
     let dir = tempfile::tempdir().unwrap();
     let rows_trained_on = |groups: &str| {
         let out = run_ok(
-            bin()
-                .arg("train")
-                .arg("--events")
-                .arg(dev("events.csv"))
-                .arg("--labels")
-                .arg(dev("labels.csv"))
-                .arg("-o")
-                .arg(dir.path().join(format!("g{groups}.safetensors")))
-                .args([
-                    "--epochs",
-                    "1",
-                    "--synthetic-sessions",
-                    "0",
-                    "--source-groups",
-                    groups,
-                ]),
+            train_on_dev(&dir.path().join(format!("g{groups}.safetensors"))).args([
+                "--epochs",
+                "1",
+                "--synthetic-sessions",
+                "0",
+                "--source-groups",
+                groups,
+            ]),
         );
         let progress = String::from_utf8_lossy(&out.stderr).into_owned();
         progress
