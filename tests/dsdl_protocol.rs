@@ -499,14 +499,21 @@ fn memory_of_large_requests_goes_back_to_the_os_once_they_stop() {
         "the batches used memory: idle {idle}, peak {peak}"
     );
     // After the quiet moment, most of what the batches left cached is handed back.
+    wait_for_resident_at_most(pid, idle + grown / 2, "after the batches");
+}
+
+/// Waits until process `pid` holds at most `bound` bytes resident: memory is handed back after
+/// the quiet moment (or at once above the budget), so a few seconds beyond it are plenty.
+fn wait_for_resident_at_most(pid: u32, bound: u64, when: &str) {
     let deadline = std::time::Instant::now()
         + dnsexfil::memory::RELEASE_AFTER_QUIET
         + std::time::Duration::from_secs(5);
     let mut now = memory_of(pid, "VmRSS");
-    while now > idle + grown / 2 {
+    while now > bound {
+        let peak = memory_of(pid, "VmHWM");
         assert!(
             std::time::Instant::now() < deadline,
-            "resident memory stays at {now} bytes (idle {idle}, peak {peak})"
+            "resident memory stays at {now} bytes {when} (bound {bound}, peak {peak})"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
         now = memory_of(pid, "VmRSS");
@@ -546,16 +553,5 @@ fn memory_of_an_answer_much_larger_than_its_request_goes_back_once_it_is_sent() 
     );
     // Once sent, the answer's memory goes back (after the quiet moment, or at once above the
     // budget), with no later request to trigger it.
-    let deadline = std::time::Instant::now()
-        + dnsexfil::memory::RELEASE_AFTER_QUIET
-        + std::time::Duration::from_secs(5);
-    let mut now = memory_of(pid, "VmRSS");
-    while now > idle + grown / 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "resident memory stays at {now} bytes after the answer (idle {idle}, peak {peak})"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        now = memory_of(pid, "VmRSS");
-    }
+    wait_for_resident_at_most(pid, idle + grown / 4, "after the answer");
 }
