@@ -10,7 +10,8 @@ artifact=../shared/artifacts/detect_dns_data_exfiltration_using_pretrained_model
 # wrk shares the two cores with the server. At the server's priority it often waits for a core
 # before it reads an answer that has arrived, and that wait is counted in the request's latency
 # (benches/latency_trace.sh measures it). A raised priority (root or CAP_SYS_NICE) lets wrk read
-# answers as they arrive, so its latencies are the server's.
+# answers as they arrive; it then preempts the server more often, which costs throughput, so
+# load.sh prints the 64-connection run both ways.
 prioritized=()
 if [ "$(nice -n -10 nice 2>/dev/null)" = "-10" ]; then
   prioritized=(nice -n -10)
