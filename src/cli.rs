@@ -497,7 +497,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         transport,
         server::app(state),
         Duration::from_secs(args.shutdown_grace_secs),
-        server::ConnectionSettings {
+        crate::connections::ConnectionSettings {
             max_open: args.max_connections,
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
         },

@@ -27,6 +27,33 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// headers (hyper's own default, which it applies only when given a timer).
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 
+/// `--max-connections` and `--header-read-timeout-secs`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub max_open: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_open: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// hyper applies its header read timeout only with a timer, which axum-server does not give it.
+pub fn with_header_timeout(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+}
+
 /// HTTP/2's connection preface: a connection whose bytes so far are a prefix of it may still
 /// become HTTP/2, so hyper's HTTP/1 header timeout does not cover it yet.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -141,8 +141,8 @@ fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Res
 ///
 /// The pieces of an answer larger than one piece are copies, not slices: the answer's buffer
 /// is then freed as soon as its last piece is cut, and the memory release that follows the
-/// answer (it counts as a large request until sent) finds it freed. A slice would keep the
-/// whole buffer alive until hyper had written it.
+/// answer ([`LargeRequest::answer`]) finds it freed. A slice would keep the whole buffer alive
+/// until hyper had written it.
 const PIECE_BYTES: usize = 1 << 20;
 
 /// A response body that keeps something alive (the request's in-flight permit) as long as the

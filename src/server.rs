@@ -15,7 +15,7 @@ use axum_server::accept::DefaultAcceptor;
 use http_body_util::BodyExt;
 use tower_http::trace::TraceLayer;
 
-use crate::connections::Admission;
+use crate::connections::{with_header_timeout, Admission, ConnectionSettings};
 use crate::dsdl::auth::{require_token, Token};
 use crate::dsdl::handlers;
 use crate::limits::{self, Flavor, Limits};
@@ -327,35 +327,6 @@ pub async fn serve(
             server.handle(handle).serve(service).await
         }
     }
-}
-
-/// `--max-connections` and `--header-read-timeout-secs`.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionSettings {
-    pub max_open: usize,
-    pub header_read_timeout: Duration,
-}
-
-impl Default for ConnectionSettings {
-    fn default() -> Self {
-        Self {
-            max_open: crate::connections::DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: Duration::from_secs(
-                crate::connections::DEFAULT_HEADER_READ_TIMEOUT_SECS,
-            ),
-        }
-    }
-}
-
-/// hyper applies its header read timeout only with a timer, which axum-server does not give it.
-fn with_header_timeout(
-    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    timeout: Duration,
-) {
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(timeout);
 }
 
 /// Set when the service starts shutting down: work that could outlast the grace period (a fit's

@@ -492,14 +492,21 @@ fn memory_of_large_requests_goes_back_to_the_os_once_they_stop() {
     }
     // The peak, not the figure now: a slow client leaves quiet moments between the requests,
     // in which memory may already have gone back.
+    let grown = grown_at_peak(pid, idle, 16 << 20, "the batches");
+    // After the quiet moment, most of what the batches left cached is handed back.
+    wait_for_resident_at_most(pid, idle + grown / 2, "after the batches");
+}
+
+/// How far process `pid`'s peak resident memory rose above `idle`, checked to be more than
+/// `at_least` (else the test would show nothing about handing memory back).
+fn grown_at_peak(pid: u32, idle: u64, at_least: u64, what: &str) -> u64 {
     let peak = memory_of(pid, "VmHWM");
     let grown = peak.saturating_sub(idle);
     assert!(
-        grown > 16 << 20,
-        "the batches used memory: idle {idle}, peak {peak}"
+        grown > at_least,
+        "{what} used too little memory to tell: idle {idle}, peak {peak}"
     );
-    // After the quiet moment, most of what the batches left cached is handed back.
-    wait_for_resident_at_most(pid, idle + grown / 2, "after the batches");
+    grown
 }
 
 /// Waits until process `pid` holds at most `bound` bytes resident: memory is handed back after
@@ -545,12 +552,7 @@ fn memory_of_an_answer_much_larger_than_its_request_goes_back_once_it_is_sent() 
     assert!(answer.len() > 50 << 20, "{} bytes", answer.len());
     let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(answer["errors"], events);
-    let peak = memory_of(pid, "VmHWM");
-    let grown = peak.saturating_sub(idle);
-    assert!(
-        grown > 50 << 20,
-        "the answer was held: idle {idle}, peak {peak}"
-    );
+    let grown = grown_at_peak(pid, idle, 50 << 20, "the answer");
     // Once sent, the answer's memory goes back (after the quiet moment, or at once above the
     // budget), with no later request to trigger it.
     wait_for_resident_at_most(pid, idle + grown / 4, "after the answer");
