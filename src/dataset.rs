@@ -142,6 +142,30 @@ pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, String
         .collect()
 }
 
+/// The `tool` of each malicious (src, query) of a labels file, when it has a `tool` column
+/// (as `data/dev` does); empty otherwise.
+pub fn read_label_tools(path: &Path) -> Result<HashMap<(String, String), String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header = text.lines().next().unwrap_or("");
+    if !header
+        .split(',')
+        .any(|c| c.trim().trim_matches('"') == "tool")
+    {
+        return Ok(HashMap::new());
+    }
+    Ok(
+        read_columns(path, &["src", "query", "is_exfiltration", "tool"])?
+            .into_iter()
+            .filter(|r| parse_label(&r[2]) == Some(1.0) && !r[3].trim().is_empty())
+            .map(|mut r| {
+                let tool = std::mem::take(&mut r[3]);
+                ((std::mem::take(&mut r[0]), std::mem::take(&mut r[1])), tool)
+            })
+            .collect(),
+    )
+}
+
 /// Encodings tunnelling tools put in names; the development log only has some of them.
 const ENCODINGS: [&[u8]; 5] = [
     b"0123456789abcdef",                 // hex (dnscat2, dnsteal -x)
@@ -313,15 +337,29 @@ pub fn labelled_features(
     schema: Schema,
     window_secs: f64,
 ) -> Result<Labelled, String> {
+    labelled_features_where(events, labels, schema, window_secs, &mut |_, _, _| true)
+}
+
+/// [`labelled_features`] keeping only the labelled rows `keep(window number, src, query)`
+/// accepts (all rows still feed the features' history).
+pub fn labelled_features_where(
+    events: &[Event],
+    labels: &HashMap<(String, String), f32>,
+    schema: Schema,
+    window_secs: f64,
+    keep: &mut dyn FnMut(usize, &str, &str) -> bool,
+) -> Result<Labelled, String> {
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::new();
     let mut unlabelled = 0usize;
-    for window in windows(events, window_secs) {
+    for (number, window) in windows(events, window_secs).into_iter().enumerate() {
         let rows: Vec<Row> = window
             .iter()
             .map(|(src, query, _)| Row { src, query })
             .collect();
-        let scored: Vec<usize> = (0..window.len()).filter(|&i| window[i].2 == 1).collect();
+        let scored: Vec<usize> = (0..window.len())
+            .filter(|&i| window[i].2 == 1 && keep(number, window[i].0, window[i].1))
+            .collect();
         let features = schema.compute(&rows, &scored);
         for (k, &i) in scored.iter().enumerate() {
             let (src, query, _) = window[i];

@@ -5,8 +5,10 @@
 
 pub mod cli;
 pub mod connections;
+pub mod corpus;
 pub mod dataset;
 pub mod dsdl;
+pub mod evaluation;
 pub mod features;
 pub mod fsutil;
 pub mod limits;
@@ -21,6 +23,7 @@ pub mod scoring;
 pub mod server;
 pub mod suppress;
 pub mod synth;
+pub mod threats;
 pub mod tls;
 pub mod training;
 

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => cli::run_convert(&args),
         Command::Synth(args) => cli::run_synth(&args),
         Command::Train(args) => cli::run_train(&args),
+        Command::Evaluate(args) => cli::run_evaluate(&args),
         Command::Openapi => cli::run_openapi(),
         Command::Serve(args) => {
             let threads = args

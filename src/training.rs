@@ -551,115 +551,149 @@ pub fn fit_labelled(
     })
 }
 
+/// Trains a model of `options.schema` on `labelled` with the offline settings, printing each
+/// epoch when `verbose`.
+pub fn fit_offline(
+    labelled: &Labelled,
+    options: &crate::cli::TrainingOptions,
+    info: ModelInfo,
+    verbose: bool,
+) -> Result<Fitted, TrainError> {
+    let plan = FitPlan {
+        schema: options.schema,
+        base: None,
+        params: TrainParams {
+            epochs: options.epochs,
+            learning_rate: options.learning_rate,
+            batch_size: options.batch_size,
+            patience: options.patience,
+            seed: options.seed,
+            positive_weight: options.positive_weight,
+            ..Default::default()
+        },
+        validation_fraction: options.val_fraction,
+        threshold: 0.5,
+        window_secs: options.window,
+    };
+    fit_labelled(labelled, &plan, info, |e| {
+        if verbose {
+            eprintln!(
+                "epoch {:3}: train loss {:.5}, validation loss {:.5}, validation AUC {:.5}",
+                e.epoch, e.train_loss, e.val_loss, e.val_auc
+            )
+        }
+    })
+}
+
+/// The training corpus of `dnsexfil train`: the real log without the `test` hosts (and without
+/// the sources of left-out real tools), plus synthetic sessions riding on training hosts.
+/// dnsexfil-v2 models keep their original recipe (generic encoded tunnels); dnsexfil-v3 models
+/// get the threat model's families.
+pub fn training_corpus(
+    real: &crate::corpus::RealLog,
+    test: &BTreeSet<String>,
+    leave_out: &[String],
+    options: &crate::cli::TrainingOptions,
+) -> crate::corpus::Corpus {
+    let malicious = real.malicious_sources();
+    let mut dropped: BTreeSet<String> = test.clone();
+    for tool in leave_out {
+        dropped.extend(real.sources_of_tool(tool));
+    }
+    let hosts: BTreeSet<String> = real
+        .events
+        .iter()
+        .map(|e| &e.src)
+        .filter(|src| !dropped.contains(*src))
+        .cloned()
+        .collect();
+    let carriers: BTreeSet<String> = hosts.difference(&malicious).cloned().collect();
+    match options.schema {
+        Schema::DnsexfilV2 => {
+            let mut corpus = crate::corpus::build(
+                real,
+                &hosts,
+                &carriers,
+                &crate::corpus::ThreatPlan {
+                    per_family: 0,
+                    per_benign_family: 0,
+                    leave_out: Vec::new(),
+                    seed: options.seed,
+                    only: Vec::new(),
+                },
+            );
+            // The v2 recipe drew its sessions from the whole log's span and donors.
+            let (events, labels) = dataset::synthetic_tunnels(
+                &real.events,
+                &real.labels,
+                &carriers,
+                options.synthetic_sessions,
+                options.seed,
+            );
+            corpus.events.extend(events);
+            corpus.labels.extend(labels);
+            corpus
+        }
+        _ => crate::corpus::build(
+            real,
+            &hosts,
+            &carriers,
+            &crate::corpus::ThreatPlan {
+                per_family: options.threat_sessions,
+                per_benign_family: options.lookalike_sessions,
+                leave_out: leave_out.to_vec(),
+                seed: options.seed,
+                only: Vec::new(),
+            },
+        ),
+    }
+}
+
 /// `dnsexfil train`: the same training from a labelled log on disk (`data/dev`'s format),
-/// replayed in windows like the hourly search, with synthetic tunnel sessions added and an
-/// optional host-disjoint test set written out for `eval/evaluate.py`.
+/// replayed in windows like the hourly search, with synthetic sessions added and an optional
+/// host-disjoint test set written out for `eval/evaluate.py`.
 pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     use anyhow::Context;
 
+    let options = &args.options;
     crate::validate_name(&args.name).map_err(anyhow::Error::msg)?;
-    let mut events = dataset::read_events(&args.events).map_err(anyhow::Error::msg)?;
-    let mut labels = dataset::read_labels(&args.labels).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        args.leave_out.is_empty() || options.schema == Schema::DnsexfilV3,
+        "--leave-out needs --schema dnsexfil-v3 (the v2 recipe has no tool families)"
+    );
+    let real =
+        crate::corpus::RealLog::read(&args.events, &args.labels).map_err(anyhow::Error::msg)?;
     // The held-out test hosts are chosen first, from the real log only, so that synthetic
-    // sessions never borrow their traffic.
+    // sessions never ride on them.
     let test: BTreeSet<String> = if args.test_fraction > 0.0 {
-        dataset::split_event_sources(&events, &labels, args.test_fraction, args.seed).1
+        dataset::split_event_sources(&real.events, &real.labels, args.test_fraction, options.seed).1
     } else {
         BTreeSet::new()
     };
-    let malicious: BTreeSet<&String> = labels
-        .iter()
-        .filter(|(_, &y)| y == 1.0)
-        .map(|((src, _), _)| src)
-        .collect();
-    let donors: BTreeSet<String> = events
-        .iter()
-        .map(|e| &e.src)
-        .filter(|src| !test.contains(*src) && !malicious.contains(src))
-        .cloned()
-        .collect();
-    let (synthetic_events, synthetic_labels) = dataset::synthetic_tunnels(
-        &events,
-        &labels,
-        &donors,
-        args.synthetic_sessions,
-        args.seed,
-    );
-    events.extend(synthetic_events);
-    labels.extend(synthetic_labels);
-    let schema = Schema::DnsexfilV2;
-    let mut labelled = dataset::labelled_features(&events, &labels, schema, args.window)
-        .map_err(anyhow::Error::msg)?;
-    // The same hours again as smaller networks would send them: each group of sources alone.
-    // Features such as "how many sources query this domain" then take the values a site with
-    // few hosts sees, and the model cannot lean on a crowd being there.
-    // One group would be the whole log again (--source-groups 0 and 1 both mean none).
-    let groups = if args.source_groups > 1 {
-        args.source_groups as u64
-    } else {
-        0
-    };
-    for g in 0..groups {
-        let part: Vec<dataset::Event> = events
-            .iter()
-            .filter(|e| source_group(&e.src, groups) == g)
-            .cloned()
-            .collect();
-        // A group may hold no labelled source at all (many groups, few sources).
-        let Ok(more) = dataset::labelled_features(&part, &labels, schema, args.window) else {
-            continue;
-        };
-        labelled.data.x.extend(more.data.x);
-        labelled.data.y.extend(more.data.y);
-        labelled.srcs.extend(more.srcs);
-    }
+    let corpus = training_corpus(&real, &test, &args.leave_out, options);
+    let kept = crate::corpus::labelled_features(
+        &corpus,
+        options.schema,
+        options.window,
+        options.source_groups,
+    )
+    .map_err(anyhow::Error::msg)?;
     eprintln!(
         "{} labelled rank-1 events from {} events",
-        labelled.data.len(),
-        events.len()
+        kept.data.len(),
+        corpus.events.len()
     );
-
     if let Some(dir) = &args.split_out {
         write_split(dir, &args.events, &args.labels, &test)?;
     }
-    let kept_srcs: BTreeSet<String> = labelled
-        .srcs
-        .iter()
-        .filter(|s| !test.contains(*s))
-        .cloned()
-        .collect();
-    let kept = Labelled {
-        data: dataset::subset(&labelled, &kept_srcs),
-        srcs: labelled
-            .srcs
-            .iter()
-            .filter(|s| kept_srcs.contains(*s))
-            .cloned()
-            .collect(),
-    };
+    let kept_srcs: BTreeSet<String> = kept.srcs.iter().cloned().collect();
 
-    let plan = FitPlan {
-        schema,
-        base: None,
-        params: TrainParams {
-            epochs: args.epochs,
-            learning_rate: args.learning_rate,
-            batch_size: args.batch_size,
-            patience: args.patience,
-            seed: args.seed,
-            positive_weight: args.positive_weight,
-            ..Default::default()
-        },
-        validation_fraction: args.val_fraction,
-        threshold: 0.5,
-        window_secs: args.window,
-    };
     let info = ModelInfo {
         name: args.name.clone(),
-        schema,
+        schema: options.schema,
         // The ESCU detection's column names, so its search can switch to this model by name.
         target: crate::model::convert::ESCU_TARGET.into(),
-        threshold: plan.threshold,
+        threshold: 0.5,
         source_file: args
             .events
             .file_name()
@@ -668,12 +702,7 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         source_sha256: crate::model::sha256_hex(&std::fs::read(&args.events)?),
         created_by: format!("dnsexfil {} train", env!("CARGO_PKG_VERSION")),
     };
-    let fitted = fit_labelled(&kept, &plan, info, |e| {
-        eprintln!(
-            "epoch {:3}: train loss {:.5}, validation loss {:.5}, validation AUC {:.5}",
-            e.epoch, e.train_loss, e.val_loss, e.val_auc
-        )
-    })?;
+    let fitted = fit_offline(&kept, options, info, true)?;
     let (train_srcs, val_srcs) = match &fitted.split {
         ValidationSplit::BySource { train, validation } => (train.clone(), validation.clone()),
         ValidationSplit::ByRow => (kept_srcs.clone(), BTreeSet::new()),
@@ -681,15 +710,23 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     crate::fsutil::write_atomic(&args.output, &fitted.bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let report = &fitted.report;
+    let mut params = serde_json::json!({"epochs": options.epochs, "learning_rate": options.learning_rate, "batch_size": options.batch_size,
+                   "patience": options.patience, "seed": options.seed, "val_fraction": options.val_fraction,
+                   "positive_weight": options.positive_weight,
+                   "test_fraction": args.test_fraction, "window": options.window,
+                   "source_groups": options.source_groups});
+    match options.schema {
+        Schema::DnsexfilV2 => params["synthetic_sessions"] = options.synthetic_sessions.into(),
+        _ => {
+            params["threat_sessions"] = options.threat_sessions.into();
+            params["leave_out"] = serde_json::json!(args.leave_out);
+        }
+    }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
         "model_sha256": crate::model::sha256_hex(&fitted.bytes),
-        "schema": schema.name(),
-        "params": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-                   "patience": args.patience, "seed": args.seed, "val_fraction": args.val_fraction,
-                   "positive_weight": args.positive_weight,
-                   "test_fraction": args.test_fraction, "window": args.window,
-                   "synthetic_sessions": args.synthetic_sessions, "source_groups": args.source_groups},
+        "schema": options.schema.name(),
+        "params": params,
         "rows": {"train": report.train_rows, "validation": report.val_rows},
         "sources": {"train": train_srcs, "validation": val_srcs, "test": test},
         "positive_weight": report.positive_weight,
@@ -712,12 +749,6 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         report_path.display()
     );
     Ok(())
-}
-
-/// A source's group among `groups`, from a hash of its name: stable across runs and platforms.
-fn source_group(src: &str, groups: u64) -> u64 {
-    let digest = crate::model::sha256_hex(src.as_bytes());
-    u64::from_str_radix(&digest[..8], 16).expect("hex digits") % groups
 }
 
 /// Writes the events and labels of the `test` sources, for `eval/evaluate.py`. Records are

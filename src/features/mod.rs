@@ -2,6 +2,7 @@
 
 pub mod escu;
 pub mod v2;
+pub mod v3;
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,6 +48,7 @@ impl FeatureMatrix {
 pub enum Prepared {
     Escu(escu::History),
     V2(v2::History),
+    V3(v3::History),
 }
 
 impl Prepared {
@@ -55,6 +57,7 @@ impl Prepared {
         match self {
             Prepared::Escu(history) => history.features(rows, scored),
             Prepared::V2(history) => history.features(scored),
+            Prepared::V3(history) => history.features(scored),
         }
     }
 }
@@ -67,6 +70,8 @@ pub enum Schema {
     EscuV1,
     /// Our richer schema: name shape plus (src, registered domain) history (see `v2.rs`).
     DnsexfilV2,
+    /// v2 plus alphabet-independent signals at the ICANN boundary (see `v3.rs`).
+    DnsexfilV3,
 }
 
 impl Schema {
@@ -74,6 +79,7 @@ impl Schema {
         match self {
             Schema::EscuV1 => "escu-v1",
             Schema::DnsexfilV2 => "dnsexfil-v2",
+            Schema::DnsexfilV3 => "dnsexfil-v3",
         }
     }
 
@@ -82,6 +88,7 @@ impl Schema {
         match self {
             Schema::EscuV1 => escu::WIDTH,
             Schema::DnsexfilV2 => v2::WIDTH,
+            Schema::DnsexfilV3 => v3::WIDTH,
         }
     }
 
@@ -96,6 +103,7 @@ impl Schema {
         match self {
             Schema::EscuV1 => Prepared::Escu(escu::History::build(rows)),
             Schema::DnsexfilV2 => Prepared::V2(v2::History::build(rows)),
+            Schema::DnsexfilV3 => Prepared::V3(v3::History::build(rows)),
         }
     }
 }
@@ -112,8 +120,9 @@ impl FromStr for Schema {
         match s {
             "escu-v1" => Ok(Schema::EscuV1),
             "dnsexfil-v2" => Ok(Schema::DnsexfilV2),
+            "dnsexfil-v3" => Ok(Schema::DnsexfilV3),
             other => Err(format!(
-                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2)"
+                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2, dnsexfil-v3)"
             )),
         }
     }

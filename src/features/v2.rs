@@ -65,7 +65,7 @@ pub fn split_registered(query: &str) -> (String, String) {
     (sub, registered)
 }
 
-fn last_labels(name: &str, n: usize) -> &str {
+pub(crate) fn last_labels(name: &str, n: usize) -> &str {
     let mut dots = name.rmatch_indices('.').map(|(i, _)| i);
     match dots.nth(n - 1) {
         Some(i) => &name[i + 1..],
@@ -203,6 +203,14 @@ pub struct History {
     src_domains: Vec<u32>,
     domain_srcs: Vec<u32>,
     row_query: Vec<usize>,
+    /// Per distinct (src, query): the first row it appeared in (richer schemas re-read its text).
+    pub(crate) query_first_row: Vec<u32>,
+    /// Registered domain text per domain id (lower case).
+    pub(crate) domain_names: Vec<String>,
+    /// Per distinct (src, query), the id of its second domain (when the split gives one).
+    pub(crate) query_alternate: Vec<u32>,
+    /// Number of distinct second domains.
+    pub(crate) alternates: usize,
 }
 
 /// Computes the dnsexfil-v2 features of the rows at `scored`, with all `rows` as history.
@@ -213,6 +221,19 @@ pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
 impl History {
     /// Linear in the number of rows; names are examined once per distinct (src, query).
     pub fn build(rows: &[Row<'_>]) -> Self {
+        Self::build_with(rows, |query| {
+            let (sub, registered) = split_registered(query);
+            (sub, registered, None)
+        })
+    }
+
+    /// [`History::build`] with another split of names into (lower-case subdomain, the domain
+    /// names are grouped by, and optionally a second domain to remember per name): v3 groups by
+    /// the ICANN-boundary domain and remembers the full Public Suffix List one.
+    pub(crate) fn build_with(
+        rows: &[Row<'_>],
+        split: impl Fn(&str) -> (String, String, Option<String>),
+    ) -> Self {
         let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
         let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
         let mut pair_of: FxHashMap<(usize, usize), usize> = FxHashMap::default(); // (src id, domain id)
@@ -223,13 +244,21 @@ impl History {
         let mut src_domains: Vec<u32> = Vec::new();
         let mut domain_of: FxHashMap<String, usize> = FxHashMap::default();
         let mut domain_srcs: Vec<u32> = Vec::new();
+        let mut domain_names: Vec<String> = Vec::new();
+        let mut query_first_row: Vec<u32> = Vec::new();
+        let mut alternate_of: FxHashMap<String, u32> = FxHashMap::default();
+        let mut query_alternate: Vec<u32> = Vec::new();
         let mut row_query = Vec::with_capacity(rows.len());
 
-        for row in rows {
+        for (row_index, row) in rows.iter().enumerate() {
             let next = shapes.len();
             let q = *query_of.entry((row.src, row.query)).or_insert(next);
             if q == next {
-                let (sub_lower, registered) = split_registered(row.query);
+                let (sub_lower, registered, alternate) = split(row.query);
+                if let Some(alternate) = alternate {
+                    let next = alternate_of.len() as u32;
+                    query_alternate.push(*alternate_of.entry(alternate).or_insert(next));
+                }
                 // The subdomain in its original case (case mixing is a signal of base64 encodings);
                 // lower-casing is ASCII-only, so byte positions are the same.
                 let trimmed = row.query.trim_end_matches('.');
@@ -242,10 +271,15 @@ impl History {
                     src_domains.push(0);
                 }
                 let next_domain = domain_srcs.len();
-                let domain = *domain_of.entry(registered).or_insert(next_domain);
-                if domain == next_domain {
-                    domain_srcs.push(0);
-                }
+                let domain = match domain_of.get(registered.as_str()) {
+                    Some(&d) => d,
+                    None => {
+                        domain_names.push(registered.clone());
+                        domain_of.insert(registered, next_domain);
+                        domain_srcs.push(0);
+                        next_domain
+                    }
+                };
                 let next_pair = pairs.len();
                 let pair = *pair_of.entry((src, domain)).or_insert(next_pair);
                 if pair == next_pair {
@@ -263,6 +297,7 @@ impl History {
                 h.long_subs += (shape.sub_len > 20.0) as u32;
                 h.sum_digit_ratio += shape.digit_ratio as f64;
                 shapes.push((shape, pair, 0));
+                query_first_row.push(row_index as u32);
             }
             let (_, pair, repeats) = &mut shapes[q];
             *repeats += 1;
@@ -278,7 +313,31 @@ impl History {
             src_domains,
             domain_srcs,
             row_query,
+            query_first_row,
+            domain_names,
+            query_alternate,
+            alternates: alternate_of.len(),
         }
+    }
+
+    /// The distinct (src, query) index of each row.
+    pub(crate) fn row_query(&self) -> &[usize] {
+        &self.row_query
+    }
+
+    /// Number of distinct (src, query) pairs.
+    pub(crate) fn distinct_queries(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// (src id, registered domain id) of a distinct (src, query).
+    pub(crate) fn query_src_domain(&self, q: usize) -> (usize, usize) {
+        self.pair_src_domain[self.shapes[q].1]
+    }
+
+    /// Number of distinct sources.
+    pub(crate) fn sources(&self) -> usize {
+        self.src_rows.len()
     }
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
@@ -291,6 +350,7 @@ impl History {
             src_domains,
             domain_srcs,
             row_query,
+            ..
         } = self;
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
         for (k, &i) in scored.iter().enumerate() {

@@ -193,6 +193,7 @@ pub fn shape_for(schema: Schema) -> MlpShape {
     match schema {
         Schema::EscuV1 => MlpShape::ESCU,
         Schema::DnsexfilV2 => MlpShape::V2,
+        Schema::DnsexfilV3 => MlpShape::V3,
     }
 }
 

@@ -48,6 +48,14 @@ impl MlpShape {
         normalized: true,
     };
 
+    /// Our dnsexfil-v3 network: 46 standardised features -> 64 -> 32 -> 1.
+    pub const V3: MlpShape = MlpShape {
+        input: 46,
+        hidden_1: 64,
+        hidden_2: 32,
+        normalized: true,
+    };
+
     /// Expected name and shape of each tensor, layers first in [`TENSOR_NAMES`] order.
     pub fn tensor_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
         let MlpShape {

@@ -1,0 +1,511 @@
+//! The `dnsexfil-v3` feature schema: `dnsexfil-v2` plus signals that do not depend on the
+//! encoding alphabet, so tools the model never saw still stand out.
+//!
+//! Tools defeat v2's two signals (encoding alphabets; many names under one registered domain)
+//! by encoding with words or CDN-like names, by putting each chunk under another domain, or by
+//! riding a service whose every host name is its own "registered domain" in the private section
+//! of the Public Suffix List (`d1abc.cloudfront.net`). So v3 also aggregates at the **ICANN
+//! boundary** of the list (`cloudfront.net`), and adds what stays true whatever the alphabet:
+//! how many names of one template a source sends under one domain, whether anyone else queries
+//! those names and domains, and how many long-subdomain names a source spreads over domains
+//! nobody else uses (domain rotation). Linear in the rows, like v2, whose history it extends.
+
+use std::hash::{Hash, Hasher};
+
+use rustc_hash::{FxHashMap, FxHasher};
+
+use super::v2;
+use super::{FeatureMatrix, Row};
+
+/// Feature names in column order: v2's 30 (computed at the ICANN boundary: `d1abc.cloudfront.net`
+/// is the subdomain `d1abc` of `cloudfront.net`), then v3's own.
+pub const NAMES: [&str; 46] = [
+    // v2
+    "query_len",
+    "sub_len",
+    "sub_labels",
+    "sub_longest_label",
+    "sub_entropy",
+    "sub_digit_ratio",
+    "sub_upper_ratio",
+    "sub_hex_ratio",
+    "sub_base32_ratio",
+    "sub_other_ratio",
+    "sub_vowel_ratio",
+    "sub_unique_ratio",
+    "sub_max_consonant_run",
+    "sub_mixed_case",
+    "is_reverse_dns",
+    "is_service_label",
+    "escapes",
+    "pair_log_volume",
+    "pair_log_distinct",
+    "pair_distinct_ratio",
+    "pair_mean_sub_len",
+    "pair_max_sub_len",
+    "pair_mean_entropy",
+    "pair_mean_longest_label",
+    "pair_long_sub_share",
+    "pair_mean_digit_ratio",
+    "src_log_domains",
+    "src_domain_share",
+    "domain_log_srcs",
+    "query_log_repeats",
+    // v3: the full Public Suffix List view, and per (source, ICANN domain)
+    "psl_pair_log_distinct",
+    "icann_pair_distinct_share",
+    "icann_pair_log_domains",
+    "psl_domain_log_srcs",
+    "icann_pair_template_share",
+    "icann_pair_template_log_count",
+    "name_log_srcs",
+    "icann_pair_unique_name_share",
+    // v3: per source
+    "src_log_distinct",
+    "src_log_unique_domains",
+    "src_unique_domain_share",
+    "src_log_payload_names_on_unique_domains",
+    "src_log_unique_domains_with_payload",
+    // v3: per name, and length spread per (source, ICANN domain)
+    "sub_class_switch_ratio",
+    "sub_ipv4_like",
+    "icann_pair_sub_len_cv",
+];
+
+/// Number of features per row.
+pub const WIDTH: usize = NAMES.len();
+
+const V2_WIDTH: usize = v2::WIDTH;
+
+/// The registered domain at the ICANN boundary: a registered domain under a private-section
+/// suffix (`d1abc.cloudfront.net`, suffix `cloudfront.net`) maps to the suffix's own registered
+/// domain (`cloudfront.net`); others map to themselves.
+pub fn icann_domain(registered: &str) -> &str {
+    let mut current = registered;
+    // Private suffixes can nest (`s3.dualstack.us-east-1.amazonaws.com`); each step is shorter.
+    for _ in 0..8 {
+        let Some(suffix) = psl::suffix(current.as_bytes()) else {
+            return current;
+        };
+        if suffix.typ() != Some(psl::Type::Private) {
+            return current;
+        }
+        let Ok(suffix_text) = std::str::from_utf8(suffix.as_bytes()) else {
+            return current;
+        };
+        match psl::domain_str(suffix_text) {
+            Some(parent) if parent.len() < current.len() => {
+                current = &current[current.len() - parent.len()..]
+            }
+            _ => return current,
+        }
+    }
+    current
+}
+
+/// Splits a query into (lower-case subdomain below the ICANN-boundary domain, that domain, the
+/// full Public Suffix List registered domain).
+///
+/// A name whose last label cannot be a top-level domain (digits, or longer than any TLD), such
+/// as dnscat2's `dnscat.<hex>` sent without a domain, belongs to the root `.`: it is all
+/// subdomain, instead of being its own "registered domain" that shows no history.
+pub fn split_icann(query: &str) -> (String, String, Option<String>) {
+    let lower = query.trim_end_matches('.').to_ascii_lowercase();
+    let tld = lower.rsplit('.').next().unwrap_or("");
+    let plausible_tld = (2..=24).contains(&tld.len())
+        && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"));
+    if !plausible_tld && lower.contains('.') {
+        return (lower, ".".to_string(), Some(".".to_string()));
+    }
+    let registered = psl::domain_str(&lower)
+        .map(str::to_string)
+        .unwrap_or_else(|| v2::last_labels(&lower, 2).to_string());
+    let icann = icann_domain(&registered).to_string();
+    let sub = lower
+        .strip_suffix(&icann)
+        .map(|s| s.trim_end_matches('.'))
+        .unwrap_or("")
+        .to_string();
+    (sub, icann, Some(registered))
+}
+
+/// What v3 needs of one name beyond v2's shape.
+#[derive(Debug, Clone, Copy, Default)]
+struct NameExtras {
+    /// Label lengths and character classes of the subdomain, hashed (plus the ICANN domain).
+    template: u64,
+    class_switch_ratio: f32,
+    ipv4_like: bool,
+    /// A label of 20 or more characters and no `_service` label (DKIM, SRV): a chunk of data.
+    payload_like: bool,
+}
+
+fn name_extras(sub: &str, icann: u32) -> NameExtras {
+    let mut hasher = FxHasher::default();
+    icann.hash(&mut hasher);
+    let (mut switches, mut classed, mut previous_digit) = (0u32, 0u32, None);
+    let (mut labels, mut numeric_labels, mut longest, mut service) = (0u32, 0u32, 0usize, false);
+    for label in sub.split('.').filter(|l| !l.is_empty()) {
+        labels += 1;
+        longest = longest.max(label.len());
+        service |= label.starts_with('_');
+        let (mut letters, mut digits, mut others) = (false, false, false);
+        for b in label.bytes() {
+            let digit = b.is_ascii_digit();
+            letters |= b.is_ascii_alphabetic();
+            digits |= digit;
+            others |= !b.is_ascii_alphanumeric();
+            if b.is_ascii_alphanumeric() {
+                if previous_digit.is_some_and(|p| p != digit) {
+                    switches += 1;
+                }
+                previous_digit = Some(digit);
+                classed += 1;
+            }
+        }
+        numeric_labels += (digits && !letters && !others && label.len() <= 3) as u32;
+        (label.len(), letters, digits, others).hash(&mut hasher);
+    }
+    labels.hash(&mut hasher);
+    NameExtras {
+        template: hasher.finish(),
+        class_switch_ratio: switches as f32 / classed.max(1) as f32,
+        ipv4_like: labels >= 4 && numeric_labels >= 4,
+        payload_like: longest >= 20 && !service,
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct IcannPair {
+    /// No other source queries this ICANN domain.
+    unique_domain: bool,
+    distinct: u32,
+    domains: u32,
+    unique_names: u32,
+    sum_len: f64,
+    sum_len_sq: f64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct SourceTotals {
+    distinct: u32,
+    icann_domains: u32,
+    unique_domains: u32,
+    payload_on_unique: u32,
+    unique_with_payload: u32,
+}
+
+/// The per-request history of the dnsexfil-v3 features.
+pub struct History {
+    base: v2::History,
+    /// Per distinct (src, query): its (src, ICANN domain) pair, name extras and template count key.
+    query_pair: Vec<u32>,
+    query_extras: Vec<NameExtras>,
+    query_template_count: Vec<u32>,
+    query_name_srcs: Vec<u32>,
+    /// Per distinct (src, query): names of its (src, full registered domain) pair, and sources
+    /// of that registered domain.
+    query_registered: Vec<(u32, u32)>,
+    pairs: Vec<IcannPair>,
+    pair_src_icann: Vec<(u32, u32)>,
+    sources: Vec<SourceTotals>,
+}
+
+/// Computes the dnsexfil-v3 features of the rows at `scored`, with all `rows` as history.
+pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
+    History::build(rows).features(scored)
+}
+
+impl History {
+    /// Linear in the number of rows: v2's history at the ICANN boundary, then one pass over the
+    /// distinct names.
+    pub fn build(rows: &[Row<'_>]) -> Self {
+        let base = v2::History::build_with(rows, split_icann);
+        let distinct = base.distinct_queries();
+        let mut icann_srcs = vec![0u32; base.domain_names.len()];
+        let mut registered_srcs = vec![0u32; base.alternates];
+
+        let mut pair_of: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+        let mut pairs: Vec<IcannPair> = Vec::new();
+        let mut pair_src_icann: Vec<(u32, u32)> = Vec::new();
+        // (src, full registered domain) -> distinct names.
+        let mut registered_pair: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+        let mut template_count: FxHashMap<(u32, u64), u32> = FxHashMap::default();
+        let mut name_srcs: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut sources = vec![SourceTotals::default(); base.sources()];
+        let mut query_pair = Vec::with_capacity(distinct);
+        let mut query_extras = Vec::with_capacity(distinct);
+
+        for q in 0..distinct {
+            let (src, icann) = base.query_src_domain(q);
+            let icann = icann as u32;
+            let registered = base.query_alternate[q];
+            let query = rows[base.query_first_row[q] as usize].query;
+            let trimmed = query.trim_end_matches('.');
+            // The subdomain below the ICANN domain (`d1abc` of `d1abc.cloudfront.net`).
+            let icann_len = match base.domain_names[icann as usize].as_str() {
+                "." => 0,
+                domain => domain.len(),
+            };
+            let sub = trimmed
+                .get(..trimmed.len().saturating_sub(icann_len))
+                .unwrap_or("")
+                .trim_end_matches('.');
+            let extras = name_extras(sub, icann);
+            let next = pairs.len() as u32;
+            let pair = *pair_of.entry((src as u32, icann)).or_insert(next);
+            if pair == next {
+                pairs.push(IcannPair::default());
+                pair_src_icann.push((src as u32, icann));
+                icann_srcs[icann as usize] += 1;
+                sources[src].icann_domains += 1;
+            }
+            let p = &mut pairs[pair as usize];
+            p.distinct += 1;
+            let len = sub.len() as f64;
+            p.sum_len += len;
+            p.sum_len_sq += len * len;
+            let names_under = registered_pair.entry((src as u32, registered)).or_insert(0);
+            if *names_under == 0 {
+                p.domains += 1;
+                registered_srcs[registered as usize] += 1;
+            }
+            *names_under += 1;
+            *template_count.entry((pair, extras.template)).or_insert(0) += 1;
+            *name_srcs.entry(query).or_insert(0) += 1;
+            sources[src].distinct += 1;
+            query_pair.push(pair);
+            query_extras.push(extras);
+        }
+
+        // Second pass: counts that need the whole request first.
+        let mut query_template_count = Vec::with_capacity(distinct);
+        let mut query_name_srcs = Vec::with_capacity(distinct);
+        let mut query_registered = Vec::with_capacity(distinct);
+        let mut payload_unique_pairs: FxHashMap<u32, ()> = FxHashMap::default();
+        for q in 0..distinct {
+            let pair = query_pair[q];
+            let (src, icann) = pair_src_icann[pair as usize];
+            let extras = query_extras[q];
+            query_template_count.push(template_count[&(pair, extras.template)]);
+            let registered = base.query_alternate[q];
+            query_registered.push((
+                registered_pair[&(src, registered)],
+                registered_srcs[registered as usize],
+            ));
+            let query = rows[base.query_first_row[q] as usize].query;
+            let srcs = name_srcs[query];
+            query_name_srcs.push(srcs);
+            if srcs == 1 {
+                pairs[pair as usize].unique_names += 1;
+            }
+            if icann_srcs[icann as usize] == 1 && extras.payload_like {
+                let totals = &mut sources[src as usize];
+                totals.payload_on_unique += 1;
+                if payload_unique_pairs.insert(pair, ()).is_none() {
+                    totals.unique_with_payload += 1;
+                }
+            }
+        }
+        for (pair, &(src, icann)) in pair_src_icann.iter().enumerate() {
+            if icann_srcs[icann as usize] == 1 {
+                sources[src as usize].unique_domains += 1;
+                pairs[pair].unique_domain = true;
+            }
+        }
+
+        Self {
+            base,
+            query_pair,
+            query_extras,
+            query_template_count,
+            query_name_srcs,
+            query_registered,
+            pairs,
+            pair_src_icann,
+            sources,
+        }
+    }
+
+    /// Features of the rows at `scored` (indices into the rows the history was built from).
+    pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
+        let v2_part = self.base.features(scored);
+        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+        let row_query = self.base.row_query();
+        for (k, &i) in scored.iter().enumerate() {
+            let q = row_query[i];
+            let pair_id = self.query_pair[q] as usize;
+            let pair = &self.pairs[pair_id];
+            let (src, _) = self.pair_src_icann[pair_id];
+            let (registered_names, registered_srcs) = self.query_registered[q];
+            let source = &self.sources[src as usize];
+            let extras = &self.query_extras[q];
+            let distinct = pair.distinct.max(1) as f64;
+            let mean = pair.sum_len / distinct;
+            let variance = (pair.sum_len_sq / distinct - mean * mean).max(0.0);
+            let out = matrix.row_mut(k);
+            out[..V2_WIDTH].copy_from_slice(v2_part.row(k));
+            let log = |v: u32| (v as f32).ln_1p();
+            out[30] = log(registered_names);
+            out[31] = pair.distinct as f32 / source.distinct.max(1) as f32;
+            out[32] = log(pair.domains);
+            out[33] = log(registered_srcs);
+            out[34] = self.query_template_count[q] as f32 / pair.distinct.max(1) as f32;
+            out[35] = log(self.query_template_count[q]);
+            out[36] = log(self.query_name_srcs[q]);
+            out[37] = pair.unique_names as f32 / pair.distinct.max(1) as f32;
+            out[38] = log(source.distinct);
+            // What the source does elsewhere counts only for a name that could be part of it:
+            // else every benign name of an infected host would inherit the host's score.
+            let own_domain_unique = pair.unique_domain;
+            if own_domain_unique {
+                out[39] = log(source.unique_domains);
+                out[40] = source.unique_domains as f32 / source.icann_domains.max(1) as f32;
+                if extras.payload_like {
+                    out[41] = log(source.payload_on_unique);
+                    out[42] = log(source.unique_with_payload);
+                }
+            }
+            out[43] = extras.class_switch_ratio;
+            out[44] = extras.ipv4_like as u8 as f32;
+            out[45] = if mean > 0.0 {
+                (variance.sqrt() / mean) as f32
+            } else {
+                0.0
+            };
+        }
+        matrix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str) -> usize {
+        NAMES.iter().position(|n| *n == name).unwrap()
+    }
+
+    #[test]
+    fn private_suffixes_fold_to_their_icann_registered_domain() {
+        assert_eq!(icann_domain("d1abc.cloudfront.net"), "cloudfront.net");
+        assert_eq!(icann_domain("example.com"), "example.com");
+        assert_eq!(icann_domain("northwind.lan"), "northwind.lan");
+        assert_eq!(icann_domain("x.github.io"), "github.io");
+    }
+
+    #[test]
+    fn cdn_like_names_from_one_source_add_up_under_the_icann_domain() {
+        let mut names: Vec<String> = (0..60)
+            .map(|i| format!("d5ip4p{:07}.cloudfront.net", i * 7919))
+            .collect();
+        names.push("dabc123xyz.cloudfront.net".into());
+        let mut rows: Vec<Row> = names
+            .iter()
+            .map(|q| Row {
+                src: "10.0.0.66",
+                query: q,
+            })
+            .collect();
+        rows.push(Row {
+            src: "10.0.0.2",
+            query: "dabc123xyz.cloudfront.net",
+        });
+        let m = compute(&rows, &[0, rows.len() - 1]);
+        let (exfil, benign) = (m.row(0), m.row(1));
+        // v2's columns now group at the ICANN boundary: one source, 61 names of cloudfront.net.
+        assert_eq!(exfil[col("pair_log_distinct")], 61f32.ln_1p());
+        assert_eq!(benign[col("pair_log_distinct")], 1f32.ln_1p());
+        assert_eq!(exfil[col("domain_log_srcs")], 2f32.ln_1p());
+        assert_eq!(exfil[col("sub_len")], 13.0);
+        assert_eq!(exfil[col("name_log_srcs")], 1f32.ln_1p());
+        assert_eq!(benign[col("name_log_srcs")], 2f32.ln_1p());
+        assert!(exfil[col("icann_pair_template_share")] > 0.95);
+        assert_eq!(exfil[col("icann_pair_log_domains")], 61f32.ln_1p());
+        // The full Public Suffix List view sees one name per "registered domain".
+        assert_eq!(exfil[col("psl_pair_log_distinct")], 1f32.ln_1p());
+        assert_eq!(exfil[col("psl_domain_log_srcs")], 1f32.ln_1p());
+        assert_eq!(benign[col("psl_domain_log_srcs")], 2f32.ln_1p());
+        assert!(m.values.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn chunks_rotated_over_domains_show_at_the_source() {
+        let names: Vec<String> = (0..12)
+            .map(|i| format!("{}.rot{i}-files.com", "a1b2c3d4e5f6a7b8c9d0e1f2"))
+            .collect();
+        let mut rows: Vec<Row> = names.iter().map(|q| Row { src: "h", query: q }).collect();
+        rows.push(Row {
+            src: "h",
+            query: "www.example.com",
+        });
+        rows.push(Row {
+            src: "g",
+            query: "www.example.com",
+        });
+        let m = compute(&rows, &[0, 12]);
+        assert_eq!(
+            m.row(0)[col("src_log_unique_domains_with_payload")],
+            12f32.ln_1p()
+        );
+        assert_eq!(m.row(0)[col("src_log_unique_domains")], 12f32.ln_1p());
+        assert_eq!(m.row(0)[col("src_unique_domain_share")], 12.0 / 13.0);
+        assert_eq!(m.row(1)[col("pair_log_volume")], 1f32.ln_1p());
+        // A name under a domain other sources use does not inherit the source's rotation.
+        assert_eq!(m.row(1)[col("src_log_unique_domains_with_payload")], 0.0);
+        assert_eq!(m.row(1)[col("src_log_unique_domains")], 0.0);
+    }
+
+    #[test]
+    fn names_without_a_possible_top_level_domain_belong_to_the_root() {
+        assert_eq!(
+            split_icann("dnscat.35a1009c1eb026e623"),
+            (
+                "dnscat.35a1009c1eb026e623".into(),
+                ".".into(),
+                Some(".".into())
+            )
+        );
+        assert_eq!(split_icann("host.corp.lan").1, "corp.lan");
+        assert_eq!(split_icann("localhost").1, "localhost");
+        assert_eq!(split_icann("a.b.xn--p1ai").1, "b.xn--p1ai");
+    }
+
+    #[test]
+    fn name_structure_features() {
+        let e = name_extras("4.3.2.1.zen", 0);
+        assert!(e.ipv4_like);
+        let words = name_extras("john.whorfin", 0);
+        assert_eq!(words.class_switch_ratio, 0.0);
+        let mixed = name_extras("a1b2", 0);
+        assert_eq!(mixed.class_switch_ratio, 0.75);
+        assert!(name_extras("abcdefghijabcdefghijk", 0).payload_like);
+        assert!(!name_extras("abcdefghijabcdefghijk._domainkey", 0).payload_like);
+        assert_ne!(
+            name_extras("abc.de", 0).template,
+            name_extras("abc.def", 0).template
+        );
+        assert_eq!(
+            name_extras("abc.de", 0).template,
+            name_extras("xyz.uv", 0).template
+        );
+    }
+
+    #[test]
+    fn odd_names_give_finite_features() {
+        let names = [
+            "",
+            ".",
+            "..",
+            "a..b",
+            "\\000\\001.x.y",
+            "bücher.例え.jp",
+            "_srv._tcp.x",
+        ];
+        let rows: Vec<Row> = names.iter().map(|q| Row { src: "s", query: q }).collect();
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let m = compute(&rows, &all);
+        assert!(m.values.iter().all(|v| v.is_finite()));
+        assert_eq!(m.width, WIDTH);
+    }
+}

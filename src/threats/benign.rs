@@ -1,0 +1,345 @@
+//! Benign services whose names look like exfiltration and that real networks emit in bursts,
+//! each from the service's public documentation. They are labelled benign, and most also
+//! appear on other hosts of the same hour ("fleet"), as a product installed everywhere does.
+
+use super::draw::{self, between, chance, pick, text, text_between};
+use super::{Draft, Family};
+use crate::synth::SplitMix64;
+
+pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
+    // (names, queries in the hour, names shared by the hosts of a site, % of hosts' queries
+    // from that shared set, % of sessions that also show on other hosts).
+    let (names, count, shared, reuse, fleet_share): (
+        Names,
+        (usize, usize),
+        (usize, usize),
+        usize,
+        usize,
+    ) = match family {
+        Family::AvReputation => (av_reputation(rng), (20, 400), (30, 100), 40, 70),
+        Family::Dnsbl => return dnsbl(rng),
+        Family::BrowserProbes => (browser_probe(rng), (3, 15), (0, 0), 0, 80),
+        Family::TelemetryUuid => (telemetry(rng), (5, 60), (5, 20), 60, 70),
+        Family::CdnEdge => (cdn_edge(rng), (5, 80), (20, 80), 70, 80),
+        Family::LoadBalancer => (load_balancer(rng), (3, 40), (3, 15), 80, 60),
+        Family::KubernetesSearch => return kubernetes_search(rng),
+        Family::AcmeChallenge => (acme(rng), (2, 30), (0, 0), 0, 0),
+        malicious => unreachable!("{malicious:?} is not a benign family"),
+    };
+    burst(rng, names, count, shared, reuse, fleet_share)
+}
+
+type Names = Box<dyn FnMut(&mut SplitMix64) -> String>;
+
+/// A burst of names in an hour on one host and, for a fleet-wide service, a few on up to six
+/// other hosts. Popular names (a site's common CDN objects, the same files' hashes) are shared:
+/// `reuse`% of queries come from a set every host of the session draws from.
+fn burst(
+    rng: &mut SplitMix64,
+    mut fresh: Names,
+    (lo, hi): (usize, usize),
+    (shared_lo, shared_hi): (usize, usize),
+    reuse: usize,
+    fleet_share: usize,
+) -> Draft {
+    let shared_len = if shared_hi > 0 {
+        between(rng, shared_lo, shared_hi)
+    } else {
+        0
+    };
+    let shared: Vec<String> = (0..shared_len).map(|_| fresh(rng)).collect();
+    let mut name = move |rng: &mut SplitMix64| {
+        if !shared.is_empty() && chance(rng, reuse) {
+            pick(rng, &shared).clone()
+        } else {
+            fresh(rng)
+        }
+    };
+    let count = between(rng, lo, hi);
+    let queries = draw::times(rng, count, 1.0)
+        .into_iter()
+        .map(|t| (t, name(rng)))
+        .collect();
+    let fleet = if chance(rng, fleet_share) {
+        (0..between(rng, 1, 6))
+            .map(|_| {
+                let n = between(rng, 1, 15);
+                draw::times(rng, n, 1.0)
+                    .into_iter()
+                    .map(|t| (t, name(rng)))
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Draft {
+        queries,
+        fleet,
+        rides: true,
+        sources: 1,
+    }
+}
+
+/// File-reputation lookups of endpoint security products, which put a file hash in the name:
+/// Sophos Live Protection (`sophosxl.net`), McAfee GTI (`avqs.mcafee.com`), ESET LiveGrid
+/// (`e5.sk`), Team Cymru's Malware Hash Registry (`<md5>.malware.hash.cymru.com`). A scan or
+/// a software update makes one host send hundreds.
+fn av_reputation(rng: &mut SplitMix64) -> Names {
+    match rng.below(4) {
+        0 => Box::new(|r| {
+            format!(
+                "{}.{}.{}.sxl.sophosxl.net",
+                text(r, draw::BASE36, 2),
+                text(r, draw::HEX, 40),
+                text(r, draw::DIGITS, 1)
+            )
+        }),
+        1 => Box::new(|r| {
+            format!(
+                "{}.{}.avqs.mcafee.com",
+                text(r, draw::BASE32, 32),
+                text(r, draw::BASE32, 10)
+            )
+        }),
+        2 => Box::new(|r| {
+            format!(
+                "{}.{}.e5.sk",
+                text(r, draw::HEX, 40),
+                text(r, draw::BASE36, 6)
+            )
+        }),
+        _ => Box::new(|r| format!("{}.malware.hash.cymru.com", text(r, draw::HEX, 32))),
+    }
+}
+
+/// DNS blocklist lookups of a mail server (RFC 5782): the client's IPv4 address reversed
+/// under the list's zone, or a domain from the message under a domain list.
+fn dnsbl(rng: &mut SplitMix64) -> Draft {
+    const ZONES: [&str; 5] = [
+        "zen.spamhaus.org",
+        "bl.spamcop.net",
+        "b.barracudacentral.org",
+        "dnsbl.sorbs.net",
+        "bl.mailspike.net",
+    ];
+    const DOMAIN_LISTS: [&str; 3] = ["dbl.spamhaus.org", "multi.uribl.com", "multi.surbl.org"];
+    let lists: Vec<&str> = (0..between(rng, 1, 3))
+        .map(|_| *pick(rng, &ZONES))
+        .collect();
+    let count = between(rng, 30, 400);
+    let mut queries = Vec::new();
+    for t in draw::times(rng, count, 1.0) {
+        let ip = format!(
+            "{}.{}.{}.{}",
+            rng.below(256),
+            rng.below(256),
+            rng.below(256),
+            between(rng, 1, 223)
+        );
+        for zone in &lists {
+            queries.push((t, format!("{ip}.{zone}")));
+        }
+        if chance(rng, 30) {
+            let sender = draw::domain(rng);
+            queries.push((t + 0.2, format!("{sender}.{}", pick(rng, &DOMAIN_LISTS))));
+        }
+    }
+    let fleet = if chance(rng, 40) {
+        let n = between(rng, 5, 40);
+        vec![draw::times(rng, n, 1.0)
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    format!(
+                        "{}.{}.{}.{}.{}",
+                        rng.below(256),
+                        rng.below(256),
+                        rng.below(256),
+                        between(rng, 1, 223),
+                        lists[0]
+                    ),
+                )
+            })
+            .collect()]
+    } else {
+        Vec::new()
+    };
+    Draft {
+        queries,
+        fleet,
+        rides: true,
+        sources: 1,
+    }
+}
+
+/// Chromium's intranet redirect detector: at start-up and on network changes it resolves three
+/// random single-label names of 7 to 15 letters, which the resolver expands with the search
+/// domain (`qwhzvbkdpa.corp.example.com`).
+fn browser_probe(rng: &mut SplitMix64) -> Names {
+    let search = format!(
+        "{}.{}",
+        pick(rng, &["corp", "office", "ad", "lan", "hq"]),
+        draw::domain(rng)
+    );
+    Box::new(move |r| {
+        let label = text_between(r, draw::LETTERS, 7, 15);
+        if chance(r, 50) {
+            format!("{label}.{search}")
+        } else {
+            label
+        }
+    })
+}
+
+/// Telemetry and crash-report hosts with a UUID or a long token per app or device (error
+/// trackers' ingest hosts, mobile analytics).
+fn telemetry(rng: &mut SplitMix64) -> Names {
+    let zone = *pick(
+        rng,
+        &[
+            "ingest.sentry.io",
+            "telemetry.vendor-apps.com",
+            "events.data.microsoft.com",
+            "in.appcenter.ms",
+            "device-metrics-us.amazon.com",
+        ],
+    );
+    Box::new(move |r| {
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            text(r, draw::HEX, 8),
+            text(r, draw::HEX, 4),
+            text(r, draw::HEX, 4),
+            text(r, draw::HEX, 4),
+            text(r, draw::HEX, 12)
+        );
+        if chance(r, 50) {
+            format!("{uuid}.{zone}")
+        } else {
+            format!("o{}.{zone}", text(r, draw::DIGITS, 6))
+        }
+    })
+}
+
+/// CDN edge names a media-heavy host resolves: YouTube caches
+/// (`rr3---sn-<8 characters>.googlevideo.com`), Akamai (`e1234.dscb.akamaiedge.net`),
+/// CloudFront distributions (`d` + 13 characters), Facebook's `scontent-` hosts.
+fn cdn_edge(rng: &mut SplitMix64) -> Names {
+    let kind = rng.below(4);
+    Box::new(move |r| match kind {
+        0 => format!(
+            "rr{}---sn-{}.googlevideo.com",
+            between(r, 1, 8),
+            text(r, draw::BASE36, 8)
+        ),
+        1 => format!(
+            "e{}.{}.akamaiedge.net",
+            text_between(r, draw::DIGITS, 4, 5),
+            pick(r, &["dscb", "dscx", "a", "b"])
+        ),
+        2 => format!("d{}.cloudfront.net", text(r, draw::BASE36, 13)),
+        _ => format!(
+            "scontent-{}{}-{}.xx.fbcdn.net",
+            text(r, draw::LETTERS, 3),
+            between(r, 1, 9),
+            between(r, 1, 2)
+        ),
+    })
+}
+
+/// Cloud load balancer names: `<name>-<10 digits>.<region>.elb.amazonaws.com`,
+/// `internal-<name>-<9 digits>...`, and Azure `*.cloudapp.azure.com` hosts.
+fn load_balancer(rng: &mut SplitMix64) -> Names {
+    let region = *pick(
+        rng,
+        &["us-east-1", "eu-west-1", "us-west-2", "ap-southeast-2"],
+    );
+    Box::new(move |r| {
+        let app = format!(
+            "{}-{}",
+            pick(r, &["api", "web", "prod", "stage", "orders", "auth"]),
+            pick(r, &["lb", "alb", "nlb", "ingress"])
+        );
+        match r.below(3) {
+            0 => format!(
+                "{app}-{}.{region}.elb.amazonaws.com",
+                text(r, draw::DIGITS, 10)
+            ),
+            1 => format!(
+                "internal-{app}-{}.{region}.elb.amazonaws.com",
+                text(r, draw::DIGITS, 9)
+            ),
+            _ => format!(
+                "{app}-{}.{}.cloudapp.azure.com",
+                text(r, draw::BASE36, 6),
+                pick(r, &["westeurope", "eastus"])
+            ),
+        }
+    })
+}
+
+/// Kubernetes pods resolve with `ndots:5`, so every external name is first tried under each
+/// search domain (`api.github.com.default.svc.cluster.local`, `...svc.cluster.local`,
+/// `...cluster.local`) before the name itself.
+fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
+    let namespace = *pick(
+        rng,
+        &["default", "prod", "payments", "monitoring", "kube-system"],
+    );
+    const TARGETS: [&str; 10] = [
+        "api.github.com",
+        "registry-1.docker.io",
+        "s3.amazonaws.com",
+        "sts.amazonaws.com",
+        "api.stripe.com",
+        "hooks.slack.com",
+        "oauth2.googleapis.com",
+        "login.microsoftonline.com",
+        "sqs.us-east-1.amazonaws.com",
+        "pypi.org",
+    ];
+    let lookups = between(rng, 10, 100);
+    let mut queries = Vec::new();
+    for t in draw::times(rng, lookups, 1.0) {
+        let target = if chance(rng, 70) {
+            pick(rng, &TARGETS).to_string()
+        } else {
+            format!(
+                "{}.{namespace}",
+                pick(
+                    rng,
+                    &["redis", "postgres", "kafka-0.kafka", "orders", "auth"]
+                )
+            )
+        };
+        for search in [
+            format!("{namespace}.svc.cluster.local"),
+            "svc.cluster.local".to_string(),
+            "cluster.local".to_string(),
+        ] {
+            queries.push((t, format!("{target}.{search}")));
+        }
+        queries.push((t + 0.01, target));
+    }
+    Draft {
+        queries,
+        fleet: Vec::new(),
+        rides: true,
+        sources: 1,
+    }
+}
+
+/// ACME DNS-01 challenges (RFC 8555): `_acme-challenge.<host>` TXT lookups while certificates
+/// are issued or renewed, for many hosts of one zone at once.
+fn acme(rng: &mut SplitMix64) -> Names {
+    let zone = draw::domain(rng);
+    Box::new(move |r| {
+        format!(
+            "_acme-challenge.{}{}.{zone}",
+            pick(r, &["www", "api", "mail", "vpn", "app", "shop", "git"]),
+            between(r, 1, 99)
+        )
+    })
+}
