@@ -1,5 +1,6 @@
-//! Stage-by-stage cost of one ESCU `/apply` at 1k, 10k and 100k rows, and the whole request
-//! (envelope parse to response body) next to the network's forward pass alone.
+//! Stage-by-stage cost of one ESCU `/apply` at 1k, 10k and 100k rows, the whole request
+//! (envelope parse to response body) next to the network's forward pass alone, and the whole
+//! request with the default model's schema against the one before (`-- schemas`).
 //! Run: `cargo bench --bench pipeline` (needs ../shared/artifacts for the weights).
 
 mod support;
@@ -61,7 +62,10 @@ fn stages(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("features_escu_v1", rows), |b| {
             b.iter(|| model.info.schema.compute(&feature_rows, &scored))
         });
-        // Our own schema (the default model's), over the same rows.
+        // Our own schemas (the default model's, and the one before), over the same rows.
+        g.bench_function(BenchmarkId::new("features_dnsexfil_v3", rows), |b| {
+            b.iter(|| Schema::DnsexfilV3.compute(&feature_rows, &scored))
+        });
         g.bench_function(BenchmarkId::new("features_dnsexfil_v2", rows), |b| {
             b.iter(|| Schema::DnsexfilV2.compute(&feature_rows, &scored))
         });
@@ -136,6 +140,53 @@ fn ratio() {
     }
 }
 
+/// The default model's schema against the one before: the whole `/apply` of the same batch with
+/// `dnsexfil_v3` (built in) and with `dnsexfil_v2` (its file in `models/`), run alternately;
+/// prints the medians and `ratio v3/v2 = X` per size.
+fn schemas() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if !args.iter().any(|a| a == "--bench")
+        || (!filter.is_empty() && !filter.iter().any(|f| "schemas".contains(f.as_str())))
+    {
+        return;
+    }
+    let state = support::escu_state();
+    state
+        .registry
+        .insert(dnsexfil::model::default_model().unwrap());
+    let v2_file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v2.safetensors");
+    state
+        .registry
+        .insert(dnsexfil::model::Model::load(&v2_file).unwrap());
+    println!(
+        "\nwhole /apply with dnsexfil_v3 vs dnsexfil_v2, run alternately (median of the runs):"
+    );
+    for rows in SIZES {
+        let csv = synth::dsdl_csv(rows, 42);
+        let v3 = synth::dsdl_envelope(&csv, "dnsexfil_v3");
+        let v2 = synth::dsdl_envelope(&csv, "dnsexfil_v2");
+        let runs = (2_000_000 / rows).clamp(30, 201);
+        let (mut with_v3, mut with_v2) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            for (body, times) in [(&v3, &mut with_v3), (&v2, &mut with_v2)] {
+                let t = Instant::now();
+                let answer = process(&state, body.as_bytes(), Endpoint::Apply).into_body();
+                times.push(t.elapsed());
+                assert!(!answer.is_empty());
+            }
+        }
+        let (a, b) = (median(&mut with_v3), median(&mut with_v2));
+        println!(
+            "{rows:>7} rows ({runs} runs): v3 {:.2} ms, v2 {:.2} ms, ratio v3/v2 = {:.2}",
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            a.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
+
 fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     times[times.len() / 2]
@@ -147,4 +198,5 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     ratio();
+    schemas();
 }

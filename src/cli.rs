@@ -242,7 +242,7 @@ pub struct ServeArgs {
     /// (converted in memory). Repeat the flag (or separate with commas) for several models.
     #[arg(long = "model", env = "DNSEXFIL_MODELS", value_delimiter = ',')]
     pub models: Vec<PathBuf>,
-    /// Do not load the built-in default model (dnsexfil_v2); serve only --model files and the
+    /// Do not load the built-in default model (dnsexfil_v3); serve only --model files and the
     /// model directory.
     #[arg(long, env = "DNSEXFIL_NO_DEFAULT_MODEL")]
     pub no_default_model: bool,
@@ -298,7 +298,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_STORE_RESCAN_SECS", default_value_t = 10)]
     pub store_rescan_secs: u64,
     /// Largest number of CSV rows one `/fit` may train on (training memory: about 4 KiB a row
-    /// when fine-tuning the ESCU model, less for dnsexfil-v2).
+    /// when fine-tuning the ESCU model, less for our own schemas).
     #[arg(long, env = "DNSEXFIL_MAX_FIT_ROWS", default_value_t = 200_000)]
     pub max_fit_rows: usize,
     /// Longest a `/fit` may train, in seconds (1 or more); a longer one stops with an error and

@@ -291,7 +291,7 @@ fn tool_result(scored: &[Scored], tool: &str, left_out: bool) -> ToolResult {
             }
         });
         rows.iter()
-            .take(400)
+            .take(12)
             .map(|s| {
                 (
                     s.score,

@@ -17,8 +17,9 @@ use crate::model::{Model, ModelInfo, Registry};
 use crate::synth::SplitMix64;
 
 /// Algorithms `/fit` trains from scratch, and the schema each uses.
-pub const FRESH_ALGORITHMS: [(&str, Schema); 2] = [
-    ("dnsexfil", Schema::DnsexfilV2),
+pub const FRESH_ALGORITHMS: [(&str, Schema); 3] = [
+    ("dnsexfil", Schema::DnsexfilV3),
+    ("dnsexfil_v3", Schema::DnsexfilV3),
     ("dnsexfil_v2", Schema::DnsexfilV2),
 ];
 
@@ -190,7 +191,7 @@ fn example(key: &str) -> &'static str {
         "weight_decay" => "0.0001",
         "validation_fraction" => "0.2",
         "threshold" => "0.5",
-        "base" => "dnsexfil_v2",
+        "base" => "dnsexfil_v3",
         "window" => "3600",
         _ => "10",
     }
@@ -819,7 +820,7 @@ mod tests {
             &registry,
         )
         .unwrap();
-        assert_eq!(plan.schema, Schema::DnsexfilV2);
+        assert_eq!(plan.schema, Schema::DnsexfilV3);
         assert!(plan.base.is_none());
         assert_eq!(
             (
@@ -855,11 +856,11 @@ mod tests {
         let tuned = FitPlan::from_request(
             Some("x"),
             "m",
-            &params(&[("base", "dnsexfil_v2")]),
+            &params(&[("base", "dnsexfil_v3")]),
             &registry,
         )
         .unwrap();
-        assert_eq!(tuned.base.unwrap().info.name, "dnsexfil_v2");
+        assert_eq!(tuned.base.unwrap().info.name, "dnsexfil_v3");
         assert_eq!(tuned.params.learning_rate, 1e-4);
     }
 

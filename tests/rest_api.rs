@@ -15,7 +15,8 @@ use dnsexfil::model::convert::ESCU_MODEL_NAME;
 use dnsexfil::model::Registry;
 use serde_json::{json, Value};
 
-const V2: &str = "dnsexfil_v2";
+/// The built-in default model.
+const DEFAULT: &str = "dnsexfil_v3";
 
 /// The ESCU model and the built-in default model, side by side.
 fn both_models() -> Arc<Registry> {
@@ -97,7 +98,7 @@ fn json_scores_equal_apply_keep_order_and_bad_events_get_their_own_error() {
         ..Default::default()
     });
     let rows = synthetic_rows(400);
-    for model in [ESCU_MODEL_NAME, V2] {
+    for model in [ESCU_MODEL_NAME, DEFAULT] {
         let expected = apply_predictions(&server, model, &rows);
         // Bad events between good ones: they must neither move the results nor feed the history.
         let mut events: Vec<Value> = rows.iter().map(|r| event(r)).collect();
@@ -106,7 +107,7 @@ fn json_scores_equal_apply_keep_order_and_bad_events_get_their_own_error() {
         events.insert(20, json!("not an event"));
         let mut body = json!({"events": events});
         // The built-in model is the default: name only the other one.
-        if model != V2 {
+        if model != DEFAULT {
             body["model"] = json!(model);
         }
         let answer = score_json(&server, &body);
@@ -215,7 +216,7 @@ fn models_are_listed_with_schema_threshold_and_hashes() {
     let list: Value = resp.json().unwrap();
     let models = list["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, [ESCU_MODEL_NAME, V2]);
+    assert_eq!(names, [ESCU_MODEL_NAME, DEFAULT]);
     let escu = &models[0];
     assert_eq!(escu["schema"], "escu-v1");
     assert_eq!(escu["features"], 98);
@@ -226,7 +227,7 @@ fn models_are_listed_with_schema_threshold_and_hashes() {
         dnsexfil::model::sha256_hex(escu_model_bytes())
     );
     assert_eq!(escu["source_sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(models[1]["schema"], "dnsexfil-v2");
+    assert_eq!(models[1]["schema"], "dnsexfil-v3");
     assert_eq!(models[1]["default"], true);
     assert!(models[1]["created_by"]
         .as_str()
@@ -325,7 +326,7 @@ fn v1_errors_are_json_with_a_code_and_a_status() {
             // A misspelt `model` is refused, not scored with the default model.
             "",
             "application/json",
-            br#"{"Model": "dnsexfil_v2", "events": []}"#.to_vec(),
+            br#"{"Model": "dnsexfil_v3", "events": []}"#.to_vec(),
             422,
             "invalid_request",
         ),

@@ -42,7 +42,7 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
     let answer = unverified_tls_client()
         .post(format!("http://{}/apply", server.address))
         .header("Authorization", TOKEN)
-        .json(&escu_envelope_for(&csv, "dnsexfil_v2"))
+        .json(&escu_envelope_for(&csv, "dnsexfil_v3"))
         .send()
         .unwrap()
         .json::<serde_json::Value>()
@@ -86,7 +86,7 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
         .collect();
     let scored = unverified_tls_client()
         .post(format!(
-            "http://{}/v1/score?model=dnsexfil_v2",
+            "http://{}/v1/score?model=dnsexfil_v3",
             server.address
         ))
         .bearer_auth(TOKEN)

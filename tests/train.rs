@@ -1,6 +1,6 @@
-//! Training from a labelled log: `dnsexfil train` reproduces the shipped default model bit for
-//! bit, the built-in default is served with no flags, and it separates held-out hosts' tunnels
-//! from their benign traffic.
+//! Training from a labelled log: `dnsexfil train` reproduces the shipped models bit for bit
+//! (the default `dnsexfil_v3` and the earlier `dnsexfil_v2`), the built-in default is served
+//! with no flags, and `dnsexfil evaluate` leaves tools out of training and scores them.
 
 mod common;
 
@@ -31,18 +31,31 @@ fn train_on_dev(out: &Path) -> Command {
     command
 }
 
+/// Runs `command`, then checks that it wrote exactly the shipped `models/<file>`.
+fn assert_reproduces(command: &mut Command, out_path: &Path, file: &str) -> std::process::Output {
+    let out = run_ok(command);
+    let shipped = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(file),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(out_path).unwrap() == shipped,
+        "the trained model differs from models/{file}"
+    );
+    out
+}
+
 #[test]
 fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("dnsexfil_v2.safetensors");
+    let out_path = dir.path().join("dnsexfil_v3.safetensors");
     // The command of models/README.md.
-    let out = run_ok(&mut train_on_dev(&out_path));
-    let shipped =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v2.safetensors"))
-            .unwrap();
-    assert!(
-        std::fs::read(&out_path).unwrap() == shipped,
-        "the trained model differs from models/dnsexfil_v2.safetensors"
+    let out = assert_reproduces(
+        &mut train_on_dev(&out_path),
+        &out_path,
+        "dnsexfil_v3.safetensors",
     );
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -50,12 +63,94 @@ fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
         "progress per epoch: {progress}"
     );
     let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("dnsexfil_v2.safetensors.report.json")).unwrap(),
+        &std::fs::read(dir.path().join("dnsexfil_v3.safetensors.report.json")).unwrap(),
     )
     .unwrap();
+    assert_eq!(report["schema"], "dnsexfil-v3");
+    assert_eq!(report["params"]["threat_sessions"], 12);
     assert!(
         report["validation"]["roc_auc"].as_f64().unwrap() > 0.99,
         "{report}"
+    );
+}
+
+#[test]
+fn the_earlier_v2_model_still_rebuilds_exactly_for_users_who_pinned_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("dnsexfil_v2.safetensors");
+    let mut command = train_on_dev(&out_path);
+    command.args(["--schema", "dnsexfil-v2", "--name", "dnsexfil_v2"]);
+    assert_reproduces(&mut command, &out_path, "dnsexfil_v2.safetensors");
+}
+
+#[test]
+fn evaluate_leaves_a_tool_out_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("lofo.json");
+    let out = run_ok(
+        bin()
+            .arg("evaluate")
+            .arg("--events")
+            .arg(dev("events.csv"))
+            .arg("--labels")
+            .arg(dev("labels.csv"))
+            .args([
+                "--tools",
+                "eight_bit,dnsteal",
+                "--threat-sessions",
+                "2",
+                "--lookalike-sessions",
+                "2",
+            ])
+            .args([
+                "--eval-sessions",
+                "3",
+                "--epochs",
+                "2",
+                "--source-groups",
+                "0",
+            ])
+            .arg("--report")
+            .arg(&report_path),
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("| tool left out |"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("| eight_bit | ")),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (r, tool) in results.iter().zip(["eight_bit", "dnsteal"]) {
+        assert_eq!(r["tool"], tool);
+        assert_eq!(r["left_out"], true);
+        // The log's 2 dnsteal sessions; 3 generated ones of the synthetic tool (counted per
+        // host, so two riding on one host count once).
+        let sessions = r["sessions"].as_u64().unwrap();
+        let expected = if tool == "dnsteal" { 2..=2 } else { 1..=3 };
+        assert!(expected.contains(&sessions), "{r}");
+        assert!(r["positives"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["benign_rows"].as_u64().unwrap() > 1000, "{r}");
+        let recall = r["recall_at_threshold"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&recall), "{r}");
+    }
+    // An unknown tool is named in the error with the known ones.
+    let bad = bin()
+        .arg("evaluate")
+        .arg("--events")
+        .arg(dev("events.csv"))
+        .arg("--labels")
+        .arg(dev("labels.csv"))
+        .args(["--tools", "nosuchtool"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("unknown tool `nosuchtool`") && err.contains("packetwhisper"),
+        "{err}"
     );
 }
 
@@ -106,7 +201,7 @@ fn serve_with_no_flags_serves_the_built_in_default_model() {
             "{src},www.google.com,1\n{src},outlook.office365.com,1\n"
         ));
     }
-    let body = serde_json::json!({"data": csv, "meta": {"options": {"model_name": "dnsexfil_v2"}}});
+    let body = serde_json::json!({"data": csv, "meta": {"options": {"model_name": "dnsexfil_v3"}}});
     let resp: serde_json::Value = TestServer::client()
         .post(format!("http://{address}/apply"))
         .header("Authorization", TOKEN)
@@ -133,7 +228,9 @@ fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
             train_on_dev(&dir.path().join(format!("g{groups}.safetensors"))).args([
                 "--epochs",
                 "1",
-                "--synthetic-sessions",
+                "--threat-sessions",
+                "0",
+                "--lookalike-sessions",
                 "0",
                 "--source-groups",
                 groups,

@@ -19,7 +19,7 @@ use super::{FeatureMatrix, Row};
 
 /// Feature names in column order: v2's 30 (computed at the ICANN boundary: `d1abc.cloudfront.net`
 /// is the subdomain `d1abc` of `cloudfront.net`), then v3's own.
-pub const NAMES: [&str; 46] = [
+pub const NAMES: [&str; 48] = [
     // v2
     "query_len",
     "sub_len",
@@ -70,7 +70,48 @@ pub const NAMES: [&str; 46] = [
     "sub_class_switch_ratio",
     "sub_ipv4_like",
     "icann_pair_sub_len_cv",
+    "known_lookup_service",
+    "icann_pair_excess",
 ];
+
+/// Zones of reputation services that put a hash, address or domain in the name by design
+/// (endpoint-security file reputation, DNS blocklists, RFC 5782). Their bursts look exactly like
+/// hex or base32 exfiltration to a host nobody else uses, so the model is told where a name
+/// belongs to one. Only services whose authoritative servers belong to the vendor are listed:
+/// no CDN or cloud zone, where anyone can host names (PacketWhisper's CloudFront cipher).
+pub const LOOKUP_SERVICES: [&str; 20] = [
+    "sophosxl.net",
+    "avqs.mcafee.com",
+    "avts.mcafee.com",
+    "gti.mcafee.com",
+    "e5.sk",
+    "trendmicro.com",
+    "webroot.com",
+    "bitdefender.net",
+    "kaspersky-labs.com",
+    "hash.cymru.com",
+    "spamhaus.org",
+    "dq.spamhaus.net",
+    "spamcop.net",
+    "sorbs.net",
+    "barracudacentral.org",
+    "uribl.com",
+    "surbl.org",
+    "mailspike.net",
+    "senderbase.org",
+    "dnswl.org",
+];
+
+/// Whether `query` is under one of [`LOOKUP_SERVICES`] (at a label boundary, any case).
+pub fn is_lookup_service(query: &str) -> bool {
+    let name = query.trim_end_matches('.').as_bytes();
+    LOOKUP_SERVICES.iter().any(|zone| {
+        let zone = zone.as_bytes();
+        name.len() >= zone.len()
+            && name[name.len() - zone.len()..].eq_ignore_ascii_case(zone)
+            && (name.len() == zone.len() || name[name.len() - zone.len() - 1] == b'.')
+    })
+}
 
 /// Number of features per row.
 pub const WIDTH: usize = NAMES.len();
@@ -81,26 +122,33 @@ const V2_WIDTH: usize = v2::WIDTH;
 /// suffix (`d1abc.cloudfront.net`, suffix `cloudfront.net`) maps to the suffix's own registered
 /// domain (`cloudfront.net`); others map to themselves.
 pub fn icann_domain(registered: &str) -> &str {
-    let mut current = registered;
-    // Private suffixes can nest (`s3.dualstack.us-east-1.amazonaws.com`); each step is shorter.
-    for _ in 0..8 {
-        let Some(suffix) = psl::suffix(current.as_bytes()) else {
-            return current;
-        };
-        if suffix.typ() != Some(psl::Type::Private) {
-            return current;
-        }
-        let Ok(suffix_text) = std::str::from_utf8(suffix.as_bytes()) else {
-            return current;
-        };
-        match psl::domain_str(suffix_text) {
-            Some(parent) if parent.len() < current.len() => {
-                current = &current[current.len() - parent.len()..]
-            }
-            _ => return current,
-        }
+    match psl::suffix(registered.as_bytes()) {
+        Some(suffix) if suffix.typ() == Some(psl::Type::Private) => {}
+        _ => return registered,
     }
-    current
+    // The longest tail that is itself an ICANN suffix; the domain is one label more.
+    let mut icann_suffix_start = None;
+    let mut start = registered.len();
+    while let Some(dot) = registered[..start].rfind('.') {
+        let tail = &registered[dot + 1..];
+        if is_icann_suffix(tail) {
+            icann_suffix_start = Some(dot + 1);
+        }
+        start = dot;
+    }
+    match icann_suffix_start {
+        Some(at) if at > 0 => {
+            let label_start = registered[..at - 1].rfind('.').map_or(0, |dot| dot + 1);
+            &registered[label_start..]
+        }
+        _ => registered,
+    }
+}
+
+/// Whether `tail` is, as a whole, a suffix of the list's ICANN section.
+fn is_icann_suffix(tail: &str) -> bool {
+    psl::suffix(tail.as_bytes())
+        .is_some_and(|s| s.typ() == Some(psl::Type::Icann) && s.as_bytes().len() == tail.len())
 }
 
 /// Splits a query into (lower-case subdomain below the ICANN-boundary domain, that domain, the
@@ -129,6 +177,11 @@ pub fn split_icann(query: &str) -> (String, String, Option<String>) {
     (sub, icann, Some(registered))
 }
 
+/// Whether `domain` is `zone` or a parent of it at a label boundary.
+fn zone_parent_is(zone: &str, domain: &str) -> bool {
+    zone == domain || zone.ends_with(&format!(".{domain}"))
+}
+
 /// What v3 needs of one name beyond v2's shape.
 #[derive(Debug, Clone, Copy, Default)]
 struct NameExtras {
@@ -136,6 +189,7 @@ struct NameExtras {
     template: u64,
     class_switch_ratio: f32,
     ipv4_like: bool,
+    known_service: bool,
     /// A label of 20 or more characters and no `_service` label (DKIM, SRV): a chunk of data.
     payload_like: bool,
 }
@@ -172,11 +226,15 @@ fn name_extras(sub: &str, icann: u32) -> NameExtras {
         class_switch_ratio: switches as f32 / classed.max(1) as f32,
         ipv4_like: labels >= 4 && numeric_labels >= 4,
         payload_like: longest >= 20 && !service,
+        known_service: false,
     }
 }
 
 #[derive(Default, Clone, Copy)]
 struct IcannPair {
+    /// ln(1 + its distinct names) - ln(1 + the mean of the other sources' under the domain):
+    /// a source sending far more names under a popular domain than anyone else.
+    excess: f32,
     /// No other source queries this ICANN domain.
     unique_domain: bool,
     distinct: u32,
@@ -223,6 +281,13 @@ impl History {
         let base = v2::History::build_with(rows, split_icann);
         let distinct = base.distinct_queries();
         let mut icann_srcs = vec![0u32; base.domain_names.len()];
+        let mut icann_names = vec![0u32; base.domain_names.len()];
+        // ICANN domains that hold a lookup service's zone: only their names need the check.
+        let lookup_domains: Vec<bool> = base
+            .domain_names
+            .iter()
+            .map(|d| LOOKUP_SERVICES.iter().any(|zone| zone_parent_is(zone, d)))
+            .collect();
         let mut registered_srcs = vec![0u32; base.alternates];
 
         let mut pair_of: FxHashMap<(u32, u32), u32> = FxHashMap::default();
@@ -251,7 +316,8 @@ impl History {
                 .get(..trimmed.len().saturating_sub(icann_len))
                 .unwrap_or("")
                 .trim_end_matches('.');
-            let extras = name_extras(sub, icann);
+            let mut extras = name_extras(sub, icann);
+            extras.known_service = lookup_domains[icann as usize] && is_lookup_service(query);
             let next = pairs.len() as u32;
             let pair = *pair_of.entry((src as u32, icann)).or_insert(next);
             if pair == next {
@@ -262,6 +328,7 @@ impl History {
             }
             let p = &mut pairs[pair as usize];
             p.distinct += 1;
+            icann_names[icann as usize] += 1;
             let len = sub.len() as f64;
             p.sum_len += len;
             p.sum_len_sq += len * len;
@@ -312,6 +379,12 @@ impl History {
                 sources[src as usize].unique_domains += 1;
                 pairs[pair].unique_domain = true;
             }
+        }
+
+        for (pair, &(_, icann)) in pairs.iter_mut().zip(&pair_src_icann) {
+            let others = icann_srcs[icann as usize].saturating_sub(1).max(1) as f32;
+            let others_mean = (icann_names[icann as usize] - pair.distinct) as f32 / others;
+            pair.excess = (pair.distinct as f32).ln_1p() - others_mean.ln_1p();
         }
 
         Self {
@@ -373,6 +446,8 @@ impl History {
             } else {
                 0.0
             };
+            out[46] = extras.known_service as u8 as f32;
+            out[47] = pair.excess;
         }
         matrix
     }
@@ -392,6 +467,12 @@ mod tests {
         assert_eq!(icann_domain("example.com"), "example.com");
         assert_eq!(icann_domain("northwind.lan"), "northwind.lan");
         assert_eq!(icann_domain("x.github.io"), "github.io");
+        assert_eq!(icann_domain("a.b.elb.amazonaws.com"), "amazonaws.com");
+        assert_eq!(
+            icann_domain("x.s3.eu-west-1.amazonaws.com"),
+            "amazonaws.com"
+        );
+        assert_eq!(icann_domain("bbc.co.uk"), "bbc.co.uk");
     }
 
     #[test]
@@ -422,6 +503,14 @@ mod tests {
         assert_eq!(benign[col("name_log_srcs")], 2f32.ln_1p());
         assert!(exfil[col("icann_pair_template_share")] > 0.95);
         assert_eq!(exfil[col("icann_pair_log_domains")], 61f32.ln_1p());
+        assert_eq!(
+            exfil[col("icann_pair_excess")],
+            61f32.ln_1p() - 1f32.ln_1p()
+        );
+        assert_eq!(
+            benign[col("icann_pair_excess")],
+            1f32.ln_1p() - 61f32.ln_1p()
+        );
         // The full Public Suffix List view sees one name per "registered domain".
         assert_eq!(exfil[col("psl_pair_log_distinct")], 1f32.ln_1p());
         assert_eq!(exfil[col("psl_domain_log_srcs")], 1f32.ln_1p());
@@ -469,6 +558,27 @@ mod tests {
         assert_eq!(split_icann("host.corp.lan").1, "corp.lan");
         assert_eq!(split_icann("localhost").1, "localhost");
         assert_eq!(split_icann("a.b.xn--p1ai").1, "b.xn--p1ai");
+    }
+
+    #[test]
+    fn lookup_services_are_recognised_at_label_boundaries() {
+        assert!(is_lookup_service("4.3.2.1.zen.spamhaus.org"));
+        assert!(is_lookup_service("ab.CD.avqs.McAfee.com."));
+        assert!(!is_lookup_service("x.notspamhaus.org"));
+        assert!(!is_lookup_service("www.mcafee.com"));
+        let rows = [
+            Row {
+                src: "m",
+                query: "4.3.2.1.zen.spamhaus.org",
+            },
+            Row {
+                src: "m",
+                query: "www.mcafee.com",
+            },
+        ];
+        let m = compute(&rows, &[0, 1]);
+        assert_eq!(m.row(0)[col("known_lookup_service")], 1.0);
+        assert_eq!(m.row(1)[col("known_lookup_service")], 0.0);
     }
 
     #[test]

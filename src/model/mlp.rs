@@ -48,9 +48,9 @@ impl MlpShape {
         normalized: true,
     };
 
-    /// Our dnsexfil-v3 network: 46 standardised features -> 64 -> 32 -> 1.
+    /// Our dnsexfil-v3 network: 48 standardised features -> 64 -> 32 -> 1.
     pub const V3: MlpShape = MlpShape {
-        input: 46,
+        input: 48,
         hidden_1: 64,
         hidden_2: 32,
         normalized: true,

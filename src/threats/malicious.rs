@@ -20,6 +20,7 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
         Family::DictionaryEncoding => dictionary(rng),
         Family::DomainRotation => domain_rotation(rng),
         Family::LowAndSlow => low_and_slow(rng),
+        Family::EightBit => eight_bit(rng),
         benign => unreachable!("{benign:?} is not a malicious family"),
     }
 }
@@ -455,4 +456,33 @@ fn low_and_slow(rng: &mut SplitMix64) -> Draft {
         }
     }
     session(queries, chance(rng, 80))
+}
+
+/// 8-bit labels: where the resolvers pass them, tunnels put raw bytes in names (iodine's Base128
+/// and Raw encodings, documented in its README), which logs show in presentation form as
+/// `\DDD` escapes beside the printable bytes.
+fn eight_bit(rng: &mut SplitMix64) -> Draft {
+    let domain = draw::domain(rng);
+    let high_share = between(rng, 30, 70);
+    let count = between(rng, 30, 600);
+    let names = (0..count)
+        .map(|_| {
+            let labels: Vec<String> = (0..between(rng, 1, 3))
+                .map(|_| {
+                    (0..between(rng, 30, 63))
+                        .map(|_| {
+                            if chance(rng, high_share) {
+                                format!("\\{:03}", between(rng, 128, 255))
+                            } else {
+                                (*pick(rng, draw::BASE64URL) as char).to_string()
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            format!("{}.{domain}", labels.join("."))
+        })
+        .collect();
+    let hours = between(rng, 1, 2) as f64;
+    session(spread(rng, names, hours), chance(rng, 60))
 }

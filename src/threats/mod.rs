@@ -36,6 +36,7 @@ pub enum Family {
     DictionaryEncoding,
     DomainRotation,
     LowAndSlow,
+    EightBit,
     // Benign look-alikes.
     AvReputation,
     Dnsbl,
@@ -48,7 +49,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 20] = [
+    pub const ALL: [Family; 21] = [
         Family::PacketWhisperCdn,
         Family::PacketWhisperAnalytics,
         Family::PacketWhisperWords,
@@ -61,6 +62,7 @@ impl Family {
         Family::DictionaryEncoding,
         Family::DomainRotation,
         Family::LowAndSlow,
+        Family::EightBit,
         Family::AvReputation,
         Family::Dnsbl,
         Family::BrowserProbes,
@@ -85,6 +87,7 @@ impl Family {
             Family::DictionaryEncoding => "dictionary",
             Family::DomainRotation => "domain_rotation",
             Family::LowAndSlow => "low_and_slow",
+            Family::EightBit => "eight_bit",
             Family::AvReputation => "av_reputation",
             Family::Dnsbl => "dnsbl",
             Family::BrowserProbes => "browser_probes",
@@ -382,8 +385,18 @@ pub(crate) mod draw {
             .join(".")
     }
 
-    /// A made-up registered domain under a common top-level domain, e.g. `cdn-metrics42.net`.
+    /// A made-up registered domain under a common top-level domain, e.g. `cdn-metrics42.net`;
+    /// never a public suffix itself (`net.co` is one), so chunks stay below the domain.
     pub fn domain(rng: &mut SplitMix64) -> String {
+        loop {
+            let name = domain_candidate(rng);
+            if psl::domain_str(&name) == Some(name.as_str()) {
+                return name;
+            }
+        }
+    }
+
+    fn domain_candidate(rng: &mut SplitMix64) -> String {
         const WORDS: [&str; 24] = [
             "cdn", "cloud", "sync", "update", "metrics", "static", "api", "edge", "data", "files",
             "secure", "net", "app", "track", "stat", "svc", "host", "link", "media", "portal",

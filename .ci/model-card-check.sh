@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The model card's leave-one-tool-out table is what `dnsexfil evaluate` prints today: reruns it
+# (about 5 minutes on 2 cores) and fails on any difference. DNSEXFIL_BIN names a release binary
+# to use (default: build one with cargo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin="${DNSEXFIL_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --locked --bin dnsexfil
+  bin=target/release/dnsexfil
+fi
+dev=tests/fixtures/dev
+[ -f "$dev/events.csv" ] || dev=../shared/data/dev
+
+expected=$(sed -n '/<!-- lofo-table -->/,/<!-- \/lofo-table -->/p' models/README.md | grep '^|' || true)
+[ -n "$expected" ] || { echo "models/README.md has no table between <!-- lofo-table --> markers" >&2; exit 1; }
+
+actual=$("$bin" evaluate --events "$dev/events.csv" --labels "$dev/labels.csv")
+if [ "$expected" != "$actual" ]; then
+  echo "models/README.md's leave-one-tool-out table differs from what dnsexfil evaluate prints:" >&2
+  diff <(echo "$expected") <(echo "$actual") >&2 || true
+  exit 1
+fi
+echo "model card: leave-one-tool-out table reproduced ($(echo "$actual" | tail -n +3 | wc -l) tools)"
