@@ -121,7 +121,7 @@ pub struct TrainingOptions {
     pub synthetic_sessions: usize,
     /// dnsexfil-v3 only: sessions of each threat-model family (src/threats) added to training,
     /// riding on training hosts or from sources of their own. Never on test hosts.
-    #[arg(long, default_value_t = 12, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
+    #[arg(long, default_value_t = 24, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
     pub threat_sessions: usize,
     /// dnsexfil-v3 only: sessions of each benign look-alike family (reputation lookups, DNSBL,
     /// CDN edges, ...) added to training on training hosts.

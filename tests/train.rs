@@ -67,7 +67,7 @@ fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     )
     .unwrap();
     assert_eq!(report["schema"], "dnsexfil-v3");
-    assert_eq!(report["params"]["threat_sessions"], 12);
+    assert_eq!(report["params"]["threat_sessions"], 24);
     assert!(
         report["validation"]["roc_auc"].as_f64().unwrap() > 0.99,
         "{report}"
