@@ -1,5 +1,5 @@
-//! Shared test helpers: the shared data folder, a converted ESCU model, a real server on a
-//! loopback socket, and DSDL envelopes.
+//! Shared test helpers: the fixtures folder, a converted ESCU model, a real server on a loopback
+//! socket, and DSDL envelopes.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -14,16 +14,16 @@ use dnsexfil::server::{self, AppState, ServerConfig, Transport};
 
 pub const TOKEN: &str = "test-token-5f2c";
 
-/// `../shared` beside the project (override with DNSEXFIL_SHARED).
-pub fn shared() -> PathBuf {
-    std::env::var_os("DNSEXFIL_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+/// `tests/fixtures` of the repository: golden cases, Splunk's artifact, the development log
+/// (see its README.md). Tests read nothing outside the repository.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Splunk's published ESCU artifact tarball (a test fixture; never shipped).
 pub fn artifact() -> PathBuf {
-    shared()
-        .join("artifacts")
+    fixtures()
+        .join("escu")
         .join(format!("{ESCU_MODEL_NAME}.tar.gz"))
 }
 
