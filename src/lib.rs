@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod dsdl;
 pub mod features;
 pub mod fsutil;
+pub mod healthcheck;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

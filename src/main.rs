@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => cli::run_synth(&args),
         Command::Train(args) => cli::run_train(&args),
         Command::Openapi => cli::run_openapi(),
+        Command::Healthcheck(args) => dnsexfil::healthcheck::run(&args),
         Command::Serve(args) => {
             let threads = args
                 .compute_threads
