@@ -31,10 +31,11 @@ if command -v file >/dev/null 2>&1; then file "$bin"; fi
 
 context=target/image-context
 rm -rf "$context"
-mkdir -p "$context/srv/app/model/data" "$context/srv/notebooks/data" "$context/tmp"
-chmod -R 0775 "$context/srv"
-chmod 1777 "$context/tmp"
-cp "$bin" "$context/dnsexfil"
+mkdir -p "$context/root/usr/local/bin" "$context/root/tmp" \
+  "$context/data/srv/app/model/data" "$context/data/srv/notebooks/data"
+chmod 1777 "$context/root/tmp"
+chmod -R 0775 "$context/data/srv"
+cp "$bin" "$context/root/usr/local/bin/dnsexfil"
 cp docker/Dockerfile.runtime "$context/Dockerfile"
 
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
