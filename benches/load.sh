@@ -4,7 +4,7 @@
 # and 64 connections and for 100,000-row requests, then the server's peak and final RSS. wrk runs
 # at a raised priority where permitted (see benches/http_bench.sh), and the 64-connection run is
 # repeated at the server's priority for comparison.
-# Usage: benches/load.sh [seconds-per-run]   (default 10; needs ../shared/artifacts for the weights)
+# Usage: benches/load.sh [seconds-per-run]   (default 10; the weights come from tests/fixtures/escu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}

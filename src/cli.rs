@@ -51,6 +51,10 @@ RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
     /// Print the service's OpenAPI 3 document (what GET /openapi.json serves):
     /// `dnsexfil openapi > openapi/openapi.json` regenerates the committed copy.
     Openapi,
+    /// Check that the local service answers GET /healthz (the container image's HEALTHCHECK):
+    /// exit 0 when it answers 200, 1 otherwise. Follows the service's DNSEXFIL_HOST,
+    /// DNSEXFIL_PORT and ENABLE_HTTPS; any certificate is accepted.
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,13 +264,19 @@ pub struct ServeArgs {
     /// Serve HTTPS (true) or plain HTTP (false), like DSDL's ENABLE_HTTPS.
     #[arg(long, env = "ENABLE_HTTPS", default_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub enable_https: bool,
-    /// TLS certificate (PEM). Without a cert/key pair, a self-signed one is generated at start-up
-    /// and its SHA-256 fingerprint is logged.
+    /// TLS certificate (PEM). Without a cert/key pair, a self-signed pair is generated once into
+    /// <DATA_DIR>/tls/self-signed.pem and reused at every start (replaced when unreadable or
+    /// within 30 days of expiry); its SHA-256 fingerprint is logged.
     #[arg(long, env = "API_SSL_CERT", requires = "ssl_key")]
     pub ssl_cert: Option<PathBuf>,
     /// TLS private key (PEM) for --ssl-cert.
     #[arg(long, env = "API_SSL_KEY", requires = "ssl_cert")]
     pub ssl_key: Option<PathBuf>,
+    /// Extra DNS names or addresses for a generated self-signed certificate, beside localhost,
+    /// 127.0.0.1 and ::1 (comma-separated): the names clients connect by, for those that check
+    /// the host name. Used when the certificate is generated; a stored one is kept.
+    #[arg(long = "tls-name", env = "DNSEXFIL_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
     /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB).
     #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = 32)]
     pub max_body_mb: usize,
@@ -328,6 +338,39 @@ pub struct ServeArgs {
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Says what became of the stored self-signed certificate: reused, generated (and why), or not
+/// storable (then it changes at every start, which breaks clients that pin it).
+fn log_stored_certificate(stored: &crate::tls::StoredTls) {
+    use crate::tls::StoredOutcome;
+    let expires = crate::tls::date_text(stored.not_after);
+    let file = stored.pair_file.display();
+    let cert = stored.cert_file.display();
+    match &stored.outcome {
+        StoredOutcome::Reused => {
+            tracing::info!(%file, %cert, %expires, "self-signed TLS certificate reused")
+        }
+        StoredOutcome::Generated { reason } if reason.starts_with("none") => tracing::info!(
+            %file, %cert, %expires,
+            "self-signed TLS certificate generated and stored ({reason}); it is reused at every start"
+        ),
+        StoredOutcome::Generated { reason } => tracing::warn!(
+            %file, %cert, %expires,
+            "self-signed TLS certificate replaced: {reason}; clients that pinned the previous one need the new certificate"
+        ),
+        StoredOutcome::NotStored { problem } => tracing::warn!(
+            %expires,
+            "self-signed TLS certificate generated for this run only ({problem}): it changes at every start, so clients cannot pin it; make the data directory writable or pass --ssl-cert/--ssl-key"
+        ),
+    }
+    if !stored.missing_names.is_empty() {
+        tracing::warn!(
+            %file,
+            names = ?stored.missing_names,
+            "the stored self-signed certificate does not name these hosts (it was generated before they were set); delete the file to generate one that does"
+        );
+    }
 }
 
 /// Every `every`, loads models that appeared or changed in the store (fitted by another replica).
@@ -521,10 +564,19 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let transport = if args.enable_https {
         let tls = match (&args.ssl_cert, &args.ssl_key) {
-            (Some(cert), Some(key)) => crate::tls::from_files(cert, key).await,
-            _ => crate::tls::self_signed(&[args.host.clone()]).await,
-        }
-        .map_err(anyhow::Error::msg)?;
+            (Some(cert), Some(key)) => crate::tls::from_files(cert, key)
+                .await
+                .map_err(anyhow::Error::msg)?,
+            _ => {
+                let mut names = vec![args.host.clone()];
+                names.extend(args.tls_names.iter().cloned());
+                let stored = crate::tls::self_signed_stored(&args.data_dir, &names)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                log_stored_certificate(&stored);
+                stored.tls
+            }
+        };
         tracing::info!(
             fingerprint_sha256 = %tls.fingerprint,
             self_signed = tls.self_signed,

@@ -7,6 +7,41 @@ use std::path::Path;
 /// Writes `bytes` to `path` via a temporary file in the same directory, fsync, then rename.
 /// A crash at any point leaves either the previous file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    // tempfile creates 0600; model and data files are meant to be readable like any other file.
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// `write_atomic` with the file's permission bits (Unix; e.g. 0o600 for a private key, which is
+/// never readable by others, not even for a moment).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, tmp) = complete_temporary(path, bytes, mode)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // Make the rename itself durable.
+    sync_dir(&dir);
+    Ok(())
+}
+
+/// Like `write_atomic_mode`, but only if `path` does not exist yet: returns false, writing
+/// nothing, when it does (another process got there first; its file is complete, since it
+/// appeared by a link of a complete temporary file).
+pub fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let (dir, tmp) = complete_temporary(path, bytes, mode)?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => {
+            sync_dir(&dir);
+            Ok(true)
+        }
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e.error),
+    }
+}
+
+/// A temporary file beside `path` holding `bytes` with permission bits `mode`, synced.
+fn complete_temporary(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<(std::path::PathBuf, tempfile::NamedTempFile)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -19,19 +54,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         ))
         .suffix(".tmp")
         .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    // tempfile creates 0600; model and data files are meant to be readable like any other file.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))?;
+            .set_permissions(fs::Permissions::from_mode(mode))?;
     }
+    #[cfg(not(unix))]
+    let _ = mode;
+    tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    // Make the rename itself durable.
-    sync_dir(dir);
-    Ok(())
+    Ok((dir.to_path_buf(), tmp))
 }
 
 /// Creates `dir` and any missing parents, and makes each new entry durable (fsync of the
@@ -77,5 +110,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("model.bin")]);
+    }
+
+    #[test]
+    fn create_atomic_keeps_an_existing_file_and_sets_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tls/pair.pem");
+        assert!(create_atomic(&p, b"first", 0o600).unwrap());
+        assert!(!create_atomic(&p, b"second", 0o600).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tls")).unwrap().count(), 1);
     }
 }

@@ -11,6 +11,7 @@ pub mod dsdl;
 pub mod evaluation;
 pub mod features;
 pub mod fsutil;
+pub mod healthcheck;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::run_train(&args),
         Command::Evaluate(args) => cli::run_evaluate(&args),
         Command::Openapi => cli::run_openapi(),
+        Command::Healthcheck(args) => dnsexfil::healthcheck::run(&args),
         Command::Serve(args) => {
             let threads = args
                 .compute_threads

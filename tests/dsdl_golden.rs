@@ -1,4 +1,4 @@
-//! Every golden case of `../shared/golden`, sent over HTTP as a DSDL envelope to the real server,
+//! Every golden case of `tests/fixtures/golden`, sent over HTTP as a DSDL envelope to the real server,
 //! checked against the stock container's features and outputs (and the spec's "ours" column where
 //! the stock behaviour is a bug).
 
@@ -22,7 +22,7 @@ const LABEL: usize = 4;
 const DEVIATIONS: [&str; 3] = ["nan_src", "null_like_src", "duplicate_keys"];
 
 fn golden() -> std::path::PathBuf {
-    shared().join("golden")
+    fixtures().join("golden")
 }
 
 fn cases_with_expected() -> Vec<String> {

@@ -13,7 +13,7 @@ const GOOD_CSV: &str = "src,query,rank\n10.1.1.1,www.google.com,1\n10.2.2.2,mzxw
 
 /// A golden request answered exactly as the stock model answers it (probabilities within 1e-6).
 fn assert_good_request_still_works(server: &TestServer) {
-    let dir = shared().join("golden/all_rank1_small");
+    let dir = fixtures().join("golden/all_rank1_small");
     let (_, got) = results_of(&server.apply(&fs::read_to_string(dir.join("input.csv")).unwrap()));
     let (_, expected) = parse_csv(&fs::read_to_string(dir.join("expected.csv")).unwrap());
     assert_eq!(got.len(), expected.len());

@@ -21,7 +21,7 @@ fn labelled_csv(max_rows: usize) -> String {
         HashMap<(String, String), f32>,
     )> = OnceLock::new();
     let (events, labels) = EVENTS.get_or_init(|| {
-        let dev = shared().join("data/dev");
+        let dev = fixtures().join("dev");
         (
             dnsexfil::dataset::read_events(&dev.join("events.csv")).unwrap(),
             dnsexfil::dataset::read_labels(&dev.join("labels.csv")).unwrap(),

@@ -118,3 +118,193 @@ fn a_given_certificate_is_served_and_verifies() {
     ));
     assert!(missing.err().unwrap().contains("nope.pem"));
 }
+
+/// Accepts any server certificate (the handshake's signatures are still checked), so the test
+/// can read the certificate a server presents.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The SHA-256 of the DER certificate a TLS server at `address` presents, as
+/// `openssl x509 -fingerprint -sha256` prints it (upper-case hex, colons).
+fn served_fingerprint(address: &str) -> String {
+    use sha2::Digest;
+    dnsexfil::tls::install_crypto_provider();
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))))
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut socket).unwrap();
+    }
+    let cert = &conn
+        .peer_certificates()
+        .expect("the server presents a certificate")[0];
+    sha2::Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn logged(served: &ServedBinary, text: &str) -> bool {
+    served.startup_logs.iter().any(|l| l.contains(text))
+}
+
+#[test]
+fn the_generated_certificate_is_stored_reused_after_a_restart_and_is_the_one_served() {
+    let data = tempfile::tempdir().unwrap();
+    let first = ServedBinary::start_in(data.path(), &[]);
+    let fingerprint = first
+        .fingerprint
+        .clone()
+        .expect("the fingerprint is logged");
+    assert_eq!(served_fingerprint(&first.address), fingerprint);
+    assert!(
+        logged(&first, "generated and stored"),
+        "{:?}",
+        first.startup_logs
+    );
+    assert!(first.terminate().success());
+
+    // The key is private; the certificate alone is beside it, for clients that pin it.
+    let pair = data.path().join("tls/self-signed.pem");
+    let cert = data.path().join("tls/self-signed.crt");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pair).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let cert_pem = std::fs::read(&cert).unwrap();
+    assert!(!String::from_utf8_lossy(&cert_pem).contains("PRIVATE KEY"));
+
+    let second = ServedBinary::start_in(data.path(), &[]);
+    assert_eq!(second.fingerprint.as_deref(), Some(fingerprint.as_str()));
+    assert_eq!(served_fingerprint(&second.address), fingerprint);
+    assert!(logged(&second, "reused"), "{:?}", second.startup_logs);
+
+    // Pinned like DSDL pins it (the certificate file as the only trusted one): verifies.
+    let port = second.address.rsplit(':').next().unwrap();
+    let pinned = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let resp = pinned
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(second.terminate().success());
+
+    // An unreadable pair is replaced, and the log says why.
+    std::fs::write(&pair, "garbage").unwrap();
+    let third = ServedBinary::start_in(data.path(), &[]);
+    assert_ne!(third.fingerprint.as_deref(), Some(fingerprint.as_str()));
+    assert_eq!(
+        served_fingerprint(&third.address),
+        third.fingerprint.clone().unwrap()
+    );
+    assert!(logged(&third, "replaced"), "{:?}", third.startup_logs);
+}
+
+#[test]
+fn healthcheck_answers_0_for_a_serving_service_and_1_otherwise() {
+    let served = ServedBinary::start(&[]);
+    let port = served.address.rsplit(':').next().unwrap().to_string();
+    let out = dnsexfil_command()
+        .args(["healthcheck", "--host", "127.0.0.1", "--port", &port])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("answered 200"), "{stdout}");
+    assert!(
+        stdout.contains(served.fingerprint.as_deref().unwrap()),
+        "the check names the certificate it saw: {stdout}"
+    );
+
+    // The wrong scheme, and a port nothing listens on: 1, with a reason.
+    let wrong_scheme = dnsexfil_command()
+        .args(["healthcheck", "--host", "127.0.0.1", "--port", &port])
+        .env("ENABLE_HTTPS", "false")
+        .output()
+        .unwrap();
+    assert_eq!(wrong_scheme.status.code(), Some(1));
+    drop(served);
+    let closed = dnsexfil_command()
+        .args(["healthcheck", "--port", &port])
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("unhealthy"));
+
+    // Plain HTTP when the service serves it.
+    let plain = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    let port = plain.address.rsplit(':').next().unwrap().to_string();
+    let out = dnsexfil_command()
+        .args(["healthcheck", "--port", &port])
+        .env("ENABLE_HTTPS", "false")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

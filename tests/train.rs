@@ -14,7 +14,7 @@ fn bin() -> Command {
 }
 
 fn dev(file: &str) -> std::path::PathBuf {
-    shared().join("data/dev").join(file)
+    fixtures().join("dev").join(file)
 }
 
 /// `dnsexfil train` on the development log, writing `out`.

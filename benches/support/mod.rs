@@ -18,9 +18,9 @@ pub fn escu_state() -> AppState {
     // As the service does at start-up (see `fix_candle_threads`).
     dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
     let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../shared/artifacts/{ESCU_MODEL_NAME}.tar.gz"));
+        .join(format!("tests/fixtures/escu/{ESCU_MODEL_NAME}.tar.gz"));
     let converted =
-        convert(&artifact, None).expect("the published artifact in ../shared/artifacts");
+        convert(&artifact, None).expect("the published artifact in tests/fixtures/escu");
     let registry = Registry::new();
     registry.insert(Model::from_bytes(&converted.bytes, "escu").unwrap());
     let config = ServerConfig {

@@ -1,5 +1,5 @@
-//! Shared test helpers: the shared data folder, a converted ESCU model, a real server on a
-//! loopback socket, and DSDL envelopes.
+//! Shared test helpers: the fixtures folder, a converted ESCU model, a real server on a loopback
+//! socket, and DSDL envelopes.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -14,16 +14,16 @@ use dnsexfil::server::{self, AppState, ServerConfig, Transport};
 
 pub const TOKEN: &str = "test-token-5f2c";
 
-/// `../shared` beside the project (override with DNSEXFIL_SHARED).
-pub fn shared() -> PathBuf {
-    std::env::var_os("DNSEXFIL_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+/// `tests/fixtures` of the repository: golden cases, Splunk's artifact, the development log
+/// (see its README.md). Tests read nothing outside the repository.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Splunk's published ESCU artifact tarball (a test fixture; never shipped).
 pub fn artifact() -> PathBuf {
-    shared()
-        .join("artifacts")
+    fixtures()
+        .join("escu")
         .join(format!("{ESCU_MODEL_NAME}.tar.gz"))
 }
 
@@ -192,15 +192,24 @@ pub struct ServedBinary {
     pub fingerprint: Option<String>,
     /// Log lines after the start-up ones, as they arrive.
     pub logs: Arc<std::sync::Mutex<Vec<String>>>,
-    _data_dir: tempfile::TempDir,
+    /// The start-up log lines, up to the one with the address.
+    pub startup_logs: Vec<String>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl ServedBinary {
     /// Runs `dnsexfil serve <extra args>` with JSON logs and the test token, and waits until it
     /// logs its address. Every log line is checked not to contain the token.
     pub fn start(extra_args: &[&std::ffi::OsStr]) -> Self {
-        use std::io::{BufRead, BufReader};
         let data_dir = tempfile::tempdir().unwrap();
+        let mut served = Self::start_in(data_dir.path(), extra_args);
+        served._data_dir = Some(data_dir);
+        served
+    }
+
+    /// `start` with the data directory `data_dir` (kept when the server stops).
+    pub fn start_in(data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> Self {
+        use std::io::{BufRead, BufReader};
         let mut child = dnsexfil_command()
             .args([
                 "serve",
@@ -212,7 +221,7 @@ impl ServedBinary {
                 "json",
                 "--data-dir",
             ])
-            .arg(data_dir.path())
+            .arg(data_dir)
             .args(extra_args)
             .env("api_token", TOKEN)
             .stdout(std::process::Stdio::null())
@@ -222,9 +231,11 @@ impl ServedBinary {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut fingerprint = None;
         let mut address = None;
+        let mut startup_logs = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
             assert!(!line.contains(TOKEN), "the token never appears in logs");
+            startup_logs.push(line.clone());
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if let Some(f) = v["fields"]["fingerprint_sha256"].as_str() {
                 fingerprint = Some(f.to_string());
@@ -249,7 +260,8 @@ impl ServedBinary {
             address,
             fingerprint,
             logs,
-            _data_dir: data_dir,
+            startup_logs,
+            _data_dir: None,
         }
     }
 
