@@ -11,7 +11,6 @@ if [ -z "$bin" ]; then
   bin=target/release/dnsexfil
 fi
 dev=tests/fixtures/dev
-[ -f "$dev/events.csv" ] || dev=../shared/data/dev
 
 expected=$(sed -n '/<!-- lofo-table -->/,/<!-- \/lofo-table -->/p' models/README.md | grep '^|' || true)
 [ -n "$expected" ] || { echo "models/README.md has no table between <!-- lofo-table --> markers" >&2; exit 1; }

@@ -7,7 +7,7 @@ host's own hour of traffic, the batch is scored through a running service's /app
 mean probability and the share of tunnel queries alerting (>= 0.5) are printed.
 
 Usage: mixed_host_probe.py --url http://127.0.0.1:5000 --token TOKEN --models dnsexfil_v2[,other]
-       [--shared ../shared]
+       [--dev tests/fixtures/dev]
 Only the Python standard library is used; the session names are deterministic.
 """
 import argparse, collections, csv, io, json, random, urllib.request
@@ -21,11 +21,11 @@ ALPHABETS = {
 SIZES = [3, 6, 12, 25, 50]
 
 
-def busy_benign_hours(shared):
+def busy_benign_hours(dev):
     labels = {(r["src"], r["query"]): r["is_exfiltration"]
-              for r in csv.DictReader(open(f"{shared}/data/dev/labels.csv", newline=""))}
+              for r in csv.DictReader(open(f"{dev}/labels.csv", newline=""))}
     by_hour = collections.defaultdict(list)
-    for e in csv.DictReader(open(f"{shared}/data/dev/events.csv", newline="")):
+    for e in csv.DictReader(open(f"{dev}/events.csv", newline="")):
         if labels.get((e["src"], e["query"])) == "0":
             by_hour[(e["src"], int(float(e["_time"]) // 3600))].append(e["query"])
     ranked = sorted(by_hour, key=lambda k: (-len(by_hour[k]), k))
@@ -64,9 +64,9 @@ def main():
     ap.add_argument("--url", required=True)
     ap.add_argument("--token", default="")
     ap.add_argument("--models", required=True)
-    ap.add_argument("--shared", default="../shared")
+    ap.add_argument("--dev", default="tests/fixtures/dev", help="the development log (events.csv, labels.csv)")
     a = ap.parse_args()
-    hosts = busy_benign_hours(a.shared)
+    hosts = busy_benign_hours(a.dev)
     print("queries in the session:", " ".join(f"{n:>12}" for n in SIZES))
     for model in a.models.split(","):
         print(model)

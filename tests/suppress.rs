@@ -23,39 +23,49 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
         "--muted-sources".as_ref(),
         mutes.as_os_str(),
     ]);
-    // The same tunnel session (80 encoded names) from an unmuted and a muted source.
+    // The same tunnel session (80 encoded names) from an unmuted and from a muted source, each in
+    // a request of its own: the features, so the probabilities, are the same. (Two sources
+    // sending the very same random names in one request look like a shared service, not a
+    // tunnel.)
     let tunnel = |i: usize| {
         format!(
             "{:032x}.t.exfil-example.net",
             (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15_f39c
         )
     };
-    let mut csv = String::from("src,query,rank\n");
-    for src in ["10.8.4.4", "10.9.4.4"] {
+    let batch = |src: &str| {
+        let mut csv = String::from("src,query,rank\n");
         for i in 0..80 {
             csv.push_str(&format!("{src},{},1\n", tunnel(i)));
         }
-    }
-    csv.push_str("10.1.1.1,k2h4nd8s7dj3k4l5m6n7b8v9c0x1z2a3.corp-telemetry.example,1\n");
-    csv.push_str("10.1.1.1,r4---sn-5hne6nzy.googlevideo.com,1\n");
-    csv.push_str(&format!("10.1.1.1,{},2\n", tunnel(0)));
-    let answer = unverified_tls_client()
-        .post(format!("http://{}/apply", server.address))
-        .header("Authorization", TOKEN)
-        .json(&escu_envelope_for(&csv, "dnsexfil_v3"))
-        .send()
-        .unwrap()
-        .json::<serde_json::Value>()
-        .unwrap();
-    let (header, rows) = results_of(&answer);
-    assert_eq!(header.last().unwrap(), "suppressed_by");
-    let reason = |i: usize| rows[i][5].as_str();
+        csv.push_str("10.1.1.1,k2h4nd8s7dj3k4l5m6n7b8v9c0x1z2a3.corp-telemetry.example,1\n");
+        csv.push_str("10.1.1.1,r4---sn-5hne6nzy.googlevideo.com,1\n");
+        csv.push_str(&format!("10.1.1.1,{},2\n", tunnel(0)));
+        csv
+    };
+    let apply = |csv: &str| {
+        let answer = unverified_tls_client()
+            .post(format!("http://{}/apply", server.address))
+            .header("Authorization", TOKEN)
+            .json(&escu_envelope_for(csv, "dnsexfil_v3"))
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap();
+        let (header, rows) = results_of(&answer);
+        assert_eq!(header.last().unwrap(), "suppressed_by");
+        rows
+    };
+    let (open_rows, muted_rows) = (apply(&batch("10.8.4.4")), apply(&batch("10.9.4.4")));
     for i in 0..80 {
-        let (open, muted) = (&rows[i], &rows[80 + i]);
-        assert_eq!(reason(i), "");
-        assert_eq!(open[4], "1.0", "the session alerts from an unmuted source");
+        let (open, muted) = (&open_rows[i], &muted_rows[i]);
+        assert_eq!(open[5], "");
         assert_eq!(
-            reason(80 + i),
+            open[4], "1.0",
+            "the session alerts from an unmuted source: {open:?}"
+        );
+        assert_eq!(
+            muted[5],
             "muted source 10.9.0.0/16 (mutes.txt: red team lab)"
         );
         // Same traffic, same probability: only the label and the reason differ.
@@ -64,47 +74,50 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
             (open[3].as_str(), "0.0")
         );
     }
-    assert_eq!(
-        reason(160),
-        "allowlist corp-telemetry.example (allow.txt: vendor agent)"
-    );
-    assert!(
-        reason(161).starts_with("allowlist googlevideo.com (built-in"),
-        "{}",
-        reason(161)
-    );
-    assert_eq!(
-        reason(162),
-        "",
-        "history rows are not scored, so never suppressed"
-    );
+    for rows in [&open_rows, &muted_rows] {
+        assert_eq!(
+            rows[80][5],
+            "allowlist corp-telemetry.example (allow.txt: vendor agent)"
+        );
+        assert!(
+            rows[81][5].starts_with("allowlist googlevideo.com (built-in"),
+            "{}",
+            rows[81][5]
+        );
+        assert_eq!(
+            rows[82][5], "",
+            "history rows are not scored, so never suppressed"
+        );
+    }
 
     // The REST API gives the same reasons, with the label forced to 0 and the probability kept.
-    let events: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::json!({"src": r[0], "query": r[1], "rank": r[2].parse::<u32>().unwrap()}))
-        .collect();
-    let scored = unverified_tls_client()
-        .post(format!(
-            "http://{}/v1/score?model=dnsexfil_v3",
-            server.address
-        ))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "events": events }))
-        .send()
-        .unwrap()
-        .json::<serde_json::Value>()
-        .unwrap();
-    let results = scored["results"].as_array().unwrap();
-    assert_eq!(results.len(), rows.len());
-    for (i, r) in results.iter().enumerate() {
-        let want = reason(i);
-        assert_eq!(r["reason"].as_str().unwrap_or(""), want, "event {i}");
-        if r["scored"] == true {
-            let p = r["probability"].as_f64().unwrap() as f32;
-            assert_eq!(p, rows[i][3].parse::<f32>().unwrap(), "event {i}");
-            let alert = p >= 0.5 && want.is_empty();
-            assert_eq!(r["label"], u8::from(alert), "event {i}");
+    for rows in [&open_rows, &muted_rows] {
+        let events: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({"src": r[0], "query": r[1], "rank": r[2].parse::<u32>().unwrap()}))
+            .collect();
+        let scored = unverified_tls_client()
+            .post(format!(
+                "http://{}/v1/score?model=dnsexfil_v3",
+                server.address
+            ))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap();
+        let results = scored["results"].as_array().unwrap();
+        assert_eq!(results.len(), rows.len());
+        for (i, r) in results.iter().enumerate() {
+            let want = rows[i][5].as_str();
+            assert_eq!(r["reason"].as_str().unwrap_or(""), want, "event {i}");
+            if r["scored"] == true {
+                let p = r["probability"].as_f64().unwrap() as f32;
+                assert_eq!(p, rows[i][3].parse::<f32>().unwrap(), "event {i}");
+                let alert = p >= 0.5 && want.is_empty();
+                assert_eq!(r["label"], u8::from(alert), "event {i}");
+            }
         }
     }
 }
