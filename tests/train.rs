@@ -245,3 +245,58 @@ fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
     };
     assert_eq!(rows_trained_on("1"), rows_trained_on("0"));
 }
+
+/// The model card's "held-out development hosts" figures for `dnsexfil_v3`, as `evaluate.py`
+/// measures them through `/apply` of a real server: the documented split command, then the
+/// documented replay. Fails when a change moves them (then the card must say the new ones).
+#[test]
+fn the_model_cards_held_out_host_figures_hold() {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("python3 for tests/fixtures/eval/evaluate.py");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("dnsexfil_v3.safetensors");
+    run_ok(
+        train_on_dev(&model)
+            .args(["--test-fraction", "0.3", "--split-out"])
+            .arg(dir.path()),
+    );
+    let server = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--no-default-model".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+    ]);
+    let report_path = dir.path().join("report.json");
+    run_ok(
+        Command::new(python)
+            .arg(fixtures().join("eval/evaluate.py"))
+            .arg("--events")
+            .arg(dir.path().join("test_events.csv"))
+            .arg("--labels")
+            .arg(dir.path().join("test_labels.csv"))
+            .arg("--url")
+            .arg(format!("http://{}", server.address))
+            .args(["--token", TOKEN, "--model-name", "dnsexfil_v3", "--report"])
+            .arg(&report_path),
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    // models/README.md, "Held-out development hosts".
+    assert_eq!(r["rank1_events"], 14408, "{r}");
+    assert_eq!(r["positives"], 1352, "{r}");
+    assert_eq!(r["roc_auc"].as_f64().unwrap(), 0.999485, "{r}");
+    assert_eq!(r["tpr_at_fpr_0.001"].as_f64().unwrap(), 0.9993, "{r}");
+    assert_eq!(r["fpr_at_threshold"].as_f64().unwrap(), 0.002145, "{r}");
+    assert_eq!(r["benign_alerts"], 28, "{r}");
+    assert_eq!(r["benign_srcs_alerting"], 7, "{r}");
+    assert_eq!(r["sessions_detected"], "4/4", "{r}");
+    assert!(server.terminate().success());
+}
