@@ -1,7 +1,7 @@
 //! Stage-by-stage cost of one ESCU `/apply` at 1k, 10k and 100k rows, the whole request
 //! (envelope parse to response body) next to the network's forward pass alone, and the whole
 //! request with the default model's schema against the one before (`-- schemas`).
-//! Run: `cargo bench --bench pipeline` (needs ../shared/artifacts for the weights).
+//! Run: `cargo bench --bench pipeline` (the weights come from tests/fixtures/escu).
 
 mod support;
 
