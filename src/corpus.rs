@@ -19,7 +19,9 @@ pub struct Corpus {
     /// Family of each labelled name that has one: the real log's `tool` for malicious names,
     /// the generator's family for synthetic ones. Real benign names have none.
     pub families: HashMap<(String, String), String>,
-    /// Sessions: (family, source). A real tool's session is its source.
+    /// The session of each labelled name that has a family.
+    pub session_of: HashMap<(String, String), String>,
+    /// Every session: (family, session id). A real tool's session is one of its sources.
     pub sessions: Vec<(String, String)>,
 }
 
@@ -104,8 +106,10 @@ pub fn build(
     let mut real_sessions = BTreeSet::new();
     for (key, tool) in &real.tools {
         if hosts.contains(&key.0) {
+            let session = format!("{tool}@{}", key.0);
             corpus.families.insert(key.clone(), tool.clone());
-            real_sessions.insert((tool.clone(), key.0.clone()));
+            corpus.session_of.insert(key.clone(), session.clone());
+            real_sessions.insert((tool.clone(), session));
         }
     }
     corpus.sessions.extend(real_sessions);
@@ -145,6 +149,12 @@ pub fn build(
     generated.labels.extend(more.labels);
     generated.families.extend(more.families);
     generated.sessions.extend(more.sessions);
+    for (key, session) in more.session_of {
+        generated.session_of.entry(key).or_insert(session);
+    }
+    for (key, session) in generated.session_of {
+        corpus.session_of.entry(key).or_insert(session);
+    }
     corpus.events.extend(generated.events);
     for (key, y) in generated.labels {
         // A benign host's own name that a benign generator also produced stays as labelled.
@@ -160,14 +170,16 @@ pub fn build(
         generated
             .sessions
             .into_iter()
-            .map(|(f, src, _)| (f.name().to_string(), src)),
+            .map(|(f, id)| (f.name().to_string(), id)),
     );
     corpus
 }
 
-/// Most training rows one synthetic malicious session gives in one window: a PacketWhisper
+/// Most training rows one synthetic malicious family gives in one window from one source
+/// (usually one session; several sessions of a family on one host share it): a PacketWhisper
 /// session sends thousands of names an hour, and uncapped it would outweigh every other family
-/// and the real log. All its names still feed the features' history.
+/// and the real log. All its names still feed the features' history. Benign look-alike
+/// sessions (at most a few hundred names an hour) and the log's own rows are not capped.
 pub const SESSION_ROWS_PER_WINDOW: usize = 48;
 
 /// Features of the labelled rank-1 events of `corpus`, replayed in windows (at most
@@ -187,7 +199,6 @@ pub fn labelled_features(
         .families
         .get(&(src.to_string(), query.to_string()))
     {
-        // Real tools' rows (a tool of the log) are kept whole, as before.
         Some(family) if crate::threats::Family::malicious().any(|f| f.name() == family) => {
             let n = counts
                 .entry((replay.get(), number, src.to_string(), family.clone()))
@@ -195,6 +206,7 @@ pub fn labelled_features(
             *n += 1;
             *n <= SESSION_ROWS_PER_WINDOW
         }
+        // The log's own rows (its tools included) and benign look-alikes are kept whole.
         _ => true,
     };
     let (events, labels) = (&corpus.events, &corpus.labels);

@@ -52,6 +52,7 @@ struct Scored {
     score: f32,
     label: f32,
     family: Option<String>,
+    session: Option<String>,
     src: String,
     query: String,
 }
@@ -98,16 +99,16 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         } else {
             vec![tool.clone()]
         };
-        let (model, scored) = train_and_score(&real, &test, &left_out, options, args.eval_sessions)
-            .with_context(|| format!("leaving out `{tool}`"))?;
-        drop(model);
+        let (evaluation, scored) =
+            train_and_score(&real, &test, &left_out, options, args.eval_sessions)
+                .with_context(|| format!("leaving out `{tool}`"))?;
         let scored_tools = if tool == "none" {
             known.clone()
         } else {
             vec![tool.clone()]
         };
         for scored_tool in scored_tools {
-            let r = tool_result(&scored, &scored_tool, tool != "none");
+            let r = tool_result(&scored, &evaluation, &scored_tool, tool != "none");
             println!(
                 "| {} | {} | {:.3} | {:.3} | {:.4} | {} of {} | {} / {} |",
                 r.tool,
@@ -129,6 +130,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             "eval_sessions": args.eval_sessions,
             "seed": options.seed,
             "threat_sessions": options.threat_sessions,
+            "lookalike_sessions": options.lookalike_sessions,
             "evaluation_hosts": test,
             "results": results,
         });
@@ -144,7 +146,7 @@ fn train_and_score(
     left_out: &[String],
     options: &TrainingOptions,
     eval_sessions: usize,
-) -> anyhow::Result<(Model, Vec<Scored>)> {
+) -> anyhow::Result<(Corpus, Vec<Scored>)> {
     let training = crate::training::training_corpus(real, test, left_out, options);
     let labelled = corpus::labelled_features(
         &training,
@@ -165,11 +167,12 @@ fn train_and_score(
     let fitted = crate::training::fit_offline(&labelled, options, info, false)?;
     let evaluation = evaluation_corpus(real, test, left_out, options.seed, eval_sessions);
     let scored = score_corpus(&fitted.model, &evaluation, options.window)?;
-    Ok((fitted.model, scored))
+    Ok((evaluation, scored))
 }
 
 /// The evaluation hosts' real traffic (benign hosts of `test`, plus every source of a left-out
-/// real tool), with new sessions of the left-out tools' families (all malicious families when
+/// real tool, or the held-out sources of every tool of the log when nothing is left out), with
+/// new sessions of the left-out tools' families (all malicious families when
 /// nothing is left out) and of every benign family riding on those hosts.
 pub fn evaluation_corpus(
     real: &RealLog,
@@ -181,12 +184,16 @@ pub fn evaluation_corpus(
     let malicious = real.malicious_sources();
     let benign_hosts: BTreeSet<String> = test.difference(&malicious).cloned().collect();
     let mut hosts = benign_hosts.clone();
-    let mut real_tools: Vec<String> = left_out.to_vec();
     if left_out.is_empty() {
-        real_tools = real.tool_names();
-    }
-    for tool in &real_tools {
-        hosts.extend(real.sources_of_tool(tool));
+        // Trained on everything: the log's tools only on their held-out sources.
+        for tool in real.tool_names() {
+            hosts.extend(real.sources_of_tool(&tool).intersection(test).cloned());
+        }
+    } else {
+        // A left-out tool of the log never trained: every one of its sources.
+        for tool in left_out {
+            hosts.extend(real.sources_of_tool(tool));
+        }
     }
     let families: Vec<Family> = Family::ALL
         .into_iter()
@@ -194,15 +201,10 @@ pub fn evaluation_corpus(
             !f.is_malicious() || left_out.is_empty() || left_out.iter().any(|t| t == f.tool())
         })
         .collect();
-    let none = BTreeSet::new();
     corpus::build(
         real,
         &hosts,
-        if std::env::var("NORIDE").is_ok() {
-            &none
-        } else {
-            &benign_hosts
-        },
+        &benign_hosts,
         &ThreatPlan {
             per_family,
             per_benign_family: per_family,
@@ -231,6 +233,7 @@ fn score_corpus(model: &Model, corpus: &Corpus, window: f64) -> anyhow::Result<V
                     score: scores.probabilities[k],
                     label,
                     family: corpus.families.get(&key).cloned(),
+                    session: corpus.session_of.get(&key).cloned(),
                     src: key.0,
                     query: key.1,
                 });
@@ -251,7 +254,10 @@ fn of_tool(family: &Option<String>, tool: &str) -> bool {
     }
 }
 
-fn tool_result(scored: &[Scored], tool: &str, left_out: bool) -> ToolResult {
+/// One tool's figures. Alerts are scores above 0.5, as `evaluate.py` counts them; a session is
+/// detected when any of its names alerts, and every session of the tool in `corpus` counts,
+/// including one with no name scored.
+fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -> ToolResult {
     const THRESHOLD: f32 = 0.5;
     let benign: Vec<&Scored> = scored.iter().filter(|s| s.label == 0.0).collect();
     let positives: Vec<&Scored> = scored
@@ -264,12 +270,16 @@ fn tool_result(scored: &[Scored], tool: &str, left_out: bool) -> ToolResult {
     labels.extend(std::iter::repeat_n(0.0, benign.len()));
     let (tpr, _) = crate::model::metrics::tpr_at_fpr(&scores, &labels, 0.001);
     let roc_auc = crate::model::metrics::roc_auc(&scores, &labels);
-    let mut sessions: BTreeMap<(String, String), bool> = BTreeMap::new();
+    let mut sessions: BTreeMap<&str, bool> = corpus
+        .sessions
+        .iter()
+        .filter(|(family, _)| of_tool(&Some(family.clone()), tool))
+        .map(|(_, id)| (id.as_str(), false))
+        .collect();
     for s in &positives {
-        let hit = sessions
-            .entry((s.family.clone().unwrap_or_default(), s.src.clone()))
-            .or_insert(false);
-        *hit |= s.score > THRESHOLD;
+        if let Some(hit) = s.session.as_deref().and_then(|id| sessions.get_mut(id)) {
+            *hit |= s.score > THRESHOLD;
+        }
     }
     let mut by_family: BTreeMap<String, usize> = BTreeMap::new();
     let (mut real_alerts, mut lookalike_alerts) = (0, 0);

@@ -720,6 +720,7 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         Schema::DnsexfilV2 => params["synthetic_sessions"] = options.synthetic_sessions.into(),
         _ => {
             params["threat_sessions"] = options.threat_sessions.into();
+            params["lookalike_sessions"] = options.lookalike_sessions.into();
             params["leave_out"] = serde_json::json!(args.leave_out);
         }
     }

@@ -143,20 +143,24 @@ pub fn malicious_tools() -> Vec<&'static str> {
     tools
 }
 
-/// Generated sessions: events, a label per (src, query), and the family of each labelled name.
+/// Generated sessions: events, a label per (src, query), and the family and session of each
+/// labelled name.
 #[derive(Debug, Default)]
 pub struct Generated {
     pub events: Vec<Event>,
     pub labels: Vec<((String, String), f32)>,
     pub families: HashMap<(String, String), Family>,
-    /// Per session: its family and source (for "sessions detected").
-    pub sessions: Vec<(Family, String, usize)>,
+    /// The session each labelled name belongs to (the first, should two make the same name).
+    pub session_of: HashMap<(String, String), String>,
+    /// Every session: its family and id (for "sessions detected").
+    pub sessions: Vec<(Family, String)>,
 }
 
 /// The real hosts sessions may ride on: their events by hour.
 pub struct Carriers<'a> {
-    /// (src, hour) -> that host's events in the hour.
+    /// One (host, hour) entry per event of that host in that hour.
     hours: Vec<(&'a str, i64)>,
+    /// (host, hour) -> that host's number of events in the hour.
     by_host_hour: BTreeMap<(&'a str, i64), usize>,
     hosts: Vec<&'a str>,
     /// The span of the log, in seconds.
@@ -223,7 +227,7 @@ impl<'a> Carriers<'a> {
 /// and whether it wants to ride on a busy host.
 pub(crate) struct Draft {
     pub queries: Vec<(f64, String)>,
-    /// Extra (source role, names) on other hosts of the same hour: fleet-wide services.
+    /// Names sent from other hosts of the same hour, one list per host: fleet-wide services.
     pub fleet: Vec<Vec<(f64, String)>>,
     pub rides: bool,
     /// Split the session's queries over this many sources (domain rotation over hosts).
@@ -246,6 +250,7 @@ pub fn generate(
             let mut rng = SplitMix64::new(
                 seed ^ (f as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (s as u64) << 32,
             );
+            let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
                 malicious::draft(family, &mut rng)
             } else {
@@ -254,6 +259,7 @@ pub fn generate(
             place(
                 &mut out,
                 family,
+                &id,
                 draft,
                 carriers,
                 &mut rng,
@@ -279,6 +285,7 @@ fn own_source(next_source: &mut usize) -> String {
 fn place(
     out: &mut Generated,
     family: Family,
+    id: &str,
     draft: Draft,
     carriers: &Carriers<'_>,
     rng: &mut SplitMix64,
@@ -308,12 +315,9 @@ fn place(
     }
     for (i, (offset, query)) in draft.queries.into_iter().enumerate() {
         let src = hosts[i % hosts.len()].clone();
-        push(out, family, label, &src, query, at + offset);
+        push(out, family, id, label, &src, query, at + offset);
     }
-    for host in &hosts {
-        out.sessions
-            .push((family, host.clone(), out.sessions.len()));
-    }
+    out.sessions.push((family, id.to_string()));
     // Fleet-wide services: the same kind of names from other hosts of the hour.
     let others = carriers.others_in_hour(&first_host, at);
     for (k, names) in draft.fleet.into_iter().enumerate() {
@@ -322,14 +326,25 @@ fn place(
         }
         let host = others[(k + rng.below(others.len())) % others.len()].to_string();
         for (offset, query) in names {
-            push(out, family, label, &host, query, at + offset);
+            push(out, family, id, label, &host, query, at + offset);
         }
     }
 }
 
-fn push(out: &mut Generated, family: Family, label: f32, src: &str, query: String, time: f64) {
+fn push(
+    out: &mut Generated,
+    family: Family,
+    session: &str,
+    label: f32,
+    src: &str,
+    query: String,
+    time: f64,
+) {
     let key = (src.to_string(), query.clone());
     out.families.insert(key.clone(), family);
+    out.session_of
+        .entry(key.clone())
+        .or_insert_with(|| session.to_string());
     out.labels.push((key, label));
     out.events.push(Event {
         src: src.to_string(),
