@@ -330,14 +330,40 @@ impl History {
         self.shapes.len()
     }
 
-    /// (src id, registered domain id) of a distinct (src, query).
-    pub(crate) fn query_src_domain(&self, q: usize) -> (usize, usize) {
-        self.pair_src_domain[self.shapes[q].1]
-    }
-
     /// Number of distinct sources.
     pub(crate) fn sources(&self) -> usize {
         self.src_rows.len()
+    }
+
+    /// The (src, domain) pair of a distinct (src, query); pairs are numbered in the order their
+    /// first name appears.
+    pub(crate) fn query_pair(&self, q: usize) -> usize {
+        self.shapes[q].1
+    }
+
+    /// Number of (src, domain) pairs.
+    pub(crate) fn pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// (src id, domain id) of a pair.
+    pub(crate) fn pair_src_domain(&self, pair: usize) -> (usize, usize) {
+        self.pair_src_domain[pair]
+    }
+
+    /// Distinct names of a pair.
+    pub(crate) fn pair_distinct(&self, pair: usize) -> u32 {
+        self.pairs[pair].distinct
+    }
+
+    /// Number of sources that query a domain.
+    pub(crate) fn domain_sources(&self, domain: usize) -> u32 {
+        self.domain_srcs[domain]
+    }
+
+    /// Number of domains a source queries.
+    pub(crate) fn source_domains(&self, src: usize) -> u32 {
+        self.src_domains[src]
     }
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).

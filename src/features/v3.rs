@@ -17,40 +17,9 @@ use rustc_hash::{FxHashMap, FxHasher};
 use super::v2;
 use super::{FeatureMatrix, Row};
 
-/// Feature names in column order: v2's 30 (computed at the ICANN boundary: `d1abc.cloudfront.net`
-/// is the subdomain `d1abc` of `cloudfront.net`), then v3's own.
-pub const NAMES: [&str; 48] = [
-    // v2
-    "query_len",
-    "sub_len",
-    "sub_labels",
-    "sub_longest_label",
-    "sub_entropy",
-    "sub_digit_ratio",
-    "sub_upper_ratio",
-    "sub_hex_ratio",
-    "sub_base32_ratio",
-    "sub_other_ratio",
-    "sub_vowel_ratio",
-    "sub_unique_ratio",
-    "sub_max_consonant_run",
-    "sub_mixed_case",
-    "is_reverse_dns",
-    "is_service_label",
-    "escapes",
-    "pair_log_volume",
-    "pair_log_distinct",
-    "pair_distinct_ratio",
-    "pair_mean_sub_len",
-    "pair_max_sub_len",
-    "pair_mean_entropy",
-    "pair_mean_longest_label",
-    "pair_long_sub_share",
-    "pair_mean_digit_ratio",
-    "src_log_domains",
-    "src_domain_share",
-    "domain_log_srcs",
-    "query_log_repeats",
+/// v3's own feature names, in column order after v2's 30 ([`v2::NAMES`], computed at the ICANN
+/// boundary: `d1abc.cloudfront.net` is the subdomain `d1abc` of `cloudfront.net`).
+pub const EXTRA_NAMES: [&str; 18] = [
     // v3: the full Public Suffix List view, and per (source, ICANN domain)
     "psl_pair_log_distinct",
     "icann_pair_distinct_share",
@@ -73,6 +42,16 @@ pub const NAMES: [&str; 48] = [
     "known_lookup_service",
     "icann_pair_excess",
 ];
+
+/// Number of features per row.
+pub const WIDTH: usize = V2_WIDTH + EXTRA_NAMES.len();
+
+const V2_WIDTH: usize = v2::WIDTH;
+
+/// Feature names in column order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    v2::NAMES.iter().chain(&EXTRA_NAMES).copied()
+}
 
 /// Zones of reputation services that put a hash, address or domain in the name by design
 /// (endpoint-security file reputation, DNS blocklists, RFC 5782). Their bursts look exactly like
@@ -112,11 +91,6 @@ pub fn is_lookup_service(query: &str) -> bool {
             && (name.len() == zone.len() || name[name.len() - zone.len() - 1] == b'.')
     })
 }
-
-/// Number of features per row.
-pub const WIDTH: usize = NAMES.len();
-
-const V2_WIDTH: usize = v2::WIDTH;
 
 /// The registered domain at the ICANN boundary: a registered domain under a private-section
 /// suffix (`d1abc.cloudfront.net`, suffix `cloudfront.net`) maps to the suffix's own registered
@@ -179,7 +153,8 @@ pub fn split_icann(query: &str) -> (String, String, Option<String>) {
 
 /// Whether `domain` is `zone` or a parent of it at a label boundary.
 fn zone_parent_is(zone: &str, domain: &str) -> bool {
-    zone == domain || zone.ends_with(&format!(".{domain}"))
+    zone.strip_suffix(domain)
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
 }
 
 /// What v3 needs of one name beyond v2's shape.
@@ -230,16 +205,20 @@ fn name_extras(sub: &str, icann: u32) -> NameExtras {
     }
 }
 
+/// What v3 adds to one of v2's (source, ICANN domain) pairs.
 #[derive(Default, Clone, Copy)]
-struct IcannPair {
+struct PairExtras {
     /// ln(1 + its distinct names) - ln(1 + the mean of the other sources' under the domain):
     /// a source sending far more names under a popular domain than anyone else.
     excess: f32,
     /// No other source queries this ICANN domain.
     unique_domain: bool,
-    distinct: u32,
+    /// Full Public Suffix List registered domains among its names.
     domains: u32,
+    /// Its names that no other source queries.
     unique_names: u32,
+    /// A payload-like name of it was counted for its source (domain rotation).
+    payload_counted: bool,
     sum_len: f64,
     sum_len_sq: f64,
 }
@@ -247,25 +226,23 @@ struct IcannPair {
 #[derive(Default, Clone, Copy)]
 struct SourceTotals {
     distinct: u32,
-    icann_domains: u32,
     unique_domains: u32,
     payload_on_unique: u32,
     unique_with_payload: u32,
 }
 
-/// The per-request history of the dnsexfil-v3 features.
+/// The per-request history of the dnsexfil-v3 features: v2's history at the ICANN boundary (its
+/// (source, domain) pairs are v3's (source, ICANN domain) pairs), and what v3 adds to it.
 pub struct History {
     base: v2::History,
-    /// Per distinct (src, query): its (src, ICANN domain) pair, name extras and template count key.
-    query_pair: Vec<u32>,
+    /// Per distinct (src, query): name extras, names of the same template in its pair, sources
+    /// sending the same name, and names of its (src, full registered domain) pair with the
+    /// sources of that registered domain.
     query_extras: Vec<NameExtras>,
     query_template_count: Vec<u32>,
     query_name_srcs: Vec<u32>,
-    /// Per distinct (src, query): names of its (src, full registered domain) pair, and sources
-    /// of that registered domain.
     query_registered: Vec<(u32, u32)>,
-    pairs: Vec<IcannPair>,
-    pair_src_icann: Vec<(u32, u32)>,
+    pairs: Vec<PairExtras>,
     sources: Vec<SourceTotals>,
 }
 
@@ -275,40 +252,35 @@ pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
 }
 
 impl History {
-    /// Linear in the number of rows: v2's history at the ICANN boundary, then one pass over the
-    /// distinct names.
+    /// Linear in the number of rows: v2's history at the ICANN boundary, then two passes over
+    /// the distinct names.
     pub fn build(rows: &[Row<'_>]) -> Self {
         let base = v2::History::build_with(rows, split_icann);
         let distinct = base.distinct_queries();
-        let mut icann_srcs = vec![0u32; base.domain_names.len()];
-        let mut icann_names = vec![0u32; base.domain_names.len()];
         // ICANN domains that hold a lookup service's zone: only their names need the check.
         let lookup_domains: Vec<bool> = base
             .domain_names
             .iter()
             .map(|d| LOOKUP_SERVICES.iter().any(|zone| zone_parent_is(zone, d)))
             .collect();
+        let mut icann_names = vec![0u32; base.domain_names.len()];
         let mut registered_srcs = vec![0u32; base.alternates];
-
-        let mut pair_of: FxHashMap<(u32, u32), u32> = FxHashMap::default();
-        let mut pairs: Vec<IcannPair> = Vec::new();
-        let mut pair_src_icann: Vec<(u32, u32)> = Vec::new();
         // (src, full registered domain) -> distinct names.
         let mut registered_pair: FxHashMap<(u32, u32), u32> = FxHashMap::default();
         let mut template_count: FxHashMap<(u32, u64), u32> = FxHashMap::default();
         let mut name_srcs: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut pairs = vec![PairExtras::default(); base.pairs()];
         let mut sources = vec![SourceTotals::default(); base.sources()];
-        let mut query_pair = Vec::with_capacity(distinct);
         let mut query_extras = Vec::with_capacity(distinct);
 
         for q in 0..distinct {
-            let (src, icann) = base.query_src_domain(q);
-            let icann = icann as u32;
+            let pair = base.query_pair(q);
+            let (src, icann) = base.pair_src_domain(pair);
             let registered = base.query_alternate[q];
             let query = rows[base.query_first_row[q] as usize].query;
             let trimmed = query.trim_end_matches('.');
             // The subdomain below the ICANN domain (`d1abc` of `d1abc.cloudfront.net`).
-            let icann_len = match base.domain_names[icann as usize].as_str() {
+            let icann_len = match base.domain_names[icann].as_str() {
                 "." => 0,
                 domain => domain.len(),
             };
@@ -316,19 +288,10 @@ impl History {
                 .get(..trimmed.len().saturating_sub(icann_len))
                 .unwrap_or("")
                 .trim_end_matches('.');
-            let mut extras = name_extras(sub, icann);
-            extras.known_service = lookup_domains[icann as usize] && is_lookup_service(query);
-            let next = pairs.len() as u32;
-            let pair = *pair_of.entry((src as u32, icann)).or_insert(next);
-            if pair == next {
-                pairs.push(IcannPair::default());
-                pair_src_icann.push((src as u32, icann));
-                icann_srcs[icann as usize] += 1;
-                sources[src].icann_domains += 1;
-            }
-            let p = &mut pairs[pair as usize];
-            p.distinct += 1;
-            icann_names[icann as usize] += 1;
+            let mut extras = name_extras(sub, icann as u32);
+            extras.known_service = lookup_domains[icann] && is_lookup_service(query);
+            icann_names[icann] += 1;
+            let p = &mut pairs[pair];
             let len = sub.len() as f64;
             p.sum_len += len;
             p.sum_len_sq += len * len;
@@ -338,10 +301,11 @@ impl History {
                 registered_srcs[registered as usize] += 1;
             }
             *names_under += 1;
-            *template_count.entry((pair, extras.template)).or_insert(0) += 1;
+            *template_count
+                .entry((pair as u32, extras.template))
+                .or_insert(0) += 1;
             *name_srcs.entry(query).or_insert(0) += 1;
             sources[src].distinct += 1;
-            query_pair.push(pair);
             query_extras.push(extras);
         }
 
@@ -349,53 +313,51 @@ impl History {
         let mut query_template_count = Vec::with_capacity(distinct);
         let mut query_name_srcs = Vec::with_capacity(distinct);
         let mut query_registered = Vec::with_capacity(distinct);
-        let mut payload_unique_pairs: FxHashMap<u32, ()> = FxHashMap::default();
         for q in 0..distinct {
-            let pair = query_pair[q];
-            let (src, icann) = pair_src_icann[pair as usize];
+            let pair = base.query_pair(q);
+            let (src, icann) = base.pair_src_domain(pair);
             let extras = query_extras[q];
-            query_template_count.push(template_count[&(pair, extras.template)]);
+            query_template_count.push(template_count[&(pair as u32, extras.template)]);
             let registered = base.query_alternate[q];
             query_registered.push((
-                registered_pair[&(src, registered)],
+                registered_pair[&(src as u32, registered)],
                 registered_srcs[registered as usize],
             ));
             let query = rows[base.query_first_row[q] as usize].query;
             let srcs = name_srcs[query];
             query_name_srcs.push(srcs);
             if srcs == 1 {
-                pairs[pair as usize].unique_names += 1;
+                pairs[pair].unique_names += 1;
             }
-            if icann_srcs[icann as usize] == 1 && extras.payload_like {
-                let totals = &mut sources[src as usize];
+            if base.domain_sources(icann) == 1 && extras.payload_like {
+                let totals = &mut sources[src];
                 totals.payload_on_unique += 1;
-                if payload_unique_pairs.insert(pair, ()).is_none() {
+                if !pairs[pair].payload_counted {
+                    pairs[pair].payload_counted = true;
                     totals.unique_with_payload += 1;
                 }
             }
         }
-        for (pair, &(src, icann)) in pair_src_icann.iter().enumerate() {
-            if icann_srcs[icann as usize] == 1 {
-                sources[src as usize].unique_domains += 1;
-                pairs[pair].unique_domain = true;
+        for (pair, extras) in pairs.iter_mut().enumerate() {
+            let (src, icann) = base.pair_src_domain(pair);
+            let domain_srcs = base.domain_sources(icann);
+            if domain_srcs == 1 {
+                sources[src].unique_domains += 1;
+                extras.unique_domain = true;
             }
-        }
-
-        for (pair, &(_, icann)) in pairs.iter_mut().zip(&pair_src_icann) {
-            let others = icann_srcs[icann as usize].saturating_sub(1).max(1) as f32;
-            let others_mean = (icann_names[icann as usize] - pair.distinct) as f32 / others;
-            pair.excess = (pair.distinct as f32).ln_1p() - others_mean.ln_1p();
+            let distinct = base.pair_distinct(pair);
+            let others = domain_srcs.saturating_sub(1).max(1) as f32;
+            let others_mean = (icann_names[icann] - distinct) as f32 / others;
+            extras.excess = (distinct as f32).ln_1p() - others_mean.ln_1p();
         }
 
         Self {
             base,
-            query_pair,
             query_extras,
             query_template_count,
             query_name_srcs,
             query_registered,
             pairs,
-            pair_src_icann,
             sources,
         }
     }
@@ -407,33 +369,34 @@ impl History {
         let row_query = self.base.row_query();
         for (k, &i) in scored.iter().enumerate() {
             let q = row_query[i];
-            let pair_id = self.query_pair[q] as usize;
+            let pair_id = self.base.query_pair(q);
             let pair = &self.pairs[pair_id];
-            let (src, _) = self.pair_src_icann[pair_id];
+            let pair_distinct = self.base.pair_distinct(pair_id);
+            let (src, _) = self.base.pair_src_domain(pair_id);
             let (registered_names, registered_srcs) = self.query_registered[q];
-            let source = &self.sources[src as usize];
+            let source = &self.sources[src];
             let extras = &self.query_extras[q];
-            let distinct = pair.distinct.max(1) as f64;
+            let distinct = pair_distinct.max(1) as f64;
             let mean = pair.sum_len / distinct;
             let variance = (pair.sum_len_sq / distinct - mean * mean).max(0.0);
             let out = matrix.row_mut(k);
             out[..V2_WIDTH].copy_from_slice(v2_part.row(k));
             let log = |v: u32| (v as f32).ln_1p();
             out[30] = log(registered_names);
-            out[31] = pair.distinct as f32 / source.distinct.max(1) as f32;
+            out[31] = pair_distinct as f32 / source.distinct.max(1) as f32;
             out[32] = log(pair.domains);
             out[33] = log(registered_srcs);
-            out[34] = self.query_template_count[q] as f32 / pair.distinct.max(1) as f32;
+            out[34] = self.query_template_count[q] as f32 / pair_distinct.max(1) as f32;
             out[35] = log(self.query_template_count[q]);
             out[36] = log(self.query_name_srcs[q]);
-            out[37] = pair.unique_names as f32 / pair.distinct.max(1) as f32;
+            out[37] = pair.unique_names as f32 / pair_distinct.max(1) as f32;
             out[38] = log(source.distinct);
             // What the source does elsewhere counts only for a name that could be part of it:
             // else every benign name of an infected host would inherit the host's score.
-            let own_domain_unique = pair.unique_domain;
-            if own_domain_unique {
+            if pair.unique_domain {
                 out[39] = log(source.unique_domains);
-                out[40] = source.unique_domains as f32 / source.icann_domains.max(1) as f32;
+                let icann_domains = self.base.source_domains(src);
+                out[40] = source.unique_domains as f32 / icann_domains.max(1) as f32;
                 if extras.payload_like {
                     out[41] = log(source.payload_on_unique);
                     out[42] = log(source.unique_with_payload);
@@ -458,7 +421,7 @@ mod tests {
     use super::*;
 
     fn col(name: &str) -> usize {
-        NAMES.iter().position(|n| *n == name).unwrap()
+        names().position(|n| n == name).unwrap()
     }
 
     #[test]
