@@ -29,6 +29,16 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
     burst(rng, names, count, shared, reuse, fleet_share)
 }
 
+/// A benign session: on a busy host, from one source.
+fn riding(queries: Vec<(f64, String)>, fleet: Vec<Vec<(f64, String)>>) -> Draft {
+    Draft {
+        queries,
+        fleet,
+        rides: true,
+        sources: 1,
+    }
+}
+
 type Names = Box<dyn FnMut(&mut SplitMix64) -> String>;
 
 /// A burst of names in an hour on one host and, for a fleet-wide service, a few on up to six
@@ -73,12 +83,7 @@ fn burst(
     } else {
         Vec::new()
     };
-    Draft {
-        queries,
-        fleet,
-        rides: true,
-        sources: 1,
-    }
+    riding(queries, fleet)
 }
 
 /// File-reputation lookups of endpoint security products, which put a file hash in the name:
@@ -166,12 +171,7 @@ fn dnsbl(rng: &mut SplitMix64) -> Draft {
     } else {
         Vec::new()
     };
-    Draft {
-        queries,
-        fleet,
-        rides: true,
-        sources: 1,
-    }
+    riding(queries, fleet)
 }
 
 /// Chromium's intranet redirect detector: at start-up and on network changes it resolves three
@@ -323,12 +323,7 @@ fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
         }
         queries.push((t + 0.01, target));
     }
-    Draft {
-        queries,
-        fleet: Vec::new(),
-        rides: true,
-        sources: 1,
-    }
+    riding(queries, Vec::new())
 }
 
 /// ACME DNS-01 challenges (RFC 8555): `_acme-challenge.<host>` TXT lookups while certificates

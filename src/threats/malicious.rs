@@ -62,30 +62,39 @@ fn packetwhisper_cdn(rng: &mut SplitMix64) -> Draft {
     let cloudfront = cipher_table("cloudfront", |r| format!("d{}", text(r, draw::BASE36, 5)));
     let akamai = cipher_table("akamai", |r| format!("a{}", text(r, draw::DIGITS, 4)));
     let variant = rng.below(3);
+    one_query_per_symbol(rng, |rng, symbol| match variant {
+        0 => format!(
+            "{}{}.cloudfront.net",
+            cloudfront[symbol],
+            text(rng, draw::BASE36, 7)
+        ),
+        1 => format!(
+            "{}{}.{}.akamai.net",
+            akamai[symbol],
+            text(rng, draw::DIGITS, 2),
+            pick(rng, &["g", "b", "d", "dsp", "cdn"])
+        ),
+        _ => format!(
+            "e{}{}.{}.akamaiedge.net",
+            &akamai[symbol][1..],
+            text(rng, draw::DIGITS, 2),
+            pick(rng, &["dscx", "dscb", "a", "b"])
+        ),
+    })
+}
+
+/// A PacketWhisper transfer: 150 to 1,500 queries (one per payload symbol, 0.5 s apart at most)
+/// over one or two hours, `name` making each query from its symbol.
+fn one_query_per_symbol(
+    rng: &mut SplitMix64,
+    mut name: impl FnMut(&mut SplitMix64, usize) -> String,
+) -> Draft {
     let count = between(rng, 150, 1500);
     let hours = between(rng, 1, 2) as f64;
     let names = (0..count)
         .map(|_| {
             let symbol = rng.below(66);
-            match variant {
-                0 => format!(
-                    "{}{}.cloudfront.net",
-                    cloudfront[symbol],
-                    text(rng, draw::BASE36, 7)
-                ),
-                1 => format!(
-                    "{}{}.{}.akamai.net",
-                    akamai[symbol],
-                    text(rng, draw::DIGITS, 2),
-                    pick(rng, &["g", "b", "d", "dsp", "cdn"])
-                ),
-                _ => format!(
-                    "e{}{}.{}.akamaiedge.net",
-                    &akamai[symbol][1..],
-                    text(rng, draw::DIGITS, 2),
-                    pick(rng, &["dscx", "dscb", "a", "b"])
-                ),
-            }
+            name(rng, symbol)
         })
         .collect();
     session(spread(rng, names, hours), chance(rng, 60))
@@ -98,22 +107,14 @@ fn packetwhisper_analytics(rng: &mut SplitMix64) -> Draft {
     let numbered = cipher_table("log_optimizely", |r| text(r, draw::DIGITS, 5));
     let akstat = cipher_table("akstat_io", |r| text(r, draw::BASE36, 4));
     let variant = rng.below(2);
-    let count = between(rng, 150, 1500);
-    let hours = between(rng, 1, 2) as f64;
-    let names = (0..count)
-        .map(|_| {
-            let symbol = rng.below(66);
-            match variant {
-                0 => format!(
-                    "{}{}.log.optimizely.com",
-                    numbered[symbol],
-                    text(rng, draw::DIGITS, 4)
-                ),
-                _ => format!("{}{}.akstat.io", akstat[symbol], text(rng, draw::BASE36, 4)),
-            }
-        })
-        .collect();
-    session(spread(rng, names, hours), chance(rng, 60))
+    one_query_per_symbol(rng, |rng, symbol| match variant {
+        0 => format!(
+            "{}{}.log.optimizely.com",
+            numbered[symbol],
+            text(rng, draw::DIGITS, 4)
+        ),
+        _ => format!("{}{}.akstat.io", akstat[symbol], text(rng, draw::BASE36, 4)),
+    })
 }
 
 const FIRST_NAMES: [&str; 12] = [
