@@ -57,7 +57,7 @@ pub fn run(args: &HealthcheckArgs) -> anyhow::Result<()> {
             .conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| colon_hex(&Sha256::digest(c.as_ref())));
+            .map(|c| crate::tls::colon_hex(&Sha256::digest(c.as_ref())));
         (status, fingerprint)
     } else {
         let mut plain = stream;
@@ -158,12 +158,14 @@ impl AsSocket for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
 }
 
 /// Accepts any certificate, but still checks the handshake's signatures with it (so the
-/// connection is real TLS with the certificate the server presented).
+/// connection is real TLS with the certificate the server presented). Tests use it to read the
+/// certificate a server presents.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 
 impl AnyCertificate {
-    fn new() -> Self {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         Self(Arc::new(rustls::crypto::ring::default_provider()))
     }
 }
@@ -211,14 +213,6 @@ impl ServerCertVerifier for AnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]

@@ -308,7 +308,8 @@ fn fingerprint_of_pem(pem: &[u8]) -> Option<String> {
     Some(colon_hex(&Sha256::digest(der.as_ref())))
 }
 
-fn colon_hex(bytes: &[u8]) -> String {
+/// Upper-case hex bytes joined by colons, as `openssl x509 -fingerprint` prints them.
+pub(crate) fn colon_hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02X}"))

@@ -119,53 +119,6 @@ fn a_given_certificate_is_served_and_verifies() {
     assert!(missing.err().unwrap().contains("nope.pem"));
 }
 
-/// Accepts any server certificate (the handshake's signatures are still checked), so the test
-/// can read the certificate a server presents.
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The SHA-256 of the DER certificate a TLS server at `address` presents, as
 /// `openssl x509 -fingerprint -sha256` prints it (upper-case hex, colons).
 fn served_fingerprint(address: &str) -> String {
@@ -173,9 +126,9 @@ fn served_fingerprint(address: &str) -> String {
     dnsexfil::tls::install_crypto_provider();
     let config = rustls::ClientConfig::builder()
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))))
+        .with_custom_certificate_verifier(std::sync::Arc::new(
+            dnsexfil::healthcheck::AnyCertificate::new(),
+        ))
         .with_no_client_auth();
     let mut conn =
         rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
