@@ -77,6 +77,17 @@ impl RealLog {
             .collect()
     }
 
+    /// The tools that can be left out of training, in table order: every malicious tool of the
+    /// threat model, then the log's own tools.
+    pub fn tools_to_leave_out(&self) -> Vec<String> {
+        let mut tools: Vec<String> = threats::malicious_tools()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        tools.extend(self.tool_names());
+        tools
+    }
+
     /// The real tools, sorted.
     pub fn tool_names(&self) -> Vec<String> {
         let set: BTreeSet<&String> = self.tools.values().collect();

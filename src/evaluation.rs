@@ -20,7 +20,7 @@ use crate::corpus::{self, Corpus, RealLog, ThreatPlan};
 use crate::dataset;
 use crate::features::Row;
 use crate::model::{Model, ModelInfo};
-use crate::threats::{self, Family};
+use crate::threats::Family;
 
 /// Added to the training seed for everything generated on evaluation hosts.
 const EVALUATION_SEED_OFFSET: u64 = 1_000_003;
@@ -57,17 +57,6 @@ struct Scored {
     query: String,
 }
 
-/// The tools of the leave-one-out table: every malicious tool of the threat model, then the
-/// log's own tools.
-pub fn all_tools(real: &RealLog) -> Vec<String> {
-    let mut tools: Vec<String> = threats::malicious_tools()
-        .into_iter()
-        .map(String::from)
-        .collect();
-    tools.extend(real.tool_names());
-    tools
-}
-
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     let real = RealLog::read(&args.events, &args.labels).map_err(anyhow::Error::msg)?;
     let options = &args.options;
@@ -75,7 +64,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         options.schema == crate::features::Schema::DnsexfilV3,
         "evaluate trains dnsexfil-v3 models (the v2 recipe has no tool families)"
     );
-    let known = all_tools(&real);
+    let known = real.tools_to_leave_out();
     let tools: Vec<String> = if args.tools.is_empty() {
         known.clone()
     } else {

@@ -664,6 +664,14 @@ pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     );
     let real =
         crate::corpus::RealLog::read(&args.events, &args.labels).map_err(anyhow::Error::msg)?;
+    let known = real.tools_to_leave_out();
+    for tool in &args.leave_out {
+        anyhow::ensure!(
+            known.contains(tool),
+            "--leave-out: unknown tool `{tool}`; known: {}",
+            known.join(", ")
+        );
+    }
     // The held-out test hosts are chosen first, from the real log only, so that synthetic
     // sessions never ride on them.
     let test: BTreeSet<String> = if args.test_fraction > 0.0 {

@@ -136,17 +136,15 @@ fn evaluate_leaves_a_tool_out_and_reports_it() {
         assert!((0.0..=1.0).contains(&recall), "{r}");
     }
     // An unknown tool is named in the error with the known ones.
-    let bad = bin()
-        .arg("evaluate")
-        .arg("--events")
-        .arg(dev("events.csv"))
-        .arg("--labels")
-        .arg(dev("labels.csv"))
-        .args(["--tools", "nosuchtool"])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let err = run_fails(
+        bin()
+            .arg("evaluate")
+            .arg("--events")
+            .arg(dev("events.csv"))
+            .arg("--labels")
+            .arg(dev("labels.csv"))
+            .args(["--tools", "nosuchtool"]),
+    );
     assert!(
         err.contains("unknown tool `nosuchtool`") && err.contains("packetwhisper"),
         "{err}"
@@ -179,6 +177,22 @@ fn bad_training_input_gets_a_clear_error() {
         "{err}"
     );
     assert!(!dir.path().join("m.safetensors").exists());
+
+    // A tool to leave out that does not exist is named, with the known ones, before training.
+    let out =
+        run_fails(train_on_dev(&dir.path().join("m.safetensors")).args(["--leave-out", "dnscat3"]));
+    assert!(
+        out.contains("--leave-out: unknown tool `dnscat3`") && out.contains("dnscat2"),
+        "{out}"
+    );
+    assert!(!dir.path().join("m.safetensors").exists());
+}
+
+/// Runs `command`, expects it to fail, and returns its standard error.
+fn run_fails(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
