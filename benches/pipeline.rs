@@ -101,13 +101,7 @@ fn stages(c: &mut Criterion) {
 /// pass alone on the same rank-1 rows run alternately, so both see the same conditions; prints
 /// the medians and `ratio whole/forward = X` per size.
 fn ratio() {
-    // Only under `cargo bench` (not the one-shot run of `cargo test`), and unless a filter
-    // names other benchmarks (`cargo bench --bench pipeline -- ratio` runs only this).
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !args.iter().any(|a| a == "--bench")
-        || (!filter.is_empty() && !filter.iter().any(|f| "ratio".contains(f.as_str())))
-    {
+    if !requested("ratio") {
         return;
     }
     let state = support::escu_state();
@@ -144,11 +138,7 @@ fn ratio() {
 /// `dnsexfil_v3` (built in) and with `dnsexfil_v2` (its file in `models/`), run alternately;
 /// prints the medians and `ratio v3/v2 = X` per size.
 fn schemas() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !args.iter().any(|a| a == "--bench")
-        || (!filter.is_empty() && !filter.iter().any(|f| "schemas".contains(f.as_str())))
-    {
+    if !requested("schemas") {
         return;
     }
     let state = support::escu_state();
@@ -185,6 +175,16 @@ fn schemas() {
             a.as_secs_f64() / b.as_secs_f64()
         );
     }
+}
+
+/// Whether the hand-timed measurement `name` runs: only under `cargo bench` (not the one-shot
+/// run of `cargo test`), and unless a filter names other benchmarks (`cargo bench --bench
+/// pipeline -- ratio` runs only `ratio`).
+fn requested(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    args.iter().any(|a| a == "--bench")
+        && (filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
 }
 
 fn median(times: &mut [Duration]) -> Duration {
