@@ -89,9 +89,23 @@ fn burst(
 /// File-reputation lookups of endpoint security products, which put a file hash in the name:
 /// Sophos Live Protection (`sophosxl.net`), McAfee GTI (`avqs.mcafee.com`), ESET LiveGrid
 /// (`e5.sk`), Team Cymru's Malware Hash Registry (`<md5>.malware.hash.cymru.com`). A scan or
-/// a software update makes one host send hundreds.
+/// a software update makes one host send hundreds. Sophos's newer lookups, as resolvers log
+/// them, carry a digest as hex with its letters rotated to `n`-`s`, in labels of 63, 63, 26 and
+/// 40 characters under `i.00.<platform>.sophosxl.net`.
 fn av_reputation(rng: &mut SplitMix64) -> Names {
-    match rng.below(4) {
+    const ROTATED_HEX: &[u8] = b"0123456789nopqrs";
+    match rng.below(5) {
+        4 => Box::new(|r| {
+            format!(
+                "{}.{}.{}.{}.{}.i.00.{}.sophosxl.net",
+                between(r, 1, 4),
+                text(r, ROTATED_HEX, 63),
+                text(r, ROTATED_HEX, 63),
+                text(r, ROTATED_HEX, 26),
+                text(r, ROTATED_HEX, 40),
+                pick(r, &["w", "mac", "lin"])
+            )
+        }),
         0 => Box::new(|r| {
             format!(
                 "{}.{}.{}.sxl.sophosxl.net",
@@ -250,7 +264,10 @@ fn cdn_edge(rng: &mut SplitMix64) -> Names {
 }
 
 /// Cloud load balancer names: `<name>-<10 digits>.<region>.elb.amazonaws.com`,
-/// `internal-<name>-<9 digits>...`, and Azure `*.cloudapp.azure.com` hosts.
+/// `internal-<name>-<9 digits>...`, and Azure `*.cloudapp.azure.com` hosts; and the endpoints of
+/// cloud storage and functions, whose accounts are often named by generated tokens: Azure
+/// storage (`<3-24 [a-z0-9]>.blob.core.windows.net`), AWS Lambda function URLs
+/// (`<32 [a-z0-9]>.lambda-url.<region>.on.aws`), API Gateway (`<10 [a-z0-9]>.execute-api...`).
 fn load_balancer(rng: &mut SplitMix64) -> Names {
     let region = *pick(
         rng,
@@ -262,7 +279,17 @@ fn load_balancer(rng: &mut SplitMix64) -> Names {
             pick(r, &["api", "web", "prod", "stage", "orders", "auth"]),
             pick(r, &["lb", "alb", "nlb", "ingress"])
         );
-        match r.below(3) {
+        match r.below(6) {
+            3 => format!(
+                "{}.{}.core.windows.net",
+                text_between(r, draw::BASE36, 8, 24),
+                pick(r, &["blob", "queue", "table", "file"])
+            ),
+            4 => format!("{}.lambda-url.{region}.on.aws", text(r, draw::BASE36, 32)),
+            5 => format!(
+                "{}.execute-api.{region}.amazonaws.com",
+                text(r, draw::BASE36, 10)
+            ),
             0 => format!(
                 "{app}-{}.{region}.elb.amazonaws.com",
                 text(r, draw::DIGITS, 10)
@@ -282,7 +309,10 @@ fn load_balancer(rng: &mut SplitMix64) -> Names {
 
 /// Kubernetes pods resolve with `ndots:5`, so every external name is first tried under each
 /// search domain (`api.github.com.default.svc.cluster.local`, `...svc.cluster.local`,
-/// `...cluster.local`) before the name itself.
+/// `...cluster.local`) before the name itself. A node also resolves the cluster's own services,
+/// named from words by their teams (`order-fulfilment-worker-v2.payments-prod.svc.cluster.local`,
+/// `<pod>.<headless service>.<namespace>...`): hundreds of distinct word names an hour, the
+/// shape of a dictionary encoding, in a zone only the cluster's resolver answers.
 fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
     let namespace = *pick(
         rng,
@@ -322,6 +352,42 @@ fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
             queries.push((t, format!("{target}.{search}")));
         }
         queries.push((t + 0.01, target));
+    }
+    if chance(rng, 60) {
+        const PARTS: [&str; 24] = [
+            "order", "fulfilment", "worker", "user", "profile", "service", "api", "gateway",
+            "ingress", "nginx", "controller", "admission", "cert", "manager", "webhook",
+            "prometheus", "grafana", "loki", "billing", "checkout", "search", "indexer", "cache",
+            "events",
+        ];
+        const NAMESPACES: [&str; 8] = [
+            "payments-prod",
+            "team-checkout-staging",
+            "data-platform",
+            "monitoring",
+            "istio-system",
+            "cert-manager",
+            "search-prod",
+            "default",
+        ];
+        let services: Vec<String> = (0..between(rng, 10, 80))
+            .map(|_| {
+                let words: Vec<&str> = (0..between(rng, 2, 4)).map(|_| *pick(rng, &PARTS)).collect();
+                let mut name = words.join("-");
+                if chance(rng, 30) {
+                    name.push_str(&format!("-v{}", between(rng, 1, 3)));
+                }
+                if chance(rng, 25) {
+                    // A pod of a headless service: `<service>-<ordinal>.<service>`.
+                    name = format!("{name}-{}.{name}", between(rng, 0, 5));
+                }
+                format!("{name}.{}", pick(rng, &NAMESPACES))
+            })
+            .collect();
+        let lookups = between(rng, 30, 400);
+        for t in draw::times(rng, lookups, 1.0) {
+            queries.push((t, format!("{}.svc.cluster.local", pick(rng, &services))));
+        }
     }
     riding(queries, Vec::new())
 }

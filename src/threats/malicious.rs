@@ -21,6 +21,7 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
         Family::DomainRotation => domain_rotation(rng),
         Family::LowAndSlow => low_and_slow(rng),
         Family::EightBit => eight_bit(rng),
+        Family::Randomised => randomised(rng),
         benign => unreachable!("{benign:?} is not a malicious family"),
     }
 }
@@ -60,7 +61,8 @@ fn cipher_table(name: &str, entry: impl Fn(&mut SplitMix64) -> String) -> Vec<St
 /// only a vantage point on the resolution path. About 0.5 s between queries.
 fn packetwhisper_cdn(rng: &mut SplitMix64) -> Draft {
     let cloudfront = cipher_table("cloudfront", |r| format!("d{}", text(r, draw::BASE36, 5)));
-    let akamai = cipher_table("akamai", |r| format!("a{}", text(r, draw::DIGITS, 4)));
+    // Real edge names carry up to 5 digits: 3 from the table, 2 of noise.
+    let akamai = cipher_table("akamai", |r| format!("a{}", text(r, draw::DIGITS, 3)));
     let variant = rng.below(3);
     one_query_per_symbol(rng, |rng, symbol| match variant {
         0 => format!(
@@ -169,7 +171,8 @@ fn dnscat2(rng: &mut SplitMix64) -> Draft {
     let names = (0..count)
         .map(|_| {
             let mut hex = format!(
-                "{}00{session_id}{:04x}{:04x}",
+                // Packet id, type 0x01 (MSG), session id, seq, ack.
+                "{}01{session_id}{:04x}{:04x}",
                 text(rng, draw::HEX, 4),
                 seq & 0xffff,
                 rng.below(65_536)
@@ -295,7 +298,10 @@ fn dnsexfiltrator(rng: &mut SplitMix64) -> Draft {
     )];
     for chunk in 0..count {
         let number = chunk.to_string();
-        let len = request.saturating_sub(number.len() + 2).max(8);
+        // The request size counts the dots between the data's labels too (names stay within
+        // DNS's 253 characters).
+        let room = request.saturating_sub(number.len() + 2);
+        let len = (room * label_len / (label_len + 1)).max(8);
         let len = if chunk + 1 == count {
             between(rng, 4, len)
         } else {
@@ -486,4 +492,157 @@ fn eight_bit(rng: &mut SplitMix64) -> Draft {
         .collect();
     let hours = between(rng, 1, 2) as f64;
     session(spread(rng, names, hours), chance(rng, 60))
+}
+
+/// Shared platforms that hand out names under their own zone (a tenant such as
+/// `<app>.herokuapp.com`, or bare names under a provider's zone that a sniffer on the resolution
+/// path reads): an attacker needs no domain of its own, and the zone is popular on every network.
+const SHARED_PLATFORMS: [&str; 12] = [
+    "herokuapp.com",
+    "azurewebsites.net",
+    "workers.dev",
+    "appspot.com",
+    "netlify.app",
+    "vercel.app",
+    "ngrok.io",
+    "r2.dev",
+    "firebaseapp.com",
+    "pages.dev",
+    "azureedge.net",
+    "fastly.net",
+];
+
+/// Words of a cipher of our own (not the dictionary family's list), and syllables for
+/// pronounceable encodings.
+const OTHER_WORDS: [&str; 32] = [
+    "alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike",
+    "oscar", "papa", "romeo", "sierra", "tango", "victor", "zulu", "blue", "red", "gold",
+    "iron", "jade", "onyx", "ruby", "sand", "snow", "rain", "wind", "fire", "moon", "star",
+    "leaf",
+];
+const CONSONANTS: &[u8] = b"bcdfghjklmnprstvz";
+const VOWELS: &[u8] = b"aeiou";
+
+/// A tool we have no generator for: an encoding, a parent zone, a pace and a cover drawn from
+/// a grammar of what tunnels vary (alphabet, label and chunk lengths, a fixed session label, a
+/// counter, a substitution table with noise, words or syllables; an own domain, a tenant of a
+/// shared platform or bare names under one; bursts, a few names an hour, or in between; one
+/// source or several; rotated parents). Trained on, it teaches what every tunnel shares (many
+/// names of one template that no other host asks for) instead of one tool's alphabet; it is
+/// never the only family of a shape, and the leave-one-out table scores it like the others.
+fn randomised(rng: &mut SplitMix64) -> Draft {
+    // The pace: a burst, a few names an hour for many hours, or in between.
+    let (hours, per_hour): (usize, (usize, usize)) = match rng.below(100) {
+        0..60 => (between(rng, 1, 2), (30, 900)),
+        60..85 => (between(rng, 6, 30), (1, 8)),
+        _ => (between(rng, 2, 6), (8, 40)),
+    };
+    let parents: Vec<String> = {
+        let rotate = chance(rng, 20);
+        let count = if rotate { between(rng, 3, 30) } else { 1 };
+        let platform = pick(rng, &SHARED_PLATFORMS).to_string();
+        // A few names an hour under a zone every host uses are what that zone's real users
+        // send: only a burst there is a tunnel. Slow sessions use a domain of their own.
+        let kind = if per_hour.1 >= 30 { rng.below(100) } else { 0 };
+        (0..count)
+            .map(|_| {
+                if kind < 55 {
+                    draw::domain(rng)
+                } else if kind < 85 {
+                    format!("{}.{platform}", text_between(rng, draw::BASE36, 5, 14))
+                } else {
+                    platform.clone()
+                }
+            })
+            .collect()
+    };
+    let middle: Vec<String> = (0..between(rng, 0, 2))
+        .map(|_| match rng.below(3) {
+            0 => pick(rng, &["api", "v2", "cdn", "img", "ns", "t", "s3", "edge"]).to_string(),
+            1 => text_between(rng, draw::LETTERS, 2, 8),
+            _ => text_between(rng, draw::BASE36, 3, 10),
+        })
+        .collect();
+    let session_label = chance(rng, 40).then(|| text_between(rng, draw::BASE36, 4, 12));
+    let counter = chance(rng, 35).then(|| rng.below(2));
+    // How a chunk is spelled.
+    let alphabet: &[u8] = *pick(
+        rng,
+        &[
+            draw::HEX,
+            draw::BASE32,
+            draw::BASE36,
+            draw::LETTERS,
+            draw::DIGITS,
+            b"abcdefghijklmnopqrstuvwxyz0123456789-",
+        ],
+    );
+    let style = rng.below(100); // < 55 alphabet, < 70 words, < 85 syllables, else table + noise
+    let (lo, hi) = {
+        let lo = between(rng, 4, 40);
+        if chance(rng, 50) {
+            (lo, lo)
+        } else {
+            (lo, between(rng, lo, 150))
+        }
+    };
+    let label_len = between(rng, 8, 63);
+    let table: Vec<String> = (0..between(rng, 16, 256))
+        .map(|_| text_between(rng, alphabet, 3, 10))
+        .collect();
+    let noise = between(rng, 0, 8);
+    let joiner = if chance(rng, 50) { "" } else { "-" };
+    let chunk = |rng: &mut SplitMix64| -> String {
+        match style {
+            0..55 => draw::labels(&text_between(rng, alphabet, lo, hi), label_len),
+            55..70 => {
+                let n = between(rng, 2, 6);
+                let words: Vec<&str> = (0..n).map(|_| *pick(rng, &OTHER_WORDS)).collect();
+                words.join(joiner)
+            }
+            70..85 => {
+                let n = between(rng, 2, 8);
+                (0..n)
+                    .map(|_| {
+                        format!(
+                            "{}{}",
+                            *pick(rng, CONSONANTS) as char,
+                            *pick(rng, VOWELS) as char
+                        )
+                    })
+                    .collect()
+            }
+            _ => format!("{}{}", pick(rng, &table), text(rng, draw::BASE36, noise)),
+        }
+    };
+    let mut queries = Vec::new();
+    let mut sequence = rng.below(5000);
+    for h in 0..hours {
+        let n = between(rng, per_hour.0, per_hour.1);
+        for t in draw::times(rng, n, 1.0) {
+            let mut labels = Vec::new();
+            if let Some(base) = counter {
+                sequence += 1;
+                labels.push(if base == 0 {
+                    sequence.to_string()
+                } else {
+                    format!("{sequence:x}")
+                });
+            }
+            labels.push(chunk(rng));
+            if let Some(id) = &session_label {
+                labels.push(id.clone());
+            }
+            labels.extend(middle.iter().cloned());
+            labels.push(pick(rng, &parents).clone());
+            queries.push((h as f64 * 3600.0 + t, labels.join(".")));
+        }
+    }
+    let sources = if chance(rng, 15) { between(rng, 2, 4) } else { 1 };
+    Draft {
+        queries,
+        fleet: Vec::new(),
+        rides: chance(rng, 70),
+        sources,
+    }
 }

@@ -37,6 +37,7 @@ pub enum Family {
     DomainRotation,
     LowAndSlow,
     EightBit,
+    Randomised,
     // Benign look-alikes.
     AvReputation,
     Dnsbl,
@@ -49,7 +50,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 21] = [
+    pub const ALL: [Family; 22] = [
         Family::PacketWhisperCdn,
         Family::PacketWhisperAnalytics,
         Family::PacketWhisperWords,
@@ -63,6 +64,7 @@ impl Family {
         Family::DomainRotation,
         Family::LowAndSlow,
         Family::EightBit,
+        Family::Randomised,
         Family::AvReputation,
         Family::Dnsbl,
         Family::BrowserProbes,
@@ -88,6 +90,7 @@ impl Family {
             Family::DomainRotation => "domain_rotation",
             Family::LowAndSlow => "low_and_slow",
             Family::EightBit => "eight_bit",
+            Family::Randomised => "randomised",
             Family::AvReputation => "av_reputation",
             Family::Dnsbl => "dnsbl",
             Family::BrowserProbes => "browser_probes",
@@ -245,11 +248,17 @@ pub fn generate(
 ) -> Generated {
     let mut out = Generated::default();
     let mut next_source = first_source;
-    for (f, &family) in families.iter().enumerate() {
+    for &family in families {
+        // Seeded by the family's name, not its position: leaving one family out of the list
+        // leaves every other family's sessions as they were.
+        let family_key = family
+            .name()
+            .bytes()
+            .fold(0xCBF2_9CE4_8422_2325_u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+            });
         for s in 0..per_family {
-            let mut rng = SplitMix64::new(
-                seed ^ (f as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (s as u64) << 32,
-            );
+            let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
             let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
                 malicious::draft(family, &mut rng)
