@@ -3,6 +3,7 @@
 pub mod escu;
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,6 +50,7 @@ pub enum Prepared {
     Escu(escu::History),
     V2(v2::History),
     V3(v3::History),
+    V4(v4::History),
 }
 
 impl Prepared {
@@ -58,6 +60,7 @@ impl Prepared {
             Prepared::Escu(history) => history.features(rows, scored),
             Prepared::V2(history) => history.features(scored),
             Prepared::V3(history) => history.features(scored),
+            Prepared::V4(history) => history.features(rows, scored),
         }
     }
 }
@@ -72,6 +75,8 @@ pub enum Schema {
     DnsexfilV2,
     /// v2 plus alphabet-independent signals at the ICANN boundary (see `v3.rs`).
     DnsexfilV3,
+    /// v3 plus where a name lives: internal zones, service labels (see `v4.rs`).
+    DnsexfilV4,
 }
 
 impl Schema {
@@ -80,6 +85,7 @@ impl Schema {
             Schema::EscuV1 => "escu-v1",
             Schema::DnsexfilV2 => "dnsexfil-v2",
             Schema::DnsexfilV3 => "dnsexfil-v3",
+            Schema::DnsexfilV4 => "dnsexfil-v4",
         }
     }
 
@@ -89,6 +95,7 @@ impl Schema {
             Schema::EscuV1 => escu::WIDTH,
             Schema::DnsexfilV2 => v2::WIDTH,
             Schema::DnsexfilV3 => v3::WIDTH,
+            Schema::DnsexfilV4 => v4::WIDTH,
         }
     }
 
@@ -104,6 +111,7 @@ impl Schema {
             Schema::EscuV1 => Prepared::Escu(escu::History::build(rows)),
             Schema::DnsexfilV2 => Prepared::V2(v2::History::build(rows)),
             Schema::DnsexfilV3 => Prepared::V3(v3::History::build(rows)),
+            Schema::DnsexfilV4 => Prepared::V4(v4::History::build(rows)),
         }
     }
 }
@@ -121,8 +129,9 @@ impl FromStr for Schema {
             "escu-v1" => Ok(Schema::EscuV1),
             "dnsexfil-v2" => Ok(Schema::DnsexfilV2),
             "dnsexfil-v3" => Ok(Schema::DnsexfilV3),
+            "dnsexfil-v4" => Ok(Schema::DnsexfilV4),
             other => Err(format!(
-                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2, dnsexfil-v3)"
+                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2, dnsexfil-v3, dnsexfil-v4)"
             )),
         }
     }

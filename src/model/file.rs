@@ -194,6 +194,7 @@ pub fn shape_for(schema: Schema) -> MlpShape {
         Schema::EscuV1 => MlpShape::ESCU,
         Schema::DnsexfilV2 => MlpShape::V2,
         Schema::DnsexfilV3 => MlpShape::V3,
+        Schema::DnsexfilV4 => MlpShape::V4,
     }
 }
 
