@@ -41,7 +41,7 @@ RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
     Serve(ServeArgs),
     /// Convert Splunk's published artifact (tarball, .pt, or DSDL model directory) to a model file.
     Convert(ConvertArgs),
-    /// Train a dnsexfil-v3 (or -v2) model from a labelled DNS log (events.csv + labels.csv).
+    /// Train a dnsexfil-v4 (or -v3, -v2) model from a labelled DNS log (events.csv + labels.csv).
     Train(TrainArgs),
     /// Leave-one-tool-out evaluation: for each tool, train without it and score it, with
     /// benign look-alikes, on held-out hosts; prints the table of the model card.
@@ -69,7 +69,7 @@ pub struct TrainArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Model name requests select it by.
-    #[arg(long, default_value = "dnsexfil_v3")]
+    #[arg(long, default_value = "dnsexfil_v4")]
     pub name: String,
     /// Share of sources held out entirely as a test set (0 to 0.9); with --split-out, their
     /// events and labels are written there for `eval/evaluate.py`.
@@ -79,7 +79,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub split_out: Option<PathBuf>,
     /// Leave a tool out of training (repeatable or comma-separated): its synthetic families are
-    /// not generated and the log's sources of that `tool` are dropped (dnsexfil-v3 only).
+    /// not generated and the log's sources of that `tool` are dropped (dnsexfil-v3 and later).
     #[arg(long, value_delimiter = ',')]
     pub leave_out: Vec<String>,
     #[command(flatten)]
@@ -89,8 +89,8 @@ pub struct TrainArgs {
 /// How a model is trained: shared by `train` and `evaluate`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainingOptions {
-    /// Feature schema of the model: dnsexfil-v3 (the default model's) or dnsexfil-v2.
-    #[arg(long, default_value = "dnsexfil-v3", value_parser = parse_trainable_schema)]
+    /// Feature schema of the model: dnsexfil-v4 (the default model's), dnsexfil-v3 or dnsexfil-v2.
+    #[arg(long, default_value = "dnsexfil-v4", value_parser = parse_trainable_schema)]
     pub schema: crate::features::Schema,
     /// Passes over the training rows (1 to 10,000; the ranges are /fit's).
     #[arg(long, default_value_t = 60, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
@@ -104,8 +104,8 @@ pub struct TrainingOptions {
     /// Epochs without a better validation loss before stopping (1 to 1,000).
     #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
     pub patience: usize,
-    /// Weight of a malicious row in the loss, above 0 (default: negatives / positives, balancing
-    /// the classes).
+    /// Weight of a malicious row in the loss, above 0 (default: 1 for dnsexfil-v4; negatives /
+    /// positives, balancing the classes, for the earlier schemas).
     #[arg(long, value_parser = real_in("above 0", |v| v > 0.0))]
     pub positive_weight: Option<f64>,
     /// Seed for the source split, synthetic sessions, initialisation and shuffling: same seed,
@@ -123,11 +123,11 @@ pub struct TrainingOptions {
     /// host's normal traffic. Never in the test set.
     #[arg(long, default_value_t = 90)]
     pub synthetic_sessions: usize,
-    /// dnsexfil-v3 only: sessions of each threat-model family (src/threats) added to training,
+    /// dnsexfil-v3 and later: sessions of each threat-model family (src/threats) added to training,
     /// riding on training hosts or from sources of their own. Never on test hosts.
     #[arg(long, default_value_t = 24, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
     pub threat_sessions: usize,
-    /// dnsexfil-v3 only: sessions of each benign look-alike family (reputation lookups, DNSBL,
+    /// dnsexfil-v3 and later: sessions of each benign look-alike family (reputation lookups, DNSBL,
     /// CDN edges, ...) added to training on training hosts.
     #[arg(long, default_value_t = 36, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
     pub lookalike_sessions: usize,
@@ -140,7 +140,7 @@ pub struct TrainingOptions {
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {
     use crate::features::Schema;
     match text.parse::<Schema>()? {
-        Schema::EscuV1 => Err("escu-v1 is the published model's schema; fine-tune it over /fit with its name instead (train makes dnsexfil-v2 or dnsexfil-v3 models)".into()),
+        Schema::EscuV1 => Err("escu-v1 is the published model's schema; fine-tune it over /fit with its name instead (train makes dnsexfil-v2, -v3 or -v4 models)".into()),
         schema => Ok(schema),
     }
 }
@@ -246,7 +246,7 @@ pub struct ServeArgs {
     /// (converted in memory). Repeat the flag (or separate with commas) for several models.
     #[arg(long = "model", env = "DNSEXFIL_MODELS", value_delimiter = ',')]
     pub models: Vec<PathBuf>,
-    /// Do not load the built-in default model (dnsexfil_v3); serve only --model files and the
+    /// Do not load the built-in default model (dnsexfil_v4); serve only --model files and the
     /// model directory.
     #[arg(long, env = "DNSEXFIL_NO_DEFAULT_MODEL")]
     pub no_default_model: bool,

@@ -61,8 +61,8 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     let real = RealLog::read(&args.events, &args.labels).map_err(anyhow::Error::msg)?;
     let options = &args.options;
     anyhow::ensure!(
-        options.schema == crate::features::Schema::DnsexfilV3,
-        "evaluate trains dnsexfil-v3 models (the v2 recipe has no tool families)"
+        options.schema != crate::features::Schema::DnsexfilV2,
+        "evaluate trains dnsexfil-v3 or later models (the v2 recipe has no tool families)"
     );
     let known = real.tools_to_leave_out();
     let tools: Vec<String> = if args.tools.is_empty() {

@@ -16,7 +16,7 @@ use dnsexfil::model::Registry;
 use serde_json::{json, Value};
 
 /// The built-in default model.
-const DEFAULT: &str = "dnsexfil_v3";
+const DEFAULT: &str = "dnsexfil_v4";
 
 /// The ESCU model and the built-in default model, side by side.
 fn both_models() -> Arc<Registry> {
@@ -227,7 +227,7 @@ fn models_are_listed_with_schema_threshold_and_hashes() {
         dnsexfil::model::sha256_hex(escu_model_bytes())
     );
     assert_eq!(escu["source_sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(models[1]["schema"], "dnsexfil-v3");
+    assert_eq!(models[1]["schema"], "dnsexfil-v4");
     assert_eq!(models[1]["default"], true);
     assert!(models[1]["created_by"]
         .as_str()
@@ -326,7 +326,7 @@ fn v1_errors_are_json_with_a_code_and_a_status() {
             // A misspelt `model` is refused, not scored with the default model.
             "",
             "application/json",
-            br#"{"Model": "dnsexfil_v3", "events": []}"#.to_vec(),
+            br#"{"Model": "dnsexfil_v4", "events": []}"#.to_vec(),
             422,
             "invalid_request",
         ),

@@ -47,7 +47,7 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
         let answer = unverified_tls_client()
             .post(format!("http://{}/apply", server.address))
             .header("Authorization", TOKEN)
-            .json(&escu_envelope_for(csv, "dnsexfil_v3"))
+            .json(&escu_envelope_for(csv, "dnsexfil_v4"))
             .send()
             .unwrap()
             .json::<serde_json::Value>()
@@ -98,7 +98,7 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
             .collect();
         let scored = unverified_tls_client()
             .post(format!(
-                "http://{}/v1/score?model=dnsexfil_v3",
+                "http://{}/v1/score?model=dnsexfil_v4",
                 server.address
             ))
             .bearer_auth(TOKEN)

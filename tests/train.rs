@@ -1,5 +1,6 @@
 //! Training from a labelled log: `dnsexfil train` reproduces the shipped models bit for bit
-//! (the default `dnsexfil_v3` and the earlier `dnsexfil_v2`), the built-in default is served
+//! (the default `dnsexfil_v4` and the earlier `dnsexfil_v2`), the pinned `dnsexfil_v3` still
+//! loads and scores, the built-in default is served
 //! with no flags, and `dnsexfil evaluate` leaves tools out of training and scores them.
 
 mod common;
@@ -50,12 +51,12 @@ fn assert_reproduces(command: &mut Command, out_path: &Path, file: &str) -> std:
 #[test]
 fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("dnsexfil_v3.safetensors");
+    let out_path = dir.path().join("dnsexfil_v4.safetensors");
     // The command of models/README.md.
     let out = assert_reproduces(
         &mut train_on_dev(&out_path),
         &out_path,
-        "dnsexfil_v3.safetensors",
+        "dnsexfil_v4.safetensors",
     );
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -63,10 +64,10 @@ fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
         "progress per epoch: {progress}"
     );
     let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("dnsexfil_v3.safetensors.report.json")).unwrap(),
+        &std::fs::read(dir.path().join("dnsexfil_v4.safetensors.report.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(report["schema"], "dnsexfil-v3");
+    assert_eq!(report["schema"], "dnsexfil-v4");
     assert_eq!(report["params"]["threat_sessions"], 24);
     assert!(
         report["validation"]["roc_auc"].as_f64().unwrap() > 0.99,
@@ -195,12 +196,9 @@ fn run_fails(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn serve_with_no_flags_serves_the_built_in_default_model() {
-    let server = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
-    let address = server.address.clone();
-
-    // A base32 tunnel from one host against ordinary names from several.
+/// Sends a base32 tunnel from one host and ordinary names from several to `model_name` on
+/// `address`, and checks that the tunnel alerts while the ordinary names stay quiet.
+fn assert_tells_a_tunnel_from_ordinary_names(address: &str, model_name: &str) {
     let mut csv = String::from("src,query,rank\n");
     let mut rng = dnsexfil::synth::SplitMix64::new(3);
     for _ in 0..30 {
@@ -214,7 +212,7 @@ fn serve_with_no_flags_serves_the_built_in_default_model() {
             "{src},www.google.com,1\n{src},outlook.office365.com,1\n"
         ));
     }
-    let body = serde_json::json!({"data": csv, "meta": {"options": {"model_name": "dnsexfil_v3"}}});
+    let body = serde_json::json!({"data": csv, "meta": {"options": {"model_name": model_name}}});
     let resp: serde_json::Value = TestServer::client()
         .post(format!("http://{address}/apply"))
         .header("Authorization", TOKEN)
@@ -225,11 +223,33 @@ fn serve_with_no_flags_serves_the_built_in_default_model() {
         .unwrap();
     let (_, rows) = results_of(&resp);
     let p = |i: usize| rows[i][3].parse::<f64>().unwrap();
-    assert!(p(0) > 0.5, "the tunnel alerts: {}", p(0));
+    assert!(p(0) > 0.5, "{model_name}: the tunnel alerts: {}", p(0));
     assert!(
         (30..36).all(|i| p(i) < 0.5),
-        "benign names stay quiet: {rows:?}"
+        "{model_name}: benign names stay quiet: {rows:?}"
     );
+}
+
+#[test]
+fn serve_with_no_flags_serves_the_built_in_default_model() {
+    let server = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    assert_tells_a_tunnel_from_ordinary_names(&server.address, "dnsexfil_v4");
+    assert!(server.terminate().success());
+}
+
+/// `dnsexfil_v3` was the default before v4. Its generator no longer exists in this code (it
+/// rebuilds at the commit that introduced v4's schema), so users who pinned it get the file.
+#[test]
+fn the_pinned_v3_model_file_still_loads_and_scores() {
+    let v3 = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v3.safetensors");
+    let server = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--no-default-model".as_ref(),
+        "--model".as_ref(),
+        v3.as_os_str(),
+    ]);
+    assert_tells_a_tunnel_from_ordinary_names(&server.address, "dnsexfil_v3");
     assert!(server.terminate().success());
 }
 
@@ -259,7 +279,7 @@ fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
     assert_eq!(rows_trained_on("1"), rows_trained_on("0"));
 }
 
-/// The model card's "held-out development hosts" figures for `dnsexfil_v3`, as `evaluate.py`
+/// The model card's "held-out development hosts" figures for `dnsexfil_v4`, as `evaluate.py`
 /// measures them through `/apply` of a real server: the documented split command, then the
 /// documented replay. Fails when a change moves them (then the card must say the new ones).
 #[test]
@@ -274,7 +294,7 @@ fn the_model_cards_held_out_host_figures_hold() {
         })
         .expect("python3 for tests/fixtures/eval/evaluate.py");
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("dnsexfil_v3.safetensors");
+    let model = dir.path().join("dnsexfil_v4.safetensors");
     run_ok(
         train_on_dev(&model)
             .args(["--test-fraction", "0.3", "--split-out"])
@@ -297,7 +317,7 @@ fn the_model_cards_held_out_host_figures_hold() {
             .arg(dir.path().join("test_labels.csv"))
             .arg("--url")
             .arg(format!("http://{}", server.address))
-            .args(["--token", TOKEN, "--model-name", "dnsexfil_v3", "--report"])
+            .args(["--token", TOKEN, "--model-name", "dnsexfil_v4", "--report"])
             .arg(&report_path),
     );
     let r: serde_json::Value =
@@ -305,11 +325,11 @@ fn the_model_cards_held_out_host_figures_hold() {
     // models/README.md, "Held-out development hosts".
     assert_eq!(r["rank1_events"], 14408, "{r}");
     assert_eq!(r["positives"], 1352, "{r}");
-    assert_eq!(r["roc_auc"].as_f64().unwrap(), 0.999485, "{r}");
+    assert_eq!(r["roc_auc"].as_f64().unwrap(), 0.999311, "{r}");
     assert_eq!(r["tpr_at_fpr_0.001"].as_f64().unwrap(), 0.9993, "{r}");
-    assert_eq!(r["fpr_at_threshold"].as_f64().unwrap(), 0.002145, "{r}");
-    assert_eq!(r["benign_alerts"], 28, "{r}");
-    assert_eq!(r["benign_srcs_alerting"], 7, "{r}");
+    assert_eq!(r["fpr_at_threshold"].as_f64().unwrap(), 0.002298, "{r}");
+    assert_eq!(r["benign_alerts"], 30, "{r}");
+    assert_eq!(r["benign_srcs_alerting"], 8, "{r}");
     assert_eq!(r["sessions_detected"], "4/4", "{r}");
     assert!(server.terminate().success());
 }

@@ -13,16 +13,16 @@ use crate::model::{Model, Registry};
 use crate::server::AppState;
 
 /// Name of the built-in model, the default when it is loaded.
-pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v3";
+pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v4";
 
 /// A loaded model, as its file describes itself.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelDescription {
     /// Name requests select it by.
-    #[schema(example = "dnsexfil_v3")]
+    #[schema(example = "dnsexfil_v4")]
     pub name: String,
-    /// Feature schema the service computes for it (`escu-v1`, `dnsexfil-v2` or `dnsexfil-v3`).
-    #[schema(example = "dnsexfil-v3")]
+    /// Feature schema the service computes for it (`escu-v1`, `dnsexfil-v2`, `dnsexfil-v3` or `dnsexfil-v4`).
+    #[schema(example = "dnsexfil-v4")]
     pub schema: String,
     /// Number of features per event.
     pub features: usize,
@@ -161,7 +161,7 @@ mod tests {
             (e.status, e.code),
             (StatusCode::NOT_FOUND, "model_not_found")
         );
-        assert!(e.message.contains("loaded: dnsexfil_v3"), "{}", e.message);
+        assert!(e.message.contains("loaded: dnsexfil_v4"), "{}", e.message);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::server::{read_body_limited, AppState, BodyError};
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ScoreParams {
-    /// Model to use (see GET /v1/models). Default: `dnsexfil_v3` when loaded, else the only
+    /// Model to use (see GET /v1/models). Default: `dnsexfil_v4` when loaded, else the only
     /// loaded model. The only way to choose a model for NDJSON bodies.
     pub model: Option<String>,
 }
@@ -61,10 +61,10 @@ pub struct EventResult<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct ScoreResponse<'a> {
     /// Model that scored the request.
-    #[schema(example = "dnsexfil_v3")]
+    #[schema(example = "dnsexfil_v4")]
     pub model: &'a str,
     /// Its feature schema.
-    #[schema(example = "dnsexfil-v3")]
+    #[schema(example = "dnsexfil-v4")]
     pub schema: &'a str,
     /// Its label threshold.
     pub threshold: f32,
