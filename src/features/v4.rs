@@ -95,6 +95,8 @@ mod tests {
             "printer",
             "x.y.internal",
             "NAS.LAN.",
+            // A bare name, with or without the final dot, is resolved by the search list.
+            "printer.",
         ] {
             assert!(is_internal_zone(name), "{name}");
         }
@@ -105,7 +107,7 @@ mod tests {
             "x.xn--p1ai",
             "4.3.2.1.in-addr.arpa",
             "",
-            "trailing.",
+            "www.example.com.",
         ] {
             assert!(!is_internal_zone(name), "{name}");
         }
