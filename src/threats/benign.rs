@@ -24,6 +24,8 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
         Family::LoadBalancer => (load_balancer(rng), (3, 40), (3, 15), 80, 60),
         Family::KubernetesSearch => return kubernetes_search(rng),
         Family::AcmeChallenge => (acme(rng), (2, 30), (0, 0), 0, 0),
+        // A host reaches one to four tenants of a platform; its neighbours reach others.
+        Family::PlatformTenants => (platform_tenant(rng), (1, 4), (0, 0), 0, 90),
         malicious => unreachable!("{malicious:?} is not a benign family"),
     };
     burst(rng, names, count, shared, reuse, fleet_share)
@@ -263,6 +265,60 @@ fn cdn_edge(rng: &mut SplitMix64) -> Names {
     })
 }
 
+/// Tenants' own hosts under cloud and SaaS platforms: each customer's endpoint carries its
+/// chosen or generated name (`<app>-<token>.azurewebsites.net`, Azure Static Web Apps'
+/// `<adjective>-<noun>-<hex>.azurestaticapps.net`, Amplify's `<branch>.d<13>.amplifyapp.com`,
+/// `<registry>.azurecr.io`, `<shop>.myshopify.com`). A host reaches a few of them in an hour, and
+/// the other hosts of the network reach other tenants of the same platforms. Bursts under such
+/// zones stay malicious in the randomised family: only the few-per-host, many-hosts pattern is
+/// taught here.
+fn platform_tenant(rng: &mut SplitMix64) -> Names {
+    const ZONES: [&str; 18] = [
+        "azurewebsites.net",
+        "azure-api.net",
+        "trafficmanager.net",
+        "azurecr.io",
+        "vault.azure.net",
+        "servicebus.windows.net",
+        "database.windows.net",
+        "azurestaticapps.net",
+        "amplifyapp.com",
+        "elasticbeanstalk.com",
+        "cloudfunctions.net",
+        "firebaseio.com",
+        "myshopify.com",
+        "zendesk.com",
+        "okta.com",
+        "service-now.com",
+        "github.io",
+        "onrender.com",
+    ];
+    let zone = *pick(rng, &ZONES);
+    const WORDS: [&str; 12] = [
+        "orders", "portal", "billing", "happy", "green", "sea", "status", "docs", "acme", "shop",
+        "crm", "hr",
+    ];
+    Box::new(move |r| match r.below(4) {
+        0 => format!(
+            "{}-{}.{zone}",
+            pick(r, &WORDS),
+            text_between(r, draw::BASE36, 6, 20)
+        ),
+        1 => format!("{}.{zone}", text_between(r, draw::BASE36, 8, 24)),
+        2 => format!(
+            "{}-{}-{}.{zone}",
+            pick(r, &WORDS),
+            pick(r, &WORDS),
+            text(r, draw::HEX, 9)
+        ),
+        _ => format!(
+            "{}.d{}.{zone}",
+            pick(r, &["main", "dev", "staging", "prod"]),
+            text(r, draw::BASE36, 13)
+        ),
+    })
+}
+
 /// Cloud load balancer names: `<name>-<10 digits>.<region>.elb.amazonaws.com`,
 /// `internal-<name>-<9 digits>...`, and Azure `*.cloudapp.azure.com` hosts; and the endpoints of
 /// cloud storage and functions, whose accounts are often named by generated tokens: Azure
@@ -355,9 +411,29 @@ fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
     }
     if chance(rng, 60) {
         const PARTS: [&str; 24] = [
-            "order", "fulfilment", "worker", "user", "profile", "service", "api", "gateway",
-            "ingress", "nginx", "controller", "admission", "cert", "manager", "webhook",
-            "prometheus", "grafana", "loki", "billing", "checkout", "search", "indexer", "cache",
+            "order",
+            "fulfilment",
+            "worker",
+            "user",
+            "profile",
+            "service",
+            "api",
+            "gateway",
+            "ingress",
+            "nginx",
+            "controller",
+            "admission",
+            "cert",
+            "manager",
+            "webhook",
+            "prometheus",
+            "grafana",
+            "loki",
+            "billing",
+            "checkout",
+            "search",
+            "indexer",
+            "cache",
             "events",
         ];
         const NAMESPACES: [&str; 8] = [
@@ -372,7 +448,9 @@ fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
         ];
         let services: Vec<String> = (0..between(rng, 10, 80))
             .map(|_| {
-                let words: Vec<&str> = (0..between(rng, 2, 4)).map(|_| *pick(rng, &PARTS)).collect();
+                let words: Vec<&str> = (0..between(rng, 2, 4))
+                    .map(|_| *pick(rng, &PARTS))
+                    .collect();
                 let mut name = words.join("-");
                 if chance(rng, 30) {
                     name.push_str(&format!("-v{}", between(rng, 1, 3)));

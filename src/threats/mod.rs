@@ -47,10 +47,11 @@ pub enum Family {
     LoadBalancer,
     KubernetesSearch,
     AcmeChallenge,
+    PlatformTenants,
 }
 
 impl Family {
-    pub const ALL: [Family; 22] = [
+    pub const ALL: [Family; 23] = [
         Family::PacketWhisperCdn,
         Family::PacketWhisperAnalytics,
         Family::PacketWhisperWords,
@@ -73,6 +74,7 @@ impl Family {
         Family::LoadBalancer,
         Family::KubernetesSearch,
         Family::AcmeChallenge,
+        Family::PlatformTenants,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +101,7 @@ impl Family {
             Family::LoadBalancer => "load_balancer",
             Family::KubernetesSearch => "kubernetes_search",
             Family::AcmeChallenge => "acme_challenge",
+            Family::PlatformTenants => "platform_tenants",
         }
     }
 
@@ -123,6 +126,7 @@ impl Family {
                 | Family::LoadBalancer
                 | Family::KubernetesSearch
                 | Family::AcmeChallenge
+                | Family::PlatformTenants
         )
     }
 
