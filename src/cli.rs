@@ -163,6 +163,10 @@ pub struct EvaluateArgs {
     /// Sessions per family generated on the evaluation hosts (with another seed than training's).
     #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
     pub eval_sessions: usize,
+    /// Tools every run also leaves out of training, beside the one its row is about (e.g.
+    /// `randomised`, whose grammar can mimic a left-out tool); they are not scored.
+    #[arg(long, value_delimiter = ',')]
+    pub also_leave_out: Vec<String>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,

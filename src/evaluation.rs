@@ -77,6 +77,13 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             known.join(", ")
         );
     }
+    for tool in &args.also_leave_out {
+        anyhow::ensure!(
+            known.contains(tool),
+            "unknown tool `{tool}` in --also-leave-out; known: {}",
+            known.join(", ")
+        );
+    }
     let (_, test) =
         dataset::split_event_sources(&real.events, &real.labels, args.test_fraction, options.seed);
     let mut results = Vec::new();
@@ -88,9 +95,17 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         } else {
             vec![tool.clone()]
         };
-        let (evaluation, scored) =
-            train_and_score(&real, &test, &left_out, options, args.eval_sessions)
-                .with_context(|| format!("leaving out `{tool}`"))?;
+        let mut left_out_of_training = left_out.clone();
+        left_out_of_training.extend(args.also_leave_out.iter().filter(|t| *t != tool).cloned());
+        let (evaluation, scored) = train_and_score(
+            &real,
+            &test,
+            &left_out_of_training,
+            &left_out,
+            options,
+            args.eval_sessions,
+        )
+        .with_context(|| format!("leaving out `{tool}`"))?;
         let scored_tools = if tool == "none" {
             known.clone()
         } else {
@@ -120,6 +135,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             "seed": options.seed,
             "threat_sessions": options.threat_sessions,
             "lookalike_sessions": options.lookalike_sessions,
+            "also_left_out": args.also_leave_out,
             "evaluation_hosts": test,
             "results": results,
         });
@@ -129,14 +145,17 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
 }
 
 /// Trains without `left_out` on the hosts outside `test`, then scores the evaluation corpus.
+/// Trains without `left_out_of_training`, then scores the held-out hosts with new sessions of
+/// `scored_tools` (every tool when empty).
 fn train_and_score(
     real: &RealLog,
     test: &BTreeSet<String>,
-    left_out: &[String],
+    left_out_of_training: &[String],
+    scored_tools: &[String],
     options: &TrainingOptions,
     eval_sessions: usize,
 ) -> anyhow::Result<(Corpus, Vec<Scored>)> {
-    let training = crate::training::training_corpus(real, test, left_out, options);
+    let training = crate::training::training_corpus(real, test, left_out_of_training, options);
     let labelled = corpus::labelled_features(
         &training,
         options.schema,
@@ -154,7 +173,7 @@ fn train_and_score(
         created_by: "dnsexfil evaluate".into(),
     };
     let fitted = crate::training::fit_offline(&labelled, options, info, false)?;
-    let evaluation = evaluation_corpus(real, test, left_out, options.seed, eval_sessions);
+    let evaluation = evaluation_corpus(real, test, scored_tools, options.seed, eval_sessions);
     let scored = score_corpus(&fitted.model, &evaluation, options.window)?;
     Ok((evaluation, scored))
 }

@@ -110,6 +110,9 @@ fn evaluate_leaves_a_tool_out_and_reports_it() {
                 "2",
                 "--source-groups",
                 "0",
+                // Left out of training in every run, scored in none.
+                "--also-leave-out",
+                "randomised",
             ])
             .arg("--report")
             .arg(&report_path),
@@ -124,6 +127,7 @@ fn evaluate_leaves_a_tool_out_and_reports_it() {
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
+    assert_eq!(report["also_left_out"], serde_json::json!(["randomised"]));
     for (r, tool) in results.iter().zip(["eight_bit", "dnsteal"]) {
         assert_eq!(r["tool"], tool);
         assert_eq!(r["left_out"], true);
@@ -148,6 +152,19 @@ fn evaluate_leaves_a_tool_out_and_reports_it() {
     );
     assert!(
         err.contains("unknown tool `nosuchtool`") && err.contains("packetwhisper"),
+        "{err}"
+    );
+    let err = run_fails(
+        bin()
+            .arg("evaluate")
+            .arg("--events")
+            .arg(dev("events.csv"))
+            .arg("--labels")
+            .arg(dev("labels.csv"))
+            .args(["--also-leave-out", "nosuchtool"]),
+    );
+    assert!(
+        err.contains("unknown tool `nosuchtool` in --also-leave-out"),
         "{err}"
     );
 }
@@ -325,11 +342,11 @@ fn the_model_cards_held_out_host_figures_hold() {
     // models/README.md, "Held-out development hosts".
     assert_eq!(r["rank1_events"], 14408, "{r}");
     assert_eq!(r["positives"], 1352, "{r}");
-    assert_eq!(r["roc_auc"].as_f64().unwrap(), 0.999471, "{r}");
+    assert_eq!(r["roc_auc"].as_f64().unwrap(), 0.999334, "{r}");
     assert_eq!(r["tpr_at_fpr_0.001"].as_f64().unwrap(), 0.9993, "{r}");
-    assert_eq!(r["fpr_at_threshold"].as_f64().unwrap(), 0.000613, "{r}");
-    assert_eq!(r["benign_alerts"], 8, "{r}");
-    assert_eq!(r["benign_srcs_alerting"], 5, "{r}");
+    assert_eq!(r["fpr_at_threshold"].as_f64().unwrap(), 0.001762, "{r}");
+    assert_eq!(r["benign_alerts"], 23, "{r}");
+    assert_eq!(r["benign_srcs_alerting"], 6, "{r}");
     assert_eq!(r["sessions_detected"], "4/4", "{r}");
     assert!(server.terminate().success());
 }

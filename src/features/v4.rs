@@ -1,15 +1,16 @@
-//! The `dnsexfil-v4` feature schema: `dnsexfil-v3` plus two facts about where a name lives
-//! that no tunnel can fake, because a tunnel needs a domain delegated on the public internet.
+//! The `dnsexfil-v4` feature schema: `dnsexfil-v3` plus two facts about where a name lives.
 //!
-//! - `internal_zone`: the name's top-level domain is not in the Public Suffix List (`.local`,
-//!   `.lan`, `.internal`, `.corp`): only the site's own resolvers answer for it, so its queries
-//!   never reach an attacker's server. In-cluster Kubernetes names
-//!   (`<service>.<namespace>.svc.cluster.local`) come by the hundred and are made of words, as
-//!   dictionary encodings are.
-//! - `service_label_inside`: a label other than the first starts with `_` and is a short
-//!   lower-case word (`<selector>._domainkey.`, `_tcp.`, `_dmarc.`): the DNS's own
-//!   conventions for keys and services (RFC 6376, RFC 2782), where a random-looking first label
-//!   is a DKIM selector, not a payload. v2's `is_service_label` only sees a first label.
+//! - `internal_zone`: the name is under no suffix of the Public Suffix List (`.local`, `.lan`,
+//!   `.internal`, `.corp`, bare host names): only the site's own resolvers answer for it. In-cluster
+//!   Kubernetes names (`<service>.<namespace>.svc.cluster.local`) come by the hundred and are made
+//!   of words, as dictionary encodings are. It is no allowlist: a tunnel that sends its queries
+//!   straight to the attacker's server needs no public delegation (dnsteal's file names, iodine's
+//!   or dnscat2's names without a domain), and such sessions are in training.
+//! - `service_label_inside`: a label other than the first starts with `_` and is a short word
+//!   (`<selector>._domainkey.`, `_tcp.`, `_dmarc.`): the DNS's conventions for keys and services
+//!   (RFC 6376, RFC 2782), where a random-looking first label is a DKIM selector. Whoever owns a
+//!   domain can name labels so, and the randomised threat family does: it is a context for the
+//!   other features, not a pass. v2's `is_service_label` only sees a first label.
 //!
 //! Linear in the rows: v3's history plus one pass over each scored row's name.
 
@@ -56,28 +57,32 @@ impl History {
     }
 }
 
-/// The last label is no top-level domain of the Public Suffix List (which lists every
-/// delegated one). A name without a dot is a bare host name, also resolved locally.
+/// No suffix of the Public Suffix List (which lists every delegated top-level domain) covers
+/// the name. The whole name is looked up: some countries are listed only below their top level
+/// (`*.ck`, `co.za`), so their last label alone is unknown. A name without a dot is a bare host
+/// name, also resolved locally.
 pub fn is_internal_zone(query: &str) -> bool {
     let name = query.trim_end_matches('.');
-    let Some((_, tld)) = name.rsplit_once('.') else {
-        return !name.is_empty();
-    };
-    if tld.is_empty() {
+    if name.is_empty() || name.ends_with('.') {
         return false;
     }
-    let tld = tld.to_ascii_lowercase();
-    !psl::suffix(tld.as_bytes()).is_some_and(|s| s.is_known())
+    if !name.contains('.') {
+        return true;
+    }
+    let name = name.to_ascii_lowercase();
+    !psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known())
 }
 
-/// A label after the first is `_` and 2 to 24 lower-case letters, digits or hyphens.
+/// A label after the first is `_` and 2 to 24 letters, digits or hyphens in one case (`_tcp`
+/// or `_TCP`; a mixed-case label is an encoding's, not a service's).
 pub fn has_service_label_inside(query: &str) -> bool {
     query.split('.').skip(1).any(|label| {
         label.strip_prefix('_').is_some_and(|word| {
+            let one_case = !word.bytes().any(|b| b.is_ascii_lowercase())
+                || !word.bytes().any(|b| b.is_ascii_uppercase());
             (2..=24).contains(&word.len())
-                && word
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && one_case
+                && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
     })
 }
@@ -108,6 +113,10 @@ mod tests {
             "4.3.2.1.in-addr.arpa",
             "",
             "www.example.com.",
+            // Countries listed only below their top level.
+            "www.standardbank.co.za",
+            "x.com.np",
+            "a.b.ck",
         ] {
             assert!(!is_internal_zone(name), "{name}");
         }
@@ -122,6 +131,7 @@ mod tests {
             "_ldap._tcp.dc._msdcs.corp.example"
         ));
         assert!(has_service_label_inside("x._dmarc.example.org"));
+        assert!(has_service_label_inside("_SIP._TCP.EXAMPLE.COM"));
         // A first label alone is v2's `is_service_label`; base64url chunks may start with `_`
         // but carry upper case or run long.
         assert!(!has_service_label_inside("_dmarc.example.org"));

@@ -8,27 +8,28 @@ use crate::synth::SplitMix64;
 
 pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
     // (names, queries in the hour, names shared by the hosts of a site, % of hosts' queries
-    // from that shared set, % of sessions that also show on other hosts).
-    let (names, count, shared, reuse, fleet_share): (
+    // from that shared set, % of sessions that also show on other hosts, names per other host).
+    let (names, count, shared, reuse, fleet_share, fleet_names): (
         Names,
         (usize, usize),
         (usize, usize),
         usize,
         usize,
+        (usize, usize),
     ) = match family {
-        Family::AvReputation => (av_reputation(rng), (20, 400), (30, 100), 40, 70),
+        Family::AvReputation => (av_reputation(rng), (20, 400), (30, 100), 40, 70, (1, 15)),
         Family::Dnsbl => return dnsbl(rng),
-        Family::BrowserProbes => (browser_probe(rng), (3, 15), (0, 0), 0, 80),
-        Family::TelemetryUuid => (telemetry(rng), (5, 60), (5, 20), 60, 70),
-        Family::CdnEdge => (cdn_edge(rng), (5, 80), (20, 80), 70, 80),
-        Family::LoadBalancer => (load_balancer(rng), (3, 40), (3, 15), 80, 60),
+        Family::BrowserProbes => (browser_probe(rng), (3, 15), (0, 0), 0, 80, (1, 15)),
+        Family::TelemetryUuid => (telemetry(rng), (5, 60), (5, 20), 60, 70, (1, 15)),
+        Family::CdnEdge => (cdn_edge(rng), (5, 80), (20, 80), 70, 80, (1, 15)),
+        Family::LoadBalancer => (load_balancer(rng), (3, 40), (3, 15), 80, 60, (1, 15)),
         Family::KubernetesSearch => return kubernetes_search(rng),
-        Family::AcmeChallenge => (acme(rng), (2, 30), (0, 0), 0, 0),
+        Family::AcmeChallenge => (acme(rng), (2, 30), (0, 0), 0, 0, (1, 15)),
         // A host reaches one to four tenants of a platform; its neighbours reach others.
-        Family::PlatformTenants => (platform_tenant(rng), (1, 4), (0, 0), 0, 90),
+        Family::PlatformTenants => (platform_tenant(rng), (1, 4), (0, 0), 0, 90, (1, 4)),
         malicious => unreachable!("{malicious:?} is not a benign family"),
     };
-    burst(rng, names, count, shared, reuse, fleet_share)
+    burst(rng, names, count, shared, reuse, fleet_share, fleet_names)
 }
 
 /// A benign session: on a busy host, from one source.
@@ -43,8 +44,8 @@ fn riding(queries: Vec<(f64, String)>, fleet: Vec<Vec<(f64, String)>>) -> Draft 
 
 type Names = Box<dyn FnMut(&mut SplitMix64) -> String>;
 
-/// A burst of names in an hour on one host and, for a fleet-wide service, a few on up to six
-/// other hosts. Popular names (a site's common CDN objects, the same files' hashes) are shared:
+/// A burst of names in an hour on one host and, for a fleet-wide service, `fleet_names` on
+/// each of up to six other hosts. Popular names (a site's common CDN objects, the same files' hashes) are shared:
 /// `reuse`% of queries come from a set every host of the session draws from.
 fn burst(
     rng: &mut SplitMix64,
@@ -53,6 +54,7 @@ fn burst(
     (shared_lo, shared_hi): (usize, usize),
     reuse: usize,
     fleet_share: usize,
+    (fleet_lo, fleet_hi): (usize, usize),
 ) -> Draft {
     let shared_len = if shared_hi > 0 {
         between(rng, shared_lo, shared_hi)
@@ -75,7 +77,7 @@ fn burst(
     let fleet = if chance(rng, fleet_share) {
         (0..between(rng, 1, 6))
             .map(|_| {
-                let n = between(rng, 1, 15);
+                let n = between(rng, fleet_lo, fleet_hi);
                 draw::times(rng, n, 1.0)
                     .into_iter()
                     .map(|t| (t, name(rng)))
@@ -266,52 +268,79 @@ fn cdn_edge(rng: &mut SplitMix64) -> Names {
 }
 
 /// Tenants' own hosts under cloud and SaaS platforms: each customer's endpoint carries its
-/// chosen or generated name (`<app>-<token>.azurewebsites.net`, Azure Static Web Apps'
+/// chosen or generated name (`<name>-<token>.onrender.com`, Azure Static Web Apps'
 /// `<adjective>-<noun>-<hex>.azurestaticapps.net`, Amplify's `<branch>.d<13>.amplifyapp.com`,
-/// `<registry>.azurecr.io`, `<shop>.myshopify.com`). A host reaches a few of them in an hour, and
-/// the other hosts of the network reach other tenants of the same platforms. Bursts under such
-/// zones stay malicious in the randomised family: only the few-per-host, many-hosts pattern is
-/// taught here.
+/// `<registry>.azurecr.io`, `<shop>.myshopify.com`). A host reaches one to four of them in an
+/// hour, and up to six other hosts of the network reach one to four other tenants of the same
+/// platform. None of these platforms is one the randomised family sends bursts under.
 fn platform_tenant(rng: &mut SplitMix64) -> Names {
-    const ZONES: [&str; 18] = [
-        "azurewebsites.net",
-        "azure-api.net",
-        "trafficmanager.net",
-        "azurecr.io",
-        "vault.azure.net",
-        "servicebus.windows.net",
-        "database.windows.net",
-        "azurestaticapps.net",
-        "amplifyapp.com",
-        "elasticbeanstalk.com",
-        "cloudfunctions.net",
-        "firebaseio.com",
-        "myshopify.com",
-        "zendesk.com",
-        "okta.com",
-        "service-now.com",
-        "github.io",
-        "onrender.com",
+    // Each platform with the shape of its customers' host names.
+    #[derive(Clone, Copy)]
+    enum Shape {
+        /// A chosen name (`contoso.okta.com`, `billing-api.azure-api.net`).
+        Chosen,
+        /// A chosen name and a generated token (`portal-7f3k2m9q.onrender.com`).
+        ChosenToken,
+        /// A generated token (`k3j5h6g7f8d9s0a1b2.azurecr.io`).
+        Token,
+        /// Two words and hex (`happy-sea-0a1b2c3d4.azurestaticapps.net`).
+        WordsHex,
+        /// A branch and an app id (`main.d1a2b3c4d5e6f7.amplifyapp.com`).
+        BranchApp,
+    }
+    const PLATFORMS: [(&str, Shape); 17] = [
+        ("azure-api.net", Shape::Chosen),
+        ("trafficmanager.net", Shape::Chosen),
+        ("azurecr.io", Shape::Token),
+        ("vault.azure.net", Shape::Chosen),
+        ("servicebus.windows.net", Shape::Chosen),
+        ("database.windows.net", Shape::Chosen),
+        ("azurestaticapps.net", Shape::WordsHex),
+        ("amplifyapp.com", Shape::BranchApp),
+        ("elasticbeanstalk.com", Shape::ChosenToken),
+        ("cloudfunctions.net", Shape::ChosenToken),
+        ("firebaseio.com", Shape::ChosenToken),
+        ("myshopify.com", Shape::Chosen),
+        ("zendesk.com", Shape::Chosen),
+        ("okta.com", Shape::Chosen),
+        ("service-now.com", Shape::Chosen),
+        ("github.io", Shape::Chosen),
+        ("onrender.com", Shape::ChosenToken),
     ];
-    let zone = *pick(rng, &ZONES);
-    const WORDS: [&str; 12] = [
-        "orders", "portal", "billing", "happy", "green", "sea", "status", "docs", "acme", "shop",
-        "crm", "hr",
+    const WORDS: [&str; 16] = [
+        "orders",
+        "portal",
+        "billing",
+        "happy",
+        "green",
+        "sea",
+        "status",
+        "docs",
+        "acme",
+        "shop",
+        "crm",
+        "hr",
+        "contoso",
+        "fabrikam",
+        "northwind",
+        "api",
     ];
-    Box::new(move |r| match r.below(4) {
-        0 => format!(
+    let (zone, shape) = *pick(rng, &PLATFORMS);
+    Box::new(move |r| match shape {
+        Shape::Chosen => format!("{}{}.{zone}", pick(r, &WORDS), between(r, 0, 99)),
+        Shape::ChosenToken => format!(
             "{}-{}.{zone}",
             pick(r, &WORDS),
             text_between(r, draw::BASE36, 6, 20)
         ),
-        1 => format!("{}.{zone}", text_between(r, draw::BASE36, 8, 24)),
-        2 => format!(
+        Shape::Token => format!("{}.{zone}", text_between(r, draw::BASE36, 8, 24)),
+        Shape::WordsHex => format!(
             "{}-{}-{}.{zone}",
             pick(r, &WORDS),
             pick(r, &WORDS),
             text(r, draw::HEX, 9)
         ),
-        _ => format!(
+        Shape::BranchApp => format!(
             "{}.d{}.{zone}",
             pick(r, &["main", "dev", "staging", "prod"]),
             text(r, draw::BASE36, 13)
@@ -322,7 +351,7 @@ fn platform_tenant(rng: &mut SplitMix64) -> Names {
 /// Cloud load balancer names: `<name>-<10 digits>.<region>.elb.amazonaws.com`,
 /// `internal-<name>-<9 digits>...`, and Azure `*.cloudapp.azure.com` hosts; and the endpoints of
 /// cloud storage and functions, whose accounts are often named by generated tokens: Azure
-/// storage (`<3-24 [a-z0-9]>.blob.core.windows.net`), AWS Lambda function URLs
+/// storage (`<8-24 [a-z0-9]>.blob.core.windows.net`; names may be as short as 3), AWS Lambda function URLs
 /// (`<32 [a-z0-9]>.lambda-url.<region>.on.aws`), API Gateway (`<10 [a-z0-9]>.execute-api...`).
 fn load_balancer(rng: &mut SplitMix64) -> Names {
     let region = *pick(

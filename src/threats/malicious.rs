@@ -555,11 +555,25 @@ fn randomised(rng: &mut SplitMix64) -> Draft {
             })
             .collect()
     };
+    // Labels between the chunk and the parent; the owner of a domain may also borrow the DNS's
+    // service conventions (`<chunk>._domainkey.`), so those are no sign of a benign name.
     let middle: Vec<String> = (0..between(rng, 0, 2))
-        .map(|_| match rng.below(3) {
+        .map(|_| match rng.below(4) {
             0 => pick(rng, &["api", "v2", "cdn", "img", "ns", "t", "s3", "edge"]).to_string(),
             1 => text_between(rng, draw::LETTERS, 2, 8),
-            _ => text_between(rng, draw::BASE36, 3, 10),
+            2 => text_between(rng, draw::BASE36, 3, 10),
+            _ => pick(
+                rng,
+                &[
+                    "_domainkey",
+                    "_tcp",
+                    "_udp",
+                    "_dmarc",
+                    "_sip",
+                    "_acme-challenge",
+                ],
+            )
+            .to_string(),
         })
         .collect();
     let session_label = chance(rng, 40).then(|| text_between(rng, draw::BASE36, 4, 12));
@@ -593,7 +607,20 @@ fn randomised(rng: &mut SplitMix64) -> Draft {
     let joiner = if chance(rng, 50) { "" } else { "-" };
     let chunk = |rng: &mut SplitMix64| -> String {
         match style {
-            0..55 => draw::labels(&text_between(rng, alphabet, lo, hi), label_len),
+            // A label may not start or end with a hyphen (resolver libraries refuse it).
+            0..55 => draw::labels(&text_between(rng, alphabet, lo, hi), label_len)
+                .split('.')
+                .map(|label| {
+                    let mut label = label.as_bytes().to_vec();
+                    for edge in [0, label.len() - 1] {
+                        if label[edge] == b'-' {
+                            label[edge] = b'0';
+                        }
+                    }
+                    String::from_utf8(label).expect("ASCII")
+                })
+                .collect::<Vec<_>>()
+                .join("."),
             55..70 => {
                 let n = between(rng, 2, 6);
                 let words: Vec<&str> = (0..n).map(|_| *pick(rng, &OTHER_WORDS)).collect();
