@@ -605,20 +605,58 @@ fn readiness_needs_a_model_and_health_does_not() {
 
 #[test]
 fn metrics_count_requests_by_route_template_and_scoring_by_api() {
-    let server = TestServer::start();
+    // A process of its own: the counters are process-wide, and the in-process test servers of
+    // this file run in parallel, so only a fresh process gives exact counts.
+    let served = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--model".as_ref(),
+        artifact().as_os_str(),
+    ]);
+    let base = format!("http://{}", served.address);
+    let client = TestServer::client();
+    // Two /v1/score requests, each with one event to score and one history event.
     let body =
         json!({"events": [{"src": "a", "query": "b.c"}, {"src": "a", "query": "d.c", "rank": 2}]});
-    let (status, _) = score(
-        &server,
-        &format!("?model={ESCU_MODEL_NAME}"),
-        "application/json",
-        body.to_string().into_bytes(),
+    for query in ["", "&x=1"] {
+        let resp = client
+            .post(format!("{base}/v1/score?model={ESCU_MODEL_NAME}{query}"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Value>().unwrap()["scored"], 1);
+    }
+    // One /apply with three rank-1 rows and one history row.
+    let resp = client
+        .post(format!("{base}/apply"))
+        .header("Authorization", TOKEN)
+        .json(&escu_envelope(
+            "src,query,rank\na,b.c,1\na,e.c,1\nb,f.c,2\nb,g.c,1\n",
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().unwrap()["status"], "success");
+    for n in [42, 43, 44] {
+        let resp = client
+            .get(format!("{base}/no/such/path/{n}"))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    // A first scrape, counted in the second.
+    assert_eq!(
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .unwrap()
+            .status(),
+        200
     );
-    assert_eq!(status, 200);
-    server.apply("src,query,rank\na,b.c,1\n");
-    let _ = reqwest::blocking::get(format!("{}/no/such/path/42", server.url)).unwrap();
 
-    let resp = reqwest::blocking::get(format!("{}/metrics", server.url)).unwrap();
+    let resp = client.get(format!("{base}/metrics")).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -632,41 +670,46 @@ fn metrics_count_requests_by_route_template_and_scoring_by_api() {
             .parse()
             .unwrap()
     };
-    // The route is the template: the query string never makes a new series.
-    assert!(
-        value(r#"dnsexfil_http_requests_total{route="/v1/score",method="POST",status="200"}"#)
-            >= 1.0
-    );
-    assert!(
-        value(r#"dnsexfil_http_requests_total{route="/apply",method="POST",status="200"}"#) >= 1.0
-    );
-    assert!(
-        value(r#"dnsexfil_http_requests_total{route="unmatched",method="GET",status="404"}"#)
-            >= 1.0
-    );
+    let requests = |route: &str, method: &str, status: u16| {
+        value(&format!(
+            r#"dnsexfil_http_requests_total{{route="{route}",method="{method}",status="{status}"}}"#
+        ))
+    };
+    // The route is the template: the query string or path never makes a new series.
+    assert_eq!(requests("/v1/score", "POST", 200), 2.0);
+    assert_eq!(requests("/apply", "POST", 200), 1.0);
+    assert_eq!(requests("unmatched", "GET", 404), 3.0);
+    assert_eq!(requests("/metrics", "GET", 200), 1.0);
     assert!(!text.contains("/no/such/path"));
-    assert!(
-        value(
-            r#"dnsexfil_http_request_duration_seconds_count{route="/v1/score",method="POST",status="200"}"#
-        ) >= 1.0
+    let v1_score = r#"route="/v1/score",method="POST",status="200""#;
+    assert_eq!(
+        value(&format!(
+            "dnsexfil_http_request_duration_seconds_count{{{v1_score}}}"
+        )),
+        2.0
     );
-    assert!(
-        value(
-            r#"dnsexfil_http_request_duration_seconds_bucket{route="/v1/score",method="POST",status="200",le="+Inf"}"#
-        ) >= 1.0
+    assert_eq!(
+        value(&format!(
+            r#"dnsexfil_http_request_duration_seconds_bucket{{{v1_score},le="+Inf"}}"#
+        )),
+        2.0
     );
-    for api in ["v1", "dsdl"] {
+    // Per API: rows scored (rank-1 rows only), and one feature and inference pass per request.
+    for (api, rows, passes) in [("v1", 2.0, 2.0), ("dsdl", 3.0, 1.0)] {
         let labels = format!(r#"{{api="{api}",model="{ESCU_MODEL_NAME}"}}"#);
-        assert!(
-            value(&format!("dnsexfil_rows_scored_total{labels}")) >= 1.0,
+        assert_eq!(
+            value(&format!("dnsexfil_rows_scored_total{labels}")),
+            rows,
             "{api}"
         );
-        assert!(
-            value(&format!("dnsexfil_feature_seconds_count{labels}")) >= 1.0,
+        assert_eq!(
+            value(&format!("dnsexfil_feature_seconds_count{labels}")),
+            passes,
             "{api}"
         );
-        assert!(
-            value(&format!("dnsexfil_inference_seconds_count{labels}")) >= 1.0,
+        assert_eq!(
+            value(&format!("dnsexfil_inference_seconds_count{labels}")),
+            passes,
             "{api}"
         );
         assert!(
