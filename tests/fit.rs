@@ -314,13 +314,31 @@ const GOOD_ROWS: &str = "src,query,rank\n10.1.1.1,www.google.com,1\n";
 
 #[test]
 fn a_fit_over_the_time_limit_stops_and_keeps_the_previous_model() {
+    let csv = labelled_csv(500);
+    let apply = apply_envelope(&without_labels(&csv), "dnsexfil", "m");
+    // A previous version of `m`, trained where fits have time.
+    let trainer = TestServer::start();
+    let previous = probabilities(&trainer.post_json(
+        "/fit",
+        &fit_envelope(&csv, "dnsexfil", "m", &[("epochs", "3")]),
+    ));
+    let file = "dnsexfil_m.safetensors";
+    let bytes = std::fs::read(trainer.model_dir().join(file)).unwrap();
+
     let server = TestServer::start_with(ServerOptions {
         fit_time_limit: Duration::ZERO,
         ..Default::default()
     });
+    std::fs::create_dir_all(server.model_dir()).unwrap();
+    std::fs::write(server.model_dir().join(file), &bytes).unwrap();
+    assert_same_scores(
+        &probabilities(&server.post_json("/apply", &apply)),
+        &previous,
+        "the previous version before the fit",
+    );
     let answer = server.post_json(
         "/fit",
-        &fit_envelope(&labelled_csv(500), "dnsexfil", "m", &[]),
+        &fit_envelope(&csv, "dnsexfil", "m", &[("seed", "7")]),
     );
     let e = answer["message"].as_str().unwrap();
     assert!(
@@ -328,7 +346,16 @@ fn a_fit_over_the_time_limit_stops_and_keeps_the_previous_model() {
         "{e}"
     );
     assert!(e.contains("nothing was saved"), "{e}");
-    assert!(store_files(&server.model_dir()).is_empty());
+    assert_eq!(store_files(&server.model_dir()), vec![file]);
+    assert!(
+        std::fs::read(server.model_dir().join(file)).unwrap() == bytes,
+        "the stored previous version is untouched"
+    );
+    assert_same_scores(
+        &probabilities(&server.post_json("/apply", &apply)),
+        &previous,
+        "the previous version after the stopped fit",
+    );
 }
 
 #[test]
@@ -450,22 +477,54 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
 
     // Refit the same name and kill the process (SIGKILL) at a different moment each time:
     // during training, around the save, after it. Every restart must load the store, and serve
-    // either the previous version or the new one, complete.
+    // either the previous version or the new one, complete. Moments are found from the log:
+    // once the first epoch is logged (previous version), at delays after the fit started, and
+    // once the save is logged (new version).
+    #[derive(Debug, Clone, Copy)]
+    enum KillAt {
+        FirstEpoch,
+        AfterStart(u64),
+        Saved,
+    }
+    let planned = [
+        KillAt::FirstEpoch,
+        KillAt::AfterStart(0),
+        KillAt::AfterStart(50),
+        KillAt::AfterStart(150),
+        KillAt::AfterStart(400),
+        KillAt::Saved,
+    ];
     let mut current = version(0);
-    for (seed, delay_ms) in [
-        (1u64, 100u64),
-        (2, 500),
-        (3, 900),
-        (4, 1300),
-        (5, 1700),
-        (6, 3000),
-    ] {
+    let (mut saw_previous, mut saw_new) = (0, 0);
+    let mut seed = 0u64;
+    let mut extra = 0;
+    loop {
+        let at = match planned.get(seed as usize) {
+            Some(&at) => at,
+            // Both outcomes must have been seen, or the test shows nothing: a few more
+            // attempts at the moment that gives the missing one.
+            None if saw_previous == 0 && extra < 6 => KillAt::FirstEpoch,
+            None if saw_new == 0 && extra < 6 => KillAt::Saved,
+            None => break,
+        };
+        if seed as usize >= planned.len() {
+            extra += 1;
+        }
+        seed += 1;
         let new = version(seed);
+        assert_ne!(new, current, "seed {seed} trains a different version");
         let mut server = served(model_dir.path());
         let address = server.address.clone();
         let body = fit_body(seed);
         let fit = std::thread::spawn(move || post(&address, "/fit", &body).ok());
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        match at {
+            KillAt::FirstEpoch => drop(server.wait_for_log("fit epoch")),
+            KillAt::AfterStart(ms) => {
+                server.wait_for_log("fit started");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            KillAt::Saved => drop(server.wait_for_log("fit saved and serving")),
+        }
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         let _ = fit.join();
@@ -477,10 +536,15 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
         )
         .unwrap();
         let scores = probabilities(&applied);
-        assert!(
-            scores == current || scores == new,
-            "after a kill at {delay_ms} ms the store serves neither the previous nor the new version"
-        );
+        if scores == current {
+            saw_previous += 1;
+        } else if scores == new {
+            saw_new += 1;
+        } else {
+            panic!(
+                "after a kill at {at:?} the store serves neither the previous nor the new version"
+            );
+        }
         current = scores;
         let stray: Vec<String> = store_files(model_dir.path())
             .into_iter()
@@ -488,6 +552,11 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
             .collect();
         assert_eq!(stray, vec!["dnsexfil_m.safetensors"]);
     }
+    eprintln!("kills: {saw_previous} kept the previous version, {saw_new} gave the new one");
+    assert!(
+        saw_previous > 0 && saw_new > 0,
+        "both outcomes observed: previous {saw_previous}, new {saw_new}"
+    );
 }
 
 #[test]
