@@ -658,3 +658,47 @@ fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
     );
     assert_eq!(store_files(store.path()), Vec::<String>::new());
 }
+
+#[test]
+fn a_fit_over_max_fit_rows_is_refused_over_http_and_one_at_the_limit_trains() {
+    let csv = labelled_csv(1500);
+    let rows = csv.lines().count() - 1;
+    let store = tempfile::tempdir().unwrap();
+    let limit = rows.to_string();
+    let served = ServedBinary::start(&[
+        "--enable-https=false".as_ref(),
+        "--model-dir".as_ref(),
+        store.path().as_os_str(),
+        "--max-fit-rows".as_ref(),
+        limit.as_ref(),
+    ]);
+    let fit = |csv: &str| {
+        TestServer::client()
+            .post(format!("http://{}/fit", served.address))
+            .header("Authorization", TOKEN)
+            .json(&fit_envelope(csv, "dnsexfil", "m", &[("epochs", "2")]))
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap()
+    };
+    // One row more than the limit: refused before any training, with the flag named.
+    let last = csv.lines().last().unwrap();
+    let over = format!("{csv}{last}\n");
+    let answer = fit(&over);
+    assert_eq!(answer["status"], "error", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "the fit has {} rows, more than the {rows} a fit may train on",
+            rows + 1
+        )) && message.contains("--max-fit-rows"),
+        "{message}"
+    );
+    assert!(served.logs_with("fit started").is_empty());
+    assert!(store_files(store.path()).is_empty());
+    // Exactly the limit: trained and saved.
+    let answer = fit(&csv);
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(store_files(store.path()), vec!["dnsexfil_m.safetensors"]);
+}
