@@ -1043,3 +1043,63 @@ fn http2_is_refused_at_once() {
     undecided.write_all(b"PRI * HTTP/2").unwrap();
     assert!(closed_within(&mut undecided, Duration::from_millis(500)).is_none());
 }
+
+#[test]
+fn a_request_above_the_forward_chunk_size_scores_as_one_unchunked_pass() {
+    let server = TestServer::start_with(ServerOptions {
+        registry: Some(both_models()),
+        ..Default::default()
+    });
+    // Every event scored (no rank): more than two forward chunks' worth, in uneven parts.
+    let chunk = dnsexfil::scoring::FORWARD_CHUNK_ROWS;
+    let rows: Vec<Vec<String>> = synthetic_rows(2 * chunk + 5000);
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"src": r[0], "query": r[1]}))
+        .collect();
+    assert!(events.len() > 2 * chunk);
+    for model in [dnsexfil::model::default_model().unwrap(), {
+        dnsexfil::model::Model::from_bytes(escu_model_bytes(), "escu").unwrap()
+    }] {
+        let name = model.info.name.clone();
+        let answer = score_json(&server, &json!({"model": name, "events": events}));
+        assert_eq!(answer["scored"], events.len(), "{name}");
+        // The model's own forward pass over every row at once, no chunks: what the service must
+        // give, chunked or not.
+        let feature_rows: Vec<dnsexfil::features::Row> = rows
+            .iter()
+            .map(|r| dnsexfil::features::Row {
+                src: &r[0],
+                query: &r[1],
+            })
+            .collect();
+        let all: Vec<usize> = (0..feature_rows.len()).collect();
+        let features = model
+            .info
+            .schema
+            .prepare(&feature_rows)
+            .features(&feature_rows, &all);
+        let expected = model
+            .mlp
+            .predict_owned(features.values, features.rows)
+            .unwrap();
+        let results = answer["results"].as_array().unwrap();
+        assert_eq!(results.len(), expected.len());
+        for (i, (r, p)) in results.iter().zip(&expected).enumerate() {
+            let got = r["probability"].as_f64().unwrap() as f32;
+            assert!(
+                (got - p).abs() <= 1e-6,
+                "{name} event {i}: {got} served, {p} in one pass"
+            );
+        }
+        // Scores that vary row by row, so no constant or shifted answer could pass.
+        let mut distinct: Vec<u32> = expected.iter().map(|p| p.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 1000,
+            "{name}: {} distinct scores",
+            distinct.len()
+        );
+    }
+}
