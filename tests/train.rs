@@ -69,6 +69,18 @@ fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     .unwrap();
     assert_eq!(report["schema"], "dnsexfil-v4");
     assert_eq!(report["params"]["threat_sessions"], 24);
+    // models/README.md states the file's SHA-256.
+    let card =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/README.md"))
+            .unwrap();
+    let stated_sha = format!(
+        "(SHA-256 `{}`)",
+        dnsexfil::model::sha256_hex(&std::fs::read(&out_path).unwrap())
+    );
+    assert!(
+        card.contains(&stated_sha),
+        "models/README.md states {stated_sha}"
+    );
     // models/README.md: "best epoch 1, validation ROC AUC 0.99939".
     assert_eq!(report["best_epoch"], 1, "{report}");
     assert_eq!(
