@@ -1103,3 +1103,100 @@ fn a_request_above_the_forward_chunk_size_scores_as_one_unchunked_pass() {
         );
     }
 }
+
+/// The text of `doc` between the first `start` after `after` and the next `end`.
+fn between<'d>(doc: &'d str, after: &str, start: &str, end: &str) -> &'d str {
+    let rest = &doc[doc
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} in the page"))..];
+    let rest = &rest[rest.find(start).unwrap() + start.len()..];
+    &rest[..rest.find(end).unwrap()]
+}
+
+#[test]
+fn the_rest_pages_examples_give_the_answers_it_shows() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rest-api.md"),
+    )
+    .unwrap();
+    // `serve` as the page starts it: the built-in default model.
+    let server = TestServer::start_with(ServerOptions {
+        registry: Some({
+            let registry = Arc::new(Registry::new());
+            registry.insert(dnsexfil::model::default_model().unwrap());
+            registry
+        }),
+        ..Default::default()
+    });
+    // The first example: the request from its curl command, the answer as the page prints it.
+    let request = between(&doc, "Score events", "-d '", "'");
+    let shown: Value = serde_json::from_str(between(&doc, "Score events", "```json\n", "```"))
+        .expect("the page's answer is JSON");
+    let answer = score_json(&server, &serde_json::from_str(request).unwrap());
+    assert_eq!(answer, shown);
+
+    // The NDJSON example: 20 tunnel names made by its shell loop (the first 40 hex digits of
+    // the SHA-256 of `echo $i`), then www.google.com.
+    use sha2::Digest;
+    let mut ndjson = String::new();
+    for i in 1..=20 {
+        let hash = hex::encode(sha2::Sha256::digest(format!("{i}\n")));
+        ndjson.push_str(&format!(
+            "{{\"src\": \"10.0.0.66\", \"query\": \"{}.t.exfil-example.net\"}}\n",
+            &hash[..40]
+        ));
+    }
+    ndjson.push_str("{\"src\": \"10.0.0.5\", \"query\": \"www.google.com\"}\n");
+    let (status, answer) = score(
+        &server,
+        "?model=dnsexfil_v4",
+        "application/x-ndjson",
+        ndjson.into_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let counts = between(&doc, "--data-binary @events.ndjson", "gives `", "`");
+    assert_eq!(
+        counts,
+        format!(
+            r#""events":{},"scored":{},"errors":{}"#,
+            answer["events"], answer["scored"], answer["errors"]
+        )
+    );
+    let results = answer["results"].as_array().unwrap();
+    let tunnel: Vec<f64> = results[..20]
+        .iter()
+        .map(|r| {
+            assert_eq!(r["label"], 1, "{r}");
+            r["probability"].as_f64().unwrap()
+        })
+        .collect();
+    let (low, high) = tunnel
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &p| (l.min(p), h.max(p)));
+    let range = between(&doc, "--data-binary @events.ndjson", "probabilities ", "\n");
+    assert_eq!(range, format!("{low:.4} to {high:.4}"));
+    // The first result as printed, up to its `...`.
+    let first = between(
+        &doc,
+        "--data-binary @events.ndjson",
+        "(the first is `",
+        ",...}`",
+    );
+    let mut first: serde_json::Map<String, Value> =
+        serde_json::from_str(&format!("{first}}}")).unwrap();
+    for (key, value) in std::mem::take(&mut first) {
+        assert_eq!(results[0][&key], value, "{key}");
+    }
+    let google = &results[20];
+    assert_eq!(google["label"], 0);
+    let shown = between(
+        &doc,
+        "--data-binary @events.ndjson",
+        "`www.google.com` ",
+        " with label 0",
+    );
+    assert_eq!(
+        shown,
+        format!("{:.3}", google["probability"].as_f64().unwrap())
+    );
+}
