@@ -472,8 +472,9 @@ fn the_model_cards_held_out_host_figures_hold() {
     assert!(server.terminate().success());
 }
 
-/// The card's figures over the whole development log ("for reference only"), and README's
-/// "234 benign alerts from 17 of 25 hosts in 48 h" for the published ESCU model.
+/// The card's figures over the whole development log ("for reference only"), README's
+/// "234 benign alerts from 17 of 25 hosts in 48 h" and docs/dsdl.md's table for the published
+/// ESCU model.
 #[test]
 fn the_whole_log_figures_of_the_model_card_and_readme_hold() {
     let v3 = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v3.safetensors");
@@ -551,6 +552,26 @@ fn the_whole_log_figures_of_the_model_card_and_readme_hold() {
             "0%".to_string(),
             &234.into(),
             &17.into()
+        ),
+        "{r}"
+    );
+    // docs/dsdl.md, "Detection quality of the published ESCU model": the same replay.
+    assert_eq!(
+        (
+            stated(&r, "roc_auc", 6, false),
+            stated(&r, "tpr_at_threshold", 2, true),
+            stated(&r, "fpr_at_threshold", 2, true),
+            recalls(&r, 1),
+            &r["errors"],
+            &r["nan_scores"],
+        ),
+        (
+            "0.982811".to_string(),
+            "84.63%".to_string(),
+            "0.60%".to_string(),
+            "76.0% / 96.8% / 100%".to_string(),
+            &serde_json::json!([]),
+            &0.into(),
         ),
         "{r}"
     );
