@@ -1114,26 +1114,36 @@ fn between<'d>(doc: &'d str, after: &str, start: &str, end: &str) -> &'d str {
 }
 
 #[test]
-fn the_rest_pages_examples_give_the_answers_it_shows() {
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rest-api.md"),
-    )
-    .unwrap();
-    // `serve` as the page starts it: the built-in default model.
-    let server = TestServer::start_with(ServerOptions {
-        registry: Some({
-            let registry = Arc::new(Registry::new());
-            registry.insert(dnsexfil::model::default_model().unwrap());
-            registry
-        }),
-        ..Default::default()
-    });
+fn the_rest_and_operations_pages_examples_give_the_answers_they_show() {
+    let read = |page: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(page))
+            .unwrap()
+    };
+    let (doc, operations) = (read("docs/rest-api.md"), read("docs/operations.md"));
+    // `serve` as the pages start it (the built-in default model), in a process of its own:
+    // operations.md's metrics example counts from a fresh start.
+    let served = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    let base = format!("http://{}", served.address);
+    let client = TestServer::client();
+    let post = |query: &str, content_type: &str, body: Vec<u8>| -> (u16, Value) {
+        let resp = client
+            .post(format!("{base}/v1/score{query}"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap())
+    };
+    // The page's answers are JSON, compared whole.
+    let shown = |after: &str| -> Value {
+        serde_json::from_str(between(&doc, after, "```json\n", "```")).unwrap()
+    };
+
     // The first example: the request from its curl command, the answer as the page prints it.
     let request = between(&doc, "Score events", "-d '", "'");
-    let shown: Value = serde_json::from_str(between(&doc, "Score events", "```json\n", "```"))
-        .expect("the page's answer is JSON");
-    let answer = score_json(&server, &serde_json::from_str(request).unwrap());
-    assert_eq!(answer, shown);
+    let (status, answer) = post("", "application/json", request.as_bytes().to_vec());
+    assert_eq!((status, answer), (200, shown("Score events")));
 
     // The NDJSON example: 20 tunnel names made by its shell loop (the first 40 hex digits of
     // the SHA-256 of `echo $i`), then www.google.com.
@@ -1147,8 +1157,7 @@ fn the_rest_pages_examples_give_the_answers_it_shows() {
         ));
     }
     ndjson.push_str("{\"src\": \"10.0.0.5\", \"query\": \"www.google.com\"}\n");
-    let (status, answer) = score(
-        &server,
+    let (status, answer) = post(
         "?model=dnsexfil_v4",
         "application/x-ndjson",
         ndjson.into_bytes(),
@@ -1182,21 +1191,71 @@ fn the_rest_pages_examples_give_the_answers_it_shows() {
         "(the first is `",
         ",...}`",
     );
-    let mut first: serde_json::Map<String, Value> =
+    let first: serde_json::Map<String, Value> =
         serde_json::from_str(&format!("{first}}}")).unwrap();
-    for (key, value) in std::mem::take(&mut first) {
+    for (key, value) in first {
         assert_eq!(results[0][&key], value, "{key}");
     }
     let google = &results[20];
     assert_eq!(google["label"], 0);
-    let shown = between(
+    let printed = between(
         &doc,
         "--data-binary @events.ndjson",
         "`www.google.com` ",
         " with label 0",
     );
     assert_eq!(
-        shown,
+        printed,
         format!("{:.3}", google["probability"].as_f64().unwrap())
     );
+
+    // The model list.
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models, shown("List the models"));
+
+    // The error example.
+    let request = between(&doc, "Errors are JSON", "-d '", "'");
+    let (status, answer) = post(
+        "?model=escu",
+        "application/json",
+        request.as_bytes().to_vec(),
+    );
+    assert_eq!((status, answer), (404, shown("Errors are JSON")));
+
+    // operations.md: /readyz, then the request counters, rows and model of /metrics.
+    let block = between(
+        &operations,
+        "after the examples above on a fresh service",
+        "```\n",
+        "```",
+    );
+    let (ready, metrics) = block.split_once('\n').unwrap();
+    let got = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(got, ready);
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["http_requests_total", "rows_scored_total", "model_info"]
+                .iter()
+                .any(|m| l.starts_with(&format!("dnsexfil_{m}")))
+        })
+        .collect();
+    assert_eq!(lines, metrics.lines().collect::<Vec<_>>());
 }
