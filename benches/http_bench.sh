@@ -49,9 +49,10 @@ LUA
 }
 
 # start_server [VAR=value ...]: the server with these extra environment settings, once healthy.
+# Its log (warnings and errors) goes to the file $server_log if set, else to stderr.
 start_server() {
   env "$@" api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn "$bin" serve --host 127.0.0.1 \
-    --port "$port" --model "$artifact" --data-dir "$work/data" &
+    --port "$port" --model "$artifact" --data-dir "$work/data" 2>"${server_log:-/dev/stderr}" &
   server=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return 0

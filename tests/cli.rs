@@ -143,3 +143,66 @@ fn out_of_range_training_settings_are_refused_before_any_work() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn the_token_is_never_logged_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    // HTTPS (the default) and every target at trace: the TLS, HTTP and service layers all log.
+    let server = ServedBinary::start_with_env(
+        dir.path(),
+        &["--model".as_ref(), artifact().as_os_str()],
+        &[("RUST_LOG", "trace")],
+    );
+    let base = format!("https://{}", server.address);
+    let client = unverified_tls_client();
+    let csv = "src,query,rank\n10.1.1.1,www.google.com,1\n";
+    for auth in [TOKEN.to_string(), format!("Bearer {TOKEN}")] {
+        let answer: serde_json::Value = client
+            .post(format!("{base}/apply"))
+            .header("Authorization", &auth)
+            .json(&escu_envelope(csv))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(answer["status"], "success", "{answer}");
+        let resp = client
+            .post(format!("{base}/v1/score"))
+            .header("Authorization", &auth)
+            .json(&serde_json::json!({"events": [{"src": "a", "query": "b.c"}]}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = client
+            .get(format!("{base}/v1/models"))
+            .header("Authorization", &auth)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Refused requests log why; a wrong token is not the token, but is refused and logged.
+    let resp = client
+        .get(format!("{base}/v1/models"))
+        .header("Authorization", "Bearer wrong")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    server.wait_for_log("request refused");
+    let mut server = server;
+    server.signal_term();
+    assert!(server.wait().success());
+    // The check means something only if trace lines were written, requests' included.
+    let logs = server.logs.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|l| l.contains(r#""level":"TRACE""#)),
+        "trace lines were logged"
+    );
+    // Each of the seven requests is logged at debug level, with its path and id.
+    let requests = logs
+        .iter()
+        .filter(|l| l.contains(r#""level":"DEBUG""#) && l.contains("started processing request"))
+        .count();
+    assert_eq!(requests, 7);
+    // Every line, start-up and after, read to the end of the process's output.
+    server.assert_token_never_logged();
+}

@@ -314,13 +314,31 @@ const GOOD_ROWS: &str = "src,query,rank\n10.1.1.1,www.google.com,1\n";
 
 #[test]
 fn a_fit_over_the_time_limit_stops_and_keeps_the_previous_model() {
+    let csv = labelled_csv(500);
+    let apply = apply_envelope(&without_labels(&csv), "dnsexfil", "m");
+    // A previous version of `m`, trained where fits have time.
+    let trainer = TestServer::start();
+    let previous = probabilities(&trainer.post_json(
+        "/fit",
+        &fit_envelope(&csv, "dnsexfil", "m", &[("epochs", "3")]),
+    ));
+    let file = "dnsexfil_m.safetensors";
+    let bytes = std::fs::read(trainer.model_dir().join(file)).unwrap();
+
     let server = TestServer::start_with(ServerOptions {
         fit_time_limit: Duration::ZERO,
         ..Default::default()
     });
+    std::fs::create_dir_all(server.model_dir()).unwrap();
+    std::fs::write(server.model_dir().join(file), &bytes).unwrap();
+    assert_same_scores(
+        &probabilities(&server.post_json("/apply", &apply)),
+        &previous,
+        "the previous version before the fit",
+    );
     let answer = server.post_json(
         "/fit",
-        &fit_envelope(&labelled_csv(500), "dnsexfil", "m", &[]),
+        &fit_envelope(&csv, "dnsexfil", "m", &[("seed", "7")]),
     );
     let e = answer["message"].as_str().unwrap();
     assert!(
@@ -328,19 +346,32 @@ fn a_fit_over_the_time_limit_stops_and_keeps_the_previous_model() {
         "{e}"
     );
     assert!(e.contains("nothing was saved"), "{e}");
-    assert!(store_files(&server.model_dir()).is_empty());
+    assert_eq!(store_files(&server.model_dir()), vec![file]);
+    assert!(
+        std::fs::read(server.model_dir().join(file)).unwrap() == bytes,
+        "the stored previous version is untouched"
+    );
+    assert_same_scores(
+        &probabilities(&server.post_json("/apply", &apply)),
+        &previous,
+        "the previous version after the stopped fit",
+    );
 }
 
 #[test]
 fn apply_keeps_answering_while_a_fit_trains() {
-    let server = TestServer::start_with(ServerOptions {
-        fit_time_limit: Duration::from_secs(12),
-        ..Default::default()
-    });
+    // A fit far longer than the test: it ends only when the service stops, so its training is
+    // known to span everything the test does meanwhile, however slow the machine.
+    let served = ServedBinary::start(&[
+        "--enable-https=false".as_ref(),
+        "--model".as_ref(),
+        artifact().as_os_str(),
+        "--fit-time-limit-secs".as_ref(),
+        "3600".as_ref(),
+    ]);
     let csv = labelled_csv(3000);
-    let url = server.url.clone();
-    // A fit that would train far longer than the limit: it ends by the limit.
-    let body = serde_json::to_vec(&fit_envelope(
+    let address = served.address.clone();
+    let body = fit_envelope(
         &csv,
         "dnsexfil",
         "long",
@@ -349,33 +380,35 @@ fn apply_keeps_answering_while_a_fit_trains() {
             ("patience", "1000"),
             ("batch_size", "16"),
         ],
-    ))
-    .unwrap();
-    let fit = std::thread::spawn(move || {
-        let started = Instant::now();
-        let text = TestServer::client()
-            .post(format!("{url}/fit"))
+    );
+    let post = |address: &str, path: &str, body: &serde_json::Value| {
+        TestServer::client()
+            .post(format!("http://{address}{path}"))
             .header("Authorization", TOKEN)
-            .body(body)
+            .json(body)
             .send()
             .unwrap()
-            .text()
-            .unwrap();
-        (started.elapsed(), text)
-    });
-    // Give the fit time to parse and take the fit slot, even on a loaded machine.
-    std::thread::sleep(Duration::from_millis(2000));
-    let started = Instant::now();
+            .json::<serde_json::Value>()
+            .unwrap()
+    };
+    let fit = std::thread::spawn(move || post(&address, "/fit", &body));
+    let epochs_before = served.wait_for_logs("fit epoch", 1).len();
     for _ in 0..20 {
-        assert_eq!(server.apply(GOOD_ROWS)["status"], "success");
+        let answer = post(&served.address, "/apply", &escu_envelope(GOOD_ROWS));
+        assert_eq!(answer["status"], "success", "{answer}");
     }
-    let applies_took = started.elapsed();
+    // Training went on meanwhile: more epochs, and no answer yet.
+    served.wait_for_logs("fit epoch", epochs_before + 1);
     assert!(
         !fit.is_finished(),
         "the fit was still training while /apply answered"
     );
     // A second fit meanwhile is refused with a reason rather than queued behind the first.
-    let second = server.post_json("/fit", &fit_envelope(&csv, "dnsexfil", "other", &[]));
+    let second = post(
+        &served.address,
+        "/fit",
+        &fit_envelope(&csv, "dnsexfil", "other", &[]),
+    );
     assert!(
         second["message"]
             .as_str()
@@ -383,13 +416,9 @@ fn apply_keeps_answering_while_a_fit_trains() {
             .contains("another fit is training"),
         "{second}"
     );
-    let (fit_took, text) = fit.join().unwrap();
-    assert!(text.contains("time limit"), "{text}");
-    // Each apply answered while training ran: 20 of them well within the fit's own time.
-    assert!(
-        applies_took < fit_took / 2,
-        "{applies_took:?} vs {fit_took:?}"
-    );
+    assert!(served.terminate().success());
+    let text = fit.join().unwrap().to_string();
+    assert!(text.contains("shutting down"), "{text}");
 }
 
 #[test]
@@ -448,22 +477,54 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
 
     // Refit the same name and kill the process (SIGKILL) at a different moment each time:
     // during training, around the save, after it. Every restart must load the store, and serve
-    // either the previous version or the new one, complete.
+    // either the previous version or the new one, complete. Moments are found from the log:
+    // once the first epoch is logged (previous version), at delays after the fit started, and
+    // once the save is logged (new version).
+    #[derive(Debug, Clone, Copy)]
+    enum KillAt {
+        FirstEpoch,
+        AfterStart(u64),
+        Saved,
+    }
+    let planned = [
+        KillAt::FirstEpoch,
+        KillAt::AfterStart(0),
+        KillAt::AfterStart(50),
+        KillAt::AfterStart(150),
+        KillAt::AfterStart(400),
+        KillAt::Saved,
+    ];
     let mut current = version(0);
-    for (seed, delay_ms) in [
-        (1u64, 100u64),
-        (2, 500),
-        (3, 900),
-        (4, 1300),
-        (5, 1700),
-        (6, 3000),
-    ] {
+    let (mut saw_previous, mut saw_new) = (0, 0);
+    let mut seed = 0u64;
+    let mut extra = 0;
+    loop {
+        let at = match planned.get(seed as usize) {
+            Some(&at) => at,
+            // Both outcomes must have been seen, or the test shows nothing: a few more
+            // attempts at the moment that gives the missing one.
+            None if saw_previous == 0 && extra < 6 => KillAt::FirstEpoch,
+            None if saw_new == 0 && extra < 6 => KillAt::Saved,
+            None => break,
+        };
+        if seed as usize >= planned.len() {
+            extra += 1;
+        }
+        seed += 1;
         let new = version(seed);
+        assert_ne!(new, current, "seed {seed} trains a different version");
         let mut server = served(model_dir.path());
         let address = server.address.clone();
         let body = fit_body(seed);
         let fit = std::thread::spawn(move || post(&address, "/fit", &body).ok());
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        match at {
+            KillAt::FirstEpoch => drop(server.wait_for_log("fit epoch")),
+            KillAt::AfterStart(ms) => {
+                server.wait_for_log("fit started");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            KillAt::Saved => drop(server.wait_for_log("fit saved and serving")),
+        }
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         let _ = fit.join();
@@ -475,10 +536,15 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
         )
         .unwrap();
         let scores = probabilities(&applied);
-        assert!(
-            scores == current || scores == new,
-            "after a kill at {delay_ms} ms the store serves neither the previous nor the new version"
-        );
+        if scores == current {
+            saw_previous += 1;
+        } else if scores == new {
+            saw_new += 1;
+        } else {
+            panic!(
+                "after a kill at {at:?} the store serves neither the previous nor the new version"
+            );
+        }
         current = scores;
         let stray: Vec<String> = store_files(model_dir.path())
             .into_iter()
@@ -486,6 +552,11 @@ fn killing_the_server_during_fits_leaves_the_store_loadable() {
             .collect();
         assert_eq!(stray, vec!["dnsexfil_m.safetensors"]);
     }
+    eprintln!("kills: {saw_previous} kept the previous version, {saw_new} gave the new one");
+    assert!(
+        saw_previous > 0 && saw_new > 0,
+        "both outcomes observed: previous {saw_previous}, new {saw_new}"
+    );
 }
 
 #[test]
@@ -536,18 +607,10 @@ fn replicas_sharing_the_store_serve_what_another_replica_fitted() {
             &[("epochs", "3"), ("seed", "99")],
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let on_b = probabilities(&post(&b.address, "/apply", &apply_body));
-        if on_b == probabilities(&refit) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica B never picked up the refit"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // B rescans every second; a minute allows for a loaded machine.
+    wait_until(PATIENCE, "replica B to pick up the refit", || {
+        probabilities(&post(&b.address, "/apply", &apply_body)) == probabilities(&refit)
+    });
 }
 
 #[test]
@@ -576,15 +639,7 @@ fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
             .send()
             .and_then(|r| r.json::<serde_json::Value>())
     });
-    let logs = served.logs.clone();
-    let started = Instant::now();
-    while !logs.lock().unwrap().iter().any(|l| l.contains("fit epoch")) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the fit never trained an epoch"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    served.wait_for_log("fit epoch");
     let signalled = Instant::now();
     let exit = served.terminate();
     assert!(exit.success(), "{exit:?}");
@@ -602,4 +657,48 @@ fn sigterm_during_a_fit_stops_its_training_saves_nothing_and_exits_0() {
         signalled.elapsed()
     );
     assert_eq!(store_files(store.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_fit_over_max_fit_rows_is_refused_over_http_and_one_at_the_limit_trains() {
+    let csv = labelled_csv(1500);
+    let rows = csv.lines().count() - 1;
+    let store = tempfile::tempdir().unwrap();
+    let limit = rows.to_string();
+    let served = ServedBinary::start(&[
+        "--enable-https=false".as_ref(),
+        "--model-dir".as_ref(),
+        store.path().as_os_str(),
+        "--max-fit-rows".as_ref(),
+        limit.as_ref(),
+    ]);
+    let fit = |csv: &str| {
+        TestServer::client()
+            .post(format!("http://{}/fit", served.address))
+            .header("Authorization", TOKEN)
+            .json(&fit_envelope(csv, "dnsexfil", "m", &[("epochs", "2")]))
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap()
+    };
+    // One row more than the limit: refused before any training, with the flag named.
+    let last = csv.lines().last().unwrap();
+    let over = format!("{csv}{last}\n");
+    let answer = fit(&over);
+    assert_eq!(answer["status"], "error", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "the fit has {} rows, more than the {rows} a fit may train on",
+            rows + 1
+        )) && message.contains("--max-fit-rows"),
+        "{message}"
+    );
+    assert!(served.logs_with("fit started").is_empty());
+    assert!(store_files(store.path()).is_empty());
+    // Exactly the limit: trained and saved.
+    let answer = fit(&csv);
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(store_files(store.path()), vec!["dnsexfil_m.safetensors"]);
 }

@@ -425,17 +425,6 @@ fn metric(base_url: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_saturated_service_answers_429_in_each_format_and_recovers() {
     let server = TestServer::start_with(ServerOptions {
@@ -451,7 +440,7 @@ fn a_saturated_service_answers_429_in_each_format_and_recovers() {
     let blocked: Vec<TcpStream> = (0..2)
         .map(|_| start_request(&server.url, "/v1/score", "application/json", &body, 5))
         .collect();
-    wait_for("two requests in flight", || {
+    wait_until(PATIENCE, "two requests in flight", || {
         metric(&server.url, "dnsexfil_requests_in_flight") == 2.0
     });
 
@@ -482,7 +471,7 @@ fn a_saturated_service_answers_429_in_each_format_and_recovers() {
     }
 
     drop(blocked);
-    wait_for("the slots to free", || {
+    wait_until(PATIENCE, "the slots to free", || {
         metric(&server.url, "dnsexfil_requests_in_flight") == 0.0
     });
     let (status, answer) = score(&server, "", "application/json", body);
@@ -526,7 +515,7 @@ fn an_answer_the_client_does_not_read_stays_in_flight_until_it_is_sent() {
     let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let answer: Value = serde_json::from_slice(&raw[at + 4..]).unwrap();
     assert_eq!(answer["errors"], 200_000);
-    wait_for("the slot to free", || {
+    wait_until(PATIENCE, "the slot to free", || {
         metric(&server.url, "dnsexfil_requests_in_flight") == 0.0
     });
     let (status, answer) = score(&server, "", "application/json", small);
@@ -616,20 +605,58 @@ fn readiness_needs_a_model_and_health_does_not() {
 
 #[test]
 fn metrics_count_requests_by_route_template_and_scoring_by_api() {
-    let server = TestServer::start();
+    // A process of its own: the counters are process-wide, and the in-process test servers of
+    // this file run in parallel, so only a fresh process gives exact counts.
+    let served = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--model".as_ref(),
+        artifact().as_os_str(),
+    ]);
+    let base = format!("http://{}", served.address);
+    let client = TestServer::client();
+    // Two /v1/score requests, each with one event to score and one history event.
     let body =
         json!({"events": [{"src": "a", "query": "b.c"}, {"src": "a", "query": "d.c", "rank": 2}]});
-    let (status, _) = score(
-        &server,
-        &format!("?model={ESCU_MODEL_NAME}"),
-        "application/json",
-        body.to_string().into_bytes(),
+    for query in ["", "&x=1"] {
+        let resp = client
+            .post(format!("{base}/v1/score?model={ESCU_MODEL_NAME}{query}"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Value>().unwrap()["scored"], 1);
+    }
+    // One /apply with three rank-1 rows and one history row.
+    let resp = client
+        .post(format!("{base}/apply"))
+        .header("Authorization", TOKEN)
+        .json(&escu_envelope(
+            "src,query,rank\na,b.c,1\na,e.c,1\nb,f.c,2\nb,g.c,1\n",
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().unwrap()["status"], "success");
+    for n in [42, 43, 44] {
+        let resp = client
+            .get(format!("{base}/no/such/path/{n}"))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    // A first scrape, counted in the second.
+    assert_eq!(
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .unwrap()
+            .status(),
+        200
     );
-    assert_eq!(status, 200);
-    server.apply("src,query,rank\na,b.c,1\n");
-    let _ = reqwest::blocking::get(format!("{}/no/such/path/42", server.url)).unwrap();
 
-    let resp = reqwest::blocking::get(format!("{}/metrics", server.url)).unwrap();
+    let resp = client.get(format!("{base}/metrics")).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -643,41 +670,46 @@ fn metrics_count_requests_by_route_template_and_scoring_by_api() {
             .parse()
             .unwrap()
     };
-    // The route is the template: the query string never makes a new series.
-    assert!(
-        value(r#"dnsexfil_http_requests_total{route="/v1/score",method="POST",status="200"}"#)
-            >= 1.0
-    );
-    assert!(
-        value(r#"dnsexfil_http_requests_total{route="/apply",method="POST",status="200"}"#) >= 1.0
-    );
-    assert!(
-        value(r#"dnsexfil_http_requests_total{route="unmatched",method="GET",status="404"}"#)
-            >= 1.0
-    );
+    let requests = |route: &str, method: &str, status: u16| {
+        value(&format!(
+            r#"dnsexfil_http_requests_total{{route="{route}",method="{method}",status="{status}"}}"#
+        ))
+    };
+    // The route is the template: the query string or path never makes a new series.
+    assert_eq!(requests("/v1/score", "POST", 200), 2.0);
+    assert_eq!(requests("/apply", "POST", 200), 1.0);
+    assert_eq!(requests("unmatched", "GET", 404), 3.0);
+    assert_eq!(requests("/metrics", "GET", 200), 1.0);
     assert!(!text.contains("/no/such/path"));
-    assert!(
-        value(
-            r#"dnsexfil_http_request_duration_seconds_count{route="/v1/score",method="POST",status="200"}"#
-        ) >= 1.0
+    let v1_score = r#"route="/v1/score",method="POST",status="200""#;
+    assert_eq!(
+        value(&format!(
+            "dnsexfil_http_request_duration_seconds_count{{{v1_score}}}"
+        )),
+        2.0
     );
-    assert!(
-        value(
-            r#"dnsexfil_http_request_duration_seconds_bucket{route="/v1/score",method="POST",status="200",le="+Inf"}"#
-        ) >= 1.0
+    assert_eq!(
+        value(&format!(
+            r#"dnsexfil_http_request_duration_seconds_bucket{{{v1_score},le="+Inf"}}"#
+        )),
+        2.0
     );
-    for api in ["v1", "dsdl"] {
+    // Per API: rows scored (rank-1 rows only), and one feature and inference pass per request.
+    for (api, rows, passes) in [("v1", 2.0, 2.0), ("dsdl", 3.0, 1.0)] {
         let labels = format!(r#"{{api="{api}",model="{ESCU_MODEL_NAME}"}}"#);
-        assert!(
-            value(&format!("dnsexfil_rows_scored_total{labels}")) >= 1.0,
+        assert_eq!(
+            value(&format!("dnsexfil_rows_scored_total{labels}")),
+            rows,
             "{api}"
         );
-        assert!(
-            value(&format!("dnsexfil_feature_seconds_count{labels}")) >= 1.0,
+        assert_eq!(
+            value(&format!("dnsexfil_feature_seconds_count{labels}")),
+            passes,
             "{api}"
         );
-        assert!(
-            value(&format!("dnsexfil_inference_seconds_count{labels}")) >= 1.0,
+        assert_eq!(
+            value(&format!("dnsexfil_inference_seconds_count{labels}")),
+            passes,
             "{api}"
         );
         assert!(
@@ -769,7 +801,7 @@ fn sigterm_lets_accepted_requests_finish_then_the_process_exits_0() {
         .send()
         .unwrap();
     assert_eq!(resp.status(), 401);
-    wait_for("the refusal to be logged", || {
+    wait_until(PATIENCE, "the refusal to be logged", || {
         logs.lock()
             .unwrap()
             .iter()
@@ -782,15 +814,17 @@ fn sigterm_lets_accepted_requests_finish_then_the_process_exits_0() {
     let pending: Vec<TcpStream> = (0..4)
         .map(|_| start_request(&base, "/v1/score", "application/json", &body, 100))
         .collect();
-    wait_for("four requests in flight", || {
+    wait_until(PATIENCE, "four requests in flight", || {
         metric(&base, "dnsexfil_requests_in_flight") >= 4.0
     });
 
     // A stream of new requests from other clients around the signal.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let streams: Vec<_> = (0..3)
         .map(|_| {
             let (base, stop) = (base.clone(), stop.clone());
+            let answered_so_far = answered_so_far.clone();
             std::thread::spawn(move || {
                 let client = reqwest::blocking::Client::builder()
                     .pool_max_idle_per_host(0)
@@ -811,6 +845,7 @@ fn sigterm_lets_accepted_requests_finish_then_the_process_exits_0() {
                             let answer: Value = resp.json().expect("a complete answer");
                             assert_eq!(answer["scored"], 1);
                             answered += 1;
+                            answered_so_far.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
                         // Not accepted: the listener is closed.
                         Err(_) => {
@@ -823,15 +858,15 @@ fn sigterm_lets_accepted_requests_finish_then_the_process_exits_0() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The stream is being served before the signal, however slowly this machine runs.
+    wait_until(PATIENCE, "three answers to the stream", || {
+        answered_so_far.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    });
 
-    let pid = served.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    std::thread::sleep(Duration::from_millis(300));
+    let mut served = served;
+    served.signal_term();
+    // The bodies resume only once the server has begun to stop.
+    served.wait_for_log("shutting down");
     let finishers: Vec<_> = pending
         .into_iter()
         .map(|mut stream| {
@@ -848,8 +883,7 @@ fn sigterm_lets_accepted_requests_finish_then_the_process_exits_0() {
         let answer: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(answer["results"].as_array().unwrap().len(), 2000);
     }
-    let mut served = served;
-    let exit = served.child.wait().unwrap();
+    let exit = served.wait();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut answered = 0;
     for s in streams {
@@ -877,6 +911,35 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> Option<Duration> {
     }
 }
 
+/// Connects to `address` and has one keep-alive request answered on the connection, which
+/// shows the server admitted it; `None` when the server closed it unanswered (over the limit).
+fn admitted_connection(address: &str) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return None;
+    }
+    let mut head = [0u8; 12];
+    match stream.read_exact(&mut head) {
+        Ok(()) => {
+            assert_eq!(&head, b"HTTP/1.1 200");
+            Some(stream)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("neither answered nor closed within {PATIENCE:?}")
+        }
+        Err(_) => None,
+    }
+}
+
 #[test]
 fn connections_beyond_the_limit_are_closed_and_the_slots_come_back() {
     let served = ServedBinary::start(&[
@@ -884,6 +947,9 @@ fn connections_beyond_the_limit_are_closed_and_the_slots_come_back() {
         "false".as_ref(),
         "--max-connections".as_ref(),
         "2".as_ref(),
+        // No idle connection of this test is closed for its silence while it runs.
+        "--header-read-timeout-secs".as_ref(),
+        "3600".as_ref(),
     ]);
     let healthy = || {
         reqwest::blocking::Client::builder()
@@ -896,31 +962,23 @@ fn connections_beyond_the_limit_are_closed_and_the_slots_come_back() {
             .is_ok_and(|r| r.status() == 200)
     };
     assert!(healthy());
-    // The health check's connection gives its slot back once the server has seen it close;
-    // until then it would count against the limit (and one of the idle clients below would be
-    // the one turned away, leaving a slot for `third` when it is released).
-    std::thread::sleep(Duration::from_millis(300));
-    // Two clients that connect and send nothing take both slots.
-    let mut idle: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(&served.address).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Two keep-alive clients take both slots, each shown admitted by an answer. The health
+    // check's connection holds a slot until the server has seen it close, so one of them may be
+    // turned away first: it tries again.
+    let mut idle: Vec<TcpStream> = Vec::new();
+    wait_until(PATIENCE, "two connections admitted", || {
+        idle.extend(admitted_connection(&served.address));
+        idle.len() == 2
+    });
     let mut third = TcpStream::connect(&served.address).unwrap();
     assert!(
-        closed_within(&mut third, Duration::from_secs(5)).is_some(),
-        "a connection over the limit is closed at once"
+        closed_within(&mut third, PATIENCE).is_some(),
+        "a connection over the limit is closed"
     );
     assert!(!healthy(), "no request gets in while the slots are taken");
     // A slot comes back when its connection closes.
     idle.pop();
-    let start = Instant::now();
-    while !healthy() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the slot never came back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(PATIENCE, "the slot to come back", healthy);
     assert!(
         closed_within(&mut idle[0], Duration::from_millis(200)).is_none(),
         "connections within the limit stay open"
@@ -947,11 +1005,6 @@ fn a_client_slow_to_send_its_headers_is_disconnected() {
             "{first_bytes:?}: {took:?}"
         );
     }
-    // HTTP/2 is refused at once: the service speaks HTTP/1.1.
-    let mut h2 = TcpStream::connect(&served.address).unwrap();
-    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    let took = closed_within(&mut h2, Duration::from_secs(10)).expect("refused");
-    assert!(took < Duration::from_millis(700), "{took:?}");
     // Headers started and never finished.
     let mut slow = TcpStream::connect(&served.address).unwrap();
     slow.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")
@@ -966,4 +1019,243 @@ fn a_client_slow_to_send_its_headers_is_disconnected() {
     kept.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
     assert!(closed_within(&mut kept, Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn http2_is_refused_at_once() {
+    // The service speaks HTTP/1.1. With an hour's header timeout, a close within a minute can
+    // only be the refusal, however loaded the machine is.
+    let served = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--header-read-timeout-secs".as_ref(),
+        "3600".as_ref(),
+    ]);
+    let mut h2 = TcpStream::connect(&served.address).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    assert!(
+        closed_within(&mut h2, PATIENCE).is_some(),
+        "the HTTP/2 preface is refused"
+    );
+    // The same connection start short of the whole preface is not refused: it could still be
+    // HTTP/1 or HTTP/2 until more bytes come.
+    let mut undecided = TcpStream::connect(&served.address).unwrap();
+    undecided.write_all(b"PRI * HTTP/2").unwrap();
+    assert!(closed_within(&mut undecided, Duration::from_millis(500)).is_none());
+}
+
+#[test]
+fn a_request_above_the_forward_chunk_size_scores_as_one_unchunked_pass() {
+    let server = TestServer::start_with(ServerOptions {
+        registry: Some(both_models()),
+        ..Default::default()
+    });
+    // Every event scored (no rank): more than two forward chunks' worth, in uneven parts.
+    let chunk = dnsexfil::scoring::FORWARD_CHUNK_ROWS;
+    let rows: Vec<Vec<String>> = synthetic_rows(2 * chunk + 5000);
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"src": r[0], "query": r[1]}))
+        .collect();
+    assert!(events.len() > 2 * chunk);
+    for model in [dnsexfil::model::default_model().unwrap(), {
+        dnsexfil::model::Model::from_bytes(escu_model_bytes(), "escu").unwrap()
+    }] {
+        let name = model.info.name.clone();
+        let answer = score_json(&server, &json!({"model": name, "events": events}));
+        assert_eq!(answer["scored"], events.len(), "{name}");
+        // The model's own forward pass over every row at once, no chunks: what the service must
+        // give, chunked or not.
+        let feature_rows: Vec<dnsexfil::features::Row> = rows
+            .iter()
+            .map(|r| dnsexfil::features::Row {
+                src: &r[0],
+                query: &r[1],
+            })
+            .collect();
+        let all: Vec<usize> = (0..feature_rows.len()).collect();
+        let features = model
+            .info
+            .schema
+            .prepare(&feature_rows)
+            .features(&feature_rows, &all);
+        let expected = model
+            .mlp
+            .predict_owned(features.values, features.rows)
+            .unwrap();
+        let results = answer["results"].as_array().unwrap();
+        assert_eq!(results.len(), expected.len());
+        for (i, (r, p)) in results.iter().zip(&expected).enumerate() {
+            let got = r["probability"].as_f64().unwrap() as f32;
+            assert!(
+                (got - p).abs() <= 1e-6,
+                "{name} event {i}: {got} served, {p} in one pass"
+            );
+        }
+        // Scores that vary row by row, so no constant or shifted answer could pass.
+        let mut distinct: Vec<u32> = expected.iter().map(|p| p.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 1000,
+            "{name}: {} distinct scores",
+            distinct.len()
+        );
+    }
+}
+
+/// The text of `doc` between the first `start` after `after` and the next `end`.
+fn between<'d>(doc: &'d str, after: &str, start: &str, end: &str) -> &'d str {
+    let rest = &doc[doc
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} in the page"))..];
+    let rest = &rest[rest.find(start).unwrap() + start.len()..];
+    &rest[..rest.find(end).unwrap()]
+}
+
+#[test]
+fn the_rest_and_operations_pages_examples_give_the_answers_they_show() {
+    let read = |page: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(page))
+            .unwrap()
+    };
+    let (doc, operations) = (read("docs/rest-api.md"), read("docs/operations.md"));
+    // `serve` as the pages start it (the built-in default model), in a process of its own:
+    // operations.md's metrics example counts from a fresh start.
+    let served = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    let base = format!("http://{}", served.address);
+    let client = TestServer::client();
+    let post = |query: &str, content_type: &str, body: Vec<u8>| -> (u16, Value) {
+        let resp = client
+            .post(format!("{base}/v1/score{query}"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap())
+    };
+    // The page's answers are JSON, compared whole.
+    let shown = |after: &str| -> Value {
+        serde_json::from_str(between(&doc, after, "```json\n", "```")).unwrap()
+    };
+
+    // The first example: the request from its curl command, the answer as the page prints it.
+    let request = between(&doc, "Score events", "-d '", "'");
+    let (status, answer) = post("", "application/json", request.as_bytes().to_vec());
+    assert_eq!((status, answer), (200, shown("Score events")));
+
+    // The NDJSON example: 20 tunnel names made by its shell loop (the first 40 hex digits of
+    // the SHA-256 of `echo $i`), then www.google.com.
+    use sha2::Digest;
+    let mut ndjson = String::new();
+    for i in 1..=20 {
+        let hash = hex::encode(sha2::Sha256::digest(format!("{i}\n")));
+        ndjson.push_str(&format!(
+            "{{\"src\": \"10.0.0.66\", \"query\": \"{}.t.exfil-example.net\"}}\n",
+            &hash[..40]
+        ));
+    }
+    ndjson.push_str("{\"src\": \"10.0.0.5\", \"query\": \"www.google.com\"}\n");
+    let (status, answer) = post(
+        "?model=dnsexfil_v4",
+        "application/x-ndjson",
+        ndjson.into_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let counts = between(&doc, "--data-binary @events.ndjson", "gives `", "`");
+    assert_eq!(
+        counts,
+        format!(
+            r#""events":{},"scored":{},"errors":{}"#,
+            answer["events"], answer["scored"], answer["errors"]
+        )
+    );
+    let results = answer["results"].as_array().unwrap();
+    let tunnel: Vec<f64> = results[..20]
+        .iter()
+        .map(|r| {
+            assert_eq!(r["label"], 1, "{r}");
+            r["probability"].as_f64().unwrap()
+        })
+        .collect();
+    let (low, high) = tunnel
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &p| (l.min(p), h.max(p)));
+    let range = between(&doc, "--data-binary @events.ndjson", "probabilities ", "\n");
+    assert_eq!(range, format!("{low:.4} to {high:.4}"));
+    // The first result as printed, up to its `...`.
+    let first = between(
+        &doc,
+        "--data-binary @events.ndjson",
+        "(the first is `",
+        ",...}`",
+    );
+    let first: serde_json::Map<String, Value> =
+        serde_json::from_str(&format!("{first}}}")).unwrap();
+    for (key, value) in first {
+        assert_eq!(results[0][&key], value, "{key}");
+    }
+    let google = &results[20];
+    assert_eq!(google["label"], 0);
+    let printed = between(
+        &doc,
+        "--data-binary @events.ndjson",
+        "`www.google.com` ",
+        " with label 0",
+    );
+    assert_eq!(
+        printed,
+        format!("{:.3}", google["probability"].as_f64().unwrap())
+    );
+
+    // The model list.
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models, shown("List the models"));
+
+    // The error example.
+    let request = between(&doc, "Errors are JSON", "-d '", "'");
+    let (status, answer) = post(
+        "?model=escu",
+        "application/json",
+        request.as_bytes().to_vec(),
+    );
+    assert_eq!((status, answer), (404, shown("Errors are JSON")));
+
+    // operations.md: /readyz, then the request counters, rows and model of /metrics.
+    let block = between(
+        &operations,
+        "after the examples above on a fresh service",
+        "```\n",
+        "```",
+    );
+    let (ready, metrics) = block.split_once('\n').unwrap();
+    let got = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(got, ready);
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["http_requests_total", "rows_scored_total", "model_info"]
+                .iter()
+                .any(|m| l.starts_with(&format!("dnsexfil_{m}")))
+        })
+        .collect();
+    assert_eq!(lines, metrics.lines().collect::<Vec<_>>());
 }

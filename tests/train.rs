@@ -69,9 +69,23 @@ fn the_documented_command_reproduces_the_shipped_default_model_exactly() {
     .unwrap();
     assert_eq!(report["schema"], "dnsexfil-v4");
     assert_eq!(report["params"]["threat_sessions"], 24);
+    // models/README.md states the file's SHA-256.
+    let card =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/README.md"))
+            .unwrap();
+    let stated_sha = format!(
+        "(SHA-256 `{}`)",
+        dnsexfil::model::sha256_hex(&std::fs::read(&out_path).unwrap())
+    );
     assert!(
-        report["validation"]["roc_auc"].as_f64().unwrap() > 0.99,
-        "{report}"
+        card.contains(&stated_sha),
+        "models/README.md states {stated_sha}"
+    );
+    // models/README.md: "best epoch 7, validation ROC AUC 0.99990".
+    assert_eq!(report["best_epoch"], 7, "{report}");
+    assert_eq!(
+        stated(&report["validation"], "roc_auc", 5, false),
+        "0.99990"
     );
 }
 
@@ -296,12 +310,9 @@ fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
     assert_eq!(rows_trained_on("1"), rows_trained_on("0"));
 }
 
-/// The model card's "held-out development hosts" figures for `dnsexfil_v4`, as `evaluate.py`
-/// measures them through `/apply` of a real server: the documented split command, then the
-/// documented replay. Fails when a change moves them (then the card must say the new ones).
-#[test]
-fn the_model_cards_held_out_host_figures_hold() {
-    let python = ["python3", "python"]
+/// python3 (or python) for `tests/fixtures/eval/evaluate.py`.
+fn python() -> &'static str {
+    ["python3", "python"]
         .into_iter()
         .find(|p| {
             Command::new(p)
@@ -309,7 +320,112 @@ fn the_model_cards_held_out_host_figures_hold() {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .expect("python3 for tests/fixtures/eval/evaluate.py");
+        .expect("python3 for tests/fixtures/eval/evaluate.py")
+}
+
+/// `evaluate.py` replaying `events`/`labels` through `/apply` of the server at `address` with
+/// `model_name`: its report.
+fn evaluate(events: &Path, labels: &Path, address: &str, model_name: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("report.json");
+    run_ok(
+        Command::new(python())
+            .arg(fixtures().join("eval/evaluate.py"))
+            .arg("--events")
+            .arg(events)
+            .arg("--labels")
+            .arg(labels)
+            .arg("--url")
+            .arg(format!("http://{address}"))
+            .args(["--token", TOKEN, "--model-name", model_name, "--report"])
+            .arg(&report_path),
+    );
+    serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap()
+}
+
+/// A figure of a report `r` written as the model card writes it: `decimals` places, as a
+/// percentage when `percent`. Compares the claim as stated, digit for digit.
+fn stated(r: &serde_json::Value, key: &str, decimals: usize, percent: bool) -> String {
+    let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} in {r}"));
+    let v = if percent { v * 100.0 } else { v };
+    format!("{v:.decimals$}{}", if percent { "%" } else { "" })
+}
+
+/// The card's per-tool recall cells (dns2tcp / iodine / dnsteal), from `recall_by_tool`
+/// ("0.9940 of 353"), as percentages with `decimals` places (100% as "100%").
+fn recalls(r: &serde_json::Value, decimals: usize) -> String {
+    ["dns2tcp", "iodine", "dnsteal"]
+        .iter()
+        .map(|tool| {
+            let cell = r["recall_by_tool"][tool]
+                .as_str()
+                .unwrap_or_else(|| panic!("{tool} in {r}"));
+            let recall: f64 = cell.split(' ').next().unwrap().parse().unwrap();
+            if recall == 1.0 {
+                "100%".to_string()
+            } else {
+                format!("{:.decimals$}%", recall * 100.0)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// The model card's "held-out development hosts" figures for `dnsexfil_v4`, as `evaluate.py`
+/// measures them through `/apply` of a real server: the documented split command, then the
+/// documented replay. Fails when a change moves them (then the card must say the new ones).
+/// The development log's events from sources not in the held-out `test_events` file, with
+/// their labels, as a `/fit` CSV (`src,query,rank,_time,is_dns_data_exfiltration`: the ESCU
+/// label's name, so the results have the columns `evaluate.py` reads); and their count.
+fn training_rows_without(test_events: &Path) -> (String, usize) {
+    let (_, held_out) = parse_csv(&std::fs::read_to_string(test_events).unwrap());
+    let held_out: std::collections::HashSet<String> =
+        held_out.into_iter().map(|r| r[0].clone()).collect();
+    let (header, labels) = parse_csv(&std::fs::read_to_string(dev("labels.csv")).unwrap());
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (src, query, y) = (col("src"), col("query"), col("is_exfiltration"));
+    let label: std::collections::HashMap<(&str, &str), &str> = labels
+        .iter()
+        .map(|r| ((r[src].as_str(), r[query].as_str()), r[y].as_str()))
+        .collect();
+    let (_, events) = parse_csv(&std::fs::read_to_string(dev("events.csv")).unwrap());
+    let mut csv = String::from("src,query,rank,_time,is_dns_data_exfiltration\n");
+    let mut rows = 0;
+    for e in events.iter().filter(|e| !held_out.contains(&e[0])) {
+        let y = label[&(e[0].as_str(), e[1].as_str())];
+        csv.push_str(&format!("{},{},{},{},{y}\n", e[0], e[1], e[2], e[3]));
+        rows += 1;
+    }
+    (csv, rows)
+}
+
+/// `| fit MLTKContainer algo=ALGO is_dns_data_exfiltration from src query rank _time into app:NAME`
+/// over HTTP, with every parameter at its default: the answer.
+fn fit_over_http(address: &str, csv: &str, algo: &str, name: &str) -> serde_json::Value {
+    let envelope = serde_json::json!({
+        "data": csv,
+        "meta": {
+            "options": {"params": {"algo": algo},
+                        "args": ["is_dns_data_exfiltration", "src", "query", "rank", "_time"],
+                        "target_variable": ["is_dns_data_exfiltration"],
+                        "feature_variables": ["src", "query", "rank", "_time"],
+                        "model_name": name, "algo_name": "MLTKContainer"},
+            "feature_variables": ["src", "query", "rank", "_time"],
+            "target_variables": ["is_dns_data_exfiltration"]
+        }
+    });
+    TestServer::client()
+        .post(format!("http://{address}/fit"))
+        .header("Authorization", TOKEN)
+        .json(&envelope)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn the_model_cards_held_out_host_figures_hold() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("dnsexfil_v4.safetensors");
     run_ok(
@@ -317,28 +433,32 @@ fn the_model_cards_held_out_host_figures_hold() {
             .args(["--test-fraction", "0.3", "--split-out"])
             .arg(dir.path()),
     );
+    // The card's second command: dnsexfil_v2's recipe on the same split.
+    let v2 = dir.path().join("dnsexfil_v2.safetensors");
+    run_ok(train_on_dev(&v2).args([
+        "--test-fraction",
+        "0.3",
+        "--schema",
+        "dnsexfil-v2",
+        "--name",
+        "dnsexfil_v2",
+    ]));
     let server = ServedBinary::start(&[
         "--enable-https".as_ref(),
         "false".as_ref(),
         "--no-default-model".as_ref(),
         "--model".as_ref(),
         model.as_os_str(),
+        "--model".as_ref(),
+        v2.as_os_str(),
+        "--model".as_ref(),
+        artifact().as_os_str(),
     ]);
-    let report_path = dir.path().join("report.json");
-    run_ok(
-        Command::new(python)
-            .arg(fixtures().join("eval/evaluate.py"))
-            .arg("--events")
-            .arg(dir.path().join("test_events.csv"))
-            .arg("--labels")
-            .arg(dir.path().join("test_labels.csv"))
-            .arg("--url")
-            .arg(format!("http://{}", server.address))
-            .args(["--token", TOKEN, "--model-name", "dnsexfil_v4", "--report"])
-            .arg(&report_path),
+    let (events, labels) = (
+        dir.path().join("test_events.csv"),
+        dir.path().join("test_labels.csv"),
     );
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let r = evaluate(&events, &labels, &server.address, "dnsexfil_v4");
     // models/README.md, "Held-out development hosts".
     assert_eq!(r["rank1_events"], 14408, "{r}");
     assert_eq!(r["positives"], 1352, "{r}");
@@ -348,5 +468,220 @@ fn the_model_cards_held_out_host_figures_hold() {
     assert_eq!(r["benign_alerts"], 23, "{r}");
     assert_eq!(r["benign_srcs_alerting"], 6, "{r}");
     assert_eq!(r["sessions_detected"], "4/4", "{r}");
+    // Every cell of the table's three columns, as the card states it.
+    let column = |r: &serde_json::Value, auc_decimals: usize, pct: usize| {
+        vec![
+            stated(r, "roc_auc", auc_decimals, false),
+            stated(r, "tpr_at_fpr_0.001", pct, true),
+            format!(
+                "{} / {}",
+                stated(r, "tpr_at_threshold", pct, true),
+                stated(r, "fpr_at_threshold", 2, true)
+            ),
+            format!("{} ({})", r["benign_alerts"], r["benign_srcs_alerting"]),
+            recalls(r, 1),
+            r["sessions_detected"].as_str().unwrap().to_string(),
+        ]
+    };
+    assert_eq!(
+        column(&r, 5, 2),
+        [
+            "0.99933",
+            "99.93%",
+            "99.93% / 0.18%",
+            "23 (6)",
+            "100% / 100% / 99.7%",
+            "4/4"
+        ]
+    );
+    let r = evaluate(&events, &labels, &server.address, "dnsexfil_v2");
+    assert_eq!(
+        (&r["rank1_events"], &r["positives"]),
+        (&14408.into(), &1352.into())
+    );
+    let mut v2_column = column(&r, 5, 2);
+    // The card writes a zero rate as "0%".
+    v2_column[2] = v2_column[2].replace("0.00%", "0%");
+    assert_eq!(
+        v2_column,
+        [
+            "0.99959",
+            "99.85%",
+            "99.85% / 0%",
+            "0 (0)",
+            "100% / 100% / 99.4%",
+            "4/4"
+        ]
+    );
+    let r = evaluate(
+        &events,
+        &labels,
+        &server.address,
+        dnsexfil::model::convert::ESCU_MODEL_NAME,
+    );
+    assert_eq!(
+        (&r["rank1_events"], &r["positives"]),
+        (&14408.into(), &1352.into())
+    );
+    let mut escu_column = column(&r, 4, 1);
+    escu_column[1] = escu_column[1].replace("0.0%", "0%");
+    assert_eq!(
+        escu_column,
+        [
+            "0.9881",
+            "0%",
+            "77.1% / 0.31%",
+            "40 (4)",
+            "65.0% / 77.6% / 100%",
+            "4/4"
+        ]
+    );
+
+    // docs/training.md: the rest of the log sent as one `/fit` (with `_time`), then replayed
+    // on the held-out hosts.
+    let (fit_csv, fit_rows) = training_rows_without(&events);
+    assert_eq!(fit_rows, 34_808, "docs/training.md: 34,808 events");
+    let fitted = fit_over_http(&server.address, &fit_csv, "dnsexfil", "corp_dns");
+    assert_eq!(fitted["status"], "success", "{}", fitted["message"]);
+    let r = evaluate(&events, &labels, &server.address, "dnsexfil_corp_dns");
+    assert_eq!(
+        (
+            stated(&r, "roc_auc", 5, false),
+            stated(&r, "tpr_at_fpr_0.001", 2, true),
+            &r["benign_alerts"]
+        ),
+        ("0.99980".to_string(), "98.82%".to_string(), &3.into()),
+        "{r}"
+    );
+    // The published ESCU model fine-tuned by the same fit (algo = its name starts from its
+    // weights), under another name.
+    let fitted = fit_over_http(
+        &server.address,
+        &fit_csv,
+        dnsexfil::model::convert::ESCU_MODEL_NAME,
+        "corp_escu",
+    );
+    assert_eq!(fitted["status"], "success", "{}", fitted["message"]);
+    let r = evaluate(
+        &events,
+        &labels,
+        &server.address,
+        &format!("{}_corp_escu", dnsexfil::model::convert::ESCU_MODEL_NAME),
+    );
+    assert_eq!(
+        (
+            stated(&r, "roc_auc", 4, false),
+            stated(&r, "tpr_at_fpr_0.001", 0, true),
+            &r["benign_alerts"]
+        ),
+        ("1.0000".to_string(), "100%".to_string(), &0.into()),
+        "{r}"
+    );
+    assert!(server.terminate().success());
+}
+
+/// The card's figures over the whole development log ("for reference only"), README's
+/// "234 benign alerts from 17 of 25 hosts in 48 h" and docs/dsdl.md's table for the published
+/// ESCU model.
+#[test]
+fn the_whole_log_figures_of_the_model_card_and_readme_hold() {
+    let v3 = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dnsexfil_v3.safetensors");
+    // The built-in default (the shipped dnsexfil_v4), the pinned v3 and the ESCU model.
+    let server = ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--model".as_ref(),
+        v3.as_os_str(),
+        "--model".as_ref(),
+        artifact().as_os_str(),
+    ]);
+    let (events, labels) = (dev("events.csv"), dev("labels.csv"));
+    // The log itself: 50,910 events over 48 hours from 37 sources: 12 tunnel sessions' sources
+    // and 25 benign hosts (sources that send no tunnel traffic).
+    let text = std::fs::read_to_string(&events).unwrap();
+    let (_, rows) = parse_csv(&text);
+    assert_eq!(rows.len(), 50_910);
+    let times: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+    let hours = (times.iter().cloned().fold(f64::MIN, f64::max)
+        - times.iter().cloned().fold(f64::MAX, f64::min))
+        / 3600.0;
+    assert!(hours > 47.0 && hours <= 48.0, "{hours} hours");
+    let sources: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let (header, label_rows) = parse_csv(&std::fs::read_to_string(&labels).unwrap());
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (src, y) = (col("src"), col("is_exfiltration"));
+    let tunnel_sources: std::collections::BTreeSet<&str> = label_rows
+        .iter()
+        .filter(|r| r[y] == "1")
+        .map(|r| r[src].as_str())
+        .collect();
+    assert_eq!(tunnel_sources.len(), 12);
+    assert_eq!(sources.difference(&tunnel_sources).count(), 25);
+
+    let r = evaluate(&events, &labels, &server.address, "dnsexfil_v4");
+    assert_eq!(
+        (
+            stated(&r, "roc_auc", 6, false),
+            stated(&r, "tpr_at_fpr_0.001", 2, true),
+            &r["benign_alerts"],
+            &r["benign_srcs_alerting"],
+            &r["sessions_detected"]
+        ),
+        (
+            "0.999996".to_string(),
+            "99.96%".to_string(),
+            &4.into(),
+            &4.into(),
+            &"12/12".into()
+        ),
+        "{r}"
+    );
+    let r = evaluate(&events, &labels, &server.address, "dnsexfil_v3");
+    assert_eq!(
+        (&r["benign_alerts"], &r["benign_srcs_alerting"]),
+        (&3.into(), &2.into()),
+        "{r}"
+    );
+    let r = evaluate(
+        &events,
+        &labels,
+        &server.address,
+        dnsexfil::model::convert::ESCU_MODEL_NAME,
+    );
+    assert_eq!(
+        (
+            stated(&r, "roc_auc", 3, false),
+            stated(&r, "tpr_at_fpr_0.001", 0, true),
+            &r["benign_alerts"],
+            &r["benign_srcs_alerting"]
+        ),
+        (
+            "0.983".to_string(),
+            "0%".to_string(),
+            &234.into(),
+            &17.into()
+        ),
+        "{r}"
+    );
+    // docs/dsdl.md, "Detection quality of the published ESCU model": the same replay.
+    assert_eq!(
+        (
+            stated(&r, "roc_auc", 6, false),
+            stated(&r, "tpr_at_threshold", 2, true),
+            stated(&r, "fpr_at_threshold", 2, true),
+            recalls(&r, 1),
+            &r["errors"],
+            &r["nan_scores"],
+        ),
+        (
+            "0.982811".to_string(),
+            "84.63%".to_string(),
+            "0.60%".to_string(),
+            "76.0% / 96.8% / 100%".to_string(),
+            &serde_json::json!([]),
+            &0.into(),
+        ),
+        "{r}"
+    );
     assert!(server.terminate().success());
 }

@@ -729,6 +729,7 @@ mod tests {
             }
         }
         let t = Table::parse(&csv).unwrap();
+        assert_reads_like_the_csv_crate(&csv, &t, None, "large table");
         let (rows, scored, table_rows) = t.feature_rows();
         let feeding: Vec<usize> = (0..t.len()).filter(|&i| t.feeds_history(i)).collect();
         assert!(feeding.len() < t.len() && t.skipped().count() > feeding.len() / 30);
@@ -828,6 +829,46 @@ mod tests {
             .collect()
     }
 
+    /// Asserts `t` holds the records of `csv` as the `csv` crate reads them (an independent
+    /// reader): the same records in order, the same cells, and ragged rows with the crate's
+    /// field count. `target` names the label column, if any.
+    fn assert_reads_like_the_csv_crate(csv: &str, t: &Table, target: Option<&str>, what: &str) {
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(csv.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        let records: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect();
+        assert_eq!(t.len(), records.len(), "{what}: records");
+        let column = |name: &str| header.iter().position(|h| h == name);
+        for (i, record) in records.iter().enumerate() {
+            if let Some(SkipReason::Ragged { fields, expected }) = t.skip_reason(i) {
+                assert_eq!(
+                    (*fields, *expected),
+                    (record.len(), header.len()),
+                    "{what}: row {}",
+                    i + 1
+                );
+                continue;
+            }
+            let cell =
+                |name: Option<&str>| name.and_then(column).map_or("", |c| record[c].as_str());
+            assert_eq!(
+                (t.src(i), t.query(i), t.rank_text(i), t.target_text(i)),
+                (
+                    cell(Some("src")),
+                    cell(Some("query")),
+                    cell(Some("rank")),
+                    cell(target)
+                ),
+                "{what}: row {}",
+                i + 1
+            );
+        }
+    }
+
     #[test]
     fn reading_in_two_halves_gives_the_same_table_or_falls_back() {
         // Quoted cells with line ends and doubled quotes everywhere, so that some splits land
@@ -852,6 +893,7 @@ mod tests {
                 Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), usize::MAX).unwrap();
             let halves = Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), 0).unwrap();
             assert_eq!(rows_of(&halves), rows_of(&whole), "case {case}");
+            assert_reads_like_the_csv_crate(&csv, &whole, Some("y"), &format!("case {case}"));
             let n = whole.len();
             for limit in [n - 1, n] {
                 let a = Table::parse_plain_in_parts(&csv, limit, Some("y"), usize::MAX)
@@ -926,6 +968,7 @@ mod tests {
                 }
             }
             if !special {
+                assert_reads_like_the_csv_crate(&csv, &plain, None, &format!("case {case}"));
                 let n = plain.len();
                 for limit in [n - 1, n] {
                     let want = Table::parse_limited(&csv, limit).map(|t| t.len());

@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dnsexfil::dsdl::auth::Token;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
@@ -158,6 +158,23 @@ impl TestServer {
     }
 }
 
+/// Polls `done` until it holds, failing with `what` after `ceiling`. Tests wait on events they
+/// can observe (a log line, a counter, a closed socket) rather than sleep for a guessed time; the
+/// ceiling is generous because a loaded machine can be many times slower than a quiet one.
+pub fn wait_until(ceiling: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < ceiling,
+            "timed out after {ceiling:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The ceiling for events that take milliseconds on a quiet machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 /// `dnsexfil` as users run it, without any of the service's settings from this environment.
 pub fn dnsexfil_command() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dnsexfil"));
@@ -194,6 +211,8 @@ pub struct ServedBinary {
     pub logs: Arc<std::sync::Mutex<Vec<String>>>,
     /// The start-up log lines, up to the one with the address.
     pub startup_logs: Vec<String>,
+    /// Reads the server's stderr into `logs`; ends when the process has exited.
+    drain: Option<std::thread::JoinHandle<()>>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -209,6 +228,15 @@ impl ServedBinary {
 
     /// `start` with the data directory `data_dir` (kept when the server stops).
     pub fn start_in(data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> Self {
+        Self::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// `start_in` with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = dnsexfil_command()
             .args([
@@ -224,6 +252,7 @@ impl ServedBinary {
             .arg(data_dir)
             .args(extra_args)
             .env("api_token", TOKEN)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -247,7 +276,7 @@ impl ServedBinary {
         }
         let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
         let kept = logs.clone();
-        std::thread::spawn(move || {
+        let drain = std::thread::spawn(move || {
             // Keep draining whatever the lines hold (a full pipe would block the server); the
             // token check runs on the collected lines when the server is stopped.
             for line in lines {
@@ -261,27 +290,76 @@ impl ServedBinary {
             fingerprint,
             logs,
             startup_logs,
+            drain: Some(drain),
             _data_dir: None,
         }
     }
 
-    /// SIGTERM, then the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Waits (up to [`PATIENCE`]) for a log line containing `marker` and returns it.
+    pub fn wait_for_log(&self, marker: &str) -> String {
+        self.wait_for_logs(marker, 1).pop().unwrap()
+    }
+
+    /// Waits (up to [`PATIENCE`]) until `count` log lines contain `marker`; returns them all.
+    pub fn wait_for_logs(&self, marker: &str, count: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        wait_until(
+            PATIENCE,
+            &format!("{count} log lines with {marker:?}"),
+            || {
+                found = self.logs_with(marker);
+                found.len() >= count
+            },
+        );
+        found
+    }
+
+    /// The log lines so far that contain `marker`.
+    pub fn logs_with(&self, marker: &str) -> Vec<String> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .filter(|l| l.contains(marker))
+            .cloned()
+            .collect()
+    }
+
+    /// Sends SIGTERM (the process keeps running until it has stopped; see `wait`).
+    pub fn signal_term(&self) {
         let pid = self.child.id().to_string();
         assert!(std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success());
+    }
+
+    /// Waits for the process to exit and for its last log lines to be read; its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         let status = self.child.wait().unwrap();
+        self.join_drain();
+        status
+    }
+
+    /// The drain thread ends at the end of the stderr pipe, once the process has exited: after
+    /// this, `logs` holds every line the server wrote.
+    fn join_drain(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            drain.join().expect("the log reader");
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        let status = self.wait();
         self.assert_token_never_logged();
         status
     }
 
-    /// The token never appears in a log line of the server (checked when it stops).
-    fn assert_token_never_logged(&self) {
-        // Give the drain thread a moment to read the last lines.
-        std::thread::sleep(Duration::from_millis(50));
+    /// The token never appears in a log line of the server (checked once it has stopped and
+    /// every line is read).
+    pub fn assert_token_never_logged(&self) {
+        assert!(self.drain.is_none(), "checked only once every line is read");
         let logs = self.logs.lock().unwrap();
         if let Some(line) = logs.iter().find(|l| l.contains(TOKEN)) {
             panic!("the token appears in a log line: {line}");
@@ -294,6 +372,7 @@ impl Drop for ServedBinary {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if !std::thread::panicking() {
+            self.join_drain();
             self.assert_token_never_logged();
         }
     }
