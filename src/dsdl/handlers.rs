@@ -295,6 +295,14 @@ fn fit_and_apply(
             "`into app:{model_name}`: `{model_name}` is a model this service was started with (built in or given with --model); the fit would be saved as `{name}`, which `apply {model_name}` finds first, so it would replace `{model_name}` for every search that uses it. Fit into another name (`into app:OTHER`); algo={model_name} or base={model_name} starts from its weights"
         ));
     }
+    // The same through a longer model name: `algo=detect` into `app:<x>_detect_...` saves
+    // `detect_<x>_detect_...`, which the stock lookup of `apply detect_...` (algo = model_name)
+    // finds first.
+    if let Some(pinned) = state.registry.shadowed_pinned(&name) {
+        return fail(format!(
+            "the fit would be saved as `{name}`, which ends in `_{pinned}`: `apply {pinned}` looks for `<algo>_{pinned}` first (the stock container and earlier versions of this service do), so it could replace `{pinned}`, a model this service was started with, for every search that uses it. Fit into a name that does not end in `_{pinned}`"
+        ));
+    }
     let plan = match FitPlan::from_request(
         options.algo.as_deref(),
         &options.model_name,

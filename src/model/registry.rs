@@ -109,7 +109,16 @@ impl Registry {
     /// Finds the model a DSDL request means. The stock container loads `<algo>_<model_name>`; we
     /// also accept the bare model name or the algorithm name, so the ESCU search's
     /// `apply detect_dns_..._in_dsdl` reaches the converted ESCU model.
+    ///
+    /// A model the service was started with always answers to its own name: otherwise a fit
+    /// (or a store file) named `<algo>_<that name>` would be found first and take over the
+    /// searches that apply it (the ESCU search applies with algo = model_name).
     pub fn resolve(&self, model_name: &str, algo: Option<&str>) -> Option<Arc<Model>> {
+        if self.is_pinned(model_name) {
+            if let Some(model) = self.get(model_name) {
+                return Some(model);
+            }
+        }
         let models = self.models.read().expect("registry lock");
         // Only the joined name is made; the others are looked up as they are (every DSDL request
         // resolves its model).
@@ -205,6 +214,22 @@ impl Registry {
 
     pub fn is_pinned(&self, name: &str) -> bool {
         self.pinned.lock().expect("pinned lock").contains_key(name)
+    }
+
+    /// A model the service was started with, `P`, that a model named `name` = `<x>_P` would
+    /// answer for under the stock lookup order (`<algo>_<model_name>` first), which replicas of
+    /// earlier versions sharing the store still use.
+    pub fn shadowed_pinned(&self, name: &str) -> Option<String> {
+        self.pinned
+            .lock()
+            .expect("pinned lock")
+            .keys()
+            .find(|p| {
+                name.len() > p.len() + 1
+                    && name.ends_with(p.as_str())
+                    && name.as_bytes()[name.len() - p.len() - 1] == b'_'
+            })
+            .cloned()
     }
 
     fn pinned_from(&self, name: &str) -> Option<PathBuf> {
