@@ -335,6 +335,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
+    /// Largest model file loaded, in MiB (models are about 20 to 100 KiB): a larger file in the
+    /// store is skipped with a message instead of being read into memory. Only regular files
+    /// are read; a FIFO, device or directory named *.safetensors is skipped and logged.
+    #[arg(long, env = "DNSEXFIL_MAX_MODEL_FILE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_model_file_mb: u64,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -475,7 +481,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if removed > 0 {
         tracing::info!(removed, dir = %model_dir.display(), "removed leftovers of interrupted model saves");
     }
-    let registry = Arc::new(Registry::new());
+    let registry = Arc::new(Registry::with_max_file_bytes(args.max_model_file_mb << 20));
     if !args.no_default_model {
         // First, so a model of the same name from --model replaces it. The model directory
         // (the store) never replaces a model the service was started with.

@@ -145,15 +145,53 @@ impl AppState {
         if self.registry.resolve(model_name, algo).is_some() {
             return;
         }
-        let (loaded, failed) = self.registry.refresh_dir(store.dir());
-        for name in loaded {
-            tracing::info!(model = %name, dir = %store.dir().display(), "model loaded from the store");
+        // This may run on an async worker (small requests): the scan runs on a thread of its
+        // own and is waited for only so long, so a store that hangs (a stuck network mount)
+        // delays this request, never the others. One scan at a time; others wait for it.
+        let deadline = std::time::Instant::now() + STORE_SCAN_TIME_LIMIT;
+        if !self.registry.begin_scan() {
+            while self.registry.scan_running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return;
         }
-        for (file, problem) in failed {
-            tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
+        let (registry, dir) = (self.registry.clone(), store.dir().to_path_buf());
+        let (done, finished) = std::sync::mpsc::channel();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("store-scan".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let (loaded, failed) = registry.refresh_dir(&dir);
+                registry.end_scan();
+                for name in loaded {
+                    tracing::info!(model = %name, dir = %dir.display(), "model loaded from the store");
+                }
+                for (file, problem) in failed {
+                    tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
+                }
+                let _ = done.send(());
+            });
+        if spawned.is_err() {
+            self.registry.end_scan();
+            return;
+        }
+        if finished
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_err()
+        {
+            tracing::warn!(
+                dir = %store.dir().display(),
+                limit_secs = STORE_SCAN_TIME_LIMIT.as_secs_f64(),
+                "the scan of the model store did not finish in time; the request goes on without it"
+            );
         }
     }
 }
+
+/// Longest a request waits for a scan of the model store (a scan of a healthy store of small
+/// files takes milliseconds).
+pub const STORE_SCAN_TIME_LIMIT: Duration = Duration::from_secs(2);
 
 /// Request bodies up to this size are scored on the async worker that read them: their work
 /// (about 0.1 ms for 100 rows) costs less than the hand-over to a blocking thread and back,

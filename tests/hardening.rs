@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
@@ -114,4 +115,254 @@ fn a_started_with_model_answers_to_its_own_name_whatever_the_store_holds() {
     by_name["meta"]["options"]["params"] = serde_json::json!({});
     let (header, _) = results_of(&post(&served.address, "/apply", &by_name));
     assert_eq!(header[3], "pred_takeover_proba", "{header:?}");
+}
+
+/// `dnsexfil serve` over plain HTTP in `data_dir`, its log lines as they come; the caller kills it.
+fn spawn_serve(
+    data_dir: &Path,
+    extra: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = dnsexfil_command()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+        ])
+        .args(["--enable-https", "false", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("api_token", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if send.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// Waits (at most `limit`) for the log line with the listening address; returns the address
+/// and the lines before it. Kills the server and fails if it does not come.
+fn wait_listening(
+    child: &mut std::process::Child,
+    lines: &std::sync::mpsc::Receiver<String>,
+    limit: Duration,
+) -> (String, Vec<String>) {
+    let deadline = Instant::now() + limit;
+    let mut before = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(a) = v["fields"]["address"].as_str() {
+            return (a.to_string(), before);
+        }
+        before.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the server did not listen (within {limit:?}); its log: {before:#?}");
+}
+
+/// Kills the server when dropped, whatever the test's outcome.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn quick_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// The log lines that say a file of the store was skipped, with their reasons.
+fn skipped(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("skipped"))
+        .cloned()
+        .collect()
+}
+
+// Issue 19, item 2: a FIFO in the model store hangs everything.
+
+#[test]
+fn a_fifo_in_the_store_at_start_up_is_skipped_and_the_service_listens() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    mkfifo(&store.join("x.safetensors"));
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let reasons = skipped(&startup);
+    assert!(
+        reasons
+            .iter()
+            .any(|l| l.contains("x.safetensors") && l.contains("FIFO")),
+        "{startup:#?}"
+    );
+    let health = quick_client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn a_fifo_added_to_the_store_at_run_time_blocks_no_request() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    mkfifo(&store.join("x.safetensors"));
+    // A small /apply naming an unknown model scans the store (on the async worker before).
+    let client = quick_client();
+    let started = Instant::now();
+    let answer: serde_json::Value = client
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .json(&escu_envelope_for(GOOD_ROWS, "nothing_here"))
+        .send()
+        .expect("the /apply is answered")
+        .json()
+        .unwrap();
+    assert_eq!(answer["status"], "error", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model named"),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for _ in 0..3 {
+        let health = client
+            .get(format!("http://{address}/healthz"))
+            .send()
+            .expect("/healthz answers");
+        assert_eq!(health.status(), 200);
+    }
+    let reason = lines
+        .recv_timeout(Duration::from_secs(5))
+        .into_iter()
+        .chain(lines.try_iter())
+        .find(|l| l.contains("x.safetensors"));
+    assert!(
+        reason.as_deref().is_some_and(|l| l.contains("FIFO")),
+        "{reason:?}"
+    );
+}
+
+// Issue 19, item 3: a huge or endless file in the store kills the process.
+
+#[test]
+fn a_huge_sparse_file_in_the_store_is_skipped_before_it_is_read() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    // Sparse: no disk space, but reading it would take 200 MiB of memory.
+    let huge = std::fs::File::create(store.join("huge.safetensors")).unwrap();
+    huge.set_len(200 << 20).unwrap();
+    drop(huge);
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let reasons = skipped(&startup);
+    assert!(
+        reasons.iter().any(|l| l.contains("huge.safetensors")
+            && l.contains("more than the 64 MiB")
+            && l.contains("--max-model-file-mb")),
+        "{startup:#?}"
+    );
+    let health = quick_client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn the_model_file_size_limit_is_configurable() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    // A real model over a 1 MiB limit (padded: the ESCU model is smaller).
+    let mut bytes = impostor_file("padded", "is_dns_data_exfiltration");
+    bytes.resize(bytes.len() + (1 << 20), 0);
+    std::fs::write(store.join("padded.safetensors"), bytes).unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &["--max-model-file-mb", "1"]);
+    let (_, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    assert!(
+        skipped(&startup)
+            .iter()
+            .any(|l| l.contains("padded.safetensors") && l.contains("more than the 1 MiB")),
+        "{startup:#?}"
+    );
+}
+
+#[test]
+fn an_endless_file_linked_into_the_store_at_run_time_is_never_read() {
+    if !Path::new("/dev/zero").exists() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &["--store-rescan-secs", "1"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let server = Killed(child);
+    std::os::unix::fs::symlink("/dev/zero", store.join("zero.safetensors")).unwrap();
+    // The next scans see it: it is skipped with its reason, and the memory stays put.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reason = None;
+    while reason.is_none() && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            if line.contains("zero.safetensors") {
+                reason = Some(line);
+            }
+        }
+    }
+    let reason = reason.expect("the skipped file is logged");
+    assert!(reason.contains("a device"), "{reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(rss_kib < 512 << 10, "RSS {rss_kib} KiB");
+    let health = quick_client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }

@@ -9,7 +9,6 @@ use std::time::SystemTime;
 use super::convert;
 use super::{Model, ModelError};
 
-#[derive(Default)]
 pub struct Registry {
     models: RwLock<BTreeMap<String, Arc<Model>>>,
     /// Model files of the store as last loaded (modification time, size), so a rescan only
@@ -18,6 +17,23 @@ pub struct Registry {
     /// Models the service was started with (built in, `--model`): a fit may not replace them,
     /// nor may the store. With the file each came from, when it came from one.
     pinned: Mutex<BTreeMap<String, Option<PathBuf>>>,
+    /// Largest model file read from the store.
+    max_file_bytes: u64,
+    /// Set while a scan of the store is under way: concurrent requests wait for it rather than
+    /// start more.
+    scanning: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            models: Default::default(),
+            store_files: Default::default(),
+            pinned: Default::default(),
+            max_file_bytes: super::file::DEFAULT_MAX_FILE_BYTES,
+            scanning: Default::default(),
+        }
+    }
 }
 
 type FileStamp = (SystemTime, u64);
@@ -49,8 +65,8 @@ fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 /// file must hold the model it is named after: a copy under another name (`x_old.safetensors`)
 /// would otherwise serve its old weights under the original's name, replacing the original at
 /// every scan, in the order the files happen to sort.
-fn load_store_file(path: &Path) -> Result<Model, String> {
-    let model = Model::load(path).map_err(|e| e.to_string())?;
+fn load_store_file(path: &Path, max_bytes: u64) -> Result<Model, String> {
+    let model = Model::load_limited(path, max_bytes).map_err(|e| e.to_string())?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if model.info.name != stem {
         return Err(format!(
@@ -64,6 +80,18 @@ fn load_store_file(path: &Path) -> Result<Model, String> {
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that reads model files of at most `max_file_bytes` (default 64 MiB).
+    pub fn with_max_file_bytes(max_file_bytes: u64) -> Self {
+        Self {
+            max_file_bytes,
+            ..Self::default()
+        }
+    }
+
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     /// Adds or replaces the model under its own name.
@@ -186,7 +214,7 @@ impl Registry {
         {
             return Ok(None);
         }
-        let model = load_store_file(path)?;
+        let model = load_store_file(path, self.max_file_bytes)?;
         if self.is_pinned(&model.info.name) {
             return Err(format!(
                 "it holds `{}`, a model this service was started with (built in, --model or the ESCU model), which the store does not replace: train it under another name (a fit's model name, or `train --name`), or start the service without that model (--no-default-model for the built-in one)",
@@ -194,6 +222,22 @@ impl Registry {
             ));
         }
         Ok(Some(model))
+    }
+
+    /// Claims the store scan; false when another is under way.
+    pub fn begin_scan(&self) -> bool {
+        !self
+            .scanning
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    pub fn end_scan(&self) {
+        self.scanning
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn scan_running(&self) -> bool {
+        self.scanning.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Marks `name` as a model the service was started with.
@@ -287,7 +331,7 @@ impl Registry {
     /// Loads one model given on the command line: a model file, or an artifact/`.pt` converted in memory.
     pub fn load_file(&self, path: &Path) -> Result<String, ModelError> {
         let model = if path.extension().and_then(|x| x.to_str()) == Some("safetensors") {
-            Model::load(path)?
+            Model::load_limited(path, self.max_file_bytes)?
         } else {
             let converted = convert::convert(path, None)?;
             Model::from_bytes(&converted.bytes, &path.display().to_string())?
