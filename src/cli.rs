@@ -516,7 +516,16 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let token = Token::from_env_value(std::env::var("api_token").ok());
+    let token_value = std::env::var("api_token").ok();
+    // A secret created from a file often ends in a newline: an HTTP header cannot carry
+    // surrounding whitespace, so such a token could never match. Trimmed, and said so.
+    let untrimmed = token_value.as_deref().is_some_and(|v| v.trim() != v);
+    let token = Token::from_env_value(token_value.map(|v| v.trim().to_string()));
+    if untrimmed {
+        tracing::warn!(
+            "api_token starts or ends with whitespace (a newline, as in a secret created from a file?); it was trimmed, and clients must send it without; remove the whitespace from the secret to silence this warning"
+        );
+    }
     match token {
         Token::Set(_) => {}
         Token::Unset => tracing::warn!(

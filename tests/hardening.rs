@@ -122,6 +122,14 @@ fn spawn_serve(
     data_dir: &Path,
     extra: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    spawn_serve_with_token(data_dir, extra, TOKEN)
+}
+
+fn spawn_serve_with_token(
+    data_dir: &Path,
+    extra: &[&str],
+    token: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = dnsexfil_command()
         .args([
@@ -136,7 +144,7 @@ fn spawn_serve(
         .args(["--enable-https", "false", "--data-dir"])
         .arg(data_dir)
         .args(extra)
-        .env("api_token", TOKEN)
+        .env("api_token", token)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -365,4 +373,27 @@ fn an_endless_file_linked_into_the_store_at_run_time_is_never_read() {
         .send()
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+// Issue 19, item 12: a token with surrounding whitespace can never match.
+
+#[test]
+fn a_token_with_a_trailing_newline_is_trimmed_with_a_warning() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve_with_token(data.path(), &[], &format!(" {TOKEN}\n"));
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("api_token starts or ends with whitespace")),
+        "{startup:#?}"
+    );
+    assert!(startup.iter().all(|l| !l.contains(TOKEN)));
+    let summary = quick_client()
+        .get(format!("http://{address}/summary"))
+        .header("Authorization", TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(summary.status(), 200);
 }
