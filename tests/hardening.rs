@@ -397,3 +397,53 @@ fn a_token_with_a_trailing_newline_is_trimmed_with_a_warning() {
         .unwrap();
     assert_eq!(summary.status(), 200);
 }
+
+// Issue 19, item 15: small things seen through Splunk's client.
+
+#[test]
+fn an_unknown_model_is_named_once_per_name_looked_for() {
+    let server = TestServer::start();
+    let mut body = escu_envelope_for(GOOD_ROWS, "x");
+    body["meta"]["options"]["params"] = serde_json::json!({"algo": "x"});
+    let answer = server.post_json("/apply", &body);
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("no model named `x_x` or `x` is loaded"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_empty_dataframe_is_told_no_events_were_sent() {
+    let server = TestServer::start();
+    for data in ["\n", ""] {
+        let answer = server.post_json("/apply", &escu_envelope(data));
+        assert_eq!(answer["status"], "error", "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains("no events were sent"), "{message}");
+        assert!(!message.contains("needs a header row"), "{message}");
+    }
+}
+
+#[test]
+fn summary_keeps_the_stock_containers_keys() {
+    let server = TestServer::start();
+    let text = TestServer::client()
+        .get(format!("{}/summary", server.url))
+        .header("Authorization", TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let once: String = serde_json::from_str(&text).unwrap();
+    let inner: serde_json::Value = serde_json::from_str(&once).unwrap();
+    assert_eq!(
+        inner["app"],
+        "Splunk App for Data Science and Deep Learning"
+    );
+    assert_eq!(inner["version"], "5.2.4");
+    assert_eq!(inner["token"], "valid");
+    assert_eq!(inner["model"], ESCU_MODEL_NAME);
+    assert_eq!(inner["service"], "dnsexfil");
+    assert_eq!(inner["service_version"], env!("CARGO_PKG_VERSION"));
+}

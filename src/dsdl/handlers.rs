@@ -429,6 +429,9 @@ fn unknown_model(registry: &Registry, options: &Options) -> String {
     if let Some(a) = &options.algo {
         looked_for.push(a.clone());
     }
+    // The ESCU search sends algo = model_name: each name once.
+    let mut seen = std::collections::HashSet::new();
+    looked_for.retain(|n| seen.insert(n.clone()));
     let loaded = registry.names();
     format!(
         "no model named {} is loaded (loaded: {}); start the service with --model FILE (convert Splunk's artifact with `dnsexfil convert`) or put the model file in the model directory",
@@ -488,6 +491,9 @@ fn stage(dir: &Path, envelope: &Envelope, options: &Options) -> DsdlResponse {
     }
 }
 
+/// The stock container's `/summary` version, the protocol version this service speaks.
+pub const STOCK_CONTAINER_VERSION: &str = "5.2.4";
+
 /// `GET /summary` and `GET /`: a JSON object encoded twice, as the stock container answers.
 pub async fn summary(State(state): State<AppState>) -> Response {
     let models: Vec<serde_json::Value> = state
@@ -508,8 +514,11 @@ pub async fn summary(State(state): State<AppState>) -> Response {
         .collect();
     let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
     let inner = serde_json::json!({
-        "app": "dnsexfil",
-        "version": env!("CARGO_PKG_VERSION"),
+        // The stock container's keys and values first: DSDL tools may read them. Ours beside.
+        "app": "Splunk App for Data Science and Deep Learning",
+        "version": STOCK_CONTAINER_VERSION,
+        "service": "dnsexfil",
+        "service_version": env!("CARGO_PKG_VERSION"),
         "protocol": "Splunk App for Data Science and Deep Learning container API 5.2",
         "model": names.join(","),
         "models": models,
