@@ -447,3 +447,37 @@ fn summary_keeps_the_stock_containers_keys() {
     assert_eq!(inner["service"], "dnsexfil");
     assert_eq!(inner["service_version"], env!("CARGO_PKG_VERSION"));
 }
+
+// Issue 19, item 10: a model file's `target` is not validated on load.
+
+#[test]
+fn a_store_file_whose_target_would_break_the_results_header_is_skipped() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(
+        store.join("evil.safetensors"),
+        impostor_file("evil", "x\",evil\ncol"),
+    )
+    .unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    assert!(
+        skipped(&startup)
+            .iter()
+            .any(|l| l.contains("evil.safetensors") && l.contains("metadata key `target`")),
+        "{startup:#?}"
+    );
+    let mut body = escu_envelope_for(GOOD_ROWS, "evil");
+    body["meta"]["options"]["params"] = serde_json::json!({});
+    let answer = post(&address, "/apply", &body);
+    assert_eq!(answer["status"], "error", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model named `evil`"),
+        "{answer}"
+    );
+}

@@ -91,10 +91,19 @@ impl ModelInfo {
                     "{origin}: threshold `{threshold_text}` is not a number in [0, 1]"
                 ))
             })?;
+        // The target names result columns (`pred_<target>`): checked as a fit checks it, so a
+        // file cannot put `,` or a line end into the results' header.
+        let target = get(keys::TARGET)?;
+        crate::validate_name(&target).map_err(|e| {
+            ModelError::Invalid(format!(
+                "{origin}: metadata key `{}`: {e}; fix the file, or fit the model again",
+                keys::TARGET
+            ))
+        })?;
         Ok(Self {
             name: get(keys::NAME)?,
             schema,
-            target: get(keys::TARGET)?,
+            target,
             threshold,
             source_file: meta.get(keys::SOURCE_FILE).cloned().unwrap_or_default(),
             source_sha256: meta.get(keys::SOURCE_SHA256).cloned().unwrap_or_default(),
