@@ -481,3 +481,52 @@ fn a_store_file_whose_target_would_break_the_results_header_is_skipped() {
         "{answer}"
     );
 }
+
+// Issue 19, item 11: store change detection misses same-size, same-mtime replacements.
+
+/// The label (`pred_<target>` column) of the model that answers for `model_name`.
+fn answering_target(address: &str, model_name: &str) -> String {
+    let mut body = escu_envelope_for(GOOD_ROWS, model_name);
+    body["meta"]["options"]["params"] = serde_json::json!({});
+    let (header, _) = results_of(&post(address, "/apply", &body));
+    header[4].trim_start_matches("pred_").to_string()
+}
+
+#[test]
+fn a_same_size_replacement_keeping_the_modification_time_is_reloaded() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    let path = store.join("corp.safetensors");
+    let (old, new) = (impostor_file("corp", "aaa"), impostor_file("corp", "bbb"));
+    assert_eq!(old.len(), new.len());
+    std::fs::write(&path, &old).unwrap();
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &["--store-rescan-secs", "1"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    assert_eq!(answering_target(&address, "corp"), "aaa");
+    // Rewritten in place, same size, the old modification time put back (as `cp -p` does).
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::options()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&new).unwrap();
+        file.set_modified(modified).unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        modified
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answering_target(&address, "corp") != "bbb" {
+        assert!(
+            Instant::now() < deadline,
+            "the replacement was never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -36,11 +36,39 @@ impl Default for Registry {
     }
 }
 
-type FileStamp = (SystemTime, u64);
+/// What tells one version of a file from another without reading it: size and modification
+/// time alone miss a same-size replacement that keeps the time (`cp -p`, `rsync -t`, coarse
+/// timestamps). The inode changes with every atomic save (a rename), and the change time with
+/// every write in place; neither can be set back by the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+    device: u64,
+    inode: u64,
+    changed_ns: i128,
+}
 
 fn stamp(path: &Path) -> Option<FileStamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let (device, inode, changed_ns) = {
+        use std::os::unix::fs::MetadataExt;
+        (
+            meta.dev(),
+            meta.ino(),
+            i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        )
+    };
+    #[cfg(not(unix))]
+    let (device, inode, changed_ns) = (0, 0, 0);
+    Some(FileStamp {
+        modified: meta.modified().ok()?,
+        len: meta.len(),
+        device,
+        inode,
+        changed_ns,
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
