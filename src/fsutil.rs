@@ -21,6 +21,56 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
     Ok(())
 }
 
+/// Writes two files as one: both new versions, or (on any failure) both old ones. Both are
+/// first written in full to temporary files (a full disk fails here, before anything changes),
+/// then renamed into place; if the second rename fails, the first file is put back as it was.
+pub fn write_pair_atomic(first: (&Path, &[u8]), second: (&Path, &[u8])) -> io::Result<()> {
+    let (dir, first_tmp) = complete_temporary(first.0, first.1, 0o644)?;
+    let (second_dir, second_tmp) = complete_temporary(second.0, second.1, 0o644)?;
+    // The previous first file, kept under a temporary name until the second is in place.
+    let previous = if first.0.exists() {
+        let keep = tempfile::Builder::new()
+            .prefix(&format!(
+                ".{}.",
+                first
+                    .0
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file")
+            ))
+            .suffix(".previous.tmp")
+            .make_in(&dir, |p| fs::hard_link(first.0, p))?;
+        Some(keep.into_temp_path())
+    } else {
+        None
+    };
+    first_tmp.persist(first.0).map_err(|e| e.error)?;
+    if let Err(e) = second_tmp.persist(second.0) {
+        let restored = match previous {
+            Some(previous) => previous.persist(first.0).map_err(|e| e.error),
+            None => fs::remove_file(first.0),
+        };
+        if let Err(undo) = restored {
+            return Err(io::Error::new(
+                e.error.kind(),
+                format!(
+                    "{} (and {} could not be put back: {undo})",
+                    e.error,
+                    first.0.display()
+                ),
+            ));
+        }
+        return Err(e.error);
+    }
+    // The previous first file's link goes with `previous` when dropped.
+    drop(previous);
+    sync_dir(&dir);
+    if second_dir != dir {
+        sync_dir(&second_dir);
+    }
+    Ok(())
+}
+
 /// Like `write_atomic_mode`, but only if `path` does not exist yet: returns false, writing
 /// nothing, when it does (another process got there first; its file is complete, since it
 /// appeared by a link of a complete temporary file).

@@ -530,3 +530,48 @@ fn a_same_size_replacement_keeping_the_modification_time_is_reloaded() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+// Issue 19, item 9: a failed stage write leaves a mixed pair.
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_stage_that_cannot_write_both_files_changes_neither() {
+    let server = TestServer::start();
+    let staged = server.post_json("/fit", &escu_envelope_for(GOOD_ROWS, "s7"));
+    assert_eq!(staged["status"], "staged", "{staged}");
+    let csv = server.staging_dir.join("s7.csv");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), GOOD_ROWS);
+    // The description cannot be replaced (something else now stands at its name): the data
+    // written first must not be left newer than it.
+    let json = server.staging_dir.join("s7.json");
+    std::fs::remove_file(&json).unwrap();
+    std::fs::create_dir(&json).unwrap();
+    let newer = "src,query,rank\n10.9.9.9,www.example.org,1\n";
+    let failed = server.post_json("/fit", &escu_envelope_for(newer, "s7"));
+    assert_eq!(failed["status"], "error", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("check that the staging directory is writable"),
+        "{failed}"
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), GOOD_ROWS);
+    // A first stage of a name fails the same way: no data without its description.
+    std::fs::create_dir(server.staging_dir.join("t8.json")).unwrap();
+    let failed = server.post_json("/fit", &escu_envelope_for(newer, "t8"));
+    assert_eq!(failed["status"], "error", "{failed}");
+    // And nothing else is left behind.
+    assert_eq!(
+        dir_names(&server.staging_dir),
+        vec!["s7.csv", "s7.json", "t8.json"]
+    );
+}

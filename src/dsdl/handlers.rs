@@ -470,8 +470,11 @@ fn stage(dir: &Path, envelope: &Envelope, options: &Options) -> DsdlResponse {
     // The session key Splunk puts into meta must never reach the disk.
     let meta =
         serde_json::to_vec_pretty(&envelope.meta_without_secrets()).expect("JSON values serialise");
-    let written = crate::fsutil::write_atomic(&csv_path, envelope.data.as_bytes())
-        .and_then(|_| crate::fsutil::write_atomic(&json_path, &meta));
+    // Both or neither: a notebook must never find new data beside the old description.
+    let written = crate::fsutil::write_pair_atomic(
+        (&csv_path, envelope.data.as_bytes()),
+        (&json_path, &meta),
+    );
     match written {
         Ok(()) => DsdlResponse {
             status: "staged",
