@@ -576,6 +576,15 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         "suppressions"
     );
     let state = AppState::new(registry, config, compute_threads).with_suppressions(suppressions);
+    if let Some(problem) = state
+        .store_problem
+        .lock()
+        .expect("store problem lock")
+        .as_ref()
+    {
+        tracing::warn!(dir = %model_dir.display(), %problem,
+            "fits cannot be saved: /fit will refuse to train until the model store is a writable directory (--model-dir, --data-dir); scoring is not affected");
+    }
 
     let transport = if args.enable_https {
         let tls = match (&args.ssl_cert, &args.ssl_key) {

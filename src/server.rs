@@ -56,12 +56,20 @@ pub struct AppState {
     pub suppressions: Arc<Suppressions>,
     /// One permit per request in flight on the limited routes (see `limits.rs`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Why fits cannot be saved in the model store, as last checked (at start-up and before
+    /// each fit trains); `None` when it is usable. Readiness reports it.
+    pub store_problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, config: ServerConfig, compute_threads: usize) -> Self {
         let in_flight = config.limits.max_concurrent_requests.max(1);
+        let store_problem = config
+            .model_store
+            .as_ref()
+            .and_then(|store| store.check_writable().err());
         Self {
+            store_problem: Arc::new(std::sync::Mutex::new(store_problem)),
             registry,
             config: Arc::new(config),
             compute: Arc::new(tokio::sync::Semaphore::new(compute_threads.max(1))),
@@ -134,6 +142,17 @@ impl AppState {
             result
         })
         .await
+    }
+
+    /// Checks again that fits can be saved in the model store, and remembers the outcome for
+    /// readiness. `Err`: what is wrong.
+    pub fn check_store(&self) -> Result<(), String> {
+        let checked = match &self.config.model_store {
+            Some(store) => store.check_writable(),
+            None => Ok(()),
+        };
+        *self.store_problem.lock().expect("store problem lock") = checked.clone().err();
+        checked
     }
 
     /// When no loaded model answers to `model_name`/`algo`, looks at the model store once: another

@@ -575,3 +575,68 @@ fn a_stage_that_cannot_write_both_files_changes_neither() {
         vec!["s7.csv", "s7.json", "t8.json"]
     );
 }
+
+// Issue 19, item 14: an unusable store is discovered only after training.
+
+#[test]
+fn a_data_dir_that_is_a_regular_file_shows_in_readiness_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"not a directory").unwrap();
+    let (mut child, lines) = spawn_serve(&data, &[]);
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("fits cannot be saved")),
+        "{startup:#?}"
+    );
+    let ready = quick_client()
+        .get(format!("http://{address}/readyz"))
+        .send()
+        .unwrap();
+    // It still scores with the models it was started with: ready, and says what is wrong.
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().unwrap();
+    assert_eq!(ready["model_store"]["status"], "unusable", "{ready}");
+    assert!(
+        ready["model_store"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be created"),
+        "{ready}"
+    );
+}
+
+#[test]
+fn a_fit_into_an_unusable_store_is_refused_before_training() {
+    let server = TestServer::start();
+    let ready: serde_json::Value = quick_client()
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["model_store"]["status"], "writable", "{ready}");
+    // The store goes away and a regular file takes its place.
+    let store = server.model_dir();
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let mut body = fit_envelope("dnsexfil", "corp");
+    body["meta"]["options"]["params"] = serde_json::json!({"algo": "dnsexfil"});
+    let answer = server.post_json("/fit", &body);
+    assert_eq!(answer["status"], "error", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("nothing was trained") && message.contains("--model-dir"),
+        "{message}"
+    );
+    let ready: serde_json::Value = quick_client()
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["model_store"]["status"], "unusable", "{ready}");
+}

@@ -589,7 +589,7 @@ fn readiness_needs_a_model_and_health_does_not() {
     assert_eq!(resp.status(), 503);
     assert_eq!(
         resp.json::<Value>().unwrap(),
-        json!({"status": "not_ready", "models": []})
+        json!({"status": "not_ready", "models": [], "model_store": {"status": "writable"}})
     );
     assert_eq!(
         reqwest::blocking::get(format!("{}/healthz", empty.url))
@@ -610,7 +610,7 @@ fn readiness_needs_a_model_and_health_does_not() {
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<Value>().unwrap(),
-        json!({"status": "ready", "models": [ESCU_MODEL_NAME]})
+        json!({"status": "ready", "models": [ESCU_MODEL_NAME], "model_store": {"status": "writable"}})
     );
 }
 

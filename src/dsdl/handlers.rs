@@ -324,6 +324,13 @@ fn fit_and_apply(
             state.config.max_fit_rows
         ));
     }
+    // Before training, not after: a fit that cannot be saved must not train for minutes first.
+    if let Err(problem) = state.check_store() {
+        return fail(format!(
+            "{problem} ({}); nothing was trained: make the model store (--model-dir, DNSEXFIL_MODEL_DIR) a writable directory",
+            store.dir().display()
+        ));
+    }
     let Ok(_slot) = state.fit_slot.try_acquire() else {
         return fail("another fit is training right now; run this fit again when it has finished (fits run one at a time)".into());
     };
