@@ -331,7 +331,7 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
     /// Longest time one request may take, body upload included, before it is answered 503
-    /// (POST /fit is exempt: training has its own limit).
+    /// (on POST /fit only the body upload: training has its own limit).
     #[arg(long, env = "DNSEXFIL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,

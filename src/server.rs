@@ -244,7 +244,8 @@ pub fn app(state: AppState) -> Router {
         .route("/summary", get(handlers::summary))
         .route("/apply", post(handlers::apply))
         .route("/compute", post(handlers::compute));
-    // Training can take long and has its own limit: no request timeout on /fit.
+    // Training can take long and has its own limit: no request timeout on /fit (its handler
+    // times the body upload itself).
     let dsdl_fit = Router::new().route("/fit", post(handlers::fit));
     let dsdl = limits::guard(dsdl_timed, &state, Flavor::Dsdl, true)
         .merge(limits::guard(dsdl_fit, &state, Flavor::Dsdl, false))

@@ -640,3 +640,64 @@ fn a_fit_into_an_unusable_store_is_refused_before_training() {
         .unwrap();
     assert_eq!(ready["model_store"]["status"], "unusable", "{ready}");
 }
+
+// Issue 19, item 5: the /fit body upload has no time limit.
+
+/// A client that sends a request's headers and then its body one byte every `every`, for as
+/// long as the server reads; returns what the server answered.
+fn trickle(address: &str, path: &str, every: Duration, stop: Instant) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    )
+    .unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let mut answer = Vec::new();
+    while Instant::now() < stop {
+        std::thread::sleep(every);
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        if stream.write_all(b" ").is_err() {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn a_trickled_fit_body_times_out_and_frees_its_slot() {
+    let server = TestServer::start_with(ServerOptions {
+        limits: dnsexfil::limits::Limits {
+            max_concurrent_requests: 2,
+            request_timeout: Duration::from_secs(2),
+        },
+        ..Default::default()
+    });
+    let address = server.url.trim_start_matches("http://").to_string();
+    let stop = Instant::now() + Duration::from_secs(12);
+    let tricklers: Vec<_> = (0..2)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || trickle(&address, "/fit", Duration::from_millis(300), stop))
+        })
+        .collect();
+    // Both slots are taken by the uploads for their first 2 s, not for as long as they trickle.
+    std::thread::sleep(Duration::from_secs(4));
+    let answer = server.apply(GOOD_ROWS);
+    assert_eq!(answer["status"], "success", "{answer}");
+    for trickler in tricklers {
+        let answer = trickler.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("--request-timeout-secs"), "{answer}");
+    }
+}

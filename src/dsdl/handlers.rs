@@ -30,7 +30,35 @@ pub async fn fit(State(state): State<AppState>, body: Body) -> Response {
 }
 
 async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
-    let bytes = match read_body_limited(body, state.config.max_body_bytes).await {
+    let read = read_body_limited(body, state.config.max_body_bytes);
+    let read = match endpoint {
+        // `/fit` is exempt from the request time limit for its training, not for its upload: a
+        // client trickling a body would otherwise hold its in-flight slot for ever.
+        Endpoint::Fit => {
+            let limit = state.config.limits.request_timeout;
+            match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    tracing::warn!(
+                        endpoint = endpoint.path(),
+                        limit_secs = limit.as_secs_f64(),
+                        "request body upload timed out"
+                    );
+                    let what = format!(
+                        "the request body did not arrive within {} s (--request-timeout-secs, DNSEXFIL_REQUEST_TIMEOUT_SECS); send it at once, or fewer rows",
+                        limit.as_secs_f64()
+                    );
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        DsdlResponse::error(endpoint, what),
+                    )
+                        .into_response();
+                }
+            }
+        }
+        Endpoint::Apply => read.await,
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(BodyError::TooLarge { limit, received }) => {
             return DsdlResponse::error(
