@@ -330,6 +330,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_HEADER_READ_TIMEOUT_SECS", default_value_t = crate::connections::DEFAULT_HEADER_READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
+    /// Seconds a client may leave its answer unread (taking no byte of it) before the
+    /// connection is closed: a client that never reads would otherwise hold its request's
+    /// in-flight slot and its answer's memory.
+    #[arg(long, env = "DNSEXFIL_WRITE_TIMEOUT_SECS", default_value_t = crate::connections::DEFAULT_WRITE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
     /// Longest time one request may take, body upload included, before it is answered 503
     /// (on POST /fit only the body upload: training has its own limit).
     #[arg(long, env = "DNSEXFIL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
@@ -639,6 +645,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::connections::ConnectionSettings {
             max_open: args.max_connections,
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+            write_timeout: Duration::from_secs(args.write_timeout_secs),
         },
     )
     .await?;

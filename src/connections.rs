@@ -27,11 +27,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// headers (hyper's own default, which it applies only when given a timer).
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 
-/// `--max-connections` and `--header-read-timeout-secs`.
+/// Default for `--write-timeout-secs`: how long a client may leave its answer unread (no byte
+/// of it taken) before the connection is closed.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+
+/// `--max-connections`, `--header-read-timeout-secs` and `--write-timeout-secs`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionSettings {
     pub max_open: usize,
     pub header_read_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -39,6 +44,7 @@ impl Default for ConnectionSettings {
         Self {
             max_open: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
         }
     }
 }
@@ -67,6 +73,7 @@ pub struct Admission<A> {
     open: Arc<Semaphore>,
     limit: usize,
     first_request_within: Duration,
+    write_timeout: Duration,
 }
 
 impl<A> Admission<A> {
@@ -76,7 +83,14 @@ impl<A> Admission<A> {
             open: Arc::new(Semaphore::new(limit)),
             limit,
             first_request_within,
+            write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
         }
+    }
+
+    /// Closes a connection whose client takes no byte of its answer for `timeout`.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
     }
 }
 
@@ -100,9 +114,12 @@ where
         };
         let accepted = self.inner.accept(stream, service);
         let within = self.first_request_within;
+        let write_timeout = self.write_timeout;
         Box::pin(async move {
             let (stream, service) = accepted.await?;
-            Ok((Admitted::new(stream, permit, within), service))
+            let mut admitted = Admitted::new(stream, permit, within);
+            admitted.write_timeout = write_timeout;
+            Ok((admitted, service))
         })
     }
 }
@@ -138,6 +155,10 @@ pub struct Admitted<S> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// How many of the first bytes matched the HTTP/2 preface.
     matched: usize,
+    /// How long a write may wait for the client to make room.
+    write_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    write_stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Admitted<S> {
@@ -147,7 +168,36 @@ impl<S> Admitted<S> {
             _open: open,
             deadline: Some(Box::pin(tokio::time::sleep(within))),
             matched: 0,
+            write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
+            write_stalled: None,
         }
+    }
+
+    /// Bounds how long a write may make no progress. A client that never reads its answer
+    /// would otherwise keep the connection, the request's in-flight slot and the answer's
+    /// memory for as long as it keeps the socket open; past the limit the write fails and the
+    /// connection (with the rest of the answer) is dropped.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if progress.is_ready() {
+            self.write_stalled = None;
+            return progress;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .write_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.write_stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read none of its answer within the write timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     /// Looks at newly read bytes while the connection may still be HTTP/2.
@@ -200,7 +250,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bounded(cx, written)
     }
 
     fn poll_write_vectored(
@@ -208,7 +259,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bounded(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -216,7 +268,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bounded(cx, flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -368,10 +368,12 @@ pub async fn serve(
     let ConnectionSettings {
         max_open,
         header_read_timeout,
+        write_timeout,
     } = connections;
     match transport {
         Transport::Http => {
-            let admission = Admission::new(DefaultAcceptor::new(), max_open, header_read_timeout);
+            let admission = Admission::new(DefaultAcceptor::new(), max_open, header_read_timeout)
+                .with_write_timeout(write_timeout);
             let mut server = axum_server::from_tcp(listener).acceptor(admission);
             with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await
@@ -379,7 +381,8 @@ pub async fn serve(
         Transport::Https(config) => {
             // Admission before the handshake: a connection over the limit costs no TLS work.
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config);
-            let admission = Admission::new(tls, max_open, header_read_timeout);
+            let admission = Admission::new(tls, max_open, header_read_timeout)
+                .with_write_timeout(write_timeout);
             let mut server = axum_server::from_tcp(listener).acceptor(admission);
             with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await

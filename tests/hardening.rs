@@ -701,3 +701,87 @@ fn a_trickled_fit_body_times_out_and_frees_its_slot() {
         assert!(answer.contains("--request-timeout-secs"), "{answer}");
     }
 }
+
+// Issue 19, item 4: clients that never read their answer pin memory and slots.
+
+fn in_flight(address: &str) -> f64 {
+    let text = quick_client()
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("dnsexfil_requests_in_flight "))
+        .expect("the in-flight gauge")
+        .parse()
+        .unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Write timeout given to the server in the test below.
+const WRITE_TIMEOUT: &[&str] = &["--write-timeout-secs", "2"];
+
+#[test]
+fn clients_that_never_read_their_answer_are_dropped_after_the_write_timeout() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let mut args = vec!["--max-concurrent-requests", "2"];
+    args.extend_from_slice(WRITE_TIMEOUT);
+    let (mut child, lines) = spawn_serve(data.path(), &args);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    // 100,000 tiny events: a 3 MB body, an answer of more than 20 MB, far more than the
+    // socket buffers hold.
+    let mut body = String::from("{\"events\": [");
+    for i in 0..100_000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            "{{\"src\": \"10.0.{}.{}\", \"query\": \"a{i}.example.com\"}}",
+            i % 200,
+            i % 250
+        ));
+    }
+    body.push_str("]}");
+    let stalled: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            write!(
+                stream,
+                "POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            stream.write_all(body.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    wait_until("both requests in flight", Duration::from_secs(30), || {
+        in_flight(&address) == 2.0
+    });
+    // They never read; their sockets stay open. The write timeout frees their slots.
+    wait_until("the slots freed", Duration::from_secs(60), || {
+        in_flight(&address) == 0.0
+    });
+    let answer: serde_json::Value = quick_client()
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .json(&escu_envelope(GOOD_ROWS))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    // Answered (this service has no ESCU model), not refused for want of a slot.
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("no model named"), "{message}");
+    drop(stalled);
+}
