@@ -123,7 +123,7 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
 }
 
 /// `resp` with `held` kept alive until its body has been sent or dropped.
-fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
+pub(crate) fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
     resp.map(|inner| {
         Body::new(Holding {
             inner,

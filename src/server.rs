@@ -364,16 +364,24 @@ pub async fn serve(
         tracing::info!("shutting down: finishing requests in flight (fits in training stop)");
         shutdown.graceful_shutdown(Some(grace));
     });
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let ConnectionSettings {
         max_open,
         header_read_timeout,
         write_timeout,
     } = connections;
+    // Requests mark their connection busy, so that at the connection limit a new connection
+    // closes an idle one rather than being refused.
+    let open = crate::connections::Connections::default();
+    let app = app.layer(middleware::from_fn_with_state(
+        open.clone(),
+        crate::connections::mark_busy,
+    ));
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match transport {
         Transport::Http => {
             let admission = Admission::new(DefaultAcceptor::new(), max_open, header_read_timeout)
-                .with_write_timeout(write_timeout);
+                .with_write_timeout(write_timeout)
+                .with_connections(open);
             let mut server = axum_server::from_tcp(listener).acceptor(admission);
             with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await
@@ -382,7 +390,8 @@ pub async fn serve(
             // Admission before the handshake: a connection over the limit costs no TLS work.
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config);
             let admission = Admission::new(tls, max_open, header_read_timeout)
-                .with_write_timeout(write_timeout);
+                .with_write_timeout(write_timeout)
+                .with_connections(open);
             let mut server = axum_server::from_tcp(listener).acceptor(admission);
             with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await

@@ -785,3 +785,95 @@ fn clients_that_never_read_their_answer_are_dropped_after_the_write_timeout() {
     assert!(message.contains("no model named"), "{message}");
     drop(stalled);
 }
+
+// Issue 19, item 7: holding every connection slot makes the service unreachable.
+
+/// Sends `GET /healthz` on a kept-alive connection and reads the answer; false when the
+/// connection is gone.
+fn health_on(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.starts_with("HTTP/1.1 200");
+            }
+        }
+    }
+}
+
+#[test]
+fn keep_alive_health_pollers_holding_every_slot_do_not_lock_new_clients_out() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &["--max-connections", "10"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let stop = Instant::now() + Duration::from_secs(20);
+    // 12 clients, each asking for health every second on its kept-alive connection, and
+    // reconnecting at once when it is closed.
+    let pollers: Vec<_> = (0..12)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut stream: Option<std::net::TcpStream> = None;
+                while Instant::now() < stop {
+                    let connected = stream
+                        .take()
+                        .or_else(|| std::net::TcpStream::connect(&address).ok());
+                    if let Some(mut s) = connected {
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        if health_on(&mut s) {
+                            stream = Some(s);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let fresh = || {
+        reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .get(format!("http://{address}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    let answered = (0..5)
+        .filter(|_| {
+            let ok = fresh();
+            std::thread::sleep(Duration::from_millis(500));
+            ok
+        })
+        .count();
+    assert_eq!(
+        answered, 5,
+        "new clients answered while the pollers held every slot"
+    );
+    for poller in pollers {
+        poller.join().unwrap();
+    }
+}
