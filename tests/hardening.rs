@@ -130,8 +130,33 @@ fn spawn_serve_with_token(
     extra: &[&str],
     token: &str,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    spawn_serve_limited(data_dir, extra, token, None)
+}
+
+/// `spawn_serve_with_token`, under an address-space limit (`ulimit -v`, KiB) when given.
+fn spawn_serve_limited(
+    data_dir: &Path,
+    extra: &[&str],
+    token: &str,
+    address_space_kib: Option<u64>,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader};
-    let mut child = dnsexfil_command()
+    let mut command = dnsexfil_command();
+    if let Some(kib) = address_space_kib {
+        let mut limited = std::process::Command::new("sh");
+        limited
+            .arg("-c")
+            .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
+            .arg(command.get_program());
+        for (var, value) in command.get_envs() {
+            match value {
+                Some(value) => limited.env(var, value),
+                None => limited.env_remove(var),
+            };
+        }
+        command = limited;
+    }
+    let mut child = command
         .args([
             "serve",
             "--port",
@@ -875,5 +900,90 @@ fn keep_alive_health_pollers_holding_every_slot_do_not_lock_new_clients_out() {
     );
     for poller in pollers {
         poller.join().unwrap();
+    }
+}
+
+// Issue 19, item 13: a corrupted ESCU .pt aborts start-up under an address-space limit.
+
+/// The published `.pt` with the length of its first tensor-name string in the pickle made
+/// huge (the zip stores the pickle as it is, so the bytes are found in place).
+fn pt_with_a_huge_string_length() -> Vec<u8> {
+    let mut bytes = dnsexfil::model::convert::find_pt(&artifact())
+        .unwrap()
+        .bytes;
+    let at = (0..bytes.len() - 5)
+        .find(|&i| {
+            let len = u32::from_le_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
+            bytes[i] == b'X'
+                && (4..64).contains(&len)
+                && bytes.get(i + 5..i + 5 + len).is_some_and(|name| {
+                    let name = String::from_utf8_lossy(name);
+                    name.ends_with("weight") || name.ends_with("bias")
+                })
+        })
+        .expect("a tensor name in the pickle");
+    bytes[at + 1..at + 5].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_pt_claiming_a_huge_string_is_refused_before_anything_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let pt = dir.path().join(format!("{ESCU_MODEL_NAME}.pt"));
+    std::fs::write(&pt, pt_with_a_huge_string_length()).unwrap();
+    let e = dnsexfil::model::convert::convert(&pt, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("claims 4294967280 bytes"), "{e}");
+}
+
+#[test]
+fn a_damaged_escu_pt_in_the_store_does_not_abort_start_up_under_a_memory_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(
+        store.join(format!("{ESCU_MODEL_NAME}.pt")),
+        pt_with_a_huge_string_length(),
+    )
+    .unwrap();
+    // 2 GiB of address space: the service runs in far less, a 4 GiB allocation fails.
+    let (mut child, lines) = spawn_serve_limited(data.path(), &[], TOKEN, Some(2 << 20));
+    let (_, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains(".pt in the store skipped") && l.contains("claims")),
+        "{startup:#?}"
+    );
+}
+
+#[test]
+fn the_pickle_check_never_panics_on_random_bytes() {
+    // Seeded: the same cases every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..20_000 {
+        let len = (next() % 64) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                // Mostly op-codes the reader knows, so the walk goes deep.
+                const OPS: &[u8] = b"\x80cqrRX(JtQKMNhjsu}dbG]ae.\x8a\x85\x86\x87\x88\x89\x81)";
+                let r = next();
+                if r % 3 == 0 {
+                    r as u8
+                } else {
+                    OPS[(r >> 8) as usize % OPS.len()]
+                }
+            })
+            .collect();
+        let _ = dnsexfil::model::convert::check_pickle(&bytes);
     }
 }
