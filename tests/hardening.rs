@@ -987,3 +987,36 @@ fn the_pickle_check_never_panics_on_random_bytes() {
         let _ = dnsexfil::model::convert::check_pickle(&bytes);
     }
 }
+
+// Issue 19, item 8 (in part): every refusal of a DSDL request is logged with its size and limit.
+
+#[test]
+fn an_over_limit_dsdl_body_is_logged_with_its_size_and_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &["--max-body-mb", "1"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let mut csv = String::from("src,query,rank\n");
+    while csv.len() < 2 << 20 {
+        csv.push_str("10.1.1.1,www.example.com,1\n");
+    }
+    let answer = post(&address, "/apply", &escu_envelope(&csv));
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the 1 MiB limit"),
+        "{answer}"
+    );
+    let logged = (0..50)
+        .filter_map(|_| lines.recv_timeout(Duration::from_millis(100)).ok())
+        .find(|l| l.contains("exceeds --max-body-mb"))
+        .expect("the refusal is logged");
+    let v: serde_json::Value = serde_json::from_str(&logged).unwrap();
+    assert_eq!(v["level"], "WARN", "{logged}");
+    assert_eq!(v["fields"]["limit_bytes"], 1 << 20, "{logged}");
+    assert!(
+        v["fields"]["received_bytes"].as_u64().unwrap() > 2 << 20,
+        "{logged}"
+    );
+}

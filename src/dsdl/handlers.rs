@@ -61,6 +61,14 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     let bytes = match read {
         Ok(b) => b,
         Err(BodyError::TooLarge { limit, received }) => {
+            // Splunk shows the message only to the user who ran the search: an operator sees a
+            // detection switched off by the limit here.
+            tracing::warn!(
+                endpoint = endpoint.path(),
+                received_bytes = received,
+                limit_bytes = limit,
+                "request refused: the body exceeds --max-body-mb"
+            );
             return DsdlResponse::error(
                 endpoint,
                 format!(
@@ -69,7 +77,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
                     limit >> 20
                 ),
             )
-            .into_response()
+            .into_response();
         }
         Err(BodyError::Read(e)) => {
             let what = format!("cannot read the request body: {e}");
