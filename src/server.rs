@@ -126,6 +126,13 @@ impl AppState {
         result.map_err(|panic| WorkerPanicked(panic_text(&*panic)))
     }
 
+    /// Waits for a compute permit from a blocking thread (work that turned out to be scoring
+    /// after it started outside the permits: a `/fit` without a label).
+    pub fn compute_permit_blocking(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        runtime.block_on(self.compute.clone().acquire_owned()).ok()
+    }
+
     /// Runs long CPU-bound `work` (training) for a request of `body_len` bytes on a blocking
     /// thread without a compute permit, in the request's span.
     pub async fn run_uncounted<T: Send + 'static>(

@@ -1020,3 +1020,40 @@ fn an_over_limit_dsdl_body_is_logged_with_its_size_and_the_limit() {
         "{logged}"
     );
 }
+
+// Issue 19, item 6 (in part): every scoring path takes a compute permit.
+
+#[test]
+fn a_fit_without_a_label_waits_for_a_compute_permit_like_an_apply() {
+    use dnsexfil::dsdl::Endpoint;
+    use dnsexfil::server::{AppState, ServerConfig};
+    let config = ServerConfig {
+        token: dnsexfil::dsdl::auth::Token::Unset,
+        max_body_bytes: 1 << 20,
+        max_rows: 1000,
+        staging_dir: std::env::temp_dir(),
+        model_store: None,
+        fit_time_limit: Duration::from_secs(1),
+        max_fit_rows: 1000,
+        limits: Default::default(),
+    };
+    let state = AppState::new(escu_registry(), config, 1);
+    // A fit envelope without a label field: it only applies the model.
+    let mut body = escu_envelope(GOOD_ROWS);
+    body["meta"]["options"]["params"] = serde_json::json!({"algo": ESCU_MODEL_NAME});
+    let body = serde_json::to_vec(&body).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The one compute permit is taken (a large /apply computing).
+    let held = state.compute.clone().try_acquire_owned().unwrap();
+    let worker = state.clone();
+    let fit = runtime
+        .spawn_blocking(move || dnsexfil::dsdl::handlers::process(&worker, &body, Endpoint::Fit));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !fit.is_finished(),
+        "the fit scored without a compute permit"
+    );
+    drop(held);
+    let answer = runtime.block_on(fit).unwrap();
+    assert_eq!(answer.status, "success", "{}", answer.message);
+}

@@ -177,6 +177,10 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             );
         }
     }
+    // A `/fit` without a label only scores: it runs on a blocking thread without a permit (a
+    // fit may train for minutes), so it takes a compute permit here like an `/apply`, or any
+    // number of them would score at once, each with its memory.
+    let _permit = (endpoint == Endpoint::Fit).then(|| state.compute_permit_blocking());
     let csv_text = envelope.data.as_str();
     let outcome = apply_with(state, &options, csv_text.len(), || {
         Table::parse_limited(csv_text, state.config.max_rows).map(Some)
