@@ -321,6 +321,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_requests: usize,
+    /// MiB of request bodies all requests in flight may hold together (at least --max-body-mb);
+    /// a body that would go over is refused with 503 and Retry-After, so many large requests at
+    /// once cannot exhaust the memory.
+    #[arg(long, env = "DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB", default_value_t = crate::limits::DEFAULT_MAX_BODIES_IN_FLIGHT_MB,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_bodies_in_flight_mb: usize,
     /// Connections open at once; one more is closed at once (before its TLS handshake).
     #[arg(long, env = "DNSEXFIL_MAX_CONNECTIONS", default_value_t = crate::connections::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -541,6 +547,13 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "api_token is empty: every DSDL request will be refused with 401 `No token defined`"
         ),
     }
+    if args.max_bodies_in_flight_mb < args.max_body_mb {
+        bail!(
+            "--max-bodies-in-flight-mb ({}) is smaller than --max-body-mb ({}): a body of the largest size allowed could never be accepted; raise --max-bodies-in-flight-mb (DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB) or lower --max-body-mb",
+            args.max_bodies_in_flight_mb,
+            args.max_body_mb
+        );
+    }
     let config = ServerConfig {
         token,
         max_body_bytes: args
@@ -555,6 +568,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_concurrent_requests: args.max_concurrent_requests,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
+            max_body_bytes_in_flight: args.max_bodies_in_flight_mb << 20,
         },
     };
     let compute_threads = args

@@ -25,14 +25,19 @@ use crate::server::AppState;
 
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Default for `--max-bodies-in-flight-mb`.
+pub const DEFAULT_MAX_BODIES_IN_FLIGHT_MB: usize = 256;
 
 /// The limits `serve` enforces (`--max-concurrent-requests`, `--request-timeout-secs`).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Requests in flight at once on the limited routes (health, readiness and metrics are not).
     pub max_concurrent_requests: usize,
-    /// Longest a request may take, body upload included (`POST /fit` has no such limit).
+    /// Longest a request may take, body upload included (`POST /fit`: its upload only).
     pub request_timeout: Duration,
+    /// Bytes of request bodies held at once by all requests together; a body that would go
+    /// over is refused with 503 and `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +45,7 @@ impl Default for Limits {
         Self {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            max_body_bytes_in_flight: DEFAULT_MAX_BODIES_IN_FLIGHT_MB << 20,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct AppState {
     pub suppressions: Arc<Suppressions>,
     /// One permit per request in flight on the limited routes (see `limits.rs`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The bytes of request bodies all requests may hold at once, in KiB permits.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Why fits cannot be saved in the model store, as last checked (at start-up and before
     /// each fit trains); `None` when it is usable. Readiness reports it.
     pub store_problem: Arc<std::sync::Mutex<Option<String>>>,
@@ -68,7 +70,11 @@ impl AppState {
             .model_store
             .as_ref()
             .and_then(|store| store.check_writable().err());
+        let budget_kib = (config.limits.max_body_bytes_in_flight >> 10).max(1);
         Self {
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             store_problem: Arc::new(std::sync::Mutex::new(store_problem)),
             registry,
             config: Arc::new(config),
@@ -306,8 +312,89 @@ pub fn app(state: AppState) -> Router {
 
 #[derive(Debug)]
 pub enum BodyError {
-    TooLarge { limit: usize, received: usize },
+    TooLarge {
+        limit: usize,
+        received: usize,
+    },
     Read(String),
+    /// The bodies of the requests in flight already take the budget (`--max-bodies-in-flight-mb`).
+    Busy {
+        budget: usize,
+    },
+}
+
+/// Memory of a request body counted against the budget for bodies in flight, until dropped.
+pub struct BodyBudget(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// [`read_body_limited`], counting the body against `state`'s budget for bodies in flight as it
+/// arrives: a body that would take the bodies of all requests over the budget is read to its
+/// end and discarded (so the client gets the answer), then refused with `BodyError::Busy`.
+/// The returned guard keeps the body counted; drop it when the body's memory is freed.
+pub async fn read_body_budgeted(
+    body: Body,
+    limit: usize,
+    state: &AppState,
+) -> Result<(Bytes, BodyBudget), BodyError> {
+    let mut body = body;
+    let budget = &state.body_budget;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut counted_kib = 0usize;
+    let declared = http_body::Body::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
+    let mut buf: Vec<u8> = Vec::new();
+    let mut reserved = false;
+    let (mut received, mut refused) = (0usize, false);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > limit || refused {
+            if received > DRAIN_CAP {
+                break;
+            }
+            buf = Vec::new();
+            held = None;
+            continue;
+        }
+        let needed_kib = received.div_ceil(1024);
+        if needed_kib > counted_kib {
+            let more = u32::try_from(needed_kib - counted_kib).unwrap_or(u32::MAX);
+            match budget.clone().try_acquire_many_owned(more) {
+                Ok(permit) => {
+                    counted_kib = needed_kib;
+                    match held.as_mut() {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
+                }
+                Err(_) => {
+                    refused = true;
+                    buf = Vec::new();
+                    held = None;
+                    continue;
+                }
+            }
+        }
+        if !reserved {
+            // A declared length within the limit is reserved at once (once it is counted):
+            // a large body is then copied once, not at every doubling of the buffer.
+            buf.reserve(declared.filter(|&n| n <= limit).unwrap_or(0));
+            reserved = true;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if received > limit {
+        return Err(BodyError::TooLarge { limit, received });
+    }
+    if refused {
+        return Err(BodyError::Busy {
+            budget: state.config.limits.max_body_bytes_in_flight,
+        });
+    }
+    Ok((Bytes::from(buf), BodyBudget(held)))
 }
 
 /// Bodies larger than this are not even drained: the connection is dropped instead.
@@ -440,6 +527,9 @@ impl IntoResponse for BodyError {
             )
                 .into_response(),
             BodyError::Read(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"detail": e}))).into_response(),
+            BodyError::Busy { budget } => busy_response(
+                Json(serde_json::json!({"detail": busy_message(budget)})).into_response(),
+            ),
         }
     }
 }
@@ -484,4 +574,22 @@ mod tests {
             assert_eq!(state.run_compute(size, || 7).await.unwrap(), 7);
         }
     }
+}
+
+/// What a request refused for the body budget is told.
+pub fn busy_message(budget: usize) -> String {
+    format!(
+        "the bodies of the requests in flight already take the {} MiB they may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB); retry shortly",
+        budget >> 20
+    )
+}
+
+/// `response` as a refusal for the body budget: 503 with `Retry-After`.
+pub fn busy_response(mut response: axum::response::Response) -> axum::response::Response {
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }

@@ -705,6 +705,7 @@ fn a_trickled_fit_body_times_out_and_frees_its_slot() {
         limits: dnsexfil::limits::Limits {
             max_concurrent_requests: 2,
             request_timeout: Duration::from_secs(2),
+            ..Default::default()
         },
         ..Default::default()
     });
@@ -1056,4 +1057,101 @@ fn a_fit_without_a_label_waits_for_a_compute_permit_like_an_apply() {
     drop(held);
     let answer = runtime.block_on(fit).unwrap();
     assert_eq!(answer.status, "success", "{}", answer.message);
+}
+
+// Issue 19, item 6 (in part): a budget for the bodies of all requests in flight.
+
+#[test]
+fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(
+        data.path(),
+        &["--max-body-mb", "4", "--max-bodies-in-flight-mb", "6"],
+    );
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let mut csv = String::from("src,query,rank\n");
+    while csv.len() < 3 << 20 {
+        csv.push_str("10.1.1.1,www.example.com,1\n");
+    }
+    let body = serde_json::to_vec(&escu_envelope_for(&csv, "dnsexfil_v4")).unwrap();
+    // One request holds 3.5 MiB of its body (the rest still to come).
+    let mut holding = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        holding,
+        "POST /apply HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len() + (1 << 20)
+    )
+    .unwrap();
+    holding.write_all(&body).unwrap();
+    holding.write_all(&vec![b' '; 512 << 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Another 3.5 MiB would take the bodies in flight over 6 MiB: refused, and told to retry.
+    let client = quick_client();
+    let refused = client
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let answer: serde_json::Value = refused.json().unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-bodies-in-flight-mb"),
+        "{answer}"
+    );
+    // The same on /v1.
+    let v1 = client
+        .post(format!("http://{address}/v1/score"))
+        .header("Authorization", TOKEN)
+        .header("Content-Type", "application/json")
+        .body(format!(
+            "{{\"events\": [], \"pad\": \"{}\"}}",
+            "x".repeat(3 << 20)
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(v1.status(), 503);
+    assert_eq!(v1.headers()["retry-after"], "1");
+    // Once the first is gone, the budget is back.
+    drop(holding);
+    std::thread::sleep(Duration::from_millis(300));
+    let accepted: serde_json::Value = client
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(accepted["status"], "success", "{}", &accepted["message"]);
+}
+
+#[test]
+fn a_body_budget_below_the_body_limit_is_refused_at_start_up() {
+    let data = tempfile::tempdir().unwrap();
+    let out = dnsexfil_command()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--enable-https",
+            "false",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .args(["--max-body-mb", "64", "--max-bodies-in-flight-mb", "32"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--max-bodies-in-flight-mb (32) is smaller than --max-body-mb (64)"),
+        "{stderr}"
+    );
 }

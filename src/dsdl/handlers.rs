@@ -16,7 +16,7 @@ use super::table::{Table, TableError};
 use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
 use crate::model::{Model, ModelInfo, Registry};
-use crate::server::{read_body_limited, AppState, BodyError, WorkerPanicked};
+use crate::server::{read_body_budgeted, AppState, BodyError, WorkerPanicked};
 use crate::suppress::Suppressions;
 use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
@@ -30,7 +30,7 @@ pub async fn fit(State(state): State<AppState>, body: Body) -> Response {
 }
 
 async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
-    let read = read_body_limited(body, state.config.max_body_bytes);
+    let read = read_body_budgeted(body, state.config.max_body_bytes, &state);
     let read = match endpoint {
         // `/fit` is exempt from the request time limit for its training, not for its upload: a
         // client trickling a body would otherwise hold its in-flight slot for ever.
@@ -58,8 +58,17 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
         }
         Endpoint::Apply => read.await,
     };
-    let bytes = match read {
+    let (bytes, _budget) = match read {
         Ok(b) => b,
+        Err(BodyError::Busy { budget }) => {
+            tracing::warn!(
+                endpoint = endpoint.path(),
+                budget_bytes = budget,
+                "request refused: the bodies in flight take the budget"
+            );
+            let refusal = DsdlResponse::error(endpoint, crate::server::busy_message(budget));
+            return crate::server::busy_response(refusal.into_response());
+        }
         Err(BodyError::TooLarge { limit, received }) => {
             // Splunk shows the message only to the user who ran the search: an operator sees a
             // detection switched off by the limit here.
