@@ -116,9 +116,7 @@ mod tests {
         assert!(has_service_label_inside(
             "mzxw6ytboi2dgnzsgq3dmnzw._domainkey.example.com"
         ));
-        assert!(has_service_label_inside(
-            "_ldap._tcp.dc._msdcs.corp.example"
-        ));
+        assert!(has_service_label_inside("_ldap._tcp.dc._msdcs.corp.example"));
         assert!(has_service_label_inside("x._dmarc.example.org"));
         // A first label alone is v2's `is_service_label`; base64url chunks may start with `_`
         // but carry upper case or run long.

@@ -355,29 +355,9 @@ fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
     }
     if chance(rng, 60) {
         const PARTS: [&str; 24] = [
-            "order",
-            "fulfilment",
-            "worker",
-            "user",
-            "profile",
-            "service",
-            "api",
-            "gateway",
-            "ingress",
-            "nginx",
-            "controller",
-            "admission",
-            "cert",
-            "manager",
-            "webhook",
-            "prometheus",
-            "grafana",
-            "loki",
-            "billing",
-            "checkout",
-            "search",
-            "indexer",
-            "cache",
+            "order", "fulfilment", "worker", "user", "profile", "service", "api", "gateway",
+            "ingress", "nginx", "controller", "admission", "cert", "manager", "webhook",
+            "prometheus", "grafana", "loki", "billing", "checkout", "search", "indexer", "cache",
             "events",
         ];
         const NAMESPACES: [&str; 8] = [
@@ -392,9 +372,7 @@ fn kubernetes_search(rng: &mut SplitMix64) -> Draft {
         ];
         let services: Vec<String> = (0..between(rng, 10, 80))
             .map(|_| {
-                let words: Vec<&str> = (0..between(rng, 2, 4))
-                    .map(|_| *pick(rng, &PARTS))
-                    .collect();
+                let words: Vec<&str> = (0..between(rng, 2, 4)).map(|_| *pick(rng, &PARTS)).collect();
                 let mut name = words.join("-");
                 if chance(rng, 30) {
                     name.push_str(&format!("-v{}", between(rng, 1, 3)));

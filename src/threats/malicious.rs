@@ -515,9 +515,10 @@ const SHARED_PLATFORMS: [&str; 12] = [
 /// Words of a cipher of our own (not the dictionary family's list), and syllables for
 /// pronounceable encodings.
 const OTHER_WORDS: [&str; 32] = [
-    "alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike", "oscar",
-    "papa", "romeo", "sierra", "tango", "victor", "zulu", "blue", "red", "gold", "iron", "jade",
-    "onyx", "ruby", "sand", "snow", "rain", "wind", "fire", "moon", "star", "leaf",
+    "alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike",
+    "oscar", "papa", "romeo", "sierra", "tango", "victor", "zulu", "blue", "red", "gold",
+    "iron", "jade", "onyx", "ruby", "sand", "snow", "rain", "wind", "fire", "moon", "star",
+    "leaf",
 ];
 const CONSONANTS: &[u8] = b"bcdfghjklmnprstvz";
 const VOWELS: &[u8] = b"aeiou";
@@ -637,11 +638,7 @@ fn randomised(rng: &mut SplitMix64) -> Draft {
             queries.push((h as f64 * 3600.0 + t, labels.join(".")));
         }
     }
-    let sources = if chance(rng, 15) {
-        between(rng, 2, 4)
-    } else {
-        1
-    };
+    let sources = if chance(rng, 15) { between(rng, 2, 4) } else { 1 };
     Draft {
         queries,
         fleet: Vec::new(),
