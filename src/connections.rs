@@ -1,8 +1,9 @@
 //! Admission of connections: at most N open at once (at the limit a new connection closes the
 //! keep-alive connection idle longest), each must send a request's headers within a time
-//! limit, and a write that the client leaves unread too long fails. The request limits (`limits.rs`) only count requests that have reached
-//! a route, so without these a client could open connections and send nothing, or a byte at a
-//! time, and hold the process's file descriptors and memory (health checks included).
+//! limit, and a write that the client leaves unread too long fails. The request limits
+//! (`limits.rs`) only count requests that have reached a route, so without these a client
+//! could open connections and send nothing, or a byte at a time, and hold the process's file
+//! descriptors and memory (health checks included).
 //!
 //! hyper's header read timeout covers HTTP/1 once the connection is known to be HTTP/1. Before
 //! that, the connection builder reads bytes to tell HTTP/1 from HTTP/2 with no time limit, so
