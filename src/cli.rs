@@ -228,6 +228,9 @@ pub fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Default for `--max-body-mb` (see there).
+pub const DEFAULT_MAX_BODY_MB: usize = 160;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -277,8 +280,11 @@ pub struct ServeArgs {
     /// the host name. Used when the certificate is generated; a stored one is kept.
     #[arg(long = "tls-name", env = "DNSEXFIL_TLS_NAMES", value_delimiter = ',')]
     pub tls_names: Vec<String>,
-    /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB).
-    #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = 32)]
+    /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB). The
+    /// default takes an hour of 100,000 rows of the longest legal DNS names in presentation form
+    /// (`\DDD` escapes, then JSON's), about 122 MiB as Splunk sends it: a heavy tunnel must not
+    /// switch its own detection off.
+    #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = DEFAULT_MAX_BODY_MB)]
     pub max_body_mb: usize,
     /// Requests computed at once (features and network); more wait their turn. Default: the CPUs
     /// this process may use, container CPU quota included.

@@ -1155,3 +1155,71 @@ fn a_body_budget_below_the_body_limit_is_refused_at_start_up() {
         "{stderr}"
     );
 }
+
+// Issue 19, item 8: a detection hour can be switched off by long names.
+
+/// `rows` rows of the longest legal DNS names in presentation form: 250 octets in labels of
+/// 63, 63, 63 and 61 (255 on the wire with the length octets and the root), every octet a
+/// `\DDD` escape, as a heavy tunnel's names reach Splunk; in the envelope Splunk's client sends.
+fn longest_names_envelope(rows: usize) -> Vec<u8> {
+    let mut csv = String::with_capacity(rows * 1020 + 32);
+    csv.push_str("src,query,rank\n");
+    let mut state = 7u64;
+    for i in 0..rows {
+        csv.push_str(&format!("10.{}.{}.{},", i % 256, (i / 256) % 256, i % 251));
+        for (n, len) in [63, 63, 63, 61].into_iter().enumerate() {
+            if n > 0 {
+                csv.push('.');
+            }
+            for _ in 0..len {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let octet = (state >> 56) as u8;
+                csv.push('\\');
+                for digit in [octet / 100, octet / 10 % 10, octet % 10] {
+                    csv.push(char::from(b'0' + digit));
+                }
+            }
+        }
+        csv.push_str(",1\n");
+    }
+    let mut body = escu_envelope_for(&csv, "dnsexfil_v4");
+    body["meta"]["options"]["params"] = serde_json::json!({"algo": "dnsexfil_v4"});
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[test]
+fn the_default_limits_take_an_hour_of_the_longest_names() {
+    // MLTK sends up to max_inputs = 100,000 rows.
+    let body = longest_names_envelope(100_000);
+    assert!(body.len() > 120 << 20, "{} bytes", body.len());
+    assert!(
+        body.len() <= dnsexfil::cli::DEFAULT_MAX_BODY_MB << 20,
+        "{} bytes do not fit the default --max-body-mb",
+        body.len()
+    );
+    assert!(body.len() <= dnsexfil::limits::DEFAULT_MAX_BODIES_IN_FLIGHT_MB << 20);
+}
+
+#[test]
+fn the_longest_names_are_scored_as_they_are_sent() {
+    let server = TestServer::start_with(ServerOptions {
+        registry: Some({
+            let registry = dnsexfil::model::Registry::new();
+            registry.insert(dnsexfil::model::default_model().unwrap());
+            std::sync::Arc::new(registry)
+        }),
+        ..Default::default()
+    });
+    let (status, text) = server.post_raw("/apply", longest_names_envelope(2_000));
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (header, rows) = results_of(&answer);
+    assert_eq!(rows.len(), 2_000);
+    let proba = header.iter().position(|h| h.ends_with("_proba")).unwrap();
+    assert!(
+        rows.iter().all(|r| !r[proba].is_empty()),
+        "every row is scored"
+    );
+}
