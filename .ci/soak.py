@@ -210,7 +210,7 @@ def main():
     ).stdout
     events = ",".join(f'{{"src": "10.0.{i % 200}.{i % 250}", "query": "a{i}.example.com"}}' for i in range(100_000))
     score_body = f'{{"events": [{events}]}}'.encode()
-    body_limit = int(settings.get("DNSEXFIL_MAX_BODY_MB", "32"))
+    body_limit = int(settings.get("DNSEXFIL_MAX_BODY_MB", "160"))
     big_body = json.dumps({"data": "src,query,rank\n" + "10.1.1.1,www.example.com,1\n" * ((body_limit << 20) // 30), "meta": {}}).encode()
 
     figures = Figures()
