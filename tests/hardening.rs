@@ -791,8 +791,10 @@ fn clients_that_never_read_their_answer_are_dropped_after_the_write_timeout() {
             stream
         })
         .collect();
-    wait_until("both requests in flight", Duration::from_secs(30), || {
-        in_flight(&address) == 2.0
+    // (Not both at once necessarily: on a slow machine the first may be dropped before the
+    // second has been computed.)
+    wait_until("the requests in flight", Duration::from_secs(30), || {
+        in_flight(&address) >= 1.0
     });
     // They never read; their sockets stay open. The write timeout frees their slots.
     wait_until("the slots freed", Duration::from_secs(60), || {
