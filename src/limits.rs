@@ -63,6 +63,24 @@ struct Guard {
     limit: usize,
     timeout: Option<Duration>,
     flavor: Flavor,
+    /// The budget for bodies in flight, which answers not yet sent count against too.
+    body_budget: Arc<Semaphore>,
+}
+
+/// Counts an answer not yet sent against the budget for bodies in flight, as far as the budget
+/// goes (the answer exists already: it is sent whatever the budget). New bodies are then refused
+/// while answers that clients do not read hold the memory.
+fn count_answer(
+    budget: &Arc<Semaphore>,
+    resp: &Response,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let bytes = http_body::Body::size_hint(resp.body()).exact()?;
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let available = u32::try_from(budget.available_permits()).unwrap_or(u32::MAX);
+    let take = kib.min(available);
+    (take > 0)
+        .then(|| budget.clone().try_acquire_many_owned(take).ok())
+        .flatten()
 }
 
 /// Puts the routes of `router` under the in-flight limit shared by all limited routes, and
@@ -78,6 +96,7 @@ pub fn guard(
         limit: state.config.limits.max_concurrent_requests,
         timeout: timed.then_some(state.config.limits.request_timeout),
         flavor,
+        body_budget: state.body_budget.clone(),
     };
     router.route_layer(middleware::from_fn_with_state(guard, enforce))
 }
@@ -105,10 +124,15 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
         return resp;
     };
     let Some(limit) = guard.timeout else {
-        return holding_until_sent(next.run(req).await, permit);
+        let resp = next.run(req).await;
+        let answer = count_answer(&guard.body_budget, &resp);
+        return holding_until_sent(resp, (permit, answer));
     };
     match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => holding_until_sent(resp, permit),
+        Ok(resp) => {
+            let answer = count_answer(&guard.body_budget, &resp);
+            holding_until_sent(resp, (permit, answer))
+        }
         Err(_) => {
             // CPU work already started finishes in the background (it holds its compute slot),
             // so the cores are never oversubscribed; only the answer is given up.

@@ -1225,3 +1225,64 @@ fn the_longest_names_are_scored_as_they_are_sent() {
         "every row is scored"
     );
 }
+
+// Issue 19, item 4 (answers): answers not yet sent count against the budget for bodies.
+
+#[test]
+fn unsent_answers_count_against_the_budget_for_bodies_in_flight() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(
+        data.path(),
+        &["--max-body-mb", "8", "--max-bodies-in-flight-mb", "12"],
+    );
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    // 100,000 tiny events: a 5 MB body, an answer of more than 20 MB that is never read.
+    let mut body = String::from("{\"events\": [");
+    for i in 0..100_000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            "{{\"src\": \"10.0.0.{}\", \"query\": \"a{i}.example.com\"}}",
+            i % 250
+        ));
+    }
+    body.push_str("]}");
+    let mut never_reads = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        never_reads,
+        "POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    never_reads.write_all(body.as_bytes()).unwrap();
+    wait_until("the answer being sent", Duration::from_secs(30), || {
+        in_flight(&address) >= 1.0
+    });
+    // Once the answer is made (and stuck), a new body finds the budget taken.
+    let small = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v4")).unwrap();
+    let mut retry_after = None;
+    wait_until("a new body refused", Duration::from_secs(30), || {
+        let answer = quick_client()
+            .post(format!("http://{address}/apply"))
+            .header("Authorization", TOKEN)
+            .body(small.clone())
+            .send()
+            .unwrap();
+        retry_after = answer.headers().get("retry-after").cloned();
+        answer.status() == 503
+    });
+    assert_eq!(retry_after.unwrap(), "1");
+    // The client goes away: its answer's memory, and the budget, come back.
+    drop(never_reads);
+    wait_until("the budget back", Duration::from_secs(30), || {
+        quick_client()
+            .post(format!("http://{address}/apply"))
+            .header("Authorization", TOKEN)
+            .body(small.clone())
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+}
