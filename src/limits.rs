@@ -270,11 +270,13 @@ mod tests {
     #[tokio::test]
     async fn an_answer_counts_as_in_flight_until_its_body_is_sent() {
         let in_flight = Arc::new(Semaphore::new(1));
+        let body_budget = Arc::new(Semaphore::new(4096));
         let guard = Guard {
             in_flight: in_flight.clone(),
             limit: 1,
             timeout: Some(Duration::from_secs(60)),
             flavor: Flavor::V1,
+            body_budget: body_budget.clone(),
         };
         let app: Router = Router::new()
             .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
@@ -282,18 +284,22 @@ mod tests {
         let request = || Request::get("/big").body(Body::empty()).unwrap();
         let resp = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        // Made but not yet read: still in flight, so the next request is refused.
+        // Made but not yet read: still in flight, so the next request is refused, and its
+        // 1 MiB counts against the budget for bodies.
         assert_eq!(in_flight.available_permits(), 0);
+        assert_eq!(body_budget.available_permits(), 4096 - 1024);
         let refused = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 1 << 20);
         assert_eq!(in_flight.available_permits(), 1);
+        assert_eq!(body_budget.available_permits(), 4096);
         // An answer dropped unsent (the client went away) gives its permit back too.
         let resp = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(in_flight.available_permits(), 0);
         drop(resp);
         assert_eq!(in_flight.available_permits(), 1);
+        assert_eq!(body_budget.available_permits(), 4096);
     }
 
     #[tokio::test]
