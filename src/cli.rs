@@ -232,6 +232,9 @@ pub fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Default for `--max-body-mb` (see there).
+pub const DEFAULT_MAX_BODY_MB: usize = 160;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -281,8 +284,11 @@ pub struct ServeArgs {
     /// the host name. Used when the certificate is generated; a stored one is kept.
     #[arg(long = "tls-name", env = "DNSEXFIL_TLS_NAMES", value_delimiter = ',')]
     pub tls_names: Vec<String>,
-    /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB).
-    #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = 32)]
+    /// Largest request body accepted, in MiB (a 100,000-row ESCU batch is about 6 MiB). The
+    /// default takes an hour of 100,000 rows of the longest legal DNS names in presentation form
+    /// (`\DDD` escapes, then JSON's), about 122 MiB as Splunk sends it: a heavy tunnel must not
+    /// switch its own detection off.
+    #[arg(long, env = "DNSEXFIL_MAX_BODY_MB", default_value_t = DEFAULT_MAX_BODY_MB)]
     pub max_body_mb: usize,
     /// Requests computed at once (features and network); more wait their turn. Default: the CPUs
     /// this process may use, container CPU quota included.
@@ -325,6 +331,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_requests: usize,
+    /// MiB of request bodies all requests in flight may hold together (at least --max-body-mb);
+    /// a body that would go over is refused with 503 and Retry-After, so many large requests at
+    /// once cannot exhaust the memory.
+    #[arg(long, env = "DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB", default_value_t = crate::limits::DEFAULT_MAX_BODIES_IN_FLIGHT_MB,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_bodies_in_flight_mb: usize,
     /// Connections open at once; one more is closed at once (before its TLS handshake).
     #[arg(long, env = "DNSEXFIL_MAX_CONNECTIONS", default_value_t = crate::connections::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -334,11 +346,23 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_HEADER_READ_TIMEOUT_SECS", default_value_t = crate::connections::DEFAULT_HEADER_READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
+    /// Seconds a client may leave its answer unread (taking no byte of it) before the
+    /// connection is closed: a client that never reads would otherwise hold its request's
+    /// in-flight slot and its answer's memory.
+    #[arg(long, env = "DNSEXFIL_WRITE_TIMEOUT_SECS", default_value_t = crate::connections::DEFAULT_WRITE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
     /// Longest time one request may take, body upload included, before it is answered 503
-    /// (POST /fit is exempt: training has its own limit).
+    /// (on POST /fit only the body upload: training has its own limit).
     #[arg(long, env = "DNSEXFIL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
+    /// Largest model file loaded, in MiB (models are about 20 to 100 KiB): a larger file in the
+    /// store is skipped with a message instead of being read into memory. Only regular files
+    /// are read; a FIFO, device or directory named *.safetensors is skipped and logged.
+    #[arg(long, env = "DNSEXFIL_MAX_MODEL_FILE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_model_file_mb: u64,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -479,7 +503,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if removed > 0 {
         tracing::info!(removed, dir = %model_dir.display(), "removed leftovers of interrupted model saves");
     }
-    let registry = Arc::new(Registry::new());
+    let registry = Arc::new(Registry::with_max_file_bytes(args.max_model_file_mb << 20));
     if !args.no_default_model {
         // First, so a model of the same name from --model replaces it. The model directory
         // (the store) never replaces a model the service was started with.
@@ -514,7 +538,16 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let token = Token::from_env_value(std::env::var("api_token").ok());
+    let token_value = std::env::var("api_token").ok();
+    // A secret created from a file often ends in a newline: an HTTP header cannot carry
+    // surrounding whitespace, so such a token could never match. Trimmed, and said so.
+    let untrimmed = token_value.as_deref().is_some_and(|v| v.trim() != v);
+    let token = Token::from_env_value(token_value.map(|v| v.trim().to_string()));
+    if untrimmed {
+        tracing::warn!(
+            "api_token starts or ends with whitespace (a newline, as in a secret created from a file?); it was trimmed, and clients must send it without; remove the whitespace from the secret to silence this warning"
+        );
+    }
     match token {
         Token::Set(_) => {}
         Token::Unset => tracing::warn!(
@@ -523,6 +556,13 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         Token::Empty => tracing::warn!(
             "api_token is empty: every DSDL request will be refused with 401 `No token defined`"
         ),
+    }
+    if args.max_bodies_in_flight_mb < args.max_body_mb {
+        bail!(
+            "--max-bodies-in-flight-mb ({}) is smaller than --max-body-mb ({}): a body of the largest size allowed could never be accepted; raise --max-bodies-in-flight-mb (DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB) or lower --max-body-mb",
+            args.max_bodies_in_flight_mb,
+            args.max_body_mb
+        );
     }
     let config = ServerConfig {
         token,
@@ -538,6 +578,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_concurrent_requests: args.max_concurrent_requests,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
+            max_body_bytes_in_flight: args.max_bodies_in_flight_mb << 20,
         },
     };
     let compute_threads = args
@@ -565,6 +606,15 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         "suppressions"
     );
     let state = AppState::new(registry, config, compute_threads).with_suppressions(suppressions);
+    if let Some(problem) = state
+        .store_problem
+        .lock()
+        .expect("store problem lock")
+        .as_ref()
+    {
+        tracing::warn!(dir = %model_dir.display(), %problem,
+            "fits cannot be saved: /fit will refuse to train until the model store is a writable directory (--model-dir, --data-dir); scoring is not affected");
+    }
 
     let transport = if args.enable_https {
         let tls = match (&args.ssl_cert, &args.ssl_key) {
@@ -619,6 +669,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::connections::ConnectionSettings {
             max_open: args.max_connections,
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+            write_timeout: Duration::from_secs(args.write_timeout_secs),
         },
     )
     .await?;

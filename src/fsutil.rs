@@ -21,6 +21,56 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
     Ok(())
 }
 
+/// Writes two files as one: both new versions, or (on any failure) both old ones. Both are
+/// first written in full to temporary files (a full disk fails here, before anything changes),
+/// then renamed into place; if the second rename fails, the first file is put back as it was.
+pub fn write_pair_atomic(first: (&Path, &[u8]), second: (&Path, &[u8])) -> io::Result<()> {
+    let (dir, first_tmp) = complete_temporary(first.0, first.1, 0o644)?;
+    let (second_dir, second_tmp) = complete_temporary(second.0, second.1, 0o644)?;
+    // The previous first file, kept under a temporary name until the second is in place.
+    let previous = if first.0.exists() {
+        let keep = tempfile::Builder::new()
+            .prefix(&format!(
+                ".{}.",
+                first
+                    .0
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file")
+            ))
+            .suffix(".previous.tmp")
+            .make_in(&dir, |p| fs::hard_link(first.0, p))?;
+        Some(keep.into_temp_path())
+    } else {
+        None
+    };
+    first_tmp.persist(first.0).map_err(|e| e.error)?;
+    if let Err(e) = second_tmp.persist(second.0) {
+        let restored = match previous {
+            Some(previous) => previous.persist(first.0).map_err(|e| e.error),
+            None => fs::remove_file(first.0),
+        };
+        if let Err(undo) = restored {
+            return Err(io::Error::new(
+                e.error.kind(),
+                format!(
+                    "{} (and {} could not be put back: {undo})",
+                    e.error,
+                    first.0.display()
+                ),
+            ));
+        }
+        return Err(e.error);
+    }
+    // The previous first file's link goes with `previous` when dropped.
+    drop(previous);
+    sync_dir(&dir);
+    if second_dir != dir {
+        sync_dir(&second_dir);
+    }
+    Ok(())
+}
+
 /// Like `write_atomic_mode`, but only if `path` does not exist yet: returns false, writing
 /// nothing, when it does (another process got there first; its file is complete, since it
 /// appeared by a link of a complete temporary file).
@@ -92,6 +142,85 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Why a file was not read by `read_regular_capped`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A FIFO, device, socket or directory (also behind a symlink): reading one can block for
+    /// ever (a FIFO nobody writes to) or never end (`/dev/zero`).
+    #[error("it is not a regular file but {0}; only regular files are read: remove it")]
+    NotRegular(&'static str),
+    #[error("it is {size} bytes, more than the {limit} bytes allowed")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn kind_of(file_type: fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if file_type.is_char_device() || file_type.is_block_device() {
+            return "a device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a whole regular file of at most `limit` bytes. Anything else is refused before a byte
+/// is read: the path is opened without blocking (a FIFO opened normally waits for a writer),
+/// the opened file itself is checked (the path may be swapped in between), and no more than
+/// `limit` bytes are read even if the file grows meanwhile.
+pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(kind_of(meta.file_type())));
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
+    }
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(kind_of(meta.file_type())));
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -25,14 +25,19 @@ use crate::server::AppState;
 
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Default for `--max-bodies-in-flight-mb`.
+pub const DEFAULT_MAX_BODIES_IN_FLIGHT_MB: usize = 256;
 
 /// The limits `serve` enforces (`--max-concurrent-requests`, `--request-timeout-secs`).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Requests in flight at once on the limited routes (health, readiness and metrics are not).
     pub max_concurrent_requests: usize,
-    /// Longest a request may take, body upload included (`POST /fit` has no such limit).
+    /// Longest a request may take, body upload included (`POST /fit`: its upload only).
     pub request_timeout: Duration,
+    /// Bytes of request bodies held at once by all requests together; a body that would go
+    /// over is refused with 503 and `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +45,7 @@ impl Default for Limits {
         Self {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            max_body_bytes_in_flight: DEFAULT_MAX_BODIES_IN_FLIGHT_MB << 20,
         }
     }
 }
@@ -57,6 +63,24 @@ struct Guard {
     limit: usize,
     timeout: Option<Duration>,
     flavor: Flavor,
+    /// The budget for bodies in flight, which answers not yet sent count against too.
+    body_budget: Arc<Semaphore>,
+}
+
+/// Counts an answer not yet sent against the budget for bodies in flight, as far as the budget
+/// goes (the answer exists already: it is sent whatever the budget). New bodies are then refused
+/// while answers that clients do not read hold the memory.
+fn count_answer(
+    budget: &Arc<Semaphore>,
+    resp: &Response,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let bytes = http_body::Body::size_hint(resp.body()).exact()?;
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let available = u32::try_from(budget.available_permits()).unwrap_or(u32::MAX);
+    let take = kib.min(available);
+    (take > 0)
+        .then(|| budget.clone().try_acquire_many_owned(take).ok())
+        .flatten()
 }
 
 /// Puts the routes of `router` under the in-flight limit shared by all limited routes, and
@@ -72,6 +96,7 @@ pub fn guard(
         limit: state.config.limits.max_concurrent_requests,
         timeout: timed.then_some(state.config.limits.request_timeout),
         flavor,
+        body_budget: state.body_budget.clone(),
     };
     router.route_layer(middleware::from_fn_with_state(guard, enforce))
 }
@@ -99,10 +124,15 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
         return resp;
     };
     let Some(limit) = guard.timeout else {
-        return holding_until_sent(next.run(req).await, permit);
+        let resp = next.run(req).await;
+        let answer = count_answer(&guard.body_budget, &resp);
+        return holding_until_sent(resp, (permit, answer));
     };
     match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => holding_until_sent(resp, permit),
+        Ok(resp) => {
+            let answer = count_answer(&guard.body_budget, &resp);
+            holding_until_sent(resp, (permit, answer))
+        }
         Err(_) => {
             // CPU work already started finishes in the background (it holds its compute slot),
             // so the cores are never oversubscribed; only the answer is given up.
@@ -123,7 +153,7 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
 }
 
 /// `resp` with `held` kept alive until its body has been sent or dropped.
-fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
+pub(crate) fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
     resp.map(|inner| {
         Body::new(Holding {
             inner,
@@ -240,11 +270,13 @@ mod tests {
     #[tokio::test]
     async fn an_answer_counts_as_in_flight_until_its_body_is_sent() {
         let in_flight = Arc::new(Semaphore::new(1));
+        let body_budget = Arc::new(Semaphore::new(4096));
         let guard = Guard {
             in_flight: in_flight.clone(),
             limit: 1,
             timeout: Some(Duration::from_secs(60)),
             flavor: Flavor::V1,
+            body_budget: body_budget.clone(),
         };
         let app: Router = Router::new()
             .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
@@ -252,18 +284,22 @@ mod tests {
         let request = || Request::get("/big").body(Body::empty()).unwrap();
         let resp = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        // Made but not yet read: still in flight, so the next request is refused.
+        // Made but not yet read: still in flight, so the next request is refused, and its
+        // 1 MiB counts against the budget for bodies.
         assert_eq!(in_flight.available_permits(), 0);
+        assert_eq!(body_budget.available_permits(), 4096 - 1024);
         let refused = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 1 << 20);
         assert_eq!(in_flight.available_permits(), 1);
+        assert_eq!(body_budget.available_permits(), 4096);
         // An answer dropped unsent (the client went away) gives its permit back too.
         let resp = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(in_flight.available_permits(), 0);
         drop(resp);
         assert_eq!(in_flight.available_permits(), 1);
+        assert_eq!(body_budget.available_permits(), 4096);
     }
 
     #[tokio::test]

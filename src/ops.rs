@@ -24,6 +24,19 @@ pub struct Readiness {
     pub status: String,
     /// Names of the loaded models.
     pub models: Vec<String>,
+    /// Whether `/fit` can save models in the model store (checked at start-up and before each
+    /// fit trains). An unusable store does not make the service unready: it still scores.
+    pub model_store: StoreStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `writable`, or `unusable` (fits fail before training).
+    #[schema(example = "writable")]
+    pub status: String,
+    /// What is wrong with the store, when it is unusable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Liveness: the process answers HTTP.
@@ -48,11 +61,26 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ready")
     };
+    let problem = state
+        .store_problem
+        .lock()
+        .expect("store problem lock")
+        .clone();
+    let model_store = StoreStatus {
+        status: if problem.is_none() {
+            "writable"
+        } else {
+            "unusable"
+        }
+        .into(),
+        problem,
+    };
     (
         status,
         Json(Readiness {
             status: word.into(),
             models,
+            model_store,
         }),
     )
         .into_response()

@@ -56,12 +56,26 @@ pub struct AppState {
     pub suppressions: Arc<Suppressions>,
     /// One permit per request in flight on the limited routes (see `limits.rs`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The bytes of request bodies all requests may hold at once, in KiB permits.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// Why fits cannot be saved in the model store, as last checked (at start-up and before
+    /// each fit trains); `None` when it is usable. Readiness reports it.
+    pub store_problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, config: ServerConfig, compute_threads: usize) -> Self {
         let in_flight = config.limits.max_concurrent_requests.max(1);
+        let store_problem = config
+            .model_store
+            .as_ref()
+            .and_then(|store| store.check_writable().err());
+        let budget_kib = (config.limits.max_body_bytes_in_flight >> 10).max(1);
         Self {
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            store_problem: Arc::new(std::sync::Mutex::new(store_problem)),
             registry,
             config: Arc::new(config),
             compute: Arc::new(tokio::sync::Semaphore::new(compute_threads.max(1))),
@@ -118,6 +132,13 @@ impl AppState {
         result.map_err(|panic| WorkerPanicked(panic_text(&*panic)))
     }
 
+    /// Waits for a compute permit from a blocking thread (work that turned out to be scoring
+    /// after it started outside the permits: a `/fit` without a label).
+    pub fn compute_permit_blocking(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        runtime.block_on(self.compute.clone().acquire_owned()).ok()
+    }
+
     /// Runs long CPU-bound `work` (training) for a request of `body_len` bytes on a blocking
     /// thread without a compute permit, in the request's span.
     pub async fn run_uncounted<T: Send + 'static>(
@@ -136,6 +157,17 @@ impl AppState {
         .await
     }
 
+    /// Checks again that fits can be saved in the model store, and remembers the outcome for
+    /// readiness. `Err`: what is wrong.
+    pub fn check_store(&self) -> Result<(), String> {
+        let checked = match &self.config.model_store {
+            Some(store) => store.check_writable(),
+            None => Ok(()),
+        };
+        *self.store_problem.lock().expect("store problem lock") = checked.clone().err();
+        checked
+    }
+
     /// When no loaded model answers to `model_name`/`algo`, looks at the model store once: another
     /// replica sharing it may have just fitted that model.
     pub fn rescan_store_if_missing(&self, model_name: &str, algo: Option<&str>) {
@@ -145,15 +177,53 @@ impl AppState {
         if self.registry.resolve(model_name, algo).is_some() {
             return;
         }
-        let (loaded, failed) = self.registry.refresh_dir(store.dir());
-        for name in loaded {
-            tracing::info!(model = %name, dir = %store.dir().display(), "model loaded from the store");
+        // This may run on an async worker (small requests): the scan runs on a thread of its
+        // own and is waited for only so long, so a store that hangs (a stuck network mount)
+        // delays this request, never the others. One scan at a time; others wait for it.
+        let deadline = std::time::Instant::now() + STORE_SCAN_TIME_LIMIT;
+        if !self.registry.begin_scan() {
+            while self.registry.scan_running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return;
         }
-        for (file, problem) in failed {
-            tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
+        let (registry, dir) = (self.registry.clone(), store.dir().to_path_buf());
+        let (done, finished) = std::sync::mpsc::channel();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("store-scan".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let (loaded, failed) = registry.refresh_dir(&dir);
+                registry.end_scan();
+                for name in loaded {
+                    tracing::info!(model = %name, dir = %dir.display(), "model loaded from the store");
+                }
+                for (file, problem) in failed {
+                    tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
+                }
+                let _ = done.send(());
+            });
+        if spawned.is_err() {
+            self.registry.end_scan();
+            return;
+        }
+        if finished
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_err()
+        {
+            tracing::warn!(
+                dir = %store.dir().display(),
+                limit_secs = STORE_SCAN_TIME_LIMIT.as_secs_f64(),
+                "the scan of the model store did not finish in time; the request goes on without it"
+            );
         }
     }
 }
+
+/// Longest a request waits for a scan of the model store (a scan of a healthy store of small
+/// files takes milliseconds).
+pub const STORE_SCAN_TIME_LIMIT: Duration = Duration::from_secs(2);
 
 /// Request bodies up to this size are scored on the async worker that read them: their work
 /// (about 0.1 ms for 100 rows) costs less than the hand-over to a blocking thread and back,
@@ -187,7 +257,8 @@ pub fn app(state: AppState) -> Router {
         .route("/summary", get(handlers::summary))
         .route("/apply", post(handlers::apply))
         .route("/compute", post(handlers::compute));
-    // Training can take long and has its own limit: no request timeout on /fit.
+    // Training can take long and has its own limit: no request timeout on /fit (its handler
+    // times the body upload itself).
     let dsdl_fit = Router::new().route("/fit", post(handlers::fit));
     let dsdl = limits::guard(dsdl_timed, &state, Flavor::Dsdl, true)
         .merge(limits::guard(dsdl_fit, &state, Flavor::Dsdl, false))
@@ -241,8 +312,89 @@ pub fn app(state: AppState) -> Router {
 
 #[derive(Debug)]
 pub enum BodyError {
-    TooLarge { limit: usize, received: usize },
+    TooLarge {
+        limit: usize,
+        received: usize,
+    },
     Read(String),
+    /// The bodies of the requests in flight already take the budget (`--max-bodies-in-flight-mb`).
+    Busy {
+        budget: usize,
+    },
+}
+
+/// Memory of a request body counted against the budget for bodies in flight, until dropped.
+pub struct BodyBudget(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// [`read_body_limited`], counting the body against `state`'s budget for bodies in flight as it
+/// arrives: a body that would take the bodies of all requests over the budget is read to its
+/// end and discarded (so the client gets the answer), then refused with `BodyError::Busy`.
+/// The returned guard keeps the body counted; drop it when the body's memory is freed.
+pub async fn read_body_budgeted(
+    body: Body,
+    limit: usize,
+    state: &AppState,
+) -> Result<(Bytes, BodyBudget), BodyError> {
+    let mut body = body;
+    let budget = &state.body_budget;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut counted_kib = 0usize;
+    let declared = http_body::Body::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
+    let mut buf: Vec<u8> = Vec::new();
+    let mut reserved = false;
+    let (mut received, mut refused) = (0usize, false);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > limit || refused {
+            if received > DRAIN_CAP {
+                break;
+            }
+            buf = Vec::new();
+            held = None;
+            continue;
+        }
+        let needed_kib = received.div_ceil(1024);
+        if needed_kib > counted_kib {
+            let more = u32::try_from(needed_kib - counted_kib).unwrap_or(u32::MAX);
+            match budget.clone().try_acquire_many_owned(more) {
+                Ok(permit) => {
+                    counted_kib = needed_kib;
+                    match held.as_mut() {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
+                }
+                Err(_) => {
+                    refused = true;
+                    buf = Vec::new();
+                    held = None;
+                    continue;
+                }
+            }
+        }
+        if !reserved {
+            // A declared length within the limit is reserved at once (once it is counted):
+            // a large body is then copied once, not at every doubling of the buffer.
+            buf.reserve(declared.filter(|&n| n <= limit).unwrap_or(0));
+            reserved = true;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if received > limit {
+        return Err(BodyError::TooLarge { limit, received });
+    }
+    if refused {
+        return Err(BodyError::Busy {
+            budget: state.config.limits.max_body_bytes_in_flight,
+        });
+    }
+    Ok((Bytes::from(buf), BodyBudget(held)))
 }
 
 /// Bodies larger than this are not even drained: the connection is dropped instead.
@@ -306,14 +458,24 @@ pub async fn serve(
         tracing::info!("shutting down: finishing requests in flight (fits in training stop)");
         shutdown.graceful_shutdown(Some(grace));
     });
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let ConnectionSettings {
         max_open,
         header_read_timeout,
+        write_timeout,
     } = connections;
+    // Requests mark their connection busy, so that at the connection limit a new connection
+    // closes an idle one rather than being refused.
+    let open = crate::connections::Connections::default();
+    let app = app.layer(middleware::from_fn_with_state(
+        open.clone(),
+        crate::connections::mark_busy,
+    ));
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match transport {
         Transport::Http => {
-            let admission = Admission::new(DefaultAcceptor::new(), max_open, header_read_timeout);
+            let admission = Admission::new(DefaultAcceptor::new(), max_open, header_read_timeout)
+                .with_write_timeout(write_timeout)
+                .with_connections(open);
             let mut server = axum_server::from_tcp(listener).acceptor(admission);
             with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await
@@ -321,7 +483,9 @@ pub async fn serve(
         Transport::Https(config) => {
             // Admission before the handshake: a connection over the limit costs no TLS work.
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config);
-            let admission = Admission::new(tls, max_open, header_read_timeout);
+            let admission = Admission::new(tls, max_open, header_read_timeout)
+                .with_write_timeout(write_timeout)
+                .with_connections(open);
             let mut server = axum_server::from_tcp(listener).acceptor(admission);
             with_header_timeout(server.http_builder(), header_read_timeout);
             server.handle(handle).serve(service).await
@@ -363,6 +527,9 @@ impl IntoResponse for BodyError {
             )
                 .into_response(),
             BodyError::Read(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"detail": e}))).into_response(),
+            BodyError::Busy { budget } => busy_response(
+                Json(serde_json::json!({"detail": busy_message(budget)})).into_response(),
+            ),
         }
     }
 }
@@ -407,4 +574,22 @@ mod tests {
             assert_eq!(state.run_compute(size, || 7).await.unwrap(), 7);
         }
     }
+}
+
+/// What a request refused for the body budget is told.
+pub fn busy_message(budget: usize) -> String {
+    format!(
+        "the bodies of the requests in flight already take the {} MiB they may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB); retry shortly",
+        budget >> 20
+    )
+}
+
+/// `response` as a refusal for the body budget: 503 with `Retry-After`.
+pub fn busy_response(mut response: axum::response::Response) -> axum::response::Response {
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }

@@ -16,7 +16,7 @@ use super::table::{Table, TableError};
 use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
 use crate::model::{Model, ModelInfo, Registry};
-use crate::server::{read_body_limited, AppState, BodyError, WorkerPanicked};
+use crate::server::{read_body_budgeted, AppState, BodyError, WorkerPanicked};
 use crate::suppress::Suppressions;
 use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
@@ -30,9 +30,54 @@ pub async fn fit(State(state): State<AppState>, body: Body) -> Response {
 }
 
 async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
-    let bytes = match read_body_limited(body, state.config.max_body_bytes).await {
+    let read = read_body_budgeted(body, state.config.max_body_bytes, &state);
+    let read = match endpoint {
+        // `/fit` is exempt from the request time limit for its training, not for its upload: a
+        // client trickling a body would otherwise hold its in-flight slot for ever.
+        Endpoint::Fit => {
+            let limit = state.config.limits.request_timeout;
+            match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    tracing::warn!(
+                        endpoint = endpoint.path(),
+                        limit_secs = limit.as_secs_f64(),
+                        "request body upload timed out"
+                    );
+                    let what = format!(
+                        "the request body did not arrive within {} s (--request-timeout-secs, DNSEXFIL_REQUEST_TIMEOUT_SECS); send it at once, or fewer rows",
+                        limit.as_secs_f64()
+                    );
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        DsdlResponse::error(endpoint, what),
+                    )
+                        .into_response();
+                }
+            }
+        }
+        Endpoint::Apply => read.await,
+    };
+    let (bytes, _budget) = match read {
         Ok(b) => b,
+        Err(BodyError::Busy { budget }) => {
+            tracing::warn!(
+                endpoint = endpoint.path(),
+                budget_bytes = budget,
+                "request refused: the bodies in flight take the budget"
+            );
+            let refusal = DsdlResponse::error(endpoint, crate::server::busy_message(budget));
+            return crate::server::busy_response(refusal.into_response());
+        }
         Err(BodyError::TooLarge { limit, received }) => {
+            // Splunk shows the message only to the user who ran the search: an operator sees a
+            // detection switched off by the limit here.
+            tracing::warn!(
+                endpoint = endpoint.path(),
+                received_bytes = received,
+                limit_bytes = limit,
+                "request refused: the body exceeds --max-body-mb"
+            );
             return DsdlResponse::error(
                 endpoint,
                 format!(
@@ -41,7 +86,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
                     limit >> 20
                 ),
             )
-            .into_response()
+            .into_response();
         }
         Err(BodyError::Read(e)) => {
             let what = format!("cannot read the request body: {e}");
@@ -141,6 +186,10 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             );
         }
     }
+    // A `/fit` without a label only scores: it runs on a blocking thread without a permit (a
+    // fit may train for minutes), so it takes a compute permit here like an `/apply`, or any
+    // number of them would score at once, each with its memory.
+    let _permit = (endpoint == Endpoint::Fit).then(|| state.compute_permit_blocking());
     let csv_text = envelope.data.as_str();
     let outcome = apply_with(state, &options, csv_text.len(), || {
         Table::parse_limited(csv_text, state.config.max_rows).map(Some)
@@ -295,6 +344,14 @@ fn fit_and_apply(
             "`into app:{model_name}`: `{model_name}` is a model this service was started with (built in or given with --model); the fit would be saved as `{name}`, which `apply {model_name}` finds first, so it would replace `{model_name}` for every search that uses it. Fit into another name (`into app:OTHER`); algo={model_name} or base={model_name} starts from its weights"
         ));
     }
+    // The same through a longer model name: `algo=detect` into `app:<x>_detect_...` saves
+    // `detect_<x>_detect_...`, which the stock lookup of `apply detect_...` (algo = model_name)
+    // finds first.
+    if let Some(pinned) = state.registry.shadowed_pinned(&name) {
+        return fail(format!(
+            "the fit would be saved as `{name}`, which ends in `_{pinned}`: `apply {pinned}` looks for `<algo>_{pinned}` first (the stock container and earlier versions of this service do), so it could replace `{pinned}`, a model this service was started with, for every search that uses it. Fit into a name that does not end in `_{pinned}`"
+        ));
+    }
     let plan = match FitPlan::from_request(
         options.algo.as_deref(),
         &options.model_name,
@@ -314,6 +371,13 @@ fn fit_and_apply(
             "the fit has {} rows, more than the {} a fit may train on; sample the data first (e.g. `| sample 100000`) or raise --max-fit-rows (DNSEXFIL_MAX_FIT_ROWS)",
             table.len(),
             state.config.max_fit_rows
+        ));
+    }
+    // Before training, not after: a fit that cannot be saved must not train for minutes first.
+    if let Err(problem) = state.check_store() {
+        return fail(format!(
+            "{problem} ({}); nothing was trained: make the model store (--model-dir, DNSEXFIL_MODEL_DIR) a writable directory",
+            store.dir().display()
         ));
     }
     let Ok(_slot) = state.fit_slot.try_acquire() else {
@@ -421,6 +485,9 @@ fn unknown_model(registry: &Registry, options: &Options) -> String {
     if let Some(a) = &options.algo {
         looked_for.push(a.clone());
     }
+    // The ESCU search sends algo = model_name: each name once.
+    let mut seen = std::collections::HashSet::new();
+    looked_for.retain(|n| seen.insert(n.clone()));
     let loaded = registry.names();
     format!(
         "no model named {} is loaded (loaded: {}); start the service with --model FILE (convert Splunk's artifact with `dnsexfil convert`) or put the model file in the model directory",
@@ -459,8 +526,11 @@ fn stage(dir: &Path, envelope: &Envelope, options: &Options) -> DsdlResponse {
     // The session key Splunk puts into meta must never reach the disk.
     let meta =
         serde_json::to_vec_pretty(&envelope.meta_without_secrets()).expect("JSON values serialise");
-    let written = crate::fsutil::write_atomic(&csv_path, envelope.data.as_bytes())
-        .and_then(|_| crate::fsutil::write_atomic(&json_path, &meta));
+    // Both or neither: a notebook must never find new data beside the old description.
+    let written = crate::fsutil::write_pair_atomic(
+        (&csv_path, envelope.data.as_bytes()),
+        (&json_path, &meta),
+    );
     match written {
         Ok(()) => DsdlResponse {
             status: "staged",
@@ -479,6 +549,9 @@ fn stage(dir: &Path, envelope: &Envelope, options: &Options) -> DsdlResponse {
         ),
     }
 }
+
+/// The stock container's `/summary` version, the protocol version this service speaks.
+pub const STOCK_CONTAINER_VERSION: &str = "5.2.4";
 
 /// `GET /summary` and `GET /`: a JSON object encoded twice, as the stock container answers.
 pub async fn summary(State(state): State<AppState>) -> Response {
@@ -500,8 +573,11 @@ pub async fn summary(State(state): State<AppState>) -> Response {
         .collect();
     let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
     let inner = serde_json::json!({
-        "app": "dnsexfil",
-        "version": env!("CARGO_PKG_VERSION"),
+        // The stock container's keys and values first: DSDL tools may read them. Ours beside.
+        "app": "Splunk App for Data Science and Deep Learning",
+        "version": STOCK_CONTAINER_VERSION,
+        "service": "dnsexfil",
+        "service_version": env!("CARGO_PKG_VERSION"),
         "protocol": "Splunk App for Data Science and Deep Learning container API 5.2",
         "model": names.join(","),
         "models": models,

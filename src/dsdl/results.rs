@@ -203,7 +203,12 @@ impl<'t, 'a, 'p> Rows<'t, 'a, 'p> {
         if self.table.has_rank {
             out.push_plain("rank,");
         }
-        out.push_text(&format!("pred_{target}_proba,pred_{target}"));
+        // The target is a validated name; quoted as needed all the same, so a header cell can
+        // never spill into another column or row.
+        let mut quoted = String::new();
+        push_cell(out, &format!("pred_{target}_proba"), &mut quoted);
+        out.push_plain(",");
+        push_cell(out, &format!("pred_{target}"), &mut quoted);
         if self.predictions.suppressed.is_some() {
             out.push_plain(",suppressed_by");
         }
@@ -686,6 +691,21 @@ c,w.y,2
         assert_eq!(
             out,
             "src,query,rank,pred_t_proba,pred_t\na,x.y,1,0.25,0\na,x.y,2,1.0,1\n"
+        );
+    }
+
+    #[test]
+    fn header_cells_are_quoted_as_needed() {
+        let t = Table::parse("src,query,rank\na,x.y,1\n").unwrap();
+        let out = results_csv(
+            &t,
+            "x\",evil\ncol",
+            unsuppressed(&scored(&[Some(0.25)])),
+            0.5,
+        );
+        assert_eq!(
+            out,
+            "src,query,rank,\"pred_x\"\",evil\ncol_proba\",\"pred_x\"\",evil\ncol\"\na,x.y,1,0.25,0\n"
         );
     }
 }

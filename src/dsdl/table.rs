@@ -99,7 +99,9 @@ pub struct Table<'a> {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TableError {
-    #[error("the `data` CSV is empty: it needs a header row naming at least the `src` and `query` columns")]
+    // Splunk's client sends an empty DataFrame (a search with no results) as `"\n"`: the cause
+    // to name is the search, not the CSV's layout.
+    #[error("no events were sent (the `data` CSV is empty, not even a header row): the search before `| apply` or `| fit` returned no results; check its time range and filters")]
     Empty,
     #[error("the CSV has no `{missing}` column (its columns are: {found}); send the fields src, query and rank, e.g. `| table src,query,rank,_time` before `| apply`")]
     MissingColumn {

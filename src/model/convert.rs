@@ -18,6 +18,24 @@ pub const ESCU_PT_SHA256: &str = "701d1c031e8af7c9b807ba7b1a31d933c34f65581dba75
 /// Label name of the published model (its result columns are `pred_is_dns_data_exfiltration*`).
 pub const ESCU_TARGET: &str = "is_dns_data_exfiltration";
 
+/// Largest `.pt`, artifact tarball or decompressed tarball read (the published `.pt` is under
+/// 100 KiB): a damaged or foreign file must not take the memory.
+pub const MAX_PT_BYTES: u64 = 64 << 20;
+
+/// Reads an input file of at most [`MAX_PT_BYTES`], only a regular file.
+fn read_input(path: &Path) -> Result<Vec<u8>, ModelError> {
+    crate::fsutil::read_regular_capped(path, MAX_PT_BYTES).map_err(|e| match e {
+        crate::fsutil::ReadError::Io(e) => {
+            ModelError::Io(format!("cannot read {}: {e}", path.display()))
+        }
+        e => ModelError::Invalid(format!(
+            "{}: {e} (an artifact or .pt may have at most {} MiB)",
+            path.display(),
+            MAX_PT_BYTES >> 20
+        )),
+    })
+}
+
 /// The PyTorch checkpoint found in the input, before decoding.
 pub struct PtFile {
     /// Where it came from, for messages and metadata (e.g. `artifact.tar.gz:dir/model.pt`).
@@ -79,8 +97,7 @@ pub fn find_pt(input: &Path) -> Result<PtFile, ModelError> {
     if meta.is_dir() {
         return find_pt_in_dir(input);
     }
-    let bytes = std::fs::read(input)
-        .map_err(|e| ModelError::Io(format!("cannot read {}: {e}", input.display())))?;
+    let bytes = read_input(input)?;
     let file_name = input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -95,10 +112,18 @@ pub fn find_pt(input: &Path) -> Result<PtFile, ModelError> {
     let tar_bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&bytes[..])
+            .take(MAX_PT_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| {
                 ModelError::Invalid(format!("{}: corrupt gzip data: {e}", input.display()))
             })?;
+        if out.len() as u64 > MAX_PT_BYTES {
+            return Err(ModelError::Invalid(format!(
+                "{}: decompresses to more than {} MiB, which no artifact does",
+                input.display(),
+                MAX_PT_BYTES >> 20
+            )));
+        }
         out
     } else {
         bytes
@@ -175,8 +200,7 @@ fn find_pt_in_dir(dir: &Path) -> Result<PtFile, ModelError> {
         .map(|p| (p.display().to_string(), Vec::new()))
         .collect();
     let (path, _) = pick_one(found, &dir.display().to_string(), &[])?;
-    let bytes =
-        std::fs::read(&path).map_err(|e| ModelError::Io(format!("cannot read {path}: {e}")))?;
+    let bytes = read_input(Path::new(&path))?;
     if !bytes.starts_with(b"PK\x03\x04") {
         return Err(ModelError::Invalid(format!(
             "{path} is not a PyTorch .pt file (not a zip archive)"
@@ -228,6 +252,7 @@ fn decode_state_dict(pt: &PtFile) -> Result<HashMap<String, Tensor>, ModelError>
             pt.origin
         )));
     }
+    check_claims(pt)?;
     // candle's reader takes a path; the checkpoint may come from inside a tarball.
     let mut tmp = tempfile::Builder::new()
         .suffix(".pt")
@@ -269,4 +294,126 @@ fn decode_state_dict(pt: &PtFile) -> Result<HashMap<String, Tensor>, ModelError>
         }
     }
     Ok(tensors)
+}
+
+/// Checks what a checkpoint claims before candle's reader allocates for it: candle trusts the
+/// lengths in the pickle (a damaged string length made it ask for 4 GiB at once, which aborts
+/// the process under an address-space limit) and the zip's entry sizes.
+fn check_claims(pt: &PtFile) -> Result<(), ModelError> {
+    let invalid = |what: String| {
+        ModelError::Invalid(format!(
+            "{}: {what}: the checkpoint is damaged or not a PyTorch state_dict",
+            pt.origin
+        ))
+    };
+    // An archive the zip reader cannot open is left to candle, whose reader (the same) then
+    // fails the same way, with the usual message.
+    let Ok(mut archive) = zip::ZipArchive::new(std::io::Cursor::new(&pt.bytes[..])) else {
+        return Ok(());
+    };
+    let mut pickle = None;
+    for i in 0..archive.len() {
+        let Ok(entry) = archive.by_index_raw(i) else {
+            return Ok(());
+        };
+        let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
+        if entry.size() > MAX_PT_BYTES {
+            return Err(invalid(format!(
+                "its entry `{}` claims {} bytes, more than the {} MiB allowed",
+                name,
+                entry.size(),
+                MAX_PT_BYTES >> 20
+            )));
+        }
+        // candle reads the first `data.pkl`.
+        if pickle.is_none() && name.ends_with("data.pkl") {
+            pickle = Some(i);
+        }
+    }
+    let Some(i) = pickle else {
+        return Ok(()); // candle says what is missing
+    };
+    let mut bytes = Vec::new();
+    let Ok(entry) = archive.by_index(i) else {
+        return Ok(());
+    };
+    // A checksum error comes at the end, with the bytes already read: the pickle is checked
+    // all the same (candle reads as far as the damage before it notices the checksum).
+    let _ = entry.take(MAX_PT_BYTES).read_to_end(&mut bytes);
+    check_pickle(&bytes).map_err(invalid)
+}
+
+/// Walks the op-codes candle's pickle reader knows and checks every length they claim against
+/// the bytes that are left. Op-codes it does not know, and a truncated pickle, are left to
+/// candle, which reports them without a large allocation.
+pub fn check_pickle(pickle: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    while let Some(&op) = pickle.get(at) {
+        at += 1;
+        let skip = match op {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'M' => 2,
+            b'r' | b'J' | b'j' => 4,
+            b'G' => 8,
+            b'c' => {
+                // Module and class names, each up to a line end.
+                let mut lines = 0;
+                let mut end = at;
+                while lines < 2 {
+                    match memchr::memchr(b'\n', &pickle[end.min(pickle.len())..]) {
+                        Some(n) => end += n + 1,
+                        None => return Ok(()),
+                    }
+                    lines += 1;
+                }
+                end - at
+            }
+            b'X' => {
+                let Some(len) = pickle.get(at..at + 4) else {
+                    return Ok(());
+                };
+                let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+                let left = pickle.len() - (at + 4);
+                if len > left {
+                    return Err(format!(
+                        "a string at byte {} of data.pkl claims {len} bytes where {left} are left",
+                        at - 1
+                    ));
+                }
+                4 + len
+            }
+            0x8a => {
+                let Some(&n) = pickle.get(at) else {
+                    return Ok(());
+                };
+                if n > 8 {
+                    return Err(format!(
+                        "an integer at byte {} of data.pkl claims {n} bytes (at most 8 are read)",
+                        at - 1
+                    ));
+                }
+                1 + n as usize
+            }
+            b')'
+            | b'R'
+            | b'('
+            | b't'
+            | b'Q'
+            | b'N'
+            | 0x85..=0x89
+            | b's'
+            | b'u'
+            | b'}'
+            | b'd'
+            | b'b'
+            | 0x81
+            | b']'
+            | b'a'
+            | b'e' => 0,
+            _ => return Ok(()),
+        };
+        at += skip;
+    }
+    Ok(())
 }

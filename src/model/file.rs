@@ -24,6 +24,10 @@ pub mod keys {
     pub const CREATED_BY: &str = "created_by";
 }
 
+/// Largest model file read by default (`--max-model-file-mb`): models are 20 to 100 KiB, so this
+/// only stops files that are not models from taking the memory.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// Version of the metadata layout this build writes and reads.
 pub const FORMAT_VERSION: &str = "1";
 
@@ -87,10 +91,19 @@ impl ModelInfo {
                     "{origin}: threshold `{threshold_text}` is not a number in [0, 1]"
                 ))
             })?;
+        // The target names result columns (`pred_<target>`): checked as a fit checks it, so a
+        // file cannot put `,` or a line end into the results' header.
+        let target = get(keys::TARGET)?;
+        crate::validate_name(&target).map_err(|e| {
+            ModelError::Invalid(format!(
+                "{origin}: metadata key `{}`: {e}; fix the file, or fit the model again",
+                keys::TARGET
+            ))
+        })?;
         Ok(Self {
             name: get(keys::NAME)?,
             schema,
-            target: get(keys::TARGET)?,
+            target,
             threshold,
             source_file: meta.get(keys::SOURCE_FILE).cloned().unwrap_or_default(),
             source_sha256: meta.get(keys::SOURCE_SHA256).cloned().unwrap_or_default(),
@@ -127,8 +140,25 @@ impl Model {
 
     /// Reads a model file produced by `dnsexfil convert` or training.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ModelError::Io(format!("cannot read {}: {e}", path.display())))?;
+        Self::load_limited(path, DEFAULT_MAX_FILE_BYTES)
+    }
+
+    /// Reads a model file of at most `limit` bytes. Only a regular file is read (a FIFO would
+    /// block the reader, `/dev/zero` or a huge sparse file exhaust memory).
+    pub fn load_limited(path: &Path, limit: u64) -> Result<Self, ModelError> {
+        use crate::fsutil::ReadError;
+        let bytes = crate::fsutil::read_regular_capped(path, limit).map_err(|e| match e {
+            ReadError::TooLarge { size, limit } => ModelError::Invalid(format!(
+                "{}: it is {size} bytes ({} MiB), more than the {} MiB a model file may have (models are about 20 to 100 KiB): remove it, or raise --max-model-file-mb (DNSEXFIL_MAX_MODEL_FILE_MB)",
+                path.display(),
+                size.div_ceil(1 << 20),
+                limit >> 20
+            )),
+            ReadError::NotRegular(_) => {
+                ModelError::Invalid(format!("{}: {e}", path.display()))
+            }
+            ReadError::Io(e) => ModelError::Io(format!("cannot read {}: {e}", path.display())),
+        })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 

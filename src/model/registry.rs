@@ -9,7 +9,6 @@ use std::time::SystemTime;
 use super::convert;
 use super::{Model, ModelError};
 
-#[derive(Default)]
 pub struct Registry {
     models: RwLock<BTreeMap<String, Arc<Model>>>,
     /// Model files of the store as last loaded (modification time, size), so a rescan only
@@ -18,13 +17,58 @@ pub struct Registry {
     /// Models the service was started with (built in, `--model`): a fit may not replace them,
     /// nor may the store. With the file each came from, when it came from one.
     pinned: Mutex<BTreeMap<String, Option<PathBuf>>>,
+    /// Largest model file read from the store.
+    max_file_bytes: u64,
+    /// Set while a scan of the store is under way: concurrent requests wait for it rather than
+    /// start more.
+    scanning: std::sync::atomic::AtomicBool,
 }
 
-type FileStamp = (SystemTime, u64);
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            models: Default::default(),
+            store_files: Default::default(),
+            pinned: Default::default(),
+            max_file_bytes: super::file::DEFAULT_MAX_FILE_BYTES,
+            scanning: Default::default(),
+        }
+    }
+}
+
+/// What tells one version of a file from another without reading it: size and modification
+/// time alone miss a same-size replacement that keeps the time (`cp -p`, `rsync -t`, coarse
+/// timestamps). The inode changes with every atomic save (a rename), and the change time with
+/// every write in place; neither can be set back by the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+    device: u64,
+    inode: u64,
+    changed_ns: i128,
+}
 
 fn stamp(path: &Path) -> Option<FileStamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let (device, inode, changed_ns) = {
+        use std::os::unix::fs::MetadataExt;
+        (
+            meta.dev(),
+            meta.ino(),
+            i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        )
+    };
+    #[cfg(not(unix))]
+    let (device, inode, changed_ns) = (0, 0, 0);
+    Some(FileStamp {
+        modified: meta.modified().ok()?,
+        len: meta.len(),
+        device,
+        inode,
+        changed_ns,
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -49,8 +93,8 @@ fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 /// file must hold the model it is named after: a copy under another name (`x_old.safetensors`)
 /// would otherwise serve its old weights under the original's name, replacing the original at
 /// every scan, in the order the files happen to sort.
-fn load_store_file(path: &Path) -> Result<Model, String> {
-    let model = Model::load(path).map_err(|e| e.to_string())?;
+fn load_store_file(path: &Path, max_bytes: u64) -> Result<Model, String> {
+    let model = Model::load_limited(path, max_bytes).map_err(|e| e.to_string())?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if model.info.name != stem {
         return Err(format!(
@@ -64,6 +108,18 @@ fn load_store_file(path: &Path) -> Result<Model, String> {
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that reads model files of at most `max_file_bytes` (default 64 MiB).
+    pub fn with_max_file_bytes(max_file_bytes: u64) -> Self {
+        Self {
+            max_file_bytes,
+            ..Self::default()
+        }
+    }
+
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     /// Adds or replaces the model under its own name.
@@ -109,7 +165,16 @@ impl Registry {
     /// Finds the model a DSDL request means. The stock container loads `<algo>_<model_name>`; we
     /// also accept the bare model name or the algorithm name, so the ESCU search's
     /// `apply detect_dns_..._in_dsdl` reaches the converted ESCU model.
+    ///
+    /// A model the service was started with always answers to its own name: otherwise a fit
+    /// (or a store file) named `<algo>_<that name>` would be found first and take over the
+    /// searches that apply it (the ESCU search applies with algo = model_name).
     pub fn resolve(&self, model_name: &str, algo: Option<&str>) -> Option<Arc<Model>> {
+        if self.is_pinned(model_name) {
+            if let Some(model) = self.get(model_name) {
+                return Some(model);
+            }
+        }
         let models = self.models.read().expect("registry lock");
         // Only the joined name is made; the others are looked up as they are (every DSDL request
         // resolves its model).
@@ -177,7 +242,7 @@ impl Registry {
         {
             return Ok(None);
         }
-        let model = load_store_file(path)?;
+        let model = load_store_file(path, self.max_file_bytes)?;
         if self.is_pinned(&model.info.name) {
             return Err(format!(
                 "it holds `{}`, a model this service was started with (built in, --model or the ESCU model), which the store does not replace: train it under another name (a fit's model name, or `train --name`), or start the service without that model (--no-default-model for the built-in one)",
@@ -185,6 +250,22 @@ impl Registry {
             ));
         }
         Ok(Some(model))
+    }
+
+    /// Claims the store scan; false when another is under way.
+    pub fn begin_scan(&self) -> bool {
+        !self
+            .scanning
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    pub fn end_scan(&self) {
+        self.scanning
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn scan_running(&self) -> bool {
+        self.scanning.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Marks `name` as a model the service was started with.
@@ -205,6 +286,22 @@ impl Registry {
 
     pub fn is_pinned(&self, name: &str) -> bool {
         self.pinned.lock().expect("pinned lock").contains_key(name)
+    }
+
+    /// A model the service was started with, `P`, that a model named `name` = `<x>_P` would
+    /// answer for under the stock lookup order (`<algo>_<model_name>` first), which replicas of
+    /// earlier versions sharing the store still use.
+    pub fn shadowed_pinned(&self, name: &str) -> Option<String> {
+        self.pinned
+            .lock()
+            .expect("pinned lock")
+            .keys()
+            .find(|p| {
+                name.len() > p.len() + 1
+                    && name.ends_with(p.as_str())
+                    && name.as_bytes()[name.len() - p.len() - 1] == b'_'
+            })
+            .cloned()
     }
 
     fn pinned_from(&self, name: &str) -> Option<PathBuf> {
@@ -262,7 +359,7 @@ impl Registry {
     /// Loads one model given on the command line: a model file, or an artifact/`.pt` converted in memory.
     pub fn load_file(&self, path: &Path) -> Result<String, ModelError> {
         let model = if path.extension().and_then(|x| x.to_str()) == Some("safetensors") {
-            Model::load(path)?
+            Model::load_limited(path, self.max_file_bytes)?
         } else {
             let converted = convert::convert(path, None)?;
             Model::from_bytes(&converted.bytes, &path.display().to_string())?

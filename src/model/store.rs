@@ -35,6 +35,25 @@ impl ModelStore {
         Ok(path)
     }
 
+    /// Whether fits can be saved here: the directory exists (or can be made) and a file can be
+    /// created in it. Says what is wrong otherwise (without the path: readiness shows it).
+    pub fn check_writable(&self) -> Result<(), String> {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            return Err(format!("the model store directory cannot be created: {e}"));
+        }
+        if !self.dir.is_dir() {
+            return Err("the model store is not a directory".into());
+        }
+        // Named like a save's temporary file, so a leftover (a crash right here) is never
+        // loaded and is removed at a later start.
+        tempfile::Builder::new()
+            .prefix(".write-check.safetensors.")
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map(drop)
+            .map_err(|e| format!("no file can be created in the model store: {e}"))
+    }
+
     /// Removes temporary files that interrupted saves left behind (`.<name>.safetensors.*.tmp`).
     /// They are never loaded; this only reclaims their space. Returns how many were removed.
     pub fn remove_stale_temporaries(&self) -> usize {

@@ -15,7 +15,7 @@ use super::models;
 use crate::features::Row;
 use crate::model::Model;
 use crate::scoring;
-use crate::server::{read_body_limited, AppState, BodyError};
+use crate::server::{read_body_budgeted, AppState, BodyError};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -192,7 +192,20 @@ async fn handle(
         return Err(models::no_model_loaded());
     }
     let limit = state.config.max_body_bytes;
-    let bytes = read_body_limited(body, limit).await.map_err(|e| match e {
+    let read = read_body_budgeted(body, limit, &state).await;
+    if let Err(BodyError::Busy { budget }) = &read {
+        tracing::warn!(
+            budget_bytes = budget,
+            "request refused: the bodies in flight take the budget"
+        );
+        let refusal = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            crate::server::busy_message(*budget),
+        );
+        return Ok(crate::server::busy_response(refusal.into_response()));
+    }
+    let (bytes, _budget) = read.map_err(|e| match e {
         BodyError::TooLarge { limit, .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -204,6 +217,11 @@ async fn handle(
         BodyError::Read(e) => {
             ApiError::bad_request("body_unreadable", format!("cannot read the body: {e}"))
         }
+        BodyError::Busy { budget } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            crate::server::busy_message(budget),
+        ),
     })?;
     // Decoding, features and the forward pass are CPU work: only small requests run on the
     // async worker.

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Soak test (issue 19): good traffic mixed with the hostile clients of the hardening issue,
+against a local `dnsexfil serve` with the Kubernetes manifest's settings, on loopback only.
+
+Hostile clients: senders of large /v1/score bodies that never read the answer, /fit bodies
+trickled a byte at a time, keep-alive connections asking for health now and then (held open),
+clients that connect and send headers slowly, and bodies over the in-flight budget. Good
+traffic: /apply batches and fresh-connection /healthz probes.
+
+Passes when the process never dies, every /healthz probe answers within 1 s, the peak RSS
+stays under the manifest's memory limit, and RSS comes back near idle afterwards. Prints its
+figures. Standard library only.
+
+    python3 .ci/soak.py [--seconds 600] [--binary target/release/dnsexfil]
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "soak-token-7d1e"
+
+
+def manifest_settings():
+    """The Deployment's DNSEXFIL_* env values and its memory limit in MiB."""
+    text = open(os.path.join(ROOT, "docker/kubernetes/deployment.yaml")).read()
+    env = dict(re.findall(r'- name: (DNSEXFIL_[A-Z0-9_]+)\s*\n\s*value: "?([^"\n]+)"?', text))
+    # Only the limits the service enforces; paths and log settings are the soak's own.
+    keep = {k: v for k, v in env.items() if k.startswith("DNSEXFIL_MAX_")}
+    limit = re.search(r"limits:\s*\n(?:\s+cpu:.*\n)?\s+memory:\s*(\d+)(Mi|Gi)", text)
+    mib = int(limit.group(1)) * (1024 if limit.group(2) == "Gi" else 1)
+    return keep, mib
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def request(port, method, path, body=None, timeout=30, headers=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    req.add_header("Authorization", TOKEN)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Figures:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.health_worst = 0.0
+        self.health_slow = 0
+        self.rss_peak = 0.0
+
+    def count(self, what):
+        with self.lock:
+            self.counts[what] = self.counts.get(what, 0) + 1
+
+
+def good_apply(port, body, stop, figures, label="apply"):
+    while not stop.is_set():
+        try:
+            status, text = request(port, "POST", "/apply", body, timeout=60)
+            ok = status == 200 and json.loads(text).get("status") == "success"
+            figures.count(f"{label} ok" if ok else f"{label} refused ({status})")
+        except Exception as e:  # noqa: BLE001 - a figure, not a failure
+            figures.count(f"{label} {type(e).__name__}")
+        time.sleep(0.2)
+
+
+def health_probe(port, stop, figures):
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            status, _ = request(port, "GET", "/healthz", timeout=5)
+            took = time.monotonic() - started
+            ok = status == 200
+        except Exception:  # noqa: BLE001
+            took, ok = time.monotonic() - started, False
+        with figures.lock:
+            figures.health_worst = max(figures.health_worst, took)
+            if not ok or took > 1.0:
+                figures.health_slow += 1
+        time.sleep(0.25)
+
+
+def never_reads(port, body, stop, figures):
+    """Posts a large /v1/score body and never reads the answer; reconnects when dropped."""
+    while not stop.is_set():
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(
+                f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            figures.count("non-reader sent")
+            s.settimeout(1)
+            while not stop.is_set():
+                try:
+                    # Peek only to learn that the server dropped us: nothing is consumed.
+                    if s.recv(1, socket.MSG_PEEK) == b"":
+                        break
+                except socket.timeout:
+                    pass
+                time.sleep(1)
+            s.close()
+        except OSError:
+            time.sleep(0.5)
+
+
+def trickle_fit(port, stop, figures):
+    while not stop.is_set():
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(
+                f"POST /fit HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{".encode()
+            )
+            while not stop.is_set():
+                s.sendall(b" ")
+                time.sleep(2)
+        except OSError:
+            figures.count("trickler dropped")
+            time.sleep(0.5)
+
+
+def keepalive_health(port, stop, figures):
+    s = None
+    while not stop.is_set():
+        try:
+            if s is None:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            if not s.recv(4096):
+                raise OSError("closed")
+        except OSError:
+            figures.count("keep-alive poller closed")
+            s = None
+        time.sleep(3)
+
+
+def slow_headers(port, stop, figures):
+    while not stop.is_set():
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            for ch in b"GET /healthz HTTP/1.1\r\nHost: x\r\n":
+                if stop.is_set():
+                    break
+                s.sendall(bytes([ch]))
+                time.sleep(1)
+        except OSError:
+            figures.count("slow header client dropped")
+            time.sleep(0.5)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=600)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/dnsexfil"))
+    args = parser.parse_args()
+    settings, limit_mib = manifest_settings()
+    data = tempfile.mkdtemp(prefix="soak.")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNSEXFIL_")}
+    env.update(settings)
+    env.update({"api_token": TOKEN, "ENABLE_HTTPS": "false", "RUST_LOG": "warn"})
+    server = subprocess.Popen(
+        [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(data, "server.log"), "w"),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if request(port, "GET", "/readyz", timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            sys.exit(f"soak: the server did not become ready (log: {data}/server.log)")
+        time.sleep(0.2)
+    time.sleep(1)
+    idle = rss_mib(server.pid)
+    apply_body = subprocess.run(
+        [args.binary, "synth", "--rows", "5000", "--envelope", "--model-name", "dnsexfil_v4"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    events = ",".join(f'{{"src": "10.0.{i % 200}.{i % 250}", "query": "a{i}.example.com"}}' for i in range(100_000))
+    score_body = f'{{"events": [{events}]}}'.encode()
+    body_limit = int(settings.get("DNSEXFIL_MAX_BODY_MB", "160"))
+    big_body = json.dumps({"data": "src,query,rank\n" + "10.1.1.1,www.example.com,1\n" * ((body_limit << 20) // 30), "meta": {}}).encode()
+
+    figures = Figures()
+    stop = threading.Event()
+    threads = [threading.Thread(target=health_probe, args=(port, stop, figures))]
+    threads += [threading.Thread(target=good_apply, args=(port, apply_body, stop, figures)) for _ in range(2)]
+    threads += [threading.Thread(target=never_reads, args=(port, score_body, stop, figures)) for _ in range(8)]
+    threads += [threading.Thread(target=trickle_fit, args=(port, stop, figures)) for _ in range(8)]
+    threads += [threading.Thread(target=keepalive_health, args=(port, stop, figures)) for _ in range(40)]
+    threads += [threading.Thread(target=slow_headers, args=(port, stop, figures)) for _ in range(8)]
+    # Bodies at the size limit, several at once: over the in-flight budget, or refused.
+    threads += [
+        threading.Thread(target=good_apply, args=(port, big_body, stop, figures, "body at the limit"))
+        for _ in range(12)
+    ]
+    for t in threads:
+        t.daemon = True
+        t.start()
+    started = time.monotonic()
+    died = False
+    while time.monotonic() - started < args.seconds:
+        if server.poll() is not None:
+            died = True
+            break
+        figures.rss_peak = max(figures.rss_peak, rss_mib(server.pid))
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=15)
+    after = 0.0
+    if not died:
+        time.sleep(10)
+        after = rss_mib(server.pid)
+        server.terminate()
+        server.wait(timeout=60)
+    print(f"soak: {args.seconds} s, manifest memory limit {limit_mib} MiB, settings {settings}")
+    print(f"soak: RSS idle {idle:.0f} MiB, peak {figures.rss_peak:.0f} MiB, after {after:.0f} MiB")
+    print(f"soak: /healthz worst {figures.health_worst * 1000:.0f} ms, slow or failed {figures.health_slow}")
+    for what, n in sorted(figures.counts.items()):
+        print(f"soak: {what}: {n}")
+    problems = []
+    if died:
+        problems.append(f"the server died (exit {server.returncode}; log: {data}/server.log)")
+    if figures.health_slow:
+        problems.append(f"{figures.health_slow} /healthz probes took over 1 s or failed")
+    if figures.rss_peak > limit_mib:
+        problems.append(f"peak RSS {figures.rss_peak:.0f} MiB is over the {limit_mib} MiB limit")
+    if not died and after > max(2 * idle, idle + 128):
+        problems.append(f"RSS did not come back near idle ({after:.0f} MiB after, {idle:.0f} idle)")
+    if problems:
+        sys.exit("soak: FAILED: " + "; ".join(problems))
+    print("soak: passed")
+
+
+if __name__ == "__main__":
+    main()
