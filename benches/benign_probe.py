@@ -17,7 +17,10 @@ Usage: benign_probe.py --url http://127.0.0.1:5000 --token TOKEN --models dnsexf
        [--dev tests/fixtures/dev] [--sizes 1,10,60]
 Only the Python standard library is used.
 """
-import argparse, collections, csv, io, json, random, string, urllib.request
+import argparse, collections, random, string
+
+# The same busy hours and the same /apply call as the mixed-host probe beside this file.
+from mixed_host_probe import busy_benign_hours, score
 
 HEX = "0123456789abcdef"
 LOWER36 = string.ascii_lowercase + string.digits
@@ -172,17 +175,6 @@ SERVICES = {
 }
 
 
-def busy_benign_hours(dev):
-    labels = {(r["src"], r["query"]): r["is_exfiltration"]
-              for r in csv.DictReader(open(f"{dev}/labels.csv", newline=""))}
-    by_hour = collections.defaultdict(list)
-    for e in csv.DictReader(open(f"{dev}/events.csv", newline="")):
-        if labels.get((e["src"], e["query"])) == "0":
-            by_hour[(e["src"], int(float(e["_time"]) // 3600))].append(e["query"])
-    ranked = sorted(by_hour, key=lambda k: (-len(by_hour[k]), k))
-    return [(k[0], by_hour[k]) for k in (ranked[5], ranked[40], ranked[120])]
-
-
 def batch(src, queries, generate, n, seed):
     r = random.Random(seed)
     injected = []
@@ -198,21 +190,6 @@ def batch(src, queries, generate, n, seed):
         if seen[q] < 10:
             rows.append((src, q, seen[q]))
     return rows, set(injected)
-
-
-def score(url, token, model, rows):
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["src", "query", "rank"])
-    w.writerows(rows)
-    body = json.dumps({"data": buf.getvalue(),
-                       "meta": {"options": {"model_name": model, "params": {}}}}).encode()
-    req = urllib.request.Request(url.rstrip("/") + "/apply", data=body,
-                                 headers={"Authorization": token})
-    answer = json.load(urllib.request.urlopen(req))
-    if answer.get("status") != "success":
-        raise SystemExit(f"{model}: {answer.get('message')}")
-    return list(csv.DictReader(io.StringIO(answer["results"])))
 
 
 def main():
