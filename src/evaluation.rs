@@ -45,6 +45,18 @@ pub struct ToolResult {
     pub top_benign: Vec<(f32, String, String, String)>,
     /// The lowest-scoring rows of the tool.
     pub lowest_positives: Vec<(f32, String, String, String)>,
+    /// Per family of the tool: rows, rows alerted, sessions, sessions alerted, so a report shows
+    /// which of a tool's ciphers or modes were missed.
+    pub by_family: BTreeMap<String, FamilyResult>,
+}
+
+/// How one model did on one family of a tool.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FamilyResult {
+    pub rows: usize,
+    pub rows_alerted: usize,
+    pub sessions: usize,
+    pub sessions_alerted: usize,
 }
 
 /// One scored rank-1 row of an evaluation corpus.
@@ -289,6 +301,25 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
             *hit |= s.score > THRESHOLD;
         }
     }
+    let mut tool_families: BTreeMap<String, FamilyResult> = BTreeMap::new();
+    for s in &positives {
+        let entry = tool_families
+            .entry(s.family.clone().unwrap_or_default())
+            .or_default();
+        entry.rows += 1;
+        entry.rows_alerted += usize::from(s.score > THRESHOLD);
+    }
+    let session_family: BTreeMap<&str, &str> = corpus
+        .sessions
+        .iter()
+        .map(|(family, id)| (id.as_str(), family.as_str()))
+        .collect();
+    for (id, &hit) in &sessions {
+        let family = session_family.get(id).copied().unwrap_or_default();
+        let entry = tool_families.entry(family.to_string()).or_default();
+        entry.sessions += 1;
+        entry.sessions_alerted += usize::from(hit);
+    }
     let mut by_family: BTreeMap<String, usize> = BTreeMap::new();
     let (mut real_alerts, mut lookalike_alerts) = (0, 0);
     for s in benign.iter().filter(|s| s.score > THRESHOLD) {
@@ -338,5 +369,6 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
         benign_alerts_real: real_alerts,
         benign_alerts_lookalike: lookalike_alerts,
         benign_alerts_by_family: by_family,
+        by_family: tool_families,
     }
 }
