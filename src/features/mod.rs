@@ -60,7 +60,7 @@ impl Prepared {
             Prepared::Escu(history) => history.features(rows, scored),
             Prepared::V2(history) => history.features(scored),
             Prepared::V3(history) => history.features(scored),
-            Prepared::V4(history) => history.features(rows, scored),
+            Prepared::V4(history) => history.features(scored),
         }
     }
 }

@@ -192,6 +192,18 @@ struct PairHistory {
     sum_digit_ratio: f64,
 }
 
+/// A distinct (src, query) as [`History::build_with`] first meets it.
+pub(crate) struct NewName<'a, 'd> {
+    pub query: &'a str,
+    /// Its (src, domain) pair, source and domain ids, and the domain's text.
+    pub pair: usize,
+    pub src: usize,
+    pub domain: usize,
+    pub domain_name: &'d str,
+    /// The id of its second domain, when the split gives one.
+    pub alternate: Option<u32>,
+}
+
 /// The per-request history of the dnsexfil-v2 features, built in one pass over all rows.
 pub struct History {
     /// Per distinct (src, query): its name shape, its (src, domain) pair and how often it occurs.
@@ -203,14 +215,8 @@ pub struct History {
     src_domains: Vec<u32>,
     domain_srcs: Vec<u32>,
     row_query: Vec<usize>,
-    /// Per distinct (src, query): the first row it appeared in (richer schemas re-read its text).
-    pub(crate) query_first_row: Vec<u32>,
-    /// Registered domain text per domain id (lower case).
-    pub(crate) domain_names: Vec<String>,
     /// Per distinct (src, query), the id of its second domain (when the split gives one).
     pub(crate) query_alternate: Vec<u32>,
-    /// Number of distinct second domains.
-    pub(crate) alternates: usize,
 }
 
 /// Computes the dnsexfil-v2 features of the rows at `scored`, with all `rows` as history.
@@ -221,18 +227,25 @@ pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
 impl History {
     /// Linear in the number of rows; names are examined once per distinct (src, query).
     pub fn build(rows: &[Row<'_>]) -> Self {
-        Self::build_with(rows, |query| {
-            let (sub, registered) = split_registered(query);
-            (sub, registered, None)
-        })
+        Self::build_with(
+            rows,
+            |query| {
+                let (sub, registered) = split_registered(query);
+                (sub, registered, None)
+            },
+            |_| {},
+        )
     }
 
     /// [`History::build`] with another split of names into (lower-case subdomain, the domain
     /// names are grouped by, and optionally a second domain to remember per name): v3 groups by
-    /// the ICANN-boundary domain and remembers the full Public Suffix List one.
-    pub(crate) fn build_with(
-        rows: &[Row<'_>],
-        split: impl Fn(&str) -> (String, String, Option<String>),
+    /// the ICANN-boundary domain and remembers the full Public Suffix List one. `on_new_name`
+    /// is told of each distinct (src, query) as it first appears, in order, while its text is
+    /// still in the cache: a second pass over the names would read it from memory again.
+    pub(crate) fn build_with<'a>(
+        rows: &[Row<'a>],
+        mut split: impl FnMut(&str) -> (String, String, Option<String>),
+        mut on_new_name: impl FnMut(NewName<'a, '_>),
     ) -> Self {
         let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
         let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
@@ -244,21 +257,21 @@ impl History {
         let mut src_domains: Vec<u32> = Vec::new();
         let mut domain_of: FxHashMap<String, usize> = FxHashMap::default();
         let mut domain_srcs: Vec<u32> = Vec::new();
-        let mut domain_names: Vec<String> = Vec::new();
-        let mut query_first_row: Vec<u32> = Vec::new();
         let mut alternate_of: FxHashMap<String, u32> = FxHashMap::default();
         let mut query_alternate: Vec<u32> = Vec::new();
         let mut row_query = Vec::with_capacity(rows.len());
 
-        for (row_index, row) in rows.iter().enumerate() {
+        for row in rows {
             let next = shapes.len();
             let q = *query_of.entry((row.src, row.query)).or_insert(next);
             if q == next {
                 let (sub_lower, registered, alternate) = split(row.query);
-                if let Some(alternate) = alternate {
+                let alternate = alternate.map(|alternate| {
                     let next = alternate_of.len() as u32;
-                    query_alternate.push(*alternate_of.entry(alternate).or_insert(next));
-                }
+                    let id = *alternate_of.entry(alternate).or_insert(next);
+                    query_alternate.push(id);
+                    id
+                });
                 // The subdomain in its original case (case mixing is a signal of base64 encodings);
                 // lower-casing is ASCII-only, so byte positions are the same.
                 let trimmed = row.query.trim_end_matches('.');
@@ -274,8 +287,7 @@ impl History {
                 let domain = match domain_of.get(registered.as_str()) {
                     Some(&d) => d,
                     None => {
-                        domain_names.push(registered.clone());
-                        domain_of.insert(registered, next_domain);
+                        domain_of.insert(registered.clone(), next_domain);
                         domain_srcs.push(0);
                         next_domain
                     }
@@ -288,6 +300,14 @@ impl History {
                     src_domains[src] += 1;
                     pair_src_domain.push((src, domain));
                 }
+                on_new_name(NewName {
+                    query: row.query,
+                    pair,
+                    src,
+                    domain,
+                    domain_name: &registered,
+                    alternate,
+                });
                 let h = &mut pairs[pair];
                 h.distinct += 1;
                 h.sum_sub_len += shape.sub_len as f64;
@@ -297,7 +317,6 @@ impl History {
                 h.long_subs += (shape.sub_len > 20.0) as u32;
                 h.sum_digit_ratio += shape.digit_ratio as f64;
                 shapes.push((shape, pair, 0));
-                query_first_row.push(row_index as u32);
             }
             let (_, pair, repeats) = &mut shapes[q];
             *repeats += 1;
@@ -313,10 +332,7 @@ impl History {
             src_domains,
             domain_srcs,
             row_query,
-            query_first_row,
-            domain_names,
             query_alternate,
-            alternates: alternate_of.len(),
         }
     }
 
@@ -330,20 +346,10 @@ impl History {
         self.shapes.len()
     }
 
-    /// Number of distinct sources.
-    pub(crate) fn sources(&self) -> usize {
-        self.src_rows.len()
-    }
-
     /// The (src, domain) pair of a distinct (src, query); pairs are numbered in the order their
     /// first name appears.
     pub(crate) fn query_pair(&self, q: usize) -> usize {
         self.shapes[q].1
-    }
-
-    /// Number of (src, domain) pairs.
-    pub(crate) fn pairs(&self) -> usize {
-        self.pairs.len()
     }
 
     /// (src id, domain id) of a pair.
@@ -368,6 +374,14 @@ impl History {
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
+        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+        self.fill(scored, &mut matrix);
+        matrix
+    }
+
+    /// Writes the features of the rows at `scored` into the first [`WIDTH`] columns of
+    /// `matrix`'s rows: richer schemas fill their wider matrix in place instead of copying.
+    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureMatrix) {
         let Self {
             shapes,
             pairs,
@@ -378,7 +392,6 @@ impl History {
             row_query,
             ..
         } = self;
-        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
         for (k, &i) in scored.iter().enumerate() {
             let (shape, pair, repeats) = &shapes[row_query[i]];
             let h = &pairs[*pair];
@@ -400,7 +413,6 @@ impl History {
             out[28] = (domain_srcs[domain] as f32).ln_1p();
             out[29] = (*repeats as f32).ln_1p();
         }
-        matrix
     }
 }
 

@@ -11,6 +11,7 @@
 //! nobody else uses (domain rotation). Linear in the rows, like v2, whose history it extends.
 
 use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
 use rustc_hash::{FxHashMap, FxHasher};
 
@@ -132,14 +133,38 @@ fn is_icann_suffix(tail: &str) -> bool {
 /// as dnscat2's `dnscat.<hex>` sent without a domain, belongs to the root `.`: it is all
 /// subdomain, instead of being its own "registered domain" that shows no history.
 pub fn split_icann(query: &str) -> (String, String, Option<String>) {
+    split_icann_noting_suffix(query, None)
+}
+
+/// [`split_icann`], also telling in `known_suffix` (when given) whether a known suffix of the
+/// Public Suffix List covers the name (trailing dots trimmed, in lower case), as
+/// `psl::suffix(..).is_some_and(|s| s.is_known())` would: v4's `internal_zone` takes it from the
+/// split's own lookup instead of looking the name up again.
+pub(crate) fn split_icann_noting_suffix(
+    query: &str,
+    known_suffix: Option<&mut bool>,
+) -> (String, String, Option<String>) {
     let lower = query.trim_end_matches('.').to_ascii_lowercase();
+    let known = |name: &str| psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known());
     let tld = lower.rsplit('.').next().unwrap_or("");
     let plausible_tld = (2..=24).contains(&tld.len())
         && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"));
     if !plausible_tld && lower.contains('.') {
+        if let Some(k) = known_suffix {
+            *k = known(&lower);
+        }
         return (lower, ".".to_string(), Some(".".to_string()));
     }
-    let registered = psl::domain_str(&lower)
+    // `psl::domain_str`, keeping the suffix it found.
+    let domain = psl::domain(lower.as_bytes());
+    if let Some(k) = known_suffix {
+        *k = match domain {
+            Some(d) => d.suffix().is_known(),
+            None => known(&lower),
+        };
+    }
+    let registered = domain
+        .and_then(|d| std::str::from_utf8(d.trim().as_bytes()).ok())
         .map(str::to_string)
         .unwrap_or_else(|| v2::last_labels(&lower, 2).to_string());
     let icann = icann_domain(&registered).to_string();
@@ -169,29 +194,52 @@ struct NameExtras {
     payload_like: bool,
 }
 
+/// Byte classes of [`name_extras`]: ASCII letter, ASCII digit, anything else.
+const OTHER: u8 = 0;
+const LETTER: u8 = 1;
+const DIGIT: u8 = 2;
+/// No letter or digit yet.
+const NONE: u8 = 3;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphabetic() {
+            table[b] = LETTER;
+        } else if byte.is_ascii_digit() {
+            table[b] = DIGIT;
+        }
+        b += 1;
+    }
+    table
+};
+
 fn name_extras(sub: &str, icann: u32) -> NameExtras {
     let mut hasher = FxHasher::default();
     icann.hash(&mut hasher);
-    let (mut switches, mut classed, mut previous_digit) = (0u32, 0u32, None);
+    // Class of the last letter or digit, across labels.
+    let (mut switches, mut classed, mut previous_class) = (0u32, 0u32, NONE);
     let (mut labels, mut numeric_labels, mut longest, mut service) = (0u32, 0u32, 0usize, false);
     for label in sub.split('.').filter(|l| !l.is_empty()) {
         labels += 1;
         longest = longest.max(label.len());
         service |= label.starts_with('_');
-        let (mut letters, mut digits, mut others) = (false, false, false);
+        // One table look-up per byte instead of three class tests; `seen` has a bit per class.
+        let mut seen = 0u8;
         for b in label.bytes() {
-            let digit = b.is_ascii_digit();
-            letters |= b.is_ascii_alphabetic();
-            digits |= digit;
-            others |= !b.is_ascii_alphanumeric();
-            if b.is_ascii_alphanumeric() {
-                if previous_digit.is_some_and(|p| p != digit) {
-                    switches += 1;
-                }
-                previous_digit = Some(digit);
+            let class = BYTE_CLASS[b as usize];
+            seen |= 1 << class;
+            if class != OTHER {
+                switches += (previous_class != NONE && previous_class != class) as u32;
+                previous_class = class;
                 classed += 1;
             }
         }
+        let letters = seen & (1 << LETTER) != 0;
+        let digits = seen & (1 << DIGIT) != 0;
+        let others = seen & (1 << OTHER) != 0;
         numeric_labels += (digits && !letters && !others && label.len() <= 3) as u32;
         (label.len(), letters, digits, others).hash(&mut hasher);
     }
@@ -252,35 +300,70 @@ pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
 }
 
 impl History {
-    /// Linear in the number of rows: v2's history at the ICANN boundary, then two passes over
-    /// the distinct names.
+    /// Linear in the number of rows: v2's history at the ICANN boundary, with v3's look at each
+    /// distinct name as v2 first meets it, then one pass over the distinct names.
     pub fn build(rows: &[Row<'_>]) -> Self {
-        let base = v2::History::build_with(rows, split_icann);
-        let distinct = base.distinct_queries();
-        // ICANN domains that hold a lookup service's zone: only their names need the check.
-        let lookup_domains: Vec<bool> = base
-            .domain_names
-            .iter()
-            .map(|d| LOOKUP_SERVICES.iter().any(|zone| zone_parent_is(zone, d)))
-            .collect();
-        let mut icann_names = vec![0u32; base.domain_names.len()];
-        let mut registered_srcs = vec![0u32; base.alternates];
-        // (src, full registered domain) -> distinct names.
-        let mut registered_pair: FxHashMap<(u32, u32), u32> = FxHashMap::default();
-        let mut template_count: FxHashMap<(u32, u64), u32> = FxHashMap::default();
-        let mut name_srcs: FxHashMap<&str, u32> = FxHashMap::default();
-        let mut pairs = vec![PairExtras::default(); base.pairs()];
-        let mut sources = vec![SourceTotals::default(); base.sources()];
-        let mut query_extras = Vec::with_capacity(distinct);
+        Self::build_noting(rows, None)
+    }
 
-        for q in 0..distinct {
-            let pair = base.query_pair(q);
-            let (src, icann) = base.pair_src_domain(pair);
-            let registered = base.query_alternate[q];
-            let query = rows[base.query_first_row[q] as usize].query;
+    /// [`History::build`], also telling `note` of each distinct (src, query), in order, its text
+    /// and whether a known public suffix covers the name (see [`split_icann_noting_suffix`]).
+    pub(crate) fn build_noting<'a>(
+        rows: &[Row<'a>],
+        mut note: Option<&mut dyn FnMut(&str, bool)>,
+    ) -> Self {
+        // ICANN domains that hold a lookup service's zone: only their names need the check.
+        let mut lookup_domains: Vec<bool> = Vec::new();
+        let mut icann_names: Vec<u32> = Vec::new();
+        let mut registered_srcs: Vec<u32> = Vec::new();
+        // Each map gives a key its slot in a Vec of counts, and each name remembers its slots:
+        // the second pass reads counts by index instead of hashing every key again.
+        // (src, full registered domain) -> slot of its distinct names.
+        let mut registered_pair: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+        let mut registered_names: Vec<u32> = Vec::new();
+        // (pair, template) -> slot of its names.
+        let mut template_of: FxHashMap<(u32, u64), u32> = FxHashMap::default();
+        let mut template_names: Vec<u32> = Vec::new();
+        // Name text -> slot of the sources sending it.
+        let mut name_of: FxHashMap<&'a str, u32> = FxHashMap::default();
+        let mut name_srcs: Vec<u32> = Vec::new();
+        // Per distinct (src, query): its (registered pair, template, name) slots.
+        let mut query_slots: Vec<(u32, u32, u32)> = Vec::new();
+        let mut pairs: Vec<PairExtras> = Vec::new();
+        let mut sources: Vec<SourceTotals> = Vec::new();
+        let mut query_extras = Vec::new();
+
+        let split = |query: &str| match note.as_deref_mut() {
+            Some(note) => {
+                let mut known_suffix = false;
+                let split = split_icann_noting_suffix(query, Some(&mut known_suffix));
+                note(query, known_suffix);
+                split
+            }
+            None => split_icann(query),
+        };
+        // Ids of pairs, sources and domains are handed out in order: a new one is the next index.
+        let on_new_name = |name: v2::NewName<'a, '_>| {
+            let (pair, src, icann) = (name.pair, name.src, name.domain);
+            let registered = name.alternate.unwrap_or(0);
+            let query = name.query;
+            if icann == icann_names.len() {
+                icann_names.push(0);
+                let d = name.domain_name;
+                lookup_domains.push(LOOKUP_SERVICES.iter().any(|zone| zone_parent_is(zone, d)));
+            }
+            if registered as usize == registered_srcs.len() {
+                registered_srcs.push(0);
+            }
+            if pair == pairs.len() {
+                pairs.push(PairExtras::default());
+            }
+            if src == sources.len() {
+                sources.push(SourceTotals::default());
+            }
             let trimmed = query.trim_end_matches('.');
             // The subdomain below the ICANN domain (`d1abc` of `d1abc.cloudfront.net`).
-            let icann_len = match base.domain_names[icann].as_str() {
+            let icann_len = match name.domain_name {
                 "." => 0,
                 domain => domain.len(),
             };
@@ -295,19 +378,30 @@ impl History {
             let len = sub.len() as f64;
             p.sum_len += len;
             p.sum_len_sq += len * len;
-            let names_under = registered_pair.entry((src as u32, registered)).or_insert(0);
-            if *names_under == 0 {
+            let registered_slot = slot(
+                &mut registered_pair,
+                &mut registered_names,
+                (src as u32, registered),
+            );
+            if registered_names[registered_slot as usize] == 0 {
                 p.domains += 1;
                 registered_srcs[registered as usize] += 1;
             }
-            *names_under += 1;
-            *template_count
-                .entry((pair as u32, extras.template))
-                .or_insert(0) += 1;
-            *name_srcs.entry(query).or_insert(0) += 1;
+            registered_names[registered_slot as usize] += 1;
+            let template_slot = slot(
+                &mut template_of,
+                &mut template_names,
+                (pair as u32, extras.template),
+            );
+            template_names[template_slot as usize] += 1;
+            let name_slot = slot(&mut name_of, &mut name_srcs, query);
+            name_srcs[name_slot as usize] += 1;
+            query_slots.push((registered_slot, template_slot, name_slot));
             sources[src].distinct += 1;
             query_extras.push(extras);
-        }
+        };
+        let base = v2::History::build_with(rows, split, on_new_name);
+        let distinct = base.distinct_queries();
 
         // Second pass: counts that need the whole request first.
         let mut query_template_count = Vec::with_capacity(distinct);
@@ -317,14 +411,14 @@ impl History {
             let pair = base.query_pair(q);
             let (src, icann) = base.pair_src_domain(pair);
             let extras = query_extras[q];
-            query_template_count.push(template_count[&(pair as u32, extras.template)]);
+            let (registered_slot, template_slot, name_slot) = query_slots[q];
+            query_template_count.push(template_names[template_slot as usize]);
             let registered = base.query_alternate[q];
             query_registered.push((
-                registered_pair[&(src as u32, registered)],
+                registered_names[registered_slot as usize],
                 registered_srcs[registered as usize],
             ));
-            let query = rows[base.query_first_row[q] as usize].query;
-            let srcs = name_srcs[query];
+            let srcs = name_srcs[name_slot as usize];
             query_name_srcs.push(srcs);
             if srcs == 1 {
                 pairs[pair].unique_names += 1;
@@ -362,10 +456,22 @@ impl History {
         }
     }
 
+    /// The distinct (src, query) index of each row.
+    pub(crate) fn row_query(&self) -> &[usize] {
+        self.base.row_query()
+    }
+
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
-        let v2_part = self.base.features(scored);
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+        self.fill(scored, &mut matrix);
+        matrix
+    }
+
+    /// Writes the features of the rows at `scored` into the first [`WIDTH`] columns of
+    /// `matrix`'s rows (v4 fills its wider matrix in place).
+    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureMatrix) {
+        self.base.fill(scored, matrix);
         let row_query = self.base.row_query();
         for (k, &i) in scored.iter().enumerate() {
             let q = row_query[i];
@@ -380,8 +486,7 @@ impl History {
             let mean = pair.sum_len / distinct;
             let variance = (pair.sum_len_sq / distinct - mean * mean).max(0.0);
             let out = matrix.row_mut(k);
-            out[..V2_WIDTH].copy_from_slice(v2_part.row(k));
-            let log = |v: u32| (v as f32).ln_1p();
+            let log = log_count;
             out[30] = log(registered_names);
             out[31] = pair_distinct as f32 / source.distinct.max(1) as f32;
             out[32] = log(pair.domains);
@@ -412,7 +517,34 @@ impl History {
             out[46] = extras.known_service as u8 as f32;
             out[47] = pair.excess;
         }
-        matrix
+    }
+}
+
+/// The slot of `key` in `counts`, a new zero count if the key is new.
+fn slot<K: Hash + Eq>(slots: &mut FxHashMap<K, u32>, counts: &mut Vec<u32>, key: K) -> u32 {
+    let next = counts.len() as u32;
+    let slot = *slots.entry(key).or_insert(next);
+    if slot == next {
+        counts.push(0);
+    }
+    slot
+}
+
+/// Counts below this take their logarithm from a table.
+const LOG_TABLE_LEN: usize = 1024;
+
+/// `(v as f32).ln_1p()`, bit for bit: small counts (nearly all of them) read it from a table
+/// made by that very expression, once per process, instead of calling `log1pf` per feature.
+fn log_count(v: u32) -> f32 {
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..LOG_TABLE_LEN as u32)
+            .map(|v| (v as f32).ln_1p())
+            .collect()
+    });
+    match table.get(v as usize) {
+        Some(&log) => log,
+        None => (v as f32).ln_1p(),
     }
 }
 

@@ -12,7 +12,7 @@
 //!   domain can name labels so, and the randomised threat family does: it is a context for the
 //!   other features, not a pass. v2's `is_service_label` only sees a first label.
 //!
-//! Linear in the rows: v3's history plus one pass over each scored row's name.
+//! Linear in the rows: v3's history, and two checks per distinct name as v3 first splits it.
 
 use super::v3;
 use super::{FeatureMatrix, Row};
@@ -30,28 +30,42 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 /// Features of the rows at `scored`, with all of `rows` as history.
 pub fn compute(rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
-    History::build(rows).features(rows, scored)
+    History::build(rows).features(scored)
 }
 
-/// v3's per-request history; v4's own features need only the row's name.
-pub struct History(v3::History);
+/// v3's per-request history, and v4's own two features per distinct (src, query): they need
+/// only the name, so they are computed as v3 first splits it, while its text is at hand, and
+/// from the same Public Suffix List lookup.
+pub struct History {
+    v3: v3::History,
+    /// Per distinct (src, query): (`internal_zone`, `service_label_inside`).
+    own: Vec<(bool, bool)>,
+}
 
 impl History {
     pub fn build(rows: &[Row<'_>]) -> Self {
-        Self(v3::History::build(rows))
+        let mut own = Vec::new();
+        let mut note = |query: &str, known_suffix: bool| {
+            own.push((
+                internal_zone_given(query, known_suffix),
+                has_service_label_inside(query),
+            ));
+        };
+        let v3 = v3::History::build_noting(rows, Some(&mut note));
+        Self { v3, own }
     }
 
     /// Features of the rows at `scored` (indices into `rows`, the rows the history was built
     /// from).
-    pub fn features(&self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
-        let v3_part = self.0.features(scored);
+    pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
+        self.v3.fill(scored, &mut matrix);
+        let row_query = self.v3.row_query();
         for (k, &i) in scored.iter().enumerate() {
-            let query = rows[i].query;
+            let (internal, service) = self.own[row_query[i]];
             let out = matrix.row_mut(k);
-            out[..v3::WIDTH].copy_from_slice(v3_part.row(k));
-            out[v3::WIDTH] = is_internal_zone(query) as u8 as f32;
-            out[v3::WIDTH + 1] = has_service_label_inside(query) as u8 as f32;
+            out[v3::WIDTH] = internal as u8 as f32;
+            out[v3::WIDTH + 1] = service as u8 as f32;
         }
         matrix
     }
@@ -62,6 +76,14 @@ impl History {
 /// (`*.ck`, `co.za`), so their last label alone is unknown. A name without a dot is a bare host
 /// name, also resolved locally.
 pub fn is_internal_zone(query: &str) -> bool {
+    let name = query.trim_end_matches('.').to_ascii_lowercase();
+    let known_suffix = psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known());
+    internal_zone_given(query, known_suffix)
+}
+
+/// [`is_internal_zone`] given whether a known suffix covers the name (trailing dots trimmed, in
+/// lower case).
+fn internal_zone_given(query: &str, known_suffix: bool) -> bool {
     let name = query.trim_end_matches('.');
     if name.is_empty() || name.ends_with('.') {
         return false;
@@ -69,13 +91,16 @@ pub fn is_internal_zone(query: &str) -> bool {
     if !name.contains('.') {
         return true;
     }
-    let name = name.to_ascii_lowercase();
-    !psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known())
+    !known_suffix
 }
 
 /// A label after the first is `_` and 2 to 24 letters, digits or hyphens in one case (`_tcp`
 /// or `_TCP`; a mixed-case label is an encoding's, not a service's).
 pub fn has_service_label_inside(query: &str) -> bool {
+    // Such a label follows a dot: most names have no `._` and need no look at their labels.
+    if !query.contains("._") {
+        return false;
+    }
     query.split('.').skip(1).any(|label| {
         label.strip_prefix('_').is_some_and(|word| {
             let one_case = !word.bytes().any(|b| b.is_ascii_lowercase())
@@ -140,6 +165,58 @@ mod tests {
             "abc._aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.com"
         ));
         assert!(!has_service_label_inside("www.example.com"));
+    }
+
+    #[test]
+    fn internal_zone_from_the_split_is_the_direct_lookup() {
+        let labels = [
+            "",
+            "www",
+            "WWW",
+            "example",
+            "co",
+            "uk",
+            "CO.UK",
+            "com",
+            "ck",
+            "www.ck",
+            "b.ck",
+            "za",
+            "co.za",
+            "local",
+            "svc.cluster",
+            "lan",
+            "xn--p1ai",
+            "35a1009c1eb0",
+            "123",
+            "cloudfront.net",
+            "d1abc",
+            "github.io",
+            "blogspot",
+            "bücher",
+            "例え",
+            "jp",
+            "arpa",
+            "in-addr",
+            "_tcp",
+            "x-y",
+        ];
+        let mut names: Vec<String> = Vec::new();
+        for a in labels {
+            names.push(a.to_string());
+            for b in labels {
+                names.push(format!("{a}.{b}"));
+                names.push(format!("{a}.{b}."));
+                names.push(format!("q.{a}.{b}.."));
+            }
+        }
+        let rows: Vec<Row> = names.iter().map(|q| Row { src: "s", query: q }).collect();
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let m = compute(&rows, &all);
+        for (k, name) in names.iter().enumerate() {
+            let expected = is_internal_zone(name) as u8 as f32;
+            assert_eq!(m.row(k)[v3::WIDTH], expected, "{name}");
+        }
     }
 
     #[test]
