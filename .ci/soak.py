@@ -11,13 +11,19 @@ Passes when the process never dies, every /healthz probe answers within 1 s, the
 stays under the manifest's memory limit, and RSS comes back near idle afterwards. Prints its
 figures. Standard library only.
 
-    python3 .ci/soak.py [--seconds 600] [--binary target/release/dnsexfil]
+    python3 .ci/soak.py [--seconds 600] [--binary target/release/dnsexfil] [--prefix CMD]
+
+The memory limit itself comes from whatever runs the server: give a command prefix that runs it
+under one, e.g. --prefix "systemd-run --user --scope -p MemoryMax=1G" (the prefix must exec the
+server in place, so that its process id is the server's). Without one, the peak RSS is only
+compared with the manifest's limit.
 """
 
 import argparse
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -41,10 +47,10 @@ def manifest_settings():
     return keep, mib
 
 
-def rss_mib(pid):
+def rss_mib(pid, field="VmRSS:"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -176,6 +182,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=600)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/dnsexfil"))
+    parser.add_argument("--prefix", default="", help="command the server runs under (a memory limit)")
     args = parser.parse_args()
     settings, limit_mib = manifest_settings()
     data = tempfile.mkdtemp(prefix="soak.")
@@ -186,7 +193,7 @@ def main():
     env.update(settings)
     env.update({"api_token": TOKEN, "ENABLE_HTTPS": "false", "RUST_LOG": "warn"})
     server = subprocess.Popen(
-        [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
+        shlex.split(args.prefix) + [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(data, "server.log"), "w"),
@@ -244,9 +251,13 @@ def main():
     if not died:
         time.sleep(10)
         after = rss_mib(server.pid)
+        # The kernel's own peak, between the samples too.
+        figures.rss_peak = max(figures.rss_peak, rss_mib(server.pid, "VmHWM:"))
         server.terminate()
         server.wait(timeout=60)
     print(f"soak: {args.seconds} s, manifest memory limit {limit_mib} MiB, settings {settings}")
+    if args.prefix:
+        print(f"soak: server run under: {args.prefix}")
     print(f"soak: RSS idle {idle:.0f} MiB, peak {figures.rss_peak:.0f} MiB, after {after:.0f} MiB")
     print(f"soak: /healthz worst {figures.health_worst * 1000:.0f} ms, slow or failed {figures.health_slow}")
     for what, n in sorted(figures.counts.items()):

@@ -67,6 +67,11 @@ struct Guard {
     body_budget: Arc<Semaphore>,
 }
 
+/// Marks an answer whose memory its handler counted against the budget before making it, and
+/// keeps counted until it is sent: not counted again here.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgeted;
+
 /// Counts an answer not yet sent against the budget for bodies in flight, as far as the budget
 /// goes (the answer exists already: it is sent whatever the budget). New bodies are then refused
 /// while answers that clients do not read hold the memory.
@@ -74,6 +79,9 @@ fn count_answer(
     budget: &Arc<Semaphore>,
     resp: &Response,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if resp.extensions().get::<Budgeted>().is_some() {
+        return None;
+    }
     let bytes = http_body::Body::size_hint(resp.body()).exact()?;
     let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
     let available = u32::try_from(budget.available_permits()).unwrap_or(u32::MAX);

@@ -323,8 +323,86 @@ pub enum BodyError {
     },
 }
 
-/// Memory of a request body counted against the budget for bodies in flight, until dropped.
-pub struct BodyBudget(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+/// Memory of a request counted against the budget for bodies in flight, until dropped: its body,
+/// then its answer (which is counted before it is made, see [`BodyBudget::grow_to`]).
+pub struct BodyBudget {
+    budget: Option<Arc<tokio::sync::Semaphore>>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    refused: bool,
+}
+
+impl BodyBudget {
+    /// Counts nothing, and has room for anything.
+    pub fn none() -> Self {
+        Self {
+            budget: None,
+            held: None,
+            refused: false,
+        }
+    }
+
+    /// Counts `bytes` in all for this request (more than its body: the answer it is about to
+    /// make), if the budget has room now. Never waits: the caller holds a compute permit.
+    pub fn grow_to(&mut self, bytes: usize, state: &AppState) -> Room {
+        let Some(budget) = &self.budget else {
+            return Room::Counted;
+        };
+        let held = self.held.as_ref().map_or(0, |p| p.num_permits());
+        let more = bytes.div_ceil(1024).saturating_sub(held);
+        if more == 0 {
+            return Room::Counted;
+        }
+        if bytes > state.config.limits.max_body_bytes_in_flight {
+            return Room::Never;
+        }
+        let acquired = u32::try_from(more)
+            .ok()
+            .and_then(|more| budget.clone().try_acquire_many_owned(more).ok());
+        match (acquired, self.held.as_mut()) {
+            (Some(permit), Some(held)) => held.merge(permit),
+            (Some(permit), None) => self.held = Some(permit),
+            (None, _) => {
+                self.refused = true;
+                return Room::Busy;
+            }
+        }
+        Room::Counted
+    }
+
+    /// Whether [`BodyBudget::grow_to`] found no room.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+/// Whether the budget has room for a request's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Counted: make it.
+    Counted,
+    /// Not now ([`BodyBudget::refused`]): refuse with 503 and `Retry-After`.
+    Busy,
+    /// Never: it is larger than the whole budget.
+    Never,
+}
+
+impl Room {
+    /// What the request is told when there is no room, `None` when counted.
+    pub fn refusal(self, needed: usize, budget: usize) -> Option<String> {
+        match self {
+            Room::Counted => None,
+            Room::Busy => Some(format!(
+                "the bodies and answers of the requests in flight already take the {} MiB they may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB), and this request's answer would not fit; retry shortly",
+                budget >> 20
+            )),
+            Room::Never => Some(format!(
+                "the answer to this request needs up to {} MiB, more than the {} MiB all requests in flight may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB); send fewer rows or events per request, or raise it",
+                needed.div_ceil(1 << 20),
+                budget >> 20
+            )),
+        }
+    }
+}
 
 /// [`read_body_limited`], counting the body against `state`'s budget for bodies in flight as it
 /// arrives: a body that would take the bodies of all requests over the budget is read to its
@@ -394,7 +472,14 @@ pub async fn read_body_budgeted(
             budget: state.config.limits.max_body_bytes_in_flight,
         });
     }
-    Ok((Bytes::from(buf), BodyBudget(held)))
+    Ok((
+        Bytes::from(buf),
+        BodyBudget {
+            budget: Some(budget.clone()),
+            held,
+            refused: false,
+        },
+    ))
 }
 
 /// Bodies larger than this are not even drained: the connection is dropped instead.

@@ -1120,13 +1120,16 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
         .unwrap();
     assert_eq!(v1.status(), 503);
     assert_eq!(v1.headers()["retry-after"], "1");
-    // Once the first is gone, the budget is back.
+    // Once the first is gone, the budget is back (for a body as large, with a small answer:
+    // answers are counted too, and those rows' answer would be twice the budget).
     drop(holding);
     std::thread::sleep(Duration::from_millis(300));
+    let mut padded = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v4")).unwrap();
+    padded.resize(body.len(), b' ');
     let accepted: serde_json::Value = client
         .post(format!("http://{address}/apply"))
         .header("Authorization", TOKEN)
-        .body(body)
+        .body(padded)
         .send()
         .unwrap()
         .json()
@@ -1261,8 +1264,10 @@ fn unsent_answers_count_against_the_budget_for_bodies_in_flight() {
     wait_until("the answer being sent", Duration::from_secs(30), || {
         in_flight(&address) >= 1.0
     });
-    // Once the answer is made (and stuck), a new body finds the budget taken.
-    let small = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v4")).unwrap();
+    // Once the answer is made (and stuck), a new body finds the budget taken: what the answer
+    // is written from stays counted (about the body's size here) until it has been sent.
+    let mut small = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v4")).unwrap();
+    small.resize(15 << 19, b' ');
     let mut retry_after = None;
     wait_until("a new body refused", Duration::from_secs(30), || {
         let answer = quick_client()
@@ -1285,4 +1290,506 @@ fn unsent_answers_count_against_the_budget_for_bodies_in_flight() {
             .send()
             .is_ok_and(|r| r.status() == 200)
     });
+}
+
+// Issue 19, item 4 (memory): an answer nobody reads holds a piece of it, not all of it.
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// A `/v1/score` JSON body of `events` tiny events: the answer is about seven times the body.
+fn tiny_events_body(events: usize) -> String {
+    let mut body = String::with_capacity(events * 24 + 16);
+    body.push_str("{\"events\":[");
+    for i in 0..events {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            "{{\"src\":\"{}\",\"query\":\"{}\"}}",
+            i % 10,
+            i % 7
+        ));
+    }
+    body.push_str("]}");
+    body
+}
+
+/// Sends `body` to `/v1/score` on a new connection and returns it unread.
+fn post_unread(address: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    stream
+}
+
+/// Waits for the head of the answer on `stream` without reading it (peeked, the bytes stay in
+/// the socket); returns its status and `Content-Length`.
+fn peek_head(stream: &std::net::TcpStream) -> (u16, usize) {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let n = stream
+            .peek(&mut buf)
+            .expect("the answer's head within the patience");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if let Some((head, _)) = text.split_once("\r\n\r\n") {
+            let status = head[9..12].parse().unwrap();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.parse().unwrap())
+                })
+                .unwrap_or_else(|| panic!("a Content-Length: {head}"));
+            return (status, length);
+        }
+        assert!(Instant::now() < deadline, "no complete head: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn answers_nobody_reads_hold_a_fraction_of_their_size() {
+    let data = tempfile::tempdir().unwrap();
+    // A write timeout longer than the test: the answers stay unread for as long as it lasts.
+    let (mut child, lines) = spawn_serve(data.path(), &["--write-timeout-secs", "3600"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let pid = child.id();
+    let _server = Killed(child);
+    // Idle, once the scoring path has run.
+    let small = tiny_events_body(2_000);
+    let answer = quick_client()
+        .post(format!("http://{address}/v1/score"))
+        .header("Authorization", TOKEN)
+        .header("Content-Type", "application/json")
+        .body(small)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.bytes().unwrap();
+    let idle = status_kib(pid, "VmRSS:") << 10;
+    // Four clients post 200,000 tiny events each (a 5 MB body, a 30 MB answer) and never read.
+    let body = tiny_events_body(200_000);
+    let unread: Vec<_> = (0..4).map(|_| post_unread(&address, &body)).collect();
+    let mut answers = 0;
+    for stream in &unread {
+        let (status, length) = peek_head(stream);
+        assert_eq!(status, 200);
+        answers += length;
+    }
+    assert!(answers > 4 * 6 * body.len(), "{answers} bytes of answers");
+    // Every answer is being sent (its head arrived) and none is read: what the service holds
+    // for them comes to well under half of them once the work's memory is handed back. An
+    // answer made whole before it is sent held all of it until the client read nearly all.
+    let mut held = 0;
+    let settled = Instant::now() + PATIENCE;
+    while Instant::now() < settled {
+        held = (status_kib(pid, "VmRSS:") << 10).saturating_sub(idle);
+        if held * 2 < answers as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        held * 2 < answers as u64,
+        "{} MiB held above idle for {} MiB of unread answers",
+        held >> 20,
+        answers >> 20
+    );
+    assert_eq!(
+        in_flight(&address),
+        4.0,
+        "the four answers are still being sent"
+    );
+    drop(unread);
+}
+
+// Issue 19, item 6: the Kubernetes manifest's memory limit holds for any mix of requests
+// within its limits.
+
+/// The Deployment's `DNSEXFIL_*` settings, and its container's memory limit (bytes) and CPU
+/// limit, from docker/kubernetes/deployment.yaml.
+fn manifest_settings() -> (Vec<(String, String)>, u64, usize) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/kubernetes/deployment.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut env = Vec::new();
+    for pair in lines.windows(2) {
+        if let (Some(name), Some(value)) = (
+            pair[0].strip_prefix("- name: DNSEXFIL_"),
+            pair[1].strip_prefix("value: "),
+        ) {
+            env.push((
+                format!("DNSEXFIL_{name}"),
+                value.trim_matches('"').to_string(),
+            ));
+        }
+    }
+    let limits = lines
+        .iter()
+        .position(|l| *l == "limits:")
+        .expect("resources.limits in the manifest");
+    let field = |name: &str| {
+        lines[limits + 1..limits + 3]
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("limits.{name} in the manifest"))
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    let memory = field("memory:");
+    let memory = match memory.split_at(memory.len() - 2) {
+        (n, "Gi") => n.parse::<u64>().unwrap() << 30,
+        (n, "Mi") => n.parse::<u64>().unwrap() << 20,
+        _ => panic!("memory limit {memory}: expected Mi or Gi"),
+    };
+    let cpus = field("cpu:")
+        .parse::<f64>()
+        .expect("a whole number of CPUs")
+        .ceil() as usize;
+    (env, memory, cpus)
+}
+
+/// `dnsexfil serve` with the manifest's settings (and as many compute threads as its CPU
+/// limit gives): the child, its log, and its effective limits from its "listening" line.
+fn serve_as_the_manifest(data_dir: &Path) -> (Killed, String, serde_json::Value) {
+    let (env, _, cpus) = manifest_settings();
+    let mut args: Vec<String> = Vec::new();
+    // The limits the service enforces; paths, port and logging are the test's own.
+    for (name, value) in env
+        .iter()
+        .filter(|(name, _)| name.starts_with("DNSEXFIL_MAX_"))
+    {
+        let flag = name
+            .trim_start_matches("DNSEXFIL_")
+            .to_lowercase()
+            .replace('_', "-");
+        args.push(format!("--{flag}"));
+        args.push(value.clone());
+    }
+    args.extend(["--compute-threads".to_string(), cpus.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, lines) = spawn_serve(data_dir, &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(address) = v["fields"]["address"].as_str() {
+            let address = address.to_string();
+            std::thread::spawn(move || while lines.recv().is_ok() {});
+            return (Killed(child), address, v["fields"].clone());
+        }
+    }
+    let _ = child.kill();
+    panic!("the server did not listen");
+}
+
+/// `rows` CSV rows (`src,query,rank` and, with `label`, a 0/1 label) whose names make the
+/// envelope about `bytes` long; every name has a `\DDD` escape, so the CSV is unescaped into a
+/// copy (the most memory a DSDL body takes).
+fn dsdl_rows_filling(rows: usize, bytes: usize, label: bool) -> String {
+    let row = |i: usize, fill: usize| {
+        format!(
+            "10.{}.{}.{},\\{:03}{}.t.example.com,1{}\n",
+            i % 256,
+            (i / 256) % 256,
+            i % 251,
+            i % 256,
+            "x".repeat(fill),
+            if label {
+                format!(",{}", i % 2)
+            } else {
+                String::new()
+            }
+        )
+    };
+    // JSON doubles the backslash and escapes the line end: two bytes more a row.
+    let fixed = row(rows, 0).len() + 2;
+    let fill = (bytes.saturating_sub(4096) / rows).saturating_sub(fixed);
+    let mut csv = String::from(if label {
+        "src,query,rank,is_exfiltration\n"
+    } else {
+        "src,query,rank\n"
+    });
+    for i in 0..rows {
+        csv.push_str(&row(i, fill));
+    }
+    csv
+}
+
+/// `rows` `/v1/score` events whose queries make the body about `bytes` long; with `bad_rank`,
+/// every event's rank is a string (each event answered with an error, its text kept).
+fn events_filling(rows: usize, bytes: usize, bad_rank: bool) -> Vec<String> {
+    let event = |i: usize, fill: usize| {
+        format!(
+            "{{\"src\":\"10.{}.{}.{}\",\"query\":\"{}{i}.t.example.com\"{}}}",
+            i % 256,
+            (i / 256) % 256,
+            i % 251,
+            "x".repeat(fill),
+            if bad_rank {
+                format!(",\"rank\":\"{}\"", "r".repeat(4))
+            } else {
+                String::new()
+            }
+        )
+    };
+    let fixed = event(rows, 0).len() + 1;
+    let fill = (bytes.saturating_sub(4096) / rows).saturating_sub(fixed);
+    (0..rows).map(|i| event(i, fill)).collect()
+}
+
+/// Peak resident memory one request of `body` to `path` takes above a fresh server's idle, with
+/// the manifest's settings; the answer's status and its first bytes.
+fn peak_above_idle(path: &str, content_type: &str, body: Vec<u8>) -> (u64, u64, String) {
+    let data = tempfile::tempdir().unwrap();
+    let (server, address, _) = serve_as_the_manifest(data.path());
+    let pid = server.0.id();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    // Idle once a small request has run the same path.
+    let warm = client
+        .get(format!("http://{address}/readyz"))
+        .send()
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    let idle = status_kib(pid, "VmRSS:") << 10;
+    let answer = client
+        .post(format!("http://{address}{path}"))
+        .header("Authorization", TOKEN)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = answer.status().as_u16();
+    let text = answer.text().unwrap();
+    assert_eq!(status, 200, "{path}: {}", &text[..text.len().min(300)]);
+    let peak = status_kib(pid, "VmHWM:") << 10;
+    (idle, peak - idle, text[..text.len().min(120)].to_string())
+}
+
+#[test]
+fn the_manifest_memory_limit_holds_for_any_mix_of_requests_within_its_limits() {
+    let (_, memory_limit, cpus) = manifest_settings();
+    let data = tempfile::tempdir().unwrap();
+    let (server, _, limits) = serve_as_the_manifest(data.path());
+    drop(server);
+    let setting = |name: &str| {
+        limits[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {limits}"))
+    };
+    let (body_limit, rows) = (setting("max_body_mb") << 20, setting("max_rows") as usize);
+    let fit_rows = setting("max_fit_rows") as usize;
+    let budget = setting("max_bodies_in_flight_mb") << 20;
+    let compute = setting("compute_threads");
+    assert_eq!(compute as usize, cpus);
+    let connections = setting("max_connections");
+    // Each kind of request at once at the body limit and the row limit, the shapes that take
+    // the most memory a byte: DSDL bodies that must be unescaped into a copy, events whose
+    // answers are the largest, events that are each answered with an error.
+    let target = body_limit as usize - (64 << 10);
+    let dsdl = |path: &str, csv: &str, params: serde_json::Value| {
+        // A fit saves `<algo>_<model_name>`: not a name ending in a built-in model's.
+        let model_name = if params["algo"] == "dnsexfil" {
+            "sizing"
+        } else {
+            "dnsexfil_v4"
+        };
+        let mut envelope = escu_envelope_for(csv, model_name);
+        envelope["meta"]["options"]["params"] = params;
+        if path == "/fit" && csv.starts_with("src,query,rank,is_exfiltration") {
+            envelope["meta"]["options"]["target_variable"] = serde_json::json!(["is_exfiltration"]);
+            envelope["meta"]["target_variables"] = serde_json::json!(["is_exfiltration"]);
+        }
+        let body = serde_json::to_vec(&envelope).unwrap();
+        assert!(
+            body.len() as u64 <= body_limit,
+            "{path}: {} bytes",
+            body.len()
+        );
+        body
+    };
+    let csv = dsdl_rows_filling(rows, target, false);
+    let json_events = events_filling(rows, target, false);
+    let bad_events = events_filling(rows, target, true);
+    let mut measured: Vec<(&str, u64, u64)> = Vec::new();
+    let cases: Vec<(&str, &str, &str, Vec<u8>)> = vec![
+        (
+            "/apply",
+            "/apply",
+            "application/json",
+            dsdl("/apply", &csv, serde_json::json!({"algo": "dnsexfil_v4"})),
+        ),
+        (
+            "/fit, no label",
+            "/fit",
+            "application/json",
+            dsdl("/fit", &csv, serde_json::json!({"algo": "dnsexfil_v4"})),
+        ),
+        (
+            "/v1/score JSON",
+            "/v1/score",
+            "application/json",
+            format!("{{\"events\":[{}]}}", json_events.join(",")).into_bytes(),
+        ),
+        (
+            "/v1/score NDJSON",
+            "/v1/score",
+            "application/x-ndjson",
+            json_events.join("\n").into_bytes(),
+        ),
+        (
+            "/v1/score, errors",
+            "/v1/score",
+            "application/json",
+            format!("{{\"events\":[{}]}}", bad_events.join(",")).into_bytes(),
+        ),
+    ];
+    drop((csv, json_events, bad_events));
+    let mut idle = 0;
+    for (name, path, content_type, body) in cases {
+        let size = body.len() as u64;
+        assert!(
+            size <= body_limit && size > body_limit / 2,
+            "{name}: {size} bytes"
+        );
+        let (idle_here, peak, _) = peak_above_idle(path, content_type, body);
+        idle = idle.max(idle_here);
+        measured.push((name, size, peak));
+    }
+    // A fit that trains (one at a time, outside the compute permits), at the fit row limit.
+    let fit_csv = dsdl_rows_filling(fit_rows, target, true);
+    let fit_body = dsdl(
+        "/fit",
+        &fit_csv,
+        serde_json::json!({"algo": "dnsexfil", "epochs": "1"}),
+    );
+    let fit_size = fit_body.len() as u64;
+    let (_, training, answer) = peak_above_idle("/fit", "application/json", fit_body);
+    assert!(answer.contains("\"success\""), "{answer}");
+    let computing = measured.iter().map(|m| m.2).max().unwrap();
+    // Requests that are not computing hold at most the budget (bodies waiting for a compute
+    // permit, answers not yet sent: each counted before it is made); at most `compute`
+    // requests compute at once, each at most at the peak measured; one fit trains. Besides: a
+    // request in flight may have grown its connection's read buffer to hyper's 400 KiB while
+    // its body came, and every open connection keeps its buffers and TLS state (64 KiB, an
+    // allowance, not a measurement).
+    let per_request = 512 << 10;
+    let per_connection = 64 << 10;
+    let in_flight = setting("max_concurrent_requests");
+    let bound = idle
+        + budget
+        + compute * computing
+        + training
+        + in_flight * per_request
+        + connections * per_connection;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    for (name, size, peak) in &measured {
+        eprintln!(
+            "{name}: {:.1} MiB body, peak {:.0} MiB above idle ({:.1}x)",
+            mib(*size),
+            mib(*peak),
+            *peak as f64 / *size as f64
+        );
+    }
+    eprintln!(
+        "training fit of {fit_rows} rows: {:.1} MiB body, peak {:.0} MiB above idle",
+        mib(fit_size),
+        mib(training)
+    );
+    eprintln!(
+        "bound: idle {:.0} + budget {:.0} + {compute} x {:.0} computing + {:.0} training + {in_flight} requests x {:.1} + {connections} connections x {:.2} = {:.0} MiB of the manifest's {:.0} MiB",
+        mib(idle), mib(budget), mib(computing), mib(training), mib(per_request), mib(per_connection), mib(bound), mib(memory_limit)
+    );
+    assert!(
+        bound <= memory_limit,
+        "the manifest's settings allow {:.0} MiB, over its {:.0} MiB memory limit: lower DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB, DNSEXFIL_MAX_BODY_MB, DNSEXFIL_MAX_ROWS or DNSEXFIL_MAX_FIT_ROWS, or raise the limit",
+        mib(bound),
+        mib(memory_limit)
+    );
+}
+
+#[test]
+fn bodies_and_answers_in_flight_stay_within_the_budget() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(
+        data.path(),
+        &[
+            "--max-body-mb",
+            "8",
+            "--max-bodies-in-flight-mb",
+            "24",
+            "--write-timeout-secs",
+            "3600",
+        ],
+    );
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let pid = child.id();
+    let _server = Killed(child);
+    let warm = quick_client()
+        .post(format!("http://{address}/v1/score"))
+        .header("Authorization", TOKEN)
+        .header("Content-Type", "application/json")
+        .body(tiny_events_body(2_000))
+        .send()
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    warm.bytes().unwrap();
+    let idle = status_kib(pid, "VmRSS:") << 10;
+    // Sixteen bodies of 1 MB fit the 24 MiB budget at once; their answers (6 MB each) would
+    // not. None is read.
+    let body = tiny_events_body(40_000);
+    let unread: Vec<_> = (0..16).map(|_| post_unread(&address, &body)).collect();
+    let (mut answered, mut refused) = (0, 0);
+    for stream in &unread {
+        match peek_head(stream) {
+            (200, _) => answered += 1,
+            (503, _) => refused += 1,
+            (status, _) => panic!("answered {status}"),
+        }
+    }
+    assert!(answered > 0, "{refused} refused");
+    // What the unread answers hold comes to within the budget, once the work's memory is
+    // handed back (an answer made whole while the budget had no room for it held it all).
+    // Slack for what the budget does not count: each connection's buffers, and freed memory the
+    // allocator keeps in pages still partly in use (59 MiB held in all on a debug build). The
+    // answers themselves, made whole, would hold about 100 MiB.
+    let budget = 24u64 << 20;
+    let slack = 56u64 << 20;
+    let mut held = 0;
+    let settled = Instant::now() + PATIENCE;
+    while Instant::now() < settled {
+        held = (status_kib(pid, "VmRSS:") << 10).saturating_sub(idle);
+        if held <= budget + slack {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        held <= budget + slack,
+        "{} MiB held above idle by {answered} unread answers ({refused} refused), over the {} MiB budget and {} MiB of slack",
+        held >> 20,
+        budget >> 20,
+        slack >> 20
+    );
+    drop(unread);
 }

@@ -16,7 +16,7 @@ use super::table::{Table, TableError};
 use super::{DsdlResponse, Endpoint};
 use crate::model::train::TrainError;
 use crate::model::{Model, ModelInfo, Registry};
-use crate::server::{read_body_budgeted, AppState, BodyError, WorkerPanicked};
+use crate::server::{read_body_budgeted, AppState, BodyBudget, BodyError, WorkerPanicked};
 use crate::suppress::Suppressions;
 use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
@@ -58,7 +58,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
         }
         Endpoint::Apply => read.await,
     };
-    let (bytes, _budget) = match read {
+    let (bytes, budget) = match read {
         Ok(b) => b,
         Err(BodyError::Busy { budget }) => {
             tracing::warn!(
@@ -97,7 +97,11 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     // async worker.
     let worker_state = state.clone();
     let body_len = bytes.len();
-    let work = move || process(&worker_state, &bytes, endpoint);
+    let work = move || {
+        let mut budget = budget;
+        let resp = process_within(&worker_state, bytes, endpoint, &mut budget);
+        (resp, budget)
+    };
     let outcome = match endpoint {
         Endpoint::Apply => state.run_compute(body_len, work).await,
         // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
@@ -107,11 +111,22 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             .map_err(|e| WorkerPanicked(e.to_string())),
     };
     match outcome {
-        Ok(resp) => {
+        Ok((resp, budget)) => {
+            if budget.refused() {
+                tracing::warn!(
+                    endpoint = endpoint.path(),
+                    budget_bytes = state.config.limits.max_body_bytes_in_flight,
+                    "request refused: its answer would take the budget over"
+                );
+                return crate::server::busy_response(resp.into_response());
+            }
             if resp.status == "error" {
                 tracing::warn!(endpoint = endpoint.path(), message = %resp.message, "request failed");
             }
-            resp.into_response()
+            // The answer stays counted in the budget (it was, before it was made) until sent.
+            let mut resp = crate::limits::holding_until_sent(resp.into_response(), budget);
+            resp.extensions_mut().insert(crate::limits::Budgeted);
+            resp
         }
         Err(e) => {
             tracing::error!(endpoint = endpoint.path(), error = %e, "request worker panicked");
@@ -126,11 +141,29 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
 
 /// One DSDL request, start to finish, on a blocking thread.
 pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlResponse {
+    process_within(state, body, endpoint, &mut BodyBudget::none())
+}
+
+/// [`process`], counting the answer against `budget` before it is made: when it does not fit,
+/// the request is refused (`budget.refused()`) before its scoring or training. A body it owns
+/// is freed as soon as it has been read into its envelope.
+fn process_within<B: AsRef<[u8]>>(
+    state: &AppState,
+    body: B,
+    endpoint: Endpoint,
+    budget: &mut BodyBudget,
+) -> DsdlResponse {
+    // Every fit takes a compute permit before it reads the envelope (a copy of its data): with
+    // the permits, at most as many requests as cores hold more than their body at once. A fit
+    // that trains gives it back once it holds the fit slot.
+    let mut permit = (endpoint == Endpoint::Fit)
+        .then(|| state.compute_permit_blocking())
+        .flatten();
     // `/apply` first reads the CSV where it stands in the body, still JSON-escaped: no copy and
     // one pass instead of two. A CSV that needs unescaping (quoted cells, `\u` escapes) is then
     // read the general way, from the start.
     if endpoint == Endpoint::Apply {
-        if let Some(envelope) = envelope::parse_keeping_data_escaped(body) {
+        if let Some(envelope) = envelope::parse_keeping_data_escaped(body.as_ref()) {
             let options = match checked_options(&envelope, endpoint) {
                 Ok(options) => options,
                 Err(response) => return response,
@@ -145,7 +178,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             let escaped = envelope.data.0;
             let outcome = known
                 .then(|| {
-                    apply_with(state, &options, escaped.len(), || {
+                    apply_with(state, &options, escaped.len(), budget, || {
                         Table::parse_json_escaped(escaped, state.config.max_rows)
                     })
                 })
@@ -155,7 +188,11 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             }
         }
     }
-    let envelope = match envelope::parse(body) {
+    let envelope = envelope::parse(body.as_ref());
+    // The envelope holds its own copy of the data: the body is not needed any more (the largest
+    // bodies, names full of escapes, are read this way).
+    drop(body);
+    let envelope = match envelope {
         Ok(e) => e,
         Err(msg) => return DsdlResponse::error(endpoint, msg),
     };
@@ -169,7 +206,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     state.rescan_store_if_missing(&options.model_name, options.algo.as_deref());
     if endpoint == Endpoint::Fit {
         if let Some(target) = envelope.target_variable() {
-            return fit_and_apply(state, &envelope, &options, &target);
+            return fit_and_apply(state, &envelope, &options, &target, budget, permit.take());
         }
         if state
             .registry
@@ -186,12 +223,11 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
             );
         }
     }
-    // A `/fit` without a label only scores: it runs on a blocking thread without a permit (a
-    // fit may train for minutes), so it takes a compute permit here like an `/apply`, or any
-    // number of them would score at once, each with its memory.
-    let _permit = (endpoint == Endpoint::Fit).then(|| state.compute_permit_blocking());
+    // A `/fit` without a label only scores, under the compute permit it took above like an
+    // `/apply` (it runs on a blocking thread without one: a fit may train for minutes).
+    let _permit = permit;
     let csv_text = envelope.data.as_str();
-    let outcome = apply_with(state, &options, csv_text.len(), || {
+    let outcome = apply_with(state, &options, csv_text.len(), budget, || {
         Table::parse_limited(csv_text, state.config.max_rows).map(Some)
     });
     answer(
@@ -236,6 +272,7 @@ fn apply_with<'a>(
     state: &AppState,
     options: &Options,
     csv_len: usize,
+    budget: &mut BodyBudget,
     read_table: impl FnOnce() -> Result<Option<Table<'a>>, TableError>,
 ) -> Option<Result<(EscapedResults, String), String>> {
     let registry = &state.registry;
@@ -247,6 +284,13 @@ fn apply_with<'a>(
         Ok(None) => return None,
         Err(e) => return Some(Err(e.to_string())),
     };
+    // Every row counted as scored: an upper bound, known before the scoring.
+    let needed =
+        answer_capacity(&state.suppressions, &table, table.len(), csv_len) + ANSWER_SLACK_BYTES;
+    let room = budget.grow_to(needed, state);
+    if let Some(refusal) = room.refusal(needed, state.config.limits.max_body_bytes_in_flight) {
+        return Some(Err(refusal));
+    }
     let results = score_table(&model, &state.suppressions, &table, csv_len);
     Some(results.map(|results| (results, skipped_note(&table))))
 }
@@ -284,13 +328,7 @@ fn score_table(
         probabilities: &scores.probabilities,
         suppressed: (!suppressions.is_empty()).then_some(&suppressed as &SuppressionCheck),
     };
-    // The CSV text comes back with every line end escaped and two prediction cells per row.
-    let mut capacity = csv_len + table.len() * 4 + scored.len() * 26 + 256;
-    if predictions.suppressed.is_some() {
-        // A comma per row, and room for a reason on every scored row (capacity that is never
-        // written to costs no memory).
-        capacity += table.len() + scored.len() * (suppressions.longest_reason() + 2);
-    }
+    let capacity = answer_capacity(suppressions, table, scored.len(), csv_len);
     Ok(json_results(
         table,
         &model.info.target,
@@ -300,6 +338,28 @@ fn score_table(
     ))
 }
 
+/// The most bytes the results of `table` (of a CSV of `csv_len` bytes, `scored` rows scored)
+/// take, JSON-escaped: the CSV text comes back with every line end escaped and two prediction
+/// cells per row.
+fn answer_capacity(
+    suppressions: &Suppressions,
+    table: &Table,
+    scored: usize,
+    csv_len: usize,
+) -> usize {
+    let mut capacity = csv_len + table.len() * 4 + scored * 26 + 256;
+    if !suppressions.is_empty() {
+        // A comma per row, and room for a reason on every scored row (capacity that is never
+        // written to costs no memory).
+        capacity += table.len() + scored * (suppressions.longest_reason() + 2);
+    }
+    capacity
+}
+
+/// Room counted for an answer beyond its results: its message and framing, a copy of the piece
+/// being sent (`limits`).
+const ANSWER_SLACK_BYTES: usize = (1 << 20) + (16 << 10);
+
 /// `/fit` with a label field: trains as the request says, saves the model atomically as
 /// `<algo>_<model_name>`, serves it from then on, and answers with its scores of the training
 /// rows (what the stock container's fit-then-apply returns).
@@ -308,6 +368,8 @@ fn fit_and_apply(
     envelope: &Envelope,
     options: &Options,
     target: &str,
+    budget: &mut BodyBudget,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> DsdlResponse {
     let fail = |what: String| DsdlResponse::error(Endpoint::Fit, what);
     if let Err(msg) = validate_name(target) {
@@ -361,6 +423,12 @@ fn fit_and_apply(
         Ok(p) => p,
         Err(msg) => return fail(msg),
     };
+    // One fit reads its table and trains at a time; the others are told at once, before they
+    // take any more memory. The compute permit goes back: training may take minutes.
+    let Ok(_slot) = state.fit_slot.try_acquire() else {
+        return fail("another fit is training right now; run this fit again when it has finished (fits run one at a time)".into());
+    };
+    drop(permit);
     let table = match Table::parse_with_target(&envelope.data, state.config.max_rows, Some(target))
     {
         Ok(t) => t,
@@ -380,9 +448,17 @@ fn fit_and_apply(
             store.dir().display()
         ));
     }
-    let Ok(_slot) = state.fit_slot.try_acquire() else {
-        return fail("another fit is training right now; run this fit again when it has finished (fits run one at a time)".into());
-    };
+    // The answer (its scores of every training row) is counted before training, not after.
+    let needed = answer_capacity(
+        &state.suppressions,
+        &table,
+        table.len(),
+        envelope.data.len(),
+    ) + ANSWER_SLACK_BYTES;
+    let room = budget.grow_to(needed, state);
+    if let Some(refusal) = room.refusal(needed, state.config.limits.max_body_bytes_in_flight) {
+        return fail(refusal);
+    }
     let (labelled, windowing) =
         match labelled_from_table(&table, plan.schema, target, plan.window_secs) {
             Ok(l) => l,

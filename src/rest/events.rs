@@ -59,16 +59,16 @@ pub struct ScoreRequest {
     pub events: Vec<Event>,
 }
 
-/// What the service made of one event.
+/// What the service made of one event, as it is decoded.
 #[derive(Debug)]
-pub struct Decoded {
+struct Decoded {
     /// `(src, query)` when both are usable: the event then feeds the per-source history.
-    pub dns: Option<(String, String)>,
-    pub kind: Kind,
+    dns: Option<(String, String)>,
+    kind: Kind,
 }
 
 #[derive(Debug, PartialEq)]
-pub enum Kind {
+enum Kind {
     /// Rank 1: scored.
     Scored,
     /// Another rank: history only.
@@ -78,10 +78,161 @@ pub enum Kind {
 }
 
 /// A decoded request: the model named in the body (JSON only) and the events in order.
-#[derive(Debug)]
+///
+/// Compact, because it outlives the request's work: the answer is written from it while it is
+/// sent, so a client that reads slowly holds this (16 bytes an event beside its texts and
+/// errors), never the answer (about 160 bytes an event).
+#[derive(Debug, Default)]
 pub struct Batch {
     pub model: Option<String>,
-    pub events: Vec<Decoded>,
+    /// The `src` then the `query` of every usable event, one after the other.
+    text: String,
+    slots: Vec<Slot>,
+    /// The errors of the events that have one, in order.
+    errors: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Where the event's `src` starts in `text`; its `query` follows it.
+    start: u32,
+    src_len: u32,
+    /// [`NO_DNS`]: the event has no usable `src` and `query`.
+    query_len: u32,
+    /// [`SCORED`], [`HISTORY`], or [`INVALID`] plus the index of its error in `errors`.
+    status: u32,
+}
+
+const NO_DNS: u32 = u32::MAX;
+const SCORED: u32 = 0;
+const HISTORY: u32 = 1;
+const INVALID: u32 = 2;
+
+/// One event of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedEvent<'a> {
+    /// `(src, query)` when both are usable: the event then feeds the per-source history.
+    pub dns: Option<(&'a str, &'a str)>,
+    pub status: Status<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Status<'a> {
+    /// Rank 1: scored.
+    Scored,
+    /// Another rank: history only.
+    History,
+    /// Unusable; answered with this error.
+    Invalid(&'a ErrorDetail),
+}
+
+impl Batch {
+    fn with_capacity(model: Option<String>, events: usize) -> Self {
+        Self {
+            model,
+            slots: Vec::with_capacity(events),
+            ..Default::default()
+        }
+    }
+
+    fn push(&mut self, decoded: Decoded) {
+        let Decoded { dns, mut kind } = decoded;
+        // Offsets are 32-bit: texts past 4 GiB in one request (a body limit raised that far) are
+        // the event's error.
+        let start = u32::try_from(self.text.len()).ok();
+        let fits = |(src, query): &(String, String)| {
+            let end = start? as usize + src.len() + query.len();
+            (end < NO_DNS as usize).then_some((start?, src.len() as u32, query.len() as u32))
+        };
+        let (start, src_len, query_len) = match &dns {
+            Some(texts) => match fits(texts) {
+                Some(place) => {
+                    self.text.push_str(&texts.0);
+                    self.text.push_str(&texts.1);
+                    place
+                }
+                None => {
+                    kind = Kind::Invalid(ErrorDetail {
+                        code: "invalid_event".into(),
+                        message: format!(
+                            "event {}: the texts of the request's events pass 4 GiB; send fewer events per request",
+                            self.slots.len()
+                        ),
+                    });
+                    (0, 0, NO_DNS)
+                }
+            },
+            None => (0, 0, NO_DNS),
+        };
+        let status = match kind {
+            Kind::Scored => SCORED,
+            Kind::History => HISTORY,
+            Kind::Invalid(error) => {
+                // Each error takes far more than a byte: 4 billion of them cannot be held.
+                let index = u32::try_from(self.errors.len())
+                    .ok()
+                    .and_then(|i| i.checked_add(INVALID))
+                    .expect("fewer than 2^32 errors");
+                self.errors.push(error);
+                index
+            }
+        };
+        self.slots.push(Slot {
+            start,
+            src_len,
+            query_len,
+            status,
+        });
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Number of events with an error.
+    pub fn errors(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// The `index`-th event (panics past the end, like a slice).
+    pub fn get(&self, index: usize) -> DecodedEvent<'_> {
+        let slot = self.slots[index];
+        let dns = (slot.query_len != NO_DNS).then(|| {
+            let start = slot.start as usize;
+            let query_start = start + slot.src_len as usize;
+            (
+                &self.text[start..query_start],
+                &self.text[query_start..query_start + slot.query_len as usize],
+            )
+        });
+        let status = match slot.status {
+            SCORED => Status::Scored,
+            HISTORY => Status::History,
+            error => Status::Invalid(&self.errors[(error - INVALID) as usize]),
+        };
+        DecodedEvent { dns, status }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = DecodedEvent<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Bytes of memory it holds (what a client that has not read its answer yet keeps).
+    pub fn held_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.errors.capacity() * std::mem::size_of::<ErrorDetail>()
+            + self
+                .errors
+                .iter()
+                .map(|e| e.code.capacity() + e.message.capacity())
+                .sum::<usize>()
+    }
 }
 
 /// Reads a JSON body `{"model": ..., "events": [...]}`. The body is read shallowly first (the
@@ -166,10 +317,9 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
         Bounded::TooMany => too_many(max_events),
         Bounded::Invalid(e) => invalid_json(&e),
     })?;
-    let events = events
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| match decode_text(i, raw.get()) {
+    let mut batch = Batch::with_capacity(model, events.len());
+    for (i, raw) in events.iter().enumerate() {
+        batch.push(match decode_text(i, raw.get()) {
             Ok(decoded) => decoded,
             Err(e) => Decoded {
                 dns: None,
@@ -178,9 +328,9 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
                     message: format!("event {i} is not JSON ({e})"),
                 }),
             },
-        })
-        .collect();
-    Ok(Batch { model, events })
+        });
+    }
+    Ok(batch)
 }
 
 enum Bounded {
@@ -250,12 +400,13 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
     };
-    if lines().nth(max_events).is_some() {
+    let count = lines().take(max_events + 1).count();
+    if count > max_events {
         return Err(too_many(max_events));
     }
-    let events = lines()
-        .enumerate()
-        .map(|(i, (line_no, line))| match decode_text(i, line) {
+    let mut batch = Batch::with_capacity(None, count);
+    for (i, (line_no, line)) in lines().enumerate() {
+        batch.push(match decode_text(i, line) {
             Ok(decoded) => decoded,
             Err(e) => Decoded {
                 dns: None,
@@ -267,12 +418,9 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
                     ),
                 }),
             },
-        })
-        .collect();
-    Ok(Batch {
-        model: None,
-        events,
-    })
+        });
+    }
+    Ok(batch)
 }
 
 fn too_many(max_events: usize) -> ApiError {
@@ -408,12 +556,11 @@ mod tests {
 
     fn kinds(batch: &Batch) -> Vec<&str> {
         batch
-            .events
             .iter()
-            .map(|e| match &e.kind {
-                Kind::Scored => "scored",
-                Kind::History => "history",
-                Kind::Invalid(_) => "invalid",
+            .map(|e| match e.status {
+                Status::Scored => "scored",
+                Status::History => "history",
+                Status::Invalid(_) => "invalid",
             })
             .collect()
     }
@@ -427,9 +574,9 @@ mod tests {
         ]}"#;
         let batch = from_json(body, 100).unwrap();
         assert_eq!(kinds(&batch), ["invalid", "scored", "invalid"]);
-        let feeds: Vec<bool> = batch.events.iter().map(|e| e.dns.is_some()).collect();
+        let feeds: Vec<bool> = batch.iter().map(|e| e.dns.is_some()).collect();
         assert_eq!(feeds, [true, true, false]);
-        let Kind::Invalid(e) = &batch.events[0].kind else {
+        let Status::Invalid(e) = batch.get(0).status else {
             unreachable!()
         };
         assert_eq!(e.code, "invalid_event");
@@ -446,7 +593,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (kinds(&lines)[0], lines.events[0].dns.is_some()),
+            (kinds(&lines)[0], lines.get(0).dns.is_some()),
             ("invalid", true)
         );
     }
@@ -469,16 +616,16 @@ mod tests {
             ["scored", "scored", "history", "invalid", "invalid", "invalid", "invalid"]
         );
         // A bad rank keeps the event in the history, a bad src or query does not.
-        let feeds: Vec<bool> = batch.events.iter().map(|e| e.dns.is_some()).collect();
+        let feeds: Vec<bool> = batch.iter().map(|e| e.dns.is_some()).collect();
         assert_eq!(feeds, [true, true, true, false, false, true, false]);
-        let Kind::Invalid(e) = &batch.events[3].kind else {
+        let Status::Invalid(e) = batch.get(3).status else {
             unreachable!()
         };
         assert_eq!(
             e.message,
             "event 3: `src` must be a string, not the number 7"
         );
-        let Kind::Invalid(e) = &batch.events[4].kind else {
+        let Status::Invalid(e) = batch.get(4).status else {
             unreachable!()
         };
         assert!(e.message.contains("`query` is missing"), "{}", e.message);
@@ -504,11 +651,10 @@ mod tests {
         assert_eq!(
             from_json(br#"{"events": [1, {"src": "a"}]}"#, 2)
                 .unwrap()
-                .events
                 .len(),
             2
         );
-        assert_eq!(from_ndjson(b"{}\n{}\n", 2).unwrap().events.len(), 2);
+        assert_eq!(from_ndjson(b"{}\n{}\n", 2).unwrap().len(), 2);
         assert_eq!(code(from_ndjson(b"\xff", 2)), "invalid_json");
     }
 
@@ -538,7 +684,7 @@ mod tests {
         let body = b"{\"src\":\"a\",\"query\":\"b.c\"}\r\n\n  \nnot json\n{\"src\":\"a\",\"query\":\"d.c\",\"rank\":2}";
         let batch = from_ndjson(body, 10).unwrap();
         assert_eq!(kinds(&batch), ["scored", "invalid", "history"]);
-        let Kind::Invalid(e) = &batch.events[1].kind else {
+        let Status::Invalid(e) = batch.get(1).status else {
             unreachable!()
         };
         assert_eq!(e.code, "invalid_json");
