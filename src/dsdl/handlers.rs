@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -30,6 +31,7 @@ pub async fn fit(State(state): State<AppState>, body: Body) -> Response {
 }
 
 async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
+    let started = Instant::now();
     let read = read_body_budgeted(body, state.config.max_body_bytes, &state);
     let read = match endpoint {
         // `/fit` is exempt from the request time limit for its training, not for its upload: a
@@ -93,11 +95,16 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             return (StatusCode::BAD_REQUEST, DsdlResponse::error(endpoint, what)).into_response();
         }
     };
+    let read_time = started.elapsed();
     // Parsing, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
     let body_len = bytes.len();
-    let work = move || process(&worker_state, &bytes, endpoint);
+    let work = move || {
+        let mut stages = Stages::default();
+        let resp = process_timed(&worker_state, &bytes, endpoint, &mut stages);
+        (resp, stages)
+    };
     let outcome = match endpoint {
         Endpoint::Apply => state.run_compute(body_len, work).await,
         // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
@@ -107,11 +114,31 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             .map_err(|e| WorkerPanicked(e.to_string())),
     };
     match outcome {
-        Ok(resp) => {
+        Ok((resp, stages)) => {
             if resp.status == "error" {
                 tracing::warn!(endpoint = endpoint.path(), message = %resp.message, "request failed");
             }
-            resp.into_response()
+            let answered = Instant::now();
+            let body = resp.into_body();
+            let body_len = body.len();
+            let encode = stages.encode + answered.elapsed();
+            // Where a request's time went, for benches/http_roundtrip.sh.
+            tracing::debug!(
+                endpoint = endpoint.path(),
+                body_bytes = body_len,
+                read_ms = ms(read_time),
+                decode_ms = ms(stages.decode),
+                features_ms = ms(stages.features),
+                forward_ms = ms(stages.forward),
+                encode_ms = ms(encode),
+                "apply stages"
+            );
+            let body = if tracing::enabled!(tracing::Level::DEBUG) {
+                body.timed()
+            } else {
+                body
+            };
+            super::json_response(body)
         }
         Err(e) => {
             tracing::error!(endpoint = endpoint.path(), error = %e, "request worker panicked");
@@ -124,8 +151,34 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Where a request's CPU time went (see [`process_timed`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stages {
+    /// The envelope and the CSV table, whichever way they were read.
+    pub decode: Duration,
+    pub features: Duration,
+    pub forward: Duration,
+    /// The results, written into the response body.
+    pub encode: Duration,
+}
+
 /// One DSDL request, start to finish, on a blocking thread.
 pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlResponse {
+    process_timed(state, body, endpoint, &mut Stages::default())
+}
+
+/// [`process`], noting where the time went in `stages`.
+pub fn process_timed(
+    state: &AppState,
+    body: &[u8],
+    endpoint: Endpoint,
+    stages: &mut Stages,
+) -> DsdlResponse {
+    let started = Instant::now();
     // `/apply` first reads the CSV where it stands in the body, still JSON-escaped: no copy and
     // one pass instead of two. A CSV that needs unescaping (quoted cells, `\u` escapes) is then
     // read the general way, from the start.
@@ -143,9 +196,10 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
                 .resolve(&options.model_name, options.algo.as_deref())
                 .is_some();
             let escaped = envelope.data.0;
+            stages.decode = started.elapsed();
             let outcome = known
                 .then(|| {
-                    apply_with(state, &options, escaped.len(), || {
+                    apply_with(state, &options, escaped.len(), stages, || {
                         Table::parse_json_escaped(escaped, state.config.max_rows)
                     })
                 })
@@ -159,6 +213,8 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
         Ok(e) => e,
         Err(msg) => return DsdlResponse::error(endpoint, msg),
     };
+    // The general way starts over: what the first try spent is counted too.
+    stages.decode = started.elapsed();
     let options = match checked_options(&envelope, endpoint) {
         Ok(options) => options,
         Err(response) => return response,
@@ -191,7 +247,7 @@ pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlRespons
     // number of them would score at once, each with its memory.
     let _permit = (endpoint == Endpoint::Fit).then(|| state.compute_permit_blocking());
     let csv_text = envelope.data.as_str();
-    let outcome = apply_with(state, &options, csv_text.len(), || {
+    let outcome = apply_with(state, &options, csv_text.len(), stages, || {
         Table::parse_limited(csv_text, state.config.max_rows).map(Some)
     });
     answer(
@@ -236,18 +292,22 @@ fn apply_with<'a>(
     state: &AppState,
     options: &Options,
     csv_len: usize,
+    stages: &mut Stages,
     read_table: impl FnOnce() -> Result<Option<Table<'a>>, TableError>,
 ) -> Option<Result<(EscapedResults, String), String>> {
     let registry = &state.registry;
     let Some(model) = registry.resolve(&options.model_name, options.algo.as_deref()) else {
         return Some(Err(unknown_model(registry, options)));
     };
-    let table = match read_table() {
+    let started = Instant::now();
+    let table = read_table();
+    stages.decode += started.elapsed();
+    let table = match table {
         Ok(Some(table)) => table,
         Ok(None) => return None,
         Err(e) => return Some(Err(e.to_string())),
     };
-    let results = score_table(&model, &state.suppressions, &table, csv_len);
+    let results = score_table(&model, &state.suppressions, &table, csv_len, stages);
     Some(results.map(|results| (results, skipped_note(&table))))
 }
 
@@ -258,9 +318,14 @@ fn score_table(
     suppressions: &Suppressions,
     table: &Table,
     csv_len: usize,
+    stages: &mut Stages,
 ) -> Result<EscapedResults, String> {
+    let started = Instant::now();
     let (rows, scored, scored_table_rows) = table.feature_rows();
+    let listed = started.elapsed();
     let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
+    stages.features = listed + scores.feature_time;
+    stages.forward = scores.inference_time;
     tracing::debug!(
         model = %model.info.name,
         rows = table.len(),
@@ -291,13 +356,16 @@ fn score_table(
         // written to costs no memory).
         capacity += table.len() + scored.len() * (suppressions.longest_reason() + 2);
     }
-    Ok(json_results(
+    let started = Instant::now();
+    let results = json_results(
         table,
         &model.info.target,
         predictions,
         model.info.threshold,
         capacity,
-    ))
+    );
+    stages.encode = started.elapsed();
+    Ok(results)
 }
 
 /// `/fit` with a label field: trains as the request says, saves the model atomically as
@@ -448,7 +516,13 @@ fn fit_and_apply(
     let model = state.registry.insert(fitted.model);
     tracing::info!(model = %name, file = %path.display(), sha256 = %model.file_sha256,
         seconds = started.elapsed().as_secs_f64(), "fit saved and serving");
-    let results = match score_table(&model, &state.suppressions, &table, envelope.data.len()) {
+    let results = match score_table(
+        &model,
+        &state.suppressions,
+        &table,
+        envelope.data.len(),
+        &mut Stages::default(),
+    ) {
         Ok(r) => r,
         Err(msg) => return fail(msg),
     };
