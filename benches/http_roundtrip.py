@@ -200,7 +200,7 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
           " client, loopback, hyper; /v1/score logs no stages)")
     names = ["read", "decode", "features", "forward", "encode", "write", "rest", "total"]
     print("  | request | " + " | ".join(names) + " |")
-    print("  |---" * (len(names) + 1) + "|")
+    print("  " + "|---" * (len(names) + 1) + "|")
     for label, _, _, _, _ in requests:
         seen = stages[label]
         cells = [f"{median(seen[k]):.1f}" if k in seen else "" for k in names]

@@ -17,13 +17,18 @@ escu_name=detect_dns_data_exfiltration_using_pretrained_model_in_dsdl
 default_name=dnsexfil_v4
 target=${CARGO_TARGET_DIR:-target}
 
-cargo build --release --quiet
-forward=$(cargo bench --bench forward --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json, sys
+if [ -n "${NO_BUILD:-}" ]; then
+  # The binaries as last built (for a run while the sources are being changed).
+  forward=$(ls -t "$target"/release/deps/forward-* | grep -v '\.d$' | head -1)
+else
+  cargo build --release --quiet
+  forward=$(cargo bench --bench forward --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "forward" and m.get("executable"):
         print(m["executable"])')
+fi
 bin=$target/release/dnsexfil
 venv=$target/bench-venv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
