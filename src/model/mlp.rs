@@ -245,14 +245,27 @@ impl Direct {
         use rayon::prelude::*;
         let inputs = self.layers[0].inputs;
         let mut out = vec![0f32; rows];
-        // Equal blocks: a short last one would run gemm at a shape whose bits may differ.
-        let blocks = rows.div_ceil(block_rows.max(1)).max(1);
-        let per_block = rows.div_ceil(blocks);
-        out.par_chunks_mut(per_block)
-            .zip(x.par_chunks(per_block * inputs))
+        let mut blocks = Vec::new();
+        let (mut rest_out, mut rest_x) = (&mut out[..], x);
+        for len in block_lengths(rows, block_rows) {
+            let (o, r) = rest_out.split_at_mut(len);
+            let (xi, rx) = rest_x.split_at(len * inputs);
+            blocks.push((o, xi));
+            (rest_out, rest_x) = (r, rx);
+        }
+        blocks
+            .into_par_iter()
             .for_each(|(out, x)| self.logits_into(x, out.len(), out));
         out
     }
+}
+
+/// The row counts of the blocks of a batch of `rows`: as equal as can be (they differ by at
+/// most one), so that no block is so short that gemm takes a path whose bits differ.
+fn block_lengths(rows: usize, block_rows: usize) -> impl Iterator<Item = usize> {
+    let blocks = rows.div_ceil(block_rows.max(1)).max(1);
+    let (base, extra) = (rows / blocks, rows % blocks);
+    (0..blocks).map(move |b| base + usize::from(b < extra))
 }
 
 impl Mlp {
@@ -517,14 +530,21 @@ mod tests {
                 // One block: candle's bits.
                 let whole = mlp.predict_with(x, size, usize::MAX).unwrap();
                 assert_eq!(bits(&whole), bits(&candle), "{shape:?}: {size} rows");
+                // In blocks: candle's bits for each block run as a batch of its own.
                 for block_rows in [DIRECT_BLOCK_ROWS, 64, 100] {
                     let blocked = mlp.predict_with(x, size, block_rows).unwrap();
-                    for (a, b) in blocked.iter().zip(&candle) {
-                        assert!(
-                            (a - b).abs() <= 1e-6,
-                            "{shape:?}: {size} rows in blocks of {block_rows}: {a} against {b}"
-                        );
+                    let mut by_block = Vec::new();
+                    let mut at = 0;
+                    for len in block_lengths(size, block_rows) {
+                        let b = &x[at * shape.input..(at + len) * shape.input];
+                        by_block.extend(mlp.predict_candle(b, len).unwrap());
+                        at += len;
                     }
+                    assert_eq!(
+                        bits(&blocked),
+                        bits(&by_block),
+                        "{shape:?}: {size} rows in blocks of {block_rows}"
+                    );
                 }
             }
         }
