@@ -7,7 +7,8 @@
 //! in tests/fixtures/escu) or `default` (the built-in model). Writes `<out-dir>/<name>.json`
 //! (shapes and files) and the raw files, prints `ready`, then for each line `<name> <runs>` on
 //! its standard input runs the forward pass of all the rank-1 rows at once `runs` times and
-//! prints the times in milliseconds on one line. Under `cargo bench` (no arguments) it runs
+//! prints the times in milliseconds on one line (`<name> <runs> candle`: through candle's
+//! tensors rather than the service's own forward pass). Under `cargo bench` (no arguments) it runs
 //! once on a small synthetic batch as a smoke test.
 
 use std::io::{BufRead, Write};
@@ -110,6 +111,8 @@ fn main() {
             continue;
         };
         let runs: usize = runs.parse().expect("a number of runs");
+        // `<name> <runs> candle`: through candle's tensors instead of `predict`'s own pass.
+        let through_candle = words.next() == Some("candle");
         let l = loaded
             .iter()
             .find(|l| l.name == name)
@@ -117,7 +120,12 @@ fn main() {
         let times: Vec<String> = (0..runs)
             .map(|_| {
                 let t = Instant::now();
-                std::hint::black_box(l.model.mlp.predict(&l.values, l.rows).unwrap());
+                let p = if through_candle {
+                    l.model.mlp.predict_candle(&l.values, l.rows)
+                } else {
+                    l.model.mlp.predict(&l.values, l.rows)
+                };
+                std::hint::black_box(p.unwrap());
                 format!("{:.3}", t.elapsed().as_secs_f64() * 1e3)
             })
             .collect();

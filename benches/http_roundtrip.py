@@ -142,6 +142,7 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
     sizes = {}
     stages = {r[0]: {} for r in requests}
     candle = {n: [] for n in nets}
+    tensors = {n: [] for n in nets}
     numpy_times = {n: [] for n in nets}
     offset = os.path.getsize(log_path)
     # Warm up every side once (first-touch page faults, thread pools).
@@ -172,6 +173,9 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
             forward.stdin.write(f"{name} 3\n")
             forward.stdin.flush()
             candle[name] += [float(v) for v in forward.stdout.readline().split()]
+            forward.stdin.write(f"{name} 3 candle\n")
+            forward.stdin.flush()
+            tensors[name] += [float(v) for v in forward.stdout.readline().split()]
             numpy_times[name] += net.time(3)
     forward.stdin.close()
     forward.wait()
@@ -183,12 +187,15 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
         return sorted(xs)[len(xs) // 2]
 
     print(f"\n{rounds} alternating rounds; best and median in ms")
-    print("\nforward pass of the rank-1 rows, all at once:")
+    print("\nforward pass of the rank-1 rows, all at once (candle = the service's Mlp::predict):")
     for name in nets:
         c, n = candle[name], numpy_times[name]
         print(f"  {name:8} {rank1[name]:>6} rows: candle best {best(c):7.2f} median {median(c):7.2f}"
               f" | numpy best {best(n):7.2f} median {median(n):7.2f}"
               f" | candle/numpy {best(c) / best(n):.2f} (best) {median(c) / median(n):.2f} (median)")
+        t = tensors[name]
+        print(f"  {name:8} through candle's tensors: best {best(t):7.2f} median {median(t):7.2f}"
+              f" | /numpy {best(t) / best(n):.2f} (best) {median(t) / median(n):.2f} (median)")
     print("\nHTTP round trip (curl, from the request's first byte to the answer's last):")
     for label, _, _, _, net in requests:
         h, n = http[label], numpy_times[net]
