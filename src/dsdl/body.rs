@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -13,13 +14,23 @@ use http_body::{Frame, SizeHint};
 pub struct ResponseBody {
     /// Sent in order; an empty part is skipped.
     parts: [Bytes; 2],
+    /// Set by [`ResponseBody::timed`]: when the body was handed to the server.
+    handed_over: Option<(Instant, usize)>,
 }
 
 impl ResponseBody {
     pub fn new(first: Bytes, second: Bytes) -> Self {
         Self {
             parts: [first, second],
+            handed_over: None,
         }
+    }
+
+    /// This body, logging at debug level how long the server took to send it (until it
+    /// dropped the body: its last piece may still be on its way).
+    pub fn timed(mut self) -> Self {
+        self.handed_over = Some((Instant::now(), self.len()));
+        self
     }
 
     /// Length in bytes (what `Content-Length` says).
@@ -44,6 +55,19 @@ impl ResponseBody {
 impl From<Bytes> for ResponseBody {
     fn from(bytes: Bytes) -> Self {
         Self::new(bytes, Bytes::new())
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some((at, bytes)) = self.handed_over {
+            tracing::debug!(
+                body_bytes = bytes,
+                unsent_bytes = self.len(),
+                write_ms = at.elapsed().as_secs_f64() * 1e3,
+                "answer sent"
+            );
+        }
     }
 }
 

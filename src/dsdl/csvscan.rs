@@ -243,9 +243,17 @@ pub enum ScanStop {
 
 /// The records of a CSV text, read from either form the service receives it in.
 pub trait Records<'a> {
-    /// Whether every field this reader returns is unquoted text without `"`, `\\` or control
-    /// characters.
+    /// Whether every field this reader returns with `escaped` unset is unquoted text without
+    /// `"`, `\\` or control characters.
     const PLAIN_CELLS: bool;
+    /// Appends the text of `field` of `text` to `out`, unescaped.
+    fn push_text(field: &Field, text: &str, out: &mut String) {
+        out.push_str(&field.text(text));
+    }
+    /// The text of `field` of `text`, unescaped.
+    fn field_text<'t>(field: &Field, text: &'t str) -> Cow<'t, str> {
+        field.text(text)
+    }
     /// A reader of `text` that starts at byte `pos`, which must be the start of a record.
     fn starting_at(text: &'a str, pos: usize) -> Self;
     /// The whole text being read.
@@ -295,59 +303,157 @@ impl<'a> Records<'a> for Scanner<'a> {
 
 /// Reads CSV text that is still JSON-escaped, as it stands between the quotes of a JSON string
 /// (line ends are the two characters `\n`, or `\r\n`), without unescaping it first. It reads
-/// only CSV that needs no other unescaping: unquoted cells without escapes, which is what an ESCU
-/// batch of addresses and DNS names is. Anything else (a quoted cell, a tab, a `\u` escape, or a
-/// control character, which a JSON string may not hold) stops it with
-/// [`ScanStop::NeedsUnescaping`], so text it reads to the end is a valid JSON string. A field's
-/// byte range of the escaped text is then exactly its text, and the records are those [`Scanner`]
-/// reads from the unescaped text. It moves over the text as a [`Scanner`] does.
+/// unquoted cells, which is what a batch of addresses and DNS names is; a cell with escapes
+/// (`\\`, `\"`, `\t`, `\u00e9`, ...) is marked `escaped`, and [`Records::push_text`] unescapes
+/// it. Anything [`Scanner`] would read differently from the unescaped text (a quoted cell, an
+/// escaped `,`, a lone carriage return, a `"` opening a cell) or that a JSON string may not hold
+/// (a control character, an unknown escape, a lone surrogate) stops it with
+/// [`ScanStop::NeedsUnescaping`], so text it reads to the end is a valid JSON string. A field
+/// without escapes is exactly its text, and the records are those [`Scanner`] reads from the
+/// unescaped text. It moves over the text as a [`Scanner`] does.
 pub struct EscapedScanner<'a>(Scanner<'a>);
+
+/// The UTF-16 unit of the four hex digits at `b[at..]`.
+fn hex_unit(b: &[u8], at: usize) -> Option<u16> {
+    let digits = b.get(at..at + 4)?;
+    let text = std::str::from_utf8(digits).ok()?;
+    // from_str_radix takes a sign: only the four digits are a unit.
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u16::from_str_radix(text, 16).ok()
+}
+
+/// The character of the escape at `b[at..]` (which starts with `\`) and the escape's length,
+/// for the escapes a cell may hold; `None` for an invalid escape, a line end, or a character
+/// that would change how the CSV splits (`,`, a carriage return).
+fn cell_escape(b: &[u8], at: usize) -> Option<(char, usize)> {
+    let c = match *b.get(at + 1)? {
+        b'\\' => '\\',
+        b'"' => '"',
+        b'/' => '/',
+        b't' => '\t',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'u' => {
+            let unit = hex_unit(b, at + 2)?;
+            let (c, len) = match unit {
+                0xD800..=0xDBFF => {
+                    if b.get(at + 6..at + 8) != Some(b"\\u") {
+                        return None;
+                    }
+                    let low = hex_unit(b, at + 8)?;
+                    if !(0xDC00..=0xDFFF).contains(&low) {
+                        return None;
+                    }
+                    let code = 0x10000 + ((unit as u32 - 0xD800) << 10) + (low as u32 - 0xDC00);
+                    (char::from_u32(code)?, 12)
+                }
+                _ => (char::from_u32(unit as u32)?, 6),
+            };
+            if matches!(c, ',' | '\n' | '\r') {
+                return None;
+            }
+            return Some((c, len));
+        }
+        _ => return None,
+    };
+    Some((c, 2))
+}
+
+/// The unescaped text of a cell whose escapes [`cell_escape`] accepted.
+fn unescape_cell(raw: &str, out: &mut String) {
+    let b = raw.as_bytes();
+    let mut from = 0;
+    while let Some(off) = memchr::memchr(b'\\', &b[from..]) {
+        let at = from + off;
+        out.push_str(&raw[from..at]);
+        let (c, len) = cell_escape(b, at).expect("an escape the scanner accepted");
+        out.push(c);
+        from = at + len;
+    }
+    out.push_str(&raw[from..]);
+}
 
 impl EscapedScanner<'_> {
     fn read_record(&mut self, fields: &mut Vec<Field>) -> Result<(), ScanStop> {
         let Scanner { bytes: b, pos } = &mut self.0;
         let b = *b;
-        let plain = |start: usize, end: usize| Field {
+        let field = |start: usize, end: usize, escaped: bool| Field {
             start,
             end,
-            escaped: false,
+            escaped,
             quoted: false,
         };
         loop {
             let field_start = *pos;
-            let Some(at) = find_comma_backslash_or_control(b, field_start) else {
-                fields.push(plain(field_start, b.len()));
-                *pos = b.len();
-                return Ok(());
-            };
-            if b[at] == b',' {
-                fields.push(plain(field_start, at));
-                *pos = at + 1;
-                if *pos == b.len() {
-                    // A trailing separator at the very end: one more, empty field.
-                    fields.push(plain(*pos, *pos));
+            let mut escaped = false;
+            let mut from = field_start;
+            loop {
+                let Some(at) = find_comma_backslash_or_control(b, from) else {
+                    fields.push(field(field_start, b.len(), escaped));
+                    *pos = b.len();
+                    return Ok(());
+                };
+                if b[at] == b',' {
+                    fields.push(field(field_start, at, escaped));
+                    *pos = at + 1;
+                    if *pos == b.len() {
+                        // A trailing separator at the very end: one more, empty field.
+                        fields.push(field(*pos, *pos, false));
+                        return Ok(());
+                    }
+                    break;
+                }
+                if b[at] < 0x20 {
+                    return Err(ScanStop::NeedsUnescaping);
+                }
+                let line_end = match &b[at + 1..] {
+                    [b'n', ..] => Some(at + 2),
+                    [b'r', b'\\', b'n', ..] => Some(at + 4),
+                    _ => None,
+                };
+                if let Some(next) = line_end {
+                    fields.push(field(field_start, at, escaped));
+                    *pos = next;
                     return Ok(());
                 }
-                continue;
+                match cell_escape(b, at) {
+                    // A quote that opens a cell makes it a quoted cell.
+                    Some(('"', _)) if at == field_start => return Err(ScanStop::NeedsUnescaping),
+                    Some((_, len)) => {
+                        escaped = true;
+                        from = at + len;
+                    }
+                    None => return Err(ScanStop::NeedsUnescaping),
+                }
             }
-            if b[at] < 0x20 {
-                return Err(ScanStop::NeedsUnescaping);
-            }
-            let next = match &b[at + 1..] {
-                [b'n', ..] => at + 2,
-                [b'r', b'\\', b'n', ..] => at + 4,
-                _ => return Err(ScanStop::NeedsUnescaping),
-            };
-            fields.push(plain(field_start, at));
-            *pos = next;
-            return Ok(());
         }
     }
 }
 
 impl<'a> Records<'a> for EscapedScanner<'a> {
-    // Anything else makes it stop.
+    // Cells with escapes are marked; anything else that is not plain makes it stop.
     const PLAIN_CELLS: bool = true;
+
+    fn push_text(field: &Field, text: &str, out: &mut String) {
+        let raw = &text[field.start..field.end];
+        if field.escaped {
+            unescape_cell(raw, out);
+        } else {
+            out.push_str(raw);
+        }
+    }
+
+    fn field_text<'t>(field: &Field, text: &'t str) -> Cow<'t, str> {
+        if field.escaped {
+            let mut out = String::new();
+            Self::push_text(field, text, &mut out);
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(&text[field.start..field.end])
+        }
+    }
 
     fn starting_at(text: &'a str, pos: usize) -> Self {
         Self(Scanner::starting_at(text, pos))

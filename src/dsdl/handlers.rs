@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -30,6 +31,7 @@ pub async fn fit(State(state): State<AppState>, body: Body) -> Response {
 }
 
 async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
+    let started = Instant::now();
     let read = read_body_budgeted(body, state.config.max_body_bytes, &state);
     let read = match endpoint {
         // `/fit` is exempt from the request time limit for its training, not for its upload: a
@@ -93,14 +95,16 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             return (StatusCode::BAD_REQUEST, DsdlResponse::error(endpoint, what)).into_response();
         }
     };
+    let read_time = started.elapsed();
     // Parsing, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
     let body_len = bytes.len();
     let work = move || {
         let mut budget = budget;
-        let resp = process_within(&worker_state, bytes, endpoint, &mut budget);
-        (resp, budget)
+        let mut stages = Stages::default();
+        let resp = process_within(&worker_state, bytes, endpoint, &mut budget, &mut stages);
+        (resp, budget, stages)
     };
     let outcome = match endpoint {
         Endpoint::Apply => state.run_compute(body_len, work).await,
@@ -111,7 +115,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             .map_err(|e| WorkerPanicked(e.to_string())),
     };
     match outcome {
-        Ok((resp, budget)) => {
+        Ok((resp, budget, stages)) => {
             if budget.refused() {
                 tracing::warn!(
                     endpoint = endpoint.path(),
@@ -123,8 +127,28 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             if resp.status == "error" {
                 tracing::warn!(endpoint = endpoint.path(), message = %resp.message, "request failed");
             }
+            let answered = Instant::now();
+            let body = resp.into_body();
+            let body_len = body.len();
+            let encode = stages.encode + answered.elapsed();
+            // Where a request's time went, for benches/http_roundtrip.sh.
+            tracing::debug!(
+                endpoint = endpoint.path(),
+                body_bytes = body_len,
+                read_ms = ms(read_time),
+                decode_ms = ms(stages.decode),
+                features_ms = ms(stages.features),
+                forward_ms = ms(stages.forward),
+                encode_ms = ms(encode),
+                "apply stages"
+            );
+            let body = if tracing::enabled!(tracing::Level::DEBUG) {
+                body.timed()
+            } else {
+                body
+            };
             // The answer stays counted in the budget (it was, before it was made) until sent.
-            let mut resp = crate::limits::holding_until_sent(resp.into_response(), budget);
+            let mut resp = crate::limits::holding_until_sent(super::json_response(body), budget);
             resp.extensions_mut().insert(crate::limits::Budgeted);
             resp
         }
@@ -139,20 +163,44 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     }
 }
 
-/// One DSDL request, start to finish, on a blocking thread.
-pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlResponse {
-    process_within(state, body, endpoint, &mut BodyBudget::none())
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
-/// [`process`], counting the answer against `budget` before it is made: when it does not fit,
-/// the request is refused (`budget.refused()`) before its scoring or training. A body it owns
-/// is freed as soon as it has been read into its envelope.
+/// Where a request's CPU time went (see [`process_within`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stages {
+    /// The envelope and the CSV table, whichever way they were read.
+    pub decode: Duration,
+    pub features: Duration,
+    pub forward: Duration,
+    /// The results, written into the response body.
+    pub encode: Duration,
+}
+
+/// One DSDL request, start to finish, on a blocking thread.
+pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlResponse {
+    process_within(
+        state,
+        body,
+        endpoint,
+        &mut BodyBudget::none(),
+        &mut Stages::default(),
+    )
+}
+
+/// [`process`], counting the answer against `budget` before it is made (when it does not fit,
+/// the request is refused, `budget.refused()`, before its scoring or training) and noting where
+/// the time went in `stages`. A body it owns is freed as soon as it has been read into its
+/// envelope.
 fn process_within<B: AsRef<[u8]>>(
     state: &AppState,
     body: B,
     endpoint: Endpoint,
     budget: &mut BodyBudget,
+    stages: &mut Stages,
 ) -> DsdlResponse {
+    let started = Instant::now();
     // Every fit takes a compute permit before it reads the envelope (a copy of its data): with
     // the permits, at most as many requests as cores hold more than their body at once. A fit
     // that trains gives it back once it holds the fit slot.
@@ -176,9 +224,10 @@ fn process_within<B: AsRef<[u8]>>(
                 .resolve(&options.model_name, options.algo.as_deref())
                 .is_some();
             let escaped = envelope.data.0;
+            stages.decode = started.elapsed();
             let outcome = known
                 .then(|| {
-                    apply_with(state, &options, escaped.len(), budget, || {
+                    apply_with(state, &options, escaped.len(), budget, stages, || {
                         Table::parse_json_escaped(escaped, state.config.max_rows)
                     })
                 })
@@ -196,6 +245,8 @@ fn process_within<B: AsRef<[u8]>>(
         Ok(e) => e,
         Err(msg) => return DsdlResponse::error(endpoint, msg),
     };
+    // The general way starts over: what the first try spent is counted too.
+    stages.decode = started.elapsed();
     let options = match checked_options(&envelope, endpoint) {
         Ok(options) => options,
         Err(response) => return response,
@@ -227,7 +278,7 @@ fn process_within<B: AsRef<[u8]>>(
     // `/apply` (it runs on a blocking thread without one: a fit may train for minutes).
     let _permit = permit;
     let csv_text = envelope.data.as_str();
-    let outcome = apply_with(state, &options, csv_text.len(), budget, || {
+    let outcome = apply_with(state, &options, csv_text.len(), budget, stages, || {
         Table::parse_limited(csv_text, state.config.max_rows).map(Some)
     });
     answer(
@@ -273,13 +324,17 @@ fn apply_with<'a>(
     options: &Options,
     csv_len: usize,
     budget: &mut BodyBudget,
+    stages: &mut Stages,
     read_table: impl FnOnce() -> Result<Option<Table<'a>>, TableError>,
 ) -> Option<Result<(EscapedResults, String), String>> {
     let registry = &state.registry;
     let Some(model) = registry.resolve(&options.model_name, options.algo.as_deref()) else {
         return Some(Err(unknown_model(registry, options)));
     };
-    let table = match read_table() {
+    let started = Instant::now();
+    let table = read_table();
+    stages.decode += started.elapsed();
+    let table = match table {
         Ok(Some(table)) => table,
         Ok(None) => return None,
         Err(e) => return Some(Err(e.to_string())),
@@ -291,7 +346,7 @@ fn apply_with<'a>(
     if let Some(refusal) = room.refusal(needed, state.config.limits.max_body_bytes_in_flight) {
         return Some(Err(refusal));
     }
-    let results = score_table(&model, &state.suppressions, &table, csv_len);
+    let results = score_table(&model, &state.suppressions, &table, csv_len, stages);
     Some(results.map(|results| (results, skipped_note(&table))))
 }
 
@@ -302,9 +357,14 @@ fn score_table(
     suppressions: &Suppressions,
     table: &Table,
     csv_len: usize,
+    stages: &mut Stages,
 ) -> Result<EscapedResults, String> {
+    let started = Instant::now();
     let (rows, scored, scored_table_rows) = table.feature_rows();
+    let listed = started.elapsed();
     let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
+    stages.features = listed + scores.feature_time;
+    stages.forward = scores.inference_time;
     tracing::debug!(
         model = %model.info.name,
         rows = table.len(),
@@ -329,13 +389,16 @@ fn score_table(
         suppressed: (!suppressions.is_empty()).then_some(&suppressed as &SuppressionCheck),
     };
     let capacity = answer_capacity(suppressions, table, scored.len(), csv_len);
-    Ok(json_results(
+    let started = Instant::now();
+    let results = json_results(
         table,
         &model.info.target,
         predictions,
         model.info.threshold,
         capacity,
-    ))
+    );
+    stages.encode = started.elapsed();
+    Ok(results)
 }
 
 /// The most bytes the results of `table` (of a CSV of `csv_len` bytes, `scored` rows scored)
@@ -524,7 +587,13 @@ fn fit_and_apply(
     let model = state.registry.insert(fitted.model);
     tracing::info!(model = %name, file = %path.display(), sha256 = %model.file_sha256,
         seconds = started.elapsed().as_secs_f64(), "fit saved and serving");
-    let results = match score_table(&model, &state.suppressions, &table, envelope.data.len()) {
+    let results = match score_table(
+        &model,
+        &state.suppressions,
+        &table,
+        envelope.data.len(),
+        &mut Stages::default(),
+    ) {
         Ok(r) => r,
         Err(msg) => return fail(msg),
     };

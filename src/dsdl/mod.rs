@@ -21,12 +21,18 @@ pub struct DsdlResponse {
 
 impl axum::response::IntoResponse for DsdlResponse {
     fn into_response(self) -> axum::response::Response {
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            axum::body::Body::new(self.into_body()),
-        )
-            .into_response()
+        json_response(self.into_body())
     }
+}
+
+/// A DSDL answer's body as a JSON response.
+pub(crate) fn json_response(body: body::ResponseBody) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::new(body),
+    )
+        .into_response()
 }
 
 /// Which endpoint a message is about (its messages start with `/apply` or `/fit`).

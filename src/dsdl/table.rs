@@ -92,8 +92,9 @@ pub struct Table<'a> {
     pub has_target: bool,
     /// Whether a fit's CSV had a `_time` column (read only with a target).
     pub has_time: bool,
-    /// Whether every cell is unquoted text without `"`, `\\` or control characters (a table read
-    /// JSON-escaped): results can copy cells without looking at them.
+    /// Whether every cell that stands in the CSV (not in `unescaped`) is unquoted text without
+    /// `"`, `\\` or control characters (a table read JSON-escaped): results can copy those cells
+    /// without looking at them.
     plain_cells: bool,
 }
 
@@ -231,7 +232,7 @@ impl Layout {
                     None => Span::default(),
                     Some(f) if f.escaped => {
                         let start = part.unescaped.len() as u32;
-                        part.unescaped.push_str(&f.text(text));
+                        R::push_text(f, text, &mut part.unescaped);
                         Span {
                             start,
                             end: part.unescaped.len() as u32 | UNESCAPED,
@@ -307,9 +308,10 @@ impl<'a> Table<'a> {
     }
 
     /// Parses CSV text that is still JSON-escaped, as it stands between the quotes of a JSON
-    /// string, without unescaping it first: `Ok(None)` when it needs unescaping (quoted cells,
-    /// escapes other than line ends, control characters; see [`EscapedScanner`]), else the table
-    /// [`Table::parse_limited`] makes of the unescaped text. Cells are ranges of `escaped`.
+    /// string, without unescaping it first: `Ok(None)` when it must be unescaped first (quoted
+    /// cells, control characters; see [`EscapedScanner`]), else the table
+    /// [`Table::parse_limited`] makes of the unescaped text. Cells are ranges of `escaped`, but
+    /// for the cells with escapes, which are unescaped into the table's own buffer.
     pub fn parse_json_escaped(
         escaped: &'a str,
         max_rows: usize,
@@ -362,7 +364,7 @@ impl<'a> Table<'a> {
         let header: Vec<String> = fields
             .iter()
             .map(|f| {
-                let text = f.text(csv_text);
+                let text = R::field_text(f, csv_text);
                 text.trim()
                     .trim_start_matches('\u{feff}')
                     .trim()
@@ -482,8 +484,8 @@ impl<'a> Table<'a> {
         self.kinds.is_empty()
     }
 
-    /// Whether every cell is unquoted text without `"`, `\\` or control characters, so it needs
-    /// neither CSV quotes nor JSON escapes.
+    /// Whether every cell that [`Table::leading_cells_text`] can return is unquoted text without
+    /// `"`, `\\` or control characters, so it needs neither CSV quotes nor JSON escapes.
     pub fn cells_are_plain(&self) -> bool {
         self.plain_cells
     }
@@ -917,18 +919,54 @@ mod tests {
         quoted[1..quoted.len() - 1].to_string()
     }
 
+    /// The text of `csv` inside a JSON string as Python's json.dumps writes it: every character
+    /// beyond ASCII as `\uXXXX` (a surrogate pair beyond the BMP).
+    fn json_escaped_ascii(csv: &str) -> String {
+        let mut out = String::new();
+        for c in json_escaped(csv).chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// The JSON-escaped results of `t`, every rank-1 row scored 0.5.
+    fn results(t: &Table) -> Vec<u8> {
+        use crate::dsdl::results::{write_results, JsonEscaped, Predictions};
+        let rows: Vec<usize> = (0..t.len())
+            .filter(|&r| t.kind(r) == RowKind::Rank1)
+            .collect();
+        let probabilities = vec![0.5f32; rows.len()];
+        let predictions = Predictions {
+            rows: &rows,
+            probabilities: &probabilities,
+            suppressed: None,
+        };
+        let mut out = JsonEscaped(Vec::new());
+        write_results(&mut out, t, "y", predictions, 0.5);
+        out.0
+    }
+
     #[test]
     fn json_escaped_csv_reads_as_its_unescaped_text_or_gives_up() {
         let mut rng = crate::synth::SplitMix64::new(23);
-        // Rows that need unescaping: the escaped reader must give up on them, wherever they are.
-        let needs_unescaping = [
-            "h,\"quoted,cell\",1\n",
+        // Rows whose cells hold escapes: read, unescaped, wherever they are.
+        let escaped_cells = [
             "h,tab\there.com,1\n",
             "h,back\\slash.com,1\n",
-            "h,lone\rcr.com,1\n",
             "h,say\"hi\".com,1\n",
+            "h\\0,\\202\\190x.t1.example,1\n",
+            "h,ctl\u{1}\u{7f}.com,\\\n",
+            "h/1,\u{1f600}\u{e9}/.com,2\n",
         ];
-        for case in 0..60 {
+        // Rows that must be unescaped before they are split: the escaped reader gives up.
+        let needs_unescaping = ["h,\"quoted,cell\",1\n", "h,lone\rcr.com,1\n"];
+        for case in 0..90 {
             let mut csv = String::from("src,query,rank\n");
             let special = case % 3 == 0;
             let rows = 20 + rng.below(300);
@@ -936,6 +974,9 @@ mod tests {
             for i in 0..rows {
                 if special && i == special_at {
                     csv.push_str(needs_unescaping[rng.below(needs_unescaping.len())]);
+                }
+                if case % 3 == 1 && rng.below(10) == 0 {
+                    csv.push_str(escaped_cells[rng.below(escaped_cells.len())]);
                 }
                 match rng.below(9) {
                     0 => csv.push_str(&format!("h{i},crlf{i}.example.com,1\r\n")),
@@ -954,7 +995,11 @@ mod tests {
                 1 => csv.push_str("tail,trailing.comma,"),
                 _ => {}
             }
-            let escaped = json_escaped(&csv);
+            let escaped = if case % 2 == 0 {
+                json_escaped(&csv)
+            } else {
+                json_escaped_ascii(&csv)
+            };
             let plain = Table::parse(&csv).unwrap();
             for parallel_min_bytes in [usize::MAX, 0] {
                 let read =
@@ -966,6 +1011,7 @@ mod tests {
                         assert!(!special, "case {case} read a row that needs unescaping");
                         assert_eq!(rows_of(&table), rows_of(&plain), "case {case}");
                         assert_eq!(table.has_rank, plain.has_rank);
+                        assert_eq!(results(&table), results(&plain), "case {case}");
                     }
                 }
             }
@@ -983,11 +1029,33 @@ mod tests {
                 }
             }
         }
-        // Python's json.dumps writes non-ASCII characters as \u escapes: those need unescaping.
-        let escaped = "src,query,rank\\nh,caf\\u00e9.example,1\\n";
-        assert!(Table::parse_json_escaped_in_parts(escaped, 10, usize::MAX)
-            .unwrap()
-            .is_none());
+        // Escapes that change how the CSV splits, or that JSON does not have, are left to the
+        // general way.
+        for escaped in [
+            "src,query\\na,b\\u002cc\\n",
+            "src,query\\na,b\\u000ac\\n",
+            "src,query\\na,\\u0022b\\n",
+            "src,query\\na,\\\"b\\n",
+            "src,query\\na,b\\x\\n",
+            "src,query\\na,b\\ud800c\\n",
+            "src,query\\na,b\\udc00\\ud800c\\n",
+            "src,query\\na,b\\u00g0\\n",
+            "src,query\\na,b\\u+0a0\\n",
+            "src,query\\na,b\\",
+        ] {
+            assert!(
+                Table::parse_json_escaped_in_parts(escaped, 10, usize::MAX)
+                    .unwrap()
+                    .is_none(),
+                "{escaped}"
+            );
+        }
+        let table =
+            Table::parse_json_escaped_in_parts("src,query\\na\\/b,x\\\"\\ud83d\\ude00\\n", 10, 0)
+                .unwrap()
+                .unwrap();
+        assert_eq!((table.src(0), table.query(0)), ("a/b", "x\"\u{1f600}"));
+        assert!(table.leading_cells_text(0).is_none());
         // The header is read the same way, and its errors are the plain reader's.
         for csv in ["", "\n", "src,rank\na,1\n", "query\nx\n"] {
             let want = Table::parse(csv).err();

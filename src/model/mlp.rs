@@ -95,6 +95,8 @@ pub struct Mlp {
     layer_1: Dense,
     layer_2: Dense,
     layer_out: Dense,
+    /// The same network as plain arrays, for [`Mlp::predict`]'s own forward pass.
+    direct: Direct,
 }
 
 /// Batches of at least this many rows multiply by a transposed copy of each weight matrix.
@@ -140,6 +142,132 @@ impl Dense {
     }
 }
 
+/// A layer's weights as `[in, out]` row-major floats and its bias.
+struct DirectLayer {
+    inputs: usize,
+    outputs: usize,
+    weight_t: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl DirectLayer {
+    fn new(dense: &Dense) -> candle_core::Result<Self> {
+        let (inputs, outputs) = dense.weight_t.dims2()?;
+        Ok(Self {
+            inputs,
+            outputs,
+            weight_t: dense.weight_t.flatten_all()?.to_vec1::<f32>()?,
+            bias: dense.bias.to_vec1::<f32>()?,
+        })
+    }
+
+    /// `out = x W^T + b` for `rows` rows of `x`, then ReLU when `relu`: the bias is written
+    /// first and gemm adds the product to it, one rounding as in candle's matmul then add.
+    fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], relu: bool) {
+        debug_assert_eq!(x.len(), rows * self.inputs);
+        debug_assert_eq!(out.len(), rows * self.outputs);
+        for row in out.chunks_exact_mut(self.outputs) {
+            row.copy_from_slice(&self.bias);
+        }
+        // SAFETY: the pointers and strides describe `x` ([rows, inputs]), `weight_t` ([inputs,
+        // outputs]) and `out` ([rows, outputs]), all row-major and of those exact lengths.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.weight_t.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        if relu {
+            for v in out.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
+    }
+}
+
+/// The network without candle: blocks of rows go through all three layers while their
+/// activations are still in cache, one block per core at a time, with no matrix the size of the
+/// batch allocated or written. A batch run as one block gives candle's bits; in blocks, a row's
+/// last bits can differ, as they do in candle between batch sizes (gemm's blocking).
+struct Direct {
+    /// (mean, std) per feature, for standardised inputs.
+    norm: Option<(Vec<f32>, Vec<f32>)>,
+    layers: [DirectLayer; 3],
+}
+
+/// Rows per block of the direct forward pass: the activations of a block (about 1 KiB a row
+/// for the ESCU network) stay in a core's L2 cache.
+pub const DIRECT_BLOCK_ROWS: usize = 256;
+
+impl Direct {
+    fn logits_into(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let [l1, l2, l3] = &self.layers;
+        let standardized;
+        let x = match &self.norm {
+            Some((mean, std)) => {
+                let mut z = x.to_vec();
+                for row in z.chunks_exact_mut(l1.inputs) {
+                    for ((v, m), s) in row.iter_mut().zip(mean).zip(std) {
+                        *v = (*v - m) / s;
+                    }
+                }
+                standardized = z;
+                &standardized[..]
+            }
+            None => x,
+        };
+        let mut h1 = vec![0f32; rows * l1.outputs];
+        let mut h2 = vec![0f32; rows * l2.outputs];
+        l1.forward(x, rows, &mut h1, true);
+        l2.forward(&h1, rows, &mut h2, true);
+        l3.forward(&h2, rows, out, false);
+    }
+
+    /// Logits of `rows` rows of `x`, in blocks of about `block_rows` on the rayon pool.
+    fn logits(&self, x: &[f32], rows: usize, block_rows: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let inputs = self.layers[0].inputs;
+        let mut out = vec![0f32; rows];
+        let mut blocks = Vec::new();
+        let (mut rest_out, mut rest_x) = (&mut out[..], x);
+        for len in block_lengths(rows, block_rows) {
+            let (o, r) = rest_out.split_at_mut(len);
+            let (xi, rx) = rest_x.split_at(len * inputs);
+            blocks.push((o, xi));
+            (rest_out, rest_x) = (r, rx);
+        }
+        blocks
+            .into_par_iter()
+            .for_each(|(out, x)| self.logits_into(x, out.len(), out));
+        out
+    }
+}
+
+/// The row counts of the blocks of a batch of `rows`: as equal as can be (they differ by at
+/// most one), so that no block is so short that gemm takes a path whose bits differ.
+fn block_lengths(rows: usize, block_rows: usize) -> impl Iterator<Item = usize> {
+    let blocks = rows.div_ceil(block_rows.max(1)).max(1);
+    let (base, extra) = (rows / blocks, rows % blocks);
+    (0..blocks).map(move |b| base + usize::from(b < extra))
+}
+
 impl Mlp {
     pub fn new(vb: VarBuilder, shape: MlpShape) -> candle_core::Result<Self> {
         let layer_1 = Dense::new(candle_nn::linear(
@@ -164,12 +292,27 @@ impl Mlp {
         } else {
             None
         };
+        let direct = Direct {
+            norm: match &norm {
+                Some((mean, std)) => Some((
+                    mean.flatten_all()?.to_vec1::<f32>()?,
+                    std.flatten_all()?.to_vec1::<f32>()?,
+                )),
+                None => None,
+            },
+            layers: [
+                DirectLayer::new(&layer_1)?,
+                DirectLayer::new(&layer_2)?,
+                DirectLayer::new(&layer_out)?,
+            ],
+        };
         Ok(Self {
             shape,
             norm,
             layer_1,
             layer_2,
             layer_out,
+            direct,
         })
     }
 
@@ -220,6 +363,42 @@ impl Mlp {
 
     /// Probabilities for `rows` feature vectors stored row-major in `values`: one batched forward.
     pub fn predict(&self, values: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        self.predict_with(values, rows, DIRECT_BLOCK_ROWS)
+    }
+
+    /// [`Mlp::predict`] with blocks of about `block_rows` rows (benches compare sizes;
+    /// `usize::MAX` runs the batch as one block on one core).
+    pub fn predict_with(
+        &self,
+        values: &[f32],
+        rows: usize,
+        block_rows: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if values.len() != rows * self.shape.input {
+            return Err(candle_core::Error::Msg(format!(
+                "{} feature values for {rows} rows of {}",
+                values.len(),
+                self.shape.input
+            )));
+        }
+        if rows < TRANSPOSED_MIN_ROWS {
+            // gemm's paths for a few rows give other bits than candle's `Linear`.
+            let x = Tensor::from_slice(values, (rows, self.shape.input), &Device::Cpu)?;
+            return self.probabilities(&x);
+        }
+        let mut logits = self.direct.logits(values, rows, block_rows);
+        for z in logits.iter_mut() {
+            *z = sigmoid(*z);
+        }
+        Ok(logits)
+    }
+
+    /// The same probabilities through candle's tensors (what [`Mlp::predict`] did before it had
+    /// its own forward pass; benches compare the two).
+    pub fn predict_candle(&self, values: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
         if rows == 0 {
             return Ok(Vec::new());
         }
@@ -227,14 +406,9 @@ impl Mlp {
         self.probabilities(&x)
     }
 
-    /// [`Mlp::predict`] taking the feature vectors by value: the tensor uses their storage
-    /// instead of a copy.
+    /// [`Mlp::predict`] taking the feature vectors by value.
     pub fn predict_owned(&self, values: Vec<f32>, rows: usize) -> candle_core::Result<Vec<f32>> {
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let x = Tensor::from_vec(values, (rows, self.shape.input), &Device::Cpu)?;
-        self.probabilities(&x)
+        self.predict(&values, rows)
     }
 
     fn probabilities(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
@@ -329,6 +503,49 @@ mod tests {
                     bits(usize::MAX),
                     "{shape:?}: a batch of {size} rows scores differently with transposed weights"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_direct_forward_pass_agrees_with_candle() {
+        crate::model::fix_candle_threads(2);
+        let sizes: Vec<usize> = (1..=80).chain([255, 257, 1_000, 4_100, 10_074]).collect();
+        for shape in [MlpShape::ESCU, MlpShape::V2, MlpShape::V4] {
+            let mlp = random_mlp(shape, shape.input as u64 + 7);
+            let rows = *sizes.iter().max().unwrap();
+            let mut state = 5u64;
+            let features: Vec<f32> = (0..rows * shape.input)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(2862933555777941757)
+                        .wrapping_add(3037000493);
+                    (state >> 59) as f32 * 0.75 - 3.0
+                })
+                .collect();
+            for &size in &sizes {
+                let x = &features[..size * shape.input];
+                let bits = |p: &[f32]| -> Vec<u32> { p.iter().map(|v| v.to_bits()).collect() };
+                let candle = mlp.predict_candle(x, size).unwrap();
+                // One block: candle's bits.
+                let whole = mlp.predict_with(x, size, usize::MAX).unwrap();
+                assert_eq!(bits(&whole), bits(&candle), "{shape:?}: {size} rows");
+                // In blocks: candle's bits for each block run as a batch of its own.
+                for block_rows in [DIRECT_BLOCK_ROWS, 64, 100] {
+                    let blocked = mlp.predict_with(x, size, block_rows).unwrap();
+                    let mut by_block = Vec::new();
+                    let mut at = 0;
+                    for len in block_lengths(size, block_rows) {
+                        let b = &x[at * shape.input..(at + len) * shape.input];
+                        by_block.extend(mlp.predict_candle(b, len).unwrap());
+                        at += len;
+                    }
+                    assert_eq!(
+                        bits(&blocked),
+                        bits(&by_block),
+                        "{shape:?}: {size} rows in blocks of {block_rows}"
+                    );
+                }
             }
         }
     }
