@@ -166,12 +166,12 @@ enum Format {
         (status = 400, description = "The body is not JSON (`invalid_json`), could not be read to its end (`body_unreadable`), or the query string is malformed (`invalid_query`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong token (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such model (`model_not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over --max-body-mb (`body_too_large`) or more events than --max-rows (`too_many_events`)", body = ErrorBody),
+        (status = 413, description = "Body over --max-body-mb (`body_too_large`), more events than --max-rows (`too_many_events`), or an answer larger than --max-bodies-in-flight-mb could ever hold (`answer_too_large`)", body = ErrorBody),
         (status = 415, description = "Content type is not application/json or application/x-ndjson (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape (`invalid_request`), `model` field and ?model= disagree (`conflicting_model`), or no default model (`model_required`)", body = ErrorBody),
         (status = 429, description = "Too many requests in flight (`too_many_requests`)", body = ErrorBody),
         (status = 500, description = "The model failed to run (`internal`)", body = ErrorBody),
-        (status = 503, description = "No model is loaded (`no_model_loaded`) or the request took too long (`timeout`)", body = ErrorBody),
+        (status = 503, description = "No model is loaded (`no_model_loaded`), the request took too long (`timeout`), or the bodies and answers in flight fill --max-bodies-in-flight-mb (`busy`, with Retry-After)", body = ErrorBody),
     ),
     security(("api_token" = []))
 )]
