@@ -12,23 +12,16 @@ peak resident memory (VmHWM) against its idle. Standard library only.
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+
+import local_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "peak-token-3b9a"
 
 
-def status_mib(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise SystemExit(f"no {field} in /proc/{pid}/status")
 
 
 def longest_names_body(rows):
@@ -67,31 +60,9 @@ def main():
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()
     body = longest_names_body(args.rows)
-    data = tempfile.mkdtemp(prefix="peak.")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DNSEXFIL_")}
-    env.update({"api_token": TOKEN, "ENABLE_HTTPS": "false", "RUST_LOG": "warn"})
-    server = subprocess.Popen(
-        [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(data, "server.log"), "w"),
-    )
+    server, port, data = local_server.start(args.binary, TOKEN, "peak.", ())
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit(f"the server did not become ready (log: {data}/server.log)")
-            time.sleep(0.2)
-        idle = status_mib(server.pid, "VmRSS:")
+        idle = local_server.status_mib(server.pid, "VmRSS:")
         req = urllib.request.Request(f"http://127.0.0.1:{port}/apply", data=body, method="POST")
         req.add_header("Authorization", TOKEN)
         req.add_header("Content-Type", "application/json")
@@ -99,7 +70,7 @@ def main():
         with urllib.request.urlopen(req, timeout=600) as resp:
             answer = json.loads(resp.read())
         took = time.monotonic() - started
-        peak = status_mib(server.pid, "VmHWM:")
+        peak = local_server.status_mib(server.pid, "VmHWM:")
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -12,22 +12,14 @@ Standard library only.
 import argparse
 import os
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
+
+import local_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "unread-token-51c0"
 
 
-def status_mib(pid, field="VmRSS:"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise SystemExit(f"no {field} in /proc/{pid}/status")
 
 
 def main():
@@ -40,32 +32,9 @@ def main():
     args = parser.parse_args()
     events = ",".join('{"src":"%d","query":"%d"}' % (i % 10, i % 7) for i in range(args.events))
     body = ('{"events":[%s]}' % events).encode()
-    data = tempfile.mkdtemp(prefix="unread.")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DNSEXFIL_")}
-    env.update({"api_token": TOKEN, "ENABLE_HTTPS": "false", "RUST_LOG": "warn"})
-    server = subprocess.Popen(
-        [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data,
-         "--write-timeout-secs", str(args.write_timeout_secs)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(data, "server.log"), "w"),
-    )
+    server, port, data = local_server.start(args.binary, TOKEN, "unread.", ("--write-timeout-secs", str(args.write_timeout_secs)))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit(f"the server did not become ready (log: {data}/server.log)")
-            time.sleep(0.2)
-        idle = status_mib(server.pid)
+        idle = local_server.status_mib(server.pid)
         head = (
             f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -80,7 +49,7 @@ def main():
         # Each answer's head, peeked (nothing is read), tells that it is being sent.
         for s in clients:
             while True:
-                peak = max(peak, status_mib(server.pid))
+                peak = max(peak, local_server.status_mib(server.pid))
                 s.settimeout(0.5)
                 try:
                     got = s.recv(4096, socket.MSG_PEEK)
@@ -91,15 +60,15 @@ def main():
                     break
         # Then the memory they hold, once the work's memory has been handed back.
         for _ in range(20):
-            peak = max(peak, status_mib(server.pid))
+            peak = max(peak, local_server.status_mib(server.pid))
             time.sleep(0.5)
-        held = status_mib(server.pid)
-        peak = max(peak, status_mib(server.pid, "VmHWM:"))
+        held = local_server.status_mib(server.pid)
+        peak = max(peak, local_server.status_mib(server.pid, "VmHWM:"))
         answering = time.monotonic() - started
         for s in clients:
             s.close()
         time.sleep(3)
-        after = status_mib(server.pid)
+        after = local_server.status_mib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=60)
