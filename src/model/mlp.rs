@@ -462,6 +462,19 @@ mod tests {
         Mlp::new(vb, shape).unwrap()
     }
 
+    /// `len` values in steps of 0.75 from `offset` (32 steps), from a seeded generator.
+    fn feature_like(len: usize, seed: u64, offset: f32) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(2862933555777941757)
+                    .wrapping_add(3037000493);
+                (state >> 59) as f32 * 0.75 + offset
+            })
+            .collect()
+    }
+
     #[test]
     fn transposed_weights_change_no_bits_at_any_batch_size() {
         // Batch sizes on both sides of TRANSPOSED_MIN_ROWS, up to ones gemm splits across threads.
@@ -470,16 +483,8 @@ mod tests {
         for shape in [MlpShape::ESCU, MlpShape::V2] {
             let mlp = random_mlp(shape, shape.input as u64);
             let rows = *sizes.iter().max().unwrap();
-            let mut state = 99u64;
-            let features: Vec<f32> = (0..rows * shape.input)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(2862933555777941757)
-                        .wrapping_add(3037000493);
-                    // Like the features: small non-negative counts, lengths and averages.
-                    (state >> 59) as f32 * 0.75
-                })
-                .collect();
+            // Like the features: small non-negative counts, lengths and averages.
+            let features = feature_like(rows * shape.input, 99, 0.0);
             for &size in &sizes {
                 let x = Tensor::from_slice(
                     &features[..size * shape.input],
@@ -514,15 +519,7 @@ mod tests {
         for shape in [MlpShape::ESCU, MlpShape::V2, MlpShape::V4] {
             let mlp = random_mlp(shape, shape.input as u64 + 7);
             let rows = *sizes.iter().max().unwrap();
-            let mut state = 5u64;
-            let features: Vec<f32> = (0..rows * shape.input)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(2862933555777941757)
-                        .wrapping_add(3037000493);
-                    (state >> 59) as f32 * 0.75 - 3.0
-                })
-                .collect();
+            let features = feature_like(rows * shape.input, 5, -3.0);
             for &size in &sizes {
                 let x = &features[..size * shape.input];
                 let bits = |p: &[f32]| -> Vec<u32> { p.iter().map(|v| v.to_bits()).collect() };
