@@ -108,8 +108,9 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     };
     let outcome = match endpoint {
         Endpoint::Apply => state.run_compute(body_len, work).await,
-        // A fit may train for minutes: it must not hold a compute permit that `/apply` needs
-        // (with one CPU there is only one). Fits are serialised by the fit slot instead.
+        // A fit may train for minutes: it takes a compute permit itself only while it reads
+        // and scores (`process_within`), and gives it back once it holds the fit slot, which
+        // serialises training.
         Endpoint::Fit => AppState::run_uncounted(body_len, work)
             .await
             .map_err(|e| WorkerPanicked(e.to_string())),
