@@ -41,9 +41,10 @@ pub struct ToolResult {
     pub benign_alerts_real: usize,
     pub benign_alerts_lookalike: usize,
     pub benign_alerts_by_family: BTreeMap<String, usize>,
-    /// The highest-scoring benign rows: (score, src, query, family).
+    /// The 60 highest-scoring benign rows: (score, src, query, family); enough to hold every
+    /// benign alert of a typical run, so a report shows what the alerts are.
     pub top_benign: Vec<(f32, String, String, String)>,
-    /// The lowest-scoring rows of the tool.
+    /// The 60 lowest-scoring rows of the tool.
     pub lowest_positives: Vec<(f32, String, String, String)>,
     /// Per family of the tool: rows, rows alerted, sessions, sessions alerted, so a report shows
     /// which of a tool's ciphers or modes were missed.
@@ -331,6 +332,7 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
             None => real_alerts += 1,
         }
     }
+    const EXAMPLES: usize = 60;
     let examples = |rows: &mut Vec<&Scored>, highest: bool| {
         rows.sort_by(|a, b| {
             if highest {
@@ -340,7 +342,7 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
             }
         });
         rows.iter()
-            .take(12)
+            .take(EXAMPLES)
             .map(|s| {
                 (
                     s.score,
