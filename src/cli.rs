@@ -135,6 +135,12 @@ pub struct TrainingOptions {
     /// the model learns what small networks look like (0 or 1: only the whole log).
     #[arg(long, default_value_t = 8)]
     pub source_groups: usize,
+    /// Networks trained with seeds `seed`, `seed + 1`, ... on the same rows and served as one
+    /// network whose output is the mean of their logits (1 to 8; 1: a single network). More
+    /// members make the model depend less on one initialisation, at that many times the
+    /// training time and a wider network.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8))]
+    pub members: usize,
 }
 
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {

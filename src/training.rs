@@ -69,6 +69,9 @@ pub struct FitPlan {
     pub threshold: f32,
     /// Window width when the rows carry `_time`.
     pub window_secs: f64,
+    /// Networks trained (seeds `seed`, `seed + 1`, ...) and served as one whose output is the
+    /// mean of their logits; 1 trains a single network.
+    pub members: usize,
 }
 
 impl FitPlan {
@@ -182,6 +185,7 @@ impl FitPlan {
             validation_fraction,
             threshold,
             window_secs,
+            members: 1,
         })
     }
 }
@@ -530,15 +534,35 @@ pub fn fit_labelled(
         Some(base) => Some(base.mlp.tensors()?),
         None => None,
     };
-    let shape = shape_for(plan.schema);
-    let (tensors, report) = train(
-        shape,
-        &train_set,
-        &val_set,
-        &plan.params,
-        start.as_ref(),
-        on_epoch,
-    )?;
+    let shape = match &plan.base {
+        Some(base) => base.mlp.shape(),
+        None => shape_for(plan.schema),
+    };
+    let mut on_epoch = on_epoch;
+    let mut members = Vec::with_capacity(plan.members.max(1));
+    let mut reports = Vec::with_capacity(plan.members.max(1));
+    for member in 0..plan.members.max(1) as u64 {
+        let params = TrainParams {
+            seed: plan.params.seed.wrapping_add(member),
+            ..plan.params.clone()
+        };
+        let (tensors, report) = train(
+            shape,
+            &train_set,
+            &val_set,
+            &params,
+            start.as_ref(),
+            &mut on_epoch,
+        )?;
+        members.push(tensors);
+        reports.push(report);
+    }
+    let report = reports.swap_remove(0);
+    let tensors = if members.len() == 1 {
+        members.swap_remove(0)
+    } else {
+        crate::model::train::merge_members(&members)?
+    };
     let packaged = |e: crate::model::ModelError| TrainError::Data(e.to_string());
     let bytes = crate::model::file::encode(&info, &tensors).map_err(packaged)?;
     let model = Model::from_bytes(&bytes, &info.name).map_err(packaged)?;
@@ -582,6 +606,7 @@ pub fn fit_offline(
         validation_fraction: options.val_fraction,
         threshold: 0.5,
         window_secs: options.window,
+        members: options.members,
     };
     fit_labelled(labelled, &plan, info, |e| {
         if verbose {

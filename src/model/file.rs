@@ -127,7 +127,7 @@ impl Model {
         tensors: HashMap<String, Tensor>,
         origin: &str,
     ) -> Result<Self, ModelError> {
-        let shape = shape_for(info.schema);
+        let shape = shape_of(info.schema, &dims_of(&tensors));
         check_tensors(&tensors, shape, origin)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let mlp = Mlp::new(vb, shape).map_err(|e| ModelError::Invalid(format!("{origin}: {e}")))?;
@@ -179,7 +179,7 @@ impl Model {
 /// state_dict order with the metadata. The bytes depend only on the inputs (keys are written in
 /// sorted order), so a conversion or a seeded training run is reproducible bit for bit.
 pub fn encode(info: &ModelInfo, tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>, ModelError> {
-    let shape = shape_for(info.schema);
+    let shape = shape_of(info.schema, &dims_of(tensors));
     check_tensors(tensors, shape, &info.name)?;
     let mut header = serde_json::Map::new();
     let metadata: BTreeMap<String, String> = info.to_metadata(shape).into_iter().collect();
@@ -226,6 +226,40 @@ pub fn shape_for(schema: Schema) -> MlpShape {
         Schema::DnsexfilV3 => MlpShape::V3,
         Schema::DnsexfilV4 => MlpShape::V4,
     }
+}
+
+/// Widest hidden layer a model file of our schemas may have: an ensemble of members is one
+/// network as many times as wide as one member (`train --members`), and nothing wider is served.
+pub const MAX_HIDDEN: usize = 1024;
+
+/// The network a model file holds: the schema fixes the input and the standardisation; the
+/// hidden widths of our own schemas are read from the layers (an ensemble is wider than one
+/// member), within [`MAX_HIDDEN`]. The published ESCU network keeps its fixed shape. Widths the
+/// file does not state or that are out of range fall back to the schema's, so the shape check
+/// names the tensor that is wrong.
+pub fn shape_of(schema: Schema, found: &HashMap<String, Vec<usize>>) -> MlpShape {
+    let fixed = shape_for(schema);
+    if schema == Schema::EscuV1 {
+        return fixed;
+    }
+    let rows = |name: &str| {
+        found
+            .get(name)
+            .and_then(|dims| dims.first().copied())
+            .filter(|n| (1..=MAX_HIDDEN).contains(n))
+    };
+    MlpShape {
+        hidden_1: rows("layer_1.weight").unwrap_or(fixed.hidden_1),
+        hidden_2: rows("layer_2.weight").unwrap_or(fixed.hidden_2),
+        ..fixed
+    }
+}
+
+fn dims_of(tensors: &HashMap<String, Tensor>) -> HashMap<String, Vec<usize>> {
+    tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+        .collect()
 }
 
 /// Checks that the checkpoint holds exactly the network's tensors with the right shapes, given

@@ -256,6 +256,80 @@ pub fn train(
     Ok((tensors, report))
 }
 
+/// One network computing the mean of the members' logits: the first layers side by side, the
+/// second layers block-diagonal (each member's second layer sees only its own first layer), the
+/// output layer's weights concatenated and divided by the member count, its bias averaged. The
+/// members must share their input standardisation (they were trained on the same rows).
+pub fn merge_members(
+    members: &[HashMap<String, Tensor>],
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    let k = members.len();
+    if k == 0 {
+        return Err(TrainError::Data("no member networks to merge".into()));
+    }
+    let values =
+        |m: &HashMap<String, Tensor>, name: &str| -> Result<(Vec<f32>, Vec<usize>), TrainError> {
+            let t = m
+                .get(name)
+                .ok_or_else(|| TrainError::Data(format!("member network lacks `{name}`")))?;
+            Ok((t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec()))
+        };
+    let (_, w1_dims) = values(&members[0], "layer_1.weight")?;
+    let (_, w2_dims) = values(&members[0], "layer_2.weight")?;
+    let (h1, input, h2) = (w1_dims[0], w1_dims[1], w2_dims[0]);
+    let dev = Device::Cpu;
+    let mut merged = HashMap::new();
+    for name in NORM_NAMES {
+        if let Some(first) = members[0].get(name) {
+            let first_values = first.to_vec1::<f32>()?;
+            for m in &members[1..] {
+                if values(m, name)?.0 != first_values {
+                    return Err(TrainError::Data(format!(
+                        "member networks standardise their input differently (`{name}`)"
+                    )));
+                }
+            }
+            merged.insert(name.to_string(), first.clone());
+        }
+    }
+    let (mut w1, mut b1, mut b2) = (Vec::new(), Vec::new(), Vec::new());
+    let mut w2 = vec![0f32; k * h2 * k * h1];
+    let mut w_out = Vec::with_capacity(k * h2);
+    let mut b_out = 0f32;
+    for (i, m) in members.iter().enumerate() {
+        let (layer_1, dims) = values(m, "layer_1.weight")?;
+        let (layer_2, dims_2) = values(m, "layer_2.weight")?;
+        if dims != w1_dims || dims_2 != w2_dims {
+            return Err(TrainError::Data("member networks differ in shape".into()));
+        }
+        w1.extend_from_slice(&layer_1);
+        b1.extend(values(m, "layer_1.bias")?.0);
+        for r in 0..h2 {
+            let row = (i * h2 + r) * k * h1 + i * h1;
+            w2[row..row + h1].copy_from_slice(&layer_2[r * h1..(r + 1) * h1]);
+        }
+        b2.extend(values(m, "layer_2.bias")?.0);
+        w_out.extend(
+            values(m, "layer_out.weight")?
+                .0
+                .iter()
+                .map(|w| w / k as f32),
+        );
+        b_out += values(m, "layer_out.bias")?.0[0] / k as f32;
+    }
+    let mut put = |name: &str, v: Vec<f32>, dims: &[usize]| -> Result<(), TrainError> {
+        merged.insert(name.to_string(), Tensor::from_vec(v, dims, &dev)?);
+        Ok(())
+    };
+    put("layer_1.weight", w1, &[k * h1, input])?;
+    put("layer_1.bias", b1, &[k * h1])?;
+    put("layer_2.weight", w2, &[k * h2, k * h1])?;
+    put("layer_2.bias", b2, &[k * h2])?;
+    put("layer_out.weight", w_out, &[1, k * h2])?;
+    put("layer_out.bias", vec![b_out], &[1])?;
+    Ok(merged)
+}
+
 fn check_dataset(what: &str, d: &Dataset, width: usize) -> Result<(), TrainError> {
     if d.width != width {
         return Err(TrainError::Data(format!(
@@ -437,6 +511,58 @@ mod tests {
                 b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    #[test]
+    fn merged_members_score_the_mean_of_their_logits() {
+        use super::super::mlp::{sigmoid, Mlp};
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let mlp = |tensors: HashMap<String, Tensor>, shape: MlpShape| {
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+            Mlp::new(vb, shape).unwrap()
+        };
+        let members: Vec<_> = (0..3)
+            .map(|seed| {
+                let params = TrainParams {
+                    epochs: 3,
+                    learning_rate: 1e-2,
+                    batch_size: 32,
+                    seed,
+                    ..Default::default()
+                };
+                train(shape, &toy(1, 300), &toy(2, 100), &params, None, |_| {})
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        let merged = merge_members(&members).unwrap();
+        let wide = MlpShape {
+            hidden_1: 24,
+            hidden_2: 12,
+            ..shape
+        };
+        let rows = toy(3, 50);
+        let scores = mlp(merged, wide).predict(&rows.x, rows.len()).unwrap();
+        let per_member: Vec<Vec<f32>> = members
+            .into_iter()
+            .map(|m| mlp(m, shape).predict(&rows.x, rows.len()).unwrap())
+            .collect();
+        let logit = |p: f32| (p / (1.0 - p)).ln();
+        for (i, score) in scores.iter().enumerate() {
+            let mean = per_member.iter().map(|m| logit(m[i])).sum::<f32>() / 3.0;
+            assert!(
+                (score - sigmoid(mean)).abs() < 1e-5,
+                "row {i}: merged {score}, mean of members {}",
+                sigmoid(mean)
+            );
+        }
+        // The members differ, so the check above is not one network compared with itself.
+        assert!(per_member[0] != per_member[1]);
     }
 
     #[test]
