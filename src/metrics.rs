@@ -130,9 +130,25 @@ pub async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Gauges read at the moment of a scrape.
+pub struct Gauges {
+    /// Requests in flight on the limited routes, and their limit.
+    pub in_flight: usize,
+    pub in_flight_limit: usize,
+    /// Bytes of bodies and unsent answers counted against the in-flight budget, and the budget.
+    pub body_bytes_in_flight: usize,
+    pub body_bytes_budget: usize,
+}
+
 /// The Prometheus text exposition (format 0.0.4) of everything recorded, plus gauges read now:
-/// requests in flight and one `dnsexfil_model_info` series per loaded model.
-pub fn render(registry: &Registry, in_flight: usize, in_flight_limit: usize) -> String {
+/// requests and body bytes in flight and one `dnsexfil_model_info` series per loaded model.
+pub fn render(registry: &Registry, gauges: Gauges) -> String {
+    let Gauges {
+        in_flight,
+        in_flight_limit,
+        body_bytes_in_flight,
+        body_bytes_budget,
+    } = gauges;
     let f = lock();
     let mut out = String::with_capacity(8192);
     counter(
@@ -185,6 +201,20 @@ pub fn render(registry: &Registry, in_flight: usize, in_flight_limit: usize) -> 
         "gauge",
     );
     let _ = writeln!(out, "dnsexfil_max_concurrent_requests {in_flight_limit}");
+    header(
+        &mut out,
+        "dnsexfil_body_bytes_in_flight",
+        "Bytes of request bodies and unsent answers counted against the in-flight budget (in KiB steps).",
+        "gauge",
+    );
+    let _ = writeln!(out, "dnsexfil_body_bytes_in_flight {body_bytes_in_flight}");
+    header(
+        &mut out,
+        "dnsexfil_max_body_bytes_in_flight",
+        "The in-flight budget for bodies and answers (--max-bodies-in-flight-mb).",
+        "gauge",
+    );
+    let _ = writeln!(out, "dnsexfil_max_body_bytes_in_flight {body_bytes_budget}");
     header(
         &mut out,
         "dnsexfil_model_info",

@@ -92,8 +92,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let limit = state.config.limits.max_concurrent_requests;
-    let in_flight = limit.saturating_sub(state.in_flight.available_permits());
-    let text = crate::metrics::render(&state.registry, in_flight, limit);
+    let budget_kib = state.body_budget_kib();
+    let gauges = crate::metrics::Gauges {
+        in_flight: limit.saturating_sub(state.in_flight.available_permits()),
+        in_flight_limit: limit,
+        body_bytes_in_flight: budget_kib.saturating_sub(state.body_budget.available_permits())
+            << 10,
+        body_bytes_budget: state.config.limits.max_body_bytes_in_flight,
+    };
+    let text = crate::metrics::render(&state.registry, gauges);
     (
         [(
             header::CONTENT_TYPE,

@@ -63,18 +63,28 @@ pub struct AppState {
     pub store_problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// The in-flight body budget in KiB permits (`--max-bodies-in-flight-mb`).
+fn budget_kib(config: &ServerConfig) -> usize {
+    (config.limits.max_body_bytes_in_flight >> 10)
+        .max(1)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 impl AppState {
+    /// The whole in-flight body budget, in the KiB permits `body_budget` hands out.
+    pub fn body_budget_kib(&self) -> usize {
+        budget_kib(&self.config)
+    }
+
     pub fn new(registry: Arc<Registry>, config: ServerConfig, compute_threads: usize) -> Self {
         let in_flight = config.limits.max_concurrent_requests.max(1);
         let store_problem = config
             .model_store
             .as_ref()
             .and_then(|store| store.check_writable().err());
-        let budget_kib = (config.limits.max_body_bytes_in_flight >> 10).max(1);
+        let budget_kib = budget_kib(&config);
         Self {
-            body_budget: Arc::new(tokio::sync::Semaphore::new(
-                budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
             store_problem: Arc::new(std::sync::Mutex::new(store_problem)),
             registry,
             config: Arc::new(config),
