@@ -57,7 +57,7 @@ struct Loaded {
 
 fn main() {
     // As `dnsexfil serve` does at start-up.
-    dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
+    dnsexfil::model::fix_candle_threads(dnsexfil::state::default_compute_threads());
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
         // `cargo bench` / `cargo test --benches`: a smoke run.

@@ -25,7 +25,7 @@ use dnsexfil::dsdl::table::Table;
 use dnsexfil::dsdl::{envelope, Endpoint};
 use dnsexfil::features::Schema;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
-use dnsexfil::server::AppState;
+use dnsexfil::state::AppState;
 use dnsexfil::{scoring, synth};
 
 #[global_allocator]

@@ -14,7 +14,9 @@ use crate::dsdl::auth::Token;
 use crate::limits::{Limits, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_REQUEST_TIMEOUT_SECS};
 use crate::model::convert::{self, ESCU_MODEL_NAME};
 use crate::model::{ModelStore, Registry};
-use crate::server::{self, AppState, ServerConfig, Transport};
+use crate::recipe::{EvaluateArgs, TrainArgs};
+use crate::server::{self, Transport};
+use crate::state::{self, AppState, ServerConfig};
 use crate::suppress::{Suppressions, BUILTIN_ALLOWLIST};
 
 #[derive(Parser, Debug)]
@@ -55,141 +57,6 @@ RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
     /// exit 0 when it answers 200, 1 otherwise. Follows the service's DNSEXFIL_HOST,
     /// DNSEXFIL_PORT and ENABLE_HTTPS; any certificate is accepted.
     Healthcheck(crate::healthcheck::HealthcheckArgs),
-}
-
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    /// Events: `src,query,rank,_time` (rank is recomputed per window).
-    #[arg(long)]
-    pub events: PathBuf,
-    /// Labels: `src,query,is_exfiltration[,tool,...]`, keyed by (src, query).
-    #[arg(long)]
-    pub labels: PathBuf,
-    /// Model file to write (safetensors); a `<output>.report.json` is written beside it.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Model name requests select it by.
-    #[arg(long, default_value = "dnsexfil_v4")]
-    pub name: String,
-    /// Share of sources held out entirely as a test set (0 to 0.9); with --split-out, their
-    /// events and labels are written there for `eval/evaluate.py`.
-    #[arg(long, default_value_t = 0.0, value_parser = real_in("0 to 0.9", |v| (0.0..=0.9).contains(&v)))]
-    pub test_fraction: f64,
-    /// Directory for the held-out test set (test_events.csv, test_labels.csv).
-    #[arg(long)]
-    pub split_out: Option<PathBuf>,
-    /// Leave a tool out of training (repeatable or comma-separated): its synthetic families are
-    /// not generated and the log's sources of that `tool` are dropped (dnsexfil-v3 and later).
-    #[arg(long, value_delimiter = ',')]
-    pub leave_out: Vec<String>,
-    #[command(flatten)]
-    pub options: TrainingOptions,
-}
-
-/// How a model is trained: shared by `train` and `evaluate`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct TrainingOptions {
-    /// Feature schema of the model: dnsexfil-v4 (the default model's), dnsexfil-v3 or dnsexfil-v2.
-    #[arg(long, default_value = "dnsexfil-v4", value_parser = parse_trainable_schema)]
-    pub schema: crate::features::Schema,
-    /// Passes over the training rows (1 to 10,000; the ranges are /fit's).
-    #[arg(long, default_value_t = 60, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
-    pub epochs: usize,
-    /// AdamW's learning rate, above 0 and at most 1.
-    #[arg(long, default_value_t = 2e-3, value_parser = real_in("above 0 and at most 1", |v| v > 0.0 && v <= 1.0))]
-    pub learning_rate: f64,
-    /// Rows per optimiser step (1 to 65,536).
-    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
-    pub batch_size: usize,
-    /// Epochs without a better validation loss before stopping (1 to 1,000).
-    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
-    pub patience: usize,
-    /// Weight of a malicious row in the loss, above 0 (default: 1 for dnsexfil-v4; negatives /
-    /// positives, balancing the classes, for the earlier schemas).
-    #[arg(long, value_parser = real_in("above 0", |v| v > 0.0))]
-    pub positive_weight: Option<f64>,
-    /// Seed for the source split, synthetic sessions, initialisation and shuffling: same seed,
-    /// same model bytes.
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
-    /// Share of sources (hosts) held out for validation and early stopping (0.05 to 0.9).
-    #[arg(long, default_value_t = 0.2, value_parser = real_in("0.05 to 0.9", |v| (0.05..=0.9).contains(&v)))]
-    pub val_fraction: f64,
-    /// Window width in seconds, 60 to 86,400 (the hourly ESCU search: 3600).
-    #[arg(long, default_value_t = 3600.0, value_parser = real_in("60 to 86,400", |v| (60.0..=86_400.0).contains(&v)))]
-    pub window: f64,
-    /// dnsexfil-v2 only: synthetic tunnel sessions (hex, base32, base64url, base36 names) added
-    /// to the training and validation sources; every other one rides on a copy of a training
-    /// host's normal traffic. Never in the test set.
-    #[arg(long, default_value_t = 90)]
-    pub synthetic_sessions: usize,
-    /// dnsexfil-v3 and later: sessions of each threat-model family (src/threats) added to training,
-    /// riding on training hosts or from sources of their own. Never on test hosts.
-    #[arg(long, default_value_t = 24, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
-    pub threat_sessions: usize,
-    /// dnsexfil-v3 and later: sessions of each benign look-alike family (reputation lookups, DNSBL,
-    /// CDN edges, ...) added to training on training hosts.
-    #[arg(long, default_value_t = 36, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
-    pub lookalike_sessions: usize,
-    /// Also replay each hour with the sources split into this many groups (each group alone), so
-    /// the model learns what small networks look like (0 or 1: only the whole log).
-    #[arg(long, default_value_t = 8)]
-    pub source_groups: usize,
-    /// Networks trained with seeds `seed`, `seed + 1`, ... on the same rows and served as one
-    /// network whose output is the mean of their logits (1 to 8; 1: a single network). More
-    /// members make the model depend less on one initialisation, at that many times the
-    /// training time and a wider network.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8))]
-    pub members: usize,
-}
-
-fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {
-    use crate::features::Schema;
-    match text.parse::<Schema>()? {
-        Schema::EscuV1 => Err("escu-v1 is the published model's schema; fine-tune it over /fit with its name instead (train makes dnsexfil-v2, -v3 or -v4 models)".into()),
-        schema => Ok(schema),
-    }
-}
-
-#[derive(clap::Args, Debug)]
-pub struct EvaluateArgs {
-    /// Events: `src,query,rank,_time`.
-    #[arg(long)]
-    pub events: PathBuf,
-    /// Labels: `src,query,is_exfiltration,tool`; the `tool` column names the log's real tools.
-    #[arg(long)]
-    pub labels: PathBuf,
-    /// Tools to leave out, one at a time (default: every malicious tool of the threat model and
-    /// every tool of the log). `none` trains on everything and scores every tool.
-    #[arg(long, value_delimiter = ',')]
-    pub tools: Vec<String>,
-    /// Share of the log's sources held out as evaluation hosts (0.05 to 0.9).
-    #[arg(long, default_value_t = 0.3, value_parser = real_in("0.05 to 0.9", |v| (0.05..=0.9).contains(&v)))]
-    pub test_fraction: f64,
-    /// Sessions per family generated on the evaluation hosts (with another seed than training's).
-    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
-    pub eval_sessions: usize,
-    /// Tools every run also leaves out of training, beside the one its row is about (e.g.
-    /// `randomised`, whose grammar can mimic a left-out tool); they are not scored.
-    #[arg(long, value_delimiter = ',')]
-    pub also_leave_out: Vec<String>,
-    /// Write the results as JSON here.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    #[command(flatten)]
-    pub options: TrainingOptions,
-}
-
-/// A clap parser for a real number that `accept`s, named by `range` in the error.
-fn real_in(
-    range: &'static str,
-    accept: fn(f64) -> bool,
-) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
-    move |text| match text.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && accept(v) => Ok(v),
-        Ok(_) => Err(format!("must be {range}")),
-        Err(_) => Err(format!("`{text}` is not a number; it must be {range}")),
-    }
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -589,7 +456,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let compute_threads = args
         .compute_threads
-        .unwrap_or_else(server::default_compute_threads);
+        .unwrap_or_else(state::default_compute_threads);
     let mut suppressions = Suppressions::none();
     if !args.no_default_allowlist {
         suppressions

@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
 
-use crate::cli::{EvaluateArgs, TrainingOptions};
 use crate::corpus::{self, Corpus, RealLog, ThreatPlan};
 use crate::dataset;
 use crate::features::Row;
 use crate::model::{Model, ModelInfo};
+use crate::recipe::{EvaluateArgs, TrainingOptions};
 use crate::threats::Family;
 
 /// Added to the training seed for everything generated on evaluation hosts.

@@ -2,7 +2,23 @@
 //!
 //! The flow of one request: HTTP -> DSDL envelope -> rows -> features (the model's schema) ->
 //! candle network -> results CSV -> HTTP. Every stage is a plain function over plain data.
+//!
+//! # Layout
+//!
+//! Layers, each importing only those below it (`.ci/module-cycles.py` fails CI on a cycle):
+//!
+//! - command line: `cli` (clap; `serve`, `train`, `evaluate`, `convert`, `synth`, `openapi`),
+//!   `healthcheck`, `recipe` (the arguments of `train` and `evaluate`);
+//! - HTTP: `server` (router, shutdown) over `dsdl::handlers`, `dsdl::auth`, `rest` (`/v1`),
+//!   `ops`, `openapi`, `limits`, `connections`, `request_id`, `metrics`, `tls`; all of them over
+//!   `state` (what handlers share) and `body` (bodies within their limits);
+//! - work without HTTP: `training` (what `/fit` and `train` share), `evaluation`, `scoring`,
+//!   `suppress`, `memory`, `corpus`, `dataset`, `threats`, `synth`;
+//! - the DSDL wire format: `dsdl::{envelope, csvscan, table, results, body}`;
+//! - `features` (schemas) and `model` (network, model files, registry and store, training loop);
+//! - `fsutil` and `validate_name` below everything.
 
+pub mod body;
 pub mod cli;
 pub mod connections;
 pub mod corpus;
@@ -18,10 +34,12 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod ops;
+pub mod recipe;
 pub mod request_id;
 pub mod rest;
 pub mod scoring;
 pub mod server;
+pub mod state;
 pub mod suppress;
 pub mod synth;
 pub mod threats;

@@ -21,7 +21,6 @@ use tokio::sync::Semaphore;
 use crate::dsdl::DsdlResponse;
 use crate::memory::LargeRequest;
 use crate::rest::error::ApiError;
-use crate::server::AppState;
 
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -91,20 +90,23 @@ fn count_answer(
         .flatten()
 }
 
-/// Puts the routes of `router` under the in-flight limit shared by all limited routes, and
-/// under the time limit when `timed`.
-pub fn guard(
-    router: Router<AppState>,
-    state: &AppState,
+/// Puts the routes of `router` under the in-flight limit shared by all limited routes
+/// (`in_flight`, one permit per request), and under the time limit when `timed`; answers not yet
+/// sent count against `body_budget`.
+pub fn guard<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    in_flight: &Arc<Semaphore>,
+    body_budget: &Arc<Semaphore>,
+    limits: &Limits,
     flavor: Flavor,
     timed: bool,
-) -> Router<AppState> {
+) -> Router<S> {
     let guard = Guard {
-        in_flight: state.in_flight.clone(),
-        limit: state.config.limits.max_concurrent_requests,
-        timeout: timed.then_some(state.config.limits.request_timeout),
+        in_flight: in_flight.clone(),
+        limit: limits.max_concurrent_requests,
+        timeout: timed.then_some(limits.request_timeout),
         flavor,
-        body_budget: state.body_budget.clone(),
+        body_budget: body_budget.clone(),
     };
     router.route_layer(middleware::from_fn_with_state(guard, enforce))
 }

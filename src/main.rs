@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let threads = args
                 .compute_threads
-                .unwrap_or_else(dnsexfil::server::default_compute_threads);
+                .unwrap_or_else(dnsexfil::state::default_compute_threads);
             dnsexfil::model::fix_candle_threads(threads);
             cli::init_logging(args.log_format);
             tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,9 @@
 //! The OpenAPI 3 document, generated from the code with utoipa: the /v1 API and the operations
 //! endpoints from their handlers, the DSDL routes from the descriptions below. Served at
-//! `GET /openapi.json` and committed as `openapi/openapi.json` (`dnsexfil openapi` writes it).
+//! `GET /openapi.json` (by [`openapi`]) and committed as `openapi/openapi.json` (`dnsexfil openapi` writes it).
 
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -21,7 +23,7 @@ use crate::rest::{error, events, models, score};
         ops::healthz,
         ops::readyz,
         ops::metrics,
-        ops::openapi,
+        openapi,
         dsdl_apply,
         dsdl_fit,
         dsdl_summary,
@@ -164,3 +166,15 @@ fn dsdl_root() {}
     security(("api_token" = [])))]
 #[allow(dead_code)]
 fn dsdl_compute() {}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document (the same as openapi/openapi.json)",
+        body = Object, content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document_json(),
+    )
+        .into_response()
+}

@@ -581,7 +581,7 @@ pub fn fit_labelled(
 /// epoch when `verbose`.
 pub fn fit_offline(
     labelled: &Labelled,
-    options: &crate::cli::TrainingOptions,
+    options: &crate::recipe::TrainingOptions,
     info: ModelInfo,
     verbose: bool,
 ) -> Result<Fitted, TrainError> {
@@ -626,7 +626,7 @@ pub fn training_corpus(
     real: &crate::corpus::RealLog,
     test: &BTreeSet<String>,
     leave_out: &[String],
-    options: &crate::cli::TrainingOptions,
+    options: &crate::recipe::TrainingOptions,
 ) -> crate::corpus::Corpus {
     let malicious = real.malicious_sources();
     let mut dropped: BTreeSet<String> = test.clone();
@@ -685,7 +685,7 @@ pub fn training_corpus(
 /// `dnsexfil train`: the same training from a labelled log on disk (`data/dev`'s format),
 /// replayed in windows like the hourly search, with synthetic sessions added and an optional
 /// host-disjoint test set written out for `eval/evaluate.py`.
-pub fn run_offline(args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
+pub fn run_offline(args: &crate::recipe::TrainArgs) -> anyhow::Result<()> {
     use anyhow::Context;
 
     let options = &args.options;

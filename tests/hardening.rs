@@ -1043,7 +1043,7 @@ fn an_over_limit_dsdl_body_is_logged_with_its_size_and_the_limit() {
 #[test]
 fn a_fit_without_a_label_waits_for_a_compute_permit_like_an_apply() {
     use dnsexfil::dsdl::Endpoint;
-    use dnsexfil::server::{AppState, ServerConfig};
+    use dnsexfil::state::{AppState, ServerConfig};
     let config = ServerConfig {
         token: dnsexfil::dsdl::auth::Token::Unset,
         max_body_bytes: 1 << 20,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dnsexfil::dsdl::auth::Token;
 use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
 use dnsexfil::model::{Model, Registry};
-use dnsexfil::server::{AppState, ServerConfig};
+use dnsexfil::state::{AppState, ServerConfig};
 use dnsexfil::suppress::{Suppressions, BUILTIN_ALLOWLIST};
 
 /// The API token of the benchmarks' service.
@@ -16,7 +16,7 @@ pub const BENCH_TOKEN: &str = "bench-token";
 /// The service's state with the published ESCU model, set up as `dnsexfil serve` does.
 pub fn escu_state() -> AppState {
     // As the service does at start-up (see `fix_candle_threads`).
-    dnsexfil::model::fix_candle_threads(dnsexfil::server::default_compute_threads());
+    dnsexfil::model::fix_candle_threads(dnsexfil::state::default_compute_threads());
     let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("tests/fixtures/escu/{ESCU_MODEL_NAME}.tar.gz"));
     let converted =

@@ -15,9 +15,10 @@ use super::envelope::{self, Envelope, Options};
 use super::results::{json_results, EscapedResults, Predictions, SuppressionCheck};
 use super::table::{Table, TableError};
 use super::{DsdlResponse, Endpoint};
+use crate::body::{read_body_budgeted, BodyBudget, BodyError};
 use crate::model::train::TrainError;
 use crate::model::{Model, ModelInfo, Registry};
-use crate::server::{read_body_budgeted, AppState, BodyBudget, BodyError, WorkerPanicked};
+use crate::state::{AppState, WorkerPanicked};
 use crate::suppress::Suppressions;
 use crate::training::{fit_labelled, labelled_from_table, FitPlan};
 use crate::{scoring, validate_name};
@@ -68,8 +69,8 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
                 budget_bytes = budget,
                 "request refused: the bodies in flight take the budget"
             );
-            let refusal = DsdlResponse::error(endpoint, crate::server::busy_message(budget));
-            return crate::server::busy_response(refusal.into_response());
+            let refusal = DsdlResponse::error(endpoint, crate::body::busy_message(budget));
+            return crate::body::busy_response(refusal.into_response());
         }
         Err(BodyError::TooLarge { limit, received }) => {
             // Splunk shows the message only to the user who ran the search: an operator sees a
@@ -123,7 +124,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
                     budget_bytes = state.config.limits.max_body_bytes_in_flight,
                     "request refused: its answer would take the budget over"
                 );
-                return crate::server::busy_response(resp.into_response());
+                return crate::body::busy_response(resp.into_response());
             }
             if resp.status == "error" {
                 tracing::warn!(endpoint = endpoint.path(), message = %resp.message, "request failed");
@@ -554,7 +555,7 @@ fn fit_and_apply(
     };
     let mut plan = plan;
     plan.params.time_limit = Some(state.config.fit_time_limit);
-    plan.params.stop_when = Some(&crate::server::STOPPING);
+    plan.params.stop_when = Some(&crate::state::STOPPING);
     tracing::info!(model = %name, schema = %plan.schema, rows = labelled.data.len(), positives, sources,
         base = plan.base.as_ref().map(|b| b.info.name.as_str()), "fit started");
     let fitted = match fit_labelled(&labelled, &plan, info, |e| {

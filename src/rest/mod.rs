@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::dsdl::auth::Token;
-use crate::limits::{self, Flavor};
-use crate::server::AppState;
+use crate::limits::Flavor;
+use crate::state::AppState;
 use error::ApiError;
 
 /// The /v1 routes: token first, then the in-flight and time limits.
@@ -23,10 +23,12 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
         .route("/v1/score", post(score::score))
         .route("/v1/models", get(models::list));
-    limits::guard(routes, state, Flavor::V1, true).route_layer(middleware::from_fn_with_state(
-        state.config.token.clone(),
-        require_token,
-    ))
+    state
+        .limited(routes, Flavor::V1, true)
+        .route_layer(middleware::from_fn_with_state(
+            state.config.token.clone(),
+            require_token,
+        ))
 }
 
 /// Whether `path` is under `/v1` (`/v1` itself included), so its errors speak /v1's format.

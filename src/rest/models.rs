@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::error::{clip, ApiError, ErrorBody};
 use crate::model::{Model, Registry};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Name of the built-in model, the default when it is loaded.
 pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v4";

@@ -18,11 +18,12 @@ use super::events::{self, Batch, ScoreRequest, Status};
 use super::models;
 use http_body::{Frame, SizeHint};
 
+use crate::body::{read_body_budgeted, BodyBudget, BodyError, Room};
 use crate::features::Row;
 use crate::memory::LargeRequest;
 use crate::model::Model;
 use crate::scoring;
-use crate::server::{read_body_budgeted, AppState, BodyBudget, BodyError, Room};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -213,9 +214,9 @@ async fn handle(
         let refusal = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
-            crate::server::busy_message(*budget),
+            crate::body::busy_message(*budget),
         );
-        return Ok(crate::server::busy_response(refusal.into_response()));
+        return Ok(crate::body::busy_response(refusal.into_response()));
     }
     let (bytes, budget) = read.map_err(|e| match e {
         BodyError::TooLarge { limit, .. } => ApiError::new(
@@ -232,7 +233,7 @@ async fn handle(
         BodyError::Busy { budget } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
-            crate::server::busy_message(budget),
+            crate::body::busy_message(budget),
         ),
     })?;
     // Decoding, features and the forward pass are CPU work: only small requests run on the
@@ -255,7 +256,7 @@ async fn handle(
                 budget_bytes = state.config.limits.max_body_bytes_in_flight,
                 "request refused: its answer would take the budget over"
             );
-            return Ok(crate::server::busy_response(refusal.into_response()));
+            return Ok(crate::body::busy_response(refusal.into_response()));
         }
         scored => scored?,
     };
@@ -557,7 +558,7 @@ mod tests {
     fn state() -> AppState {
         let registry = crate::model::Registry::new();
         registry.insert(crate::model::default_model().unwrap());
-        let config = crate::server::ServerConfig {
+        let config = crate::state::ServerConfig {
             token: crate::dsdl::auth::Token::Unset,
             max_body_bytes: 1 << 20,
             max_rows: 100_000,

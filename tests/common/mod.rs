@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use dnsexfil::dsdl::auth::Token;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
 use dnsexfil::model::{Model, ModelStore, Registry};
-use dnsexfil::server::{self, AppState, ServerConfig, Transport};
+use dnsexfil::server::{self, Transport};
+use dnsexfil::state::{AppState, ServerConfig};
 
 pub const TOKEN: &str = "test-token-5f2c";
 

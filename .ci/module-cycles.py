@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Fails when the library's modules import each other in a cycle.
+
+Every `crate::path` a module names outside its `#[cfg(test)] mod tests` (in `use` lines, grouped
+`use crate::{a, b::c}` included, or inline) is an edge from that module to the deepest module the
+path names. A module may use its own submodules and its parents' items freely; any other cycle is
+reported with the edges that close it. Standard library only: `python3 .ci/module-cycles.py [src]`.
+"""
+import os
+import re
+import sys
+
+
+def modules(root):
+    """{module path: source} for every .rs file under root (`a/mod.rs` is `a`, lib.rs the crate)."""
+    found = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".rs"):
+                continue
+            path = os.path.join(directory, name)
+            parts = os.path.relpath(path, root)[:-3].split(os.sep)
+            if parts[-1] in ("mod", "lib", "main"):
+                parts = parts[:-1]
+            with open(path, encoding="utf-8") as f:
+                found["::".join(parts)] = f.read()
+    return found
+
+
+def without_tests(source):
+    """The source up to its unit-test module (tests may use anything)."""
+    return re.split(r"#\[cfg\(test\)\]\s*mod\s+tests", source)[0]
+
+
+def expand_group(text):
+    """`a::{b, c::{d, e}}` -> ["a::b", "a::c::d", "a::c::e"] (prefix before the braces kept)."""
+    out, depth, start, prefix = [], 0, 0, ""
+    brace = text.find("{")
+    if brace < 0:
+        return [text.strip()]
+    prefix, inner = text[:brace], text[brace + 1 : text.rfind("}")]
+    for i, ch in enumerate(inner + ","):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            item = inner[start:i].strip()
+            start = i + 1
+            if item:
+                out.extend(prefix + p for p in expand_group(item))
+    return out
+
+
+def referenced_paths(source):
+    paths = []
+    # Grouped imports: `crate::{...}` or `crate::x::{...}` with balanced braces.
+    for m in re.finditer(r"crate::((?:[a-z_][a-z0-9_]*::)*)\{", source):
+        depth, i = 1, m.end()
+        while depth and i < len(source):
+            depth += {"{": 1, "}": -1}.get(source[i], 0)
+            i += 1
+        paths.extend(expand_group(m.group(1) + source[m.end() - 1 : i]))
+    paths += re.findall(r"crate::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", source)
+    return [p.replace("self", "").rstrip(":") for p in paths]
+
+
+def edges_of(found):
+    names = set(found)
+
+    def resolve(path):
+        segments = [s for s in path.split("::") if s]
+        for k in range(len(segments), 0, -1):
+            candidate = "::".join(segments[:k])
+            if candidate in names:
+                return candidate
+        return None
+
+    edges = {name: set() for name in names}
+    for name, source in found.items():
+        for path in referenced_paths(without_tests(source)):
+            target = resolve(path)
+            # Its own submodules, itself and its ancestors are not edges of a layering.
+            if target and target != name and not target.startswith(name + "::") \
+                    and not name.startswith(target + "::"):
+                edges[name].add(target)
+    return edges
+
+
+def cycles(edges):
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, stack, on_stack, result, counter = {}, {}, [], set(), [], [0]
+
+    def visit(root):
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    result.append(sorted(component))
+
+    for name in sorted(edges):
+        if name not in index:
+            visit(name)
+    return result
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else "src"
+    found = modules(root)
+    edges = edges_of(found)
+    found_cycles = cycles(edges)
+    for component in found_cycles:
+        print("import cycle among: " + ", ".join(component), file=sys.stderr)
+        for name in component:
+            inside = sorted(t for t in edges[name] if t in component)
+            print(f"  {name} -> {', '.join(inside)}", file=sys.stderr)
+    if found_cycles:
+        return 1
+    print(f"module graph: {len(found)} modules, "
+          f"{sum(len(e) for e in edges.values())} edges, no import cycle")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

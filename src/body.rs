@@ -1,0 +1,254 @@
+//! Reading request bodies within their size limit and the in-flight budget, and what a request
+//! refused for either is answered.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use http_body_util::BodyExt;
+
+use crate::state::AppState;
+
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge {
+        limit: usize,
+        received: usize,
+    },
+    Read(String),
+    /// The bodies of the requests in flight already take the budget (`--max-bodies-in-flight-mb`).
+    Busy {
+        budget: usize,
+    },
+}
+
+/// Memory of a request counted against the budget for bodies in flight, until dropped: its body,
+/// then its answer (which is counted before it is made, see [`BodyBudget::grow_to`]).
+pub struct BodyBudget {
+    budget: Option<Arc<tokio::sync::Semaphore>>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    refused: bool,
+}
+
+impl BodyBudget {
+    /// Counts nothing, and has room for anything.
+    pub fn none() -> Self {
+        Self {
+            budget: None,
+            held: None,
+            refused: false,
+        }
+    }
+
+    /// Counts `bytes` in all for this request (more than its body: the answer it is about to
+    /// make), if the budget has room now. Never waits: the caller holds a compute permit.
+    pub fn grow_to(&mut self, bytes: usize, state: &AppState) -> Room {
+        let Some(budget) = &self.budget else {
+            return Room::Counted;
+        };
+        let held = self.held.as_ref().map_or(0, |p| p.num_permits());
+        let more = bytes.div_ceil(1024).saturating_sub(held);
+        if more == 0 {
+            return Room::Counted;
+        }
+        if bytes > state.config.limits.max_body_bytes_in_flight {
+            return Room::Never;
+        }
+        let acquired = u32::try_from(more)
+            .ok()
+            .and_then(|more| budget.clone().try_acquire_many_owned(more).ok());
+        match (acquired, self.held.as_mut()) {
+            (Some(permit), Some(held)) => held.merge(permit),
+            (Some(permit), None) => self.held = Some(permit),
+            (None, _) => {
+                self.refused = true;
+                return Room::Busy;
+            }
+        }
+        Room::Counted
+    }
+
+    /// Whether [`BodyBudget::grow_to`] found no room.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+/// Whether the budget has room for a request's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Counted: make it.
+    Counted,
+    /// Not now ([`BodyBudget::refused`]): refuse with 503 and `Retry-After`.
+    Busy,
+    /// Never: it is larger than the whole budget.
+    Never,
+}
+
+impl Room {
+    /// What the request is told when there is no room, `None` when counted.
+    pub fn refusal(self, needed: usize, budget: usize) -> Option<String> {
+        match self {
+            Room::Counted => None,
+            Room::Busy => Some(format!(
+                "the bodies and answers of the requests in flight already take the {} MiB they may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB), and this request's answer would not fit; retry shortly",
+                budget >> 20
+            )),
+            Room::Never => Some(format!(
+                "the answer to this request needs up to {} MiB, more than the {} MiB all requests in flight may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB); send fewer rows or events per request, or raise it",
+                needed.div_ceil(1 << 20),
+                budget >> 20
+            )),
+        }
+    }
+}
+
+/// [`read_body_limited`], counting the body against `state`'s budget for bodies in flight as it
+/// arrives: a body that would take the bodies of all requests over the budget is read to its
+/// end and discarded (so the client gets the answer), then refused with `BodyError::Busy`.
+/// The returned guard keeps the body counted; drop it when the body's memory is freed.
+pub async fn read_body_budgeted(
+    body: Body,
+    limit: usize,
+    state: &AppState,
+) -> Result<(Bytes, BodyBudget), BodyError> {
+    let mut body = body;
+    let budget = &state.body_budget;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut counted_kib = 0usize;
+    let declared = http_body::Body::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
+    let mut buf: Vec<u8> = Vec::new();
+    let mut reserved = false;
+    let (mut received, mut refused) = (0usize, false);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > limit || refused {
+            if received > DRAIN_CAP {
+                break;
+            }
+            buf = Vec::new();
+            held = None;
+            continue;
+        }
+        let needed_kib = received.div_ceil(1024);
+        if needed_kib > counted_kib {
+            let more = u32::try_from(needed_kib - counted_kib).unwrap_or(u32::MAX);
+            match budget.clone().try_acquire_many_owned(more) {
+                Ok(permit) => {
+                    counted_kib = needed_kib;
+                    match held.as_mut() {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
+                }
+                Err(_) => {
+                    refused = true;
+                    buf = Vec::new();
+                    held = None;
+                    continue;
+                }
+            }
+        }
+        if !reserved {
+            // A declared length within the limit is reserved at once (once it is counted):
+            // a large body is then copied once, not at every doubling of the buffer.
+            buf.reserve(declared.filter(|&n| n <= limit).unwrap_or(0));
+            reserved = true;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if received > limit {
+        return Err(BodyError::TooLarge { limit, received });
+    }
+    if refused {
+        return Err(BodyError::Busy {
+            budget: state.config.limits.max_body_bytes_in_flight,
+        });
+    }
+    Ok((
+        Bytes::from(buf),
+        BodyBudget {
+            budget: Some(budget.clone()),
+            held,
+            refused: false,
+        },
+    ))
+}
+
+/// Bodies larger than this are not even drained: the connection is dropped instead.
+const DRAIN_CAP: usize = 1 << 30;
+
+/// Reads the body up to `limit` bytes. An over-limit body is read to its end and discarded (up to
+/// 1 GiB), so a client that sends the whole body before reading (Splunk's urllib does) receives
+/// our error message instead of a reset connection.
+pub async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut body = body;
+    // A declared length within the limit is reserved at once: a large body is then copied once,
+    // not again at every doubling of the buffer.
+    let declared = http_body::Body::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.filter(|&n| n <= limit).unwrap_or(0));
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > limit {
+            if received > DRAIN_CAP {
+                break;
+            }
+            buf = Vec::new();
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if received > limit {
+        return Err(BodyError::TooLarge { limit, received });
+    }
+    Ok(Bytes::from(buf))
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> axum::response::Response {
+        match self {
+            BodyError::TooLarge { limit, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(serde_json::json!({"detail": format!("request body exceeds {} MiB", limit >> 20)})),
+            )
+                .into_response(),
+            BodyError::Read(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"detail": e}))).into_response(),
+            BodyError::Busy { budget } => busy_response(
+                Json(serde_json::json!({"detail": busy_message(budget)})).into_response(),
+            ),
+        }
+    }
+}
+
+/// What a request refused for the body budget is told.
+pub fn busy_message(budget: usize) -> String {
+    format!(
+        "the bodies of the requests in flight already take the {} MiB they may hold at once (--max-bodies-in-flight-mb, DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB); retry shortly",
+        budget >> 20
+    )
+}
+
+/// `response` as a refusal for the body budget: 503 with `Retry-After`.
+pub fn busy_response(mut response: axum::response::Response) -> axum::response::Response {
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
+}
