@@ -178,12 +178,11 @@ fn kind_of(file_type: fs::FileType) -> &'static str {
     }
 }
 
-/// Reads a whole regular file of at most `limit` bytes. Anything else is refused before a byte
-/// is read: the path is opened without blocking (a FIFO opened normally waits for a writer),
-/// the opened file itself is checked (the path may be swapped in between), and no more than
-/// `limit` bytes are read even if the file grows meanwhile.
-pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    use std::io::Read;
+/// Opens a regular file of at most `limit` bytes for reading; returns it with its length.
+/// Anything else is refused before a byte is read: the path is opened without blocking (a FIFO
+/// opened normally waits for a writer), and the opened file itself is checked (the path may be
+/// swapped in between). The caller reads no more than the length returned.
+pub fn open_regular_capped(path: &Path, limit: u64) -> Result<(fs::File, u64), ReadError> {
     let meta = fs::metadata(path)?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular(kind_of(meta.file_type())));
@@ -212,7 +211,15 @@ pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError
             limit,
         });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `limit` bytes (see [`open_regular_capped`]); no more
+/// than `limit` bytes are read even if the file grows meanwhile.
+pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, len) = open_regular_capped(path, limit)?;
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(ReadError::TooLarge {

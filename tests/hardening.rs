@@ -341,6 +341,83 @@ fn a_huge_sparse_file_in_the_store_is_skipped_before_it_is_read() {
     assert_eq!(health.status(), 200);
 }
 
+/// A sparse file of `len` bytes (no disk space) starting with `head`.
+fn sparse_file(path: &Path, head: &[u8], len: u64) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(head).unwrap();
+    file.set_len(len).unwrap();
+}
+
+#[test]
+fn store_files_whose_header_does_not_fit_are_refused_without_reading_them() {
+    // The same service with an empty store: its peak memory after start-up is the baseline.
+    let empty = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(empty.path(), &[]);
+    wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let baseline = Killed(child);
+    let baseline_kib = status_kib(baseline.0.id(), "VmHWM:");
+    drop(baseline);
+
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    // Within the 64 MiB file limit, so only the header tells them apart from a model: read
+    // whole, each would take 60 MiB.
+    sparse_file(
+        &store.join("tebibyte.safetensors"),
+        &(1u64 << 40).to_le_bytes(),
+        60 << 20,
+    );
+    sparse_file(
+        &store.join("wide.safetensors"),
+        &(48u64 << 20).to_le_bytes(),
+        60 << 20,
+    );
+    sparse_file(
+        &store.join("short.safetensors"),
+        &4096u64.to_le_bytes(),
+        100,
+    );
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let server = Killed(child);
+    let reasons = skipped(&startup);
+    for (file, reason) in [
+        (
+            "tebibyte.safetensors",
+            "its header claims 1099511627776 bytes, more than the 1 MiB",
+        ),
+        (
+            "wide.safetensors",
+            "its header claims 50331648 bytes, more than the 1 MiB",
+        ),
+        (
+            "short.safetensors",
+            "its header claims 4096 bytes, more than the 92 bytes that follow",
+        ),
+    ] {
+        assert!(
+            reasons
+                .iter()
+                .any(|l| l.contains(file) && l.contains(reason)),
+            "{file}: {startup:#?}"
+        );
+    }
+    let peak_kib = status_kib(server.0.id(), "VmHWM:");
+    assert!(
+        peak_kib < baseline_kib + (30 << 10),
+        "peak {} MiB after start-up, {} MiB with an empty store",
+        peak_kib >> 10,
+        baseline_kib >> 10
+    );
+    let health = quick_client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
 #[test]
 fn the_model_file_size_limit_is_configurable() {
     let data = tempfile::tempdir().unwrap();
