@@ -230,6 +230,36 @@ pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError
     Ok(bytes)
 }
 
+/// Why [`run_with_time_limit`] has no result.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeLimitError {
+    #[error("it was not read within {} s (a hung disk or network mount?)", .0.as_secs_f64())]
+    TimedOut(std::time::Duration),
+    #[error("no thread could be started to read it: {0}")]
+    NoThread(String),
+}
+
+/// Runs `read` on a thread of its own and waits for it at most `limit`: a read that hangs (a
+/// stuck network mount, a device that never answers) delays the caller by `limit` at most.
+/// A read cannot be interrupted, so one still running then is abandoned: it ends (or not) on
+/// its thread, and its result is dropped. Called from blocking threads only (it waits).
+pub fn run_with_time_limit<T: Send + 'static>(
+    limit: std::time::Duration,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TimeLimitError> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("file-read".into())
+        .spawn(move || {
+            // Nobody is waiting any more when the read took too long.
+            let _ = done.send(read());
+        })
+        .map_err(|e| TimeLimitError::NoThread(e.to_string()))?;
+    result
+        .recv_timeout(limit)
+        .map_err(|_| TimeLimitError::TimedOut(limit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +294,29 @@ mod tests {
             );
         }
         assert_eq!(fs::read_dir(dir.path().join("tls")).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_read_that_blocks_is_abandoned_at_its_time_limit() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.safetensors");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Opened the ordinary way, a FIFO waits for a writer that never comes: a read that hangs.
+        let path = fifo.clone();
+        let started = Instant::now();
+        let limit = Duration::from_millis(200);
+        let read = run_with_time_limit(limit, move || fs::read(&path));
+        assert_eq!(read.err(), Some(TimeLimitError::TimedOut(limit)));
+        assert!(started.elapsed() >= limit);
+        // The abandoned read ends once a writer comes and goes (end of file).
+        drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+        // A read that ends in time gives its result.
+        assert_eq!(
+            run_with_time_limit(Duration::from_secs(60), || 42).unwrap(),
+            42
+        );
     }
 }

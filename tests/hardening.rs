@@ -313,6 +313,89 @@ fn a_fifo_added_to_the_store_at_run_time_blocks_no_request() {
     );
 }
 
+#[test]
+fn a_store_file_read_slowly_holds_up_no_other_request() {
+    use std::sync::{mpsc, Mutex};
+    // The read of `a_slow.safetensors` hangs, as on a hung network mount, until the test ends;
+    // the test learns when it has begun.
+    let (begun, reading) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    let (begun, held) = (Mutex::new(begun), Mutex::new(held));
+    let registry = dnsexfil::model::Registry::new()
+        .with_read_time_limit(Duration::from_secs(2))
+        .with_read_hook(move |path| {
+            if path.ends_with("a_slow.safetensors") {
+                let _ = begun.lock().unwrap().send(());
+                let _ = held.lock().unwrap().recv();
+            }
+        });
+    registry.insert(Model::from_bytes(escu_model_bytes(), "escu").unwrap());
+    registry.pin(ESCU_MODEL_NAME);
+    // One async worker: a request that waited for the read there would hold up all others.
+    let server = TestServer::start_with(ServerOptions {
+        registry: Some(std::sync::Arc::new(registry)),
+        async_workers: Some(1),
+        ..Default::default()
+    });
+    let store = server.model_dir();
+    std::fs::create_dir_all(&store).unwrap();
+    for (name, target) in [("a_slow", "slow"), ("b_good", "good")] {
+        std::fs::write(
+            store.join(format!("{name}.safetensors")),
+            impostor_file(name, target),
+        )
+        .unwrap();
+    }
+    let apply_named = |name: &str| {
+        let mut body = escu_envelope_for(GOOD_ROWS, name);
+        body["meta"]["options"]["params"] = serde_json::json!({});
+        body
+    };
+    // A small /apply naming a model not loaded yet looks in the store, and its read hangs.
+    let slow_apply = {
+        let (url, body) = (server.url.clone(), apply_named("a_slow"));
+        std::thread::spawn(move || {
+            quick_client()
+                .post(format!("{url}/apply"))
+                .header("Authorization", TOKEN)
+                .json(&body)
+                .send()
+                .unwrap()
+                .json::<serde_json::Value>()
+                .unwrap()
+        })
+    };
+    reading
+        .recv_timeout(PATIENCE)
+        .expect("the store file's read begins");
+    let started = Instant::now();
+    let health = quick_client()
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(health.status(), 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "/healthz took {took:?} while a store file was being read"
+    );
+    // The /apply waits for the scan only so long, and the stuck file is not loaded.
+    let answer = slow_apply.join().unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model named `a_slow`"),
+        "{answer}"
+    );
+    // Its read is given up at the time limit, and the scan goes on to the next file.
+    wait_until("b_good loaded", PATIENCE, || {
+        let answer = server.post_json("/apply", &apply_named("b_good"));
+        answer["status"] == "success"
+    });
+    drop(release);
+}
+
 // Issue 19, item 3: a huge or endless file in the store kills the process.
 
 #[test]

@@ -96,6 +96,16 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
         }
     };
     let read_time = started.elapsed();
+    // Small requests run on the async worker, which must not wait for a scan of the model
+    // store (a slow one would hold up every connection it serves): their model is looked for
+    // here, awaited. Larger ones look from their blocking thread.
+    if endpoint == Endpoint::Apply && crate::server::runs_on_async_worker(bytes.len()) {
+        if let Some(options) = named_options(&bytes) {
+            state
+                .look_in_store(&options.model_name, options.algo.as_deref())
+                .await;
+        }
+    }
     // Parsing, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
@@ -302,6 +312,15 @@ fn checked_options<D>(envelope: &Envelope<D>, endpoint: Endpoint) -> Result<Opti
         }
     }
     Ok(options)
+}
+
+/// The options of an `/apply` envelope when they are usable, read only to look for its model
+/// before the request is processed (which reads them again and names any problem).
+fn named_options(body: &[u8]) -> Option<Options> {
+    match envelope::parse_keeping_data_escaped(body) {
+        Some(envelope) => checked_options(&envelope, Endpoint::Apply).ok(),
+        None => checked_options(&envelope::parse(body).ok()?, Endpoint::Apply).ok(),
+    }
 }
 
 /// The response to an apply: its results, or the error.

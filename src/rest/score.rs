@@ -235,6 +235,18 @@ async fn handle(
             crate::server::busy_message(budget),
         ),
     })?;
+    // Small requests run on the async worker, which must not wait for a scan of the model
+    // store: the model they name is looked for here, awaited.
+    if crate::server::runs_on_async_worker(bytes.len()) {
+        let named = params.model.clone().filter(|m| !m.is_empty()).or_else(|| {
+            matches!(format, Format::Json)
+                .then(|| events::model_named(&bytes))
+                .flatten()
+        });
+        if let Some(name) = named {
+            state.look_in_store(&name, None).await;
+        }
+    }
     // Decoding, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
