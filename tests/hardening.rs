@@ -1198,6 +1198,62 @@ fn an_over_limit_dsdl_body_is_logged_with_its_size_and_the_limit() {
     );
 }
 
+/// The fields of the next log line containing `marker` (waiting up to [`PATIENCE`]), asserted
+/// to be at warn level.
+fn warned(lines: &std::sync::mpsc::Receiver<String>, marker: &str) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(marker) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["level"], "WARN", "{line}");
+            return v["fields"].clone();
+        }
+    }
+    panic!("no log line with {marker:?}");
+}
+
+#[test]
+fn dsdl_requests_over_the_row_limits_are_logged_with_their_rows_and_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) =
+        spawn_serve(data.path(), &["--max-rows", "100", "--max-fit-rows", "20"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let mut csv = String::from("src,query,rank\n");
+    for i in 0..150 {
+        csv.push_str(&format!("10.1.1.{},www.example{i}.com,1\n", i % 250));
+    }
+    let answer = post(&address, "/apply", &escu_envelope_for(&csv, "dnsexfil_v4"));
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("has 150 rows, more than the 100 allowed"),
+        "{answer}"
+    );
+    let fields = warned(&lines, "more rows than --max-rows");
+    assert_eq!(
+        (fields["rows"].as_u64(), fields["limit_rows"].as_u64()),
+        (Some(150), Some(100)),
+        "{fields}"
+    );
+    // A fit's own, lower limit (40 labelled rows).
+    let mut fit = fit_envelope("dnsexfil", "rowcap");
+    fit["meta"]["options"]["params"] = serde_json::json!({"algo": "dnsexfil"});
+    let answer = post(&address, "/fit", &fit);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-fit-rows"),
+        "{answer}"
+    );
+    let fields = warned(&lines, "more rows than --max-fit-rows");
+    assert_eq!(
+        (fields["rows"].as_u64(), fields["limit_rows"].as_u64()),
+        (Some(40), Some(20)),
+        "{fields}"
+    );
+}
+
 // Issue 19, item 6 (in part): every scoring path takes a compute permit.
 
 #[test]
@@ -1287,6 +1343,41 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
             .unwrap()
             .contains("--max-bodies-in-flight-mb"),
         "{answer}"
+    );
+    // Logged with the body's size and the budget.
+    let fields = warned(&lines, "the bodies in flight take the budget");
+    assert_eq!(fields["budget_bytes"], 6 << 20, "{fields}");
+    assert_eq!(fields["received_bytes"], body.len(), "{fields}");
+    // A body that fits what is left, but whose answer (its rows back, every one scored, with
+    // two more cells each) would not: refused as well once its body is read, and logged with
+    // the answer's size.
+    let mut rows = String::from("src,query,rank\n");
+    while rows.len() < 1 << 20 {
+        rows.push_str(&format!("10.1.1.1,a{}.example.com,1\n", rows.len()));
+    }
+    let small_body = serde_json::to_vec(&escu_envelope_for(&rows, "dnsexfil_v4")).unwrap();
+    let refused = client
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(small_body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let answer: serde_json::Value = refused.json().unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("this request's answer would not fit"),
+        "{answer}"
+    );
+    let fields = warned(&lines, "its answer would take the budget over");
+    assert_eq!(fields["budget_bytes"], 6 << 20, "{fields}");
+    let answer_bytes = fields["answer_bytes"].as_u64().unwrap();
+    assert!(
+        answer_bytes > small_body.len() as u64 && answer_bytes < 6 << 20,
+        "{fields}"
     );
     // The same on /v1.
     let v1 = client

@@ -205,8 +205,9 @@ async fn handle(
     }
     let limit = state.config.max_body_bytes;
     let read = read_body_budgeted(body, limit, &state).await;
-    if let Err(BodyError::Busy { budget }) = &read {
+    if let Err(BodyError::Busy { budget, received }) = &read {
         tracing::warn!(
+            received_bytes = received,
             budget_bytes = budget,
             "request refused: the bodies in flight take the budget"
         );
@@ -229,7 +230,7 @@ async fn handle(
         BodyError::Read(e) => {
             ApiError::bad_request("body_unreadable", format!("cannot read the body: {e}"))
         }
-        BodyError::Busy { budget } => ApiError::new(
+        BodyError::Busy { budget, .. } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
             crate::server::busy_message(budget),
@@ -264,6 +265,7 @@ async fn handle(
     let scored = match scored {
         Err(refusal) if budget.refused() => {
             tracing::warn!(
+                answer_bytes = budget.refused_answer_bytes(),
                 budget_bytes = state.config.limits.max_body_bytes_in_flight,
                 "request refused: its answer would take the budget over"
             );
