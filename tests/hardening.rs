@@ -1480,22 +1480,32 @@ fn the_default_limits_take_an_hour_of_the_longest_names() {
 
 #[test]
 fn the_longest_names_are_scored_as_they_are_sent() {
-    let server = TestServer::start_with(ServerOptions {
-        registry: Some({
-            let registry = dnsexfil::model::Registry::new();
-            registry.insert(dnsexfil::model::default_model().unwrap());
-            std::sync::Arc::new(registry)
-        }),
-        ..Default::default()
-    });
-    let (status, text) = server.post_raw("/apply", longest_names_envelope(2_000));
-    assert_eq!(status, 200);
-    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let (header, rows) = results_of(&answer);
-    assert_eq!(rows.len(), 2_000);
+    // More than the 32 MiB body limit of before, with the service's default limits.
+    let rows = 27_000;
+    let body = longest_names_envelope(rows);
+    assert!(body.len() > 32 << 20, "{} bytes", body.len());
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    // Drained, so the log of a long request never fills the pipe.
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap()
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().unwrap();
+    let (header, results) = results_of(&answer);
+    assert_eq!(results.len(), rows);
     let proba = header.iter().position(|h| h.ends_with("_proba")).unwrap();
     assert!(
-        rows.iter().all(|r| !r[proba].is_empty()),
+        results.iter().all(|r| !r[proba].is_empty()),
         "every row is scored"
     );
 }
