@@ -4,14 +4,19 @@ against a local `dnsexfil serve` with the Kubernetes manifest's settings, on loo
 
 Hostile clients: senders of large /v1/score bodies that never read the answer, /fit bodies
 trickled a byte at a time, keep-alive connections asking for health now and then (held open),
-clients that connect and send headers slowly, and bodies over the in-flight budget. Good
-traffic: /apply batches and fresh-connection /healthz probes.
+clients that connect and send headers slowly, and bodies over the in-flight budget. Hostile
+store: every few seconds a FIFO, a sparse multi-GB file, a symlink to /dev/zero and a file whose
+header claims 1 TiB appear in the model store as `*.safetensors` (rescanned every
+--store-rescan-secs, and looked at by an /apply naming one of them), stay until the log says
+each was skipped, and are removed. Good traffic: /apply batches and fresh-connection /healthz
+probes.
 
 Passes when the process never dies, every /healthz probe answers within 1 s, the peak RSS
-stays under the manifest's memory limit, and RSS comes back near idle afterwards. Prints its
-figures. Standard library only.
+stays under the manifest's memory limit, RSS comes back near idle afterwards, and every file
+put into the store is seen skipped in the log. Prints its figures. Standard library only.
 
     python3 .ci/soak.py [--seconds 600] [--binary target/release/dnsexfil] [--prefix CMD]
+                        [--store-rescan-secs 1]
 
 The memory limit itself comes from whatever runs the server: give a command prefix that runs it
 under one, e.g. --prefix "systemd-run --user --scope -p MemoryMax=1G" (the prefix must exec the
@@ -75,6 +80,9 @@ class Figures:
         self.health_worst = 0.0
         self.health_slow = 0
         self.rss_peak = 0.0
+        self.store_placed = 0
+        self.store_skipped = 0
+        self.store_unseen = 0
 
     def count(self, what):
         with self.lock:
@@ -178,11 +186,90 @@ def slow_headers(port, stop, figures):
             time.sleep(0.5)
 
 
+# The kinds of file the store attacks put into the model store.
+STORE_ATTACKS = ("fifo", "sparse", "zero", "header")
+SKIPPED = "model file in the store skipped"
+
+
+def place_store_attacks(store, n):
+    """Puts one of each store attack into `store` under names of round `n`; returns their paths."""
+    paths = {kind: os.path.join(store, f"soak-{kind}-{n}.safetensors") for kind in STORE_ATTACKS}
+    os.mkfifo(paths["fifo"])
+    # Sparse: no disk space, 3 GiB if read.
+    with open(paths["sparse"], "wb") as f:
+        f.truncate(3 << 30)
+    os.symlink("/dev/zero", paths["zero"])
+    # Under the file size limit, but its header claims 1 TiB.
+    with open(paths["header"], "wb") as f:
+        f.write((1 << 40).to_bytes(8, "little"))
+        f.truncate(1 << 20)
+    return list(paths.values())
+
+
+class SkippedInLog:
+    """The file names the service's log says it skipped in the store, read as the log grows."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        self.offset = 0
+        self.names = set()
+
+    def __call__(self):
+        with open(self.log_path, "rb") as f:
+            f.seek(self.offset)
+            text = f.read()
+        # Only whole lines: the rest is read again next time.
+        text = text[: text.rfind(b"\n") + 1]
+        self.offset += len(text)
+        for line in text.decode(errors="replace").splitlines():
+            if SKIPPED in line:
+                self.names.update(re.findall(r"soak-\w+-\d+\.safetensors", line))
+        return self.names
+
+
+def store_attacks(port, store, log_path, stop, figures, every):
+    """Every `every` seconds, puts the store attacks into the store, waits (at most 60 s) until
+    the log says each was skipped, and removes them. A small /apply naming one of them makes a
+    request look in the store too."""
+    n = 0
+    skipped_in_log = SkippedInLog(log_path)
+    while not stop.is_set():
+        n += 1
+        paths = place_store_attacks(store, n)
+        apply_unknown = json.dumps({
+            "data": "src,query,rank\n10.1.1.1,www.example.com,1\n",
+            "meta": {"options": {"model_name": f"soak-fifo-{n}", "params": {}}},
+        }).encode()
+        try:
+            request(port, "POST", "/apply", apply_unknown, timeout=30)
+        except Exception:  # noqa: BLE001 - the health probe is what must hold
+            figures.count("store: unknown-model apply failed")
+        names = {os.path.basename(p) for p in paths}
+        deadline = time.monotonic() + 60
+        seen = set()
+        while time.monotonic() < deadline and not stop.is_set():
+            seen = names & skipped_in_log()
+            if seen == names:
+                break
+            time.sleep(0.5)
+        # A round cut short by the end of the soak is not counted.
+        if seen == names or not stop.is_set():
+            with figures.lock:
+                figures.store_placed += len(names)
+                figures.store_skipped += len(seen)
+                figures.store_unseen += len(names - seen)
+        for p in paths:
+            os.unlink(p)
+        stop.wait(every)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=600)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/dnsexfil"))
     parser.add_argument("--prefix", default="", help="command the server runs under (a memory limit)")
+    parser.add_argument("--store-rescan-secs", type=int, default=1,
+                        help="the server's --store-rescan-secs; store attacks are placed every 3 rescans")
     args = parser.parse_args()
     settings, limit_mib = manifest_settings()
     data = tempfile.mkdtemp(prefix="soak.")
@@ -192,11 +279,15 @@ def main():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DNSEXFIL_")}
     env.update(settings)
     env.update({"api_token": TOKEN, "ENABLE_HTTPS": "false", "RUST_LOG": "warn"})
+    store = os.path.join(data, "app/model/data")
+    os.makedirs(store)
+    log_path = os.path.join(data, "server.log")
     server = subprocess.Popen(
-        shlex.split(args.prefix) + [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
+        shlex.split(args.prefix) + [args.binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data,
+                                    "--store-rescan-secs", str(args.store_rescan_secs)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(data, "server.log"), "w"),
+        stderr=open(log_path, "w"),
     )
     deadline = time.monotonic() + 30
     while True:
@@ -233,6 +324,8 @@ def main():
         threading.Thread(target=good_apply, args=(port, big_body, stop, figures, "body at the limit"))
         for _ in range(12)
     ]
+    threads.append(threading.Thread(
+        target=store_attacks, args=(port, store, log_path, stop, figures, 3 * args.store_rescan_secs)))
     for t in threads:
         t.daemon = True
         t.start()
@@ -260,6 +353,9 @@ def main():
         print(f"soak: server run under: {args.prefix}")
     print(f"soak: RSS idle {idle:.0f} MiB, peak {figures.rss_peak:.0f} MiB, after {after:.0f} MiB")
     print(f"soak: /healthz worst {figures.health_worst * 1000:.0f} ms, slow or failed {figures.health_slow}")
+    print(f"soak: store attacks (FIFO, sparse 3 GiB, /dev/zero link, 1 TiB header claim) placed "
+          f"{figures.store_placed}, seen skipped in the log {figures.store_skipped}, "
+          f"not seen within 60 s {figures.store_unseen}")
     for what, n in sorted(figures.counts.items()):
         print(f"soak: {what}: {n}")
     problems = []
@@ -271,6 +367,9 @@ def main():
         problems.append(f"peak RSS {figures.rss_peak:.0f} MiB is over the {limit_mib} MiB limit")
     if not died and after > max(2 * idle, idle + 128):
         problems.append(f"RSS did not come back near idle ({after:.0f} MiB after, {idle:.0f} idle)")
+    if figures.store_unseen or not figures.store_skipped:
+        problems.append(f"{figures.store_unseen} of {figures.store_placed} files put into the store were not seen "
+                        f"skipped in the log ({figures.store_skipped} were)")
     if problems:
         sys.exit("soak: FAILED: " + "; ".join(problems))
     print("soak: passed")

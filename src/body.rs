@@ -21,6 +21,8 @@ pub enum BodyError {
     /// The bodies of the requests in flight already take the budget (`--max-bodies-in-flight-mb`).
     Busy {
         budget: usize,
+        /// The body's bytes, read to its end and discarded.
+        received: usize,
     },
 }
 
@@ -29,7 +31,8 @@ pub enum BodyError {
 pub struct BodyBudget {
     budget: Option<Arc<tokio::sync::Semaphore>>,
     held: Option<tokio::sync::OwnedSemaphorePermit>,
-    refused: bool,
+    /// The bytes a refused answer needed, and whether it could ever fit; kept for the log.
+    refusal: Option<(usize, Room)>,
 }
 
 impl BodyBudget {
@@ -38,7 +41,7 @@ impl BodyBudget {
         Self {
             budget: None,
             held: None,
-            refused: false,
+            refusal: None,
         }
     }
 
@@ -54,6 +57,7 @@ impl BodyBudget {
             return Room::Counted;
         }
         if bytes > state.config.limits.max_body_bytes_in_flight {
+            self.refusal = Some((bytes, Room::Never));
             return Room::Never;
         }
         let acquired = u32::try_from(more)
@@ -63,16 +67,30 @@ impl BodyBudget {
             (Some(permit), Some(held)) => held.merge(permit),
             (Some(permit), None) => self.held = Some(permit),
             (None, _) => {
-                self.refused = true;
+                self.refusal = Some((bytes, Room::Busy));
                 return Room::Busy;
             }
         }
         Room::Counted
     }
 
-    /// Whether [`BodyBudget::grow_to`] found no room.
+    /// Whether [`BodyBudget::grow_to`] found no room now (`Room::Busy`).
     pub fn refused(&self) -> bool {
-        self.refused
+        self.refused_answer_bytes().is_some()
+    }
+
+    /// The bytes of the answer [`BodyBudget::grow_to`] found no room for now (`Room::Busy`).
+    pub fn refused_answer_bytes(&self) -> Option<usize> {
+        self.refusal
+            .filter(|(_, room)| *room == Room::Busy)
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// The bytes of an answer larger than the whole budget (`Room::Never`).
+    pub fn too_large_answer_bytes(&self) -> Option<usize> {
+        self.refusal
+            .filter(|(_, room)| *room == Room::Never)
+            .map(|(bytes, _)| bytes)
     }
 }
 
@@ -171,6 +189,7 @@ pub async fn read_body_budgeted(
     if refused {
         return Err(BodyError::Busy {
             budget: state.config.limits.max_body_bytes_in_flight,
+            received,
         });
     }
     Ok((
@@ -178,7 +197,7 @@ pub async fn read_body_budgeted(
         BodyBudget {
             budget: Some(budget.clone()),
             held,
-            refused: false,
+            refusal: None,
         },
     ))
 }
@@ -228,7 +247,7 @@ impl IntoResponse for BodyError {
             )
                 .into_response(),
             BodyError::Read(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"detail": e}))).into_response(),
-            BodyError::Busy { budget } => busy_response(
+            BodyError::Busy { budget, .. } => busy_response(
                 Json(serde_json::json!({"detail": busy_message(budget)})).into_response(),
             ),
         }

@@ -2,7 +2,7 @@
 //! also come from the environment (DSDL's variable names where they exist).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -361,6 +361,42 @@ pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The models the service starts with: the built-in one (unless told not to), `--model` files,
+/// and the model store's. Reads files: run it on a blocking thread.
+fn load_models(
+    max_file_bytes: u64,
+    no_default_model: bool,
+    models: &[PathBuf],
+    model_dir: &Path,
+) -> anyhow::Result<Arc<Registry>> {
+    let registry = Arc::new(Registry::with_max_file_bytes(max_file_bytes));
+    if !no_default_model {
+        // First, so a model of the same name from --model replaces it. The model directory
+        // (the store) never replaces a model the service was started with.
+        let name = registry
+            .insert(crate::model::default_model()?)
+            .info
+            .name
+            .clone();
+        registry.pin(&name);
+        tracing::info!(model = %name, "built-in default model loaded");
+    }
+    for path in models {
+        let name = registry
+            .load_file(path)
+            .with_context(|| format!("cannot load --model {}", path.display()))?;
+        registry.pin_from(&name, path);
+        tracing::info!(model = %name, file = %path.display(), "model loaded");
+    }
+    for name in registry
+        .load_dir(model_dir)
+        .with_context(|| format!("cannot load the model directory {}", model_dir.display()))?
+    {
+        tracing::info!(model = %name, dir = %model_dir.display(), "model loaded");
+    }
+    Ok(registry)
+}
+
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_dir = args
         .model_dir
@@ -376,31 +412,15 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if removed > 0 {
         tracing::info!(removed, dir = %model_dir.display(), "removed leftovers of interrupted model saves");
     }
-    let registry = Arc::new(Registry::with_max_file_bytes(args.max_model_file_mb << 20));
-    if !args.no_default_model {
-        // First, so a model of the same name from --model replaces it. The model directory
-        // (the store) never replaces a model the service was started with.
-        let name = registry
-            .insert(crate::model::default_model()?)
-            .info
-            .name
-            .clone();
-        registry.pin(&name);
-        tracing::info!(model = %name, "built-in default model loaded");
-    }
-    for path in &args.models {
-        let name = registry
-            .load_file(path)
-            .with_context(|| format!("cannot load --model {}", path.display()))?;
-        registry.pin_from(&name, path);
-        tracing::info!(model = %name, file = %path.display(), "model loaded");
-    }
-    for name in registry
-        .load_dir(&model_dir)
-        .with_context(|| format!("cannot load the model directory {}", model_dir.display()))?
-    {
-        tracing::info!(model = %name, dir = %model_dir.display(), "model loaded");
-    }
+    // Model files are read on a blocking thread, each within a time limit (see `Registry`):
+    // nothing that reads a file runs on an async worker.
+    let (max_file_bytes, no_default_model) = (args.max_model_file_mb << 20, args.no_default_model);
+    let (models, dir) = (args.models.clone(), model_dir.clone());
+    let registry = tokio::task::spawn_blocking(move || {
+        load_models(max_file_bytes, no_default_model, &models, &dir)
+    })
+    .await
+    .context("model loading stopped")??;
     if registry.is_empty() {
         bail!(
             "no model to serve (--no-default-model is set). Convert Splunk's published artifact and pass the result with --model:\n  \

@@ -178,12 +178,11 @@ fn kind_of(file_type: fs::FileType) -> &'static str {
     }
 }
 
-/// Reads a whole regular file of at most `limit` bytes. Anything else is refused before a byte
-/// is read: the path is opened without blocking (a FIFO opened normally waits for a writer),
-/// the opened file itself is checked (the path may be swapped in between), and no more than
-/// `limit` bytes are read even if the file grows meanwhile.
-pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    use std::io::Read;
+/// Opens a regular file of at most `limit` bytes for reading; returns it with its length.
+/// Anything else is refused before a byte is read: the path is opened without blocking (a FIFO
+/// opened normally waits for a writer), and the opened file itself is checked (the path may be
+/// swapped in between). The caller reads no more than the length returned.
+pub fn open_regular_capped(path: &Path, limit: u64) -> Result<(fs::File, u64), ReadError> {
     let meta = fs::metadata(path)?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular(kind_of(meta.file_type())));
@@ -212,7 +211,15 @@ pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError
             limit,
         });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `limit` bytes (see [`open_regular_capped`]); no more
+/// than `limit` bytes are read even if the file grows meanwhile.
+pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, len) = open_regular_capped(path, limit)?;
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(ReadError::TooLarge {
@@ -221,6 +228,36 @@ pub fn read_regular_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError
         });
     }
     Ok(bytes)
+}
+
+/// Why [`run_with_time_limit`] has no result.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeLimitError {
+    #[error("it was not read within {} s (a hung disk or network mount?)", .0.as_secs_f64())]
+    TimedOut(std::time::Duration),
+    #[error("no thread could be started to read it: {0}")]
+    NoThread(String),
+}
+
+/// Runs `read` on a thread of its own and waits for it at most `limit`: a read that hangs (a
+/// stuck network mount, a device that never answers) delays the caller by `limit` at most.
+/// A read cannot be interrupted, so one still running then is abandoned: it ends (or not) on
+/// its thread, and its result is dropped. Called from blocking threads only (it waits).
+pub fn run_with_time_limit<T: Send + 'static>(
+    limit: std::time::Duration,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TimeLimitError> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("file-read".into())
+        .spawn(move || {
+            // Nobody is waiting any more when the read took too long.
+            let _ = done.send(read());
+        })
+        .map_err(|e| TimeLimitError::NoThread(e.to_string()))?;
+    result
+        .recv_timeout(limit)
+        .map_err(|_| TimeLimitError::TimedOut(limit))
 }
 
 #[cfg(test)]
@@ -257,5 +294,29 @@ mod tests {
             );
         }
         assert_eq!(fs::read_dir(dir.path().join("tls")).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_read_that_blocks_is_abandoned_at_its_time_limit() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.safetensors");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Opened the ordinary way, a FIFO waits for a writer that never comes: a read that hangs.
+        let path = fifo.clone();
+        let started = Instant::now();
+        let limit = Duration::from_millis(200);
+        let read = run_with_time_limit(limit, move || fs::read(&path));
+        assert_eq!(read.err(), Some(TimeLimitError::TimedOut(limit)));
+        assert!(started.elapsed() >= limit);
+        // The abandoned read ends once a writer comes and goes (end of file).
+        drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+        // A read that ends in time gives its result.
+        assert_eq!(
+            run_with_time_limit(Duration::from_secs(60), || 42).unwrap(),
+            42
+        );
     }
 }

@@ -127,8 +127,12 @@ impl AppState {
             drop((large, permit));
             result
         };
-        let result = if body_len <= INLINE_MAX_BYTES {
-            job()
+        let result = if runs_on_async_worker(body_len) {
+            ON_ASYNC_WORKER.with(|on| on.set(true));
+            // `job` catches panics: the flag is always cleared.
+            let result = job();
+            ON_ASYNC_WORKER.with(|on| on.set(false));
+            result
         } else {
             // On the compute pool, whose threads also split the work of large requests: the
             // memory they free stays with a few known threads, which `memory` hands back
@@ -183,26 +187,73 @@ impl AppState {
     }
 
     /// When no loaded model answers to `model_name`/`algo`, looks at the model store once: another
-    /// replica sharing it may have just fitted that model.
+    /// replica sharing it may have just fitted that model. For blocking threads (it waits); on an
+    /// async worker it does nothing, and the handler looks with [`AppState::look_in_store`]
+    /// before it runs the request's work there.
     pub fn rescan_store_if_missing(&self, model_name: &str, algo: Option<&str>) {
+        let Some(store) = &self.config.model_store else {
+            return;
+        };
+        if self.registry.resolve(model_name, algo).is_some() || on_async_worker() {
+            return;
+        }
+        // The scan runs on a thread of its own and is waited for only so long, so a store that
+        // hangs (a stuck network mount) delays this request, never the others. One scan at a
+        // time; others wait for it.
+        let deadline = std::time::Instant::now() + STORE_SCAN_TIME_LIMIT;
+        let (done, finished) = std::sync::mpsc::channel();
+        if !self.start_store_scan(store, move || {
+            let _ = done.send(());
+        }) {
+            while self.registry.scan_running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return;
+        }
+        if finished
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_err()
+        {
+            scan_not_finished(store);
+        }
+    }
+
+    /// [`AppState::rescan_store_if_missing`] for async handlers: the scan is awaited, so the
+    /// async worker goes on answering other requests (`/healthz` among them) meanwhile.
+    pub async fn look_in_store(&self, model_name: &str, algo: Option<&str>) {
         let Some(store) = &self.config.model_store else {
             return;
         };
         if self.registry.resolve(model_name, algo).is_some() {
             return;
         }
-        // This may run on an async worker (small requests): the scan runs on a thread of its
-        // own and is waited for only so long, so a store that hangs (a stuck network mount)
-        // delays this request, never the others. One scan at a time; others wait for it.
-        let deadline = std::time::Instant::now() + STORE_SCAN_TIME_LIMIT;
-        if !self.registry.begin_scan() {
-            while self.registry.scan_running() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if !self.start_store_scan(store, move || {
+            let _ = done.send(());
+        }) {
+            let other_scan = async {
+                while self.registry.scan_running() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            let _ = tokio::time::timeout(STORE_SCAN_TIME_LIMIT, other_scan).await;
             return;
         }
+        if tokio::time::timeout(STORE_SCAN_TIME_LIMIT, finished)
+            .await
+            .is_err()
+        {
+            scan_not_finished(store);
+        }
+    }
+
+    /// Starts a scan of the store on a thread of its own, which calls `done` when it has
+    /// finished. False when another scan is under way (or no thread could be started).
+    fn start_store_scan(&self, store: &ModelStore, done: impl FnOnce() + Send + 'static) -> bool {
+        if !self.registry.begin_scan() {
+            return false;
+        }
         let (registry, dir) = (self.registry.clone(), store.dir().to_path_buf());
-        let (done, finished) = std::sync::mpsc::channel();
         let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("store-scan".into())
@@ -216,23 +267,39 @@ impl AppState {
                 for (file, problem) in failed {
                     tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
                 }
-                let _ = done.send(());
+                done();
             });
         if spawned.is_err() {
             self.registry.end_scan();
-            return;
+            return false;
         }
-        if finished
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .is_err()
-        {
-            tracing::warn!(
-                dir = %store.dir().display(),
-                limit_secs = STORE_SCAN_TIME_LIMIT.as_secs_f64(),
-                "the scan of the model store did not finish in time; the request goes on without it"
-            );
-        }
+        true
     }
+}
+
+fn scan_not_finished(store: &ModelStore) {
+    tracing::warn!(
+        dir = %store.dir().display(),
+        limit_secs = STORE_SCAN_TIME_LIMIT.as_secs_f64(),
+        "the scan of the model store did not finish in time; the request goes on without it"
+    );
+}
+
+thread_local! {
+    /// Set while request work runs on an async worker (`run_compute`'s small requests): work
+    /// there must never wait for files, or every connection that worker serves waits too.
+    static ON_ASYNC_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn on_async_worker() -> bool {
+    ON_ASYNC_WORKER.with(|on| on.get())
+}
+
+/// Whether the work of a request with a body of `body_len` bytes runs on the async worker that
+/// read it (see [`INLINE_MAX_BYTES`]): such work must not wait, so its handler looks in the
+/// model store before it runs.
+pub fn runs_on_async_worker(body_len: usize) -> bool {
+    body_len <= INLINE_MAX_BYTES
 }
 
 /// Longest a request waits for a scan of the model store (a scan of a healthy store of small

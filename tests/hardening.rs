@@ -313,6 +313,89 @@ fn a_fifo_added_to_the_store_at_run_time_blocks_no_request() {
     );
 }
 
+#[test]
+fn a_store_file_read_slowly_holds_up_no_other_request() {
+    use std::sync::{mpsc, Mutex};
+    // The read of `a_slow.safetensors` hangs, as on a hung network mount, until the test ends;
+    // the test learns when it has begun.
+    let (begun, reading) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    let (begun, held) = (Mutex::new(begun), Mutex::new(held));
+    let registry = dnsexfil::model::Registry::new()
+        .with_read_time_limit(Duration::from_secs(2))
+        .with_read_hook(move |path| {
+            if path.ends_with("a_slow.safetensors") {
+                let _ = begun.lock().unwrap().send(());
+                let _ = held.lock().unwrap().recv();
+            }
+        });
+    registry.insert(Model::from_bytes(escu_model_bytes(), "escu").unwrap());
+    registry.pin(ESCU_MODEL_NAME);
+    // One async worker: a request that waited for the read there would hold up all others.
+    let server = TestServer::start_with(ServerOptions {
+        registry: Some(std::sync::Arc::new(registry)),
+        async_workers: Some(1),
+        ..Default::default()
+    });
+    let store = server.model_dir();
+    std::fs::create_dir_all(&store).unwrap();
+    for (name, target) in [("a_slow", "slow"), ("b_good", "good")] {
+        std::fs::write(
+            store.join(format!("{name}.safetensors")),
+            impostor_file(name, target),
+        )
+        .unwrap();
+    }
+    let apply_named = |name: &str| {
+        let mut body = escu_envelope_for(GOOD_ROWS, name);
+        body["meta"]["options"]["params"] = serde_json::json!({});
+        body
+    };
+    // A small /apply naming a model not loaded yet looks in the store, and its read hangs.
+    let slow_apply = {
+        let (url, body) = (server.url.clone(), apply_named("a_slow"));
+        std::thread::spawn(move || {
+            quick_client()
+                .post(format!("{url}/apply"))
+                .header("Authorization", TOKEN)
+                .json(&body)
+                .send()
+                .unwrap()
+                .json::<serde_json::Value>()
+                .unwrap()
+        })
+    };
+    reading
+        .recv_timeout(PATIENCE)
+        .expect("the store file's read begins");
+    let started = Instant::now();
+    let health = quick_client()
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(health.status(), 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "/healthz took {took:?} while a store file was being read"
+    );
+    // The /apply waits for the scan only so long, and the stuck file is not loaded.
+    let answer = slow_apply.join().unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model named `a_slow`"),
+        "{answer}"
+    );
+    // Its read is given up at the time limit, and the scan goes on to the next file.
+    wait_until("b_good loaded", PATIENCE, || {
+        let answer = server.post_json("/apply", &apply_named("b_good"));
+        answer["status"] == "success"
+    });
+    drop(release);
+}
+
 // Issue 19, item 3: a huge or endless file in the store kills the process.
 
 #[test]
@@ -333,6 +416,83 @@ fn a_huge_sparse_file_in_the_store_is_skipped_before_it_is_read() {
             && l.contains("more than the 64 MiB")
             && l.contains("--max-model-file-mb")),
         "{startup:#?}"
+    );
+    let health = quick_client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// A sparse file of `len` bytes (no disk space) starting with `head`.
+fn sparse_file(path: &Path, head: &[u8], len: u64) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(head).unwrap();
+    file.set_len(len).unwrap();
+}
+
+#[test]
+fn store_files_whose_header_does_not_fit_are_refused_without_reading_them() {
+    // The same service with an empty store: its peak memory after start-up is the baseline.
+    let empty = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(empty.path(), &[]);
+    wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let baseline = Killed(child);
+    let baseline_kib = status_kib(baseline.0.id(), "VmHWM:");
+    drop(baseline);
+
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("app/model/data");
+    std::fs::create_dir_all(&store).unwrap();
+    // Within the 64 MiB file limit, so only the header tells them apart from a model: read
+    // whole, each would take 60 MiB.
+    sparse_file(
+        &store.join("tebibyte.safetensors"),
+        &(1u64 << 40).to_le_bytes(),
+        60 << 20,
+    );
+    sparse_file(
+        &store.join("wide.safetensors"),
+        &(48u64 << 20).to_le_bytes(),
+        60 << 20,
+    );
+    sparse_file(
+        &store.join("short.safetensors"),
+        &4096u64.to_le_bytes(),
+        100,
+    );
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, startup) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let server = Killed(child);
+    let reasons = skipped(&startup);
+    for (file, reason) in [
+        (
+            "tebibyte.safetensors",
+            "its header claims 1099511627776 bytes, more than the 1 MiB",
+        ),
+        (
+            "wide.safetensors",
+            "its header claims 50331648 bytes, more than the 1 MiB",
+        ),
+        (
+            "short.safetensors",
+            "its header claims 4096 bytes, more than the 92 bytes that follow",
+        ),
+    ] {
+        assert!(
+            reasons
+                .iter()
+                .any(|l| l.contains(file) && l.contains(reason)),
+            "{file}: {startup:#?}"
+        );
+    }
+    let peak_kib = status_kib(server.0.id(), "VmHWM:");
+    assert!(
+        peak_kib < baseline_kib + (30 << 10),
+        "peak {} MiB after start-up, {} MiB with an empty store",
+        peak_kib >> 10,
+        baseline_kib >> 10
     );
     let health = quick_client()
         .get(format!("http://{address}/healthz"))
@@ -1038,6 +1198,62 @@ fn an_over_limit_dsdl_body_is_logged_with_its_size_and_the_limit() {
     );
 }
 
+/// The fields of the next log line containing `marker` (waiting up to [`PATIENCE`]), asserted
+/// to be at warn level.
+fn warned(lines: &std::sync::mpsc::Receiver<String>, marker: &str) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(marker) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["level"], "WARN", "{line}");
+            return v["fields"].clone();
+        }
+    }
+    panic!("no log line with {marker:?}");
+}
+
+#[test]
+fn dsdl_requests_over_the_row_limits_are_logged_with_their_rows_and_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) =
+        spawn_serve(data.path(), &["--max-rows", "100", "--max-fit-rows", "20"]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    let mut csv = String::from("src,query,rank\n");
+    for i in 0..150 {
+        csv.push_str(&format!("10.1.1.{},www.example{i}.com,1\n", i % 250));
+    }
+    let answer = post(&address, "/apply", &escu_envelope_for(&csv, "dnsexfil_v4"));
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("has 150 rows, more than the 100 allowed"),
+        "{answer}"
+    );
+    let fields = warned(&lines, "more rows than --max-rows");
+    assert_eq!(
+        (fields["rows"].as_u64(), fields["limit_rows"].as_u64()),
+        (Some(150), Some(100)),
+        "{fields}"
+    );
+    // A fit's own, lower limit (40 labelled rows).
+    let mut fit = fit_envelope("dnsexfil", "rowcap");
+    fit["meta"]["options"]["params"] = serde_json::json!({"algo": "dnsexfil"});
+    let answer = post(&address, "/fit", &fit);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-fit-rows"),
+        "{answer}"
+    );
+    let fields = warned(&lines, "more rows than --max-fit-rows");
+    assert_eq!(
+        (fields["rows"].as_u64(), fields["limit_rows"].as_u64()),
+        (Some(40), Some(20)),
+        "{fields}"
+    );
+}
+
 // Issue 19, item 6 (in part): every scoring path takes a compute permit.
 
 #[test]
@@ -1127,6 +1343,41 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
             .unwrap()
             .contains("--max-bodies-in-flight-mb"),
         "{answer}"
+    );
+    // Logged with the body's size and the budget.
+    let fields = warned(&lines, "the bodies in flight take the budget");
+    assert_eq!(fields["budget_bytes"], 6 << 20, "{fields}");
+    assert_eq!(fields["received_bytes"], body.len(), "{fields}");
+    // A body that fits what is left, but whose answer (its rows back, every one scored, with
+    // two more cells each) would not: refused as well once its body is read, and logged with
+    // the answer's size.
+    let mut rows = String::from("src,query,rank\n");
+    while rows.len() < 1 << 20 {
+        rows.push_str(&format!("10.1.1.1,a{}.example.com,1\n", rows.len()));
+    }
+    let small_body = serde_json::to_vec(&escu_envelope_for(&rows, "dnsexfil_v4")).unwrap();
+    let refused = client
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(small_body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let answer: serde_json::Value = refused.json().unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("this request's answer would not fit"),
+        "{answer}"
+    );
+    let fields = warned(&lines, "its answer would take the budget over");
+    assert_eq!(fields["budget_bytes"], 6 << 20, "{fields}");
+    let answer_bytes = fields["answer_bytes"].as_u64().unwrap();
+    assert!(
+        answer_bytes > small_body.len() as u64 && answer_bytes < 6 << 20,
+        "{fields}"
     );
     // The same on /v1.
     let v1 = client
@@ -1229,22 +1480,32 @@ fn the_default_limits_take_an_hour_of_the_longest_names() {
 
 #[test]
 fn the_longest_names_are_scored_as_they_are_sent() {
-    let server = TestServer::start_with(ServerOptions {
-        registry: Some({
-            let registry = dnsexfil::model::Registry::new();
-            registry.insert(dnsexfil::model::default_model().unwrap());
-            std::sync::Arc::new(registry)
-        }),
-        ..Default::default()
-    });
-    let (status, text) = server.post_raw("/apply", longest_names_envelope(2_000));
-    assert_eq!(status, 200);
-    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let (header, rows) = results_of(&answer);
-    assert_eq!(rows.len(), 2_000);
+    // More than the 32 MiB body limit of before, with the service's default limits.
+    let rows = 27_000;
+    let body = longest_names_envelope(rows);
+    assert!(body.len() > 32 << 20, "{} bytes", body.len());
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_serve(data.path(), &[]);
+    let (address, _) = wait_listening(&mut child, &lines, Duration::from_secs(30));
+    let _server = Killed(child);
+    // Drained, so the log of a long request never fills the pipe.
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap()
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().unwrap();
+    let (header, results) = results_of(&answer);
+    assert_eq!(results.len(), rows);
     let proba = header.iter().position(|h| h.ends_with("_proba")).unwrap();
     assert!(
-        rows.iter().all(|r| !r[proba].is_empty()),
+        results.iter().all(|r| !r[proba].is_empty()),
         "every row is scored"
     );
 }

@@ -63,9 +63,10 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     };
     let (bytes, budget) = match read {
         Ok(b) => b,
-        Err(BodyError::Busy { budget }) => {
+        Err(BodyError::Busy { budget, received }) => {
             tracing::warn!(
                 endpoint = endpoint.path(),
+                received_bytes = received,
                 budget_bytes = budget,
                 "request refused: the bodies in flight take the budget"
             );
@@ -97,6 +98,16 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
         }
     };
     let read_time = started.elapsed();
+    // Small requests run on the async worker, which must not wait for a scan of the model
+    // store (a slow one would hold up every connection it serves): their model is looked for
+    // here, awaited. Larger ones look from their blocking thread.
+    if endpoint == Endpoint::Apply && crate::state::runs_on_async_worker(bytes.len()) {
+        if let Some(options) = named_options(&bytes) {
+            state
+                .look_in_store(&options.model_name, options.algo.as_deref())
+                .await;
+        }
+    }
     // Parsing, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
@@ -118,15 +129,24 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     };
     match outcome {
         Ok((resp, budget, stages)) => {
-            if budget.refused() {
+            let budget_bytes = state.config.limits.max_body_bytes_in_flight;
+            if let Some(answer_bytes) = budget.refused_answer_bytes() {
                 tracing::warn!(
                     endpoint = endpoint.path(),
-                    budget_bytes = state.config.limits.max_body_bytes_in_flight,
+                    answer_bytes,
+                    budget_bytes,
                     "request refused: its answer would take the budget over"
                 );
                 return crate::body::busy_response(resp.into_response());
             }
-            if resp.status == "error" {
+            if let Some(answer_bytes) = budget.too_large_answer_bytes() {
+                tracing::warn!(
+                    endpoint = endpoint.path(),
+                    answer_bytes,
+                    budget_bytes,
+                    "request refused: its answer would be larger than the whole budget"
+                );
+            } else if resp.status == "error" {
                 tracing::warn!(endpoint = endpoint.path(), message = %resp.message, "request failed");
             }
             let answered = Instant::now();
@@ -305,6 +325,29 @@ fn checked_options<D>(envelope: &Envelope<D>, endpoint: Endpoint) -> Result<Opti
     Ok(options)
 }
 
+/// The options of an `/apply` envelope when they are usable, read only to look for its model
+/// before the request is processed (which reads them again and names any problem).
+fn named_options(body: &[u8]) -> Option<Options> {
+    match envelope::parse_keeping_data_escaped(body) {
+        Some(envelope) => checked_options(&envelope, Endpoint::Apply).ok(),
+        None => checked_options(&envelope::parse(body).ok()?, Endpoint::Apply).ok(),
+    }
+}
+
+/// What the request is told when its table could not be read. A refusal for its size is also
+/// logged with the size and the limit: Splunk shows the message only to the user who ran the
+/// search, an operator sees a detection switched off by the limit here.
+fn table_refusal(e: TableError) -> String {
+    if let TableError::TooManyRows { limit, rows } = &e {
+        tracing::warn!(
+            rows,
+            limit_rows = limit,
+            "request refused: more rows than --max-rows"
+        );
+    }
+    e.to_string()
+}
+
 /// The response to an apply: its results, or the error.
 fn answer(endpoint: Endpoint, outcome: Result<(EscapedResults, String), String>) -> DsdlResponse {
     match outcome {
@@ -339,7 +382,7 @@ fn apply_with<'a>(
     let table = match table {
         Ok(Some(table)) => table,
         Ok(None) => return None,
-        Err(e) => return Some(Err(e.to_string())),
+        Err(e) => return Some(Err(table_refusal(e))),
     };
     // Every row counted as scored: an upper bound, known before the scoring.
     let needed =
@@ -497,9 +540,14 @@ fn fit_and_apply(
     let table = match Table::parse_with_target(&envelope.data, state.config.max_rows, Some(target))
     {
         Ok(t) => t,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(table_refusal(e)),
     };
     if table.len() > state.config.max_fit_rows {
+        tracing::warn!(
+            rows = table.len(),
+            limit_rows = state.config.max_fit_rows,
+            "request refused: more rows than --max-fit-rows"
+        );
         return fail(format!(
             "the fit has {} rows, more than the {} a fit may train on; sample the data first (e.g. `| sample 100000`) or raise --max-fit-rows (DNSEXFIL_MAX_FIT_ROWS)",
             table.len(),

@@ -113,8 +113,10 @@ pub enum TableError {
     MissingTarget { target: String, found: String },
     #[error("the `data` CSV is malformed at row {row}: {detail}")]
     Malformed { row: usize, detail: String },
-    #[error("the request has more than {limit} rows; send fewer rows per request (MLTK's max_inputs) or raise --max-rows (DNSEXFIL_MAX_ROWS)")]
-    TooManyRows { limit: usize },
+    /// `rows`: counted to the end of the text (or to where it cannot be read), so the refusal
+    /// says by how much.
+    #[error("the request has {rows} rows, more than the {limit} allowed; send fewer rows per request (MLTK's max_inputs) or raise --max-rows (DNSEXFIL_MAX_ROWS)")]
+    TooManyRows { limit: usize, rows: usize },
 }
 
 /// At most `max` characters of `text`, with `…` when cut (keeps messages and logs bounded).
@@ -222,8 +224,19 @@ impl Layout {
                 Some(problem) => problem,
             };
             if row_number > self.max_rows {
+                // The rest is only counted (no cell kept): a refusal says how many rows came.
+                // Text this reader cannot read is counted by the general reader.
+                let mut rows = row_number;
+                loop {
+                    match scanner.next_record(&mut fields) {
+                        Ok(Some(_)) => rows += 1,
+                        Err(ScanStop::NeedsUnescaping) => return Err(ReadError::NeedsUnescaping),
+                        Ok(None) | Err(ScanStop::Unreadable(_)) => break,
+                    }
+                }
                 return Err(ReadError::Table(TableError::TooManyRows {
                     limit: self.max_rows,
+                    rows,
                 }));
             }
             let row_cells = part.cells.len();
@@ -438,8 +451,13 @@ impl<'a> Table<'a> {
                 },
             );
             if let (Ok((first, true)), Ok((second, _))) = (first, second) {
-                if first.kinds.len() + second.kinds.len() > max_rows {
-                    return Err(TableError::TooManyRows { limit: max_rows }.into());
+                let rows = first.kinds.len() + second.kinds.len();
+                if rows > max_rows {
+                    return Err(TableError::TooManyRows {
+                        limit: max_rows,
+                        rows,
+                    }
+                    .into());
                 }
                 table.append(first);
                 table.append(second);
@@ -755,7 +773,41 @@ mod tests {
     #[test]
     fn the_row_limit_is_checked_while_parsing() {
         let e = Table::parse_limited("src,query\na,b\nc,d\n", 1).err();
-        assert_eq!(e, Some(TableError::TooManyRows { limit: 1 }));
+        assert_eq!(e, Some(TableError::TooManyRows { limit: 1, rows: 2 }));
+        let e = Table::parse_limited("src,query\na,b\nc,d\ne,f\n", 1).err();
+        assert_eq!(e, Some(TableError::TooManyRows { limit: 1, rows: 3 }));
+        // The same count when read in two halves, and from JSON-escaped text (also when its
+        // rows past the limit need unescaping: counted by the general reader).
+        let mut csv = String::from("src,query\n");
+        for i in 0..40 {
+            csv.push_str(&format!("h{i},q{i}.example\n"));
+        }
+        for (max_rows, rows) in [(10, 40), (30, 40)] {
+            let e = Table::parse_plain_in_parts(&csv, max_rows, None, 0).err();
+            assert_eq!(
+                e,
+                Some(TableError::TooManyRows {
+                    limit: max_rows,
+                    rows
+                })
+            );
+            let escaped = serde_json::to_string(&csv).unwrap();
+            let e = Table::parse_json_escaped_in_parts(&escaped[1..escaped.len() - 1], max_rows, 0)
+                .err();
+            assert_eq!(
+                e,
+                Some(TableError::TooManyRows {
+                    limit: max_rows,
+                    rows
+                })
+            );
+        }
+        let escaped = serde_json::to_string(&format!("{csv}\"quoted\",x\n")).unwrap();
+        assert_eq!(
+            Table::parse_json_escaped_in_parts(&escaped[1..escaped.len() - 1], 10, 0).err(),
+            None,
+            "left to the general reader"
+        );
         assert_eq!(
             Table::parse_limited("src,query\na,b\n", 1).unwrap().len(),
             1

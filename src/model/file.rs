@@ -144,25 +144,54 @@ impl Model {
     }
 
     /// Reads a model file of at most `limit` bytes. Only a regular file is read (a FIFO would
-    /// block the reader, `/dev/zero` or a huge sparse file exhaust memory).
+    /// block the reader, `/dev/zero` or a huge sparse file exhaust memory), and its header
+    /// first: a file whose header or data does not fit the file's length is refused before
+    /// more than those 8 bytes are read.
     pub fn load_limited(path: &Path, limit: u64) -> Result<Self, ModelError> {
         use crate::fsutil::ReadError;
-        let bytes = crate::fsutil::read_regular_capped(path, limit).map_err(|e| match e {
+        use std::io::Read;
+        let origin = path.display().to_string();
+        let io = |e: std::io::Error| ModelError::Io(format!("cannot read {origin}: {e}"));
+        let (file, len) = crate::fsutil::open_regular_capped(path, limit).map_err(|e| match e {
             ReadError::TooLarge { size, limit } => ModelError::Invalid(format!(
-                "{}: it is {size} bytes ({} MiB), more than the {} MiB a model file may have (models are about 20 to 100 KiB): remove it, or raise --max-model-file-mb (DNSEXFIL_MAX_MODEL_FILE_MB)",
-                path.display(),
+                "{origin}: it is {size} bytes ({} MiB), more than the {} MiB a model file may have (models are about 20 to 100 KiB): remove it, or raise --max-model-file-mb (DNSEXFIL_MAX_MODEL_FILE_MB)",
                 size.div_ceil(1 << 20),
                 limit >> 20
             )),
-            ReadError::NotRegular(_) => {
-                ModelError::Invalid(format!("{}: {e}", path.display()))
-            }
-            ReadError::Io(e) => ModelError::Io(format!("cannot read {}: {e}", path.display())),
+            ReadError::NotRegular(_) => ModelError::Invalid(format!("{origin}: {e}")),
+            ReadError::Io(e) => io(e),
         })?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        // Never more than the length checked above, even if the file grows meanwhile.
+        let mut reader = file.take(len);
+        let mut prefix = [0u8; 8];
+        if len >= 8 {
+            reader.read_exact(&mut prefix).map_err(io)?;
+        }
+        let header_len = header_len(&prefix[..len.min(8) as usize], len, &origin)?;
+        // The header (at most 1 MiB, within the file) says where the data ends: checked before
+        // the data is read.
+        let mut bytes = Vec::with_capacity(8 + header_len);
+        bytes.extend_from_slice(&prefix);
+        (&mut reader)
+            .take(header_len as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        check_data_end(&bytes[8..], len, &origin)?;
+        bytes.reserve_exact(len as usize - bytes.len());
+        reader.read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() as u64 != len {
+            return Err(ModelError::Io(format!(
+                "cannot read {origin}: it has {} bytes where it had {len} when opened (changed while read); it is read again when it changes",
+                bytes.len()
+            )));
+        }
+        Self::from_bytes(&bytes, &origin)
     }
 
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ModelError> {
+        let len = bytes.len() as u64;
+        let header_len = header_len(bytes.get(..8).unwrap_or_default(), len, origin)?;
+        check_data_end(&bytes[8..8 + header_len], len, origin)?;
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| ModelError::Invalid(format!("{origin} is not a safetensors file: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
@@ -173,6 +202,67 @@ impl Model {
         model.file_sha256 = crate::model::sha256_hex(bytes);
         Ok(model)
     }
+}
+
+/// Largest safetensors header a model file may have. Ours take a few KiB (tensor names, shapes
+/// and the metadata), so a larger claim is a damaged or foreign file: refused before anything
+/// is allocated for it.
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// The header's length, from the first 8 bytes of a safetensors file of `file_len` bytes
+/// (`prefix` is shorter when the file is): at most [`MAX_HEADER_BYTES`], and within the file.
+fn header_len(prefix: &[u8], file_len: u64, origin: &str) -> Result<usize, ModelError> {
+    let Ok(prefix) = <[u8; 8]>::try_from(prefix) else {
+        return Err(ModelError::Invalid(format!(
+            "{origin} is not a safetensors file: it is {file_len} bytes, too short to hold even the 8-byte length of a header"
+        )));
+    };
+    let claimed = u64::from_le_bytes(prefix);
+    if claimed > MAX_HEADER_BYTES {
+        return Err(ModelError::Invalid(format!(
+            "{origin} is not a model file: its header claims {claimed} bytes, more than the {} MiB a model file's header may have (ours take a few KiB); the file is damaged or not a model: remove it",
+            MAX_HEADER_BYTES >> 20
+        )));
+    }
+    let after = file_len - 8;
+    if claimed > after {
+        return Err(ModelError::Invalid(format!(
+            "{origin} is not a model file: its header claims {claimed} bytes, more than the {after} bytes that follow its length in the file (a truncated or damaged file): remove it, or copy it again"
+        )));
+    }
+    Ok(claimed as usize)
+}
+
+/// Checks that the tensors' data as `header` places it ends exactly at the end of the file of
+/// `file_len` bytes: a truncated file, or one with bytes after its data, is not the file
+/// that was written.
+fn check_data_end(header: &[u8], file_len: u64, origin: &str) -> Result<(), ModelError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        data_offsets: (u64, u64),
+    }
+    let entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| {
+            ModelError::Invalid(format!(
+                "{origin} is not a safetensors file: its header is not a JSON object ({e})"
+            ))
+        })?;
+    let mut data_end = 0u64;
+    for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let entry: Entry = serde_json::from_value(entry.clone()).map_err(|e| {
+            ModelError::Invalid(format!(
+                "{origin} is not a safetensors file: tensor `{name}` in its header: {e}"
+            ))
+        })?;
+        data_end = data_end.max(entry.data_offsets.1);
+    }
+    let data_len = file_len - 8 - header.len() as u64;
+    if data_end != data_len {
+        return Err(ModelError::Invalid(format!(
+            "{origin} is not a model file as written: its header places {data_end} bytes of tensor data after it, but {data_len} bytes follow (a truncated file, or bytes added after its data): remove it, or copy it again"
+        )));
+    }
+    Ok(())
 }
 
 /// Serialises a model file: checks the tensors against the schema's network, then writes them in
@@ -331,4 +421,85 @@ pub fn check_tensors(
 /// candle appends a backtrace to some errors; messages keep only their first line.
 pub fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(bytes: &[u8]) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let loaded = Model::load_limited(&path, DEFAULT_MAX_FILE_BYTES)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(loaded.contains(&path.display().to_string()), "{loaded}");
+        let parsed = Model::from_bytes(bytes, "given bytes")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(parsed.starts_with("given bytes"), "{parsed}");
+        (loaded, parsed)
+    }
+
+    #[test]
+    fn a_header_claiming_a_tebibyte_is_refused_before_it_is_read() {
+        let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        for message in <[String; 2]>::from(refusal(&bytes)) {
+            assert!(
+                message.contains("its header claims 1099511627776 bytes, more than the 1 MiB"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_longer_than_the_file_is_refused() {
+        let mut bytes = 1000u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[b' '; 100]);
+        for message in <[String; 2]>::from(refusal(&bytes)) {
+            assert!(
+                message.contains("its header claims 1000 bytes, more than the 100 bytes"),
+                "{message}"
+            );
+        }
+        for message in <[String; 2]>::from(refusal(b"abc")) {
+            assert!(message.contains("it is 3 bytes, too short"), "{message}");
+        }
+    }
+
+    #[test]
+    fn tensor_data_must_end_where_the_file_ends() {
+        let model = crate::model::DEFAULT_MODEL_BYTES;
+        let mut padded = model.to_vec();
+        padded.push(0);
+        for message in <[String; 2]>::from(refusal(&padded)) {
+            assert!(
+                message.contains("bytes of tensor data after it, but"),
+                "{message}"
+            );
+        }
+        for message in <[String; 2]>::from(refusal(&model[..model.len() - 4])) {
+            assert!(message.contains("a truncated file"), "{message}");
+        }
+        let mut not_json = model.to_vec();
+        not_json[8] = b'[';
+        for message in <[String; 2]>::from(refusal(&not_json)) {
+            assert!(message.contains("not a JSON object"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_whole_model_file_loads_as_its_bytes_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        std::fs::write(&path, crate::model::DEFAULT_MODEL_BYTES).unwrap();
+        let loaded = Model::load_limited(&path, DEFAULT_MAX_FILE_BYTES).unwrap();
+        let parsed = crate::model::default_model().unwrap();
+        assert_eq!(loaded.file_sha256, parsed.file_sha256);
+        assert_eq!(loaded.info, parsed.info);
+    }
 }

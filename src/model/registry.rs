@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::convert;
 use super::{Model, ModelError};
@@ -22,7 +22,19 @@ pub struct Registry {
     /// Set while a scan of the store is under way: concurrent requests wait for it rather than
     /// start more.
     scanning: std::sync::atomic::AtomicBool,
+    /// Longest a model file's read may take before it is abandoned and the file skipped.
+    read_time_limit: Duration,
+    /// Runs on the reading thread before each model file is read (tests: a slow disk).
+    read_hook: Option<ReadHook>,
 }
+
+/// See [`Registry::with_read_hook`].
+pub type ReadHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// Longest a model file's read may take (start-up, rescans, `--model`). Models are read in
+/// milliseconds; a read still running after this is stuck (a hung network mount, a device),
+/// and waiting longer would hold up the start-up or the scan behind it.
+pub const READ_TIME_LIMIT: Duration = Duration::from_secs(10);
 
 impl Default for Registry {
     fn default() -> Self {
@@ -32,6 +44,8 @@ impl Default for Registry {
             pinned: Default::default(),
             max_file_bytes: super::file::DEFAULT_MAX_FILE_BYTES,
             scanning: Default::default(),
+            read_time_limit: READ_TIME_LIMIT,
+            read_hook: None,
         }
     }
 }
@@ -93,8 +107,10 @@ fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 /// file must hold the model it is named after: a copy under another name (`x_old.safetensors`)
 /// would otherwise serve its old weights under the original's name, replacing the original at
 /// every scan, in the order the files happen to sort.
-fn load_store_file(path: &Path, max_bytes: u64) -> Result<Model, String> {
-    let model = Model::load_limited(path, max_bytes).map_err(|e| e.to_string())?;
+fn load_store_file(registry: &Registry, path: &Path) -> Result<Model, String> {
+    let model = registry
+        .read_in_time(path, Model::load_limited)
+        .map_err(|e| e.to_string())?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if model.info.name != stem {
         return Err(format!(
@@ -120,6 +136,48 @@ impl Registry {
 
     pub fn max_file_bytes(&self) -> u64 {
         self.max_file_bytes
+    }
+
+    /// The same registry, abandoning a model file's read after `limit` (default
+    /// [`READ_TIME_LIMIT`]).
+    pub fn with_read_time_limit(mut self, limit: Duration) -> Self {
+        self.read_time_limit = limit;
+        self
+    }
+
+    /// The same registry, running `hook` with each model file's path on the reading thread
+    /// before the file is read: tests make a read as slow as a hung mount with it.
+    #[doc(hidden)]
+    pub fn with_read_hook(mut self, hook: impl Fn(&Path) + Send + Sync + 'static) -> Self {
+        self.read_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Reads the model file `path` with `read` (given the file size limit) on a thread of its
+    /// own, within the read time limit: a file that cannot be read in time is given up with a
+    /// reason, and whatever waits for it (start-up, a scan) goes on.
+    fn read_in_time(
+        &self,
+        path: &Path,
+        read: impl FnOnce(&Path, u64) -> Result<Model, ModelError> + Send + 'static,
+    ) -> Result<Model, ModelError> {
+        let (path, limit, hook) = (
+            path.to_path_buf(),
+            self.max_file_bytes,
+            self.read_hook.clone(),
+        );
+        let origin = path.display().to_string();
+        crate::fsutil::run_with_time_limit(self.read_time_limit, move || {
+            if let Some(hook) = hook {
+                hook(&path);
+            }
+            read(&path, limit)
+        })
+        .unwrap_or_else(|e| {
+            Err(ModelError::Io(format!(
+                "{origin}: {e}; it is read again when it changes"
+            )))
+        })
     }
 
     /// Adds or replaces the model under its own name.
@@ -213,10 +271,14 @@ impl Registry {
         let has_escu_pt = dir.join(format!("{escu}.pt")).is_file()
             || dir.join(escu).join(format!("{escu}.pt")).is_file();
         if has_escu_pt && self.get(escu).is_none() {
-            // A half-copied or foreign `.pt` is skipped like any bad file in the store.
-            match convert::convert(dir, Some(escu))
-                .and_then(|converted| Model::from_bytes(&converted.bytes, escu))
-            {
+            // A half-copied or foreign `.pt` is skipped like any bad file in the store; one that
+            // cannot be read in time too.
+            let read = |dir: &Path, _: u64| {
+                let escu = convert::ESCU_MODEL_NAME;
+                convert::convert(dir, Some(escu))
+                    .and_then(|converted| Model::from_bytes(&converted.bytes, escu))
+            };
+            match self.read_in_time(dir, read) {
                 Ok(model) => {
                     loaded.push(self.insert(model).info.name.clone());
                     self.pin(escu);
@@ -242,7 +304,7 @@ impl Registry {
         {
             return Ok(None);
         }
-        let model = load_store_file(path, self.max_file_bytes)?;
+        let model = load_store_file(self, path)?;
         if self.is_pinned(&model.info.name) {
             return Err(format!(
                 "it holds `{}`, a model this service was started with (built in, --model or the ESCU model), which the store does not replace: train it under another name (a fit's model name, or `train --name`), or start the service without that model (--no-default-model for the built-in one)",
@@ -359,10 +421,13 @@ impl Registry {
     /// Loads one model given on the command line: a model file, or an artifact/`.pt` converted in memory.
     pub fn load_file(&self, path: &Path) -> Result<String, ModelError> {
         let model = if path.extension().and_then(|x| x.to_str()) == Some("safetensors") {
-            Model::load_limited(path, self.max_file_bytes)?
+            self.read_in_time(path, Model::load_limited)?
         } else {
-            let converted = convert::convert(path, None)?;
-            Model::from_bytes(&converted.bytes, &path.display().to_string())?
+            let convert = |path: &Path, _: u64| {
+                let converted = convert::convert(path, None)?;
+                Model::from_bytes(&converted.bytes, &path.display().to_string())
+            };
+            self.read_in_time(path, convert)?
         };
         Ok(self.insert(model).info.name.clone())
     }
@@ -484,6 +549,48 @@ mod tests {
         let unpinned = Registry::new();
         assert_eq!(unpinned.load_dir(dir.path()).unwrap(), vec![name.clone()]);
         assert_eq!(unpinned.get(&name).unwrap().info.threshold, 0.125);
+    }
+
+    #[test]
+    fn a_store_file_whose_read_hangs_is_skipped_at_the_time_limit_and_the_rest_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = crate::model::default_model().unwrap();
+        let tensors = model.mlp.tensors().unwrap();
+        for name in ["a_stuck", "b_fine"] {
+            model.info.name = name.into();
+            let bytes = crate::model::file::encode(&model.info, &tensors).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.safetensors")), bytes).unwrap();
+        }
+        // The read of `a_stuck` hangs (as on a hung mount) until the test ends.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let stuck = Mutex::new(stuck);
+        let registry = Registry::new()
+            .with_read_time_limit(Duration::from_millis(300))
+            .with_read_hook(move |path| {
+                if path.ends_with("a_stuck.safetensors") {
+                    let _ = stuck.lock().unwrap().recv();
+                }
+            });
+        // At start-up: the stuck file is given up, the files after it load.
+        assert_eq!(
+            registry.load_dir(dir.path()).unwrap(),
+            vec!["b_fine".to_string()]
+        );
+        assert!(registry.get("a_stuck").is_none());
+        // At a rescan (once it has changed): the same, with the reason.
+        std::fs::write(dir.path().join("a_stuck.safetensors"), b"changed").unwrap();
+        registry.store_files.lock().unwrap().clear();
+        let (loaded, failed) = registry.refresh_dir(dir.path());
+        assert_eq!(loaded, vec!["b_fine".to_string()]);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].0.ends_with("a_stuck.safetensors"));
+        assert!(
+            failed[0].1.contains("it was not read within 0.3 s"),
+            "{failed:?}"
+        );
+        // Not retried until it changes again.
+        assert_eq!(registry.refresh_dir(dir.path()), (vec![], vec![]));
+        drop(release);
     }
 
     #[test]

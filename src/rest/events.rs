@@ -235,6 +235,19 @@ impl Batch {
     }
 }
 
+/// The model a JSON body names, if it is a JSON object with a text `model` (not checked
+/// further: [`from_json`] names any problem).
+pub fn model_named(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Named>(body)
+        .ok()?
+        .model
+        .filter(|m| !m.is_empty())
+}
+
 /// Reads a JSON body `{"model": ..., "events": [...]}`. The body is read shallowly first (the
 /// events stay slices of the body) and the events are counted before any is decoded, so an
 /// oversized request costs little more memory than its body.
@@ -596,6 +609,24 @@ mod tests {
             (kinds(&lines)[0], lines.get(0).dns.is_some()),
             ("invalid", true)
         );
+    }
+
+    #[test]
+    fn the_model_a_body_names_is_read_without_its_events() {
+        assert_eq!(
+            model_named(br#"{"events": [{"src": "a"}], "model": "m"}"#).as_deref(),
+            Some("m")
+        );
+        for body in [
+            &br#"{"events": []}"#[..],
+            br#"{"model": "", "events": []}"#,
+            br#"{"model": null}"#,
+            br#"{"model": 3}"#,
+            b"[1]",
+            b"not json",
+        ] {
+            assert_eq!(model_named(body), None, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

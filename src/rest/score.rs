@@ -206,8 +206,9 @@ async fn handle(
     }
     let limit = state.config.max_body_bytes;
     let read = read_body_budgeted(body, limit, &state).await;
-    if let Err(BodyError::Busy { budget }) = &read {
+    if let Err(BodyError::Busy { budget, received }) = &read {
         tracing::warn!(
+            received_bytes = received,
             budget_bytes = budget,
             "request refused: the bodies in flight take the budget"
         );
@@ -230,12 +231,24 @@ async fn handle(
         BodyError::Read(e) => {
             ApiError::bad_request("body_unreadable", format!("cannot read the body: {e}"))
         }
-        BodyError::Busy { budget } => ApiError::new(
+        BodyError::Busy { budget, .. } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
             crate::body::busy_message(budget),
         ),
     })?;
+    // Small requests run on the async worker, which must not wait for a scan of the model
+    // store: the model they name is looked for here, awaited.
+    if crate::state::runs_on_async_worker(bytes.len()) {
+        let named = params.model.clone().filter(|m| !m.is_empty()).or_else(|| {
+            matches!(format, Format::Json)
+                .then(|| events::model_named(&bytes))
+                .flatten()
+        });
+        if let Some(name) = named {
+            state.look_in_store(&name, None).await;
+        }
+    }
     // Decoding, features and the forward pass are CPU work: only small requests run on the
     // async worker.
     let worker_state = state.clone();
@@ -253,6 +266,7 @@ async fn handle(
     let scored = match scored {
         Err(refusal) if budget.refused() => {
             tracing::warn!(
+                answer_bytes = budget.refused_answer_bytes(),
                 budget_bytes = state.config.limits.max_body_bytes_in_flight,
                 "request refused: its answer would take the budget over"
             );

@@ -60,6 +60,9 @@ pub struct ServerOptions {
     /// The models to serve (default: the converted ESCU model only).
     pub registry: Option<Arc<Registry>>,
     pub limits: dnsexfil::limits::Limits,
+    /// Async worker threads of the server's runtime (default: one per core). With one, any
+    /// work that blocks a worker shows as a delay of every other request.
+    pub async_workers: Option<usize>,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +74,7 @@ impl Default for ServerOptions {
             fit_time_limit: Duration::from_secs(600),
             registry: None,
             limits: Default::default(),
+            async_workers: None,
         }
     }
 }
@@ -103,8 +107,13 @@ impl TestServer {
             Some(c) => Transport::Https(c),
             None => Transport::Http,
         };
+        let async_workers = opts.async_workers;
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(workers) = async_workers {
+                rt.worker_threads(workers);
+            }
+            let rt = rt.enable_all().build().unwrap();
             rt.block_on(server::serve(
                 listener,
                 transport,
