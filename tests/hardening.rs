@@ -1291,6 +1291,29 @@ fn a_fit_without_a_label_waits_for_a_compute_permit_like_an_apply() {
     assert_eq!(answer.status, "success", "{}", answer.message);
 }
 
+/// Posts `body` to `/apply` and checks it is refused for the in-flight budget: 503, told to
+/// retry after a second, with `told` in the DSDL message.
+fn assert_refused_for_the_budget(
+    client: &reqwest::blocking::Client,
+    address: &str,
+    body: &[u8],
+    told: &str,
+) {
+    let refused = client
+        .post(format!("http://{address}/apply"))
+        .header("Authorization", TOKEN)
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let answer: serde_json::Value = refused.json().unwrap();
+    assert!(
+        answer["message"].as_str().unwrap().contains(told),
+        "{answer}"
+    );
+}
+
 // Issue 19, item 6 (in part): a budget for the bodies of all requests in flight.
 
 #[test]
@@ -1329,21 +1352,7 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
         (6 << 20) as f64
     );
     let client = quick_client();
-    let refused = client
-        .post(format!("http://{address}/apply"))
-        .header("Authorization", TOKEN)
-        .body(body.clone())
-        .send()
-        .unwrap();
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let answer: serde_json::Value = refused.json().unwrap();
-    assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("--max-bodies-in-flight-mb"),
-        "{answer}"
-    );
+    assert_refused_for_the_budget(&client, &address, &body, "--max-bodies-in-flight-mb");
     // Logged with the body's size and the budget.
     let fields = warned(&lines, "the bodies in flight take the budget");
     assert_eq!(fields["budget_bytes"], 6 << 20, "{fields}");
@@ -1356,21 +1365,11 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
         rows.push_str(&format!("10.1.1.1,a{}.example.com,1\n", rows.len()));
     }
     let small_body = serde_json::to_vec(&escu_envelope_for(&rows, "dnsexfil_v4")).unwrap();
-    let refused = client
-        .post(format!("http://{address}/apply"))
-        .header("Authorization", TOKEN)
-        .body(small_body.clone())
-        .send()
-        .unwrap();
-    assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let answer: serde_json::Value = refused.json().unwrap();
-    assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("this request's answer would not fit"),
-        "{answer}"
+    assert_refused_for_the_budget(
+        &client,
+        &address,
+        &small_body,
+        "this request's answer would not fit",
     );
     let fields = warned(&lines, "its answer would take the budget over");
     assert_eq!(fields["budget_bytes"], 6 << 20, "{fields}");
