@@ -289,8 +289,8 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
     let mut labels = vec![1.0f32; scores.len()];
     scores.extend(benign.iter().map(|s| s.score));
     labels.extend(std::iter::repeat_n(0.0, benign.len()));
-    let (tpr, _) = crate::model::metrics::tpr_at_fpr(&scores, &labels, 0.001);
-    let roc_auc = crate::model::metrics::roc_auc(&scores, &labels);
+    let (tpr, _) = crate::model::eval::tpr_at_fpr(&scores, &labels, 0.001);
+    let roc_auc = crate::model::eval::roc_auc(&scores, &labels);
     let mut sessions: BTreeMap<&str, bool> = corpus
         .sessions
         .iter()

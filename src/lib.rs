@@ -16,7 +16,7 @@
 //!   `suppress`, `memory`, `corpus`, `dataset`, `threats`, `synth`;
 //! - the DSDL wire format: `dsdl::{envelope, csvscan, table, results, body}`;
 //! - `features` (schemas) and `model` (network, model files, registry and store, training loop);
-//! - `fsutil` and `validate_name` below everything.
+//! - `fsutil`, `validate_name` and `clip` below everything.
 
 pub mod body;
 pub mod cli;
@@ -45,6 +45,15 @@ pub mod synth;
 pub mod threats;
 pub mod tls;
 pub mod training;
+
+/// At most `max` characters of client-supplied text (an ellipsis marks the cut), so that error
+/// messages quoting it stay short.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
 
 /// Checks a model or algorithm name from a request before it is used in a file path:
 /// 1 to 128 of `A-Z a-z 0-9 _ . -`, and no `..`.

@@ -567,7 +567,7 @@ pub fn fit_labelled(
     let bytes = crate::model::file::encode(&info, &tensors).map_err(packaged)?;
     let model = Model::from_bytes(&bytes, &info.name).map_err(packaged)?;
     let val_scores = model.mlp.predict(&val_set.x, val_set.len())?;
-    let (tpr, _) = crate::model::metrics::tpr_at_fpr(&val_scores, &val_set.y, 0.001);
+    let (tpr, _) = crate::model::eval::tpr_at_fpr(&val_scores, &val_set.y, 0.001);
     Ok(Fitted {
         model,
         bytes,

@@ -38,7 +38,9 @@ impl fmt::Display for SkipReason {
             SkipReason::Ragged { fields, expected } => {
                 write!(f, "{fields} fields where the header has {expected}")
             }
-            SkipReason::BadRank(text) => write!(f, "rank `{}` is not a number", clip(text, 40)),
+            SkipReason::BadRank(text) => {
+                write!(f, "rank `{}` is not a number", crate::clip(text, 40))
+            }
             SkipReason::Malformed(what) => f.write_str(what),
         }
     }
@@ -117,14 +119,6 @@ pub enum TableError {
     /// says by how much.
     #[error("the request has {rows} rows, more than the {limit} allowed; send fewer rows per request (MLTK's max_inputs) or raise --max-rows (DNSEXFIL_MAX_ROWS)")]
     TooManyRows { limit: usize, rows: usize },
-}
-
-/// At most `max` characters of `text`, with `…` when cut (keeps messages and logs bounded).
-fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((at, _)) => format!("{}…", &text[..at]),
-    }
 }
 
 const SRC: usize = 0;
@@ -392,7 +386,7 @@ impl<'a> Table<'a> {
             }));
         }
         let position = |name: &str| header.iter().position(|h| h == name);
-        let found = || clip(&header.join(", "), 200);
+        let found = || crate::clip(&header.join(", "), 200);
         let missing = |missing: &'static str| TableError::MissingColumn {
             missing,
             found: found(),

@@ -2,8 +2,8 @@
 //! loaded models that requests select from.
 
 pub mod convert;
+pub mod eval;
 pub mod file;
-pub mod metrics;
 pub mod mlp;
 pub mod registry;
 pub mod store;

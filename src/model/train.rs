@@ -209,7 +209,7 @@ pub fn train(
             epoch,
             train_loss: loss_sum / batches as f64,
             val_loss,
-            val_auc: super::metrics::roc_auc(&val_scores, &val_set.y),
+            val_auc: super::eval::roc_auc(&val_scores, &val_set.y),
         };
         on_epoch(&stats);
         epochs_run = epoch;

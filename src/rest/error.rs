@@ -69,11 +69,3 @@ impl IntoResponse for ApiError {
         resp
     }
 }
-
-/// At most `max` characters of client-supplied text, so messages stay short.
-pub fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((at, _)) => format!("{}…", &text[..at]),
-    }
-}

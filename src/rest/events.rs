@@ -8,7 +8,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::error::{clip, ApiError, ErrorDetail};
+use super::error::{ApiError, ErrorDetail};
+use crate::clip;
 
 /// One DNS event as a client sends it.
 #[derive(Debug, Deserialize, ToSchema)]

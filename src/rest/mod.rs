@@ -67,7 +67,7 @@ pub fn not_found(path: &str) -> Response {
         "not_found",
         format!(
             "no route {}; the /v1 routes are POST /v1/score and GET /v1/models (GET /openapi.json describes them)",
-            error::clip(path, 100)
+            crate::clip(path, 100)
         ),
     )
     .into_response()
@@ -79,7 +79,7 @@ pub fn method_not_allowed(path: &str) -> Response {
         "method_not_allowed",
         format!(
             "wrong method for {}; use POST /v1/score or GET /v1/models",
-            error::clip(path, 100)
+            crate::clip(path, 100)
         ),
     )
     .into_response()

@@ -8,7 +8,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{clip, ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody};
+use crate::clip;
 use crate::model::{Model, Registry};
 use crate::state::AppState;
 

@@ -461,7 +461,7 @@ fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {
                 "Content-Type {} is not supported; send application/json or application/x-ndjson",
                 given.map_or("(none)".to_string(), |g| format!(
                     "`{}`",
-                    super::error::clip(&g, 80)
+                    crate::clip(&g, 80)
                 ))
             ),
         )),
@@ -490,8 +490,8 @@ fn score_body(
                 "conflicting_model",
                 format!(
                     "?model={} and the body's `model` field `{}` disagree; give one of them",
-                    super::error::clip(&q, 130),
-                    super::error::clip(&b, 130)
+                    crate::clip(&q, 130),
+                    crate::clip(&b, 130)
                 ),
             ))
         }
