@@ -878,6 +878,13 @@ fn a_trickled_fit_body_times_out_and_frees_its_slot() {
             std::thread::spawn(move || trickle(&address, "/fit", Duration::from_millis(300), stop))
         })
         .collect();
+    // The /apply below must not take a slot a trickler has not got yet (that trickler would be
+    // refused 429): it starts once both hold one, or once both have been answered.
+    wait_until(
+        "both tricklers admitted or answered",
+        Duration::from_secs(60),
+        || in_flight(&address) >= 2.0 || tricklers.iter().all(|t| t.is_finished()),
+    );
     // Both slots are taken by the uploads for their first 2 s, not for as long as they trickle:
     // an /apply is answered long before the tricklers would stop (however loaded the machine).
     let envelope = serde_json::to_vec(&escu_envelope(GOOD_ROWS)).unwrap();
