@@ -1236,11 +1236,13 @@ fn dsdl_requests_over_the_row_limits_are_logged_with_their_rows_and_the_limit() 
         message.contains("has 150 rows, more than the 100 allowed"),
         "{answer}"
     );
-    let fields = warned(&lines, "more rows than --max-rows");
+    let logged_rows = |message: &str| {
+        let fields = warned(&lines, message);
+        (fields["rows"].as_u64(), fields["limit_rows"].as_u64())
+    };
     assert_eq!(
-        (fields["rows"].as_u64(), fields["limit_rows"].as_u64()),
-        (Some(150), Some(100)),
-        "{fields}"
+        logged_rows("more rows than --max-rows"),
+        (Some(150), Some(100))
     );
     // A fit's own, lower limit (40 labelled rows).
     let mut fit = fit_envelope("dnsexfil", "rowcap");
@@ -1253,11 +1255,9 @@ fn dsdl_requests_over_the_row_limits_are_logged_with_their_rows_and_the_limit() 
             .contains("--max-fit-rows"),
         "{answer}"
     );
-    let fields = warned(&lines, "more rows than --max-fit-rows");
     assert_eq!(
-        (fields["rows"].as_u64(), fields["limit_rows"].as_u64()),
-        (Some(40), Some(20)),
-        "{fields}"
+        logged_rows("more rows than --max-fit-rows"),
+        (Some(40), Some(20))
     );
 }
 

@@ -161,22 +161,12 @@ impl Model {
             ReadError::NotRegular(_) => ModelError::Invalid(format!("{origin}: {e}")),
             ReadError::Io(e) => io(e),
         })?;
-        // Never more than the length checked above, even if the file grows meanwhile.
+        // Never more than the length checked above, even if the file grows meanwhile. The
+        // header's claimed length is checked before the rest is read.
         let mut reader = file.take(len);
-        let mut prefix = [0u8; 8];
-        if len >= 8 {
-            reader.read_exact(&mut prefix).map_err(io)?;
-        }
-        let header_len = header_len(&prefix[..len.min(8) as usize], len, &origin)?;
-        // The header (at most 1 MiB, within the file) says where the data ends: checked before
-        // the data is read.
-        let mut bytes = Vec::with_capacity(8 + header_len);
-        bytes.extend_from_slice(&prefix);
-        (&mut reader)
-            .take(header_len as u64)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        check_data_end(&bytes[8..], len, &origin)?;
+        let mut bytes = Vec::with_capacity(8);
+        (&mut reader).take(8).read_to_end(&mut bytes).map_err(io)?;
+        header_len(&bytes, len, &origin)?;
         bytes.reserve_exact(len as usize - bytes.len());
         reader.read_to_end(&mut bytes).map_err(io)?;
         if bytes.len() as u64 != len {
@@ -189,11 +179,15 @@ impl Model {
     }
 
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ModelError> {
-        let len = bytes.len() as u64;
-        let header_len = header_len(bytes.get(..8).unwrap_or_default(), len, origin)?;
-        check_data_end(&bytes[8..8 + header_len], len, origin)?;
+        header_len(
+            bytes.get(..8).unwrap_or_default(),
+            bytes.len() as u64,
+            origin,
+        )?;
+        // safetensors checks the rest: a JSON header whose tensors' data lie back to back and
+        // end exactly where the file ends.
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| ModelError::Invalid(format!("{origin} is not a safetensors file: {e}")))?;
+            .map_err(|e| header_problem(e, origin))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let info = ModelInfo::from_metadata(&meta, origin)?;
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
@@ -233,36 +227,19 @@ fn header_len(prefix: &[u8], file_len: u64, origin: &str) -> Result<usize, Model
     Ok(claimed as usize)
 }
 
-/// Checks that the tensors' data as `header` places it ends exactly at the end of the file of
-/// `file_len` bytes: a truncated file, or one with bytes after its data, is not the file
-/// that was written.
-fn check_data_end(header: &[u8], file_len: u64, origin: &str) -> Result<(), ModelError> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        data_offsets: (u64, u64),
-    }
-    let entries: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| {
-            ModelError::Invalid(format!(
-                "{origin} is not a safetensors file: its header is not a JSON object ({e})"
-            ))
-        })?;
-    let mut data_end = 0u64;
-    for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
-        let entry: Entry = serde_json::from_value(entry.clone()).map_err(|e| {
-            ModelError::Invalid(format!(
-                "{origin} is not a safetensors file: tensor `{name}` in its header: {e}"
-            ))
-        })?;
-        data_end = data_end.max(entry.data_offsets.1);
-    }
-    let data_len = file_len - 8 - header.len() as u64;
-    if data_end != data_len {
-        return Err(ModelError::Invalid(format!(
-            "{origin} is not a model file as written: its header places {data_end} bytes of tensor data after it, but {data_len} bytes follow (a truncated file, or bytes added after its data): remove it, or copy it again"
-        )));
-    }
-    Ok(())
+/// What is wrong with a header safetensors refused, said so that the owner of the file knows
+/// what to do.
+fn header_problem(e: safetensors::SafeTensorError, origin: &str) -> ModelError {
+    use safetensors::SafeTensorError as E;
+    ModelError::Invalid(match e {
+        E::MetadataIncompleteBuffer => format!(
+            "{origin} is not a model file as written: the tensor data its header places after it does not end where the file ends (a truncated file, or bytes added after its data): remove it, or copy it again"
+        ),
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => format!(
+            "{origin} is not a safetensors file: its header is not a JSON object of tensors ({e})"
+        ),
+        e => format!("{origin} is not a safetensors file: {e}"),
+    })
 }
 
 /// Serialises a model file: checks the tensors against the schema's network, then writes them in
@@ -478,7 +455,7 @@ mod tests {
         padded.push(0);
         for message in <[String; 2]>::from(refusal(&padded)) {
             assert!(
-                message.contains("bytes of tensor data after it, but"),
+                message.contains("does not end where the file ends"),
                 "{message}"
             );
         }

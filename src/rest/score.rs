@@ -206,37 +206,36 @@ async fn handle(
     }
     let limit = state.config.max_body_bytes;
     let read = read_body_budgeted(body, limit, &state).await;
-    if let Err(BodyError::Busy { budget, received }) = &read {
-        tracing::warn!(
-            received_bytes = received,
-            budget_bytes = budget,
-            "request refused: the bodies in flight take the budget"
-        );
-        let refusal = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            crate::body::busy_message(*budget),
-        );
-        return Ok(crate::body::busy_response(refusal.into_response()));
-    }
-    let (bytes, budget) = read.map_err(|e| match e {
-        BodyError::TooLarge { limit, .. } => ApiError::new(
+    let (bytes, budget) = match read {
+        Ok(read) => read,
+        Err(BodyError::Busy { budget, received }) => {
+            tracing::warn!(
+                received_bytes = received,
+                budget_bytes = budget,
+                "request refused: the bodies in flight take the budget"
+            );
+            let refusal = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                crate::body::busy_message(budget),
+            );
+            return Ok(crate::body::busy_response(refusal.into_response()));
+        }
+        Err(BodyError::TooLarge { limit, .. }) => return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!(
                 "the body exceeds the {} MiB limit; send fewer events per request or raise --max-body-mb (DNSEXFIL_MAX_BODY_MB)",
                 limit >> 20
             ),
-        ),
-        BodyError::Read(e) => {
-            ApiError::bad_request("body_unreadable", format!("cannot read the body: {e}"))
+        )),
+        Err(BodyError::Read(e)) => {
+            return Err(ApiError::bad_request(
+                "body_unreadable",
+                format!("cannot read the body: {e}"),
+            ))
         }
-        BodyError::Busy { budget, .. } => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            crate::body::busy_message(budget),
-        ),
-    })?;
+    };
     // Small requests run on the async worker, which must not wait for a scan of the model
     // store: the model they name is looked for here, awaited.
     if crate::state::runs_on_async_worker(bytes.len()) {
