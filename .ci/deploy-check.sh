@@ -7,7 +7,7 @@
 #     against the Kubernetes schemas of the versions below, and rendered with kustomize when
 #     kubectl is on PATH;
 #   - every service variable the Dockerfiles and manifests use (DNSEXFIL_*,
-#     ENABLE_HTTPS, API_SSL_*, api_token) is one src/cli.rs reads, so renaming a flag fails here;
+#     ENABLE_HTTPS, API_SSL_*, api_token) is one src/app/mod.rs reads, so renaming a flag fails here;
 #   - docker/dsdl/images.conf parses and has DSDL's keys; versions agree with Cargo.toml;
 #     kustomization.yaml lists every manifest; .dockerignore lets in what the Dockerfile copies
 #     and keeps tests/ (Splunk's artifact among the fixtures) out of the build context.
@@ -62,7 +62,7 @@ else
   echo "== kubectl not on PATH: kustomize rendering skipped (the listing is still checked below)"
 fi
 
-echo "== consistency: variables in src/cli.rs, images.conf, versions, kustomization, .dockerignore"
+echo "== consistency: variables in src/app/mod.rs, images.conf, versions, kustomization, .dockerignore"
 "$bin/python" - <<'PY'
 import configparser
 import fnmatch
@@ -87,7 +87,7 @@ def read(path):
 
 cargo = read("Cargo.toml")
 version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', cargo).group(1)
-cli = read("src/cli.rs")
+cli = read("src/app/mod.rs")
 
 # The variables the service reads: every clap `env = "..."` and direct std::env::var reads.
 known = set(re.findall(r'\benv\s*=\s*"([A-Za-z0-9_]+)"', cli))
@@ -100,7 +100,7 @@ kube_files = sorted(glob.glob("docker/kubernetes/*.yaml"))
 for path in ["docker/Dockerfile", "docker/Dockerfile.runtime", *kube_files]:
     for name in sorted(set(service_var.findall(read(path)))):
         if name not in known:
-            fail(f"{path}: `{name}` is not a variable src/cli.rs reads (renamed or not landed yet?)")
+            fail(f"{path}: `{name}` is not a variable src/app/mod.rs reads (renamed or not landed yet?)")
 
 # Every env entry of every container must be a variable the service (or a library) reads.
 docs = {}
@@ -223,7 +223,7 @@ for line in re.findall(r"(?m)^COPY\s+(.+)$", dockerfile):
 if errors:
     print("\n".join("deploy-check: " + e for e in errors), file=sys.stderr)
     sys.exit(1)
-print(f"ok: {len(known)} service variables in src/cli.rs; version {version}; "
+print(f"ok: {len(known)} service variables in src/app/mod.rs; version {version}; "
       f"{len(kube_files) - 1} manifests; images.conf stanzas {conf.sections()}")
 PY
 

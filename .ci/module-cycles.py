@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Fails when the library's modules import each other in a cycle.
+"""Fails when the library's modules import each other in a cycle, or a layer imports from one
+above it.
 
 Every `crate::path` a module names outside its `#[cfg(test)] mod tests` (in `use` lines, grouped
 `use crate::{a, b::c}` included, or inline) is an edge from that module to the deepest module the
 path names. A module may use its own submodules and its parents' items freely; any other cycle is
-reported with the edges that close it. Standard library only: `python3 .ci/module-cycles.py [src]`.
+reported with the edges that close it. The layers are the top-level folders, top to bottom, as
+`src/lib.rs`'s layout map lists them (`LAYERS`); an edge from a lower layer to a higher one is
+reported too. Standard library only: `python3 .ci/module-cycles.py [src]`.
 """
 import os
 import re
@@ -87,6 +90,43 @@ def edges_of(found):
     return edges
 
 
+# Top to bottom; modules on one line are one layer (they may import each other, without cycles).
+LAYERS = [
+    ["app"],
+    ["http"],
+    ["engine"],
+    ["store"],
+    ["data"],
+    ["dsdl"],
+    ["features", "model"],
+    ["util"],
+]
+
+
+def layer_of(module):
+    top = module.split("::")[0]
+    for depth, layer in enumerate(LAYERS):
+        if top in layer:
+            return depth
+    return None
+
+
+def upward_edges(edges):
+    """(from, to) pairs where a module imports from a layer above its own, and top-level modules
+    missing from LAYERS (a new folder must be placed in a layer)."""
+    upward, unplaced = [], set()
+    for name, targets in edges.items():
+        if name == "":
+            continue
+        if layer_of(name) is None:
+            unplaced.add(name.split("::")[0])
+            continue
+        for target in targets:
+            if target and layer_of(target) is not None and layer_of(target) < layer_of(name):
+                upward.append((name, target))
+    return sorted(upward), sorted(unplaced)
+
+
 def cycles(edges):
     """Strongly connected components of more than one module (Tarjan, iterative)."""
     index, low, stack, on_stack, result, counter = {}, {}, [], set(), [], [0]
@@ -140,10 +180,16 @@ def main():
         for name in component:
             inside = sorted(t for t in edges[name] if t in component)
             print(f"  {name} -> {', '.join(inside)}", file=sys.stderr)
-    if found_cycles:
+    upward, unplaced = upward_edges(edges)
+    for name, target in upward:
+        print(f"upward import: {name} -> {target} ({name.split('::')[0]} is below "
+              f"{target.split('::')[0]} in the layers)", file=sys.stderr)
+    for top in unplaced:
+        print(f"module `{top}` is in no layer: add it to LAYERS in {sys.argv[0]}", file=sys.stderr)
+    if found_cycles or upward or unplaced:
         return 1
     print(f"module graph: {len(found)} modules, "
-          f"{sum(len(e) for e in edges.values())} edges, no import cycle")
+          f"{sum(len(e) for e in edges.values())} edges, no import cycle, no upward import")
     return 0
 
 

@@ -3,7 +3,7 @@
 
 Real networks resolve many names that look random: reverse lookups, DKIM selectors of bulk
 senders, cloud endpoints named by generated tokens, workstation names of a directory, hash
-blocklists. The look-alike families of `src/threats/benign.rs` teach the model some of them;
+blocklists. The look-alike families of `src/data/threats/benign.rs` teach the model some of them;
 this probe asks about services that are in none of those families, as a model would meet them
 on a new network.
 

@@ -57,12 +57,12 @@ struct Loaded {
 
 fn main() {
     // As `dnsexfil serve` does at start-up.
-    dnsexfil::model::fix_candle_threads(dnsexfil::state::default_compute_threads());
+    dnsexfil::model::fix_candle_threads(dnsexfil::http::state::default_compute_threads());
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
         // `cargo bench` / `cargo test --benches`: a smoke run.
         let model = load("escu");
-        let csv = dnsexfil::synth::dsdl_csv(1_000, 42);
+        let csv = dnsexfil::data::synth::dsdl_csv(1_000, 42);
         let (values, rows) = features(&model, &csv);
         let p = model.mlp.predict(&values, rows).unwrap();
         println!("forward smoke run: {} rows scored", p.len());

@@ -8,13 +8,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use dnsexfil::dsdl::handlers::process;
+use dnsexfil::data::synth;
+use dnsexfil::dsdl::envelope;
 use dnsexfil::dsdl::results::{json_results, Predictions, SuppressionCheck};
 use dnsexfil::dsdl::table::Table;
-use dnsexfil::dsdl::{envelope, DsdlResponse, Endpoint};
 use dnsexfil::features::Schema;
+use dnsexfil::http::dsdl::process;
+use dnsexfil::http::dsdl::{DsdlResponse, Endpoint};
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
-use dnsexfil::synth;
 
 // The same allocator as the service binary.
 #[global_allocator]

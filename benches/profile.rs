@@ -19,14 +19,16 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use dnsexfil::dsdl::handlers::process;
+use dnsexfil::data::synth;
+use dnsexfil::dsdl::envelope;
 use dnsexfil::dsdl::results::{json_results, Predictions, SuppressionCheck};
 use dnsexfil::dsdl::table::Table;
-use dnsexfil::dsdl::{envelope, Endpoint};
+use dnsexfil::engine::scoring;
 use dnsexfil::features::Schema;
+use dnsexfil::http::dsdl::process;
+use dnsexfil::http::dsdl::Endpoint;
+use dnsexfil::http::state::AppState;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
-use dnsexfil::state::AppState;
-use dnsexfil::{scoring, synth};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -75,7 +77,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let app = dnsexfil::server::app(state.clone());
+    let app = dnsexfil::http::app(state.clone());
     let ctx = Ctx {
         runtime: &runtime,
         app: &app,

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use dnsexfil::cli::{self, Cli, Command};
+use dnsexfil::app;
+use dnsexfil::app::{Cli, Command};
 
 // Requests allocate and free buffers of several MiB; mimalloc keeps them mapped between requests
 // instead of paying page faults for fresh memory each time.
@@ -11,25 +12,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Convert(args) => cli::run_convert(&args),
-        Command::Synth(args) => cli::run_synth(&args),
-        Command::Train(args) => cli::run_train(&args),
-        Command::Evaluate(args) => cli::run_evaluate(&args),
-        Command::Openapi => cli::run_openapi(),
-        Command::Healthcheck(args) => dnsexfil::healthcheck::run(&args),
+        Command::Convert(args) => app::run_convert(&args),
+        Command::Synth(args) => app::run_synth(&args),
+        Command::Train(args) => app::run_train(&args),
+        Command::Evaluate(args) => app::run_evaluate(&args),
+        Command::Openapi => app::run_openapi(),
+        Command::Healthcheck(args) => dnsexfil::app::healthcheck::run(&args),
         Command::Serve(args) => {
             let threads = args
                 .compute_threads
-                .unwrap_or_else(dnsexfil::state::default_compute_threads);
+                .unwrap_or_else(dnsexfil::http::state::default_compute_threads);
             dnsexfil::model::fix_candle_threads(threads);
-            cli::init_logging(args.log_format);
+            app::init_logging(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .on_thread_park(dnsexfil::memory::on_async_worker_park)
+                .on_thread_park(dnsexfil::engine::memory::on_async_worker_park)
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
-                    let served = rt.block_on(cli::run_serve(args));
+                    let served = rt.block_on(app::run_serve(args));
                     // Blocking work still running (a fit, which stops at its next batch once
                     // the service is stopping) gets a moment, not an unbounded wait.
                     rt.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use common::*;
 use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME, ESCU_PT_SHA256};
-use dnsexfil::model::{Model, Registry};
+use dnsexfil::model::Model;
+use dnsexfil::store::Registry;
 
 /// The `.pt` bytes from inside the published tarball.
 fn published_pt() -> Vec<u8> {

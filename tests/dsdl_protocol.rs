@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 
 use common::*;
-use dnsexfil::dsdl::auth::Token;
+use dnsexfil::http::auth::Token;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
 
 const GOOD_CSV: &str = "src,query,rank\n10.1.1.1,www.google.com,1\n10.2.2.2,mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrrgm3tkmzsgi.t.exfil-example.net,1\n";
@@ -355,7 +355,7 @@ fn a_csv_read_in_place_answers_as_one_read_after_unescaping() {
     // way. Both must answer the other rows alike. The odd rows have sources of their own, so
     // they share no history with the rest.
     let server = TestServer::start();
-    let csv = dnsexfil::synth::dsdl_csv(6000, 9);
+    let csv = dnsexfil::data::synth::dsdl_csv(6000, 9);
     let in_place = server.apply(&csv);
     assert_eq!(in_place["status"], "success", "{in_place}");
     let in_place = in_place["results"].as_str().unwrap().to_string();
@@ -408,7 +408,7 @@ fn a_large_batch_answers_every_row_in_order_with_its_exact_length() {
     // Enough rows for the results to be written on two cores and sent in two parts: the
     // response must still say its exact length and read as one results CSV, row for row.
     let server = TestServer::start();
-    let csv = dnsexfil::synth::dsdl_csv(3 * dnsexfil::features::PARALLEL_MIN_ROWS + 11, 4);
+    let csv = dnsexfil::data::synth::dsdl_csv(3 * dnsexfil::features::PARALLEL_MIN_ROWS + 11, 4);
     let resp = TestServer::client()
         .post(format!("{}/apply", server.url))
         .header("Authorization", common::TOKEN)
@@ -488,8 +488,9 @@ fn memory_of_large_requests_goes_back_to_the_os_once_they_stop() {
     assert_eq!(warm_up["status"], "success");
     let idle = memory_of(pid, "VmRSS");
     // Large requests (over 1 MiB) back to back, as one Splunk search sends its chunks.
-    let body = serde_json::to_vec(&escu_envelope(&dnsexfil::synth::dsdl_csv(40_000, 5))).unwrap();
-    assert!(body.len() > dnsexfil::memory::LARGE_REQUEST_BYTES);
+    let body =
+        serde_json::to_vec(&escu_envelope(&dnsexfil::data::synth::dsdl_csv(40_000, 5))).unwrap();
+    assert!(body.len() > dnsexfil::engine::memory::LARGE_REQUEST_BYTES);
     for _ in 0..3 {
         let answer: serde_json::Value = TestServer::client()
             .post(format!("http://{}/apply", served.address))
@@ -524,7 +525,8 @@ fn grown_at_peak(pid: u32, idle: u64, at_least: u64, what: &str) -> u64 {
 /// the quiet moment (or at once above the budget). That takes well under a second on a quiet
 /// machine; the ceiling is generous for a loaded one, where the release task waits its turn.
 fn wait_for_resident_at_most(pid: u32, bound: u64, when: &str) {
-    let deadline = std::time::Instant::now() + dnsexfil::memory::RELEASE_AFTER_QUIET + PATIENCE;
+    let deadline =
+        std::time::Instant::now() + dnsexfil::engine::memory::RELEASE_AFTER_QUIET + PATIENCE;
     let mut now = memory_of(pid, "VmRSS");
     while now > bound {
         let peak = memory_of(pid, "VmHWM");
@@ -557,7 +559,7 @@ fn memory_of_an_answer_much_larger_than_its_request_goes_back_once_it_is_sent() 
     // 270 bytes per event) makes it large.
     let events = 300_000;
     let body = format!("{{\"events\":[{}]}}", vec!["{}"; events].join(","));
-    assert!(body.len() < dnsexfil::memory::LARGE_REQUEST_BYTES);
+    assert!(body.len() < dnsexfil::engine::memory::LARGE_REQUEST_BYTES);
     let answer = TestServer::client()
         .post(format!("http://{}/v1/score", served.address))
         .header("Authorization", format!("Bearer {TOKEN}"))
@@ -633,7 +635,7 @@ fn the_kubernetes_manifests_largest_requests_stay_well_within_its_memory_limit()
     // Three requests at once of the most rows the manifest allows, with the built-in model.
     let max_rows: usize = settings[0].1.parse().unwrap();
     let body = serde_json::to_vec(&escu_envelope_for(
-        &dnsexfil::synth::dsdl_csv(max_rows, 9),
+        &dnsexfil::data::synth::dsdl_csv(max_rows, 9),
         "dnsexfil_v4",
     ))
     .unwrap();

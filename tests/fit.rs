@@ -17,20 +17,20 @@ use dnsexfil::model::convert::ESCU_MODEL_NAME;
 /// windows that do not until about `max_rows` rows.
 fn labelled_csv(max_rows: usize) -> String {
     static EVENTS: OnceLock<(
-        Vec<dnsexfil::dataset::Event>,
+        Vec<dnsexfil::data::dataset::Event>,
         HashMap<(String, String), f32>,
     )> = OnceLock::new();
     let (events, labels) = EVENTS.get_or_init(|| {
         let dev = fixtures().join("dev");
         (
-            dnsexfil::dataset::read_events(&dev.join("events.csv")).unwrap(),
-            dnsexfil::dataset::read_labels(&dev.join("labels.csv")).unwrap(),
+            dnsexfil::data::dataset::read_events(&dev.join("events.csv")).unwrap(),
+            dnsexfil::data::dataset::read_labels(&dev.join("labels.csv")).unwrap(),
         )
     });
     let label = |src: &str, query: &str| labels.get(&(src.to_string(), query.to_string()));
     let mut csv = String::from("src,query,rank,is_exfiltration\n");
     let (mut rows, mut with_tunnels, mut without) = (0, 0, 0);
-    for window in dnsexfil::dataset::windows(events, 3600.0) {
+    for window in dnsexfil::data::dataset::windows(events, 3600.0) {
         let tunnels = window.iter().any(|(s, q, _)| label(s, q) == Some(&1.0));
         // Alternate so both kinds of window are in the sample.
         if (tunnels && with_tunnels > without) || (!tunnels && without > with_tunnels) {

@@ -161,8 +161,8 @@ fn the_event_readers_never_panic() {
     let json =
         br#"{"model": "m", "events": [{"src": "a", "query": "b.c", "rank": "1"}, {"src": 1}]}"#;
     for _ in 0..cases(20_000) {
-        let _ = dnsexfil::rest::events::from_ndjson(&mutate(&mut rng, ndjson), 100);
-        let _ = dnsexfil::rest::events::from_json(&mutate(&mut rng, json), 100);
+        let _ = dnsexfil::http::v1::events::from_ndjson(&mutate(&mut rng, ndjson), 100);
+        let _ = dnsexfil::http::v1::events::from_json(&mutate(&mut rng, json), 100);
     }
 }
 

@@ -321,7 +321,7 @@ fn a_store_file_read_slowly_holds_up_no_other_request() {
     let (begun, reading) = mpsc::channel();
     let (release, held) = mpsc::channel::<()>();
     let (begun, held) = (Mutex::new(begun), Mutex::new(held));
-    let registry = dnsexfil::model::Registry::new()
+    let registry = dnsexfil::store::Registry::new()
         .with_read_time_limit(Duration::from_secs(2))
         .with_read_hook(move |path| {
             if path.ends_with("a_slow.safetensors") {
@@ -862,7 +862,7 @@ fn trickle(address: &str, path: &str, every: Duration, stop: Instant) -> String 
 #[test]
 fn a_trickled_fit_body_times_out_and_frees_its_slot() {
     let server = TestServer::start_with(ServerOptions {
-        limits: dnsexfil::limits::Limits {
+        limits: dnsexfil::http::limits::Limits {
             max_concurrent_requests: 2,
             request_timeout: Duration::from_secs(2),
             ..Default::default()
@@ -1265,10 +1265,10 @@ fn dsdl_requests_over_the_row_limits_are_logged_with_their_rows_and_the_limit() 
 
 #[test]
 fn a_fit_without_a_label_waits_for_a_compute_permit_like_an_apply() {
-    use dnsexfil::dsdl::Endpoint;
-    use dnsexfil::state::{AppState, ServerConfig};
+    use dnsexfil::http::dsdl::Endpoint;
+    use dnsexfil::http::state::{AppState, ServerConfig};
     let config = ServerConfig {
-        token: dnsexfil::dsdl::auth::Token::Unset,
+        token: dnsexfil::http::auth::Token::Unset,
         max_body_bytes: 1 << 20,
         max_rows: 1000,
         staging_dir: std::env::temp_dir(),
@@ -1287,7 +1287,7 @@ fn a_fit_without_a_label_waits_for_a_compute_permit_like_an_apply() {
     let held = state.compute.clone().try_acquire_owned().unwrap();
     let worker = state.clone();
     let fit = runtime
-        .spawn_blocking(move || dnsexfil::dsdl::handlers::process(&worker, &body, Endpoint::Fit));
+        .spawn_blocking(move || dnsexfil::http::dsdl::process(&worker, &body, Endpoint::Fit));
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !fit.is_finished(),
@@ -1477,11 +1477,11 @@ fn the_default_limits_take_an_hour_of_the_longest_names() {
     let body = longest_names_envelope(100_000);
     assert!(body.len() > 120 << 20, "{} bytes", body.len());
     assert!(
-        body.len() <= dnsexfil::cli::DEFAULT_MAX_BODY_MB << 20,
+        body.len() <= dnsexfil::app::DEFAULT_MAX_BODY_MB << 20,
         "{} bytes do not fit the default --max-body-mb",
         body.len()
     );
-    assert!(body.len() <= dnsexfil::limits::DEFAULT_MAX_BODIES_IN_FLIGHT_MB << 20);
+    assert!(body.len() <= dnsexfil::http::limits::DEFAULT_MAX_BODIES_IN_FLIGHT_MB << 20);
 }
 
 #[test]

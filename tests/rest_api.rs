@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dnsexfil::limits::Limits;
+use dnsexfil::http::limits::Limits;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
-use dnsexfil::model::Registry;
+use dnsexfil::store::Registry;
 use serde_json::{json, Value};
 
 /// The built-in default model.
@@ -27,7 +27,7 @@ fn both_models() -> Arc<Registry> {
 
 /// A synthetic batch as (src, query, rank) cells: about one row in five is rank 1.
 fn synthetic_rows(rows: usize) -> Vec<Vec<String>> {
-    parse_csv(&dnsexfil::synth::dsdl_csv(rows, 42)).1
+    parse_csv(&dnsexfil::data::synth::dsdl_csv(rows, 42)).1
 }
 
 fn event(row: &[String]) -> Value {
@@ -755,7 +755,7 @@ fn request_ids_are_echoed_or_generated() {
 fn the_committed_openapi_document_is_current_and_served() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    let generated = dnsexfil::openapi::document_json();
+    let generated = dnsexfil::http::openapi::document_json();
     assert!(
         committed == generated,
         "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json` and commit it"
@@ -1039,7 +1039,7 @@ fn a_request_above_the_forward_chunk_size_scores_as_one_unchunked_pass() {
         ..Default::default()
     });
     // Every event scored (no rank): more than two forward chunks' worth, in uneven parts.
-    let chunk = dnsexfil::scoring::FORWARD_CHUNK_ROWS;
+    let chunk = dnsexfil::engine::scoring::FORWARD_CHUNK_ROWS;
     let rows: Vec<Vec<String>> = synthetic_rows(2 * chunk + 5000);
     let events: Vec<Value> = rows
         .iter()

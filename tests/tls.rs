@@ -10,7 +10,7 @@ use common::*;
 #[test]
 fn self_signed_https_serves_dsdl_requests() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let tls = rt.block_on(dnsexfil::tls::self_signed(&[])).unwrap();
+    let tls = rt.block_on(dnsexfil::http::tls::self_signed(&[])).unwrap();
     assert!(tls.self_signed);
     assert_eq!(
         tls.fingerprint.len(),
@@ -68,7 +68,7 @@ fn a_given_certificate_is_served_and_verifies() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tls = rt
-        .block_on(dnsexfil::tls::from_files(&cert_path, &key_path))
+        .block_on(dnsexfil::http::tls::from_files(&cert_path, &key_path))
         .unwrap();
     assert!(!tls.self_signed);
     let server = TestServer::start_with(ServerOptions {
@@ -112,7 +112,7 @@ fn a_given_certificate_is_served_and_verifies() {
     assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
 
     // Missing or mismatched files give a message naming the file.
-    let missing = rt.block_on(dnsexfil::tls::from_files(
+    let missing = rt.block_on(dnsexfil::http::tls::from_files(
         &dir.path().join("nope.pem"),
         &key_path,
     ));
@@ -123,11 +123,11 @@ fn a_given_certificate_is_served_and_verifies() {
 /// `openssl x509 -fingerprint -sha256` prints it (upper-case hex, colons).
 fn served_fingerprint(address: &str) -> String {
     use sha2::Digest;
-    dnsexfil::tls::install_crypto_provider();
+    dnsexfil::http::tls::install_crypto_provider();
     let config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(
-            dnsexfil::healthcheck::AnyCertificate::new(),
+            dnsexfil::app::healthcheck::AnyCertificate::new(),
         ))
         .with_no_client_auth();
     let mut conn =

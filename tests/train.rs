@@ -231,7 +231,7 @@ fn run_fails(command: &mut Command) -> String {
 /// `address`, and checks that the tunnel alerts while the ordinary names stay quiet.
 fn assert_tells_a_tunnel_from_ordinary_names(address: &str, model_name: &str) {
     let mut csv = String::from("src,query,rank\n");
-    let mut rng = dnsexfil::synth::SplitMix64::new(3);
+    let mut rng = dnsexfil::util::rng::SplitMix64::new(3);
     for _ in 0..30 {
         let label: String = (0..48)
             .map(|_| b"abcdefghijklmnopqrstuvwxyz234567"[rng.below(32)] as char)

@@ -3,11 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use dnsexfil::dsdl::auth::Token;
+use dnsexfil::engine::suppress::{Suppressions, BUILTIN_ALLOWLIST};
+use dnsexfil::http::auth::Token;
+use dnsexfil::http::state::{AppState, ServerConfig};
 use dnsexfil::model::convert::{convert, ESCU_MODEL_NAME};
-use dnsexfil::model::{Model, Registry};
-use dnsexfil::state::{AppState, ServerConfig};
-use dnsexfil::suppress::{Suppressions, BUILTIN_ALLOWLIST};
+use dnsexfil::model::Model;
+use dnsexfil::store::Registry;
 
 /// The API token of the benchmarks' service.
 #[allow(dead_code)] // only the profile driver sends requests through the router
@@ -16,7 +17,7 @@ pub const BENCH_TOKEN: &str = "bench-token";
 /// The service's state with the published ESCU model, set up as `dnsexfil serve` does.
 pub fn escu_state() -> AppState {
     // As the service does at start-up (see `fix_candle_threads`).
-    dnsexfil::model::fix_candle_threads(dnsexfil::state::default_compute_threads());
+    dnsexfil::model::fix_candle_threads(dnsexfil::http::state::default_compute_threads());
     let artifact = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("tests/fixtures/escu/{ESCU_MODEL_NAME}.tar.gz"));
     let converted =

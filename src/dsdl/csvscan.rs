@@ -628,7 +628,7 @@ mod tests {
 
     #[test]
     fn agrees_with_the_csv_crate_on_generated_batches() {
-        let text = crate::synth::dsdl_csv(2000, 3) + "x,\"q,\"\"1\"\"\",2\r\n";
+        let text = crate::data::synth::dsdl_csv(2000, 3) + "x,\"q,\"\"1\"\"\",2\r\n";
         let ours = records(&text).unwrap();
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -643,7 +643,7 @@ mod tests {
 
     #[test]
     fn word_at_a_time_searches_agree_with_byte_loops() {
-        let mut rng = crate::synth::SplitMix64::new(5);
+        let mut rng = crate::util::rng::SplitMix64::new(5);
         let alphabet = b"ab,\n\"\\\r\t\x01\x1f\x20\x7f\xc3\xa9.-0";
         for _ in 0..20_000 {
             let len = rng.below(40);

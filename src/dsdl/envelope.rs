@@ -282,7 +282,7 @@ impl<D> Envelope<D> {
             Some(value) => Some(text_of(value).ok_or_else(|| {
                 format!(
                     "meta.options.model_name must be text, not {}; name the model with `into app:NAME`",
-                    crate::clip(&value.to_string(), 60)
+                    crate::util::clip(&value.to_string(), 60)
                 )
             })?),
         };

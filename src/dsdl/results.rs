@@ -1,6 +1,5 @@
 //! The `results` CSV of a DSDL response, in the stock container's column order and number format.
 
-use super::body::ResponseBody;
 use super::csvscan::{needs_quotes_or_escapes, needs_quotes_or_escapes_besides_commas};
 use super::table::Table;
 
@@ -109,9 +108,10 @@ impl EscapedResults {
         [&self.bytes[HEADROOM..], &self.rest[..]].concat()
     }
 
-    /// `head`, the results, then `tail`, as a response body. The results are not copied: `head`
-    /// goes into the headroom when it fits, and a second part is sent as it is.
-    pub fn wrap(mut self, head: &[u8], tail: &[u8]) -> ResponseBody {
+    /// `head`, the results, then `tail`, as the two parts of a response body. The results are
+    /// not copied: `head` goes into the headroom when it fits, and a second part is sent as it is
+    /// (empty when the results are in one part).
+    pub fn wrap(mut self, head: &[u8], tail: &[u8]) -> (bytes::Bytes, bytes::Bytes) {
         if self.rest.is_empty() {
             self.bytes.extend_from_slice(tail);
         } else {
@@ -129,7 +129,7 @@ impl EscapedResults {
                 bytes::Bytes::from(first)
             }
         };
-        ResponseBody::new(first, bytes::Bytes::from(self.rest))
+        (first, bytes::Bytes::from(self.rest))
     }
 }
 
@@ -508,7 +508,7 @@ mod tests {
         for x in edges {
             check_same(x);
         }
-        let mut rng = crate::synth::SplitMix64::new(7);
+        let mut rng = crate::util::rng::SplitMix64::new(7);
         for _ in 0..200_000 {
             let bits = rng.next_u64();
             // Any float64, any float32 widened (what probabilities are), and probabilities-like.
@@ -645,7 +645,7 @@ c,w.y,2
     fn a_large_table_written_in_parts_reads_as_one_written_row_by_row() {
         // Large enough to be written in two parts at once; scored rows, suppressed ones and
         // neither on both sides of the split.
-        let mut rng = crate::synth::SplitMix64::new(3);
+        let mut rng = crate::util::rng::SplitMix64::new(3);
         let mut csv = String::from("src,query,rank\n");
         for i in 0..(3 * crate::features::PARALLEL_MIN_ROWS + 7) {
             let _ = writeln!(csv, "h{},q{i}.example,{}", i % 13, 1 + rng.below(3));

@@ -39,7 +39,7 @@ impl fmt::Display for SkipReason {
                 write!(f, "{fields} fields where the header has {expected}")
             }
             SkipReason::BadRank(text) => {
-                write!(f, "rank `{}` is not a number", crate::clip(text, 40))
+                write!(f, "rank `{}` is not a number", crate::util::clip(text, 40))
             }
             SkipReason::Malformed(what) => f.write_str(what),
         }
@@ -386,7 +386,7 @@ impl<'a> Table<'a> {
             }));
         }
         let position = |name: &str| header.iter().position(|h| h == name);
-        let found = || crate::clip(&header.join(", "), 200);
+        let found = || crate::util::clip(&header.join(", "), 200);
         let missing = |missing: &'static str| TableError::MissingColumn {
             missing,
             found: found(),
@@ -735,7 +735,7 @@ mod tests {
     fn feature_rows_of_a_large_table_are_listed_as_row_by_row() {
         // Large enough to be listed in two halves, with ragged rows (not history) and bad ranks
         // (history, not scored) in both.
-        let mut rng = crate::synth::SplitMix64::new(5);
+        let mut rng = crate::util::rng::SplitMix64::new(5);
         let mut csv = String::from("src,query,rank\n");
         for i in 0..(3 * crate::features::PARALLEL_MIN_ROWS) {
             match rng.below(20) {
@@ -923,7 +923,7 @@ mod tests {
     fn reading_in_two_halves_gives_the_same_table_or_falls_back() {
         // Quoted cells with line ends and doubled quotes everywhere, so that some splits land
         // inside a quoted cell; blank lines and bad rows too.
-        let mut rng = crate::synth::SplitMix64::new(11);
+        let mut rng = crate::util::rng::SplitMix64::new(11);
         for case in 0..40 {
             let mut csv = String::from("src,query,rank,y\n");
             for i in 0..(50 + rng.below(400)) {
@@ -1000,7 +1000,7 @@ mod tests {
 
     #[test]
     fn json_escaped_csv_reads_as_its_unescaped_text_or_gives_up() {
-        let mut rng = crate::synth::SplitMix64::new(23);
+        let mut rng = crate::util::rng::SplitMix64::new(23);
         // Rows whose cells hold escapes: read, unescaped, wherever they are.
         let escaped_cells = [
             "h,tab\there.com,1\n",

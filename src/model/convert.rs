@@ -24,8 +24,8 @@ pub const MAX_PT_BYTES: u64 = 64 << 20;
 
 /// Reads an input file of at most [`MAX_PT_BYTES`], only a regular file.
 fn read_input(path: &Path) -> Result<Vec<u8>, ModelError> {
-    crate::fsutil::read_regular_capped(path, MAX_PT_BYTES).map_err(|e| match e {
-        crate::fsutil::ReadError::Io(e) => {
+    crate::util::fs::read_regular_capped(path, MAX_PT_BYTES).map_err(|e| match e {
+        crate::util::fs::ReadError::Io(e) => {
             ModelError::Io(format!("cannot read {}: {e}", path.display()))
         }
         e => ModelError::Invalid(format!(
@@ -78,7 +78,7 @@ pub fn convert_pt(pt: &PtFile, name: Option<&str>) -> Result<Converted, ModelErr
         source_sha256: sha.clone(),
         created_by: format!("dnsexfil {} convert", env!("CARGO_PKG_VERSION")),
     };
-    crate::validate_name(&info.name).map_err(ModelError::Invalid)?;
+    crate::util::validate_name(&info.name).map_err(ModelError::Invalid)?;
     let bytes = encode(&info, &tensors).map_err(|e| match e {
         ModelError::Invalid(m) => ModelError::Invalid(m.replacen(&info.name, &pt.origin, 1)),
         other => other,

@@ -94,7 +94,7 @@ impl ModelInfo {
         // The target names result columns (`pred_<target>`): checked as a fit checks it, so a
         // file cannot put `,` or a line end into the results' header.
         let target = get(keys::TARGET)?;
-        crate::validate_name(&target).map_err(|e| {
+        crate::util::validate_name(&target).map_err(|e| {
             ModelError::Invalid(format!(
                 "{origin}: metadata key `{}`: {e}; fix the file, or fit the model again",
                 keys::TARGET
@@ -148,11 +148,11 @@ impl Model {
     /// first: a file whose header or data does not fit the file's length is refused before
     /// more than those 8 bytes are read.
     pub fn load_limited(path: &Path, limit: u64) -> Result<Self, ModelError> {
-        use crate::fsutil::ReadError;
+        use crate::util::fs::ReadError;
         use std::io::Read;
         let origin = path.display().to_string();
         let io = |e: std::io::Error| ModelError::Io(format!("cannot read {origin}: {e}"));
-        let (file, len) = crate::fsutil::open_regular_capped(path, limit).map_err(|e| match e {
+        let (file, len) = crate::util::fs::open_regular_capped(path, limit).map_err(|e| match e {
             ReadError::TooLarge { size, limit } => ModelError::Invalid(format!(
                 "{origin}: it is {size} bytes ({} MiB), more than the {} MiB a model file may have (models are about 20 to 100 KiB): remove it, or raise --max-model-file-mb (DNSEXFIL_MAX_MODEL_FILE_MB)",
                 size.div_ceil(1 << 20),

@@ -361,6 +361,14 @@ impl Mlp {
         self.layer_out.forward(&h, transposed)
     }
 
+    /// Logits `[n]` through candle's `Linear` layers alone, which hold the very tensors the
+    /// network was built from: built from a `VarMap`, they follow the optimiser's steps, so this
+    /// is what training differentiates. (The transposed copies and [`Mlp::predict`]'s arrays are
+    /// taken once, at build time: they serve a finished model.)
+    pub fn training_logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.logits_with(x, usize::MAX)?.flatten_all()
+    }
+
     /// Probabilities for `rows` feature vectors stored row-major in `values`: one batched forward.
     pub fn predict(&self, values: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
         self.predict_with(values, rows, DIRECT_BLOCK_ROWS)

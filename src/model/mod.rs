@@ -5,13 +5,9 @@ pub mod convert;
 pub mod eval;
 pub mod file;
 pub mod mlp;
-pub mod registry;
-pub mod store;
 pub mod train;
 
 pub use file::{Model, ModelInfo};
-pub use registry::Registry;
-pub use store::ModelStore;
 
 use sha2::{Digest, Sha256};
 

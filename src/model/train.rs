@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
-use super::mlp::{MlpShape, NORM_NAMES, TENSOR_NAMES};
-use crate::synth::SplitMix64;
+use super::mlp::{Mlp, MlpShape, NORM_NAMES, TENSOR_NAMES};
+use crate::util::rng::SplitMix64;
 
 /// Feature rows and 0/1 labels.
 #[derive(Debug, Clone, Default)]
@@ -164,6 +164,26 @@ pub fn train(
         Some(tensors) => start_layers(tensors, shape)?,
         None => init_layers(shape, &mut rng)?,
     };
+    // The network trained is the one served: `Mlp` built over the trainable variables (its
+    // input is standardised here, once, so it is built without its own standardisation).
+    let varmap = VarMap::new();
+    varmap
+        .data()
+        .lock()
+        .expect("a new VarMap is not shared")
+        .extend(
+            TENSOR_NAMES
+                .iter()
+                .map(|n| n.to_string())
+                .zip(vars.iter().cloned()),
+        );
+    let network = Mlp::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        MlpShape {
+            normalized: false,
+            ..shape
+        },
+    )?;
     let mut optimizer = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -196,12 +216,12 @@ pub fn train(
             let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
             let x = x_train.index_select(&idx, 0)?;
             let y = y_train.index_select(&idx, 0)?;
-            let loss = weighted_bce(&logits(&vars, &x)?, &y, positive_weight)?;
+            let loss = weighted_bce(&network.training_logits(&x)?, &y, positive_weight)?;
             optimizer.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;
         }
-        let val_logits = logits(&vars, &x_val)?;
+        let val_logits = network.training_logits(&x_val)?;
         let val_loss =
             weighted_bce(&val_logits, &y_val, positive_weight)?.to_scalar::<f32>()? as f64;
         let val_scores = val_logits.to_vec1::<f32>()?;
@@ -445,14 +465,6 @@ fn init_layers(shape: MlpShape, rng: &mut SplitMix64) -> candle_core::Result<Vec
         )?)?);
     }
     Ok(vars)
-}
-
-fn logits(vars: &[Var], x: &Tensor) -> candle_core::Result<Tensor> {
-    let layer =
-        |x: &Tensor, w: &Var, b: &Var| x.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor());
-    let h = layer(x, &vars[0], &vars[1])?.relu()?;
-    let h = layer(&h, &vars[2], &vars[3])?.relu()?;
-    layer(&h, &vars[4], &vars[5])?.flatten_all()
 }
 
 /// Mean binary cross-entropy on logits, positives weighted by `positive_weight`, in the

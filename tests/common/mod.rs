@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use dnsexfil::dsdl::auth::Token;
+use dnsexfil::http;
+use dnsexfil::http::auth::Token;
+use dnsexfil::http::state::{AppState, ServerConfig};
+use dnsexfil::http::Transport;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
-use dnsexfil::model::{Model, ModelStore, Registry};
-use dnsexfil::server::{self, Transport};
-use dnsexfil::state::{AppState, ServerConfig};
+use dnsexfil::model::Model;
+use dnsexfil::store::{ModelStore, Registry};
 
 pub const TOKEN: &str = "test-token-5f2c";
 
@@ -59,7 +61,7 @@ pub struct ServerOptions {
     pub fit_time_limit: Duration,
     /// The models to serve (default: the converted ESCU model only).
     pub registry: Option<Arc<Registry>>,
-    pub limits: dnsexfil::limits::Limits,
+    pub limits: dnsexfil::http::limits::Limits,
     /// Async worker threads of the server's runtime (default: one per core). With one, any
     /// work that blocks a worker shows as a delay of every other request.
     pub async_workers: Option<usize>,
@@ -114,10 +116,10 @@ impl TestServer {
                 rt.worker_threads(workers);
             }
             let rt = rt.enable_all().build().unwrap();
-            rt.block_on(server::serve(
+            rt.block_on(http::serve(
                 listener,
                 transport,
-                server::app(state),
+                http::app(state),
                 Duration::from_secs(5),
                 Default::default(),
             ))

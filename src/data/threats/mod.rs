@@ -1,0 +1,454 @@
+//! The threat model as code: synthetic DNS sessions of public exfiltration and C2-over-DNS
+//! techniques (`malicious.rs`) and of the benign services that look like them (`benign.rs`),
+//! each written from the tool's or service's public description, with its parameters drawn per
+//! session from a seeded generator.
+//!
+//! Sessions are added to a real labelled log. A session either runs from a source of its own
+//! (a host that does nothing else) or **rides** on a real host of the log: its queries are
+//! interleaved with that host's own traffic of the same hours, as on an infected workstation
+//! that keeps browsing. Riding hosts are chosen from the `carriers` the caller passes, so
+//! training sessions ride on training hosts and evaluation sessions on held-out hosts.
+//!
+//! Families are grouped by **tool** (a tool may have several ciphers or modes): leave-one-out
+//! evaluation leaves a whole tool out of training, so it measures tools the model never saw.
+
+mod benign;
+mod malicious;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::data::dataset::Event;
+use crate::util::rng::SplitMix64;
+
+/// One kind of synthetic session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    // Malicious.
+    PacketWhisperCdn,
+    PacketWhisperAnalytics,
+    PacketWhisperWords,
+    Dnscat2,
+    CobaltStrike,
+    Sliver,
+    DnsExfiltrator,
+    Sunburst,
+    Det,
+    DictionaryEncoding,
+    DomainRotation,
+    LowAndSlow,
+    EightBit,
+    Randomised,
+    // Benign look-alikes.
+    AvReputation,
+    Dnsbl,
+    BrowserProbes,
+    TelemetryUuid,
+    CdnEdge,
+    LoadBalancer,
+    KubernetesSearch,
+    AcmeChallenge,
+    PlatformTenants,
+}
+
+impl Family {
+    pub const ALL: [Family; 23] = [
+        Family::PacketWhisperCdn,
+        Family::PacketWhisperAnalytics,
+        Family::PacketWhisperWords,
+        Family::Dnscat2,
+        Family::CobaltStrike,
+        Family::Sliver,
+        Family::DnsExfiltrator,
+        Family::Sunburst,
+        Family::Det,
+        Family::DictionaryEncoding,
+        Family::DomainRotation,
+        Family::LowAndSlow,
+        Family::EightBit,
+        Family::Randomised,
+        Family::AvReputation,
+        Family::Dnsbl,
+        Family::BrowserProbes,
+        Family::TelemetryUuid,
+        Family::CdnEdge,
+        Family::LoadBalancer,
+        Family::KubernetesSearch,
+        Family::AcmeChallenge,
+        Family::PlatformTenants,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::PacketWhisperCdn => "packetwhisper_cdn",
+            Family::PacketWhisperAnalytics => "packetwhisper_analytics",
+            Family::PacketWhisperWords => "packetwhisper_words",
+            Family::Dnscat2 => "dnscat2",
+            Family::CobaltStrike => "cobaltstrike",
+            Family::Sliver => "sliver",
+            Family::DnsExfiltrator => "dnsexfiltrator",
+            Family::Sunburst => "sunburst",
+            Family::Det => "det",
+            Family::DictionaryEncoding => "dictionary",
+            Family::DomainRotation => "domain_rotation",
+            Family::LowAndSlow => "low_and_slow",
+            Family::EightBit => "eight_bit",
+            Family::Randomised => "randomised",
+            Family::AvReputation => "av_reputation",
+            Family::Dnsbl => "dnsbl",
+            Family::BrowserProbes => "browser_probes",
+            Family::TelemetryUuid => "telemetry_uuid",
+            Family::CdnEdge => "cdn_edge",
+            Family::LoadBalancer => "load_balancer",
+            Family::KubernetesSearch => "kubernetes_search",
+            Family::AcmeChallenge => "acme_challenge",
+            Family::PlatformTenants => "platform_tenants",
+        }
+    }
+
+    /// The tool or technique a family belongs to: the unit left out of training together.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Family::PacketWhisperCdn
+            | Family::PacketWhisperAnalytics
+            | Family::PacketWhisperWords => "packetwhisper",
+            other => other.name(),
+        }
+    }
+
+    pub fn is_malicious(self) -> bool {
+        !matches!(
+            self,
+            Family::AvReputation
+                | Family::Dnsbl
+                | Family::BrowserProbes
+                | Family::TelemetryUuid
+                | Family::CdnEdge
+                | Family::LoadBalancer
+                | Family::KubernetesSearch
+                | Family::AcmeChallenge
+                | Family::PlatformTenants
+        )
+    }
+
+    pub fn malicious() -> impl Iterator<Item = Family> {
+        Self::ALL.into_iter().filter(|f| f.is_malicious())
+    }
+
+    pub fn benign() -> impl Iterator<Item = Family> {
+        Self::ALL.into_iter().filter(|f| !f.is_malicious())
+    }
+}
+
+/// The malicious tools, in table order (the unit of leave-one-out evaluation).
+pub fn malicious_tools() -> Vec<&'static str> {
+    let mut tools: Vec<&'static str> = Vec::new();
+    for f in Family::malicious() {
+        if !tools.contains(&f.tool()) {
+            tools.push(f.tool());
+        }
+    }
+    tools
+}
+
+/// Generated sessions: events, a label per (src, query), and the family and session of each
+/// labelled name.
+#[derive(Debug, Default)]
+pub struct Generated {
+    pub events: Vec<Event>,
+    pub labels: Vec<((String, String), f32)>,
+    pub families: HashMap<(String, String), Family>,
+    /// The session each labelled name belongs to (the first, should two make the same name).
+    pub session_of: HashMap<(String, String), String>,
+    /// Every session: its family and id (for "sessions detected").
+    pub sessions: Vec<(Family, String)>,
+}
+
+/// The real hosts sessions may ride on: their events by hour.
+pub struct Carriers<'a> {
+    /// One (host, hour) entry per event of that host in that hour.
+    hours: Vec<(&'a str, i64)>,
+    /// (host, hour) -> that host's number of events in the hour.
+    by_host_hour: BTreeMap<(&'a str, i64), usize>,
+    hosts: Vec<&'a str>,
+    /// The span of the log, in seconds.
+    pub start: f64,
+    pub end: f64,
+}
+
+impl<'a> Carriers<'a> {
+    /// Every (host, hour) of `hosts` in `events`, weighted by traffic when drawn: busy hours
+    /// are drawn more often, as busy hosts hide a tunnel best.
+    pub fn new(events: &'a [Event], hosts: &std::collections::BTreeSet<String>) -> Self {
+        let mut by_host_hour: BTreeMap<(&str, i64), usize> = BTreeMap::new();
+        let (mut start, mut end) = (f64::MAX, f64::MIN);
+        for e in events {
+            start = start.min(e.time);
+            end = end.max(e.time);
+            if hosts.contains(&e.src) {
+                *by_host_hour
+                    .entry((e.src.as_str(), (e.time / 3600.0).floor() as i64))
+                    .or_insert(0) += 1;
+            }
+        }
+        // One entry per event: drawing an entry draws a (host, hour) in proportion to its traffic.
+        let mut hours = Vec::new();
+        for (&key, &n) in &by_host_hour {
+            hours.extend(std::iter::repeat_n(key, n));
+        }
+        let mut hosts: Vec<&str> = by_host_hour.keys().map(|(h, _)| *h).collect();
+        hosts.dedup();
+        if start > end {
+            (start, end) = (0.0, 3600.0);
+        }
+        Self {
+            hours,
+            by_host_hour,
+            hosts,
+            start,
+            end,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hours.is_empty()
+    }
+
+    /// A (host, hour start) drawn by traffic.
+    fn draw(&self, rng: &mut SplitMix64) -> (&'a str, f64) {
+        let (host, hour) = self.hours[rng.below(self.hours.len())];
+        (host, hour as f64 * 3600.0)
+    }
+
+    /// Other hosts with traffic in the hour starting at `at` (for fleet-wide benign services).
+    fn others_in_hour(&self, host: &str, at: f64) -> Vec<&'a str> {
+        let hour = (at / 3600.0).floor() as i64;
+        self.hosts
+            .iter()
+            .copied()
+            .filter(|h| *h != host && self.by_host_hour.contains_key(&(*h, hour)))
+            .collect()
+    }
+}
+
+/// What one session generator returns: names with their time offsets from the session start,
+/// and whether it wants to ride on a busy host.
+pub(crate) struct Draft {
+    pub queries: Vec<(f64, String)>,
+    /// Names sent from other hosts of the same hour, one list per host: fleet-wide services.
+    pub fleet: Vec<Vec<(f64, String)>>,
+    pub rides: bool,
+    /// Split the session's queries over this many sources (domain rotation over hosts).
+    pub sources: usize,
+}
+
+/// Generates `per_family` sessions of each of `families`, riding on `carriers` or from
+/// sources of their own in 198.18.0.0/15 (numbered from `first_source`).
+pub fn generate(
+    families: &[Family],
+    per_family: usize,
+    carriers: &Carriers<'_>,
+    seed: u64,
+    first_source: usize,
+) -> Generated {
+    let mut out = Generated::default();
+    let mut next_source = first_source;
+    for &family in families {
+        // Seeded by the family's name, not its position: leaving one family out of the list
+        // leaves every other family's sessions as they were.
+        let family_key = family
+            .name()
+            .bytes()
+            .fold(0xCBF2_9CE4_8422_2325_u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+            });
+        for s in 0..per_family {
+            let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
+            let id = format!("{}#{seed:x}#{s}", family.name());
+            let draft = if family.is_malicious() {
+                malicious::draft(family, &mut rng)
+            } else {
+                benign::draft(family, &mut rng)
+            };
+            place(
+                &mut out,
+                family,
+                &id,
+                draft,
+                carriers,
+                &mut rng,
+                &mut next_source,
+            );
+        }
+    }
+    out
+}
+
+fn own_source(next_source: &mut usize) -> String {
+    let n = *next_source;
+    *next_source += 1;
+    format!(
+        "198.{}.{}.{}",
+        18 + (n / 62_500) % 2,
+        (n / 250) % 250,
+        n % 250 + 1
+    )
+}
+
+/// Puts a draft's queries on hosts and in time, keeping sessions inside the log's span.
+fn place(
+    out: &mut Generated,
+    family: Family,
+    id: &str,
+    draft: Draft,
+    carriers: &Carriers<'_>,
+    rng: &mut SplitMix64,
+    next_source: &mut usize,
+) {
+    let label = if family.is_malicious() { 1.0 } else { 0.0 };
+    let duration = draft.queries.iter().map(|(t, _)| *t).fold(0.0, f64::max);
+    let rides = draft.rides && !carriers.is_empty();
+    let (first_host, at) = if rides {
+        let (host, hour) = carriers.draw(rng);
+        // Start inside the hour; a long session runs on into the host's next hours.
+        (host.to_string(), hour + rng.below(3000) as f64)
+    } else {
+        let span = (carriers.end - carriers.start - duration).max(1.0);
+        (
+            own_source(next_source),
+            carriers.start + span * (rng.below(10_000) as f64 / 10_000.0),
+        )
+    };
+    let mut hosts = vec![first_host.clone()];
+    for _ in 1..draft.sources.max(1) {
+        hosts.push(if rides {
+            carriers.draw(rng).0.to_string()
+        } else {
+            own_source(next_source)
+        });
+    }
+    for (i, (offset, query)) in draft.queries.into_iter().enumerate() {
+        let src = hosts[i % hosts.len()].clone();
+        push(out, family, id, label, &src, query, at + offset);
+    }
+    out.sessions.push((family, id.to_string()));
+    // Fleet-wide services: the same kind of names from other hosts of the hour.
+    let others = carriers.others_in_hour(&first_host, at);
+    for (k, names) in draft.fleet.into_iter().enumerate() {
+        if others.is_empty() {
+            break;
+        }
+        let host = others[(k + rng.below(others.len())) % others.len()].to_string();
+        for (offset, query) in names {
+            push(out, family, id, label, &host, query, at + offset);
+        }
+    }
+}
+
+fn push(
+    out: &mut Generated,
+    family: Family,
+    session: &str,
+    label: f32,
+    src: &str,
+    query: String,
+    time: f64,
+) {
+    let key = (src.to_string(), query.clone());
+    out.families.insert(key.clone(), family);
+    out.session_of
+        .entry(key.clone())
+        .or_insert_with(|| session.to_string());
+    out.labels.push((key, label));
+    out.events.push(Event {
+        src: src.to_string(),
+        query,
+        time,
+    });
+}
+
+/// Helpers the generators share.
+pub(crate) mod draw {
+    use crate::util::rng::SplitMix64;
+
+    pub const HEX: &[u8] = b"0123456789abcdef";
+    pub const BASE32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    pub const BASE36: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    pub const BASE64URL: &[u8] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    pub const DIGITS: &[u8] = b"0123456789";
+    pub const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+
+    pub fn text(rng: &mut SplitMix64, alphabet: &[u8], len: usize) -> String {
+        (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len())] as char)
+            .collect()
+    }
+
+    /// Text of a length uniform in `lo..=hi`.
+    pub fn text_between(rng: &mut SplitMix64, alphabet: &[u8], lo: usize, hi: usize) -> String {
+        let len = between(rng, lo, hi);
+        text(rng, alphabet, len)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
+        lo + rng.below(hi - lo + 1)
+    }
+
+    pub fn pick<'a, T>(rng: &mut SplitMix64, items: &'a [T]) -> &'a T {
+        &items[rng.below(items.len())]
+    }
+
+    pub fn chance(rng: &mut SplitMix64, percent: usize) -> bool {
+        rng.below(100) < percent
+    }
+
+    /// Splits `payload` into labels of at most `label_len` characters, joined by dots.
+    pub fn labels(payload: &str, label_len: usize) -> String {
+        let bytes = payload.as_bytes();
+        bytes
+            .chunks(label_len.max(1))
+            .map(|c| std::str::from_utf8(c).expect("ASCII"))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// A made-up registered domain under a common top-level domain, e.g. `cdn-metrics42.net`;
+    /// never a public suffix itself (`net.co` is one), so chunks stay below the domain.
+    pub fn domain(rng: &mut SplitMix64) -> String {
+        loop {
+            let name = domain_candidate(rng);
+            if psl::domain_str(&name) == Some(name.as_str()) {
+                return name;
+            }
+        }
+    }
+
+    fn domain_candidate(rng: &mut SplitMix64) -> String {
+        const WORDS: [&str; 24] = [
+            "cdn", "cloud", "sync", "update", "metrics", "static", "api", "edge", "data", "files",
+            "secure", "net", "app", "track", "stat", "svc", "host", "link", "media", "portal",
+            "ops", "info", "web", "mail",
+        ];
+        const TLDS: [&str; 10] = [
+            "com", "net", "org", "io", "info", "biz", "co", "xyz", "top", "co.uk",
+        ];
+        let mut name = pick(rng, &WORDS).to_string();
+        if chance(rng, 60) {
+            name.push(if chance(rng, 50) { '-' } else { 'x' });
+            name.push_str(*pick(rng, &WORDS));
+        }
+        if chance(rng, 50) {
+            name.push_str(&between(rng, 1, 999).to_string());
+        }
+        format!("{name}.{}", pick(rng, &TLDS))
+    }
+
+    /// Seconds between queries so that `count` queries fill `hours` hours, with jitter.
+    pub fn times(rng: &mut SplitMix64, count: usize, hours: f64) -> Vec<f64> {
+        let step = hours * 3600.0 / count.max(1) as f64;
+        (0..count)
+            .map(|i| i as f64 * step + step * (rng.below(1000) as f64 / 1000.0) * 0.9)
+            .collect()
+    }
+}

@@ -1,0 +1,725 @@
+//! Decoding a `/v1/score` body (JSON object or NDJSON lines) into events. A bad event never fails
+//! the request: it becomes a per-event error in place, so the answer keeps one result per event.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorDetail};
+use crate::util::clip;
+
+/// One DNS event as a client sends it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the wire format; events are read from JSON values one by one
+pub struct Event {
+    /// Source host (text as sent; any string, e.g. an IP address).
+    #[schema(example = "10.0.0.5")]
+    pub src: String,
+    /// The DNS query name.
+    #[schema(example = "mzxw6ytboi2dgnzsgq3dmnzwgq2dgnrr.t.exfil-example.net")]
+    pub query: String,
+    /// 1 (or absent/null): the newest event of its (src, query) pair, scored. Any other number:
+    /// an older event that only feeds the per-source history (`"scored": false`), as in DSDL.
+    #[schema(example = 1)]
+    pub rank: Option<f64>,
+    /// Event time (string or number). Accepted for the caller's bookkeeping; it does not change
+    /// the score.
+    #[schema(schema_with = time_schema)]
+    pub time: Option<Value>,
+}
+
+/// `time` in the document: a string, a number or null, as the service accepts it.
+fn time_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Number, Type::Null]))
+        .description(Some(
+            "Event time (string or number). Accepted for the caller's bookkeeping; it does not change the score.",
+        ))
+        .examples([serde_json::json!("2024-05-01T12:00:00Z")])
+        .build()
+}
+
+/// The fields a JSON scoring request may have ([`ScoreRequest`]).
+const BODY_FIELDS: [&str; 2] = ["model", "events"];
+
+/// A JSON scoring request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documents the wire format; the body is read as a JSON value
+pub struct ScoreRequest {
+    /// Model to use; the same as `?model=` (both may be given only if they agree). Default: the
+    /// built-in `dnsexfil_v4` when loaded, else the only loaded model.
+    #[schema(example = "dnsexfil_v4")]
+    pub model: Option<String>,
+    /// The events, in order. History events (rank other than 1) of the same request are what the
+    /// per-source features are computed from, so send a source's events together.
+    pub events: Vec<Event>,
+}
+
+/// What the service made of one event, as it is decoded.
+#[derive(Debug)]
+struct Decoded {
+    /// `(src, query)` when both are usable: the event then feeds the per-source history.
+    dns: Option<(String, String)>,
+    kind: Kind,
+}
+
+#[derive(Debug, PartialEq)]
+enum Kind {
+    /// Rank 1: scored.
+    Scored,
+    /// Another rank: history only.
+    History,
+    /// Unusable; answered with this error.
+    Invalid(ErrorDetail),
+}
+
+/// A decoded request: the model named in the body (JSON only) and the events in order.
+///
+/// Compact, because it outlives the request's work: the answer is written from it while it is
+/// sent, so a client that reads slowly holds this (16 bytes an event beside its texts and
+/// errors), never the answer (about 160 bytes an event).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub model: Option<String>,
+    /// The `src` then the `query` of every usable event, one after the other.
+    text: String,
+    slots: Vec<Slot>,
+    /// The errors of the events that have one, in order.
+    errors: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Where the event's `src` starts in `text`; its `query` follows it.
+    start: u32,
+    src_len: u32,
+    /// [`NO_DNS`]: the event has no usable `src` and `query`.
+    query_len: u32,
+    /// [`SCORED`], [`HISTORY`], or [`INVALID`] plus the index of its error in `errors`.
+    status: u32,
+}
+
+const NO_DNS: u32 = u32::MAX;
+const SCORED: u32 = 0;
+const HISTORY: u32 = 1;
+const INVALID: u32 = 2;
+
+/// One event of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedEvent<'a> {
+    /// `(src, query)` when both are usable: the event then feeds the per-source history.
+    pub dns: Option<(&'a str, &'a str)>,
+    pub status: Status<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Status<'a> {
+    /// Rank 1: scored.
+    Scored,
+    /// Another rank: history only.
+    History,
+    /// Unusable; answered with this error.
+    Invalid(&'a ErrorDetail),
+}
+
+impl Batch {
+    fn with_capacity(model: Option<String>, events: usize) -> Self {
+        Self {
+            model,
+            slots: Vec::with_capacity(events),
+            ..Default::default()
+        }
+    }
+
+    fn push(&mut self, decoded: Decoded) {
+        let Decoded { dns, mut kind } = decoded;
+        // Offsets are 32-bit: texts past 4 GiB in one request (a body limit raised that far) are
+        // the event's error.
+        let start = u32::try_from(self.text.len()).ok();
+        let fits = |(src, query): &(String, String)| {
+            let end = start? as usize + src.len() + query.len();
+            (end < NO_DNS as usize).then_some((start?, src.len() as u32, query.len() as u32))
+        };
+        let (start, src_len, query_len) = match &dns {
+            Some(texts) => match fits(texts) {
+                Some(place) => {
+                    self.text.push_str(&texts.0);
+                    self.text.push_str(&texts.1);
+                    place
+                }
+                None => {
+                    kind = Kind::Invalid(ErrorDetail {
+                        code: "invalid_event".into(),
+                        message: format!(
+                            "event {}: the texts of the request's events pass 4 GiB; send fewer events per request",
+                            self.slots.len()
+                        ),
+                    });
+                    (0, 0, NO_DNS)
+                }
+            },
+            None => (0, 0, NO_DNS),
+        };
+        let status = match kind {
+            Kind::Scored => SCORED,
+            Kind::History => HISTORY,
+            Kind::Invalid(error) => {
+                // Each error takes far more than a byte: 4 billion of them cannot be held.
+                let index = u32::try_from(self.errors.len())
+                    .ok()
+                    .and_then(|i| i.checked_add(INVALID))
+                    .expect("fewer than 2^32 errors");
+                self.errors.push(error);
+                index
+            }
+        };
+        self.slots.push(Slot {
+            start,
+            src_len,
+            query_len,
+            status,
+        });
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Number of events with an error.
+    pub fn errors(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// The `index`-th event (panics past the end, like a slice).
+    pub fn get(&self, index: usize) -> DecodedEvent<'_> {
+        let slot = self.slots[index];
+        let dns = (slot.query_len != NO_DNS).then(|| {
+            let start = slot.start as usize;
+            let query_start = start + slot.src_len as usize;
+            (
+                &self.text[start..query_start],
+                &self.text[query_start..query_start + slot.query_len as usize],
+            )
+        });
+        let status = match slot.status {
+            SCORED => Status::Scored,
+            HISTORY => Status::History,
+            error => Status::Invalid(&self.errors[(error - INVALID) as usize]),
+        };
+        DecodedEvent { dns, status }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = DecodedEvent<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Bytes of memory it holds (what a client that has not read its answer yet keeps).
+    pub fn held_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.errors.capacity() * std::mem::size_of::<ErrorDetail>()
+            + self
+                .errors
+                .iter()
+                .map(|e| e.code.capacity() + e.message.capacity())
+                .sum::<usize>()
+    }
+}
+
+/// The model a JSON body names, if it is a JSON object with a text `model` (not checked
+/// further: [`from_json`] names any problem).
+pub fn model_named(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Named>(body)
+        .ok()?
+        .model
+        .filter(|m| !m.is_empty())
+}
+
+/// Reads a JSON body `{"model": ..., "events": [...]}`. The body is read shallowly first (the
+/// events stay slices of the body) and the events are counted before any is decoded, so an
+/// oversized request costs little more memory than its body.
+pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
+    let invalid_json = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not valid JSON ({e}); send {{\"events\": [{{\"src\": \"...\", \"query\": \"...\"}}]}}"),
+        )
+    };
+    let text = std::str::from_utf8(body).map_err(|e| invalid_json(&e))?;
+    // Valid JSON at all? (`IgnoredAny` allocates nothing.)
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| invalid_json(&e))?;
+    let object: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|_| {
+        ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "the body is JSON {}, not an object; send {{\"events\": [{{\"src\": \"...\", \"query\": \"...\"}}]}}",
+                raw_type_name(text)
+            ),
+        )
+    })?;
+    // A misspelt `model` ("Model", "model_name") would otherwise score with the default model
+    // without a word, so a field the body does not take is refused, named.
+    let mut unknown: Vec<&str> = object
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !BODY_FIELDS.contains(key))
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        let named: Vec<String> = unknown
+            .iter()
+            .take(3)
+            .map(|key| format!("`{}`", clip(key, 40)))
+            .collect();
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "the body has {} field{} it does not take: {}{}; a body takes only `model` and `events` (fields of an event go inside `events`)",
+                unknown.len(),
+                if unknown.len() == 1 { "" } else { "s" },
+                named.join(", "),
+                if unknown.len() > 3 { ", ..." } else { "" }
+            ),
+        ));
+    }
+    let model = match object.get("model").map(|raw| raw.get()) {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Null) => None,
+            Ok(Value::String(name)) => Some(name),
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_request",
+                    format!(
+                    "`model` must be a string naming a loaded model (see GET /v1/models), not {}",
+                    raw_type_name(raw)
+                ),
+                ))
+            }
+        },
+    };
+    let Some(events) = object.get("events") else {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            "the body has no `events` array; send {\"events\": [{\"src\": \"...\", \"query\": \"...\"}]}",
+        ));
+    };
+    if !events.get().trim_start().starts_with('[') {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "`events` must be an array of event objects, not {}",
+                raw_type_name(events.get())
+            ),
+        ));
+    }
+    let events = bounded_array(events.get(), max_events).map_err(|e| match e {
+        Bounded::TooMany => too_many(max_events),
+        Bounded::Invalid(e) => invalid_json(&e),
+    })?;
+    let mut batch = Batch::with_capacity(model, events.len());
+    for (i, raw) in events.iter().enumerate() {
+        batch.push(match decode_text(i, raw.get()) {
+            Ok(decoded) => decoded,
+            Err(e) => Decoded {
+                dns: None,
+                kind: Kind::Invalid(ErrorDetail {
+                    code: "invalid_json".into(),
+                    message: format!("event {i} is not JSON ({e})"),
+                }),
+            },
+        });
+    }
+    Ok(batch)
+}
+
+enum Bounded {
+    TooMany,
+    Invalid(serde_json::Error),
+}
+
+/// The elements of a JSON array as slices of its text, refusing more than `max` before storing
+/// them all.
+fn bounded_array(text: &str, max: usize) -> Result<Vec<&RawValue>, Bounded> {
+    struct Elements {
+        max: usize,
+    }
+    const TOO_MANY: &str = "dnsexfil: too many elements";
+    impl<'de> serde::de::Visitor<'de> for Elements {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(element) = seq.next_element::<&'de RawValue>()? {
+                if out.len() == self.max {
+                    return Err(serde::de::Error::custom(TOO_MANY));
+                }
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_seq(&mut de, Elements { max }).map_err(|e| {
+        if e.to_string().starts_with(TOO_MANY) {
+            Bounded::TooMany
+        } else {
+            Bounded::Invalid(e)
+        }
+    })
+}
+
+/// The JSON type of a (valid) JSON text, from its first character.
+fn raw_type_name(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't') | Some(b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Reads NDJSON: one event object per line; blank lines are skipped. A line that is not JSON is a
+/// per-event error, like any other bad event. Lines are counted before any is decoded.
+pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not UTF-8 text ({e}); send one JSON event object per line"),
+        )
+    })?;
+    let lines = || {
+        text.split('\n')
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+    };
+    let count = lines().take(max_events + 1).count();
+    if count > max_events {
+        return Err(too_many(max_events));
+    }
+    let mut batch = Batch::with_capacity(None, count);
+    for (i, (line_no, line)) in lines().enumerate() {
+        batch.push(match decode_text(i, line) {
+            Ok(decoded) => decoded,
+            Err(e) => Decoded {
+                dns: None,
+                kind: Kind::Invalid(ErrorDetail {
+                    code: "invalid_json".into(),
+                    message: format!(
+                        "line {} is not JSON ({e}); send one event object per line",
+                        line_no + 1
+                    ),
+                }),
+            },
+        });
+    }
+    Ok(batch)
+}
+
+fn too_many(max_events: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_events",
+        format!("the request has more than {max_events} events, the limit; send fewer per request or raise --max-rows (DNSEXFIL_MAX_ROWS)"),
+    )
+}
+
+/// Decodes one event from its JSON text; `Err` when the text is not JSON. Valid JSON that
+/// serde_json cannot hold as a value (a number beyond f64's range, `1e999`) is read field by
+/// field: an unreadable `src`, `query`, `rank` or `time` is the event's error, and an event
+/// whose `src` and `query` are good still counts in its source's history, as with any other
+/// bad rank. Other fields are ignored, readable or not.
+fn decode_text(index: usize, text: &str) -> Result<Decoded, serde_json::Error> {
+    let not_a_value = match serde_json::from_str::<Value>(text) {
+        Ok(event) => return Ok(decode(index, &event)),
+        Err(e) => e,
+    };
+    let Ok(fields) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
+        return Err(not_a_value);
+    };
+    let mut readable = serde_json::Map::new();
+    let mut unreadable = Vec::new();
+    for (name, raw) in fields {
+        if !KNOWN_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => {
+                readable.insert(name, value);
+            }
+            Err(e) => unreadable.push(format!("`{name}` cannot be read ({e})")),
+        }
+    }
+    if unreadable.is_empty() {
+        return Ok(decode(index, &Value::Object(readable)));
+    }
+    unreadable.sort();
+    let dns = decode(index, &Value::Object(readable)).dns;
+    Ok(Decoded {
+        dns,
+        kind: Kind::Invalid(ErrorDetail {
+            code: "invalid_event".into(),
+            message: format!("event {index}: {}", unreadable.join("; ")),
+        }),
+    })
+}
+
+/// The fields of an event the service reads.
+const KNOWN_FIELDS: [&str; 4] = ["src", "query", "rank", "time"];
+
+/// Checks one event. Like a DSDL row with an unreadable rank, an event whose `src` and `query`
+/// are fine but whose `rank` or `time` is not still counts in its source's history.
+fn decode(index: usize, event: &Value) -> Decoded {
+    let invalid = |dns, message: String| Decoded {
+        dns,
+        kind: Kind::Invalid(ErrorDetail {
+            code: "invalid_event".into(),
+            message: format!("event {index}: {message}"),
+        }),
+    };
+    let Value::Object(fields) = event else {
+        return invalid(
+            None,
+            format!(
+                "is JSON {}, not an object with string fields `src` and `query`",
+                type_name(event)
+            ),
+        );
+    };
+    let text = |name: &str| match fields.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None => Err(format!(
+            "`{name}` is missing; every event needs string fields `src` and `query`"
+        )),
+        Some(other) => Err(format!(
+            "`{name}` must be a string, not {}",
+            type_name(other)
+        )),
+    };
+    let dns = match (text("src"), text("query")) {
+        (Ok(src), Ok(query)) => (src, query),
+        (Err(e), _) | (_, Err(e)) => return invalid(None, e),
+    };
+    match fields.get("time") {
+        None | Some(Value::Null | Value::String(_) | Value::Number(_)) => {}
+        Some(other) => {
+            return invalid(
+                Some(dns),
+                format!(
+                    "`time` must be a string or a number, not {}",
+                    type_name(other)
+                ),
+            )
+        }
+    }
+    let kind = match fields.get("rank") {
+        None | Some(Value::Null) => Kind::Scored,
+        Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Kind::Scored,
+        Some(Value::Number(_)) => Kind::History,
+        Some(other) => {
+            return invalid(
+                Some(dns),
+                format!(
+                    "`rank` must be a number (1 = score this event), not {}",
+                    type_name(other)
+                ),
+            )
+        }
+    };
+    Decoded {
+        dns: Some(dns),
+        kind,
+    }
+}
+
+fn type_name(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(n) => format!("the number {}", clip(&n.to_string(), 20)),
+        Value::String(s) => format!("the string \"{}\"", clip(s, 40)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(batch: &Batch) -> Vec<&str> {
+        batch
+            .iter()
+            .map(|e| match e.status {
+                Status::Scored => "scored",
+                Status::History => "history",
+                Status::Invalid(_) => "invalid",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_the_events_error_and_a_good_src_and_query_still_count() {
+        let body = br#"{"events": [
+            {"src": "a", "query": "x.y", "rank": 1e999},
+            {"src": "a", "query": "x.y", "extra": [1e999]},
+            {"src": 1e999, "query": "x.y"}
+        ]}"#;
+        let batch = from_json(body, 100).unwrap();
+        assert_eq!(kinds(&batch), ["invalid", "scored", "invalid"]);
+        let feeds: Vec<bool> = batch.iter().map(|e| e.dns.is_some()).collect();
+        assert_eq!(feeds, [true, true, false]);
+        let Status::Invalid(e) = batch.get(0).status else {
+            unreachable!()
+        };
+        assert_eq!(e.code, "invalid_event");
+        assert!(
+            e.message
+                .starts_with("event 0: `rank` cannot be read (number out of range"),
+            "{}",
+            e.message
+        );
+        // NDJSON reads its lines the same way.
+        let lines = from_ndjson(
+            b"{\"src\": \"a\", \"query\": \"x.y\", \"rank\": 1e999}\n",
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            (kinds(&lines)[0], lines.get(0).dns.is_some()),
+            ("invalid", true)
+        );
+    }
+
+    #[test]
+    fn the_model_a_body_names_is_read_without_its_events() {
+        assert_eq!(
+            model_named(br#"{"events": [{"src": "a"}], "model": "m"}"#).as_deref(),
+            Some("m")
+        );
+        for body in [
+            &br#"{"events": []}"#[..],
+            br#"{"model": "", "events": []}"#,
+            br#"{"model": null}"#,
+            br#"{"model": 3}"#,
+            b"[1]",
+            b"not json",
+        ] {
+            assert_eq!(model_named(body), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn ranks_decide_what_is_scored_and_bad_events_stay_in_place() {
+        let body = br#"{"model": "m", "events": [
+            {"src": "a", "query": "x.y"},
+            {"src": "a", "query": "x.y", "rank": 1.0, "time": 5},
+            {"src": "a", "query": "x.y", "rank": 3},
+            {"src": 7, "query": "x.y"},
+            {"src": "a"},
+            {"src": "a", "query": "q.y", "rank": "1"},
+            "text"
+        ]}"#;
+        let batch = from_json(body, 100).unwrap();
+        assert_eq!(batch.model.as_deref(), Some("m"));
+        assert_eq!(
+            kinds(&batch),
+            ["scored", "scored", "history", "invalid", "invalid", "invalid", "invalid"]
+        );
+        // A bad rank keeps the event in the history, a bad src or query does not.
+        let feeds: Vec<bool> = batch.iter().map(|e| e.dns.is_some()).collect();
+        assert_eq!(feeds, [true, true, true, false, false, true, false]);
+        let Status::Invalid(e) = batch.get(3).status else {
+            unreachable!()
+        };
+        assert_eq!(
+            e.message,
+            "event 3: `src` must be a string, not the number 7"
+        );
+        let Status::Invalid(e) = batch.get(4).status else {
+            unreachable!()
+        };
+        assert!(e.message.contains("`query` is missing"), "{}", e.message);
+    }
+
+    #[test]
+    fn request_level_problems_are_errors_with_codes() {
+        let code = |r: Result<Batch, ApiError>| r.unwrap_err().code;
+        assert_eq!(code(from_json(b"{", 10)), "invalid_json");
+        assert_eq!(code(from_json(b"[]", 10)), "invalid_request");
+        assert_eq!(code(from_json(b"{}", 10)), "invalid_request");
+        assert_eq!(code(from_json(br#"{"events": {}}"#, 10)), "invalid_request");
+        assert_eq!(
+            code(from_json(br#"{"events": [], "model": 3}"#, 10)),
+            "invalid_request"
+        );
+        assert_eq!(
+            code(from_json(br#"{"events": [1, 2, 3]}"#, 2)),
+            "too_many_events"
+        );
+        assert_eq!(code(from_ndjson(b"{}\n{}\n{}\n", 2)), "too_many_events");
+        // Exactly at the limit is fine: two events, each answered in place.
+        assert_eq!(
+            from_json(br#"{"events": [1, {"src": "a"}]}"#, 2)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(from_ndjson(b"{}\n{}\n", 2).unwrap().len(), 2);
+        assert_eq!(code(from_ndjson(b"\xff", 2)), "invalid_json");
+    }
+
+    #[test]
+    fn a_field_the_body_does_not_take_is_refused_by_name() {
+        let refused = from_json(br#"{"Model": "escu", "events": []}"#, 10).unwrap_err();
+        assert_eq!(refused.code, "invalid_request");
+        assert!(refused.message.contains("`Model`"), "{}", refused.message);
+        assert!(
+            refused.message.contains("`model` and `events`"),
+            "{}",
+            refused.message
+        );
+        let refused =
+            from_json(br#"{"events": [], "a": 1, "b": 2, "c": 3, "d": 4}"#, 10).unwrap_err();
+        assert!(
+            refused.message.contains("4 fields") && refused.message.contains("`a`, `b`, `c`, ..."),
+            "{}",
+            refused.message
+        );
+        // The two fields it takes, null model included.
+        assert!(from_json(br#"{"model": null, "events": []}"#, 10).is_ok());
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_reports_bad_lines_in_place() {
+        let body = b"{\"src\":\"a\",\"query\":\"b.c\"}\r\n\n  \nnot json\n{\"src\":\"a\",\"query\":\"d.c\",\"rank\":2}";
+        let batch = from_ndjson(body, 10).unwrap();
+        assert_eq!(kinds(&batch), ["scored", "invalid", "history"]);
+        let Status::Invalid(e) = batch.get(1).status else {
+            unreachable!()
+        };
+        assert_eq!(e.code, "invalid_json");
+        assert!(e.message.starts_with("line 4 is not JSON"), "{}", e.message);
+    }
+}

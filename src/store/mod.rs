@@ -1,0 +1,8 @@
+//! Where models live while the service runs: the registry of loaded models that requests select
+//! from, and the directory fitted models persist in.
+
+pub mod directory;
+pub mod registry;
+
+pub use directory::ModelStore;
+pub use registry::Registry;
