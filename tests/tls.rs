@@ -116,7 +116,7 @@ fn a_given_certificate_is_served_and_verifies() {
         &dir.path().join("nope.pem"),
         &key_path,
     ));
-    assert!(missing.err().unwrap().contains("nope.pem"));
+    assert!(missing.err().unwrap().to_string().contains("nope.pem"));
 }
 
 /// The SHA-256 of the DER certificate a TLS server at `address` presents, as

@@ -483,19 +483,13 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(state::default_compute_threads);
     let mut suppressions = Suppressions::none();
     if !args.no_default_allowlist {
-        suppressions
-            .add_allowlist(BUILTIN_ALLOWLIST, "built-in")
-            .map_err(anyhow::Error::msg)?;
+        suppressions.add_allowlist(BUILTIN_ALLOWLIST, "built-in")?;
     }
     if let Some(path) = &args.allowlist {
-        suppressions
-            .add_allowlist_file(path)
-            .map_err(anyhow::Error::msg)?;
+        suppressions.add_allowlist_file(path)?;
     }
     if let Some(path) = &args.muted_sources {
-        suppressions
-            .add_mutes_file(path)
-            .map_err(anyhow::Error::msg)?;
+        suppressions.add_mutes_file(path)?;
     }
     tracing::info!(
         allowlisted_domains = suppressions.domain_count(),
@@ -515,15 +509,11 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let transport = if args.enable_https {
         let tls = match (&args.ssl_cert, &args.ssl_key) {
-            (Some(cert), Some(key)) => crate::http::tls::from_files(cert, key)
-                .await
-                .map_err(anyhow::Error::msg)?,
+            (Some(cert), Some(key)) => crate::http::tls::from_files(cert, key).await?,
             _ => {
                 let mut names = vec![args.host.clone()];
                 names.extend(args.tls_names.iter().cloned());
-                let stored = crate::http::tls::self_signed_stored(&args.data_dir, &names)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
+                let stored = crate::http::tls::self_signed_stored(&args.data_dir, &names).await?;
                 log_stored_certificate(&stored);
                 stored.tls
             }

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::data::dataset;
 
-use crate::data::dataset::{Event, Labelled};
+use crate::data::dataset::{DataError, Event, Labelled};
 use crate::data::threats;
 use crate::data::threats::{Carriers, Family};
 use crate::features::Schema;
@@ -51,7 +51,7 @@ pub struct RealLog {
 }
 
 impl RealLog {
-    pub fn read(events: &std::path::Path, labels: &std::path::Path) -> Result<Self, String> {
+    pub fn read(events: &std::path::Path, labels: &std::path::Path) -> Result<Self, DataError> {
         let events = dataset::read_events(events)?;
         let tools = dataset::read_label_tools(labels)?;
         let labels = dataset::read_labels(labels)?;
@@ -205,7 +205,7 @@ pub fn labelled_features(
     schema: Schema,
     window: f64,
     groups: usize,
-) -> Result<Labelled, String> {
+) -> Result<Labelled, DataError> {
     // (replay, window, source, family) -> rows kept.
     let mut counts: HashMap<(usize, usize, String, String), usize> = HashMap::new();
     let replay = std::cell::Cell::new(0usize);

@@ -22,20 +22,63 @@ pub struct Event {
     pub time: f64,
 }
 
+/// A labelled log that cannot be read or used; each message names the file, the row and what is
+/// wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Unreadable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", .path.display())]
+    Empty { path: std::path::PathBuf },
+    #[error("{} has no `{column}` column (its columns are: {columns})", .path.display())]
+    MissingColumn {
+        path: std::path::PathBuf,
+        column: String,
+        columns: String,
+    },
+    #[error("{} row {row}: {problem}", .path.display())]
+    BadRow {
+        path: std::path::PathBuf,
+        row: usize,
+        problem: String,
+    },
+    #[error("no event has a label ({unlabelled} rank-1 events without one): check that the labels file matches the events")]
+    NoLabels { unlabelled: usize },
+}
+
+fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn bad_row(path: &Path, row: usize, problem: String) -> DataError {
+    DataError::BadRow {
+        path: path.to_path_buf(),
+        row,
+        problem,
+    }
+}
+
 /// Reads a CSV file into records of the named columns (in that order). Errors name the file,
 /// the row and the missing column.
-fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(unreadable(path))?;
     let mut scanner = Scanner::new(&text);
     let mut fields: Vec<Field> = Vec::new();
-    let bad = |row: usize, what: String| format!("{} row {row}: {what}", path.display());
+    let bad = |row: usize, what: String| bad_row(path, row, what);
     if scanner
         .next_record(&mut fields)
         .map_err(|e| bad(0, e))?
         .is_none()
     {
-        return Err(format!("{} is empty", path.display()));
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     let header: Vec<String> = fields
         .iter()
@@ -44,13 +87,14 @@ fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>, Strin
     let positions = columns
         .iter()
         .map(|c| {
-            header.iter().position(|h| h == c).ok_or_else(|| {
-                format!(
-                    "{} has no `{c}` column (its columns are: {})",
-                    path.display(),
-                    header.join(", ")
-                )
-            })
+            header
+                .iter()
+                .position(|h| h == c)
+                .ok_or_else(|| DataError::MissingColumn {
+                    path: path.to_path_buf(),
+                    column: c.to_string(),
+                    columns: header.join(", "),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
@@ -82,19 +126,15 @@ fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>, Strin
     Ok(out)
 }
 
-pub fn read_events(path: &Path) -> Result<Vec<Event>, String> {
+pub fn read_events(path: &Path) -> Result<Vec<Event>, DataError> {
     read_columns(path, &["src", "query", "_time"])?
         .into_iter()
         .enumerate()
         .map(|(i, mut r)| {
-            let time = r[2].trim().parse::<f64>().map_err(|_| {
-                format!(
-                    "{} row {}: `_time` `{}` is not a number",
-                    path.display(),
-                    i + 1,
-                    r[2]
-                )
-            })?;
+            let time = r[2]
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| bad_row(path, i + 1, format!("`_time` `{}` is not a number", r[2])))?;
             let query = std::mem::take(&mut r[1]);
             Ok(Event {
                 src: std::mem::take(&mut r[0]),
@@ -121,17 +161,16 @@ pub fn parse_label(text: &str) -> Option<f32> {
 }
 
 /// Labels keyed by (src, query): 1 for exfiltration, 0 for benign.
-pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, String> {
+pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, DataError> {
     read_columns(path, &["src", "query", "is_exfiltration"])?
         .into_iter()
         .enumerate()
         .map(|(i, mut r)| {
             let label = parse_label(&r[2]).ok_or_else(|| {
-                format!(
-                    "{} row {}: `is_exfiltration` must be 0 or 1, found `{}`",
-                    path.display(),
+                bad_row(
+                    path,
                     i + 1,
-                    r[2]
+                    format!("`is_exfiltration` must be 0 or 1, found `{}`", r[2]),
                 )
             })?;
             Ok((
@@ -144,9 +183,8 @@ pub fn read_labels(path: &Path) -> Result<HashMap<(String, String), f32>, String
 
 /// The `tool` of each malicious (src, query) of a labels file, when it has a `tool` column
 /// (as `data/dev` does); empty otherwise.
-pub fn read_label_tools(path: &Path) -> Result<HashMap<(String, String), String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_label_tools(path: &Path) -> Result<HashMap<(String, String), String>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(unreadable(path))?;
     let header = text.lines().next().unwrap_or("");
     if !header
         .split(',')
@@ -336,7 +374,7 @@ pub fn labelled_features(
     labels: &HashMap<(String, String), f32>,
     schema: Schema,
     window_secs: f64,
-) -> Result<Labelled, String> {
+) -> Result<Labelled, DataError> {
     labelled_features_where(events, labels, schema, window_secs, &mut |_, _, _| true)
 }
 
@@ -348,7 +386,7 @@ pub fn labelled_features_where(
     schema: Schema,
     window_secs: f64,
     keep: &mut dyn FnMut(usize, &str, &str) -> bool,
-) -> Result<Labelled, String> {
+) -> Result<Labelled, DataError> {
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::new();
     let mut unlabelled = 0usize;
@@ -373,7 +411,7 @@ pub fn labelled_features_where(
         }
     }
     if data.is_empty() {
-        return Err(format!("no event has a label ({unlabelled} rank-1 events without one): check that the labels file matches the events"));
+        return Err(DataError::NoLabels { unlabelled });
     }
     Ok(Labelled { data, srcs })
 }

@@ -85,14 +85,36 @@ pub struct Options {
     pub stage: bool,
 }
 
-pub fn parse(body: &[u8]) -> Result<Envelope, String> {
+/// Why a request body is not a DSDL envelope, or its options cannot be used. Each message says
+/// what to send instead.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("the request body is not UTF-8 (invalid byte at offset {offset}); send JSON text, with non-ASCII characters as \\uXXXX escapes as Splunk does")]
+    NotUtf8 { offset: usize },
+    #[error("the request body is not valid JSON ({0}); send {{\"data\": \"<CSV text>\", \"meta\": {{\"options\": {{...}}}}}}")]
+    NotJson(serde_json::Error),
+    #[error(
+        "the request body must be a JSON object {{\"data\": \"<CSV text>\", \"meta\": {{...}}}}"
+    )]
+    NotAnObject,
+    #[error("the `data` field must be a string holding CSV text, not {kind}")]
+    DataNotText { kind: &'static str },
+    #[error(
+        "the request has no `data` field; send {{\"data\": \"<CSV text>\", \"meta\": {{...}}}}"
+    )]
+    NoData,
+    /// The value, clipped.
+    #[error("meta.options.model_name must be text, not {0}; name the model with `into app:NAME`")]
+    ModelNameNotText(String),
+}
+
+pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     let text = match std::str::from_utf8(body) {
         Ok(text) => text,
         Err(e) => {
-            return Err(format!(
-                "the request body is not UTF-8 (invalid byte at offset {}); send JSON text, with non-ASCII characters as \\uXXXX escapes as Splunk does",
-                e.valid_up_to()
-            ))
+            return Err(EnvelopeError::NotUtf8 {
+                offset: e.valid_up_to(),
+            })
         }
     };
     // From text already known to be UTF-8, serde_json does not check the strings again.
@@ -105,30 +127,20 @@ pub fn parse(body: &[u8]) -> Result<Envelope, String> {
             Some(patched) => serde_json::from_str(&patched),
             None => Err(e),
         }
-        .map_err(|e| {
-            format!("the request body is not valid JSON ({e}); send {{\"data\": \"<CSV text>\", \"meta\": {{\"options\": {{...}}}}}}")
-        })?,
+        .map_err(EnvelopeError::NotJson)?,
     };
     let Value::Object(mut obj) = value else {
-        return Err(
-            "the request body must be a JSON object {\"data\": \"<CSV text>\", \"meta\": {...}}"
-                .into(),
-        );
+        return Err(EnvelopeError::NotAnObject);
     };
-    let data =
-        match obj.remove("data") {
-            Some(Value::String(s)) => s,
-            Some(other) => {
-                return Err(format!(
-                    "the `data` field must be a string holding CSV text, not {}",
-                    json_kind(&other)
-                ))
-            }
-            None => return Err(
-                "the request has no `data` field; send {\"data\": \"<CSV text>\", \"meta\": {...}}"
-                    .into(),
-            ),
-        };
+    let data = match obj.remove("data") {
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(EnvelopeError::DataNotText {
+                kind: json_kind(&other),
+            })
+        }
+        None => return Err(EnvelopeError::NoData),
+    };
     let meta = obj.remove("meta").unwrap_or(Value::Null);
     Ok(Envelope { data, meta })
 }
@@ -276,14 +288,11 @@ impl<D> Envelope<D> {
     /// The request's model name (`default` when absent, as in the stock container), algorithm
     /// and mode. A model name that is not text is refused: read as `default`, a fit would save
     /// over another model.
-    pub fn options_summary(&self) -> Result<Options, String> {
+    pub fn options_summary(&self) -> Result<Options, EnvelopeError> {
         let model_name = match self.options().and_then(|o| o.get("model_name")) {
             None | Some(Value::Null) => None,
             Some(value) => Some(text_of(value).ok_or_else(|| {
-                format!(
-                    "meta.options.model_name must be text, not {}; name the model with `into app:NAME`",
-                    crate::util::clip(&value.to_string(), 60)
-                )
+                EnvelopeError::ModelNameNotText(crate::util::clip(&value.to_string(), 60))
             })?),
         };
         Ok(Options {
@@ -346,13 +355,14 @@ mod tests {
         );
         assert!(parse(br#"{"data": 1"#)
             .unwrap_err()
+            .to_string()
             .contains("not valid JSON"));
     }
 
     #[test]
     fn a_model_name_that_is_not_text_is_refused_not_defaulted() {
         let env = parse(br#"{"data":"","meta":{"options":{"model_name":["corp"]}}}"#).unwrap();
-        let e = env.options_summary().unwrap_err();
+        let e = env.options_summary().unwrap_err().to_string();
         assert!(
             e.contains("model_name must be text") && e.contains("[\"corp\"]"),
             "{e}"
@@ -385,13 +395,24 @@ mod tests {
     fn bad_bodies_are_explained() {
         assert!(parse(b"{\"data\": \"\xff\"}")
             .unwrap_err()
+            .to_string()
             .contains("not UTF-8"));
-        assert!(parse(b"{not json").unwrap_err().contains("not valid JSON"));
-        assert!(parse(b"[1]").unwrap_err().contains("JSON object"));
+        assert!(parse(b"{not json")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
+        assert!(parse(b"[1]")
+            .unwrap_err()
+            .to_string()
+            .contains("JSON object"));
         assert!(parse(b"{\"meta\":{}}")
             .unwrap_err()
+            .to_string()
             .contains("no `data` field"));
-        assert!(parse(b"{\"data\":5}").unwrap_err().contains("not a number"));
+        assert!(parse(b"{\"data\":5}")
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
     }
 
     /// What [`parse_keeping_data_escaped`] gives, with the data unescaped, next to [`parse`].

@@ -77,6 +77,32 @@ pub struct FitPlan {
     pub members: usize,
 }
 
+/// Why a `/fit` request's algorithm or parameters cannot be trained; each message says what to
+/// send instead.
+#[derive(Debug, thiserror::Error)]
+pub enum FitRequestError {
+    #[error("unknown fit parameter `{}`; this algorithm takes: {}", .key.escape_debug(), fit_param_names())]
+    UnknownParameter { key: String },
+    #[error("fit parameter `{key}` must be a single value, e.g. {key}={}", example(.key))]
+    NotASingleValue { key: String },
+    #[error("fit parameter `{key}` has the value `{}`; it must be {} (e.g. {key}={})", .value.chars().take(40).collect::<String>().escape_debug(), describe(.key), example(.key))]
+    BadValue { key: String, value: String },
+    #[error("fit parameter `base`: no model named `{}` is loaded (loaded: {loaded})", .name.escape_debug())]
+    UnknownBase { name: String, loaded: String },
+    #[error("fine-tuning `{ESCU_MODEL_NAME}` needs the published model loaded: start the service with --model {ESCU_MODEL_NAME}.tar.gz (or its converted .safetensors)")]
+    PublishedModelNotLoaded,
+    #[error("unknown algorithm `{}`: use algo=dnsexfil to train our model, algo={ESCU_MODEL_NAME} to fine-tune the published one, or base=<loaded model> to fine-tune any loaded model", .0.escape_debug())]
+    UnknownAlgorithm(String),
+}
+
+fn fit_param_names() -> String {
+    FIT_PARAMS
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl FitPlan {
     /// Works out what `/fit` trains from the request's algorithm, model name and SPL parameters.
     /// The published ESCU model is fine-tuned when the fit names it (as `algo` or model name),
@@ -86,46 +112,36 @@ impl FitPlan {
         model_name: &str,
         params: &[(String, Option<String>)],
         registry: &Registry,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FitRequestError> {
         let mut given: HashMap<&str, &str> = HashMap::new();
         for (key, value) in params {
             if NON_TRAINING_PARAMS.contains(&key.as_str()) {
                 continue;
             }
             if !FIT_PARAMS.iter().any(|(k, _)| k == key) {
-                return Err(format!(
-                    "unknown fit parameter `{}`; this algorithm takes: {}",
-                    key.escape_debug(),
-                    FIT_PARAMS
-                        .iter()
-                        .map(|(k, _)| *k)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                return Err(FitRequestError::UnknownParameter { key: key.clone() });
             }
             let Some(value) = value else {
-                return Err(format!(
-                    "fit parameter `{key}` must be a single value, e.g. {key}={}",
-                    example(key)
-                ));
+                return Err(FitRequestError::NotASingleValue { key: key.clone() });
             };
             given.insert(key.as_str(), value.as_str());
         }
 
         let names_escu = algo == Some(ESCU_MODEL_NAME) || model_name == ESCU_MODEL_NAME;
         let base = match given.get("base") {
-            Some(name) => Some(registry.get(name).ok_or_else(|| {
-                format!(
-                    "fit parameter `base`: no model named `{}` is loaded (loaded: {})",
-                    name.escape_debug(),
-                    registry.names().join(", ")
-                )
-            })?),
-            None if names_escu => Some(registry.get(ESCU_MODEL_NAME).ok_or_else(|| {
-                format!(
-                    "fine-tuning `{ESCU_MODEL_NAME}` needs the published model loaded: start the service with --model {ESCU_MODEL_NAME}.tar.gz (or its converted .safetensors)"
-                )
-            })?),
+            Some(name) => Some(
+                registry
+                    .get(name)
+                    .ok_or_else(|| FitRequestError::UnknownBase {
+                        name: name.to_string(),
+                        loaded: registry.names().join(", "),
+                    })?,
+            ),
+            None if names_escu => Some(
+                registry
+                    .get(ESCU_MODEL_NAME)
+                    .ok_or(FitRequestError::PublishedModelNotLoaded)?,
+            ),
             None => None,
         };
         let schema = match &base {
@@ -136,12 +152,7 @@ impl FitPlan {
                     .iter()
                     .find(|(name, _)| *name == algo)
                     .map(|(_, schema)| *schema)
-                    .ok_or_else(|| {
-                        format!(
-                            "unknown algorithm `{}`: use algo=dnsexfil to train our model, algo={ESCU_MODEL_NAME} to fine-tune the published one, or base=<loaded model> to fine-tune any loaded model",
-                            algo.escape_debug()
-                        )
-                    })?
+                    .ok_or_else(|| FitRequestError::UnknownAlgorithm(algo.to_string()))?
             }
         };
 
@@ -212,7 +223,11 @@ fn describe(key: &str) -> &'static str {
         .map_or("", |(_, d)| d)
 }
 
-fn parse_in<T>(key: &str, text: &str, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+fn parse_in<T>(
+    key: &str,
+    text: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, FitRequestError>
 where
     T: std::str::FromStr + PartialOrd,
 {
@@ -223,7 +238,7 @@ where
         .ok_or_else(|| bad_param(key, text))
 }
 
-fn parse_real(key: &str, text: &str, ok: impl Fn(f64) -> bool) -> Result<f64, String> {
+fn parse_real(key: &str, text: &str, ok: impl Fn(f64) -> bool) -> Result<f64, FitRequestError> {
     text.trim()
         .parse::<f64>()
         .ok()
@@ -231,13 +246,11 @@ fn parse_real(key: &str, text: &str, ok: impl Fn(f64) -> bool) -> Result<f64, St
         .ok_or_else(|| bad_param(key, text))
 }
 
-fn bad_param(key: &str, text: &str) -> String {
-    format!(
-        "fit parameter `{key}` has the value `{}`; it must be {} (e.g. {key}={})",
-        text.chars().take(40).collect::<String>().escape_debug(),
-        describe(key),
-        example(key)
-    )
+fn bad_param(key: &str, text: &str) -> FitRequestError {
+    FitRequestError::BadValue {
+        key: key.to_string(),
+        value: text.to_string(),
+    }
 }
 
 /// How a fit request's rows were grouped into the requests `/apply` will see.
@@ -692,7 +705,7 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     use anyhow::Context;
 
     let options = &args.options;
-    crate::util::validate_name(&args.name).map_err(anyhow::Error::msg)?;
+    crate::util::validate_name(&args.name)?;
     anyhow::ensure!(
         args.leave_out.is_empty() || options.schema != Schema::DnsexfilV2,
         "--leave-out needs --schema dnsexfil-v3 or later (the v2 recipe has no tool families)"
@@ -885,17 +898,20 @@ mod tests {
         ] {
             let e = FitPlan::from_request(Some("dnsexfil"), "m", &params(&[bad]), &registry)
                 .err()
-                .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+                .to_string();
             assert!(e.contains(named), "{bad:?}: {e}");
         }
         let e = FitPlan::from_request(Some("kmeans"), "m", &[], &registry)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown algorithm `kmeans`"), "{e}");
         // Without the published model loaded, fine-tuning it is explained, not attempted.
         let e = FitPlan::from_request(Some(ESCU_MODEL_NAME), "m", &[], &registry)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("needs the published model loaded"), "{e}");
         let tuned = FitPlan::from_request(
             Some("x"),

@@ -4,6 +4,13 @@
 //! One registry per process, like Prometheus client libraries: scoring code records into it
 //! without plumbing, and a scrape reads it. Label values are bounded sets (route templates,
 //! known methods, status codes, loaded model names), never raw request text.
+//!
+//! Kept hand-written rather than the `metrics` crate with its Prometheus exporter: the exporter
+//! works through one global recorder that can be installed once per process (the tests start
+//! many servers in one process), renders histograms as summaries unless each metric's buckets
+//! are configured, and would need the gauges read here from live state at scrape time (loaded
+//! models, bodies in flight) pushed on every change instead. The exposition is pinned by tests
+//! with exact counts (`tests/rest_api.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -9,7 +9,7 @@ use crate::engine::memory::LargeRequest;
 use crate::engine::suppress::Suppressions;
 use crate::http::auth::Token;
 use crate::http::limits::Limits;
-use crate::store::{ModelStore, Registry};
+use crate::store::{ModelStore, Registry, StoreProblem};
 
 /// Settings the request handlers need.
 pub struct ServerConfig {
@@ -85,7 +85,8 @@ impl AppState {
         let store_problem = config
             .model_store
             .as_ref()
-            .and_then(|store| store.check_writable().err());
+            .and_then(|store| store.check_writable().err())
+            .map(|problem| problem.to_string());
         let budget_kib = budget_kib(&config);
         Self {
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
@@ -177,12 +178,13 @@ impl AppState {
 
     /// Checks again that fits can be saved in the model store, and remembers the outcome for
     /// readiness. `Err`: what is wrong.
-    pub fn check_store(&self) -> Result<(), String> {
+    pub fn check_store(&self) -> Result<(), StoreProblem> {
         let checked = match &self.config.model_store {
             Some(store) => store.check_writable(),
             None => Ok(()),
         };
-        *self.store_problem.lock().expect("store problem lock") = checked.clone().err();
+        *self.store_problem.lock().expect("store problem lock") =
+            checked.as_ref().err().map(|problem| problem.to_string());
         checked
     }
 

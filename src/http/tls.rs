@@ -15,28 +15,58 @@ pub struct Tls {
     pub self_signed: bool,
 }
 
+/// Why no TLS configuration could be made; each message names the file or names involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the TLS {what} {}: {source}", .path.display())]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} holds no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("cannot use the TLS pair {} / {}: {source}", .cert.display(), .key.display())]
+    UnusablePair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a self-signed certificate for {names:?}: {source}")]
+    Generate {
+        names: Vec<String>,
+        source: rcgen::Error,
+    },
+    /// A pair just generated (or just stored by another replica) cannot be used: the reason.
+    #[error("the self-signed certificate cannot be used: {0}")]
+    UnusableSelfSigned(String),
+}
+
 /// Installs ring as the process's TLS crypto provider (once; later calls are no-ops).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Loads the PEM pair from `cert` and `key`.
-pub async fn from_files(cert: &Path, key: &Path) -> Result<Tls, String> {
+pub async fn from_files(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
     install_crypto_provider();
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key)
-        .map_err(|e| format!("cannot read the TLS key {}: {e}", key.display()))?;
-    let fingerprint = fingerprint_of_pem(&cert_pem)
-        .ok_or_else(|| format!("{} holds no PEM certificate", cert.display()))?;
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Unreadable {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read("certificate", cert)?;
+    let key_pem = read("key", key)?;
+    let fingerprint =
+        fingerprint_of_pem(&cert_pem).ok_or_else(|| TlsError::NoCertificate(cert.to_path_buf()))?;
     let config = RustlsConfig::from_pem(cert_pem, key_pem)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot use the TLS pair {} / {}: {e}",
-                cert.display(),
-                key.display()
-            )
+        .map_err(|source| TlsError::UnusablePair {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
         })?;
     Ok(Tls {
         config: http1_only(config),
@@ -46,7 +76,7 @@ pub async fn from_files(cert: &Path, key: &Path) -> Result<Tls, String> {
 }
 
 /// Generates a self-signed certificate for `localhost` and the given host names, in memory only.
-pub async fn self_signed(hosts: &[String]) -> Result<Tls, String> {
+pub async fn self_signed(hosts: &[String]) -> Result<Tls, TlsError> {
     install_crypto_provider();
     let pair = generate_pair(&certificate_names(hosts), SystemTime::now())?;
     tls_of(&pair).await
@@ -93,7 +123,7 @@ pub struct StoredTls {
 /// holds a matching key and certificate, and is valid for more than 30 days; generated and
 /// stored (atomically, the key file mode 0600) otherwise. `hosts` are added to the names of a
 /// new certificate (`localhost`, `127.0.0.1` and `::1` always are).
-pub async fn self_signed_stored(data_dir: &Path, hosts: &[String]) -> Result<StoredTls, String> {
+pub async fn self_signed_stored(data_dir: &Path, hosts: &[String]) -> Result<StoredTls, TlsError> {
     install_crypto_provider();
     let pair_file = data_dir.join(STORED_PAIR);
     let cert_file = data_dir.join(STORED_CERT);
@@ -149,7 +179,9 @@ pub async fn self_signed_stored(data_dir: &Path, hosts: &[String]) -> Result<Sto
             },
         ),
     };
-    let (tls, not_after) = usable(&text, now).await?;
+    let (tls, not_after) = usable(&text, now)
+        .await
+        .map_err(TlsError::UnusableSelfSigned)?;
     if !matches!(outcome, StoredOutcome::NotStored { .. }) {
         write_cert_copy(&cert_file, &text);
     }
@@ -187,9 +219,12 @@ struct GeneratedPair {
 
 /// A self-signed certificate for `names`, valid from a day before `now` (clocks differ) for
 /// `SELF_SIGNED_VALIDITY`.
-fn generate_pair(names: &[String], now: SystemTime) -> Result<GeneratedPair, String> {
-    let mut params = rcgen::CertificateParams::new(names.to_vec())
-        .map_err(|e| format!("cannot generate a certificate for {names:?}: {e}"))?;
+fn generate_pair(names: &[String], now: SystemTime) -> Result<GeneratedPair, TlsError> {
+    let failed = |source| TlsError::Generate {
+        names: names.to_vec(),
+        source,
+    };
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(failed)?;
     let secs = unix_secs(now);
     let (y, m, d) = ymd(secs - 86_400);
     params.not_before = rcgen::date_time_ymd(y, m, d);
@@ -200,17 +235,16 @@ fn generate_pair(names: &[String], now: SystemTime) -> Result<GeneratedPair, Str
     params.distinguished_name = dn;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    let key = rcgen::KeyPair::generate().map_err(failed)?;
+    let cert = params.self_signed(&key).map_err(failed)?;
     Ok(GeneratedPair {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
 }
 
-/// The TLS configuration of a stored pair's text and its expiry, or why it cannot be used.
+/// The TLS configuration of a stored pair's text and its expiry, or why it cannot be used (a
+/// reason to generate a new pair, not an error).
 async fn usable(text: &str, now: SystemTime) -> Result<(Tls, i64), String> {
     let der = tls_cert_der(text).ok_or("the stored one holds no certificate")?;
     let not_after = der::not_after(&der).ok_or("the stored certificate cannot be parsed")?;
@@ -228,11 +262,13 @@ async fn usable(text: &str, now: SystemTime) -> Result<(Tls, i64), String> {
     Ok((tls, not_after))
 }
 
-async fn tls_of(pair: &GeneratedPair) -> Result<Tls, String> {
-    tls_of_pem(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes()).await
+async fn tls_of(pair: &GeneratedPair) -> Result<Tls, TlsError> {
+    tls_of_pem(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes())
+        .await
+        .map_err(TlsError::UnusableSelfSigned)
 }
 
-/// A self-signed TLS configuration from PEM text (the key may be in the same text).
+/// A self-signed TLS configuration from PEM text (the key may be in the same text), or why not.
 async fn tls_of_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Tls, String> {
     let fingerprint = fingerprint_of_pem(cert_pem).ok_or("no PEM certificate")?;
     let config = RustlsConfig::from_pem(cert_pem.to_vec(), key_pem.to_vec())

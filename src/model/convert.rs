@@ -78,7 +78,7 @@ pub fn convert_pt(pt: &PtFile, name: Option<&str>) -> Result<Converted, ModelErr
         source_sha256: sha.clone(),
         created_by: format!("dnsexfil {} convert", env!("CARGO_PKG_VERSION")),
     };
-    crate::util::validate_name(&info.name).map_err(ModelError::Invalid)?;
+    crate::util::validate_name(&info.name).map_err(|e| ModelError::Invalid(e.to_string()))?;
     let bytes = encode(&info, &tensors).map_err(|e| match e {
         ModelError::Invalid(m) => ModelError::Invalid(m.replacen(&info.name, &pt.origin, 1)),
         other => other,

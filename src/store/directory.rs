@@ -9,6 +9,17 @@ use std::time::{Duration, SystemTime};
 /// belong to a save in progress by another replica sharing the store.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
+/// Why fits cannot be saved in the model store (without the path: readiness shows it).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreProblem {
+    #[error("the model store directory cannot be created: {0}")]
+    CannotCreate(std::io::Error),
+    #[error("the model store is not a directory")]
+    NotADirectory,
+    #[error("no file can be created in the model store: {0}")]
+    NotWritable(std::io::Error),
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     dir: PathBuf,
@@ -37,12 +48,10 @@ impl ModelStore {
 
     /// Whether fits can be saved here: the directory exists (or can be made) and a file can be
     /// created in it. Says what is wrong otherwise (without the path: readiness shows it).
-    pub fn check_writable(&self) -> Result<(), String> {
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
-            return Err(format!("the model store directory cannot be created: {e}"));
-        }
+    pub fn check_writable(&self) -> Result<(), StoreProblem> {
+        std::fs::create_dir_all(&self.dir).map_err(StoreProblem::CannotCreate)?;
         if !self.dir.is_dir() {
-            return Err("the model store is not a directory".into());
+            return Err(StoreProblem::NotADirectory);
         }
         // Named like a save's temporary file, so a leftover (a crash right here) is never
         // loaded and is removed at a later start.
@@ -51,7 +60,7 @@ impl ModelStore {
             .suffix(".tmp")
             .tempfile_in(&self.dir)
             .map(drop)
-            .map_err(|e| format!("no file can be created in the model store: {e}"))
+            .map_err(StoreProblem::NotWritable)
     }
 
     /// Removes temporary files that interrupted saves left behind (`.<name>.safetensors.*.tmp`).

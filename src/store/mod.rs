@@ -4,5 +4,5 @@
 pub mod directory;
 pub mod registry;
 
-pub use directory::ModelStore;
+pub use directory::{ModelStore, StoreProblem};
 pub use registry::Registry;

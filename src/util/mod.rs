@@ -14,9 +14,14 @@ pub fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// A model, algorithm or label name that cannot be used (it would not be a safe file name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{}` is not a valid name: use 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` and without `..`", .0.escape_debug())]
+pub struct InvalidName(pub String);
+
 /// Checks a model or algorithm name from a request before it is used in a file path:
 /// 1 to 128 of `A-Z a-z 0-9 _ . -`, and no `..`.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), InvalidName> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -27,10 +32,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         || name.contains("..")
         || name.starts_with('.')
     {
-        return Err(format!(
-            "`{}` is not a valid name: use 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` and without `..`",
-            name.escape_debug()
-        ));
+        return Err(InvalidName(name.to_string()));
     }
     Ok(())
 }

@@ -15,6 +15,43 @@ use rustc_hash::FxHashMap;
 /// The built-in allowlist (one domain per line, `#` comments), shipped with the binary.
 pub const BUILTIN_ALLOWLIST: &str = include_str!("builtin_allowlist.txt");
 
+/// A list (allowlist or muted sources) that cannot be used; each message names the list, the
+/// line and what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("{origin} line {line}: `{}` is not a domain; write one domain or suffix per line (letters, digits, `-`, `_`, dots; at most {MAX_DOMAIN_LEN} characters), e.g. `example.com` (it covers every name under it)", .entry.escape_debug())]
+    NotADomain {
+        origin: String,
+        line: usize,
+        entry: String,
+    },
+    #[error("{origin} line {line}: `{}` is not a network; write e.g. 10.1.0.0/16", .entry.escape_debug())]
+    NotANetwork {
+        origin: String,
+        line: usize,
+        entry: String,
+    },
+    #[error("{origin} line {line}: the prefix length of `{}` must be 0 to {max}", .entry.escape_debug())]
+    BadPrefix {
+        origin: String,
+        line: usize,
+        entry: String,
+        max: u8,
+    },
+    #[error("{origin} line {line}: `{}` is an IPv4-mapped network shorter than /96, which would reach beyond IPv4; write the IPv4 network itself, e.g. 10.9.0.0/16", .entry.escape_debug())]
+    MappedBeyondIpv4 {
+        origin: String,
+        line: usize,
+        entry: String,
+    },
+    #[error("cannot read the {what} {}: {source}", .path.display())]
+    Unreadable {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// What suppresses rows, each entry with the reason text shown for it.
 #[derive(Debug, Default, Clone)]
 pub struct Suppressions {
@@ -51,7 +88,7 @@ impl Suppressions {
 
     /// Adds allowlist entries from `text`; `origin` names the list in reasons and errors
     /// (e.g. `built-in` or a file name).
-    pub fn add_allowlist(&mut self, text: &str, origin: &str) -> Result<(), String> {
+    pub fn add_allowlist(&mut self, text: &str, origin: &str) -> Result<(), ListError> {
         for (line_no, entry, comment) in entries(text) {
             let domain = entry
                 .trim_start_matches("*.")
@@ -65,10 +102,11 @@ impl Suppressions {
                 && !domain.contains("..")
                 && domain.len() <= MAX_DOMAIN_LEN;
             if !valid {
-                return Err(format!(
-                    "{origin} line {line_no}: `{}` is not a domain; write one domain or suffix per line (letters, digits, `-`, `_`, dots; at most {MAX_DOMAIN_LEN} characters), e.g. `example.com` (it covers every name under it)",
-                    entry.escape_debug()
-                ));
+                return Err(ListError::NotADomain {
+                    origin: origin.to_string(),
+                    line: line_no,
+                    entry: entry.to_string(),
+                });
             }
             let reason = match comment {
                 Some(c) => format!("allowlist {domain} ({origin}: {c})"),
@@ -81,7 +119,7 @@ impl Suppressions {
     }
 
     /// Adds muted sources from `text`: an exact source per line, or a network in CIDR form.
-    pub fn add_mutes(&mut self, text: &str, origin: &str) -> Result<(), String> {
+    pub fn add_mutes(&mut self, text: &str, origin: &str) -> Result<(), ListError> {
         for (line_no, entry, comment) in entries(text) {
             let reason = match comment {
                 Some(c) => format!("muted source {entry} ({origin}: {c})"),
@@ -89,24 +127,32 @@ impl Suppressions {
             };
             self.longest_reason = self.longest_reason.max(reason.len());
             if let Some((addr, bits)) = entry.split_once('/') {
+                let at = |line: usize| (origin.to_string(), line, entry.to_string());
                 let addr: IpAddr = addr.parse().map_err(|_| {
-                    format!(
-                        "{origin} line {line_no}: `{}` is not a network; write e.g. 10.1.0.0/16",
-                        entry.escape_debug()
-                    )
+                    let (origin, line, entry) = at(line_no);
+                    ListError::NotANetwork {
+                        origin,
+                        line,
+                        entry,
+                    }
                 })?;
                 let max = if addr.is_ipv4() { 32 } else { 128 };
                 let bits: u8 = bits.parse().ok().filter(|b| *b <= max).ok_or_else(|| {
-                    format!(
-                        "{origin} line {line_no}: the prefix length of `{}` must be 0 to {max}",
-                        entry.escape_debug()
-                    )
+                    let (origin, line, entry) = at(line_no);
+                    ListError::BadPrefix {
+                        origin,
+                        line,
+                        entry,
+                        max,
+                    }
                 })?;
                 let (net, bits) = canonical_network(addr, bits).ok_or_else(|| {
-                    format!(
-                        "{origin} line {line_no}: `{}` is an IPv4-mapped network shorter than /96, which would reach beyond IPv4; write the IPv4 network itself, e.g. 10.9.0.0/16",
-                        entry.escape_debug()
-                    )
+                    let (origin, line, entry) = at(line_no);
+                    ListError::MappedBeyondIpv4 {
+                        origin,
+                        line,
+                        entry,
+                    }
                 })?;
                 self.networks.push((net, bits, reason));
             } else if let Ok(addr) = entry.parse::<IpAddr>() {
@@ -123,16 +169,22 @@ impl Suppressions {
     }
 
     /// Reads a user's allowlist file.
-    pub fn add_allowlist_file(&mut self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the allowlist {}: {e}", path.display()))?;
+    pub fn add_allowlist_file(&mut self, path: &Path) -> Result<(), ListError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ListError::Unreadable {
+            what: "allowlist",
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.add_allowlist(&text, &file_label(path))
     }
 
     /// Reads a user's mutes file.
-    pub fn add_mutes_file(&mut self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the muted sources {}: {e}", path.display()))?;
+    pub fn add_mutes_file(&mut self, path: &Path) -> Result<(), ListError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ListError::Unreadable {
+            what: "muted sources",
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.add_mutes(&text, &file_label(path))
     }
 
@@ -338,7 +390,8 @@ mod tests {
         assert_eq!(s.reason("h", "example.com.evil.net"), None);
         let e = s
             .add_allowlist("ok.com\nbad domain\n", "f.txt")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("f.txt line 2: `bad domain` is not a domain"),
             "{e}"
@@ -508,7 +561,8 @@ mod tests {
         );
         let e = suppressions
             .add_allowlist(&format!("a{longest}"), "t")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 253 characters"), "{e}");
         suppressions = Suppressions::none();
         for (i, entry) in entries.iter().enumerate() {

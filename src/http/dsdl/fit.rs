@@ -73,7 +73,7 @@ pub(super) fn fit_and_apply(
         &state.registry,
     ) {
         Ok(p) => p,
-        Err(msg) => return fail(msg),
+        Err(e) => return fail(e.to_string()),
     };
     // One fit reads its table and trains at a time; the others are told at once, before they
     // take any more memory. The compute permit goes back: training may take minutes.
