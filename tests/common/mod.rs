@@ -48,6 +48,23 @@ pub fn escu_registry() -> Arc<Registry> {
     Arc::new(registry)
 }
 
+/// The state a test server runs with: its model store and staging directory under `dir`, the
+/// models and limits of `opts` (its `https` and `async_workers` are the listener's business).
+pub fn app_state(dir: &Path, opts: ServerOptions) -> AppState {
+    let config = ServerConfig {
+        token: opts.token,
+        max_body_bytes: opts.max_body_bytes,
+        max_rows: 1_000_000,
+        staging_dir: dir.join("notebooks/data"),
+        model_store: Some(ModelStore::new(dir.join("app/model/data"))),
+        fit_time_limit: opts.fit_time_limit,
+        max_fit_rows: 200_000,
+        limits: opts.limits,
+    };
+    let registry = opts.registry.unwrap_or_else(escu_registry);
+    AppState::new(registry, config, 2)
+}
+
 pub struct TestServer {
     pub url: String,
     pub staging_dir: PathBuf,
@@ -87,29 +104,19 @@ impl TestServer {
     }
 
     /// Starts the real server on 127.0.0.1 with an ephemeral port, on its own runtime thread.
-    pub fn start_with(opts: ServerOptions) -> Self {
+    pub fn start_with(mut opts: ServerOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let staging_dir = dir.path().join("notebooks/data");
-        let config = ServerConfig {
-            token: opts.token,
-            max_body_bytes: opts.max_body_bytes,
-            max_rows: 1_000_000,
-            staging_dir: staging_dir.clone(),
-            model_store: Some(ModelStore::new(dir.path().join("app/model/data"))),
-            fit_time_limit: opts.fit_time_limit,
-            max_fit_rows: 200_000,
-            limits: opts.limits,
-        };
-        let registry = opts.registry.unwrap_or_else(escu_registry);
-        let state = AppState::new(registry, config, 2);
+        let https = opts.https.take();
+        let async_workers = opts.async_workers;
+        let state = app_state(dir.path(), opts);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let https = opts.https.is_some();
-        let transport = match opts.https {
+        let transport = match https {
             Some(c) => Transport::Https(c),
             None => Transport::Http,
         };
-        let async_workers = opts.async_workers;
+        let https = matches!(transport, Transport::Https(_));
         std::thread::spawn(move || {
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(workers) = async_workers {
