@@ -193,55 +193,32 @@ impl AppState {
     /// async worker it does nothing, and the handler looks with [`AppState::look_in_store`]
     /// before it runs the request's work there.
     pub fn rescan_store_if_missing(&self, model_name: &str, algo: Option<&str>) {
-        let Some(store) = &self.config.model_store else {
+        if on_async_worker() {
+            return;
+        }
+        let Some(store) = self.scan_store_for(model_name, algo) else {
             return;
         };
-        if self.registry.resolve(model_name, algo).is_some() || on_async_worker() {
-            return;
-        }
-        // The scan runs on a thread of its own and is waited for only so long, so a store that
-        // hangs (a stuck network mount) delays this request, never the others. One scan at a
-        // time; others wait for it.
         let deadline = std::time::Instant::now() + STORE_SCAN_TIME_LIMIT;
-        let (done, finished) = std::sync::mpsc::channel();
-        if !self.start_store_scan(store, move || {
-            let _ = done.send(());
-        }) {
-            while self.registry.scan_running() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+        while self.registry.scan_running() {
+            if std::time::Instant::now() >= deadline {
+                return scan_not_finished(store);
             }
-            return;
-        }
-        if finished
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .is_err()
-        {
-            scan_not_finished(store);
+            std::thread::sleep(SCAN_POLL);
         }
     }
 
-    /// [`AppState::rescan_store_if_missing`] for async handlers: the scan is awaited, so the
-    /// async worker goes on answering other requests (`/healthz` among them) meanwhile.
+    /// [`AppState::rescan_store_if_missing`] for the async worker: the same scan, awaited.
     pub async fn look_in_store(&self, model_name: &str, algo: Option<&str>) {
-        let Some(store) = &self.config.model_store else {
+        let Some(store) = self.scan_store_for(model_name, algo) else {
             return;
         };
-        if self.registry.resolve(model_name, algo).is_some() {
-            return;
-        }
-        let (done, finished) = tokio::sync::oneshot::channel();
-        if !self.start_store_scan(store, move || {
-            let _ = done.send(());
-        }) {
-            let other_scan = async {
-                while self.registry.scan_running() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            };
-            let _ = tokio::time::timeout(STORE_SCAN_TIME_LIMIT, other_scan).await;
-            return;
-        }
-        if tokio::time::timeout(STORE_SCAN_TIME_LIMIT, finished)
+        let scanned = async {
+            while self.registry.scan_running() {
+                tokio::time::sleep(SCAN_POLL).await;
+            }
+        };
+        if tokio::time::timeout(STORE_SCAN_TIME_LIMIT, scanned)
             .await
             .is_err()
         {
@@ -249,11 +226,19 @@ impl AppState {
         }
     }
 
-    /// Starts a scan of the store on a thread of its own, which calls `done` when it has
-    /// finished. False when another scan is under way (or no thread could be started).
-    fn start_store_scan(&self, store: &ModelStore, done: impl FnOnce() + Send + 'static) -> bool {
+    /// When no loaded model answers to `model_name`/`algo` and there is a model store, makes
+    /// sure a scan of it is running (one at a time: a scan already running is joined) and returns
+    /// the store; the caller waits while `registry.scan_running()`. The scan runs on a thread of
+    /// its own, so a store that hangs (a stuck network mount) delays only the requests that wait
+    /// for it, and only so long.
+    fn scan_store_for(&self, model_name: &str, algo: Option<&str>) -> Option<&ModelStore> {
+        let store = self.config.model_store.as_ref()?;
+        if self.registry.resolve(model_name, algo).is_some() {
+            return None;
+        }
         if !self.registry.begin_scan() {
-            return false;
+            // A scan is already running: wait for that one.
+            return Some(store);
         }
         let (registry, dir) = (self.registry.clone(), store.dir().to_path_buf());
         let span = tracing::Span::current();
@@ -269,13 +254,12 @@ impl AppState {
                 for (file, problem) in failed {
                     tracing::warn!(file = %file.display(), %problem, "model file in the store skipped");
                 }
-                done();
             });
         if spawned.is_err() {
             self.registry.end_scan();
-            return false;
+            return None;
         }
-        true
+        Some(store)
     }
 }
 
@@ -303,6 +287,9 @@ fn on_async_worker() -> bool {
 pub fn runs_on_async_worker(body_len: usize) -> bool {
     body_len <= INLINE_MAX_BYTES
 }
+
+/// How often a request waiting for a scan of the model store looks whether it has ended.
+const SCAN_POLL: Duration = Duration::from_millis(5);
 
 /// Longest a request waits for a scan of the model store (a scan of a healthy store of small
 /// files takes milliseconds).
