@@ -92,7 +92,7 @@ cli = read("src/app/mod.rs")
 # The variables the service reads: every clap `env = "..."` and direct std::env::var reads.
 known = set(re.findall(r'\benv\s*=\s*"([A-Za-z0-9_]+)"', cli))
 known |= set(re.findall(r'env::var\(\s*"([A-Za-z0-9_]+)"', cli))
-# Read by libraries, not by cli.rs.
+# Read by libraries, not by the command line (src/app).
 library_vars = {"RUST_LOG"}
 
 service_var = re.compile(r"\b(DNSEXFIL_[A-Z0-9_]*[A-Z0-9]|ENABLE_HTTPS|API_SSL_[A-Z0-9_]+|api_token)\b")

@@ -1,6 +1,7 @@
 //! How a model is trained and evaluated offline: the arguments of `dnsexfil train` and
-//! `dnsexfil evaluate` (parsed by clap in `cli`), read by `training` and `evaluation`. A module of
-//! its own so that those two depend on plain argument data, not on the command line's module.
+//! `dnsexfil evaluate`, read by `training` and `evaluation`. They derive `clap::Args` here, in
+//! the engine rather than in `app`, so that each setting's default and valid range are written
+//! once, for the command line's parser and help and for the engine that reads them.
 
 use std::path::PathBuf;
 
