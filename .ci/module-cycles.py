@@ -127,6 +127,29 @@ def upward_edges(edges):
     return sorted(upward), sorted(unplaced)
 
 
+# Crates a module may name only inside some folders: the HTTP stack in `http` (and `app`, which
+# starts the server), clap in `app` and the training recipe that derives its arguments.
+CRATES_ONLY_IN = {
+    r"\b(axum|axum_server|hyper|hyper_util|http_body|http_body_util|tower|tower_http)::": ["http", "app"],
+    r"\b(clap)::": ["app", "engine::recipe"],
+}
+
+
+def misplaced_crates(found):
+    """(module, crate pattern) pairs where a module outside the allowed folders names the crate
+    (comments aside)."""
+    out = []
+    for name, source in found.items():
+        code = "\n".join(line.split("//")[0] for line in source.splitlines())
+        for pattern, allowed in CRATES_ONLY_IN.items():
+            if name == "" or any(name == a or name.startswith(a + "::") for a in allowed):
+                continue
+            m = re.search(pattern, code)
+            if m:
+                out.append((name, m.group(1) if m.groups() else m.group(0)))
+    return sorted(out)
+
+
 def cycles(edges):
     """Strongly connected components of more than one module (Tarjan, iterative)."""
     index, low, stack, on_stack, result, counter = {}, {}, [], set(), [], [0]
@@ -186,10 +209,15 @@ def main():
               f"{target.split('::')[0]} in the layers)", file=sys.stderr)
     for top in unplaced:
         print(f"module `{top}` is in no layer: add it to LAYERS in {sys.argv[0]}", file=sys.stderr)
-    if found_cycles or upward or unplaced:
+    misplaced = misplaced_crates(found)
+    for name, crate in misplaced:
+        print(f"{name} uses `{crate}`, which belongs to another layer (CRATES_ONLY_IN in {sys.argv[0]})",
+              file=sys.stderr)
+    if found_cycles or upward or unplaced or misplaced:
         return 1
     print(f"module graph: {len(found)} modules, "
-          f"{sum(len(e) for e in edges.values())} edges, no import cycle, no upward import")
+          f"{sum(len(e) for e in edges.values())} edges, no import cycle, no upward import, "
+          f"HTTP and command-line crates only in their layers")
     return 0
 
 
