@@ -653,6 +653,7 @@ pub fn training_corpus(
                     leave_out: Vec::new(),
                     seed: options.seed,
                     only: Vec::new(),
+                    packetwhisper: options.packetwhisper,
                 },
             );
             // The v2 recipe drew its sessions from the whole log's span and donors.
@@ -677,6 +678,7 @@ pub fn training_corpus(
                 leave_out: leave_out.to_vec(),
                 seed: options.seed,
                 only: Vec::new(),
+                packetwhisper: options.packetwhisper,
             },
         ),
     }
@@ -762,6 +764,10 @@ pub fn run_offline(args: &crate::recipe::TrainArgs) -> anyhow::Result<()> {
             params["threat_sessions"] = options.threat_sessions.into();
             params["lookalike_sessions"] = options.lookalike_sessions.into();
             params["leave_out"] = serde_json::json!(args.leave_out);
+            // Only when not the default, so the default model's report stays as it was.
+            if options.packetwhisper != crate::threats::PacketWhisperCiphers::V4 {
+                params["packetwhisper"] = "tool".into();
+            }
         }
     }
     let report_json = serde_json::json!({
