@@ -40,6 +40,8 @@ pub struct ThreatPlan {
     pub seed: u64,
     /// Only these families (all when empty).
     pub only: Vec<Family>,
+    /// How the PacketWhisper families write their names.
+    pub packetwhisper: threats::PacketWhisperCiphers,
 }
 
 /// The real log: events, labels and, where `labels.csv` has a `tool` column, each malicious
@@ -151,6 +153,7 @@ pub fn build(
         &riding,
         plan.seed,
         first_source,
+        plan.packetwhisper,
     );
     let more = threats::generate(
         &benign,
@@ -158,6 +161,7 @@ pub fn build(
         &riding,
         plan.seed ^ 0xBE9,
         first_source + 50_000,
+        plan.packetwhisper,
     );
     generated.events.extend(more.events);
     generated.labels.extend(more.labels);

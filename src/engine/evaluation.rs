@@ -189,7 +189,14 @@ fn train_and_score(
         created_by: "dnsexfil evaluate".into(),
     };
     let fitted = crate::engine::training::fit_offline(&labelled, options, info, false)?;
-    let evaluation = evaluation_corpus(real, test, scored_tools, options.seed, eval_sessions);
+    let evaluation = evaluation_corpus(
+        real,
+        test,
+        scored_tools,
+        options.seed,
+        eval_sessions,
+        options.packetwhisper,
+    );
     let scored = score_corpus(&fitted.model, &evaluation, options.window)?;
     Ok((evaluation, scored))
 }
@@ -204,6 +211,7 @@ pub fn evaluation_corpus(
     left_out: &[String],
     seed: u64,
     per_family: usize,
+    packetwhisper: crate::data::threats::PacketWhisperCiphers,
 ) -> Corpus {
     let malicious = real.malicious_sources();
     let benign_hosts: BTreeSet<String> = test.difference(&malicious).cloned().collect();
@@ -235,6 +243,7 @@ pub fn evaluation_corpus(
             leave_out: Vec::new(),
             seed: seed.wrapping_add(EVALUATION_SEED_OFFSET),
             only: families,
+            packetwhisper,
         },
     )
 }

@@ -79,6 +79,12 @@ pub struct TrainingOptions {
     /// CDN edges, ...) added to training on training hosts.
     #[arg(long, default_value_t = 36, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
     pub lookalike_sessions: usize,
+    /// dnsexfil-v3 and later: how the PacketWhisper families write their names: `v4`, the
+    /// generators the default model was trained with (two Akamai-style ciphers of our own, each
+    /// transfer spread over one or two hours), or `tool`, the tool's own cipher files and sender
+    /// (an experiment: not the default model's recipe).
+    #[arg(long, default_value = "v4", value_parser = clap::builder::ValueParser::new(str::parse::<crate::data::threats::PacketWhisperCiphers>))]
+    pub packetwhisper: crate::data::threats::PacketWhisperCiphers,
     /// Also replay each hour with the sources split into this many groups (each group alone), so
     /// the model learns what small networks look like (0 or 1: only the whole log).
     #[arg(long, default_value_t = 8)]

@@ -3,14 +3,24 @@
 //! payloads are drawn from the seeded generator, never copied from a tool or from a holdout.
 
 use super::draw::{self, between, chance, pick, text, text_between};
-use super::{Draft, Family};
+use super::{Draft, Family, PacketWhisperCiphers};
 use crate::util::rng::SplitMix64;
 
-pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
+pub(crate) fn draft(family: Family, rng: &mut SplitMix64, pw: PacketWhisperCiphers) -> Draft {
+    use PacketWhisperCiphers::{Tool, V4};
     match family {
-        Family::PacketWhisperCdn => packetwhisper_cdn(rng),
-        Family::PacketWhisperAnalytics => packetwhisper_analytics(rng),
-        Family::PacketWhisperWords => packetwhisper_words(rng),
+        Family::PacketWhisperCdn => match pw {
+            V4 => v4_packetwhisper::cdn(rng),
+            Tool => packetwhisper_cdn(rng),
+        },
+        Family::PacketWhisperAnalytics => match pw {
+            V4 => v4_packetwhisper::analytics(rng),
+            Tool => packetwhisper_analytics(rng),
+        },
+        Family::PacketWhisperWords => match pw {
+            V4 => v4_packetwhisper::words(rng),
+            Tool => packetwhisper_words(rng),
+        },
         Family::Dnscat2 => dnscat2(rng),
         Family::CobaltStrike => cobalt_strike(rng),
         Family::Sliver => sliver(rng),
@@ -56,71 +66,95 @@ fn cipher_table(name: &str, entry: impl Fn(&mut SplitMix64) -> String) -> Vec<St
 /// PacketWhisper (TryCatchHCF, DEF CON 26; README "FQDN-Based Ciphers"): the payload is
 /// Cloakified, one base64 symbol per DNS query, and each symbol's cipher entry gets random
 /// "subdomain noise" so no two names repeat ("Unique Random Subdomain FQDNs"). Its CDN ciphers
-/// imitate CloudFront (`d` + 5 characters of the table + 7 random `[a-z0-9]` under
-/// `cloudfront.net`) and Akamai-style edge names; the attacker needs no domain of its own,
-/// only a vantage point on the resolution path. About 0.5 s between queries.
+/// (`ciphers/subdomain_randomizer_scripts/`): `cloudfront_prefixes`, `d` + 5 characters of the
+/// table + 7 random `[a-z0-9]` under `cloudfront.net` (`cloudfront_prefixes.py`), and
+/// `cdn_optimizely_prefixes`, `a` + 4 table digits + 4 random digits under
+/// `cdn.optimizely.com`. The tool has no Akamai list. The attacker needs no domain of its own,
+/// only a vantage point on the resolution path.
 fn packetwhisper_cdn(rng: &mut SplitMix64) -> Draft {
     let cloudfront = cipher_table("cloudfront", |r| format!("d{}", text(r, draw::BASE36, 5)));
-    // Real edge names carry up to 5 digits: 3 from the table, 2 of noise.
-    let akamai = cipher_table("akamai", |r| format!("a{}", text(r, draw::DIGITS, 3)));
-    let variant = rng.below(3);
+    let optimizely = cipher_table("cdn_optimizely", |r| {
+        format!("a{}", text(r, draw::DIGITS, 4))
+    });
+    let variant = rng.below(2);
     one_query_per_symbol(rng, |rng, symbol| match variant {
         0 => format!(
             "{}{}.cloudfront.net",
             cloudfront[symbol],
             text(rng, draw::BASE36, 7)
         ),
-        1 => format!(
-            "{}{}.{}.akamai.net",
-            akamai[symbol],
-            text(rng, draw::DIGITS, 2),
-            pick(rng, &["g", "b", "d", "dsp", "cdn"])
-        ),
         _ => format!(
-            "e{}{}.{}.akamaiedge.net",
-            &akamai[symbol][1..],
-            text(rng, draw::DIGITS, 2),
-            pick(rng, &["dscx", "dscb", "a", "b"])
+            "{}{}.cdn.optimizely.com",
+            optimizely[symbol],
+            text(rng, draw::DIGITS, 4)
         ),
     })
 }
 
-/// A PacketWhisper transfer: 150 to 1,500 queries (one per payload symbol, 0.5 s apart at most)
-/// over one or two hours, `name` making each query from its symbol.
+/// Seconds between a PacketWhisper sender's queries (`packetWhisper.py`, CloakAndTransferFile):
+/// the user picks half a second (the default, "recommended"), 5 seconds ("extremely slow but
+/// stealthy") or no delay; each query also waits for its lookup, so we add up to 0.2 s.
+fn packetwhisper_delay(rng: &mut SplitMix64) -> f64 {
+    match rng.below(10) {
+        0..=6 => 0.5,
+        7 | 8 => 5.0,
+        _ => 0.0,
+    }
+}
+
+/// Times of `count` PacketWhisper queries sent one after another, `delay` seconds apart plus
+/// the lookup's own time.
+fn packetwhisper_times(rng: &mut SplitMix64, count: usize) -> Vec<f64> {
+    let delay = packetwhisper_delay(rng);
+    let mut t = 0.0;
+    (0..count)
+        .map(|_| {
+            let at = t;
+            t += delay + 0.02 + rng.below(180) as f64 / 1000.0;
+            at
+        })
+        .collect()
+}
+
+/// A PacketWhisper transfer: 150 to 1,500 queries, one per payload symbol, sent in sequence at
+/// the sender's pace, `name` making each query from its symbol.
 fn one_query_per_symbol(
     rng: &mut SplitMix64,
     mut name: impl FnMut(&mut SplitMix64, usize) -> String,
 ) -> Draft {
     let count = between(rng, 150, 1500);
-    let hours = between(rng, 1, 2) as f64;
-    let names = (0..count)
+    let names: Vec<String> = (0..count)
         .map(|_| {
             let symbol = rng.below(66);
             name(rng, symbol)
         })
         .collect();
-    session(spread(rng, names, hours), chance(rng, 60))
+    let times = packetwhisper_times(rng, count);
+    session(times.into_iter().zip(names).collect(), chance(rng, 60))
 }
 
-/// PacketWhisper's analytics ciphers: numbered labels of the kind web analytics use
-/// (`<digits>.log.optimizely.com`) and `akstat.io` beacons (4 characters of the table plus 4
-/// random `[a-z0-9]`), one query per payload symbol, each name unique.
+/// PacketWhisper's analytics ciphers (`ciphers/subdomain_randomizer_scripts/`):
+/// `log_optimizely_prefixes`, 6 table digits + 5 random digits under `log.optimizely.com`, and
+/// `akstat_io_prefixes`, 2 digits and 2 `[a-z0-9]` of the table + 4 random `[a-z0-9]` under
+/// `akstat.io`; one query per payload symbol, each name unique.
 fn packetwhisper_analytics(rng: &mut SplitMix64) -> Draft {
-    let numbered = cipher_table("log_optimizely", |r| text(r, draw::DIGITS, 5));
-    let akstat = cipher_table("akstat_io", |r| text(r, draw::BASE36, 4));
+    let numbered = cipher_table("log_optimizely", |r| text(r, draw::DIGITS, 6));
+    let akstat = cipher_table("akstat_io", |r| {
+        format!("{}{}", text(r, draw::DIGITS, 2), text(r, draw::BASE36, 2))
+    });
     let variant = rng.below(2);
     one_query_per_symbol(rng, |rng, symbol| match variant {
         0 => format!(
             "{}{}.log.optimizely.com",
             numbered[symbol],
-            text(rng, draw::DIGITS, 4)
+            text(rng, draw::DIGITS, 5)
         ),
         _ => format!("{}{}.akstat.io", akstat[symbol], text(rng, draw::BASE36, 4)),
     })
 }
 
 const FIRST_NAMES: [&str; 12] = [
-    "john", "mary", "alex", "sam", "kim", "lee", "max", "ann", "joe", "eva", "tom", "zoe",
+    "John", "Mary", "Alex", "Sam", "Kim", "Lee", "Max", "Ann", "Joe", "Eva", "Tom", "Zoe",
 ];
 
 /// Common English words: the vocabulary of word-list ciphers and dictionary encodings.
@@ -134,25 +168,52 @@ const WORDS: [&str; 64] = [
     "willow", "amber", "coral", "ember", "frost", "lunar", "solar",
 ];
 
-/// PacketWhisper's "Unique Repeating FQDNs" ciphers: a fixed list of 66 odd but wordy names
-/// (first name plus one or two words under one domain, like its "John.<alias>.yoyodyne.com"
-/// list). Names repeat whenever a symbol repeats, so an hour holds at most 66 distinct names.
+/// `word` with its first letter in upper case.
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
+}
+
+/// PacketWhisper's "Unique Repeating FQDNs" ciphers (`ciphers/repeated_unique_fqdn/`, e.g.
+/// `red_lectroids`: `John.Whorfin.yoyodyne.com`, `John.Careful.Walker.yoyodyne.com`): a fixed
+/// list of 66 capitalised names (a first name, then one or two words) under one domain. The
+/// sender (`packetWhisper.py`, SelectAndGenerateUniqueRepeatingFQDNs) puts a random title from
+/// `Mr`, `Dr`, `Sir`, `Prof`, `Lord`, `Capt`, `Duke` before each name, never the previous
+/// name's title (`Dr.John.Whorfin.yoyodyne.com`), so consecutive queries never repeat; a name
+/// still recurs whenever its symbol and title do.
 fn packetwhisper_words(rng: &mut SplitMix64) -> Draft {
+    const TITLES: [&str; 7] = ["Mr", "Dr", "Sir", "Prof", "Lord", "Capt", "Duke"];
     let domain = draw::domain(rng);
     let first = pick(rng, &FIRST_NAMES).to_string();
     let table: Vec<String> = (0..66)
         .map(|i| {
-            let a = WORDS[i % WORDS.len()];
+            let a = capitalised(WORDS[i % WORDS.len()]);
             if i % 3 == 0 {
-                format!("{first}.{a}.{}.{domain}", WORDS[(i * 7 + 3) % WORDS.len()])
+                let b = capitalised(WORDS[(i * 7 + 3) % WORDS.len()]);
+                format!("{first}.{a}.{b}.{domain}")
             } else {
                 format!("{first}.{a}{}.{domain}", if i >= 64 { "s" } else { "" })
             }
         })
         .collect();
     let count = between(rng, 200, 1500);
-    let names = (0..count).map(|_| table[rng.below(66)].clone()).collect();
-    session(spread(rng, names, 1.0), chance(rng, 60))
+    let mut last_title = usize::MAX;
+    let names = (0..count)
+        .map(|_| {
+            let entry = &table[rng.below(66)];
+            let mut title = rng.below(TITLES.len());
+            while title == last_title {
+                title = rng.below(TITLES.len());
+            }
+            last_title = title;
+            format!("{}.{entry}", TITLES[title])
+        })
+        .collect::<Vec<_>>();
+    let times = packetwhisper_times(rng, count);
+    session(times.into_iter().zip(names).collect(), chance(rng, 60))
 }
 
 /// dnscat2 (iagox86; doc/protocol.md): every packet is hex-encoded into the name, after the
@@ -674,5 +735,188 @@ fn randomised(rng: &mut SplitMix64) -> Draft {
         fleet: Vec::new(),
         rides: chance(rng, 70),
         sources,
+    }
+}
+
+/// The PacketWhisper generators `dnsexfil_v4` was trained with (`--packetwhisper v4`, the
+/// default), kept so that its recipe still rebuilds it bit for bit. They differ from the tool:
+/// two Akamai-style CDN ciphers of our own (the tool has no Akamai list), 5+4-digit
+/// `log.optimizely.com` names, 4-character `akstat.io` entries, lower-case word lists without
+/// titles, each transfer spread over one or two hours.
+mod v4_packetwhisper {
+    use super::draw::{self, between, chance, pick, text};
+    use super::{cipher_table, session, spread, Draft};
+    use crate::util::rng::SplitMix64;
+
+    /// CloudFront (`d` + 5 characters of the table + 7 random `[a-z0-9]`) and two Akamai-style
+    /// edge-name ciphers of our own.
+    pub(super) fn cdn(rng: &mut SplitMix64) -> Draft {
+        let cloudfront = cipher_table("cloudfront", |r| format!("d{}", text(r, draw::BASE36, 5)));
+        // Real edge names carry up to 5 digits: 3 from the table, 2 of noise.
+        let akamai = cipher_table("akamai", |r| format!("a{}", text(r, draw::DIGITS, 3)));
+        let variant = rng.below(3);
+        one_query_per_symbol(rng, |rng, symbol| match variant {
+            0 => format!(
+                "{}{}.cloudfront.net",
+                cloudfront[symbol],
+                text(rng, draw::BASE36, 7)
+            ),
+            1 => format!(
+                "{}{}.{}.akamai.net",
+                akamai[symbol],
+                text(rng, draw::DIGITS, 2),
+                pick(rng, &["g", "b", "d", "dsp", "cdn"])
+            ),
+            _ => format!(
+                "e{}{}.{}.akamaiedge.net",
+                &akamai[symbol][1..],
+                text(rng, draw::DIGITS, 2),
+                pick(rng, &["dscx", "dscb", "a", "b"])
+            ),
+        })
+    }
+
+    /// A PacketWhisper transfer: 150 to 1,500 queries (one per payload symbol, 0.5 s apart at most)
+    /// over one or two hours, `name` making each query from its symbol.
+    fn one_query_per_symbol(
+        rng: &mut SplitMix64,
+        mut name: impl FnMut(&mut SplitMix64, usize) -> String,
+    ) -> Draft {
+        let count = between(rng, 150, 1500);
+        let hours = between(rng, 1, 2) as f64;
+        let names = (0..count)
+            .map(|_| {
+                let symbol = rng.below(66);
+                name(rng, symbol)
+            })
+            .collect();
+        session(spread(rng, names, hours), chance(rng, 60))
+    }
+
+    /// PacketWhisper's analytics ciphers: numbered labels of the kind web analytics use
+    /// (`<digits>.log.optimizely.com`) and `akstat.io` beacons (4 characters of the table plus 4
+    /// random `[a-z0-9]`), one query per payload symbol, each name unique.
+    pub(super) fn analytics(rng: &mut SplitMix64) -> Draft {
+        let numbered = cipher_table("log_optimizely", |r| text(r, draw::DIGITS, 5));
+        let akstat = cipher_table("akstat_io", |r| text(r, draw::BASE36, 4));
+        let variant = rng.below(2);
+        one_query_per_symbol(rng, |rng, symbol| match variant {
+            0 => format!(
+                "{}{}.log.optimizely.com",
+                numbered[symbol],
+                text(rng, draw::DIGITS, 4)
+            ),
+            _ => format!("{}{}.akstat.io", akstat[symbol], text(rng, draw::BASE36, 4)),
+        })
+    }
+
+    const FIRST_NAMES: [&str; 12] = [
+        "john", "mary", "alex", "sam", "kim", "lee", "max", "ann", "joe", "eva", "tom", "zoe",
+    ];
+
+    /// PacketWhisper's "Unique Repeating FQDNs" ciphers: a fixed list of 66 odd but wordy names
+    /// (first name plus one or two words under one domain, like its "John.<alias>.yoyodyne.com"
+    /// list). Names repeat whenever a symbol repeats, so an hour holds at most 66 distinct names.
+    pub(super) fn words(rng: &mut SplitMix64) -> Draft {
+        let domain = draw::domain(rng);
+        let first = pick(rng, &FIRST_NAMES).to_string();
+        let table: Vec<String> = (0..66)
+            .map(|i| {
+                let a = super::WORDS[i % super::WORDS.len()];
+                if i % 3 == 0 {
+                    format!(
+                        "{first}.{a}.{}.{domain}",
+                        super::WORDS[(i * 7 + 3) % super::WORDS.len()]
+                    )
+                } else {
+                    format!("{first}.{a}{}.{domain}", if i >= 64 { "s" } else { "" })
+                }
+            })
+            .collect();
+        let count = between(rng, 200, 1500);
+        let names = (0..count).map(|_| table[rng.below(66)].clone()).collect();
+        session(spread(rng, names, 1.0), chance(rng, 60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(family: Family, seed: u64) -> Draft {
+        draft(
+            family,
+            &mut SplitMix64::new(seed),
+            PacketWhisperCiphers::Tool,
+        )
+    }
+
+    fn is(chars: &str, alphabet: &[u8]) -> bool {
+        chars.bytes().all(|b| alphabet.contains(&b))
+    }
+
+    #[test]
+    fn tool_packetwhisper_names_follow_the_cipher_files() {
+        for seed in 0..20 {
+            for (_, name) in names(Family::PacketWhisperCdn, seed).queries {
+                let (label, zone) = name.split_once('.').unwrap();
+                match zone {
+                    "cloudfront.net" => {
+                        assert!(label.len() == 13 && label.starts_with('d'), "{name}");
+                        assert!(is(&label[1..], draw::BASE36), "{name}");
+                    }
+                    "cdn.optimizely.com" => {
+                        assert!(label.len() == 9 && label.starts_with('a'), "{name}");
+                        assert!(is(&label[1..], draw::DIGITS), "{name}");
+                    }
+                    _ => panic!("{name}"),
+                }
+            }
+            for (_, name) in names(Family::PacketWhisperAnalytics, seed).queries {
+                let (label, zone) = name.split_once('.').unwrap();
+                match zone {
+                    "log.optimizely.com" => {
+                        assert!(label.len() == 11 && is(label, draw::DIGITS), "{name}")
+                    }
+                    "akstat.io" => {
+                        assert!(label.len() == 8 && is(&label[..2], draw::DIGITS), "{name}");
+                        assert!(is(&label[2..], draw::BASE36), "{name}");
+                    }
+                    _ => panic!("{name}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tool_packetwhisper_words_carry_a_new_title_each_query_at_the_senders_pace() {
+        const TITLES: [&str; 7] = ["Mr", "Dr", "Sir", "Prof", "Lord", "Capt", "Duke"];
+        for seed in 0..20 {
+            let queries = names(Family::PacketWhisperWords, seed).queries;
+            let titles: Vec<&str> = queries
+                .iter()
+                .map(|(_, n)| n.split('.').next().unwrap())
+                .collect();
+            assert!(titles.iter().all(|t| TITLES.contains(t)), "{titles:?}");
+            assert!(titles.windows(2).all(|w| w[0] != w[1]));
+            for (_, name) in &queries {
+                let second = name.split('.').nth(1).unwrap();
+                assert!(
+                    second.starts_with(|c: char| c.is_ascii_uppercase()),
+                    "{name}"
+                );
+            }
+            // One query after another: 0 s, 0.5 s or 5 s apart plus the lookup (at most 0.2 s).
+            let gaps: Vec<f64> = queries.windows(2).map(|w| w[1].0 - w[0].0).collect();
+            let lo = gaps.iter().cloned().fold(f64::MAX, f64::min);
+            let hi = gaps.iter().cloned().fold(0.0, f64::max);
+            assert!(
+                hi - lo <= 0.2
+                    && [0.0, 0.5, 5.0]
+                        .iter()
+                        .any(|d| lo >= d + 0.019 && hi <= d + 0.2),
+                "{lo} {hi}"
+            );
+        }
     }
 }

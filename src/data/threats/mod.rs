@@ -139,6 +139,36 @@ impl Family {
     }
 }
 
+/// How the PacketWhisper families write their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PacketWhisperCiphers {
+    /// The generators `dnsexfil_v4` was trained with: CloudFront and two Akamai-style CDN
+    /// ciphers of our own, 5+4-digit `log.optimizely.com` names, lower-case word lists, each
+    /// transfer spread over one or two hours.
+    #[default]
+    V4,
+    /// The tool's own cipher files and sender (`ciphers/`, `packetWhisper.py`): CloudFront and
+    /// `cdn.optimizely.com`, 6+5-digit `log.optimizely.com`, `akstat.io` entries of 2 digits and
+    /// 2 characters, capitalised word lists with a title before each name, a query every 0.5 s
+    /// (or 5 s, or no delay).
+    Tool,
+}
+
+impl std::str::FromStr for PacketWhisperCiphers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "v4" => Ok(Self::V4),
+            "tool" => Ok(Self::Tool),
+            other => Err(format!(
+                "`{}` is not a PacketWhisper generator: use v4 or tool",
+                other.escape_debug()
+            )),
+        }
+    }
+}
+
 /// The malicious tools, in table order (the unit of leave-one-out evaluation).
 pub fn malicious_tools() -> Vec<&'static str> {
     let mut tools: Vec<&'static str> = Vec::new();
@@ -249,6 +279,7 @@ pub fn generate(
     carriers: &Carriers<'_>,
     seed: u64,
     first_source: usize,
+    packetwhisper: PacketWhisperCiphers,
 ) -> Generated {
     let mut out = Generated::default();
     let mut next_source = first_source;
@@ -265,7 +296,7 @@ pub fn generate(
             let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
             let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
-                malicious::draft(family, &mut rng)
+                malicious::draft(family, &mut rng, packetwhisper)
             } else {
                 benign::draft(family, &mut rng)
             };

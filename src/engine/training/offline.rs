@@ -87,6 +87,7 @@ pub fn training_corpus(
                     leave_out: Vec::new(),
                     seed: options.seed,
                     only: Vec::new(),
+                    packetwhisper: options.packetwhisper,
                 },
             );
             // The v2 recipe drew its sessions from the whole log's span and donors.
@@ -111,6 +112,7 @@ pub fn training_corpus(
                 leave_out: leave_out.to_vec(),
                 seed: options.seed,
                 only: Vec::new(),
+                packetwhisper: options.packetwhisper,
             },
         ),
     }
@@ -196,6 +198,10 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
             params["threat_sessions"] = options.threat_sessions.into();
             params["lookalike_sessions"] = options.lookalike_sessions.into();
             params["leave_out"] = serde_json::json!(args.leave_out);
+            // Only when not the default, so the default model's report stays as it was.
+            if options.packetwhisper != crate::data::threats::PacketWhisperCiphers::V4 {
+                params["packetwhisper"] = "tool".into();
+            }
         }
     }
     let report_json = serde_json::json!({
