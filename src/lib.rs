@@ -6,14 +6,15 @@
 //! # Layout
 //!
 //! Layers, top to bottom; each module imports only from its own layer's lower modules and from
-//! the layers below (`.ci/module-cycles.py` fails CI on an import cycle or an upward import):
+//! the layers below (`.ci/module-cycles.py` fails CI on an import cycle, an upward import, or
+//! an HTTP or command-line crate outside its layer):
 //!
 //! - `app`: the command line (clap): `serve`, `train`, `evaluate`, `convert`, `synth`,
 //!   `openapi`, `healthcheck`.
 //! - `http`: everything that imports axum or hyper: the router and shutdown (`http`), what
 //!   handlers share (`state`), bodies within their limits (`body`), admission (`limits`,
-//!   `connections`), `request_id`, `tls`, `auth`, `ops`, `openapi`, `metrics`; the DSDL endpoints
-//!   (`http::dsdl`) and the REST API (`http::v1`).
+//!   `connections`), refusals in each API's shape (`refusal`), `request_id`, `tls`, `auth`, `ops`,
+//!   `openapi`, `metrics`; the DSDL endpoints (`http::dsdl`) and the REST API (`http::v1`).
 //! - `engine`: work without HTTP: scoring rows, fitting (what `/fit` and `train` share, with
 //!   its `recipe`), leave-one-tool-out `evaluation`, the allowlist (`suppress`), `memory`
 //!   release after large requests.

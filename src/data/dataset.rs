@@ -26,10 +26,10 @@ pub struct Event {
 /// wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}: {error}", .path.display())]
     Unreadable {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} is empty", .path.display())]
     Empty { path: std::path::PathBuf },
@@ -50,9 +50,9 @@ pub enum DataError {
 }
 
 fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Unreadable {
+    move |error| DataError::Unreadable {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

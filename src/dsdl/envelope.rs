@@ -1,5 +1,5 @@
 //! The DSDL request envelope `{"data": "<CSV>", "meta": {"options": {...}, ...}}` and the options
-//! the handlers need from it. Parsing is separate from what the handlers do with it.
+//! the endpoints (`http::dsdl`) need from it. Parsing is separate from what they do with it.
 
 use serde_json::{Map, Value};
 
@@ -74,7 +74,7 @@ fn with_lone_surrogates_replaced(text: &str) -> Option<String> {
     String::from_utf8(patched).ok()
 }
 
-/// What the handlers use from `meta.options`.
+/// What the endpoints use from `meta.options`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     /// From `into app:NAME` (absent means `default`).

@@ -83,12 +83,21 @@ impl Refusal {
                 "the request body did not arrive within {} s (--request-timeout-secs, DNSEXFIL_REQUEST_TIMEOUT_SECS); send it at once, or fewer {per_request}",
                 limit.as_secs_f64()
             ),
-            Refusal::BodyTooLarge { limit, received } => format!(
-                "the request body ({} MiB or more) exceeds the {} MiB limit; raise --max-body-mb (DNSEXFIL_MAX_BODY_MB) or send fewer {per_request} per request",
-                received >> 20,
-                limit >> 20
-            ),
-            Refusal::BodyUnreadable(e) => format!("cannot read the request body: {e}"),
+            Refusal::BodyTooLarge { limit, received } => match flavor {
+                Flavor::Dsdl => format!(
+                    "the request body ({} MiB or more) exceeds the {} MiB limit; raise --max-body-mb (DNSEXFIL_MAX_BODY_MB) or send fewer rows per request",
+                    received >> 20,
+                    limit >> 20
+                ),
+                Flavor::V1 => format!(
+                    "the body exceeds the {} MiB limit; send fewer events per request or raise --max-body-mb (DNSEXFIL_MAX_BODY_MB)",
+                    limit >> 20
+                ),
+            },
+            Refusal::BodyUnreadable(e) => match flavor {
+                Flavor::Dsdl => format!("cannot read the request body: {e}"),
+                Flavor::V1 => format!("cannot read the body: {e}"),
+            },
             Refusal::BodiesInFlight { budget, .. } => busy_message(*budget),
         }
     }
@@ -101,30 +110,33 @@ impl Refusal {
         )
     }
 
+    /// The admission limits name the request's `path`; a body refusal, its `endpoint`.
     fn log(&self, path: &str) {
         match self {
             Refusal::TooManyRequests { limit } => {
-                tracing::warn!(path, limit, "request refused: too many in flight")
+                tracing::warn!(path = %path, limit, "request refused: too many in flight")
             }
-            Refusal::TimedOut { limit } => {
-                tracing::warn!(path, limit_secs = limit.as_secs_f64(), "request timed out")
-            }
+            Refusal::TimedOut { limit } => tracing::warn!(
+                path = %path,
+                limit_secs = limit.as_secs_f64(),
+                "request timed out"
+            ),
             Refusal::UploadTimedOut { limit } => tracing::warn!(
-                path,
+                endpoint = %path,
                 limit_secs = limit.as_secs_f64(),
                 "request body upload timed out"
             ),
             Refusal::BodyTooLarge { limit, received } => tracing::warn!(
-                path,
+                endpoint = %path,
                 received_bytes = received,
                 limit_bytes = limit,
                 "request refused: the body exceeds --max-body-mb"
             ),
             Refusal::BodyUnreadable(e) => {
-                tracing::debug!(path, error = %e, "request body unreadable")
+                tracing::debug!(endpoint = %path, error = %e, "request body unreadable")
             }
             Refusal::BodiesInFlight { budget, received } => tracing::warn!(
-                path,
+                endpoint = %path,
                 received_bytes = received,
                 budget_bytes = budget,
                 "request refused: the bodies in flight take the budget"
@@ -223,7 +235,7 @@ mod tests {
         let body = json_of(v1).await;
         assert_eq!(body["error"]["code"], "body_too_large");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("exceeds the 8 MiB limit") && message.contains("fewer events"));
+        assert!(message.starts_with("the body exceeds the 8 MiB limit; send fewer events"));
 
         let dsdl = refusal.answer(Flavor::Dsdl, "/fit");
         assert_eq!(dsdl.status(), StatusCode::OK);

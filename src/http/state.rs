@@ -196,13 +196,13 @@ impl AppState {
         if on_async_worker() {
             return;
         }
-        let Some(store) = self.scan_store_for(model_name, algo) else {
+        let Some(scan) = self.scan_store_for(model_name, algo) else {
             return;
         };
         let deadline = std::time::Instant::now() + STORE_SCAN_TIME_LIMIT;
-        while self.registry.scan_running() {
+        while !scan.ended(&self.registry) {
             if std::time::Instant::now() >= deadline {
-                return scan_not_finished(store);
+                return scan.not_finished();
             }
             std::thread::sleep(SCAN_POLL);
         }
@@ -210,44 +210,56 @@ impl AppState {
 
     /// [`AppState::rescan_store_if_missing`] for the async worker: the same scan, awaited.
     pub async fn look_in_store(&self, model_name: &str, algo: Option<&str>) {
-        let Some(store) = self.scan_store_for(model_name, algo) else {
+        let Some(scan) = self.scan_store_for(model_name, algo) else {
             return;
         };
-        let scanned = async {
-            while self.registry.scan_running() {
+        let ended = async {
+            while !scan.ended(&self.registry) {
                 tokio::time::sleep(SCAN_POLL).await;
             }
         };
-        if tokio::time::timeout(STORE_SCAN_TIME_LIMIT, scanned)
+        if tokio::time::timeout(STORE_SCAN_TIME_LIMIT, ended)
             .await
             .is_err()
         {
-            scan_not_finished(store);
+            scan.not_finished();
         }
     }
 
-    /// When no loaded model answers to `model_name`/`algo` and there is a model store, makes
-    /// sure a scan of it is running (one at a time: a scan already running is joined) and returns
-    /// the store; the caller waits while `registry.scan_running()`. The scan runs on a thread of
-    /// its own, so a store that hangs (a stuck network mount) delays only the requests that wait
-    /// for it, and only so long.
-    fn scan_store_for(&self, model_name: &str, algo: Option<&str>) -> Option<&ModelStore> {
+    /// When no loaded model answers to `model_name`/`algo` and there is a model store, starts a
+    /// scan of it, or joins the one under way (one at a time), and returns what to wait for. The
+    /// scan runs on a thread of its own, so a store that hangs (a stuck network mount) delays only
+    /// the requests that wait for it, and only so long.
+    fn scan_store_for(&self, model_name: &str, algo: Option<&str>) -> Option<StoreScan<'_>> {
         let store = self.config.model_store.as_ref()?;
         if self.registry.resolve(model_name, algo).is_some() {
             return None;
         }
+        let ended_before = self.registry.scans_ended();
         if !self.registry.begin_scan() {
-            // A scan is already running: wait for that one.
-            return Some(store);
+            // A scan is under way: it is the next to end.
+            return Some(StoreScan {
+                store,
+                ended_when: ended_before + 1,
+                started: false,
+            });
         }
+        // Ours: no other scan runs until it ends.
+        let scan = StoreScan {
+            store,
+            ended_when: self.registry.scans_ended() + 1,
+            started: true,
+        };
         let (registry, dir) = (self.registry.clone(), store.dir().to_path_buf());
         let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("store-scan".into())
             .spawn(move || {
                 let _entered = span.enter();
+                // Ended even if the scan panics, or every later lookup would wait in vain.
+                let scanning = EndScanOnDrop(registry.clone());
                 let (loaded, failed) = registry.refresh_dir(&dir);
-                registry.end_scan();
+                drop(scanning);
                 for name in loaded {
                     tracing::info!(model = %name, dir = %dir.display(), "model loaded from the store");
                 }
@@ -259,7 +271,7 @@ impl AppState {
             self.registry.end_scan();
             return None;
         }
-        Some(store)
+        Some(scan)
     }
 }
 
@@ -269,6 +281,35 @@ fn scan_not_finished(store: &ModelStore) {
         limit_secs = STORE_SCAN_TIME_LIMIT.as_secs_f64(),
         "the scan of the model store did not finish in time; the request goes on without it"
     );
+}
+
+/// A scan of the model store a request waits for.
+struct StoreScan<'a> {
+    store: &'a ModelStore,
+    /// The count of ended scans (`Registry::scans_ended`) at which it has ended.
+    ended_when: u64,
+    /// Whether this request started it: only the starter reports a scan that did not end in time.
+    started: bool,
+}
+
+impl StoreScan<'_> {
+    fn ended(&self, registry: &Registry) -> bool {
+        registry.scans_ended() >= self.ended_when
+    }
+
+    fn not_finished(&self) {
+        if self.started {
+            scan_not_finished(self.store);
+        }
+    }
+}
+
+struct EndScanOnDrop(Arc<Registry>);
+
+impl Drop for EndScanOnDrop {
+    fn drop(&mut self) {
+        self.0.end_scan();
+    }
 }
 
 thread_local! {

@@ -16,29 +16,34 @@ pub struct Tls {
 }
 
 /// Why no TLS configuration could be made; each message names the file or names involved.
+/// (Causes are part of the messages, not chained: the command line prints the chain too.)
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the TLS {what} {}: {source}", .path.display())]
+    #[error("cannot read the TLS {what} {}: {error}", .path.display())]
     Unreadable {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} holds no PEM certificate", .0.display())]
     NoCertificate(PathBuf),
-    #[error("cannot use the TLS pair {} / {}: {source}", .cert.display(), .key.display())]
+    #[error("cannot use the TLS pair {} / {}: {error}", .cert.display(), .key.display())]
     UnusablePair {
         cert: PathBuf,
         key: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot generate a self-signed certificate for {names:?}: {source}")]
-    Generate {
+    #[error("cannot generate a certificate for {names:?}: {error}")]
+    CertificateNames {
         names: Vec<String>,
-        source: rcgen::Error,
+        error: rcgen::Error,
     },
+    #[error("cannot generate a key: {0}")]
+    Key(rcgen::Error),
+    #[error("cannot generate a certificate: {0}")]
+    Certificate(rcgen::Error),
     /// A pair just generated (or just stored by another replica) cannot be used: the reason.
-    #[error("the self-signed certificate cannot be used: {0}")]
+    #[error("{0}")]
     UnusableSelfSigned(String),
 }
 
@@ -51,10 +56,10 @@ pub fn install_crypto_provider() {
 pub async fn from_files(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
     install_crypto_provider();
     let read = |what, path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Unreadable {
+        std::fs::read(path).map_err(|error| TlsError::Unreadable {
             what,
             path: path.to_path_buf(),
-            source,
+            error,
         })
     };
     let cert_pem = read("certificate", cert)?;
@@ -63,10 +68,10 @@ pub async fn from_files(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
         fingerprint_of_pem(&cert_pem).ok_or_else(|| TlsError::NoCertificate(cert.to_path_buf()))?;
     let config = RustlsConfig::from_pem(cert_pem, key_pem)
         .await
-        .map_err(|source| TlsError::UnusablePair {
+        .map_err(|error| TlsError::UnusablePair {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            source,
+            error,
         })?;
     Ok(Tls {
         config: http1_only(config),
@@ -220,11 +225,12 @@ struct GeneratedPair {
 /// A self-signed certificate for `names`, valid from a day before `now` (clocks differ) for
 /// `SELF_SIGNED_VALIDITY`.
 fn generate_pair(names: &[String], now: SystemTime) -> Result<GeneratedPair, TlsError> {
-    let failed = |source| TlsError::Generate {
-        names: names.to_vec(),
-        source,
-    };
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|error| {
+        TlsError::CertificateNames {
+            names: names.to_vec(),
+            error,
+        }
+    })?;
     let secs = unix_secs(now);
     let (y, m, d) = ymd(secs - 86_400);
     params.not_before = rcgen::date_time_ymd(y, m, d);
@@ -235,8 +241,8 @@ fn generate_pair(names: &[String], now: SystemTime) -> Result<GeneratedPair, Tls
     params.distinguished_name = dn;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate().map_err(failed)?;
-    let cert = params.self_signed(&key).map_err(failed)?;
+    let key = rcgen::KeyPair::generate().map_err(TlsError::Key)?;
+    let cert = params.self_signed(&key).map_err(TlsError::Certificate)?;
     Ok(GeneratedPair {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),

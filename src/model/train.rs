@@ -164,8 +164,9 @@ pub fn train(
         Some(tensors) => start_layers(tensors, shape)?,
         None => init_layers(shape, &mut rng)?,
     };
-    // The network trained is the one served: `Mlp` built over the trainable variables (its
-    // input is standardised here, once, so it is built without its own standardisation).
+    // The network trained is the `Mlp` the service loads, built over the trainable variables
+    // and run through its `Linear` layers (`training_logits`: only they read the live weights).
+    // Its input is standardised here, once, so it is built without its own standardisation.
     let varmap = VarMap::new();
     varmap
         .data()

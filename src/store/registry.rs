@@ -22,6 +22,8 @@ pub struct Registry {
     /// Set while a scan of the store is under way: concurrent requests wait for it rather than
     /// start more.
     scanning: std::sync::atomic::AtomicBool,
+    /// Scans of the store that have ended, so a request can wait for the one it needs.
+    scans_ended: std::sync::atomic::AtomicU64,
     /// Longest a model file's read may take before it is abandoned and the file skipped.
     read_time_limit: Duration,
     /// Runs on the reading thread before each model file is read (tests: a slow disk).
@@ -44,6 +46,7 @@ impl Default for Registry {
             pinned: Default::default(),
             max_file_bytes: crate::model::file::DEFAULT_MAX_FILE_BYTES,
             scanning: Default::default(),
+            scans_ended: Default::default(),
             read_time_limit: READ_TIME_LIMIT,
             read_hook: None,
         }
@@ -322,8 +325,15 @@ impl Registry {
     }
 
     pub fn end_scan(&self) {
+        self.scans_ended
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.scanning
             .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many scans of the store have ended (each [`Registry::end_scan`] counts one).
+    pub fn scans_ended(&self) -> u64 {
+        self.scans_ended.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn scan_running(&self) -> bool {

@@ -44,11 +44,11 @@ pub enum ListError {
         line: usize,
         entry: String,
     },
-    #[error("cannot read the {what} {}: {source}", .path.display())]
+    #[error("cannot read the {what} {}: {error}", .path.display())]
     Unreadable {
         what: &'static str,
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -170,20 +170,20 @@ impl Suppressions {
 
     /// Reads a user's allowlist file.
     pub fn add_allowlist_file(&mut self, path: &Path) -> Result<(), ListError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ListError::Unreadable {
+        let text = std::fs::read_to_string(path).map_err(|error| ListError::Unreadable {
             what: "allowlist",
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         self.add_allowlist(&text, &file_label(path))
     }
 
     /// Reads a user's mutes file.
     pub fn add_mutes_file(&mut self, path: &Path) -> Result<(), ListError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ListError::Unreadable {
+        let text = std::fs::read_to_string(path).map_err(|error| ListError::Unreadable {
             what: "muted sources",
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         self.add_mutes(&text, &file_label(path))
     }

@@ -1,5 +1,6 @@
-//! What `/apply`, `/fit`, `/summary`, `/` and `/compute` do. The HTTP plumbing (body limit,
-//! running off the reactor) is here; parsing and scoring are plain functions below it.
+//! The DSDL endpoints. This module reads a request's body within its limits, runs the work off
+//! the reactor and dispatches it: `apply.rs` scores, `fit.rs` trains, `stage.rs` keeps data for a
+//! notebook, `summary.rs` answers `/summary`, `/` and `/compute`; `response.rs` is the answer.
 
 mod apply;
 mod fit;
