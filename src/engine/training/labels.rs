@@ -34,12 +34,29 @@ impl Windowing {
 /// (newest occurrence of a (src, query) pair = 1, ranks of 10 and above dropped), so the model
 /// learns the features it will see at `/apply`. Labels that are not 0/1, and times that are not
 /// numbers, fail the fit, naming the rows.
+/// Why a fit's table gives nothing to train on; each message names the rows at fault (up to a
+/// few examples) and what to send instead.
+#[derive(Debug, thiserror::Error)]
+pub enum FitDataError {
+    #[error("the label `{target}` must be 0 or 1 on every rank-1 row; {bad} of {rows} are not ({examples}). Fix or drop those rows before `| fit`")]
+    BadLabels {
+        target: String,
+        bad: usize,
+        rows: usize,
+        examples: String,
+    },
+    #[error("nothing to train on: {0}")]
+    NothingToTrainOn(&'static str),
+    #[error("`_time` must be a number (epoch seconds) on every row; {bad} rows are not ({examples}). Send `_time` as Splunk stores it, or leave the field out")]
+    BadTimes { bad: usize, examples: String },
+}
+
 pub fn labelled_from_table(
     table: &Table,
     schema: Schema,
     target: &str,
     window_secs: f64,
-) -> Result<(Labelled, Windowing), String> {
+) -> Result<(Labelled, Windowing), FitDataError> {
     // Each batch: (table rows feeding the history, positions among them of the rows to score).
     let (batches, windowing) = if table.has_time {
         time_windows(table, window_secs)?
@@ -65,12 +82,12 @@ pub fn labelled_from_table(
         }
     }
     if !bad.is_empty() {
-        return Err(format!(
-            "the label `{target}` must be 0 or 1 on every rank-1 row; {} of {} are not ({}). Fix or drop those rows before `| fit`",
-            bad.len(),
-            scored_rows.len(),
-            row_examples(table, &bad, Table::target_text)
-        ));
+        return Err(FitDataError::BadLabels {
+            target: target.to_string(),
+            bad: bad.len(),
+            rows: scored_rows.len(),
+            examples: row_examples(table, &bad, Table::target_text),
+        });
     }
     if scored_rows.is_empty() {
         let why = if (0..table.len()).any(|row| table.kind(row) == RowKind::History) {
@@ -78,7 +95,7 @@ pub fn labelled_from_table(
         } else {
             "no row could be read"
         };
-        return Err(format!("nothing to train on: {why}"));
+        return Err(FitDataError::NothingToTrainOn(why));
     }
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::with_capacity(scored_rows.len());
@@ -106,7 +123,7 @@ pub fn labelled_from_table(
 fn time_windows(
     table: &Table,
     window_secs: f64,
-) -> Result<(Vec<(Vec<usize>, Vec<usize>)>, Windowing), String> {
+) -> Result<(Vec<(Vec<usize>, Vec<usize>)>, Windowing), FitDataError> {
     let mut by_window: std::collections::BTreeMap<i64, Vec<(f64, usize)>> = Default::default();
     let mut bad = Vec::new();
     for i in 0..table.len() {
@@ -126,11 +143,10 @@ fn time_windows(
         }
     }
     if !bad.is_empty() {
-        return Err(format!(
-            "`_time` must be a number (epoch seconds) on every row; {} rows are not ({}). Send `_time` as Splunk stores it, or leave the field out",
-            bad.len(),
-            row_examples(table, &bad, Table::time_text)
-        ));
+        return Err(FitDataError::BadTimes {
+            bad: bad.len(),
+            examples: row_examples(table, &bad, Table::time_text),
+        });
     }
     let windows = by_window.len();
     let batches = by_window

@@ -10,7 +10,7 @@ pub mod labels;
 pub mod offline;
 pub mod plan;
 
-pub use labels::{labelled_from_table, Windowing};
+pub use labels::{labelled_from_table, FitDataError, Windowing};
 pub use offline::{fit_offline, run_offline, training_corpus};
 pub use plan::{FitPlan, FitRequestError, FIT_PARAMS, FRESH_ALGORITHMS};
 
@@ -51,13 +51,21 @@ impl ValidationSplit {
     }
 }
 
+/// A class with too few rows to put some on each side of the validation split.
+#[derive(Debug, thiserror::Error)]
+#[error("training needs at least 2 rows labelled {label} (found {found}); add {} examples", if *.label == 1 { "malicious (1)" } else { "benign (0)" })]
+pub struct TooFewRows {
+    pub label: u8,
+    pub found: usize,
+}
+
 /// Splits `labelled` into training and validation rows: by source when both sides then see both
 /// classes, else by row (stratified). Deterministic for `seed`.
 pub fn validation_split(
     labelled: &Labelled,
     fraction: f64,
     seed: u64,
-) -> Result<(Dataset, Dataset, ValidationSplit), String> {
+) -> Result<(Dataset, Dataset, ValidationSplit), TooFewRows> {
     let (train_srcs, val_srcs) = dataset::split_sources(labelled, fraction, seed.wrapping_add(1));
     let train_set = dataset::subset(labelled, &train_srcs);
     let val_set = dataset::subset(labelled, &val_srcs);
@@ -78,15 +86,10 @@ pub fn validation_split(
     for class in [0.0f32, 1.0] {
         let mut rows: Vec<usize> = (0..data.len()).filter(|&i| data.y[i] == class).collect();
         if rows.len() < 2 {
-            return Err(format!(
-                "training needs at least 2 rows labelled {class} (found {}); add {} examples",
-                rows.len(),
-                if class == 1.0 {
-                    "malicious (1)"
-                } else {
-                    "benign (0)"
-                }
-            ));
+            return Err(TooFewRows {
+                label: class as u8,
+                found: rows.len(),
+            });
         }
         for i in (1..rows.len()).rev() {
             rows.swap(i, rng.below(i + 1));
@@ -132,7 +135,7 @@ pub fn fit_labelled(
     debug_assert_eq!(info.schema, plan.schema);
     let (train_set, val_set, split) =
         validation_split(labelled, plan.validation_fraction, plan.params.seed)
-            .map_err(TrainError::Data)?;
+            .map_err(|e| TrainError::Data(e.to_string()))?;
     let start: Option<HashMap<String, Tensor>> = match &plan.base {
         Some(base) => Some(base.mlp.tensors()?),
         None => None,
@@ -266,7 +269,8 @@ mod tests {
         let table = Table::parse_with_target(csv, 100, Some("y")).unwrap();
         let e = labelled_from_table(&table, Schema::DnsexfilV2, "y", 3600.0)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("2 of 3"), "{e}");
         assert!(
             e.contains("row 2: `yes`") && e.contains("row 4: empty"),
@@ -304,7 +308,8 @@ mod tests {
         let table = Table::parse_with_target(bad, 100, Some("y")).unwrap();
         let e = labelled_from_table(&table, Schema::DnsexfilV2, "y", 3600.0)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             e.contains("`_time` must be a number") && e.contains("`yesterday`"),
             "{e}"

@@ -119,7 +119,7 @@ pub(super) fn fit_and_apply(
     let (labelled, windowing) =
         match labelled_from_table(&table, plan.schema, target, plan.window_secs) {
             Ok(l) => l,
-            Err(msg) => return fail(msg),
+            Err(e) => return fail(e.to_string()),
         };
     let positives = labelled.data.y.iter().filter(|&&y| y == 1.0).count();
     let sources = labelled
