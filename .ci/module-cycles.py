@@ -2,7 +2,8 @@
 """Fails when the library's modules import each other in a cycle, or a layer imports from one
 above it.
 
-Every `crate::path` a module names outside its `#[cfg(test)] mod tests` (in `use` lines, grouped
+Every `crate::path` (or `super::path`, made absolute) a module names outside its
+`#[cfg(test)] mod tests` and its comments (in `use` lines, grouped
 `use crate::{a, b::c}` included, or inline) is an edge from that module to the deepest module the
 path names. A module may use its own submodules and its parents' items freely; any other cycle is
 reported with the edges that close it. The layers are the top-level folders, top to bottom, as
@@ -55,8 +56,29 @@ def expand_group(text):
     return out
 
 
-def referenced_paths(source):
+def without_comments(source):
+    """The source without `//` comments (a `//` inside a string literal, e.g. a URL, is kept)."""
+    kept = []
+    for line in source.splitlines():
+        quotes = 0
+        for i in range(len(line) - 1):
+            if line[i] == '"' and (i == 0 or line[i - 1] != "\\"):
+                quotes += 1
+            elif line[i : i + 2] == "//" and quotes % 2 == 0:
+                line = line[:i]
+                break
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def referenced_paths(source, module=""):
+    """The crate paths `source` (the code of `module`) names, `super::` paths made absolute."""
     paths = []
+    parents = module.split("::") if module else []
+    for m in re.finditer(r"\bsuper((?:::super)*)::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", source):
+        up = 1 + m.group(1).count("::super")
+        if up <= len(parents):
+            paths.append("::".join(parents[: len(parents) - up] + [m.group(2)]))
     # Grouped imports: `crate::{...}` or `crate::x::{...}` with balanced braces.
     for m in re.finditer(r"crate::((?:[a-z_][a-z0-9_]*::)*)\{", source):
         depth, i = 1, m.end()
@@ -65,7 +87,7 @@ def referenced_paths(source):
             i += 1
         paths.extend(expand_group(m.group(1) + source[m.end() - 1 : i]))
     paths += re.findall(r"crate::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", source)
-    return [p.replace("self", "").rstrip(":") for p in paths]
+    return [re.sub(r"(^|::)self(?=::|$)", "", p).strip(":") for p in paths]
 
 
 def edges_of(found):
@@ -81,7 +103,7 @@ def edges_of(found):
 
     edges = {name: set() for name in names}
     for name, source in found.items():
-        for path in referenced_paths(without_tests(source)):
+        for path in referenced_paths(without_comments(without_tests(source)), name):
             target = resolve(path)
             # Its own submodules, itself and its ancestors are not edges of a layering.
             if target and target != name and not target.startswith(name + "::") \
@@ -130,7 +152,7 @@ def upward_edges(edges):
 # Crates a module may name only inside some folders: the HTTP stack in `http` (and `app`, which
 # starts the server), clap in `app` and the training recipe that derives its arguments.
 CRATES_ONLY_IN = {
-    r"\b(axum|axum_server|hyper|hyper_util|http_body|http_body_util|tower|tower_http)::": ["http", "app"],
+    r"\b(axum|axum_server|hyper|hyper_util|http_body|http_body_util|tower|tower_http|utoipa)::": ["http", "app"],
     r"\b(clap)::": ["app", "engine::recipe"],
 }
 
@@ -140,7 +162,7 @@ def misplaced_crates(found):
     (comments aside)."""
     out = []
     for name, source in found.items():
-        code = "\n".join(line.split("//")[0] for line in source.splitlines())
+        code = without_comments(source)
         for pattern, allowed in CRATES_ONLY_IN.items():
             if name == "" or any(name == a or name.startswith(a + "::") for a in allowed):
                 continue
