@@ -117,7 +117,7 @@ LAYERS = [
     ["app"],
     ["http"],
     ["engine"],
-    ["store"],
+    ["history", "store"],
     ["data"],
     ["dsdl"],
     ["features", "model"],

@@ -179,6 +179,11 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
             numpy_times[name] += net.time(3)
     forward.stdin.close()
     forward.wait()
+    # A stage table left empty would pass unnoticed (the log target moved once): fail instead.
+    for label, url, _, _, _ in requests:
+        if url.endswith("/apply") and "features" not in stages[label]:
+            sys.exit(f"no `apply stages` debug line for {label} in the server log: is RUST_LOG's"
+                     " target in http_roundtrip.sh still the DSDL handler's module?")
 
     def best(xs):
         return min(xs)

@@ -45,7 +45,7 @@ trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "
 
 # The per-stage timings are debug events of the DSDL handler, in the JSON log.
 log=$work/server.log
-api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn,dnsexfil::dsdl=debug "$bin" serve \
+api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn,dnsexfil::http::dsdl=debug "$bin" serve \
   --host 127.0.0.1 --port "$port" --model "$artifact" --data-dir "$work/data" \
   --log-format json 2>"$log" >>"$log" &
 server=$!

@@ -7,10 +7,11 @@
 //! them: the CSV stays JSON-escaped in the body), envelope_unescaping and csv_unescaped (the
 //! general path of `/fit` and of CSVs that need unescaping), feature_rows, prepare (the
 //! per-request history), fill (features from a prepared history; only that part is timed),
-//! features (both), features_v2 (our dnsexfil-v2 schema), forward, score, allowlist (the
+//! features (both), features_v2 and features_v4 (our schemas), forward, score, allowlist (the
 //! suppression check of every scored row, alone on one core), results (with that check, as the
 //! service writes them), whole, app (the whole service in-process: router, middleware, handler
-//! and response body, without the network). Under `cargo bench` (no stage given) it runs each
+//! and response body, without the network). `PROFILE_CSV=<file>` takes the rows from a CSV
+//! file (e.g. the dev log), repeated to `<rows>`, instead of synthetic ones. Under `cargo bench` (no stage given) it runs each
 //! stage once at 1,000 rows as a smoke test.
 
 mod support;
@@ -33,7 +34,7 @@ use dnsexfil::model::convert::ESCU_MODEL_NAME;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STAGES: [&str; 15] = [
+const STAGES: [&str; 16] = [
     "envelope",
     "csv",
     "envelope_unescaping",
@@ -43,6 +44,7 @@ const STAGES: [&str; 15] = [
     "fill",
     "features",
     "features_v2",
+    "features_v4",
     "forward",
     "score",
     "allowlist",
@@ -63,7 +65,10 @@ fn main() {
     };
     let state = support::escu_state();
     let model = state.registry.get(ESCU_MODEL_NAME).unwrap();
-    let csv = synth::dsdl_csv(rows, 42);
+    let csv = match std::env::var_os("PROFILE_CSV") {
+        Some(path) => repeated_csv(&std::fs::read_to_string(path).unwrap(), rows),
+        None => synth::dsdl_csv(rows, 42),
+    };
     let body = synth::dsdl_envelope(&csv, ESCU_MODEL_NAME);
     let escaped = support::escaped_csv(&body);
     // The table as `/apply` reads it: cells are ranges of the escaped text.
@@ -103,6 +108,22 @@ fn main() {
         let per = elapsed * 1e3 / iterations as f64;
         println!("{stage} {rows} rows: {per:.3} ms per run ({iterations} runs)");
     }
+}
+
+/// A CSV file's rows repeated to `rows` rows under its header (`PROFILE_CSV`: a real log instead
+/// of synthetic rows, as `benches/http_roundtrip.sh` sends the dev log).
+fn repeated_csv(text: &str, rows: usize) -> String {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let body: Vec<&str> = lines.collect();
+    let mut csv = String::with_capacity(text.len() * (rows / body.len().max(1) + 1));
+    csv.push_str(header);
+    csv.push('\n');
+    for line in body.iter().cycle().take(rows) {
+        csv.push_str(line);
+        csv.push('\n');
+    }
+    csv
 }
 
 /// Time spent in the `fill` stage proper (its set-up is not what it measures).
@@ -161,6 +182,10 @@ fn run(stage: &str, ctx: &Ctx) {
         "features_v2" => {
             let (rows, scored, _) = ctx.table.feature_rows();
             black_box(Schema::DnsexfilV2.compute(&rows, &scored));
+        }
+        "features_v4" => {
+            let (rows, scored, _) = ctx.table.feature_rows();
+            black_box(Schema::DnsexfilV4.compute(&rows, &scored));
         }
         "forward" => {
             black_box(model.mlp.predict(ctx.features, ctx.scored_rows).unwrap());

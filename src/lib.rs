@@ -30,6 +30,7 @@ pub mod data;
 pub mod dsdl;
 pub mod engine;
 pub mod features;
+pub mod history;
 pub mod http;
 pub mod model;
 pub mod store;

@@ -1,0 +1,435 @@
+//! The history in this process: the default for a single replica.
+//!
+//! Sources are spread over shards (a lock each), so requests about different sources rarely
+//! wait for each other. Each shard holds its share of the byte cap: past it, the sources seen
+//! longest ago are evicted whole (an analyst's view of a source is then empty, never partial).
+//! Expired entries go lazily: a source's are pruned when the window's start has moved a whole
+//! bucket since its last pruning, and sources silent for a whole window are dropped as records
+//! arrive, so no timer and no full sweep is needed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rustc_hash::FxHashMap;
+
+use super::{
+    Batch, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName, Usage,
+};
+
+const SHARDS: usize = 16;
+
+/// Estimated bytes of bookkeeping around each kept item (map slots, string headers, vectors).
+const SOURCE_OVERHEAD: usize = 160;
+const DOMAIN_OVERHEAD: usize = 112;
+const NAME_OVERHEAD: usize = 72;
+const BUCKET_BYTES: usize = 16;
+
+pub struct MemoryHistory {
+    config: HistoryConfig,
+    shards: Vec<Mutex<Shard>>,
+    evicted: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    sources: FxHashMap<String, Source>,
+    /// Sources by the tick of their last record: the front is the least recently seen.
+    by_recency: BTreeMap<u64, String>,
+    tick: u64,
+    bytes: usize,
+}
+
+struct Source {
+    domains: FxHashMap<String, Domain>,
+    /// Its key in `by_recency`.
+    tick: u64,
+    /// Latest observation time: the source is dropped once this leaves the window.
+    last_time: i64,
+    /// The bucket the window started in when this source was last pruned.
+    pruned_from_bucket: i64,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Domain {
+    /// Name -> its (bucket, earliest time in the bucket), in ascending buckets.
+    names: FxHashMap<String, Vec<(i64, i64)>>,
+}
+
+impl MemoryHistory {
+    pub fn new(config: HistoryConfig) -> MemoryHistory {
+        MemoryHistory {
+            config,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    fn shard_of(&self, src: &str) -> &Mutex<Shard> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
+        src.hash(&mut hasher);
+        &self.shards[(hasher.finish() >> 59) as usize % SHARDS]
+    }
+
+    fn shard_cap(&self) -> usize {
+        (self.config.max_bytes / SHARDS).max(4096)
+    }
+
+    /// Adds a batch, synchronously (the service calls it off the async workers for large ones).
+    pub fn record_now(&self, batch: Batch, now: i64) -> Recorded {
+        let mut recorded = Recorded::default();
+        let cutoff = now - self.config.window_seconds;
+        let cutoff_bucket = cutoff.div_euclid(self.config.bucket_seconds);
+        let shard_cap = self.shard_cap();
+        // One source may hold at most half its shard, so that one busy source cannot evict all
+        // others; beyond it, its new names are not kept (what is kept already shows the burst).
+        let source_cap = shard_cap / 2;
+        for group in batch.groups {
+            let mut shard = self
+                .shard_of(&group.src)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *shard;
+            shard.drop_silent_sources(cutoff);
+            shard.tick += 1;
+            let tick = shard.tick;
+            let source = match shard.sources.get_mut(&group.src) {
+                Some(source) => {
+                    shard.by_recency.remove(&source.tick);
+                    source
+                }
+                None => {
+                    shard.bytes += SOURCE_OVERHEAD + group.src.len();
+                    shard.sources.entry(group.src.clone()).or_insert(Source {
+                        domains: FxHashMap::default(),
+                        tick,
+                        last_time: i64::MIN,
+                        pruned_from_bucket: cutoff_bucket,
+                        bytes: SOURCE_OVERHEAD + group.src.len(),
+                    })
+                }
+            };
+            source.tick = tick;
+            shard.by_recency.insert(tick, group.src.clone());
+            let before = source.bytes;
+            if cutoff_bucket > source.pruned_from_bucket {
+                source.prune(cutoff);
+                source.pruned_from_bucket = cutoff_bucket;
+            }
+            let domain_bytes = DOMAIN_OVERHEAD + group.domain.len();
+            let domain = match source.domains.get_mut(&group.domain) {
+                Some(domain) => domain,
+                None => {
+                    source.bytes += domain_bytes;
+                    source.domains.entry(group.domain).or_default()
+                }
+            };
+            for seen in group.names {
+                source.last_time = source.last_time.max(seen.time);
+                if let Some(buckets) = domain.names.get_mut(&seen.name) {
+                    match buckets.binary_search_by_key(&seen.bucket, |&(b, _)| b) {
+                        Ok(at) => buckets[at].1 = buckets[at].1.min(seen.time),
+                        Err(at) => {
+                            if source.bytes + BUCKET_BYTES > source_cap {
+                                continue;
+                            }
+                            buckets.insert(at, (seen.bucket, seen.time));
+                            source.bytes += BUCKET_BYTES;
+                            recorded.new += 1;
+                        }
+                    }
+                } else {
+                    let bytes = NAME_OVERHEAD + seen.name.len() + BUCKET_BYTES;
+                    if source.bytes + bytes > source_cap {
+                        continue;
+                    }
+                    domain
+                        .names
+                        .insert(seen.name, vec![(seen.bucket, seen.time)]);
+                    source.bytes += bytes;
+                    recorded.new += 1;
+                }
+            }
+            // Bytes are kept as the sources' sum; `before` may exceed the new size after pruning.
+            shard.bytes = shard.bytes + source.bytes - before;
+            let evicted = shard.evict_to(shard_cap * 9 / 10, shard_cap, tick);
+            recorded.evicted_sources += evicted;
+        }
+        self.evicted
+            .fetch_add(recorded.evicted_sources as u64, Ordering::Relaxed);
+        recorded
+    }
+
+    /// The report of `src` as of `now`.
+    pub fn source_now(&self, src: &str, now: i64) -> Option<SourceReport> {
+        let cutoff = now - self.config.window_seconds;
+        let shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
+        let source = shard.sources.get(src)?;
+        let entries = source.domains.iter().flat_map(|(domain, d)| {
+            d.names.iter().flat_map(move |(name, buckets)| {
+                buckets
+                    .iter()
+                    .filter(move |&&(_, time)| time >= cutoff)
+                    .map(move |&(bucket, time)| {
+                        (
+                            domain.clone(),
+                            StoredName {
+                                name: name.clone(),
+                                bucket,
+                                time,
+                            },
+                        )
+                    })
+            })
+        });
+        SourceReport::build(src, entries, &self.config)
+    }
+
+    /// Forgets `src`; whether it was remembered.
+    pub fn forget_now(&self, src: &str) -> bool {
+        let mut shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
+        shard.remove(src)
+    }
+}
+
+impl Shard {
+    /// Drops sources whose latest observation left the window (least recently seen first).
+    fn drop_silent_sources(&mut self, cutoff: i64) {
+        while let Some((_, src)) = self.by_recency.first_key_value() {
+            let silent = self
+                .sources
+                .get(src)
+                .is_none_or(|source| source.last_time < cutoff);
+            if !silent {
+                break;
+            }
+            let src = src.clone();
+            self.remove(&src);
+        }
+    }
+
+    /// Evicts the least recently seen sources (never the one at `keep`) until the shard holds at
+    /// most `target` bytes, once it holds more than `cap`; how many were evicted.
+    fn evict_to(&mut self, target: usize, cap: usize, keep: u64) -> usize {
+        if self.bytes <= cap {
+            return 0;
+        }
+        let mut evicted = 0;
+        while self.bytes > target {
+            let Some((&tick, src)) = self.by_recency.first_key_value() else {
+                break;
+            };
+            if tick == keep {
+                break;
+            }
+            let src = src.clone();
+            self.remove(&src);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    fn remove(&mut self, src: &str) -> bool {
+        match self.sources.remove(src) {
+            Some(source) => {
+                self.by_recency.remove(&source.tick);
+                self.bytes -= source.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Source {
+    /// Removes entries older than `cutoff`, and names and domains left without any.
+    fn prune(&mut self, cutoff: i64) {
+        let mut freed = 0;
+        self.domains.retain(|domain, d| {
+            d.names.retain(|name, buckets| {
+                let before = buckets.len();
+                buckets.retain(|&(_, time)| time >= cutoff);
+                freed += (before - buckets.len()) * BUCKET_BYTES;
+                if buckets.is_empty() {
+                    freed += NAME_OVERHEAD + name.len();
+                    false
+                } else {
+                    true
+                }
+            });
+            if d.names.is_empty() {
+                freed += DOMAIN_OVERHEAD + domain.len();
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes -= freed;
+    }
+}
+
+impl HistoryStore for MemoryHistory {
+    async fn record(&self, batch: Batch, now: i64) -> Result<Recorded, HistoryError> {
+        Ok(self.record_now(batch, now))
+    }
+
+    async fn source(&self, src: &str, now: i64) -> Result<Option<SourceReport>, HistoryError> {
+        Ok(self.source_now(src, now))
+    }
+
+    async fn forget(&self, src: &str) -> Result<bool, HistoryError> {
+        Ok(self.forget_now(src))
+    }
+
+    fn usage(&self) -> Usage {
+        let (mut bytes, mut sources) = (0, 0);
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            bytes += shard.bytes;
+            sources += shard.sources.len();
+        }
+        Usage {
+            bytes,
+            sources,
+            evicted_sources: self.evicted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Observation;
+    use super::*;
+
+    fn batch(events: &[(&str, &str, i64)], now: i64, config: &HistoryConfig) -> Batch {
+        let observations: Vec<Observation> = events
+            .iter()
+            .map(|&(src, query, time)| Observation { src, query, time })
+            .collect();
+        Batch::from_observations(&observations, now, config)
+    }
+
+    #[test]
+    fn a_re_sent_window_counts_once_and_a_new_bucket_counts_again() {
+        let config = HistoryConfig::default();
+        let store = MemoryHistory::new(config);
+        let now = 10_000_000;
+        let events = [("h", "a.t.net", now - 50), ("h", "b.t.net", now - 40)];
+        assert_eq!(store.record_now(batch(&events, now, &config), now).new, 2);
+        assert_eq!(store.record_now(batch(&events, now, &config), now).new, 0);
+        let later = [("h", "a.t.net", now + 600)];
+        assert_eq!(
+            store
+                .record_now(batch(&later, now + 600, &config), now + 600)
+                .new,
+            1
+        );
+        let report = store.source_now("h", now + 600).unwrap();
+        assert_eq!((report.distinct_names, report.name_buckets), (2, 3));
+        assert_eq!(report.domains[0].active_buckets, 2);
+        assert!(store.source_now("other", now).is_none());
+    }
+
+    #[test]
+    fn entries_leave_with_the_window_and_silent_sources_are_dropped() {
+        let config = HistoryConfig {
+            window_seconds: 3600,
+            bucket_seconds: 300,
+            max_bytes: 1 << 20,
+        };
+        let store = MemoryHistory::new(config);
+        let t0 = 7_200_000;
+        store.record_now(
+            batch(&[("h", "a.t.net", t0), ("q", "x.y.com", t0)], t0, &config),
+            t0,
+        );
+        let t1 = t0 + 3000;
+        store.record_now(batch(&[("h", "b.t.net", t1)], t1, &config), t1);
+        assert_eq!(store.source_now("h", t1).unwrap().distinct_names, 2);
+        // An hour after the first: it has left the window, the second has not.
+        let t2 = t0 + 3700;
+        store.record_now(batch(&[("h", "c.t.net", t2)], t2, &config), t2);
+        let report = store.source_now("h", t2).unwrap();
+        assert_eq!(report.distinct_names, 2);
+        assert!(!report.domains[0]
+            .recent_names
+            .contains(&"a.t.net".to_string()));
+        // `q` was silent for the whole window: gone, and its bytes with it, once its shard
+        // records again (every shard is visited by recording many sources).
+        let many: Vec<(String, i64)> = (0..200).map(|i| (format!("s{i}"), t2)).collect();
+        let events: Vec<(&str, &str, i64)> = many
+            .iter()
+            .map(|(s, t)| (s.as_str(), "z.example.com", *t))
+            .collect();
+        store.record_now(batch(&events, t2, &config), t2);
+        assert!(store.source_now("q", t2).is_none());
+        assert_eq!(store.usage().sources, 201);
+    }
+
+    #[test]
+    fn the_cap_holds_by_evicting_the_least_recently_seen_sources() {
+        let config = HistoryConfig {
+            window_seconds: 86_400,
+            bucket_seconds: 300,
+            max_bytes: 1 << 20,
+        };
+        let store = MemoryHistory::new(config);
+        let now = 100_000_000;
+        let mut evicted = 0;
+        for round in 0..200 {
+            let names: Vec<(String, String)> = (0..100)
+                .map(|i| {
+                    (
+                        format!("10.0.{round}.{i}"),
+                        format!("n{round}x{i}.example.com"),
+                    )
+                })
+                .collect();
+            let events: Vec<(&str, &str, i64)> = names
+                .iter()
+                .map(|(s, q)| (s.as_str(), q.as_str(), now))
+                .collect();
+            evicted += store
+                .record_now(batch(&events, now, &config), now)
+                .evicted_sources;
+            assert!(
+                store.usage().bytes <= config.max_bytes,
+                "round {round}: {:?}",
+                store.usage()
+            );
+        }
+        assert!(evicted > 0);
+        assert_eq!(store.usage().evicted_sources, evicted as u64);
+        // The newest sources are kept, the oldest went.
+        assert!(store.source_now("10.0.199.5", now).is_some());
+        assert!(store.source_now("10.0.0.5", now).is_none());
+    }
+
+    #[test]
+    fn one_busy_source_cannot_take_more_than_half_its_shard() {
+        let config = HistoryConfig {
+            window_seconds: 86_400,
+            bucket_seconds: 300,
+            max_bytes: 1 << 20,
+        };
+        let store = MemoryHistory::new(config);
+        let now = 100_000_000;
+        let names: Vec<String> = (0..50_000).map(|i| format!("{i:08x}.tunnel.net")).collect();
+        let events: Vec<(&str, &str, i64)> =
+            names.iter().map(|q| ("busy", q.as_str(), now)).collect();
+        store.record_now(batch(&events, now, &config), now);
+        let usage = store.usage();
+        assert!(usage.bytes <= (config.max_bytes / SHARDS) / 2, "{usage:?}");
+        let report = store.source_now("busy", now).unwrap();
+        assert!(report.distinct_names > 100, "{}", report.distinct_names);
+        assert!(store.forget_now("busy"));
+        assert!(!store.forget_now("busy"));
+        assert_eq!(store.usage().bytes, 0);
+    }
+}

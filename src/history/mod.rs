@@ -1,0 +1,485 @@
+//! What the service remembers of each source across requests: which names it queried, under
+//! which registered domain, in which time bucket, over a sliding window (24 hours by default).
+//!
+//! A request's events become a [`Batch`] (pure: grouped by source and ICANN-boundary domain,
+//! deduplicated by (source, name, time bucket), so a re-sent window counts once); a
+//! [`HistoryStore`] keeps batches: [`memory::MemoryHistory`] in the process (bounded by a cap in
+//! bytes, evicting the least recently seen sources), [`redis::RedisHistory`] in a Redis shared by
+//! replicas. [`History`] is the store the service was started with, or none.
+//!
+//! Nothing here knows HTTP or the command line; times are Unix seconds, and `now` is always
+//! passed in (the service's clock when serving, the log's when a replay trains).
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+/// How much history to keep and at what grain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// The window: observations older than `now - window_seconds` are forgotten.
+    pub window_seconds: i64,
+    /// Time buckets: a name seen twice in one bucket counts once.
+    pub bucket_seconds: i64,
+    /// The most bytes the in-process store may hold (Redis is bounded by its own `maxmemory`).
+    pub max_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            window_seconds: 24 * 3600,
+            bucket_seconds: 300,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Events claiming to be from further in the future than this are taken as happening now: a
+/// skewed clock is tolerated, a client cannot push entries past the window's end.
+pub const FUTURE_SLACK_SECONDS: i64 = 300;
+
+/// Names longer than a DNS name can be are not remembered (the scoring still answers them).
+pub const MAX_NAME_BYTES: usize = 253;
+/// Sources longer than this are not remembered (an address or host name is far shorter).
+pub const MAX_SOURCE_BYTES: usize = 255;
+
+/// One event to remember.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    pub src: &'a str,
+    pub query: &'a str,
+    /// When it happened (Unix seconds); the arrival time when the client gave none.
+    pub time: i64,
+}
+
+/// One (name, bucket) of a batch, with the earliest time it was seen in that bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameSeen {
+    /// Lower case, without a final dot.
+    pub name: String,
+    pub bucket: i64,
+    pub time: i64,
+}
+
+/// A request's observations grouped by source and domain, deduplicated, within the window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// (source, domain) -> its distinct (name, bucket), in first-seen order.
+    pub groups: Vec<Group>,
+    /// Observations left out: older than the window, or a name or source too long.
+    pub skipped: usize,
+}
+
+/// One (source, domain) of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub src: String,
+    /// The registered domain at the ICANN boundary (`cloudfront.net` for every CloudFront name;
+    /// `.` for a name under no possible top-level domain).
+    pub domain: String,
+    pub names: Vec<NameSeen>,
+}
+
+impl Batch {
+    /// Groups `observations` as of `now`. Linear in the observations; each distinct name is
+    /// split into its domain once.
+    pub fn from_observations(
+        observations: &[Observation<'_>],
+        now: i64,
+        config: &HistoryConfig,
+    ) -> Batch {
+        let oldest = now - config.window_seconds;
+        let mut batch = Batch::default();
+        let mut group_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
+        // (group, name, bucket) already in the batch.
+        let mut seen: FxHashMap<(usize, String, i64), usize> = FxHashMap::default();
+        for observation in observations {
+            let time = observation.time.min(now + FUTURE_SLACK_SECONDS);
+            let name = normalise(observation.query);
+            if time < oldest
+                || name.is_empty()
+                || name.len() > MAX_NAME_BYTES
+                || observation.src.is_empty()
+                || observation.src.len() > MAX_SOURCE_BYTES
+            {
+                batch.skipped += 1;
+                continue;
+            }
+            let domain = crate::features::v3::split_icann(&name).1;
+            let next = batch.groups.len();
+            let group = *group_of
+                .entry((observation.src, domain.clone()))
+                .or_insert(next);
+            if group == next {
+                batch.groups.push(Group {
+                    src: observation.src.to_string(),
+                    domain,
+                    names: Vec::new(),
+                });
+            }
+            let bucket = time.div_euclid(config.bucket_seconds);
+            let names = &mut batch.groups[group].names;
+            match seen.get(&(group, name.clone(), bucket)) {
+                Some(&at) => names[at].time = names[at].time.min(time),
+                None => {
+                    seen.insert((group, name.clone(), bucket), names.len());
+                    names.push(NameSeen { name, bucket, time });
+                }
+            }
+        }
+        batch
+    }
+
+    /// Distinct (source, name, bucket) in the batch.
+    pub fn observations(&self) -> usize {
+        self.groups.iter().map(|g| g.names.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// A name as the store keys it: lower case, no final dot.
+pub fn normalise(query: &str) -> String {
+    query.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// What a store did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// (source, name, bucket) the store had not seen before.
+    pub new: usize,
+    /// Sources evicted to stay within the memory cap.
+    pub evicted_sources: usize,
+}
+
+/// What the store remembers of one source, for an analyst.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceReport {
+    pub src: String,
+    pub window_seconds: i64,
+    pub bucket_seconds: i64,
+    /// Earliest and latest observation within the window (Unix seconds).
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Distinct names, and distinct (name, bucket): "queries" counted once per bucket.
+    pub distinct_names: usize,
+    pub name_buckets: usize,
+    /// Its domains, most distinct names first.
+    pub domains: Vec<DomainReport>,
+}
+
+/// One registered domain of a [`SourceReport`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DomainReport {
+    pub domain: String,
+    pub distinct_names: usize,
+    pub name_buckets: usize,
+    /// Buckets with at least one query: how long the source kept at it.
+    pub active_buckets: usize,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// The most recently seen names, newest first (at most [`REPORT_NAMES`]).
+    pub recent_names: Vec<String>,
+}
+
+/// Names listed per domain in a report.
+pub const REPORT_NAMES: usize = 20;
+/// Domains listed in a report (the counts cover them all).
+pub const REPORT_DOMAINS: usize = 500;
+
+/// One name of one domain as a store holds it: its buckets in the window.
+#[derive(Debug, Clone)]
+pub struct StoredName {
+    pub name: String,
+    pub bucket: i64,
+    pub time: i64,
+}
+
+impl SourceReport {
+    /// The report of `src` from its stored (domain, name, bucket, time) entries, all within the
+    /// window; `None` when there are none. Both stores build their answer here.
+    pub fn build(
+        src: &str,
+        entries: impl IntoIterator<Item = (String, StoredName)>,
+        config: &HistoryConfig,
+    ) -> Option<SourceReport> {
+        let mut domains: FxHashMap<String, Vec<StoredName>> = FxHashMap::default();
+        for (domain, name) in entries {
+            domains.entry(domain).or_default().push(name);
+        }
+        if domains.is_empty() {
+            return None;
+        }
+        let mut all_names = rustc_hash::FxHashSet::default();
+        let mut name_buckets = 0;
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        let mut reports: Vec<DomainReport> = domains
+            .into_iter()
+            .map(|(domain, mut names)| {
+                names.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.name.cmp(&b.name)));
+                let mut distinct = rustc_hash::FxHashSet::default();
+                let mut buckets = rustc_hash::FxHashSet::default();
+                let mut recent_names = Vec::new();
+                for n in &names {
+                    if distinct.insert(n.name.as_str()) && recent_names.len() < REPORT_NAMES {
+                        recent_names.push(n.name.clone());
+                    }
+                    buckets.insert(n.bucket);
+                    all_names.insert((domain.clone(), n.name.clone()));
+                }
+                let first_seen = names.iter().map(|n| n.time).min().unwrap_or(0);
+                let last_seen = names.iter().map(|n| n.time).max().unwrap_or(0);
+                first = first.min(first_seen);
+                last = last.max(last_seen);
+                name_buckets += names.len();
+                DomainReport {
+                    distinct_names: distinct.len(),
+                    name_buckets: names.len(),
+                    active_buckets: buckets.len(),
+                    first_seen,
+                    last_seen,
+                    recent_names,
+                    domain,
+                }
+            })
+            .collect();
+        reports.sort_by(|a, b| {
+            b.distinct_names
+                .cmp(&a.distinct_names)
+                .then_with(|| b.last_seen.cmp(&a.last_seen))
+                .then_with(|| a.domain.cmp(&b.domain))
+        });
+        reports.truncate(REPORT_DOMAINS);
+        Some(SourceReport {
+            src: src.to_string(),
+            window_seconds: config.window_seconds,
+            bucket_seconds: config.bucket_seconds,
+            first_seen: first,
+            last_seen: last,
+            distinct_names: all_names.len(),
+            name_buckets,
+            domains: reports,
+        })
+    }
+}
+
+/// Why a store could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("the history store (Redis) is unreachable: {error}")]
+    Unreachable { error: String },
+    #[error("the history store (Redis) did not answer within {millis} ms")]
+    TimedOut { millis: u64 },
+    #[error("the history store (Redis) holds data this service cannot read: {error}")]
+    Corrupt { error: String },
+}
+
+/// Size and health figures for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes held (the in-process store's estimate; 0 for Redis, which reports its own).
+    pub bytes: usize,
+    pub sources: usize,
+    /// Sources evicted to stay within the cap since start.
+    pub evicted_sources: u64,
+}
+
+/// A store of observations. Implementations are cheap to share (`&self`) across requests.
+pub trait HistoryStore: Send + Sync {
+    /// Adds a batch (as of `now`, which also expires what fell out of the window).
+    fn record(
+        &self,
+        batch: Batch,
+        now: i64,
+    ) -> impl Future<Output = Result<Recorded, HistoryError>> + Send;
+
+    /// What is remembered of `src` within the window ending at `now`.
+    fn source(
+        &self,
+        src: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<SourceReport>, HistoryError>> + Send;
+
+    /// Forgets everything about `src`; whether anything was remembered.
+    fn forget(&self, src: &str) -> impl Future<Output = Result<bool, HistoryError>> + Send;
+
+    /// Size figures (for the in-process store; Redis reports zeros).
+    fn usage(&self) -> Usage;
+}
+
+/// The store the service runs with.
+pub enum History {
+    /// `--history off`: every request is scored on its own rows.
+    Off,
+    Memory(memory::MemoryHistory),
+    Redis(redis::RedisHistory),
+}
+
+impl History {
+    pub fn is_on(&self) -> bool {
+        !matches!(self, History::Off)
+    }
+
+    pub fn config(&self) -> Option<&HistoryConfig> {
+        match self {
+            History::Off => None,
+            History::Memory(store) => Some(store.config()),
+            History::Redis(store) => Some(store.config()),
+        }
+    }
+
+    /// The kind, for logs and metrics: `off`, `memory` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            History::Off => "off",
+            History::Memory(_) => "memory",
+            History::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn record(&self, batch: Batch, now: i64) -> Result<Recorded, HistoryError> {
+        match self {
+            History::Off => Ok(Recorded::default()),
+            History::Memory(store) => store.record(batch, now).await,
+            History::Redis(store) => store.record(batch, now).await,
+        }
+    }
+
+    pub async fn source(&self, src: &str, now: i64) -> Result<Option<SourceReport>, HistoryError> {
+        match self {
+            History::Off => Ok(None),
+            History::Memory(store) => store.source(src, now).await,
+            History::Redis(store) => store.source(src, now).await,
+        }
+    }
+
+    pub async fn forget(&self, src: &str) -> Result<bool, HistoryError> {
+        match self {
+            History::Off => Ok(false),
+            History::Memory(store) => store.forget(src).await,
+            History::Redis(store) => store.forget(src).await,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        match self {
+            History::Off => Usage::default(),
+            History::Memory(store) => store.usage(),
+            History::Redis(store) => store.usage(),
+        }
+    }
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs<'a>(src: &'a str, query: &'a str, time: i64) -> Observation<'a> {
+        Observation { src, query, time }
+    }
+
+    #[test]
+    fn a_batch_groups_by_source_and_icann_domain_and_counts_a_name_once_per_bucket() {
+        let config = HistoryConfig::default();
+        let now = 1_000_000;
+        let batch = Batch::from_observations(
+            &[
+                obs("h1", "d1abc.cloudfront.net", now - 10),
+                obs("h1", "D2XYZ.cloudfront.net.", now - 20),
+                obs("h1", "d1abc.cloudfront.net", now - 30), // same bucket: once
+                obs("h1", "d1abc.cloudfront.net", now - 900), // another bucket
+                obs("h2", "a.example.com", now),
+                obs("h1", "old.example.com", now - config.window_seconds - 1),
+                obs("", "x.example.com", now),
+            ],
+            now,
+            &config,
+        );
+        assert_eq!(batch.skipped, 2);
+        assert_eq!(batch.groups.len(), 2);
+        let cloudfront = &batch.groups[0];
+        assert_eq!(
+            (cloudfront.src.as_str(), cloudfront.domain.as_str()),
+            ("h1", "cloudfront.net")
+        );
+        let names: Vec<(&str, i64)> = cloudfront
+            .names
+            .iter()
+            .map(|n| (n.name.as_str(), n.time))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("d1abc.cloudfront.net", now - 30),
+                ("d2xyz.cloudfront.net", now - 20),
+                ("d1abc.cloudfront.net", now - 900)
+            ]
+        );
+        assert_eq!(batch.observations(), 4);
+    }
+
+    #[test]
+    fn future_times_are_taken_as_now_and_long_names_are_skipped() {
+        let config = HistoryConfig::default();
+        let long = format!("{}.example.com", "a".repeat(250));
+        let batch = Batch::from_observations(
+            &[obs("h", "x.example.com", 10_000_000), obs("h", &long, 100)],
+            100,
+            &config,
+        );
+        assert_eq!(batch.skipped, 1);
+        assert_eq!(batch.groups[0].names[0].time, 100 + FUTURE_SLACK_SECONDS);
+    }
+
+    #[test]
+    fn a_report_counts_names_buckets_and_lists_the_newest_names_first() {
+        let config = HistoryConfig::default();
+        let entry = |domain: &str, name: &str, bucket: i64, time: i64| {
+            (
+                domain.to_string(),
+                StoredName {
+                    name: name.to_string(),
+                    bucket,
+                    time,
+                },
+            )
+        };
+        let report = SourceReport::build(
+            "h",
+            [
+                entry("example.com", "a.example.com", 1, 300),
+                entry("example.com", "a.example.com", 2, 600),
+                entry("example.com", "b.example.com", 2, 650),
+                entry("tunnel.net", "x1.tunnel.net", 3, 900),
+                entry("tunnel.net", "x2.tunnel.net", 3, 910),
+                entry("tunnel.net", "x3.tunnel.net", 4, 1200),
+            ],
+            &config,
+        )
+        .unwrap();
+        assert_eq!((report.first_seen, report.last_seen), (300, 1200));
+        assert_eq!((report.distinct_names, report.name_buckets), (5, 6));
+        let tunnel = &report.domains[0];
+        assert_eq!(tunnel.domain, "tunnel.net");
+        assert_eq!((tunnel.distinct_names, tunnel.active_buckets), (3, 2));
+        assert_eq!(tunnel.recent_names[0], "x3.tunnel.net");
+        let example = &report.domains[1];
+        assert_eq!((example.distinct_names, example.name_buckets), (2, 3));
+        assert_eq!(example.recent_names, ["b.example.com", "a.example.com"]);
+        assert!(SourceReport::build("h", [], &config).is_none());
+    }
+}
