@@ -240,9 +240,59 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_MAX_MODEL_FILE_MB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_model_file_mb: u64,
+    /// What the service remembers of each source across requests (for `GET /v1/history/{src}`):
+    /// `memory` (this process; lost at restart), `redis://host:port/db` (shared by replicas), or
+    /// `off`. Only events scored by models of our own schemas are remembered (not the ESCU
+    /// model's). DNS names are personal data in many places: see docs/history.md on retention.
+    #[arg(long, env = "DNSEXFIL_HISTORY", default_value = "memory")]
+    pub history: String,
+    /// How long the history remembers an event, in seconds (default 24 hours).
+    #[arg(long, env = "DNSEXFIL_HISTORY_WINDOW_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(i64).range(60..=30 * 86_400))]
+    pub history_window_secs: i64,
+    /// The history's time buckets, in seconds: a name queried again within one counts once.
+    #[arg(long, env = "DNSEXFIL_HISTORY_BUCKET_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(1..=3600))]
+    pub history_bucket_secs: i64,
+    /// Most MiB the in-process history may hold; past it, the sources seen longest ago are
+    /// evicted whole (counted in /metrics). Redis is bounded by its own maxmemory.
+    #[arg(long, env = "DNSEXFIL_HISTORY_MAX_MB", default_value_t = 256,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub history_max_mb: usize,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// The history store `--history` names. Redis need not be up: until it answers, the service
+/// runs degraded (scores from each request alone) and says so in its log and metrics.
+fn open_history(args: &ServeArgs) -> anyhow::Result<crate::history::History> {
+    use crate::history::{History, HistoryConfig};
+    if args.history_bucket_secs > args.history_window_secs {
+        bail!(
+            "--history-bucket-secs ({}) is longer than --history-window-secs ({}); use buckets shorter than the window",
+            args.history_bucket_secs,
+            args.history_window_secs
+        );
+    }
+    let config = HistoryConfig {
+        window_seconds: args.history_window_secs,
+        bucket_seconds: args.history_bucket_secs,
+        max_bytes: args.history_max_mb << 20,
+    };
+    Ok(match args.history.as_str() {
+        "off" => History::off(),
+        "memory" => History::memory(config),
+        url if url.starts_with("redis://") => {
+            let store = crate::history::redis::RedisHistory::new(url, config)
+                .map_err(|e| anyhow::anyhow!("--history {url}: {e}"))?;
+            History::redis(store, tokio::runtime::Handle::current())
+        }
+        other => bail!(
+            "--history `{}` is not a history store: use memory, off, or redis://host:port/db",
+            crate::util::clip(other, 100)
+        ),
+    })
 }
 
 /// Says what became of the stored self-signed certificate: reused, generated (and why), or not
@@ -496,7 +546,17 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         muted_sources = suppressions.mute_count(),
         "suppressions"
     );
-    let state = AppState::new(registry, config, compute_threads).with_suppressions(suppressions);
+    let history = open_history(&args)?;
+    tracing::info!(
+        history = history.kind(),
+        window_secs = args.history_window_secs,
+        bucket_secs = args.history_bucket_secs,
+        max_mb = args.history_max_mb,
+        "history"
+    );
+    let state = AppState::new(registry, config, compute_threads)
+        .with_suppressions(suppressions)
+        .with_history(history);
     if let Some(problem) = state
         .store_problem
         .lock()

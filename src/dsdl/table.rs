@@ -92,7 +92,7 @@ pub struct Table<'a> {
     pub has_rank: bool,
     /// Whether the label column a fit asked for was read (see [`Table::parse_with_target`]).
     pub has_target: bool,
-    /// Whether a fit's CSV had a `_time` column (read only with a target).
+    /// Whether the CSV had a `_time` column (read only for a fit or when asked to keep it).
     pub has_time: bool,
     /// Whether every cell that stands in the CSV (not in `unescaped`) is unquoted text without
     /// `"`, `\\` or control characters (a table read JSON-escaped): results can copy those cells
@@ -291,6 +291,15 @@ impl<'a> Table<'a> {
         Self::parse_with_target(csv_text, max_rows, None)
     }
 
+    /// [`Table::parse_limited`], also keeping the `_time` cells when there is such a column (the
+    /// history remembers when each name was queried).
+    pub fn parse_limited_keeping_time(
+        csv_text: &'a str,
+        max_rows: usize,
+    ) -> Result<Table<'a>, TableError> {
+        Self::parse_plain_in_parts(csv_text, max_rows, None, true, PARALLEL_MIN_BYTES)
+    }
+
     /// Like [`Table::parse_limited`], also keeping the cells of the label column `target` (for
     /// `/fit`), which must then exist, and of `_time` when there is one.
     pub fn parse_with_target(
@@ -298,16 +307,23 @@ impl<'a> Table<'a> {
         max_rows: usize,
         target: Option<&str>,
     ) -> Result<Table<'a>, TableError> {
-        Self::parse_plain_in_parts(csv_text, max_rows, target, PARALLEL_MIN_BYTES)
+        Self::parse_plain_in_parts(csv_text, max_rows, target, false, PARALLEL_MIN_BYTES)
     }
 
     fn parse_plain_in_parts(
         csv_text: &'a str,
         max_rows: usize,
         target: Option<&str>,
+        keep_time: bool,
         parallel_min_bytes: usize,
     ) -> Result<Table<'a>, TableError> {
-        match Self::parse_in_parts::<Scanner>(csv_text, max_rows, target, parallel_min_bytes) {
+        match Self::parse_in_parts::<Scanner>(
+            csv_text,
+            max_rows,
+            target,
+            keep_time,
+            parallel_min_bytes,
+        ) {
             Ok(table) => Ok(table),
             Err(ReadError::Table(e)) => Err(e),
             Err(ReadError::NeedsUnescaping) => unreachable!("plain CSV text needs no unescaping"),
@@ -323,15 +339,30 @@ impl<'a> Table<'a> {
         escaped: &'a str,
         max_rows: usize,
     ) -> Result<Option<Table<'a>>, TableError> {
-        Self::parse_json_escaped_in_parts(escaped, max_rows, PARALLEL_MIN_BYTES)
+        Self::parse_json_escaped_in_parts(escaped, max_rows, false, PARALLEL_MIN_BYTES)
+    }
+
+    /// [`Table::parse_json_escaped`], also keeping the `_time` cells when there is such a column.
+    pub fn parse_json_escaped_keeping_time(
+        escaped: &'a str,
+        max_rows: usize,
+    ) -> Result<Option<Table<'a>>, TableError> {
+        Self::parse_json_escaped_in_parts(escaped, max_rows, true, PARALLEL_MIN_BYTES)
     }
 
     fn parse_json_escaped_in_parts(
         escaped: &'a str,
         max_rows: usize,
+        keep_time: bool,
         parallel_min_bytes: usize,
     ) -> Result<Option<Table<'a>>, TableError> {
-        match Self::parse_in_parts::<EscapedScanner>(escaped, max_rows, None, parallel_min_bytes) {
+        match Self::parse_in_parts::<EscapedScanner>(
+            escaped,
+            max_rows,
+            None,
+            keep_time,
+            parallel_min_bytes,
+        ) {
             Ok(table) => Ok(Some(table)),
             Err(ReadError::Table(e)) => Err(e),
             Err(ReadError::NeedsUnescaping) => Ok(None),
@@ -344,6 +375,7 @@ impl<'a> Table<'a> {
         csv_text: &'a str,
         max_rows: usize,
         target: Option<&str>,
+        keep_time: bool,
         parallel_min_bytes: usize,
     ) -> Result<Table<'a>, ReadError> {
         if csv_text.len() >= UNESCAPED as usize {
@@ -401,7 +433,9 @@ impl<'a> Table<'a> {
                 found: found(),
             })?),
         };
-        let time_col = target.and_then(|_| position("_time"));
+        let time_col = (target.is_some() || keep_time)
+            .then(|| position("_time"))
+            .flatten();
         let layout = Layout {
             columns: [
                 Some(src_col),
@@ -724,6 +758,35 @@ mod tests {
     }
 
     #[test]
+    fn time_cells_are_kept_only_when_asked_both_ways_of_reading() {
+        let csv = "_time,src,query,rank\n1735862391,a,x.y.com,1\n1735862392.5,b,z.y.com,1\n";
+        let escaped = csv.replace('\n', "\\n");
+        for keep in [false, true] {
+            let plain = Table::parse_plain_in_parts(csv, 10, None, keep, 0).unwrap();
+            let from_json = Table::parse_json_escaped_in_parts(&escaped, 10, keep, 0)
+                .unwrap()
+                .unwrap();
+            for t in [&plain, &from_json] {
+                assert_eq!(t.has_time, keep);
+                let times: Vec<&str> = (0..t.len()).map(|i| t.time_text(i)).collect();
+                let expected = if keep {
+                    ["1735862391", "1735862392.5"]
+                } else {
+                    ["", ""]
+                };
+                assert_eq!(times, expected);
+                assert_eq!(t.query(1), "z.y.com");
+            }
+        }
+        let kept = Table::parse_limited_keeping_time(csv, 10).unwrap();
+        assert_eq!(kept.time_text(0), "1735862391");
+        let kept = Table::parse_json_escaped_keeping_time(&escaped, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.time_text(1), "1735862392.5");
+    }
+
+    #[test]
     fn rows_with_an_unreadable_rank_still_count_as_history() {
         let t = Table::parse("src,query,rank\na,x.y.z,1\na,q.y.z,abc\n").unwrap();
         let (rows, scored, table_rows) = t.feature_rows();
@@ -777,7 +840,7 @@ mod tests {
             csv.push_str(&format!("h{i},q{i}.example\n"));
         }
         for (max_rows, rows) in [(10, 40), (30, 40)] {
-            let e = Table::parse_plain_in_parts(&csv, max_rows, None, 0).err();
+            let e = Table::parse_plain_in_parts(&csv, max_rows, None, false, 0).err();
             assert_eq!(
                 e,
                 Some(TableError::TooManyRows {
@@ -786,8 +849,13 @@ mod tests {
                 })
             );
             let escaped = serde_json::to_string(&csv).unwrap();
-            let e = Table::parse_json_escaped_in_parts(&escaped[1..escaped.len() - 1], max_rows, 0)
-                .err();
+            let e = Table::parse_json_escaped_in_parts(
+                &escaped[1..escaped.len() - 1],
+                max_rows,
+                false,
+                0,
+            )
+            .err();
             assert_eq!(
                 e,
                 Some(TableError::TooManyRows {
@@ -798,7 +866,7 @@ mod tests {
         }
         let escaped = serde_json::to_string(&format!("{csv}\"quoted\",x\n")).unwrap();
         assert_eq!(
-            Table::parse_json_escaped_in_parts(&escaped[1..escaped.len() - 1], 10, 0).err(),
+            Table::parse_json_escaped_in_parts(&escaped[1..escaped.len() - 1], 10, false, 0).err(),
             None,
             "left to the general reader"
         );
@@ -939,23 +1007,25 @@ mod tests {
             if case % 5 == 0 {
                 csv.push_str("tail,\"no line end\",1,1");
             }
-            let whole =
-                Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), usize::MAX).unwrap();
-            let halves = Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), 0).unwrap();
+            let whole = Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), false, usize::MAX)
+                .unwrap();
+            let halves =
+                Table::parse_plain_in_parts(&csv, usize::MAX, Some("y"), false, 0).unwrap();
             assert_eq!(rows_of(&halves), rows_of(&whole), "case {case}");
             assert_reads_like_the_csv_crate(&csv, &whole, Some("y"), &format!("case {case}"));
             let n = whole.len();
             for limit in [n - 1, n] {
-                let a = Table::parse_plain_in_parts(&csv, limit, Some("y"), usize::MAX)
+                let a = Table::parse_plain_in_parts(&csv, limit, Some("y"), false, usize::MAX)
                     .map(|t| t.len());
-                let b = Table::parse_plain_in_parts(&csv, limit, Some("y"), 0).map(|t| t.len());
+                let b =
+                    Table::parse_plain_in_parts(&csv, limit, Some("y"), false, 0).map(|t| t.len());
                 assert_eq!(a, b, "case {case} limit {limit}");
             }
         }
         let open = "src,query\na,b\nc,\"d\ne,f\ng,h\n";
         assert_eq!(
-            Table::parse_plain_in_parts(open, 100, None, 0).err(),
-            Table::parse_plain_in_parts(open, 100, None, usize::MAX).err()
+            Table::parse_plain_in_parts(open, 100, None, false, 0).err(),
+            Table::parse_plain_in_parts(open, 100, None, false, usize::MAX).err()
         );
     }
 
@@ -1048,9 +1118,13 @@ mod tests {
             };
             let plain = Table::parse(&csv).unwrap();
             for parallel_min_bytes in [usize::MAX, 0] {
-                let read =
-                    Table::parse_json_escaped_in_parts(&escaped, usize::MAX, parallel_min_bytes)
-                        .unwrap();
+                let read = Table::parse_json_escaped_in_parts(
+                    &escaped,
+                    usize::MAX,
+                    false,
+                    parallel_min_bytes,
+                )
+                .unwrap();
                 match read {
                     None => assert!(special, "case {case} gave up without a reason"),
                     Some(table) => {
@@ -1067,9 +1141,13 @@ mod tests {
                 for limit in [n - 1, n] {
                     let want = Table::parse_limited(&csv, limit).map(|t| t.len());
                     for parallel_min_bytes in [usize::MAX, 0] {
-                        let got =
-                            Table::parse_json_escaped_in_parts(&escaped, limit, parallel_min_bytes)
-                                .map(|t| t.expect("plain rows").len());
+                        let got = Table::parse_json_escaped_in_parts(
+                            &escaped,
+                            limit,
+                            false,
+                            parallel_min_bytes,
+                        )
+                        .map(|t| t.expect("plain rows").len());
                         assert_eq!(got, want, "case {case} limit {limit}");
                     }
                 }
@@ -1090,32 +1168,37 @@ mod tests {
             "src,query\\na,b\\",
         ] {
             assert!(
-                Table::parse_json_escaped_in_parts(escaped, 10, usize::MAX)
+                Table::parse_json_escaped_in_parts(escaped, 10, false, usize::MAX)
                     .unwrap()
                     .is_none(),
                 "{escaped}"
             );
         }
-        let table =
-            Table::parse_json_escaped_in_parts("src,query\\na\\/b,x\\\"\\ud83d\\ude00\\n", 10, 0)
-                .unwrap()
-                .unwrap();
+        let table = Table::parse_json_escaped_in_parts(
+            "src,query\\na\\/b,x\\\"\\ud83d\\ude00\\n",
+            10,
+            false,
+            0,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!((table.src(0), table.query(0)), ("a/b", "x\"\u{1f600}"));
         assert!(table.leading_cells_text(0).is_none());
         // The header is read the same way, and its errors are the plain reader's.
         for csv in ["", "\n", "src,rank\na,1\n", "query\nx\n"] {
             let want = Table::parse(csv).err();
-            let got = Table::parse_json_escaped_in_parts(&json_escaped(csv), 10, usize::MAX).err();
+            let got =
+                Table::parse_json_escaped_in_parts(&json_escaped(csv), 10, false, usize::MAX).err();
             assert_eq!(got, want, "{csv:?}");
         }
         // A control character is not allowed in a JSON string: left to serde_json to report.
         assert!(
-            Table::parse_json_escaped_in_parts("src,query\\na,b\tc\\n", 10, usize::MAX)
+            Table::parse_json_escaped_in_parts("src,query\\na,b\tc\\n", 10, false, usize::MAX)
                 .unwrap()
                 .is_none()
         );
         assert!(
-            Table::parse_json_escaped_in_parts("\\\"src\\\",query\\na,b", 10, 0)
+            Table::parse_json_escaped_in_parts("\\\"src\\\",query\\na,b", 10, false, 0)
                 .unwrap()
                 .is_none()
         );

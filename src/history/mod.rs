@@ -5,7 +5,8 @@
 //! deduplicated by (source, name, time bucket), so a re-sent window counts once); a
 //! [`HistoryStore`] keeps batches: [`memory::MemoryHistory`] in the process (bounded by a cap in
 //! bytes, evicting the least recently seen sources), [`redis::RedisHistory`] in a Redis shared by
-//! replicas. [`History`] is the store the service was started with, or none.
+//! replicas. [`History`] is the store the service was started with (or none), and what became
+//! of what it was given.
 //!
 //! Nothing here knows HTTP or the command line; times are Unix seconds, and `now` is always
 //! passed in (the service's clock when serving, the log's when a replay trains).
@@ -14,6 +15,8 @@ pub mod memory;
 pub mod redis;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -315,66 +318,275 @@ pub trait HistoryStore: Send + Sync {
 }
 
 /// The store the service runs with.
-pub enum History {
-    /// `--history off`: every request is scored on its own rows.
+pub enum Backend {
+    /// `--history off`: nothing is remembered.
     Off,
     Memory(memory::MemoryHistory),
-    Redis(redis::RedisHistory),
+    Redis(Arc<redis::RedisHistory>),
+}
+
+/// Batches being written to Redis at once; more are dropped (and counted) rather than queued,
+/// so a slow Redis cannot make recording hold the memory of every request.
+pub const MAX_PENDING_WRITES: usize = 64;
+
+/// The service's history: its store, and what became of what it was given.
+///
+/// Recording never delays or fails a request: the in-process store is written on the request's
+/// own compute thread (it only takes locks), Redis in the background on the runtime the store
+/// was opened on. When Redis cannot be reached the service is degraded: requests are scored from
+/// their own rows, a warning is logged when it starts and when it ends, and `/metrics` counts it.
+pub struct History {
+    backend: Backend,
+    runtime: Option<tokio::runtime::Handle>,
+    pending_writes: Arc<tokio::sync::Semaphore>,
+    counters: Arc<Counters>,
+}
+
+/// What became of recordings and reads (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// (source, name, bucket) the store had not seen before.
+    pub recorded: AtomicU64,
+    /// Observations left out of batches (too old, name or source too long).
+    pub skipped: AtomicU64,
+    /// Batches not written: Redis was failing or too many writes were pending.
+    pub dropped_batches: AtomicU64,
+    /// Failed store calls, by operation.
+    pub record_errors: AtomicU64,
+    pub read_errors: AtomicU64,
+    /// Whether the last call to the store failed.
+    pub degraded: AtomicBool,
+}
+
+impl Counters {
+    /// Notes a call's outcome; logs when the store becomes unreachable and when it is back.
+    fn outcome<T>(&self, operation: &str, result: &Result<T, HistoryError>) {
+        match result {
+            Ok(_) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(operation, "history store reachable again");
+                }
+            }
+            Err(error) => {
+                match operation {
+                    "record" => &self.record_errors,
+                    _ => &self.read_errors,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(operation, %error,
+                        "history store failing: requests are scored from their own rows until it answers again");
+                }
+            }
+        }
+    }
 }
 
 impl History {
+    pub fn off() -> History {
+        History::with_backend(Backend::Off, None)
+    }
+
+    pub fn memory(config: HistoryConfig) -> History {
+        History::with_backend(Backend::Memory(memory::MemoryHistory::new(config)), None)
+    }
+
+    /// A Redis store; its writes run on `runtime`.
+    pub fn redis(store: redis::RedisHistory, runtime: tokio::runtime::Handle) -> History {
+        History::with_backend(Backend::Redis(Arc::new(store)), Some(runtime))
+    }
+
+    fn with_backend(backend: Backend, runtime: Option<tokio::runtime::Handle>) -> History {
+        History {
+            backend,
+            runtime,
+            pending_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_WRITES)),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
     pub fn is_on(&self) -> bool {
-        !matches!(self, History::Off)
+        !matches!(self.backend, Backend::Off)
     }
 
     pub fn config(&self) -> Option<&HistoryConfig> {
-        match self {
-            History::Off => None,
-            History::Memory(store) => Some(store.config()),
-            History::Redis(store) => Some(store.config()),
+        match &self.backend {
+            Backend::Off => None,
+            Backend::Memory(store) => Some(store.config()),
+            Backend::Redis(store) => Some(store.config()),
         }
     }
 
     /// The kind, for logs and metrics: `off`, `memory` or `redis`.
     pub fn kind(&self) -> &'static str {
-        match self {
-            History::Off => "off",
-            History::Memory(_) => "memory",
-            History::Redis(_) => "redis",
+        match self.backend {
+            Backend::Off => "off",
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
         }
     }
 
-    pub async fn record(&self, batch: Batch, now: i64) -> Result<Recorded, HistoryError> {
-        match self {
-            History::Off => Ok(Recorded::default()),
-            History::Memory(store) => store.record(batch, now).await,
-            History::Redis(store) => store.record(batch, now).await,
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Remembers `observations` as of `now`. Called from a request's compute thread (never an
+    /// async worker with a large batch: the in-process store is written right here).
+    pub fn record(&self, observations: &[Observation<'_>], now: i64) {
+        let Some(config) = self.config() else {
+            return;
+        };
+        let batch = Batch::from_observations(observations, now, config);
+        self.counters
+            .skipped
+            .fetch_add(batch.skipped as u64, Ordering::Relaxed);
+        if batch.is_empty() {
+            return;
         }
+        match &self.backend {
+            Backend::Off => {}
+            Backend::Memory(store) => {
+                let recorded = store.record_now(batch, now);
+                self.counters
+                    .recorded
+                    .fetch_add(recorded.new as u64, Ordering::Relaxed);
+            }
+            Backend::Redis(store) => {
+                let (Some(runtime), Ok(permit)) = (
+                    &self.runtime,
+                    self.pending_writes.clone().try_acquire_owned(),
+                ) else {
+                    self.counters
+                        .dropped_batches
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let store = store.clone();
+                let counters = self.counters.clone();
+                runtime.spawn(async move {
+                    let result = store.record(batch, now).await;
+                    counters.outcome("record", &result);
+                    match result {
+                        Ok(recorded) => counters
+                            .recorded
+                            .fetch_add(recorded.new as u64, Ordering::Relaxed),
+                        Err(_) => counters.dropped_batches.fetch_add(1, Ordering::Relaxed),
+                    };
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// Waits until every write handed to Redis so far has ended (tests, shutdown).
+    pub async fn flush(&self) {
+        let _all = self
+            .pending_writes
+            .acquire_many(MAX_PENDING_WRITES as u32)
+            .await;
     }
 
     pub async fn source(&self, src: &str, now: i64) -> Result<Option<SourceReport>, HistoryError> {
-        match self {
-            History::Off => Ok(None),
-            History::Memory(store) => store.source(src, now).await,
-            History::Redis(store) => store.source(src, now).await,
-        }
+        let result = match &self.backend {
+            Backend::Off => Ok(None),
+            Backend::Memory(store) => store.source(src, now).await,
+            Backend::Redis(store) => store.source(src, now).await,
+        };
+        self.counters.outcome("read", &result);
+        result
     }
 
     pub async fn forget(&self, src: &str) -> Result<bool, HistoryError> {
-        match self {
-            History::Off => Ok(false),
-            History::Memory(store) => store.forget(src).await,
-            History::Redis(store) => store.forget(src).await,
-        }
+        let result = match &self.backend {
+            Backend::Off => Ok(false),
+            Backend::Memory(store) => store.forget(src).await,
+            Backend::Redis(store) => store.forget(src).await,
+        };
+        self.counters.outcome("forget", &result);
+        result
     }
 
     pub fn usage(&self) -> Usage {
-        match self {
-            History::Off => Usage::default(),
-            History::Memory(store) => store.usage(),
-            History::Redis(store) => store.usage(),
+        match &self.backend {
+            Backend::Off => Usage::default(),
+            Backend::Memory(store) => store.usage(),
+            Backend::Redis(store) => store.usage(),
         }
     }
+}
+
+/// Unix seconds from a number of seconds (fractions dropped); `None` when not finite or beyond
+/// the year 9999.
+pub fn time_from_seconds(seconds: f64) -> Option<i64> {
+    (seconds.is_finite() && seconds.abs() < 253_402_300_800.0).then(|| seconds.floor() as i64)
+}
+
+/// Unix seconds from an event's time as text: a number of seconds (`1735862391`,
+/// `1735862391.250`, as Splunk's `_time`) or RFC 3339 (`2025-01-03T00:39:51Z`,
+/// `2025-01-03T01:39:51.5+01:00`). `None` for anything else.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return time_from_seconds(seconds);
+    }
+    parse_rfc3339(text)
+}
+
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    if b[at] == b'.' {
+        at += 1;
+        let start = at;
+        while at < b.len() && b[at].is_ascii_digit() {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+    }
+    let offset = match b.get(at)? {
+        b'Z' | b'z' if at + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if at + 6 == b.len() && b[at + 3] == b':' => {
+            let minutes = digits(at + 1..at + 3)? * 60 + digits(at + 4..at + 6)?;
+            if *sign == b'+' {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's civil algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
 }
 
 /// The current Unix time in seconds.
@@ -430,6 +642,31 @@ mod tests {
             ]
         );
         assert_eq!(batch.observations(), 4);
+    }
+
+    #[test]
+    fn event_times_are_read_as_seconds_or_rfc_3339() {
+        assert_eq!(parse_time("1735862391"), Some(1_735_862_391));
+        assert_eq!(parse_time(" 1735862391.750 "), Some(1_735_862_391));
+        assert_eq!(parse_time("2025-01-03T00:39:51Z"), Some(1_735_864_791));
+        assert_eq!(
+            parse_time("2025-01-03T01:39:51.25+01:00"),
+            Some(1_735_864_791)
+        );
+        assert_eq!(parse_time("2025-01-02T23:39:51-01:00"), Some(1_735_864_791));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("2024-02-29T12:00:00Z"), Some(1_709_208_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-03T00:39:51Z",
+            "2025-01-03T00:39:51",
+            "NaN",
+            "inf",
+            "1e300",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -145,6 +145,41 @@ pub struct Gauges {
     /// Bytes of bodies and unsent answers counted against the in-flight budget, and the budget.
     pub body_bytes_in_flight: usize,
     pub body_bytes_budget: usize,
+    /// The history store, as it stands now.
+    pub history: HistoryGauges,
+}
+
+/// The history's figures at the moment of a scrape.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HistoryGauges {
+    /// `off`, `memory` or `redis`.
+    pub kind: &'static str,
+    pub usage: crate::history::Usage,
+    pub max_bytes: usize,
+    pub recorded: u64,
+    pub skipped: u64,
+    pub dropped_batches: u64,
+    pub record_errors: u64,
+    pub read_errors: u64,
+    pub degraded: bool,
+}
+
+impl HistoryGauges {
+    pub fn of(history: &crate::history::History) -> HistoryGauges {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = history.counters();
+        HistoryGauges {
+            kind: history.kind(),
+            usage: history.usage(),
+            max_bytes: history.config().map_or(0, |c| c.max_bytes),
+            recorded: c.recorded.load(Relaxed),
+            skipped: c.skipped.load(Relaxed),
+            dropped_batches: c.dropped_batches.load(Relaxed),
+            record_errors: c.record_errors.load(Relaxed),
+            read_errors: c.read_errors.load(Relaxed),
+            degraded: c.degraded.load(Relaxed),
+        }
+    }
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything recorded, plus gauges read now:
@@ -155,6 +190,7 @@ pub fn render(registry: &Registry, gauges: Gauges) -> String {
         in_flight_limit,
         body_bytes_in_flight,
         body_bytes_budget,
+        history,
     } = gauges;
     let f = lock();
     let mut out = String::with_capacity(8192);
@@ -222,6 +258,7 @@ pub fn render(registry: &Registry, gauges: Gauges) -> String {
         "gauge",
     );
     let _ = writeln!(out, "dnsexfil_max_body_bytes_in_flight {body_bytes_budget}");
+    render_history(&mut out, &history);
     header(
         &mut out,
         "dnsexfil_model_info",
@@ -241,6 +278,84 @@ pub fn render(registry: &Registry, gauges: Gauges) -> String {
         let _ = writeln!(out, "dnsexfil_model_info{labels} 1");
     }
     out
+}
+
+fn render_history(out: &mut String, h: &HistoryGauges) {
+    let mut one = |name: &str, help: &str, kind: &str, value: u64| {
+        header(out, name, help, kind);
+        let _ = writeln!(out, "{name} {value}");
+    };
+    one(
+        "dnsexfil_history_bytes",
+        "Bytes the in-process history holds (estimated; 0 with Redis or off).",
+        "gauge",
+        h.usage.bytes as u64,
+    );
+    one(
+        "dnsexfil_history_max_bytes",
+        "The in-process history's cap (--history-max-mb).",
+        "gauge",
+        h.max_bytes as u64,
+    );
+    one(
+        "dnsexfil_history_sources",
+        "Sources the in-process history remembers.",
+        "gauge",
+        h.usage.sources as u64,
+    );
+    one(
+        "dnsexfil_history_evicted_sources_total",
+        "Sources evicted from the in-process history to stay within its cap.",
+        "counter",
+        h.usage.evicted_sources,
+    );
+    one(
+        "dnsexfil_history_recorded_total",
+        "(source, name, bucket) the history had not seen before.",
+        "counter",
+        h.recorded,
+    );
+    one(
+        "dnsexfil_history_skipped_total",
+        "Events not remembered: older than the window, or a name or source too long.",
+        "counter",
+        h.skipped,
+    );
+    one(
+        "dnsexfil_history_dropped_batches_total",
+        "Requests' events not written to Redis (it failed, or too many writes were pending).",
+        "counter",
+        h.dropped_batches,
+    );
+    one(
+        "dnsexfil_history_degraded",
+        "1 while the history store's last call failed (requests are scored from their own events).",
+        "gauge",
+        h.degraded as u64,
+    );
+    header(
+        out,
+        "dnsexfil_history_errors_total",
+        "Failed calls to the history store, by operation.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "dnsexfil_history_errors_total{{operation=\"record\"}} {}",
+        h.record_errors
+    );
+    let _ = writeln!(
+        out,
+        "dnsexfil_history_errors_total{{operation=\"read\"}} {}",
+        h.read_errors
+    );
+    header(
+        out,
+        "dnsexfil_history_info",
+        "The history store the service runs with (value 1).",
+        "gauge",
+    );
+    let _ = writeln!(out, "dnsexfil_history_info{{store=\"{}\"}} 1", h.kind);
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::http::ops;
-use crate::http::v1::{error, events, models, score};
+use crate::http::v1::{error, events, history, models, score};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,8 @@ use crate::http::v1::{error, events, models, score};
     paths(
         score::score,
         models::list,
+        history::show,
+        history::forget,
         ops::healthz,
         ops::readyz,
         ops::metrics,

@@ -99,6 +99,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         body_bytes_in_flight: budget_kib.saturating_sub(state.body_budget.available_permits())
             << 10,
         body_bytes_budget: state.config.limits.max_body_bytes_in_flight,
+        history: crate::http::metrics::HistoryGauges::of(&state.history),
     };
     let text = crate::http::metrics::render(&state.registry, gauges);
     (

@@ -48,6 +48,9 @@ pub struct AppState {
     /// Why fits cannot be saved in the model store, as last checked (at start-up and before
     /// each fit trains); `None` when it is usable. Readiness reports it.
     pub store_problem: Arc<std::sync::Mutex<Option<String>>>,
+    /// What the service remembers of each source across requests (off unless the service
+    /// was started with a store).
+    pub history: Arc<crate::history::History>,
 }
 
 /// The in-flight body budget in KiB permits (`--max-bodies-in-flight-mb`).
@@ -97,7 +100,14 @@ impl AppState {
             fit_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             suppressions: Arc::new(Suppressions::none()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+            history: Arc::new(crate::history::History::off()),
         }
+    }
+
+    /// The same state remembering sources' history in `history`.
+    pub fn with_history(mut self, history: crate::history::History) -> Self {
+        self.history = Arc::new(history);
+        self
     }
 
     /// The same state with an allowlist and mutes (none by default).

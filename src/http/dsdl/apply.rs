@@ -9,6 +9,7 @@ use crate::dsdl::results::{json_results, EscapedResults, Predictions, Suppressio
 use crate::dsdl::table::{Table, TableError};
 use crate::engine::scoring;
 use crate::engine::suppress::Suppressions;
+use crate::history::Observation;
 use crate::http::body::BodyBudget;
 use crate::http::state::AppState;
 use crate::model::Model;
@@ -45,7 +46,28 @@ pub(super) fn apply_with<'a>(
         return Some(Err(refusal));
     }
     let results = score_table(&model, &state.suppressions, &table, csv_len, stages);
+    if results.is_ok() {
+        remember(state, &model, &table);
+    }
     Some(results.map(|results| (results, skipped_note(&table))))
+}
+
+/// Hands the table's events to the history, for models of our own schemas (the ESCU model's
+/// features stay per request, as published). Every row with a source and a name counts, at its
+/// `_time` when the CSV has one (a re-run search then counts each event once), else now.
+fn remember(state: &AppState, model: &Model, table: &Table) {
+    if !state.history.is_on() || model.info.schema == crate::features::Schema::EscuV1 {
+        return;
+    }
+    let now = crate::history::unix_now();
+    let observations: Vec<Observation> = (0..table.len())
+        .map(|row| Observation {
+            src: table.src(row),
+            query: table.query(row),
+            time: crate::history::parse_time(table.time_text(row)).unwrap_or(now),
+        })
+        .collect();
+    state.history.record(&observations, now);
 }
 
 /// Scores every usable row of `table` with `model`, then applies the allowlist and mutes;

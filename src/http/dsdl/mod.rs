@@ -214,7 +214,12 @@ fn process_within<B: AsRef<[u8]>>(
             let outcome = known
                 .then(|| {
                     apply_with(state, &options, escaped.len(), budget, stages, || {
-                        Table::parse_json_escaped(escaped, state.config.max_rows)
+                        // With a history, `_time` says when each name was queried.
+                        if state.history.is_on() {
+                            Table::parse_json_escaped_keeping_time(escaped, state.config.max_rows)
+                        } else {
+                            Table::parse_json_escaped(escaped, state.config.max_rows)
+                        }
                     })
                 })
                 .flatten();
@@ -265,7 +270,11 @@ fn process_within<B: AsRef<[u8]>>(
     let _permit = permit;
     let csv_text = envelope.data.as_str();
     let outcome = apply_with(state, &options, csv_text.len(), budget, stages, || {
-        Table::parse_limited(csv_text, state.config.max_rows).map(Some)
+        if state.history.is_on() {
+            Table::parse_limited_keeping_time(csv_text, state.config.max_rows).map(Some)
+        } else {
+            Table::parse_limited(csv_text, state.config.max_rows).map(Some)
+        }
     });
     answer(
         endpoint,

@@ -25,8 +25,9 @@ pub struct Event {
     /// an older event that only feeds the per-source history (`"scored": false`), as in DSDL.
     #[schema(example = 1)]
     pub rank: Option<f64>,
-    /// Event time (string or number). Accepted for the caller's bookkeeping; it does not change
-    /// the score.
+    /// Event time: Unix seconds (a number or a numeric string, as Splunk's `_time`) or RFC 3339
+    /// (`2024-05-01T12:00:00Z`). The history remembers the event at this time (the arrival
+    /// time when absent or unreadable), so a re-sent event is counted once.
     #[schema(schema_with = time_schema)]
     pub time: Option<Value>,
 }
@@ -37,7 +38,7 @@ fn time_schema() -> utoipa::openapi::Object {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::String, Type::Number, Type::Null]))
         .description(Some(
-            "Event time (string or number). Accepted for the caller's bookkeeping; it does not change the score.",
+            "Event time: Unix seconds (a number or a numeric string, as Splunk's `_time`) or RFC 3339 (`2024-05-01T12:00:00Z`). The history remembers the event at this time (the arrival time when absent or unreadable), so a re-sent event is counted once.",
         ))
         .examples([serde_json::json!("2024-05-01T12:00:00Z")])
         .build()
@@ -66,6 +67,8 @@ struct Decoded {
     /// `(src, query)` when both are usable: the event then feeds the per-source history.
     dns: Option<(String, String)>,
     kind: Kind,
+    /// `time` as Unix seconds, when given in a form the history reads.
+    time: Option<i64>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -102,7 +105,11 @@ struct Slot {
     query_len: u32,
     /// [`SCORED`], [`HISTORY`], or [`INVALID`] plus the index of its error in `errors`.
     status: u32,
+    /// Its `time` in Unix seconds, [`NO_TIME`] when none was readable.
+    time: i64,
 }
+
+const NO_TIME: i64 = i64::MIN;
 
 const NO_DNS: u32 = u32::MAX;
 const SCORED: u32 = 0;
@@ -115,6 +122,8 @@ pub struct DecodedEvent<'a> {
     /// `(src, query)` when both are usable: the event then feeds the per-source history.
     pub dns: Option<(&'a str, &'a str)>,
     pub status: Status<'a>,
+    /// Its `time` in Unix seconds, when given as a number, a numeric string or RFC 3339.
+    pub time: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,7 +146,11 @@ impl Batch {
     }
 
     fn push(&mut self, decoded: Decoded) {
-        let Decoded { dns, mut kind } = decoded;
+        let Decoded {
+            dns,
+            mut kind,
+            time,
+        } = decoded;
         // Offsets are 32-bit: texts past 4 GiB in one request (a body limit raised that far) are
         // the event's error.
         let start = u32::try_from(self.text.len()).ok();
@@ -183,6 +196,7 @@ impl Batch {
             src_len,
             query_len,
             status,
+            time: time.unwrap_or(NO_TIME),
         });
     }
 
@@ -216,7 +230,8 @@ impl Batch {
             HISTORY => Status::History,
             error => Status::Invalid(&self.errors[(error - INVALID) as usize]),
         };
-        DecodedEvent { dns, status }
+        let time = (slot.time != NO_TIME).then_some(slot.time);
+        DecodedEvent { dns, status, time }
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = DecodedEvent<'_>> + '_ {
@@ -336,6 +351,7 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
         batch.push(match decode_text(i, raw.get()) {
             Ok(decoded) => decoded,
             Err(e) => Decoded {
+                time: None,
                 dns: None,
                 kind: Kind::Invalid(ErrorDetail {
                     code: "invalid_json".into(),
@@ -423,6 +439,7 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
         batch.push(match decode_text(i, line) {
             Ok(decoded) => decoded,
             Err(e) => Decoded {
+                time: None,
                 dns: None,
                 kind: Kind::Invalid(ErrorDetail {
                     code: "invalid_json".into(),
@@ -477,6 +494,7 @@ fn decode_text(index: usize, text: &str) -> Result<Decoded, serde_json::Error> {
     unreadable.sort();
     let dns = decode(index, &Value::Object(readable)).dns;
     Ok(Decoded {
+        time: None,
         dns,
         kind: Kind::Invalid(ErrorDetail {
             code: "invalid_event".into(),
@@ -492,6 +510,7 @@ const KNOWN_FIELDS: [&str; 4] = ["src", "query", "rank", "time"];
 /// are fine but whose `rank` or `time` is not still counts in its source's history.
 fn decode(index: usize, event: &Value) -> Decoded {
     let invalid = |dns, message: String| Decoded {
+        time: None,
         dns,
         kind: Kind::Invalid(ErrorDetail {
             code: "invalid_event".into(),
@@ -521,8 +540,10 @@ fn decode(index: usize, event: &Value) -> Decoded {
         (Ok(src), Ok(query)) => (src, query),
         (Err(e), _) | (_, Err(e)) => return invalid(None, e),
     };
-    match fields.get("time") {
-        None | Some(Value::Null | Value::String(_) | Value::Number(_)) => {}
+    let time = match fields.get("time") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64().and_then(crate::history::time_from_seconds),
+        Some(Value::String(text)) => crate::history::parse_time(text),
         Some(other) => {
             return invalid(
                 Some(dns),
@@ -532,7 +553,7 @@ fn decode(index: usize, event: &Value) -> Decoded {
                 ),
             )
         }
-    }
+    };
     let kind = match fields.get("rank") {
         None | Some(Value::Null) => Kind::Scored,
         Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Kind::Scored,
@@ -550,6 +571,7 @@ fn decode(index: usize, event: &Value) -> Decoded {
     Decoded {
         dns: Some(dns),
         kind,
+        time,
     }
 }
 

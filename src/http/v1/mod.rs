@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod models;
 pub mod score;
 
@@ -22,7 +23,11 @@ use error::ApiError;
 pub fn routes(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
         .route("/v1/score", post(score::score))
-        .route("/v1/models", get(models::list));
+        .route("/v1/models", get(models::list))
+        .route(
+            "/v1/history/{src}",
+            get(history::show).delete(history::forget),
+        );
     state
         .limited(routes, Flavor::V1, true)
         .route_layer(middleware::from_fn_with_state(
@@ -66,7 +71,7 @@ pub fn not_found(path: &str) -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no route {}; the /v1 routes are POST /v1/score and GET /v1/models (GET /openapi.json describes them)",
+            "no route {}; the /v1 routes are POST /v1/score, GET /v1/models and GET or DELETE /v1/history/{{src}} (GET /openapi.json describes them)",
             crate::util::clip(path, 100)
         ),
     )
@@ -78,7 +83,7 @@ pub fn method_not_allowed(path: &str) -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "wrong method for {}; use POST /v1/score or GET /v1/models",
+            "wrong method for {}; use POST /v1/score, GET /v1/models, or GET or DELETE /v1/history/{{src}}",
             crate::util::clip(path, 100)
         ),
     )

@@ -21,6 +21,7 @@ use http_body::{Frame, SizeHint};
 use crate::engine::memory::LargeRequest;
 use crate::engine::scoring;
 use crate::features::Row;
+use crate::history::Observation;
 use crate::http::body::{read_body_budgeted, BodyBudget, Room};
 use crate::http::refusal::{retry_soon, Flavor, Refusal};
 use crate::http::state::AppState;
@@ -490,6 +491,7 @@ fn score_body(
         });
     }
     let probabilities = probabilities(&model, &batch)?;
+    remember(state, &model, &batch);
     let mut scored = Scored {
         model,
         batch,
@@ -532,6 +534,27 @@ fn probabilities(model: &Model, batch: &Batch) -> Result<Vec<Option<f32>>, ApiEr
         out[i] = Some(scores.probabilities[k]);
     }
     Ok(out)
+}
+
+/// Hands the usable events to the history, for models of our own schemas (the ESCU model's
+/// features stay per request, as published), at their `time` when given, else now.
+fn remember(state: &AppState, model: &Model, batch: &Batch) {
+    if !state.history.is_on() || model.info.schema == crate::features::Schema::EscuV1 {
+        return;
+    }
+    let now = crate::history::unix_now();
+    let observations: Vec<Observation> = batch
+        .iter()
+        .filter_map(|event| {
+            let (src, query) = event.dns?;
+            Some(Observation {
+                src,
+                query,
+                time: event.time.unwrap_or(now),
+            })
+        })
+        .collect();
+    state.history.record(&observations, now);
 }
 
 /// Why a scored event's alert is suppressed (its label forced to 0, its probability kept), if
