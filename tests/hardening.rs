@@ -1759,11 +1759,11 @@ fn manifest_settings() -> (Vec<(String, String)>, u64, usize) {
 fn serve_as_the_manifest(data_dir: &Path) -> (Killed, String, serde_json::Value) {
     let (env, _, cpus) = manifest_settings();
     let mut args: Vec<String> = Vec::new();
-    // The limits the service enforces; paths, port and logging are the test's own.
-    for (name, value) in env
-        .iter()
-        .filter(|(name, _)| name.starts_with("DNSEXFIL_MAX_"))
-    {
+    // The limits the service enforces and its history; paths, port and logging are the test's
+    // own.
+    for (name, value) in env.iter().filter(|(name, _)| {
+        name.starts_with("DNSEXFIL_MAX_") || name.starts_with("DNSEXFIL_HISTORY")
+    }) {
         let flag = name
             .trim_start_matches("DNSEXFIL_")
             .to_lowercase()
@@ -1890,6 +1890,11 @@ fn the_manifest_memory_limit_holds_for_any_mix_of_requests_within_its_limits() {
     let compute = setting("compute_threads");
     assert_eq!(compute as usize, cpus);
     let connections = setting("max_connections");
+    // The in-process history holds at most its cap (nothing with Redis or off).
+    let history = match limits["history"].as_str() {
+        Some("memory") => setting("history_max_mb") << 20,
+        _ => 0,
+    };
     // Each kind of request at once at the body limit and the row limit, the shapes that take
     // the most memory a byte: DSDL bodies that must be unescaped into a copy, events whose
     // answers are the largest, events that are each answered with an error.
@@ -1984,6 +1989,7 @@ fn the_manifest_memory_limit_holds_for_any_mix_of_requests_within_its_limits() {
     let per_connection = 64 << 10;
     let in_flight = setting("max_concurrent_requests");
     let bound = idle
+        + history
         + budget
         + compute * computing
         + training
@@ -2004,12 +2010,12 @@ fn the_manifest_memory_limit_holds_for_any_mix_of_requests_within_its_limits() {
         mib(training)
     );
     eprintln!(
-        "bound: idle {:.0} + budget {:.0} + {compute} x {:.0} computing + {:.0} training + {in_flight} requests x {:.1} + {connections} connections x {:.2} = {:.0} MiB of the manifest's {:.0} MiB",
-        mib(idle), mib(budget), mib(computing), mib(training), mib(per_request), mib(per_connection), mib(bound), mib(memory_limit)
+        "bound: idle {:.0} + history {:.0} + budget {:.0} + {compute} x {:.0} computing + {:.0} training + {in_flight} requests x {:.1} + {connections} connections x {:.2} = {:.0} MiB of the manifest's {:.0} MiB",
+        mib(idle), mib(history), mib(budget), mib(computing), mib(training), mib(per_request), mib(per_connection), mib(bound), mib(memory_limit)
     );
     assert!(
         bound <= memory_limit,
-        "the manifest's settings allow {:.0} MiB, over its {:.0} MiB memory limit: lower DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB, DNSEXFIL_MAX_BODY_MB, DNSEXFIL_MAX_ROWS or DNSEXFIL_MAX_FIT_ROWS, or raise the limit",
+        "the manifest's settings allow {:.0} MiB, over its {:.0} MiB memory limit: lower DNSEXFIL_MAX_BODIES_IN_FLIGHT_MB, DNSEXFIL_MAX_BODY_MB, DNSEXFIL_MAX_ROWS, DNSEXFIL_MAX_FIT_ROWS or DNSEXFIL_HISTORY_MAX_MB, or raise the limit",
         mib(bound),
         mib(memory_limit)
     );

@@ -610,6 +610,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         max_concurrent_requests = args.max_concurrent_requests,
         max_connections = args.max_connections,
         request_timeout_secs = args.request_timeout_secs,
+        history = state.history.kind(),
+        history_max_mb = args.history_max_mb,
         "listening"
     );
     http::serve(

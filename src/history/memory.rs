@@ -71,10 +71,10 @@ impl MemoryHistory {
     }
 
     fn shard_of(&self, src: &str) -> &Mutex<Shard> {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
-        src.hash(&mut hasher);
-        &self.shards[(hasher.finish() >> 59) as usize % SHARDS]
+        use std::hash::BuildHasher;
+        // The hash's top bits: Fx mixes its last multiply into them.
+        let hash = rustc_hash::FxBuildHasher.hash_one(src);
+        &self.shards[(hash >> 59) as usize % SHARDS]
     }
 
     fn shard_cap(&self) -> usize {

@@ -89,48 +89,68 @@ pub struct Group {
 }
 
 impl Batch {
-    /// Groups `observations` as of `now`. Linear in the observations; each distinct name is
-    /// split into its domain once.
+    /// Groups `observations` as of `now`. Linear in the observations; the texts are copied and
+    /// split into their domain once per distinct (source, name, bucket), and rows that repeat
+    /// one (most of a busy host's) cost a lookup of borrowed text.
     pub fn from_observations(
         observations: &[Observation<'_>],
         now: i64,
         config: &HistoryConfig,
     ) -> Batch {
+        use std::hash::BuildHasher;
         let oldest = now - config.window_seconds;
         let mut batch = Batch::default();
-        let mut group_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
-        // (group, name, bucket) already in the batch.
-        let mut seen: FxHashMap<(usize, String, i64), usize> = FxHashMap::default();
+        // (src, query as sent, bucket) -> its earliest time, in first-seen order.
+        let mut first_of: FxHashMap<(&str, &str, i64), usize> = FxHashMap::default();
+        let mut distinct: Vec<(&str, &str, i64, i64)> = Vec::new();
         for observation in observations {
             let time = observation.time.min(now + FUTURE_SLACK_SECONDS);
-            let name = normalise(observation.query);
+            let query = observation.query.trim_end_matches('.');
             if time < oldest
-                || name.is_empty()
-                || name.len() > MAX_NAME_BYTES
+                || query.is_empty()
+                || query.len() > MAX_NAME_BYTES
                 || observation.src.is_empty()
                 || observation.src.len() > MAX_SOURCE_BYTES
             {
                 batch.skipped += 1;
                 continue;
             }
+            let bucket = time.div_euclid(config.bucket_seconds);
+            let next = distinct.len();
+            let at = *first_of
+                .entry((observation.src, query, bucket))
+                .or_insert(next);
+            if at == next {
+                distinct.push((observation.src, query, bucket, time));
+            } else {
+                distinct[at].3 = distinct[at].3.min(time);
+            }
+        }
+        drop(first_of);
+        let mut group_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
+        // (group, hash of the lower-case name, bucket) -> its place in the group: names that
+        // differ only in case meet here. The hash keys it without another copy of the name; a
+        // collision is told apart by comparing the names.
+        let mut seen: FxHashMap<(usize, u64, i64), usize> = FxHashMap::default();
+        let hasher = rustc_hash::FxBuildHasher;
+        for (src, query, bucket, time) in distinct {
+            let name = normalise(query);
             let domain = crate::features::v3::split_icann(&name).1;
             let next = batch.groups.len();
-            let group = *group_of
-                .entry((observation.src, domain.clone()))
-                .or_insert(next);
+            let group = *group_of.entry((src, domain.clone())).or_insert(next);
             if group == next {
                 batch.groups.push(Group {
-                    src: observation.src.to_string(),
+                    src: src.to_string(),
                     domain,
                     names: Vec::new(),
                 });
             }
-            let bucket = time.div_euclid(config.bucket_seconds);
             let names = &mut batch.groups[group].names;
-            match seen.get(&(group, name.clone(), bucket)) {
-                Some(&at) => names[at].time = names[at].time.min(time),
-                None => {
-                    seen.insert((group, name.clone(), bucket), names.len());
+            let key = (group, hasher.hash_one(&name), bucket);
+            match seen.get(&key) {
+                Some(&at) if names[at].name == name => names[at].time = names[at].time.min(time),
+                _ => {
+                    seen.insert(key, names.len());
                     names.push(NameSeen { name, bucket, time });
                 }
             }
