@@ -1,6 +1,7 @@
 //! Stage-by-stage cost of one ESCU `/apply` at 1k, 10k and 100k rows, the whole request
 //! (envelope parse to response body) next to the network's forward pass alone, and the whole
-//! request with the default model's schema against the one before (`-- schemas`).
+//! request with the default model's schema against the one before (`-- schemas`), and with an
+//! in-process history against none (`-- history`).
 //! Run: `cargo bench --bench pipeline` (the weights come from tests/fixtures/escu).
 
 mod support;
@@ -178,6 +179,50 @@ fn schemas() {
     }
 }
 
+/// What remembering a request's events costs: the whole `/apply` with `dnsexfil_v4` and an
+/// in-process history against the same request with none, run alternately. Each run with the
+/// history starts from an empty store (every event new: the most a request's recording costs;
+/// dropping the store is not timed). Prints the medians and `ratio history/none = X` per size.
+fn history() {
+    if !requested("history") {
+        return;
+    }
+    use dnsexfil::history::{History, HistoryConfig};
+    let state = support::escu_state();
+    state
+        .registry
+        .insert(dnsexfil::model::default_model().unwrap());
+    println!(
+        "\nwhole /apply with dnsexfil_v4, with an in-process history vs none, run alternately:"
+    );
+    for rows in SIZES {
+        let csv = synth::dsdl_csv(rows, 42);
+        let body = synth::dsdl_envelope(&csv, "dnsexfil_v4");
+        let runs = (2_000_000 / rows).clamp(30, 201);
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let remembering = state
+                .clone()
+                .with_history(History::memory(HistoryConfig::default()));
+            let t = Instant::now();
+            let answer = process(&remembering, body.as_bytes(), Endpoint::Apply).into_body();
+            with.push(t.elapsed());
+            assert!(remembering.history.usage().sources > 0);
+            drop((answer, remembering));
+            let t = Instant::now();
+            std::hint::black_box(process(&state, body.as_bytes(), Endpoint::Apply).into_body());
+            without.push(t.elapsed());
+        }
+        let (a, b) = (median(&mut with), median(&mut without));
+        println!(
+            "{rows:>7} rows ({runs} runs): history {:.2} ms, none {:.2} ms, ratio history/none = {:.2}",
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            a.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
+
 /// Whether the hand-timed measurement `name` runs: only under `cargo bench` (not the one-shot
 /// run of `cargo test`), and unless a filter names other benchmarks (`cargo bench --bench
 /// pipeline -- ratio` runs only `ratio`).
@@ -200,4 +245,5 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     ratio();
     schemas();
+    history();
 }

@@ -10,7 +10,8 @@
 //! features (both), features_v2 and features_v4 (our schemas), forward, score, allowlist (the
 //! suppression check of every scored row, alone on one core), results (with that check, as the
 //! service writes them), whole, app (the whole service in-process: router, middleware, handler
-//! and response body, without the network). `PROFILE_CSV=<file>` takes the rows from a CSV
+//! and response body, without the network), history (every row remembered in a fresh
+//! in-process history). `PROFILE_CSV=<file>` takes the rows from a CSV
 //! file (e.g. the dev log), repeated to `<rows>`, instead of synthetic ones. Under `cargo bench` (no stage given) it runs each
 //! stage once at 1,000 rows as a smoke test.
 
@@ -34,7 +35,7 @@ use dnsexfil::model::convert::ESCU_MODEL_NAME;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STAGES: [&str; 16] = [
+const STAGES: [&str; 17] = [
     "envelope",
     "csv",
     "envelope_unescaping",
@@ -51,6 +52,7 @@ const STAGES: [&str; 16] = [
     "results",
     "whole",
     "app",
+    "history",
 ];
 
 fn main() {
@@ -182,6 +184,19 @@ fn run(stage: &str, ctx: &Ctx) {
         "features_v2" => {
             let (rows, scored, _) = ctx.table.feature_rows();
             black_box(Schema::DnsexfilV2.compute(&rows, &scored));
+        }
+        "history" => {
+            // Remembering every row in a fresh in-process history, as `/apply` does.
+            let history = dnsexfil::history::History::memory(Default::default());
+            let observations: Vec<dnsexfil::history::Observation> = (0..ctx.table.len())
+                .map(|row| dnsexfil::history::Observation {
+                    src: ctx.table.src(row),
+                    query: ctx.table.query(row),
+                    time: 1_700_000_000,
+                })
+                .collect();
+            history.record(&observations, 1_700_000_000);
+            black_box(history);
         }
         "features_v4" => {
             let (rows, scored, _) = ctx.table.feature_rows();

@@ -90,74 +90,50 @@ impl MemoryHistory {
         // One source may hold at most half its shard, so that one busy source cannot evict all
         // others; beyond it, its new names are not kept (what is kept already shows the burst).
         let source_cap = shard_cap / 2;
-        for group in batch.groups {
+        // A source's groups (one per domain) are written under one lock and one touch.
+        let mut groups = batch.groups;
+        groups.sort_by(|a, b| a.src.cmp(&b.src));
+        let mut groups = groups.into_iter().peekable();
+        while let Some(first) = groups.next() {
+            let src = first.src.clone();
             let mut shard = self
-                .shard_of(&group.src)
+                .shard_of(&src)
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             let shard = &mut *shard;
             shard.drop_silent_sources(cutoff);
             shard.tick += 1;
             let tick = shard.tick;
-            let source = match shard.sources.get_mut(&group.src) {
+            let source = match shard.sources.get_mut(&src) {
                 Some(source) => {
                     shard.by_recency.remove(&source.tick);
                     source
                 }
                 None => {
-                    shard.bytes += SOURCE_OVERHEAD + group.src.len();
-                    shard.sources.entry(group.src.clone()).or_insert(Source {
+                    shard.bytes += SOURCE_OVERHEAD + src.len();
+                    shard.sources.entry(src.clone()).or_insert(Source {
                         domains: FxHashMap::default(),
                         tick,
                         last_time: i64::MIN,
                         pruned_from_bucket: cutoff_bucket,
-                        bytes: SOURCE_OVERHEAD + group.src.len(),
+                        bytes: SOURCE_OVERHEAD + src.len(),
                     })
                 }
             };
             source.tick = tick;
-            shard.by_recency.insert(tick, group.src.clone());
             let before = source.bytes;
             if cutoff_bucket > source.pruned_from_bucket {
                 source.prune(cutoff);
                 source.pruned_from_bucket = cutoff_bucket;
             }
-            let domain_bytes = DOMAIN_OVERHEAD + group.domain.len();
-            let domain = match source.domains.get_mut(&group.domain) {
-                Some(domain) => domain,
-                None => {
-                    source.bytes += domain_bytes;
-                    source.domains.entry(group.domain).or_default()
-                }
-            };
-            for seen in group.names {
-                source.last_time = source.last_time.max(seen.time);
-                if let Some(buckets) = domain.names.get_mut(&seen.name) {
-                    match buckets.binary_search_by_key(&seen.bucket, |&(b, _)| b) {
-                        Ok(at) => buckets[at].1 = buckets[at].1.min(seen.time),
-                        Err(at) => {
-                            if source.bytes + BUCKET_BYTES > source_cap {
-                                continue;
-                            }
-                            buckets.insert(at, (seen.bucket, seen.time));
-                            source.bytes += BUCKET_BYTES;
-                            recorded.new += 1;
-                        }
-                    }
-                } else {
-                    let bytes = NAME_OVERHEAD + seen.name.len() + BUCKET_BYTES;
-                    if source.bytes + bytes > source_cap {
-                        continue;
-                    }
-                    domain
-                        .names
-                        .insert(seen.name, vec![(seen.bucket, seen.time)]);
-                    source.bytes += bytes;
-                    recorded.new += 1;
-                }
+            let mut next = Some(first);
+            while let Some(group) = next {
+                recorded.new += source.add(group, source_cap);
+                next = groups.next_if(|g| g.src == src);
             }
             // Bytes are kept as the sources' sum; `before` may exceed the new size after pruning.
             shard.bytes = shard.bytes + source.bytes - before;
+            shard.by_recency.insert(tick, src);
             let evicted = shard.evict_to(shard_cap * 9 / 10, shard_cap, tick);
             recorded.evicted_sources += evicted;
         }
@@ -248,6 +224,45 @@ impl Shard {
 }
 
 impl Source {
+    /// Adds one group's names, within `cap` bytes for the source; how many were new.
+    fn add(&mut self, group: super::Group, cap: usize) -> usize {
+        let mut new = 0;
+        let domain = match self.domains.get_mut(&group.domain) {
+            Some(domain) => domain,
+            None => {
+                self.bytes += DOMAIN_OVERHEAD + group.domain.len();
+                self.domains.entry(group.domain).or_default()
+            }
+        };
+        for seen in group.names {
+            self.last_time = self.last_time.max(seen.time);
+            if let Some(buckets) = domain.names.get_mut(&seen.name) {
+                match buckets.binary_search_by_key(&seen.bucket, |&(b, _)| b) {
+                    Ok(at) => buckets[at].1 = buckets[at].1.min(seen.time),
+                    Err(at) => {
+                        if self.bytes + BUCKET_BYTES > cap {
+                            continue;
+                        }
+                        buckets.insert(at, (seen.bucket, seen.time));
+                        self.bytes += BUCKET_BYTES;
+                        new += 1;
+                    }
+                }
+            } else {
+                let bytes = NAME_OVERHEAD + seen.name.len() + BUCKET_BYTES;
+                if self.bytes + bytes > cap {
+                    continue;
+                }
+                domain
+                    .names
+                    .insert(seen.name, vec![(seen.bucket, seen.time)]);
+                self.bytes += bytes;
+                new += 1;
+            }
+        }
+        new
+    }
+
     /// Removes entries older than `cutoff`, and names and domains left without any.
     fn prune(&mut self, cutoff: i64) {
         let mut freed = 0;

@@ -127,7 +127,8 @@ impl Batch {
             }
         }
         drop(first_of);
-        let mut group_of: FxHashMap<(&str, String), usize> = FxHashMap::default();
+        // Source -> its domains' groups (looked up by borrowed text, copied once when new).
+        let mut group_of: FxHashMap<&str, FxHashMap<String, usize>> = FxHashMap::default();
         // (group, hash of the lower-case name, bucket) -> its place in the group: names that
         // differ only in case meet here. The hash keys it without another copy of the name; a
         // collision is told apart by comparing the names.
@@ -136,15 +137,20 @@ impl Batch {
         for (src, query, bucket, time) in distinct {
             let name = normalise(query);
             let domain = crate::features::v3::split_icann(&name).1;
-            let next = batch.groups.len();
-            let group = *group_of.entry((src, domain.clone())).or_insert(next);
-            if group == next {
-                batch.groups.push(Group {
-                    src: src.to_string(),
-                    domain,
-                    names: Vec::new(),
-                });
-            }
+            let domains = group_of.entry(src).or_default();
+            let group = match domains.get(domain.as_str()) {
+                Some(&group) => group,
+                None => {
+                    let group = batch.groups.len();
+                    domains.insert(domain.clone(), group);
+                    batch.groups.push(Group {
+                        src: src.to_string(),
+                        domain,
+                        names: Vec::new(),
+                    });
+                    group
+                }
+            };
             let names = &mut batch.groups[group].names;
             let key = (group, hasher.hash_one(&name), bucket);
             match seen.get(&key) {
