@@ -146,8 +146,9 @@ pub struct EpochStats {
     /// The validation loss as `TrainParams::validation_loss` says.
     pub val_loss: f64,
     pub val_auc: f64,
-    /// Share of the validation rows' summed loss (positives weighted) carried by the single
-    /// worst validation source; `None` when the rows' sources are not known.
+    /// Share of the validation loss carried by the single worst validation source: of the rows'
+    /// summed loss (positives weighted), or with `ValidationLoss::PerSource` of the sum of the
+    /// sources' mean losses; `None` when the rows' sources are not known.
     pub worst_source_share: Option<f64>,
 }
 
@@ -315,7 +316,7 @@ pub fn train(
             train_loss: loss_sum / batches as f64,
             val_loss,
             val_auc: super::eval::roc_auc(&val_scores, &val_set.y),
-            worst_source_share: by_source.map(|s| s.worst_share()),
+            worst_source_share: by_source.map(|s| s.worst_share(params.validation_loss)),
         };
         on_epoch(&stats);
         epochs_run = epoch;
@@ -584,10 +585,20 @@ impl SourceLosses {
         means.iter().sum::<f64>() / means.len() as f64
     }
 
-    /// The worst source's share of the summed loss of all rows.
-    fn worst_share(&self) -> f64 {
-        let total: f64 = self.0.iter().map(|(l, _)| l).sum();
-        let worst = self.0.iter().map(|(l, _)| *l).fold(0.0, f64::max);
+    /// The worst source's share of the validation loss `how` computes: of the rows' summed
+    /// loss, or of the sum of the sources' mean losses.
+    fn worst_share(&self, how: ValidationLoss) -> f64 {
+        let losses: Vec<f64> = match how {
+            ValidationLoss::Rows => self.0.iter().map(|(l, _)| *l).collect(),
+            ValidationLoss::PerSource => self
+                .0
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(l, w)| l / w)
+                .collect(),
+        };
+        let total: f64 = losses.iter().sum();
+        let worst = losses.iter().copied().fold(0.0, f64::max);
         if total > 0.0 {
             worst / total
         } else {
@@ -756,7 +767,11 @@ mod tests {
         let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
         // Rows: (3 ln 2 + 2 ln 2) / 4; per source: (ln 2 + 2 ln 2) / 2.
         assert!(close(s.mean_of_means(), 1.5 * ln2), "{s:?}");
-        assert!(close(s.worst_share(), 0.6), "{s:?}");
+        assert!(close(s.worst_share(ValidationLoss::Rows), 0.6), "{s:?}");
+        assert!(
+            close(s.worst_share(ValidationLoss::PerSource), 2.0 / 3.0),
+            "{s:?}"
+        );
         let rows = |pw: f64| {
             let z = Tensor::from_slice(&logits, 4, &Device::Cpu).unwrap();
             let y = Tensor::from_slice(&y, 4, &Device::Cpu).unwrap();
@@ -821,9 +836,9 @@ mod tests {
                 (None, true)
             );
             // The same training (`last`), but the five flipped rows, 2.5% of the rows' loss
-            // weight, carry half of the per-source loss.
+            // weight, carry half the per-source loss's weight and more than half of it.
             assert!(c.val_loss > b.val_loss, "{a:?} {c:?}");
-            assert_eq!(c.worst_source_share, b.worst_source_share);
+            assert!(c.worst_source_share.unwrap() > 0.5, "{c:?}");
         }
         let e = run(&per_source, &[]).unwrap_err();
         assert!(e.to_string().contains("per-source"), "{e}");
