@@ -189,6 +189,17 @@ fn train_and_score(
         created_by: "dnsexfil evaluate".into(),
     };
     let fitted = crate::engine::training::fit_offline(&labelled, options, info, false)?;
+    let kept = &fitted.report.best;
+    eprintln!(
+        "trained without [{}]: kept epoch {} of {} run, validation ({}) loss {:.5}, validation AUC {:.5}{}",
+        left_out_of_training.join(", "),
+        kept.epoch,
+        fitted.report.epochs_run,
+        fitted.split.describe(),
+        kept.val_loss,
+        kept.val_auc,
+        crate::engine::training::offline::worst_source(kept)
+    );
     let evaluation = evaluation_corpus(
         real,
         test,

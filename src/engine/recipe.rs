@@ -49,9 +49,19 @@ pub struct TrainingOptions {
     /// Rows per optimiser step (1 to 65,536).
     #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub batch_size: usize,
-    /// Epochs without a better validation loss before stopping (1 to 1,000).
+    /// Epochs without a better validation loss before stopping (1 to 1,000; `best` only).
     #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
     pub patience: usize,
+    /// Which epoch's weights the model keeps: `best`, the lowest validation loss (stopping after
+    /// --patience epochs without a lower one), or `last`, the last of --epochs epochs, all run
+    /// (an experiment: not the default model's recipe).
+    #[arg(long, default_value = "best", value_parser = clap::builder::ValueParser::new(str::parse::<crate::model::train::EpochSelection>))]
+    pub select_epoch: crate::model::train::EpochSelection,
+    /// How the validation loss weighs its rows: `rows`, every validation row alike (a source
+    /// counts by its row count), or `per-source`, the mean over validation sources of each
+    /// source's mean row loss (an experiment: not the default model's recipe).
+    #[arg(long, default_value = "rows", value_parser = clap::builder::ValueParser::new(str::parse::<crate::model::train::ValidationLoss>))]
+    pub validation_loss: crate::model::train::ValidationLoss,
     /// Weight of a malicious row in the loss, above 0 (default: 1 for dnsexfil-v4; negatives /
     /// positives, balancing the classes, for the earlier schemas).
     #[arg(long, value_parser = real_in("above 0", |v| v > 0.0))]

@@ -1,6 +1,6 @@
 //! Training our networks with candle: weighted binary cross-entropy, AdamW, mini-batches, early
-//! stopping on a validation split, deterministic for a seed (own RNG for initialisation and
-//! shuffling; candle's CPU kernels reduce in a fixed order).
+//! stopping on a validation split (or a fixed epoch count), deterministic for a seed (own RNG for
+//! initialisation and shuffling; candle's CPU kernels reduce in a fixed order).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +63,62 @@ pub struct TrainParams {
     /// Stop with an error as soon as this is set (the service is shutting down); checked before
     /// every batch, like the time limit.
     pub stop_when: Option<&'static AtomicBool>,
+    /// Which epoch's weights are kept.
+    pub select_epoch: EpochSelection,
+    /// How the validation loss that chooses the epoch weighs the validation rows.
+    pub validation_loss: ValidationLoss,
+}
+
+/// Which epoch's weights training keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EpochSelection {
+    /// The epoch with the lowest validation loss, stopping after `patience` epochs without a
+    /// lower one.
+    #[default]
+    Best,
+    /// The last of `epochs` epochs, all of them run: the validation loss is reported, never used.
+    Last,
+}
+
+impl std::str::FromStr for EpochSelection {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "best" => Ok(Self::Best),
+            "last" => Ok(Self::Last),
+            other => Err(format!(
+                "`{}` is not an epoch selection: use best or last",
+                other.escape_debug()
+            )),
+        }
+    }
+}
+
+/// How the validation loss weighs the validation rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValidationLoss {
+    /// The mean loss of all validation rows (positives weighted): a source counts by its rows.
+    #[default]
+    Rows,
+    /// The mean over validation sources of each source's mean row loss (positives weighted
+    /// within the source): every source counts the same, whatever its row count.
+    PerSource,
+}
+
+impl std::str::FromStr for ValidationLoss {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "rows" => Ok(Self::Rows),
+            "per-source" => Ok(Self::PerSource),
+            other => Err(format!(
+                "`{}` is not a validation loss: use rows or per-source",
+                other.escape_debug()
+            )),
+        }
+    }
 }
 
 impl Default for TrainParams {
@@ -77,6 +133,8 @@ impl Default for TrainParams {
             time_limit: None,
             positive_weight: None,
             stop_when: None,
+            select_epoch: EpochSelection::Best,
+            validation_loss: ValidationLoss::Rows,
         }
     }
 }
@@ -85,12 +143,19 @@ impl Default for TrainParams {
 pub struct EpochStats {
     pub epoch: usize,
     pub train_loss: f64,
+    /// The validation loss as `TrainParams::validation_loss` says.
     pub val_loss: f64,
     pub val_auc: f64,
+    /// Share of the validation loss carried by the single worst validation source: of the rows'
+    /// summed loss (positives weighted), or with `ValidationLoss::PerSource` of the sum of the
+    /// sources' mean losses; `None` when the rows' sources are not known.
+    pub worst_source_share: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
 pub struct TrainReport {
+    /// The epoch whose weights were kept: the lowest validation loss, or the last epoch with
+    /// `EpochSelection::Last`.
     pub best: EpochStats,
     pub epochs_run: usize,
     pub train_rows: usize,
@@ -116,10 +181,13 @@ pub enum TrainError {
 /// Trains a network of `shape` and returns its tensors (layers, plus the input standardisation
 /// when the shape has one). With `start`, training continues from those tensors (a fine-tune,
 /// keeping their standardisation); otherwise it starts from a seeded random initialisation.
+/// `val_sources` numbers the source of each validation row (any numbers; empty when unknown,
+/// which only `ValidationLoss::PerSource` refuses).
 pub fn train(
     shape: MlpShape,
     train_set: &Dataset,
     val_set: &Dataset,
+    val_sources: &[u32],
     params: &TrainParams,
     start: Option<&HashMap<String, Tensor>>,
     mut on_epoch: impl FnMut(&EpochStats),
@@ -127,6 +195,18 @@ pub fn train(
     let started = Instant::now();
     check_dataset("training", train_set, shape.input)?;
     check_dataset("validation", val_set, shape.input)?;
+    if !val_sources.is_empty() && val_sources.len() != val_set.len() {
+        return Err(TrainError::Data(format!(
+            "{} validation sources given for {} validation rows",
+            val_sources.len(),
+            val_set.len()
+        )));
+    }
+    if params.validation_loss == ValidationLoss::PerSource && val_sources.is_empty() {
+        return Err(TrainError::Data(
+            "a per-source validation loss needs the validation rows' sources".into(),
+        ));
+    }
     if params.batch_size == 0 || params.epochs == 0 {
         return Err(TrainError::Data(
             "epochs and batch_size must be at least 1".into(),
@@ -223,21 +303,30 @@ pub fn train(
             batches += 1;
         }
         let val_logits = network.training_logits(&x_val)?;
-        let val_loss =
-            weighted_bce(&val_logits, &y_val, positive_weight)?.to_scalar::<f32>()? as f64;
         let val_scores = val_logits.to_vec1::<f32>()?;
+        let by_source = (!val_sources.is_empty())
+            .then(|| source_losses(&val_scores, &val_set.y, val_sources, positive_weight));
+        let val_loss = match (params.validation_loss, &by_source) {
+            (ValidationLoss::PerSource, Some(sources)) => sources.mean_of_means(),
+            // The tensor form, as every model before the option was chosen by.
+            _ => weighted_bce(&val_logits, &y_val, positive_weight)?.to_scalar::<f32>()? as f64,
+        };
         let stats = EpochStats {
             epoch,
             train_loss: loss_sum / batches as f64,
             val_loss,
             val_auc: super::eval::roc_auc(&val_scores, &val_set.y),
+            worst_source_share: by_source.map(|s| s.worst_share(params.validation_loss)),
         };
         on_epoch(&stats);
         epochs_run = epoch;
-        if best
-            .as_ref()
-            .is_none_or(|(b, _)| stats.val_loss < b.val_loss)
-        {
+        let keep = match params.select_epoch {
+            EpochSelection::Last => true,
+            EpochSelection::Best => best
+                .as_ref()
+                .is_none_or(|(b, _)| stats.val_loss < b.val_loss),
+        };
+        if keep {
             let snapshot = vars
                 .iter()
                 .map(|v| v.as_tensor().copy())
@@ -246,6 +335,7 @@ pub fn train(
             since_best = 0;
         } else {
             since_best += 1;
+            // Only `Best` gets here: `Last` keeps every epoch and runs them all.
             if since_best >= params.patience {
                 break;
             }
@@ -479,6 +569,60 @@ fn weighted_bce(z: &Tensor, y: &Tensor, positive_weight: f64) -> candle_core::Re
         .to_dtype(DType::F32)
 }
 
+/// Validation loss summed per source: (sum of weighted row losses, sum of row weights).
+#[derive(Debug, Clone, PartialEq)]
+struct SourceLosses(Vec<(f64, f64)>);
+
+impl SourceLosses {
+    /// The mean over sources of each source's weighted mean row loss.
+    fn mean_of_means(&self) -> f64 {
+        let means: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(l, w)| l / w)
+            .collect();
+        means.iter().sum::<f64>() / means.len() as f64
+    }
+
+    /// The worst source's share of the validation loss `how` computes: of the rows' summed
+    /// loss, or of the sum of the sources' mean losses.
+    fn worst_share(&self, how: ValidationLoss) -> f64 {
+        let losses: Vec<f64> = match how {
+            ValidationLoss::Rows => self.0.iter().map(|(l, _)| *l).collect(),
+            ValidationLoss::PerSource => self
+                .0
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(l, w)| l / w)
+                .collect(),
+        };
+        let total: f64 = losses.iter().sum();
+        let worst = losses.iter().copied().fold(0.0, f64::max);
+        if total > 0.0 {
+            worst / total
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Binary cross-entropy of each row from its logit, positives weighted by `positive_weight`,
+/// summed per source (`sources[i]` is row i's), in f64.
+fn source_losses(logits: &[f32], y: &[f32], sources: &[u32], positive_weight: f64) -> SourceLosses {
+    let count = sources.iter().max().map_or(0, |&s| s as usize + 1);
+    let mut sums = vec![(0.0, 0.0); count];
+    for ((&z, &y), &s) in logits.iter().zip(y).zip(sources) {
+        let (z, y) = (z as f64, y as f64);
+        let loss = z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
+        let weight = if y == 1.0 { positive_weight } else { 1.0 };
+        let sum = &mut sums[s as usize];
+        sum.0 += weight * loss;
+        sum.1 += weight;
+    }
+    SourceLosses(sums)
+}
+
 fn shuffle(order: &mut [u32], rng: &mut SplitMix64) {
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i + 1));
@@ -515,15 +659,191 @@ mod tests {
             batch_size: 32,
             ..Default::default()
         };
-        let (a, report) = train(shape, &toy(1, 600), &toy(2, 200), &params, None, |_| {}).unwrap();
+        let (a, report) = train(
+            shape,
+            &toy(1, 600),
+            &toy(2, 200),
+            &[],
+            &params,
+            None,
+            |_| {},
+        )
+        .unwrap();
         assert!(report.best.val_auc > 0.98, "{report:?}");
-        let (b, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, None, |_| {}).unwrap();
+        let (b, _) = train(
+            shape,
+            &toy(1, 600),
+            &toy(2, 200),
+            &[],
+            &params,
+            None,
+            |_| {},
+        )
+        .unwrap();
         for name in TENSOR_NAMES {
             assert_eq!(
                 a[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    /// `toy` with every label flipped: training on `toy` makes its loss rise epoch after epoch.
+    fn flipped(seed: u64, n: usize) -> Dataset {
+        let mut d = toy(seed, n);
+        d.y.iter_mut().for_each(|y| *y = 1.0 - *y);
+        d
+    }
+
+    #[test]
+    fn selecting_the_last_epoch_runs_every_epoch_and_keeps_its_weights() {
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let best = TrainParams {
+            epochs: 6,
+            learning_rate: 1e-2,
+            batch_size: 32,
+            patience: 2,
+            ..Default::default()
+        };
+        let last = TrainParams {
+            select_epoch: EpochSelection::Last,
+            ..best.clone()
+        };
+        // A validation set the training makes worse: `best` keeps epoch 1 and stops at 3.
+        let val = flipped(2, 200);
+        let mut losses = Vec::new();
+        let (_, report) = train(shape, &toy(1, 600), &val, &[], &best, None, |e| {
+            losses.push(e.val_loss)
+        })
+        .unwrap();
+        assert_eq!((report.best.epoch, report.epochs_run), (1, 3), "{losses:?}");
+        let mut stats = Vec::new();
+        let (kept, report) = train(shape, &toy(1, 600), &val, &[], &last, None, |e| {
+            stats.push(e.clone())
+        })
+        .unwrap();
+        assert_eq!((report.best.epoch, report.epochs_run), (6, 6), "{stats:?}");
+        assert_eq!(report.best, stats[5]);
+        assert!(stats[5].val_loss > stats[0].val_loss, "{stats:?}");
+        // The weights kept are the sixth epoch's: they score the validation rows with its loss,
+        // not the first epoch's.
+        let vb = candle_nn::VarBuilder::from_tensors(kept.clone(), DType::F32, &Device::Cpu);
+        let x = Tensor::from_slice(&val.x, (val.len(), 2), &Device::Cpu).unwrap();
+        let y = Tensor::from_slice(&val.y, val.len(), &Device::Cpu).unwrap();
+        let logits = Mlp::new(vb, shape).unwrap().training_logits(&x).unwrap();
+        let loss = weighted_bce(&logits, &y, report.positive_weight)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!(
+            (loss - stats[5].val_loss).abs() < 1e-4 * stats[5].val_loss,
+            "kept weights' loss {loss}, epochs {stats:?}"
+        );
+        // Validation never steers `last`: another validation set, the same weights.
+        let (other, _) =
+            train(shape, &toy(1, 600), &toy(3, 100), &[], &last, None, |_| {}).unwrap();
+        for name in TENSOR_NAMES {
+            assert_eq!(
+                kept[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                other[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn per_source_loss_weighs_every_source_alike() {
+        // Logit 0 costs ln 2 whatever the label; a benign row at logit ln 3 costs ln 4.
+        let ln2 = std::f64::consts::LN_2;
+        let logits = [0.0, 0.0, 0.0, 3f32.ln()];
+        let y = [1.0, 0.0, 0.0, 0.0];
+        // Source 0 has three rows, source 2 one (numbers need not be contiguous).
+        let sources = [0, 0, 0, 2];
+        let s = source_losses(&logits, &y, &sources, 1.0);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        // Rows: (3 ln 2 + 2 ln 2) / 4; per source: (ln 2 + 2 ln 2) / 2.
+        assert!(close(s.mean_of_means(), 1.5 * ln2), "{s:?}");
+        assert!(close(s.worst_share(ValidationLoss::Rows), 0.6), "{s:?}");
+        assert!(
+            close(s.worst_share(ValidationLoss::PerSource), 2.0 / 3.0),
+            "{s:?}"
+        );
+        let rows = |pw: f64| {
+            let z = Tensor::from_slice(&logits, 4, &Device::Cpu).unwrap();
+            let y = Tensor::from_slice(&y, 4, &Device::Cpu).unwrap();
+            weighted_bce(&z, &y, pw)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        assert!(close(rows(1.0), 1.25 * ln2));
+        // A positive weight counts within its source: source 0 is (3 ln 2 + ln 2 + ln 2) /
+        // (3 + 1 + 1) = ln 2 again; source 2 stays 2 ln 2.
+        let weighted = source_losses(&logits, &y, &sources, 3.0);
+        assert!(close(weighted.mean_of_means(), 1.5 * ln2), "{weighted:?}");
+        // Summed over sources, the weighted losses are the row loss training reports by default.
+        let total: (f64, f64) = weighted
+            .0
+            .iter()
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        assert!(close(total.0 / total.1, rows(3.0)), "{weighted:?}");
+    }
+
+    #[test]
+    fn the_validation_loss_is_per_source_only_when_asked() {
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let params = TrainParams {
+            epochs: 3,
+            learning_rate: 1e-2,
+            batch_size: 32,
+            select_epoch: EpochSelection::Last,
+            ..Default::default()
+        };
+        let per_source = TrainParams {
+            validation_loss: ValidationLoss::PerSource,
+            ..params.clone()
+        };
+        // 200 validation rows: a large source and one of five rows with flipped labels.
+        let mut val = toy(2, 200);
+        for y in &mut val.y[195..] {
+            *y = 1.0 - *y;
+        }
+        let sources: Vec<u32> = (0..200).map(|i| (i >= 195) as u32).collect();
+        let run = |params: &TrainParams, sources: &[u32]| {
+            let mut stats = Vec::new();
+            train(shape, &toy(1, 600), &val, sources, params, None, |e| {
+                stats.push(e.clone())
+            })
+            .map(|_| stats)
+        };
+        let rows_unknown = run(&params, &[]).unwrap();
+        let rows_known = run(&params, &sources).unwrap();
+        let by_source = run(&per_source, &sources).unwrap();
+        for ((a, b), c) in rows_unknown.iter().zip(&rows_known).zip(&by_source) {
+            // Knowing the sources changes nothing by default, beyond reporting the worst one.
+            assert_eq!(a.val_loss, b.val_loss);
+            assert_eq!(
+                (a.worst_source_share, b.worst_source_share.is_some()),
+                (None, true)
+            );
+            // The same training (`last`), but the five flipped rows, 2.5% of the rows' loss
+            // weight, carry half the per-source loss's weight and more than half of it.
+            assert!(c.val_loss > b.val_loss, "{a:?} {c:?}");
+            assert!(c.worst_source_share.unwrap() > 0.5, "{c:?}");
+        }
+        let e = run(&per_source, &[]).unwrap_err();
+        assert!(e.to_string().contains("per-source"), "{e}");
+        let e = run(&params, &sources[1..]).unwrap_err();
+        assert!(e.to_string().contains("199 validation sources"), "{e}");
     }
 
     #[test]
@@ -548,9 +868,17 @@ mod tests {
                     seed,
                     ..Default::default()
                 };
-                train(shape, &toy(1, 300), &toy(2, 100), &params, None, |_| {})
-                    .unwrap()
-                    .0
+                train(
+                    shape,
+                    &toy(1, 300),
+                    &toy(2, 100),
+                    &[],
+                    &params,
+                    None,
+                    |_| {},
+                )
+                .unwrap()
+                .0
             })
             .collect();
         let merged = merge_members(&members).unwrap();
@@ -592,7 +920,16 @@ mod tests {
             batch_size: 32,
             ..Default::default()
         };
-        let (base, _) = train(shape, &toy(1, 600), &toy(2, 200), &params, None, |_| {}).unwrap();
+        let (base, _) = train(
+            shape,
+            &toy(1, 600),
+            &toy(2, 200),
+            &[],
+            &params,
+            None,
+            |_| {},
+        )
+        .unwrap();
         // Different data (other seeds), one gentle epoch: the result stays next to the base.
         let gentle = TrainParams {
             epochs: 1,
@@ -603,6 +940,7 @@ mod tests {
             shape,
             &toy(3, 300),
             &toy(4, 100),
+            &[],
             &gentle,
             Some(&base),
             |_| {},
@@ -629,7 +967,7 @@ mod tests {
             normalized: false,
             ..shape
         };
-        let (t, _) = train(raw, &toy(1, 200), &toy(2, 100), &params, None, |_| {}).unwrap();
+        let (t, _) = train(raw, &toy(1, 200), &toy(2, 100), &[], &params, None, |_| {}).unwrap();
         assert!(!t.contains_key(NORM_NAMES[0]));
     }
 
@@ -647,6 +985,7 @@ mod tests {
             shape,
             &one_class,
             &toy(2, 50),
+            &[],
             &TrainParams::default(),
             None,
             |_| {},
@@ -659,6 +998,7 @@ mod tests {
             shape,
             &bad_label,
             &toy(2, 50),
+            &[],
             &TrainParams::default(),
             None,
             |_| {},
@@ -669,7 +1009,7 @@ mod tests {
             time_limit: Some(Duration::ZERO),
             ..Default::default()
         };
-        let e = train(shape, &toy(1, 50), &toy(2, 50), &limit, None, |_| {}).unwrap_err();
+        let e = train(shape, &toy(1, 50), &toy(2, 50), &[], &limit, None, |_| {}).unwrap_err();
         assert!(matches!(e, TrainError::TimeLimit(_)), "{e}");
         static STOPPING: AtomicBool = AtomicBool::new(false);
         let stoppable = TrainParams {
@@ -677,9 +1017,27 @@ mod tests {
             ..Default::default()
         };
         // Not set: trains as usual.
-        assert!(train(shape, &toy(1, 50), &toy(2, 50), &stoppable, None, |_| {}).is_ok());
+        assert!(train(
+            shape,
+            &toy(1, 50),
+            &toy(2, 50),
+            &[],
+            &stoppable,
+            None,
+            |_| {}
+        )
+        .is_ok());
         STOPPING.store(true, Ordering::Relaxed);
-        let e = train(shape, &toy(1, 50), &toy(2, 50), &stoppable, None, |_| {}).unwrap_err();
+        let e = train(
+            shape,
+            &toy(1, 50),
+            &toy(2, 50),
+            &[],
+            &stoppable,
+            None,
+            |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(e, TrainError::Stopped), "{e}");
     }
 }

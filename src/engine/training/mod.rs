@@ -59,29 +59,41 @@ pub struct TooFewRows {
     pub found: usize,
 }
 
+/// Training and validation rows.
+pub struct SplitRows {
+    pub train: Dataset,
+    pub validation: Dataset,
+    /// The source of each validation row, numbered in the order of the sources' names.
+    pub validation_sources: Vec<u32>,
+    pub how: ValidationSplit,
+}
+
 /// Splits `labelled` into training and validation rows: by source when both sides then see both
 /// classes, else by row (stratified). Deterministic for `seed`.
 pub fn validation_split(
     labelled: &Labelled,
     fraction: f64,
     seed: u64,
-) -> Result<(Dataset, Dataset, ValidationSplit), TooFewRows> {
+) -> Result<SplitRows, TooFewRows> {
     let (train_srcs, val_srcs) = dataset::split_sources(labelled, fraction, seed.wrapping_add(1));
     let train_set = dataset::subset(labelled, &train_srcs);
     let val_set = dataset::subset(labelled, &val_srcs);
     if has_both_classes(&train_set) && has_both_classes(&val_set) {
-        return Ok((
-            train_set,
-            val_set,
-            ValidationSplit::BySource {
+        let validation_sources = source_numbers(labelled, |i| val_srcs.contains(&labelled.srcs[i]));
+        return Ok(SplitRows {
+            train: train_set,
+            validation: val_set,
+            validation_sources,
+            how: ValidationSplit::BySource {
                 train: train_srcs,
                 validation: val_srcs,
             },
-        ));
+        });
     }
     let data = &labelled.data;
     let mut train_set = Dataset::new(data.width);
     let mut val_set = Dataset::new(data.width);
+    let mut val_rows = Vec::new();
     let mut rng = SplitMix64::new(seed.wrapping_add(2));
     for class in [0.0f32, 1.0] {
         let mut rows: Vec<usize> = (0..data.len()).filter(|&i| data.y[i] == class).collect();
@@ -97,6 +109,7 @@ pub fn validation_split(
         let held = ((rows.len() as f64 * fraction).round() as usize).clamp(1, rows.len() - 1);
         rows[..held].sort_unstable();
         rows[held..].sort_unstable();
+        val_rows.extend_from_slice(&rows[..held]);
         for (k, &i) in rows.iter().enumerate() {
             let target = if k < held {
                 &mut val_set
@@ -106,7 +119,30 @@ pub fn validation_split(
             target.push(&data.x[i * data.width..(i + 1) * data.width], class);
         }
     }
-    Ok((train_set, val_set, ValidationSplit::ByRow))
+    let validation_sources = number_sources(val_rows.iter().map(|&i| &labelled.srcs[i]));
+    Ok(SplitRows {
+        train: train_set,
+        validation: val_set,
+        validation_sources,
+        how: ValidationSplit::ByRow,
+    })
+}
+
+/// The sources of the rows of `labelled` that `keep` accepts, in row order, numbered in the
+/// order of their names.
+fn source_numbers(labelled: &Labelled, keep: impl Fn(usize) -> bool) -> Vec<u32> {
+    number_sources(
+        (0..labelled.srcs.len())
+            .filter(|&i| keep(i))
+            .map(|i| &labelled.srcs[i]),
+    )
+}
+
+/// Each source of `srcs` as its rank among the distinct sources' names.
+fn number_sources<'a>(srcs: impl Iterator<Item = &'a String> + Clone) -> Vec<u32> {
+    let names: BTreeSet<&String> = srcs.clone().collect();
+    let number: HashMap<&String, u32> = names.into_iter().zip(0..).collect();
+    srcs.map(|s| number[s]).collect()
 }
 
 fn has_both_classes(d: &Dataset) -> bool {
@@ -133,9 +169,13 @@ pub fn fit_labelled(
     on_epoch: impl FnMut(&EpochStats),
 ) -> Result<Fitted, TrainError> {
     debug_assert_eq!(info.schema, plan.schema);
-    let (train_set, val_set, split) =
-        validation_split(labelled, plan.validation_fraction, plan.params.seed)
-            .map_err(|e| TrainError::Data(e.to_string()))?;
+    let SplitRows {
+        train: train_set,
+        validation: val_set,
+        validation_sources,
+        how: split,
+    } = validation_split(labelled, plan.validation_fraction, plan.params.seed)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
     let start: Option<HashMap<String, Tensor>> = match &plan.base {
         Some(base) => Some(base.mlp.tensors()?),
         None => None,
@@ -156,6 +196,7 @@ pub fn fit_labelled(
             shape,
             &train_set,
             &val_set,
+            &validation_sources,
             &params,
             start.as_ref(),
             &mut on_epoch,
@@ -331,19 +372,32 @@ mod tests {
             });
         }
         let labelled = Labelled { data, srcs };
-        let (train_set, val_set, split) = validation_split(&labelled, 0.2, 1).unwrap();
-        assert_eq!(split, ValidationSplit::ByRow);
-        assert_eq!(train_set.len() + val_set.len(), 40);
-        assert!(has_both_classes(&train_set) && has_both_classes(&val_set));
+        let rows = validation_split(&labelled, 0.2, 1).unwrap();
+        assert_eq!(rows.how, ValidationSplit::ByRow);
+        assert_eq!(rows.train.len() + rows.validation.len(), 40);
+        assert!(has_both_classes(&rows.train) && has_both_classes(&rows.validation));
+        assert_eq!(rows.validation_sources.len(), rows.validation.len());
         // Two of each kind: whole sources go to validation.
         let mut labelled = labelled;
         for s in labelled.srcs.iter_mut().step_by(8) {
             *s = "bad2".into();
         }
-        let (_, _, split) = validation_split(&labelled, 0.3, 1).unwrap();
-        assert!(
-            matches!(split, ValidationSplit::BySource { .. }),
-            "{split:?}"
-        );
+        let rows = validation_split(&labelled, 0.3, 1).unwrap();
+        let ValidationSplit::BySource { validation, .. } = &rows.how else {
+            panic!("{:?}", rows.how);
+        };
+        // Each validation row is numbered by its source's rank among the validation sources.
+        let names: Vec<&String> = validation.iter().collect();
+        let expected: Vec<&String> = labelled
+            .srcs
+            .iter()
+            .filter(|s| validation.contains(*s))
+            .collect();
+        let numbered: Vec<&String> = rows
+            .validation_sources
+            .iter()
+            .map(|&n| names[n as usize])
+            .collect();
+        assert_eq!(numbered, expected);
     }
 }

@@ -8,7 +8,7 @@ use crate::data::dataset;
 
 use crate::data::dataset::Labelled;
 use crate::features::Schema;
-use crate::model::train::{TrainError, TrainParams};
+use crate::model::train::{EpochSelection, TrainError, TrainParams, ValidationLoss};
 use crate::model::ModelInfo;
 
 /// Trains a model of `options.schema` on `labelled` with the offline settings, printing each
@@ -28,6 +28,8 @@ pub fn fit_offline(
             batch_size: options.batch_size,
             patience: options.patience,
             seed: options.seed,
+            select_epoch: options.select_epoch,
+            validation_loss: options.validation_loss,
             // v4's corpus holds a session of every threat family per few training hosts:
             // weighting them up to the benign rows' total made the model alert on benign names
             // of hosts it never saw (leave-one-out runs: about half the benign alerts at the
@@ -45,11 +47,27 @@ pub fn fit_offline(
     fit_labelled(labelled, &plan, info, |e| {
         if verbose {
             eprintln!(
-                "epoch {:3}: train loss {:.5}, validation loss {:.5}, validation AUC {:.5}",
-                e.epoch, e.train_loss, e.val_loss, e.val_auc
+                "epoch {:3}: train loss {:.5}, validation loss {:.5}, validation AUC {:.5}{}",
+                e.epoch,
+                e.train_loss,
+                e.val_loss,
+                e.val_auc,
+                worst_source(e)
             )
         }
     })
+}
+
+/// `, worst validation source N% of the loss` when the epoch knows it.
+pub fn worst_source(e: &crate::model::train::EpochStats) -> String {
+    e.worst_source_share
+        .map(|share| {
+            format!(
+                ", worst validation source {:.0}% of the loss",
+                share * 100.0
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The training corpus of `dnsexfil train`: the real log without the `test` hosts (and without
@@ -203,6 +221,13 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
                 params["packetwhisper"] = "tool".into();
             }
         }
+    }
+    // Likewise only when not the default.
+    if options.select_epoch != EpochSelection::Best {
+        params["select_epoch"] = "last".into();
+    }
+    if options.validation_loss != ValidationLoss::Rows {
+        params["validation_loss"] = "per-source".into();
     }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
