@@ -16,8 +16,11 @@
 //! added, a known one keeps the earlier of the two times: a re-sent window counts once, which
 //! is what [`Recorded::new`] counts), and the key's expiry is set to the window plus a bucket;
 //! the source's domain set gets the domain with `ZADD GT` (the latest time), the same trimming
-//! and expiry. A source silent for a whole window thus leaves no key behind, without any sweep.
-//! `ZADD GT`/`LT` need Redis 6.2 or later.
+//! and expiry. A source silent for a window and a bucket thus leaves no key behind, without any
+//! sweep.
+//! `ZADD GT`/`LT` need Redis 6.2 or later. The window is measured from the `now` each call is
+//! given, the expiry by Redis's clock: a replay whose `now` is in the past still finds its keys
+//! (they live a window after their last write), it only keeps them no longer.
 //!
 //! # Round trips
 //!
@@ -36,10 +39,11 @@
 //! (degraded) while Redis is down. The connection is a [`ConnectionManager`], which reconnects by
 //! itself once a call finds it broken; a call that fails on a broken connection tries once more
 //! on the new one, so the first call after Redis comes back succeeds. Each round trip (the
-//! connection included) has a time limit ([`DEFAULT_TIMEOUT`] unless given):
-//! past it the call answers [`HistoryError::TimedOut`]; a refused or dropped connection answers
-//! [`HistoryError::Unreachable`] with its cause. [`RedisHistory::stats`] counts calls, errors,
-//! time-outs, round trips and the time spent, by operation.
+//! connection included) has a time limit ([`DEFAULT_TIMEOUT`] unless given; a record of `k`
+//! chunks may thus take `k` limits): past it the call answers [`HistoryError::TimedOut`]; a
+//! refused or dropped connection answers [`HistoryError::Unreachable`] with its cause.
+//! [`RedisHistory::stats`] counts calls, errors, time-outs, round trips and the time spent, by
+//! operation.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
