@@ -308,6 +308,8 @@ pub enum HistoryError {
     TimedOut { millis: u64 },
     #[error("the history store (Redis) holds data this service cannot read: {error}")]
     Corrupt { error: String },
+    #[error("`{url}` is not a Redis URL this service can use ({error}); the form is redis://host:port/db")]
+    BadUrl { url: String, error: String },
 }
 
 /// Size and health figures for `/metrics`.
