@@ -484,3 +484,119 @@ fn a_bad_url_is_a_clear_error() {
         assert!(message.contains("redis://host:port/db"), "{url}: {message}");
     }
 }
+
+// Two `dnsexfil serve` replicas sharing one Redis, over HTTP: one history, and Redis dying and
+// coming back under them.
+
+mod common;
+
+fn serve_with_redis(url: &str) -> common::ServedBinary {
+    common::ServedBinary::start(&[
+        "--enable-https".as_ref(),
+        "false".as_ref(),
+        "--history".as_ref(),
+        url.as_ref(),
+    ])
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `POST /v1/score` of `events`; the probabilities, in order.
+fn score(served: &common::ServedBinary, events: serde_json::Value) -> Vec<f64> {
+    let answer: serde_json::Value = common::TestServer::client()
+        .post(format!("http://{}/v1/score", served.address))
+        .header("Authorization", format!("Bearer {}", common::TOKEN))
+        .json(&serde_json::json!({ "events": events }))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["probability"].as_f64().unwrap())
+        .collect()
+}
+
+/// `GET /v1/history/{src}`: status and body.
+fn history_of(served: &common::ServedBinary, src: &str) -> (u16, serde_json::Value) {
+    let resp = common::TestServer::client()
+        .get(format!("http://{}/v1/history/{src}", served.address))
+        .header("Authorization", format!("Bearer {}", common::TOKEN))
+        .send()
+        .unwrap();
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+fn metric(served: &common::ServedBinary, line_start: &str) -> f64 {
+    let text = common::TestServer::client()
+        .get(format!("http://{}/metrics", served.address))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn two_replicas_share_one_history_and_score_on_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (
+        serve_with_redis(&redis.url()),
+        serve_with_redis(&redis.url()),
+    );
+    let t = unix_now() - 60;
+    let event = |i: i64| serde_json::json!({"src": "10.7.7.7", "query": format!("{i:04x}beef.tunnel-r.net"), "time": t + i});
+    // What replica A is sent, replica B shows (A writes in the background: wait for it).
+    let before = score(&a, serde_json::json!([event(1), event(2)]));
+    common::wait_until(common::PATIENCE, "B to see A's events", || {
+        history_of(&b, "10.7.7.7").1["distinct_names"] == 2
+    });
+    assert_eq!(metric(&a, "dnsexfil_history_degraded "), 0.0);
+    assert!(
+        metric(
+            &a,
+            "dnsexfil_history_redis_calls_total{operation=\"record\"} "
+        ) >= 1.0
+    );
+
+    // Redis dies: scoring answers as before, the history says it is unavailable, and the
+    // replica says it is degraded.
+    redis.kill();
+    assert_eq!(score(&a, serde_json::json!([event(1), event(2)])), before);
+    common::wait_until(common::PATIENCE, "A to count the failed write", || {
+        metric(&a, "dnsexfil_history_errors_total{operation=\"record\"} ") >= 1.0
+    });
+    assert_eq!(metric(&a, "dnsexfil_history_degraded "), 1.0);
+    let (status, answer) = history_of(&b, "10.7.7.7");
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "history_unavailable");
+
+    // Redis comes back (empty: no persistence): the replicas resume without a restart.
+    // A write may still meet the connection that broke (it is then dropped and counted): the
+    // event is sent again until it lands, which a history counts once.
+    redis.restart();
+    common::wait_until(
+        common::PATIENCE,
+        "B to see A's event after Redis returned",
+        || {
+            score(&a, serde_json::json!([event(3)]));
+            history_of(&b, "10.7.7.7").0 == 200
+        },
+    );
+    assert_eq!(history_of(&b, "10.7.7.7").1["distinct_names"], 1);
+    assert_eq!(metric(&a, "dnsexfil_history_degraded "), 0.0);
+}

@@ -285,7 +285,7 @@ fn open_history(args: &ServeArgs) -> anyhow::Result<crate::history::History> {
         "memory" => History::memory(config),
         url if url.starts_with("redis://") => {
             let store = crate::history::redis::RedisHistory::new(url, config)
-                .map_err(|e| anyhow::anyhow!("--history {url}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("--history: {e}"))?;
             History::redis(store, tokio::runtime::Handle::current())
         }
         other => bail!(

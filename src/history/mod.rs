@@ -534,6 +534,14 @@ impl History {
         result
     }
 
+    /// Calls, errors and latency of the Redis store, by operation (`None` without Redis).
+    pub fn redis_stats(&self) -> Option<redis::RedisStats> {
+        match &self.backend {
+            Backend::Redis(store) => Some(store.stats()),
+            _ => None,
+        }
+    }
+
     pub fn usage(&self) -> Usage {
         match &self.backend {
             Backend::Off => Usage::default(),

@@ -162,6 +162,7 @@ pub struct HistoryGauges {
     pub record_errors: u64,
     pub read_errors: u64,
     pub degraded: bool,
+    pub redis: Option<crate::history::redis::RedisStats>,
 }
 
 impl HistoryGauges {
@@ -178,6 +179,7 @@ impl HistoryGauges {
             record_errors: c.record_errors.load(Relaxed),
             read_errors: c.read_errors.load(Relaxed),
             degraded: c.degraded.load(Relaxed),
+            redis: history.redis_stats(),
         }
     }
 }
@@ -356,6 +358,41 @@ fn render_history(out: &mut String, h: &HistoryGauges) {
         "gauge",
     );
     let _ = writeln!(out, "dnsexfil_history_info{{store=\"{}\"}} 1", h.kind);
+    if let Some(redis) = h.redis {
+        let operations = [
+            ("record", redis.record),
+            ("read", redis.source),
+            ("forget", redis.forget),
+        ];
+        let families: [(&str, &str, fn(&crate::history::redis::OperationStats) -> String); 4] = [
+            (
+                "dnsexfil_history_redis_calls_total",
+                "Calls to Redis, by operation.",
+                |o| o.calls.to_string(),
+            ),
+            (
+                "dnsexfil_history_redis_errors_total",
+                "Calls to Redis that failed (time-outs included), by operation.",
+                |o| o.errors.to_string(),
+            ),
+            (
+                "dnsexfil_history_redis_timeouts_total",
+                "Calls to Redis that failed by taking longer than the time limit, by operation.",
+                |o| o.timeouts.to_string(),
+            ),
+            (
+                "dnsexfil_history_redis_seconds_total",
+                "Time spent in calls to Redis, by operation (divide by the calls for the mean latency).",
+                |o| format!("{}", o.latency_micros as f64 / 1e6),
+            ),
+        ];
+        for (name, help, value) in families {
+            header(out, name, help, "counter");
+            for (operation, stats) in &operations {
+                let _ = writeln!(out, "{name}{{operation=\"{operation}\"}} {}", value(stats));
+            }
+        }
+    }
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {

@@ -490,18 +490,9 @@ fn score_body(
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", refusal),
         });
     }
-    // A large batch is remembered on the other core while it is scored; a small one after.
-    let probabilities = if batch.len() >= crate::features::PARALLEL_MIN_ROWS {
-        rayon::join(
-            || probabilities(&model, &batch),
-            || remember(state, &model, &batch),
-        )
-        .0?
-    } else {
-        let probabilities = probabilities(&model, &batch)?;
-        remember(state, &model, &batch);
-        probabilities
-    };
+    let probabilities = probabilities(&model, &batch)?;
+    // After the scoring, whose memory is then freed (see `dsdl::apply`).
+    remember(state, &model, &batch);
     let mut scored = Scored {
         model,
         batch,
