@@ -18,7 +18,8 @@
 //! - `engine`: work without HTTP: scoring rows, fitting (what `/fit` and `train` share, with
 //!   its `recipe`), leave-one-tool-out `evaluation`, the allowlist (`suppress`), `memory`
 //!   release after large requests.
-//! - `store`: the registry of loaded models and the directory they persist in.
+//! - `history` and `store`: what the service remembers of each source across requests (in the
+//!   process or in Redis); the registry of loaded models and the directory they persist in.
 //! - `data`: labelled logs (`dataset`), the training corpus, the threat model's synthetic
 //!   sessions (`threats`), synthetic DSDL batches (`synth`).
 //! - `dsdl`: the DSDL wire format (envelope, CSV scanner, table, results CSV), no HTTP.
