@@ -11,7 +11,8 @@
 //! suppression check of every scored row, alone on one core), results (with that check, as the
 //! service writes them), whole, app (the whole service in-process: router, middleware, handler
 //! and response body, without the network), history (every row remembered in a fresh
-//! in-process history). `PROFILE_CSV=<file>` takes the rows from a CSV
+//! in-process history); `profile history_memory` compares the history's estimate of its size
+//! with the process's growth. `PROFILE_CSV=<file>` takes the rows from a CSV
 //! file (e.g. the dev log), repeated to `<rows>`, instead of synthetic ones. Under `cargo bench` (no stage given) it runs each
 //! stage once at 1,000 rows as a smoke test.
 
@@ -57,6 +58,10 @@ const STAGES: [&str; 17] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("history_memory") {
+        history_memory();
+        return;
+    }
     let (stages, rows, iterations) = match args.first().map(String::as_str) {
         Some(stage) if STAGES.contains(&stage) => {
             let rows = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(100_000);
@@ -126,6 +131,55 @@ fn repeated_csv(text: &str, rows: usize) -> String {
         csv.push('\n');
     }
     csv
+}
+
+/// `profile history_memory`: 1,000,000 names from 5,000 sources remembered in an in-process
+/// history without a cap; prints its own estimate of its bytes next to the process's growth in
+/// RSS (what `--history-max-mb` bounds is the estimate).
+fn history_memory() {
+    use dnsexfil::history::{History, HistoryConfig, Observation};
+    fn rss_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+    let config = HistoryConfig {
+        max_bytes: 4 << 30,
+        ..Default::default()
+    };
+    let history = History::memory(config);
+    let before = rss_mib();
+    let now = 1_700_000_000;
+    for round in 0..100i64 {
+        let events: Vec<(String, String)> = (0..10_000usize)
+            .map(|i| {
+                (
+                    format!("10.0.{}.{}", i % 50, round),
+                    format!("{:016x}n{round}x{i}.example{}.com", i * 7919, i % 20),
+                )
+            })
+            .collect();
+        let observations: Vec<Observation> = events
+            .iter()
+            .map(|(src, query)| Observation {
+                src,
+                query,
+                time: now - round * 60,
+            })
+            .collect();
+        history.record(&observations, now);
+    }
+    let usage = history.usage();
+    println!(
+        "history of {} sources: estimated {:.1} MiB, process grew {:.1} MiB",
+        usage.sources,
+        usage.bytes as f64 / (1 << 20) as f64,
+        rss_mib() - before
+    );
 }
 
 /// Time spent in the `fill` stage proper (its set-up is not what it measures).

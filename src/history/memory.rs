@@ -22,7 +22,7 @@ const SHARDS: usize = 16;
 /// Estimated bytes of bookkeeping around each kept item (map slots, string headers, vectors).
 const SOURCE_OVERHEAD: usize = 160;
 const DOMAIN_OVERHEAD: usize = 112;
-const NAME_OVERHEAD: usize = 72;
+const NAME_OVERHEAD: usize = 120;
 const BUCKET_BYTES: usize = 16;
 
 pub struct MemoryHistory {
