@@ -353,6 +353,9 @@ pub enum Backend {
     Redis(Arc<redis::RedisHistory>),
 }
 
+/// Observations made into one batch at a time (see [`History::record`]).
+pub const RECORD_PIECE: usize = 16_384;
+
 /// Batches being written to Redis at once; more are dropped (and counted) rather than queued,
 /// so a slow Redis cannot make recording hold the memory of every request.
 pub const MAX_PENDING_WRITES: usize = 64;
@@ -464,22 +467,31 @@ impl History {
         let Some(config) = self.config() else {
             return;
         };
-        let batch = Batch::from_observations(observations, now, config);
-        self.counters
-            .skipped
-            .fetch_add(batch.skipped as u64, Ordering::Relaxed);
-        if batch.is_empty() {
-            return;
-        }
+        // In pieces: a batch's maps and copies cost a few hundred bytes a distinct name, which
+        // for a whole 200,000-row request would add tens of MiB to its peak. Repeats across
+        // pieces are found by the store, as repeats across requests are.
+        let batches = observations.chunks(RECORD_PIECE).filter_map(|piece| {
+            let batch = Batch::from_observations(piece, now, config);
+            self.counters
+                .skipped
+                .fetch_add(batch.skipped as u64, Ordering::Relaxed);
+            (!batch.is_empty()).then_some(batch)
+        });
         match &self.backend {
             Backend::Off => {}
             Backend::Memory(store) => {
-                let recorded = store.record_now(batch, now);
-                self.counters
-                    .recorded
-                    .fetch_add(recorded.new as u64, Ordering::Relaxed);
+                for batch in batches {
+                    let recorded = store.record_now(batch, now);
+                    self.counters
+                        .recorded
+                        .fetch_add(recorded.new as u64, Ordering::Relaxed);
+                }
             }
             Backend::Redis(store) => {
+                let batches: Vec<Batch> = batches.collect();
+                if batches.is_empty() {
+                    return;
+                }
                 let (Some(runtime), Ok(permit)) = (
                     &self.runtime,
                     self.pending_writes.clone().try_acquire_owned(),
@@ -492,14 +504,19 @@ impl History {
                 let store = store.clone();
                 let counters = self.counters.clone();
                 runtime.spawn(async move {
-                    let result = store.record(batch, now).await;
-                    counters.outcome("record", &result);
-                    match result {
-                        Ok(recorded) => counters
-                            .recorded
-                            .fetch_add(recorded.new as u64, Ordering::Relaxed),
-                        Err(_) => counters.dropped_batches.fetch_add(1, Ordering::Relaxed),
-                    };
+                    for batch in batches {
+                        let result = store.record(batch, now).await;
+                        counters.outcome("record", &result);
+                        match result {
+                            Ok(recorded) => counters
+                                .recorded
+                                .fetch_add(recorded.new as u64, Ordering::Relaxed),
+                            Err(_) => {
+                                counters.dropped_batches.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        };
+                    }
                     drop(permit);
                 });
             }
@@ -678,6 +695,28 @@ mod tests {
             ]
         );
         assert_eq!(batch.observations(), 4);
+    }
+
+    #[test]
+    fn a_request_recorded_in_pieces_counts_repeats_across_pieces_once() {
+        let history = History::memory(HistoryConfig::default());
+        let now = 50_000_000;
+        let names: Vec<String> = (0..RECORD_PIECE + 100)
+            .map(|i| format!("{i:x}.t.example.net"))
+            .collect();
+        // Every name twice, the second time in another piece.
+        let observations: Vec<Observation> = names
+            .iter()
+            .chain(names.iter())
+            .map(|q| obs("h", q, now))
+            .collect();
+        history.record(&observations, now);
+        assert_eq!(
+            history.counters().recorded.load(Ordering::Relaxed),
+            names.len() as u64
+        );
+        let report = history.usage();
+        assert_eq!(report.sources, 1);
     }
 
     #[test]
