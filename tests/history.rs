@@ -4,19 +4,11 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::{artifact, escu_envelope_for, ServedBinary, TestServer, TOKEN};
+use dnsexfil::history::unix_now as now;
 use serde_json::{json, Value};
 
 const ESCU: &str = "detect_dns_data_exfiltration_using_pretrained_model_in_dsdl";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 struct Api {
     base: String,
@@ -142,6 +134,11 @@ fn events_sent_one_at_a_time_are_remembered_once_and_can_be_forgotten() {
     assert_eq!(answer["error"]["code"], "not_remembered");
     assert_eq!(api.forget("10.9.8.7"), 404);
     assert_eq!(api.metric("dnsexfil_history_bytes"), 0.0);
+    // A source with a `/` is asked for percent-encoded, as docs/history.md says.
+    api.score(json!([{"src": "site/host-7", "query": "a.example.org", "time": t}]));
+    let (status, report) = api.history("site%2Fhost-7");
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["src"], "site/host-7");
     // A source whose percent-encoding is not UTF-8 is told so, in /v1's error shape.
     let (status, answer) = api.history("%FF%FE");
     assert_eq!(status, 400);

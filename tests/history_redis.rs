@@ -499,13 +499,6 @@ fn serve_with_redis(url: &str) -> common::ServedBinary {
     ])
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// `POST /v1/score` of `events`; the probabilities, in order.
 fn score(served: &common::ServedBinary, events: serde_json::Value) -> Vec<f64> {
     let answer: serde_json::Value = common::TestServer::client()
@@ -558,7 +551,7 @@ fn two_replicas_share_one_history_and_score_on_while_redis_is_down() {
         serve_with_redis(&redis.url()),
         serve_with_redis(&redis.url()),
     );
-    let t = unix_now() - 60;
+    let t = dnsexfil::history::unix_now() - 60;
     let event = |i: i64| serde_json::json!({"src": "10.7.7.7", "query": format!("{i:04x}beef.tunnel-r.net"), "time": t + i});
     // What replica A is sent, replica B shows (A writes in the background: wait for it).
     let before = score(&a, serde_json::json!([event(1), event(2)]));

@@ -128,7 +128,9 @@ impl MemoryHistory {
             }
             let mut next = Some(first);
             while let Some(group) = next {
-                recorded.new += source.add(group, source_cap);
+                let (new, left_out) = source.add(group, source_cap);
+                recorded.new += new;
+                recorded.left_out += left_out;
                 next = groups.next_if(|g| g.src == src);
             }
             // Bytes are kept as the sources' sum; `before` may exceed the new size after pruning.
@@ -147,24 +149,23 @@ impl MemoryHistory {
         let cutoff = now - self.config.window_seconds;
         let shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
         let source = shard.sources.get(src)?;
-        let entries = source.domains.iter().flat_map(|(domain, d)| {
-            d.names.iter().flat_map(move |(name, buckets)| {
-                buckets
+        let domains = source.domains.iter().map(|(domain, d)| {
+            let names =
+                d.names
                     .iter()
-                    .filter(move |&&(_, time)| time >= cutoff)
-                    .map(move |&(bucket, time)| {
-                        (
-                            domain.clone(),
-                            StoredName {
+                    .flat_map(|(name, buckets)| {
+                        buckets.iter().filter(|&&(_, time)| time >= cutoff).map(
+                            |&(bucket, time)| StoredName {
                                 name: name.clone(),
                                 bucket,
                                 time,
                             },
                         )
                     })
-            })
+                    .collect();
+            (domain.clone(), names)
         });
-        SourceReport::build(src, entries, &self.config)
+        SourceReport::build(src, domains, &self.config)
     }
 
     /// Forgets `src`; whether it was remembered.
@@ -224,9 +225,10 @@ impl Shard {
 }
 
 impl Source {
-    /// Adds one group's names, within `cap` bytes for the source; how many were new.
-    fn add(&mut self, group: super::Group, cap: usize) -> usize {
-        let mut new = 0;
+    /// Adds one group's names, within `cap` bytes for the source; how many were new, and how
+    /// many were left out for want of room.
+    fn add(&mut self, group: super::Group, cap: usize) -> (usize, usize) {
+        let (mut new, mut left_out) = (0, 0);
         let domain = match self.domains.get_mut(&group.domain) {
             Some(domain) => domain,
             None => {
@@ -241,6 +243,7 @@ impl Source {
                     Ok(at) => buckets[at].1 = buckets[at].1.min(seen.time),
                     Err(at) => {
                         if self.bytes + BUCKET_BYTES > cap {
+                            left_out += 1;
                             continue;
                         }
                         buckets.insert(at, (seen.bucket, seen.time));
@@ -251,6 +254,7 @@ impl Source {
             } else {
                 let bytes = NAME_OVERHEAD + seen.name.len() + BUCKET_BYTES;
                 if self.bytes + bytes > cap {
+                    left_out += 1;
                     continue;
                 }
                 domain
@@ -260,7 +264,7 @@ impl Source {
                 new += 1;
             }
         }
-        new
+        (new, left_out)
     }
 
     /// Removes entries older than `cutoff`, and names and domains left without any.
@@ -438,11 +442,14 @@ mod tests {
         let names: Vec<String> = (0..50_000).map(|i| format!("{i:08x}.tunnel.net")).collect();
         let events: Vec<(&str, &str, i64)> =
             names.iter().map(|q| ("busy", q.as_str(), now)).collect();
-        store.record_now(batch(&events, now, &config), now);
+        let recorded = store.record_now(batch(&events, now, &config), now);
         let usage = store.usage();
         assert!(usage.bytes <= (config.max_bytes / SHARDS) / 2, "{usage:?}");
         let report = store.source_now("busy", now).unwrap();
         assert!(report.distinct_names > 100, "{}", report.distinct_names);
+        // What was not kept is counted, not lost silently.
+        assert_eq!(recorded.new, report.distinct_names);
+        assert_eq!(recorded.new + recorded.left_out, names.len());
         assert!(store.forget_now("busy"));
         assert!(!store.forget_now("busy"));
         assert_eq!(store.usage().bytes, 0);

@@ -164,11 +164,6 @@ impl Batch {
         batch
     }
 
-    /// Distinct (source, name, bucket) in the batch.
-    pub fn observations(&self) -> usize {
-        self.groups.iter().map(|g| g.names.len()).sum()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
@@ -186,6 +181,8 @@ pub struct Recorded {
     pub new: usize,
     /// Sources evicted to stay within the memory cap.
     pub evicted_sources: usize,
+    /// (source, name, bucket) not kept: their source already held its share of the cap.
+    pub left_out: usize,
 }
 
 /// What the store remembers of one source, for an analyst.
@@ -232,53 +229,32 @@ pub struct StoredName {
 }
 
 impl SourceReport {
-    /// The report of `src` from its stored (domain, name, bucket, time) entries, all within the
-    /// window; `None` when there are none. Both stores build their answer here.
+    /// The report of `src` from its stored entries, grouped by domain (a domain at most once),
+    /// all within the window; `None` when there are none. Both stores build their answer here.
     pub fn build(
         src: &str,
-        entries: impl IntoIterator<Item = (String, StoredName)>,
+        domains: impl IntoIterator<Item = (String, Vec<StoredName>)>,
         config: &HistoryConfig,
     ) -> Option<SourceReport> {
-        let mut domains: FxHashMap<String, Vec<StoredName>> = FxHashMap::default();
-        for (domain, name) in entries {
-            domains.entry(domain).or_default().push(name);
-        }
-        if domains.is_empty() {
-            return None;
-        }
-        let mut all_names = rustc_hash::FxHashSet::default();
-        let mut name_buckets = 0;
-        let (mut first, mut last) = (i64::MAX, i64::MIN);
         let mut reports: Vec<DomainReport> = domains
             .into_iter()
-            .map(|(domain, mut names)| {
-                names.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.name.cmp(&b.name)));
-                let mut distinct = rustc_hash::FxHashSet::default();
-                let mut buckets = rustc_hash::FxHashSet::default();
-                let mut recent_names = Vec::new();
-                for n in &names {
-                    if distinct.insert(n.name.as_str()) && recent_names.len() < REPORT_NAMES {
-                        recent_names.push(n.name.clone());
-                    }
-                    buckets.insert(n.bucket);
-                    all_names.insert((domain.clone(), n.name.clone()));
-                }
-                let first_seen = names.iter().map(|n| n.time).min().unwrap_or(0);
-                let last_seen = names.iter().map(|n| n.time).max().unwrap_or(0);
-                first = first.min(first_seen);
-                last = last.max(last_seen);
-                name_buckets += names.len();
-                DomainReport {
-                    distinct_names: distinct.len(),
-                    name_buckets: names.len(),
-                    active_buckets: buckets.len(),
-                    first_seen,
-                    last_seen,
-                    recent_names,
-                    domain,
-                }
-            })
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(domain, names)| DomainReport::build(domain, names))
             .collect();
+        if reports.is_empty() {
+            return None;
+        }
+        // A name lies under one domain: the source's totals are the domains' sums.
+        let report = SourceReport {
+            src: src.to_string(),
+            window_seconds: config.window_seconds,
+            bucket_seconds: config.bucket_seconds,
+            first_seen: reports.iter().map(|d| d.first_seen).min().unwrap_or(0),
+            last_seen: reports.iter().map(|d| d.last_seen).max().unwrap_or(0),
+            distinct_names: reports.iter().map(|d| d.distinct_names).sum(),
+            name_buckets: reports.iter().map(|d| d.name_buckets).sum(),
+            domains: Vec::new(),
+        };
         reports.sort_by(|a, b| {
             b.distinct_names
                 .cmp(&a.distinct_names)
@@ -287,15 +263,35 @@ impl SourceReport {
         });
         reports.truncate(REPORT_DOMAINS);
         Some(SourceReport {
-            src: src.to_string(),
-            window_seconds: config.window_seconds,
-            bucket_seconds: config.bucket_seconds,
-            first_seen: first,
-            last_seen: last,
-            distinct_names: all_names.len(),
-            name_buckets,
             domains: reports,
+            ..report
         })
+    }
+}
+
+impl DomainReport {
+    /// One domain's part of a report from its (name, bucket) entries (at least one).
+    fn build(domain: String, mut names: Vec<StoredName>) -> DomainReport {
+        names.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.name.cmp(&b.name)));
+        let mut distinct = rustc_hash::FxHashSet::default();
+        let mut buckets = rustc_hash::FxHashSet::default();
+        let mut recent_names = Vec::new();
+        for n in &names {
+            if distinct.insert(n.name.as_str()) && recent_names.len() < REPORT_NAMES {
+                recent_names.push(n.name.clone());
+            }
+            buckets.insert(n.bucket);
+        }
+        DomainReport {
+            distinct_names: distinct.len(),
+            name_buckets: names.len(),
+            active_buckets: buckets.len(),
+            // Sorted newest first.
+            first_seen: names.last().map_or(0, |n| n.time),
+            last_seen: names.first().map_or(0, |n| n.time),
+            recent_names,
+            domain,
+        }
     }
 }
 
@@ -349,7 +345,7 @@ pub trait HistoryStore: Send + Sync {
 pub enum Backend {
     /// `--history off`: nothing is remembered.
     Off,
-    Memory(memory::MemoryHistory),
+    Memory(Arc<memory::MemoryHistory>),
     Redis(Arc<redis::RedisHistory>),
 }
 
@@ -378,7 +374,8 @@ pub struct History {
 pub struct Counters {
     /// (source, name, bucket) the store had not seen before.
     pub recorded: AtomicU64,
-    /// Observations left out of batches (too old, name or source too long).
+    /// Observations not remembered: too old, a name or source too long, or (in-process) a
+    /// source already holding its share of the cap.
     pub skipped: AtomicU64,
     /// Batches not written: Redis was failing or too many writes were pending.
     pub dropped_batches: AtomicU64,
@@ -419,7 +416,10 @@ impl History {
     }
 
     pub fn memory(config: HistoryConfig) -> History {
-        History::with_backend(Backend::Memory(memory::MemoryHistory::new(config)), None)
+        History::with_backend(
+            Backend::Memory(Arc::new(memory::MemoryHistory::new(config))),
+            None,
+        )
     }
 
     /// A Redis store; its writes run on `runtime`.
@@ -438,6 +438,13 @@ impl History {
 
     pub fn is_on(&self) -> bool {
         !matches!(self.backend, Backend::Off)
+    }
+
+    /// Whether the events of requests scored with `schema` are remembered: our schemas' are,
+    /// the published ESCU model's are not (its features stay the published model's, per
+    /// request).
+    pub fn remembers(&self, schema: crate::features::Schema) -> bool {
+        self.is_on() && schema != crate::features::Schema::EscuV1
     }
 
     pub fn config(&self) -> Option<&HistoryConfig> {
@@ -485,6 +492,9 @@ impl History {
                     self.counters
                         .recorded
                         .fetch_add(recorded.new as u64, Ordering::Relaxed);
+                    self.counters
+                        .skipped
+                        .fetch_add(recorded.left_out as u64, Ordering::Relaxed);
                 }
             }
             Backend::Redis(store) => {
@@ -523,18 +533,19 @@ impl History {
         }
     }
 
-    /// Waits until every write handed to Redis so far has ended (tests, shutdown).
-    pub async fn flush(&self) {
-        let _all = self
-            .pending_writes
-            .acquire_many(MAX_PENDING_WRITES as u32)
-            .await;
-    }
-
     pub async fn source(&self, src: &str, now: i64) -> Result<Option<SourceReport>, HistoryError> {
         let result = match &self.backend {
             Backend::Off => Ok(None),
-            Backend::Memory(store) => store.source(src, now).await,
+            // A busy source's report copies thousands of names under its shard's lock: off the
+            // async workers.
+            Backend::Memory(store) => {
+                let (store, src) = (store.clone(), src.to_string());
+                Ok(
+                    tokio::task::spawn_blocking(move || store.source_now(&src, now))
+                        .await
+                        .expect("a report does not panic"),
+                )
+            }
             Backend::Redis(store) => store.source(src, now).await,
         };
         self.counters.outcome("read", &result);
@@ -544,7 +555,13 @@ impl History {
     pub async fn forget(&self, src: &str) -> Result<bool, HistoryError> {
         let result = match &self.backend {
             Backend::Off => Ok(false),
-            Backend::Memory(store) => store.forget(src).await,
+            // Freeing a busy source's names takes a while too.
+            Backend::Memory(store) => {
+                let (store, src) = (store.clone(), src.to_string());
+                Ok(tokio::task::spawn_blocking(move || store.forget_now(&src))
+                    .await
+                    .expect("forgetting does not panic"))
+            }
             Backend::Redis(store) => store.forget(src).await,
         };
         self.counters.outcome("forget", &result);
@@ -694,7 +711,7 @@ mod tests {
                 ("d1abc.cloudfront.net", now - 900)
             ]
         );
-        assert_eq!(batch.observations(), 4);
+        assert_eq!(batch.groups[1].names.len(), 1);
     }
 
     #[test]
@@ -760,38 +777,46 @@ mod tests {
     #[test]
     fn a_report_counts_names_buckets_and_lists_the_newest_names_first() {
         let config = HistoryConfig::default();
-        let entry = |domain: &str, name: &str, bucket: i64, time: i64| {
-            (
-                domain.to_string(),
-                StoredName {
-                    name: name.to_string(),
-                    bucket,
-                    time,
-                },
-            )
+        let name = |name: &str, bucket: i64, time: i64| StoredName {
+            name: name.to_string(),
+            bucket,
+            time,
         };
         let report = SourceReport::build(
             "h",
             [
-                entry("example.com", "a.example.com", 1, 300),
-                entry("example.com", "a.example.com", 2, 600),
-                entry("example.com", "b.example.com", 2, 650),
-                entry("tunnel.net", "x1.tunnel.net", 3, 900),
-                entry("tunnel.net", "x2.tunnel.net", 3, 910),
-                entry("tunnel.net", "x3.tunnel.net", 4, 1200),
+                (
+                    "example.com".to_string(),
+                    vec![
+                        name("a.example.com", 1, 300),
+                        name("a.example.com", 2, 600),
+                        name("b.example.com", 2, 650),
+                    ],
+                ),
+                (
+                    "tunnel.net".to_string(),
+                    vec![
+                        name("x1.tunnel.net", 3, 900),
+                        name("x2.tunnel.net", 3, 910),
+                        name("x3.tunnel.net", 4, 1200),
+                    ],
+                ),
+                ("empty.org".to_string(), vec![]),
             ],
             &config,
         )
         .unwrap();
         assert_eq!((report.first_seen, report.last_seen), (300, 1200));
         assert_eq!((report.distinct_names, report.name_buckets), (5, 6));
+        assert_eq!(report.domains.len(), 2);
         let tunnel = &report.domains[0];
         assert_eq!(tunnel.domain, "tunnel.net");
         assert_eq!((tunnel.distinct_names, tunnel.active_buckets), (3, 2));
+        assert_eq!((tunnel.first_seen, tunnel.last_seen), (900, 1200));
         assert_eq!(tunnel.recent_names[0], "x3.tunnel.net");
         let example = &report.domains[1];
         assert_eq!((example.distinct_names, example.name_buckets), (2, 3));
         assert_eq!(example.recent_names, ["b.example.com", "a.example.com"]);
-        assert!(SourceReport::build("h", [], &config).is_none());
+        assert!(SourceReport::build("h", Vec::new(), &config).is_none());
     }
 }

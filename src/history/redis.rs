@@ -309,17 +309,7 @@ impl RedisHistory {
     async fn read_source(&self, src: &str, now: i64) -> Result<Option<SourceReport>, HistoryError> {
         let cutoff = now - self.config.window_seconds;
         let domains_key = domains_key(src);
-        let mut newest_domains = ::redis::cmd("ZRANGE");
-        newest_domains
-            .arg(&domains_key)
-            .arg("+inf")
-            .arg(cutoff)
-            .arg("BYSCORE")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(READ_DOMAINS);
-        let newest_domains = &newest_domains;
+        let newest_domains = &newest_in_window(&domains_key, cutoff, READ_DOMAINS);
         let domains: Vec<Vec<u8>> = self
             .round_trip(Operation::Source, |mut c| async move {
                 newest_domains.query_async(&mut c).await
@@ -334,16 +324,10 @@ impl RedisHistory {
             .collect::<Result<Vec<String>, _>>()?;
         let mut pipe = ::redis::pipe();
         for domain in &domains {
-            pipe.cmd("ZRANGE")
-                .arg(names_key(src, domain))
-                .arg("+inf")
-                .arg(cutoff)
-                .arg("BYSCORE")
-                .arg("REV")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(READ_NAMES_PER_DOMAIN)
-                .arg("WITHSCORES");
+            let mut newest =
+                newest_in_window(&names_key(src, domain), cutoff, READ_NAMES_PER_DOMAIN);
+            newest.arg("WITHSCORES");
+            pipe.add_command(newest);
         }
         let pipe = &pipe;
         let replies: Vec<Value> = self
@@ -354,21 +338,18 @@ impl RedisHistory {
         if replies.len() != domains.len() {
             return Err(corrupt("a pipeline answered a different number of replies"));
         }
-        let mut entries = Vec::new();
-        for (domain, reply) in domains.iter().zip(replies) {
-            for (member, score) in scored(reply)? {
-                let (bucket, name) = parse_member(&member)?;
-                entries.push((
-                    domain.clone(),
-                    StoredName {
-                        name,
-                        bucket,
-                        time: score,
-                    },
-                ));
-            }
+        let mut read = Vec::with_capacity(domains.len());
+        for (domain, reply) in domains.into_iter().zip(replies) {
+            let names = scored(reply)?
+                .into_iter()
+                .map(|(member, time)| {
+                    let (bucket, name) = parse_member(&member)?;
+                    Ok(StoredName { name, bucket, time })
+                })
+                .collect::<Result<Vec<_>, HistoryError>>()?;
+            read.push((domain, names));
         }
-        Ok(SourceReport::build(src, entries, &self.config))
+        Ok(SourceReport::build(src, read, &self.config))
     }
 
     async fn forget_source(&self, src: &str) -> Result<bool, HistoryError> {
@@ -411,12 +392,7 @@ impl<'a> Writer<'a> {
         if names.is_empty() {
             return;
         }
-        self.pipe
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(key)
-            .arg("-inf")
-            .arg(format!("({}", self.cutoff))
-            .ignore();
+        self.trim(key);
         let mut add = ::redis::cmd("ZADD");
         add.arg(key).arg("LT");
         let mut latest = i64::MIN;
@@ -425,11 +401,7 @@ impl<'a> Writer<'a> {
             latest = latest.max(seen.time);
         }
         self.pipe.add_command(add);
-        self.pipe
-            .cmd("EXPIRE")
-            .arg(key)
-            .arg(self.key_seconds)
-            .ignore();
+        self.keep_alive(key);
         let time = self
             .domains
             .entry(src)
@@ -442,28 +414,52 @@ impl<'a> Writer<'a> {
 
     /// The pipeline, with each source's domain set updated, trimmed and kept alive.
     fn finish(mut self) -> ::redis::Pipeline {
-        for (src, domains) in &self.domains {
+        for (src, domains) in std::mem::take(&mut self.domains) {
             let key = domains_key(src);
             let mut add = ::redis::cmd("ZADD");
             add.arg(&key).arg("GT");
             for (domain, time) in domains {
-                add.arg(*time).arg(*domain);
+                add.arg(time).arg(domain);
             }
             self.pipe.add_command(add).ignore();
-            self.pipe
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(format!("({}", self.cutoff))
-                .ignore();
-            self.pipe
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(self.key_seconds)
-                .ignore();
+            self.trim(&key);
+            self.keep_alive(&key);
         }
         self.pipe
     }
+
+    /// Removes the key's entries older than the window.
+    fn trim(&mut self, key: &str) {
+        self.pipe
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(format!("({}", self.cutoff))
+            .ignore();
+    }
+
+    /// Makes the key live a window and a bucket from now.
+    fn keep_alive(&mut self, key: &str) {
+        self.pipe
+            .cmd("EXPIRE")
+            .arg(key)
+            .arg(self.key_seconds)
+            .ignore();
+    }
+}
+
+/// The members of a sorted set scored since `cutoff`, newest first, at most `limit`.
+fn newest_in_window(key: &str, cutoff: i64, limit: usize) -> ::redis::Cmd {
+    let mut cmd = ::redis::cmd("ZRANGE");
+    cmd.arg(key)
+        .arg("+inf")
+        .arg(cutoff)
+        .arg("BYSCORE")
+        .arg("REV")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit);
+    cmd
 }
 
 /// The key of a source's domain set.

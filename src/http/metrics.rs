@@ -319,7 +319,7 @@ fn render_history(out: &mut String, h: &HistoryGauges) {
     );
     one(
         "dnsexfil_history_skipped_total",
-        "Events not remembered: older than the window, or a name or source too long.",
+        "Events not remembered: older than the window, a name or source too long, or a source already holding its share of the in-process cap.",
         "counter",
         h.skipped,
     );

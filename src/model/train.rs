@@ -574,14 +574,18 @@ fn weighted_bce(z: &Tensor, y: &Tensor, positive_weight: f64) -> candle_core::Re
 struct SourceLosses(Vec<(f64, f64)>);
 
 impl SourceLosses {
-    /// The mean over sources of each source's weighted mean row loss.
-    fn mean_of_means(&self) -> f64 {
-        let means: Vec<f64> = self
-            .0
+    /// Each source's weighted mean row loss (sources with rows only).
+    fn means(&self) -> Vec<f64> {
+        self.0
             .iter()
             .filter(|(_, w)| *w > 0.0)
             .map(|(l, w)| l / w)
-            .collect();
+            .collect()
+    }
+
+    /// The mean over sources of each source's weighted mean row loss.
+    fn mean_of_means(&self) -> f64 {
+        let means = self.means();
         means.iter().sum::<f64>() / means.len() as f64
     }
 
@@ -590,12 +594,7 @@ impl SourceLosses {
     fn worst_share(&self, how: ValidationLoss) -> f64 {
         let losses: Vec<f64> = match how {
             ValidationLoss::Rows => self.0.iter().map(|(l, _)| *l).collect(),
-            ValidationLoss::PerSource => self
-                .0
-                .iter()
-                .filter(|(_, w)| *w > 0.0)
-                .map(|(l, w)| l / w)
-                .collect(),
+            ValidationLoss::PerSource => self.means(),
         };
         let total: f64 = losses.iter().sum();
         let worst = losses.iter().copied().fold(0.0, f64::max);

@@ -14,8 +14,9 @@ use crate::http::body::BodyBudget;
 use crate::http::state::AppState;
 use crate::model::Model;
 
-/// Scores the table `read_table` reads (of a CSV of `csv_len` bytes) with the model the options
-/// name. Returns the results CSV (JSON-escaped, ready for the response body) and a note on rows
+/// Scores the table `read_table` reads (of a CSV of `csv_len` bytes; told whether to keep the
+/// `_time` cells, which only a model whose events are remembered needs) with the model the
+/// options name. Returns the results CSV (JSON-escaped, ready for the response body) and a note on rows
 /// that were not scored (empty when all were usable); `None` when `read_table` gave up (a
 /// JSON-escaped CSV that needs unescaping).
 pub(super) fn apply_with<'a>(
@@ -24,14 +25,14 @@ pub(super) fn apply_with<'a>(
     csv_len: usize,
     budget: &mut BodyBudget,
     stages: &mut Stages,
-    read_table: impl FnOnce() -> Result<Option<Table<'a>>, TableError>,
+    read_table: impl FnOnce(bool) -> Result<Option<Table<'a>>, TableError>,
 ) -> Option<Result<(EscapedResults, String), String>> {
     let registry = &state.registry;
     let Some(model) = registry.resolve(&options.model_name, options.algo.as_deref()) else {
         return Some(Err(unknown_model(registry, options)));
     };
     let started = Instant::now();
-    let table = read_table();
+    let table = read_table(state.history.remembers(model.info.schema));
     stages.decode += started.elapsed();
     let table = match table {
         Ok(Some(table)) => table,
@@ -56,7 +57,7 @@ pub(super) fn apply_with<'a>(
 /// features stay per request, as published). Every row with a source and a name counts, at its
 /// `_time` when the CSV has one (a re-run search then counts each event once), else now.
 fn remember(state: &AppState, model: &Model, table: &Table) {
-    if !state.history.is_on() || model.info.schema == crate::features::Schema::EscuV1 {
+    if !state.history.remembers(model.info.schema) {
         return;
     }
     let now = crate::history::unix_now();

@@ -213,14 +213,24 @@ fn process_within<B: AsRef<[u8]>>(
             stages.decode = started.elapsed();
             let outcome = known
                 .then(|| {
-                    apply_with(state, &options, escaped.len(), budget, stages, || {
-                        // With a history, `_time` says when each name was queried.
-                        if state.history.is_on() {
-                            Table::parse_json_escaped_keeping_time(escaped, state.config.max_rows)
-                        } else {
-                            Table::parse_json_escaped(escaped, state.config.max_rows)
-                        }
-                    })
+                    apply_with(
+                        state,
+                        &options,
+                        escaped.len(),
+                        budget,
+                        stages,
+                        |keep_time| {
+                            // Remembered events are remembered at their `_time`.
+                            if keep_time {
+                                Table::parse_json_escaped_keeping_time(
+                                    escaped,
+                                    state.config.max_rows,
+                                )
+                            } else {
+                                Table::parse_json_escaped(escaped, state.config.max_rows)
+                            }
+                        },
+                    )
                 })
                 .flatten();
             if let Some(outcome) = outcome {
@@ -269,13 +279,20 @@ fn process_within<B: AsRef<[u8]>>(
     // `/apply` (it runs on a blocking thread without one: a fit may train for minutes).
     let _permit = permit;
     let csv_text = envelope.data.as_str();
-    let outcome = apply_with(state, &options, csv_text.len(), budget, stages, || {
-        if state.history.is_on() {
-            Table::parse_limited_keeping_time(csv_text, state.config.max_rows).map(Some)
-        } else {
-            Table::parse_limited(csv_text, state.config.max_rows).map(Some)
-        }
-    });
+    let outcome = apply_with(
+        state,
+        &options,
+        csv_text.len(),
+        budget,
+        stages,
+        |keep_time| {
+            if keep_time {
+                Table::parse_limited_keeping_time(csv_text, state.config.max_rows).map(Some)
+            } else {
+                Table::parse_limited(csv_text, state.config.max_rows).map(Some)
+            }
+        },
+    );
     answer(
         endpoint,
         outcome.expect("plain CSV text is always read to the end"),

@@ -4,7 +4,6 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -97,19 +96,12 @@ impl From<DomainReport> for DomainHistory {
 pub async fn show(
     State(state): State<AppState>,
     src: Result<Path<String>, PathRejection>,
-) -> Response {
-    let src = match source_of(src) {
-        Ok(src) => src,
-        Err(e) => return e.into_response(),
-    };
-    if let Some(off) = history_off(&state) {
-        return off.into_response();
-    }
+) -> Result<Json<SourceHistory>, ApiError> {
+    let src = asked_source(&state, src)?;
     let now = crate::history::unix_now();
-    match state.history.source(&src, now).await {
-        Ok(Some(report)) => Json(SourceHistory::from(report)).into_response(),
-        Ok(None) => not_remembered(&state, &src).into_response(),
-        Err(error) => unavailable(error).into_response(),
+    match state.history.source(&src, now).await? {
+        Some(report) => Ok(Json(SourceHistory::from(report))),
+        None => Err(not_remembered(&state, &src)),
     }
 }
 
@@ -132,27 +124,22 @@ pub async fn show(
 pub async fn forget(
     State(state): State<AppState>,
     src: Result<Path<String>, PathRejection>,
-) -> Response {
-    let src = match source_of(src) {
-        Ok(src) => src,
-        Err(e) => return e.into_response(),
-    };
-    if let Some(off) = history_off(&state) {
-        return off.into_response();
+) -> Result<StatusCode, ApiError> {
+    let src = asked_source(&state, src)?;
+    if !state.history.forget(&src).await? {
+        return Err(not_remembered(&state, &src));
     }
-    match state.history.forget(&src).await {
-        Ok(true) => {
-            tracing::info!(src = %clip(&src, 100), "history of a source forgotten on request");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(false) => not_remembered(&state, &src).into_response(),
-        Err(error) => unavailable(error).into_response(),
-    }
+    tracing::info!(src = %clip(&src, 100), "history of a source forgotten on request");
+    Ok(StatusCode::NO_CONTENT)
 }
 
-/// The source named in the path, or why it cannot be read (percent-encoding that is not UTF-8).
-fn source_of(src: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    src.map(|Path(src)| src).map_err(|e| {
+/// The source named in the path, once the service is known to keep a history; or why it cannot
+/// be asked about (no history, percent-encoding that is not UTF-8).
+fn asked_source(
+    state: &AppState,
+    src: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let Path(src) = src.map_err(|e| {
         ApiError::bad_request(
             "invalid_source",
             format!(
@@ -160,17 +147,15 @@ fn source_of(src: Result<Path<String>, PathRejection>) -> Result<String, ApiErro
                 clip(&e.body_text(), 100)
             ),
         )
-    })
-}
-
-fn history_off(state: &AppState) -> Option<ApiError> {
-    (!state.history.is_on()).then(|| {
-        ApiError::new(
+    })?;
+    if !state.history.is_on() {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "history_off",
             "this service keeps no history (started with --history off); start it with --history memory or --history redis://host:port/db",
-        )
-    })
+        ));
+    }
+    Ok(src)
 }
 
 fn not_remembered(state: &AppState, src: &str) -> ApiError {
@@ -185,12 +170,15 @@ fn not_remembered(state: &AppState, src: &str) -> ApiError {
     )
 }
 
-fn unavailable(error: HistoryError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "history_unavailable",
-        format!(
-            "{error}; scoring goes on from each request's own events; try again once Redis answers"
-        ),
-    )
+/// A store that cannot answer: /v1's one mapping of the history's errors.
+impl From<HistoryError> for ApiError {
+    fn from(error: HistoryError) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history_unavailable",
+            format!(
+                "{error}; scoring goes on from each request's own events; try again once Redis answers"
+            ),
+        )
+    }
 }

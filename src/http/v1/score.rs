@@ -540,7 +540,7 @@ fn probabilities(model: &Model, batch: &Batch) -> Result<Vec<Option<f32>>, ApiEr
 /// Hands the usable events to the history, for models of our own schemas (the ESCU model's
 /// features stay per request, as published), at their `time` when given, else now.
 fn remember(state: &AppState, model: &Model, batch: &Batch) {
-    if !state.history.is_on() || model.info.schema == crate::features::Schema::EscuV1 {
+    if !state.history.remembers(model.info.schema) {
         return;
     }
     let now = crate::history::unix_now();
