@@ -18,10 +18,12 @@
 //! - `engine`: work without HTTP: scoring rows, fitting (what `/fit` and `train` share, with
 //!   its `recipe`), leave-one-tool-out `evaluation`, the allowlist (`suppress`), `memory`
 //!   release after large requests.
-//! - `history` and `store`: what the service remembers of each source across requests (in the
-//!   process or in Redis); the registry of loaded models and the directory they persist in.
-//! - `data`: labelled logs (`dataset`), the training corpus, the threat model's synthetic
-//!   sessions (`threats`), synthetic DSDL batches (`synth`).
+//! - `store`: the registry of loaded models and the directory they persist in.
+//! - `data` and `history`: labelled logs (`dataset`, replayed in time order through an
+//!   in-process history so training sees the long-window features serving sees), the training
+//!   corpus, the threat model's synthetic sessions (`threats`), synthetic DSDL batches
+//!   (`synth`); what the service remembers of each source across requests (in the process or
+//!   in Redis).
 //! - `dsdl`: the DSDL wire format (envelope, CSV scanner, table, results CSV), no HTTP.
 //! - `features` (the schemas) and `model` (network, model files, conversion, training loop).
 //! - `util`: `clip`, `validate_name`, atomic files (`util::fs`), the seeded generator.

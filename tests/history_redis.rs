@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dnsexfil::features::prior::PriorKeys;
 use dnsexfil::history::memory::MemoryHistory;
 use dnsexfil::history::redis::{self as store, RedisHistory};
 use dnsexfil::history::{Batch, HistoryConfig, HistoryError, HistoryStore, Observation};
@@ -228,6 +229,83 @@ async fn the_same_batches_give_the_same_answers_as_the_in_process_store() {
     assert!(redis.source("10.0.0.1", T0 + 1800).await.unwrap().is_some());
     assert!(redis.source("10.0.0.1", T0 + 7200).await.unwrap().is_none());
     assert!(redis.source("never", T0).await.unwrap().is_none());
+}
+
+/// The long-window prior of every (source, domain) pair the events touch.
+fn prior_keys_of(events: &[(String, String, i64)]) -> PriorKeys {
+    let mut keys = PriorKeys::default();
+    for (src, query, _) in events {
+        let domain = query
+            .split_once('.')
+            .map_or(query.as_str(), |(_, rest)| rest);
+        let pair = (src.clone(), domain.to_string());
+        if !keys.pairs.contains(&pair) {
+            keys.pairs.push(pair);
+        }
+        if !keys.sources.contains(src) {
+            keys.sources.push(src.clone());
+        }
+    }
+    keys
+}
+
+#[tokio::test]
+async fn the_prior_of_a_request_is_the_same_as_the_in_process_stores() {
+    let server = RedisServer::start();
+    let redis = RedisHistory::new(&server.url(), config()).unwrap();
+    let memory = MemoryHistory::new(config());
+    let events = random_events(7, 400, T0);
+    redis.record(batch(&events, T0), T0).await.unwrap();
+    memory.record(batch(&events, T0), T0).await.unwrap();
+    let mut keys = prior_keys_of(&events);
+    keys.pairs
+        .push(("10.0.0.1".into(), "never-seen.example".into()));
+    keys.sources.push("never".into());
+    let mut nonzero = 0;
+    for (before, now) in [
+        (T0, T0),
+        (T0 - 1200, T0),
+        (T0 + 600, T0 + 600),
+        (T0, T0 + 2400),
+    ] {
+        let from_redis = redis.prior(keys.clone(), before, now).await.unwrap();
+        let from_memory = memory.prior(keys.clone(), before, now).await.unwrap();
+        for (src, domain) in &keys.pairs {
+            let pair = from_redis.pair(src, domain);
+            assert_eq!(
+                pair,
+                from_memory.pair(src, domain),
+                "{src} {domain} before {before} at {now}"
+            );
+            assert!(pair.distinct_names <= pair.name_buckets);
+            nonzero += usize::from(pair.distinct_names > 0);
+        }
+        for src in &keys.sources {
+            assert_eq!(
+                from_redis.source(src),
+                from_memory.source(src),
+                "{src} before {before} at {now}"
+            );
+        }
+    }
+    assert!(nonzero > 20, "the events are remembered: {nonzero}");
+    let prior = redis.prior(keys.clone(), T0, T0).await.unwrap();
+    assert_eq!(
+        prior.pair("10.0.0.1", "never-seen.example").distinct_names,
+        0
+    );
+    assert_eq!(prior.source("never").domains, 0);
+    // Nothing before the first event, and nothing once the window has moved past them all.
+    let earliest = events.iter().map(|e| e.2).min().unwrap();
+    assert!(redis
+        .prior(keys.clone(), earliest, T0)
+        .await
+        .unwrap()
+        .pairs
+        .values()
+        .all(|p| p.distinct_names == 0));
+    let later = redis.prior(keys, T0 + 7200, T0 + 7200).await.unwrap();
+    assert!(later.pairs.values().all(|p| p.distinct_names == 0));
 }
 
 #[tokio::test]

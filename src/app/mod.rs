@@ -47,7 +47,7 @@ RUST_LOG     log level (default info), e.g. RUST_LOG=dnsexfil=debug"
     Serve(ServeArgs),
     /// Convert Splunk's published artifact (tarball, .pt, or DSDL model directory) to a model file.
     Convert(ConvertArgs),
-    /// Train a dnsexfil-v4 (or -v3, -v2) model from a labelled DNS log (events.csv + labels.csv).
+    /// Train a dnsexfil-v4 (or -v5, -v3, -v2) model from a labelled DNS log (events.csv + labels.csv).
     Train(TrainArgs),
     /// Leave-one-tool-out evaluation: for each tool, train without it and score it, with
     /// benign look-alikes, on held-out hosts; prints the table of the model card.

@@ -4,13 +4,18 @@
 //! Features depend on the whole request, so events are replayed the way the hourly ESCU search
 //! sends them (the same rules as `eval/evaluate.py`): cut into windows, ranks recomputed per
 //! window (newest occurrence of a (src, query) pair = 1, only ranks below 10 kept), and the
-//! features of each window's rank-1 rows computed with the window as history.
+//! features of each window's rank-1 rows computed with the window as history. A schema with
+//! long-window features (`dnsexfil-v5`) also gets what the windows before it left in an
+//! in-process history store, exactly as a service answering the hourly search would remember
+//! them (the same store, window and buckets as `serve`'s defaults).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::dsdl::csvscan::{Field, Scanner};
-use crate::features::{Row, Schema};
+use crate::features::{Prepared, Row, Schema};
+use crate::history::memory::MemoryHistory;
+use crate::history::{Batch, HistoryConfig, Observation};
 use crate::model::train::Dataset;
 use crate::util::rng::SplitMix64;
 
@@ -335,6 +340,14 @@ pub fn split_event_sources(
 
 /// A window's rows as `/apply` would get them: (src, query, rank), newest first.
 pub fn windows(events: &[Event], width_secs: f64) -> Vec<Vec<(&str, &str, u32)>> {
+    window_events(events, width_secs)
+        .into_values()
+        .map(|mut evs| ranked_rows(&mut evs))
+        .collect()
+}
+
+/// Events by window number (time / width, rounded down), in time order of the windows.
+fn window_events(events: &[Event], width_secs: f64) -> BTreeMap<i64, Vec<&Event>> {
     let mut by_window: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
     for e in events {
         by_window
@@ -343,24 +356,89 @@ pub fn windows(events: &[Event], width_secs: f64) -> Vec<Vec<(&str, &str, u32)>>
             .push(e);
     }
     by_window
-        .into_values()
-        .map(|mut evs| {
-            evs.sort_by(|a, b| {
-                b.time
-                    .total_cmp(&a.time)
-                    .then(a.src.cmp(&b.src))
-                    .then(a.query.cmp(&b.query))
-            });
-            let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
-            evs.iter()
-                .filter_map(|e| {
-                    let n = seen.entry((e.src.as_str(), e.query.as_str())).or_insert(0);
-                    *n += 1;
-                    (*n < 10).then_some((e.src.as_str(), e.query.as_str(), *n))
-                })
-                .collect()
+}
+
+/// One window's events as rows: newest first, ranked per (src, query), ranks below 10 kept.
+fn ranked_rows<'a>(evs: &mut [&'a Event]) -> Vec<(&'a str, &'a str, u32)> {
+    evs.sort_by(|a, b| {
+        b.time
+            .total_cmp(&a.time)
+            .then(a.src.cmp(&b.src))
+            .then(a.query.cmp(&b.query))
+    });
+    let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
+    evs.iter()
+        .filter_map(|e| {
+            let n = seen.entry((e.src.as_str(), e.query.as_str())).or_insert(0);
+            *n += 1;
+            (*n < 10).then_some((e.src.as_str(), e.query.as_str(), *n))
         })
         .collect()
+}
+
+/// Replays `events` the way the hourly search sends them to a service that remembers: window
+/// by window in time order, each prepared by `schema` (with what the windows before it left,
+/// for a schema with long-window features, the request answered at the window's end) and
+/// handed to `each(window number, its rows as (src, query, rank), the same as feature rows,
+/// its prepared features)`, then remembered.
+pub fn replay<'a>(
+    events: &'a [Event],
+    schema: Schema,
+    window_secs: f64,
+    mut each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
+) {
+    let history = schema.uses_prior().then(replay_history);
+    for (number, (key, mut evs)) in window_events(events, window_secs).into_iter().enumerate() {
+        let window = ranked_rows(&mut evs);
+        let rows: Vec<Row> = window
+            .iter()
+            .map(|(src, query, _)| Row { src, query })
+            .collect();
+        let mut prepared = schema.prepare(&rows);
+        let start = (key as f64 * window_secs).floor() as i64;
+        let now = ((key + 1) as f64 * window_secs).floor() as i64;
+        if let (Some(history), Some(keys)) = (&history, prepared.prior_keys()) {
+            prepared.apply_prior(&history.prior_now(&keys, start, now));
+        }
+        each(number, &window, &rows, &prepared);
+        if let Some(history) = &history {
+            remember_window(history, &evs, now);
+        }
+    }
+}
+
+/// The history a replay keeps for a schema with long-window features: the service's defaults,
+/// with room for a whole training log.
+pub fn replay_history() -> MemoryHistory {
+    MemoryHistory::new(HistoryConfig {
+        max_bytes: 16 << 30,
+        ..HistoryConfig::default()
+    })
+}
+
+/// Remembers a window's events, as the service does after answering its request at `now`.
+fn remember_window(history: &MemoryHistory, events: &[&Event], now: i64) {
+    let events: Vec<(&str, &str, f64)> = events
+        .iter()
+        .map(|e| (e.src.as_str(), e.query.as_str(), e.time))
+        .collect();
+    remember_events(history, &events, now);
+}
+
+/// Remembers (source, name, Unix time) events answered at `now`, in the service's pieces.
+pub fn remember_events(history: &MemoryHistory, events: &[(&str, &str, f64)], now: i64) {
+    let config = *history.config();
+    for piece in events.chunks(crate::history::RECORD_PIECE) {
+        let observations: Vec<Observation> = piece
+            .iter()
+            .map(|&(src, query, time)| Observation {
+                src,
+                query,
+                time: crate::history::time_from_seconds(time).unwrap_or(now),
+            })
+            .collect();
+        history.record_now(Batch::from_observations(&observations, now, &config), now);
+    }
 }
 
 /// Feature rows of every labelled rank-1 event, with its source, for `schema`.
@@ -390,26 +468,27 @@ pub fn labelled_features_where(
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::new();
     let mut unlabelled = 0usize;
-    for (number, window) in windows(events, window_secs).into_iter().enumerate() {
-        let rows: Vec<Row> = window
-            .iter()
-            .map(|(src, query, _)| Row { src, query })
-            .collect();
-        let scored: Vec<usize> = (0..window.len())
-            .filter(|&i| window[i].2 == 1 && keep(number, window[i].0, window[i].1))
-            .collect();
-        let features = schema.compute(&rows, &scored);
-        for (k, &i) in scored.iter().enumerate() {
-            let (src, query, _) = window[i];
-            match labels.get(&(src.to_string(), query.to_string())) {
-                Some(&y) => {
-                    data.push(features.row(k), y);
-                    srcs.push(src.to_string());
+    replay(
+        events,
+        schema,
+        window_secs,
+        |number, window, rows, prepared| {
+            let scored: Vec<usize> = (0..window.len())
+                .filter(|&i| window[i].2 == 1 && keep(number, window[i].0, window[i].1))
+                .collect();
+            let features = prepared.features(rows, &scored);
+            for (k, &i) in scored.iter().enumerate() {
+                let (src, query, _) = window[i];
+                match labels.get(&(src.to_string(), query.to_string())) {
+                    Some(&y) => {
+                        data.push(features.row(k), y);
+                        srcs.push(src.to_string());
+                    }
+                    None => unlabelled += 1,
                 }
-                None => unlabelled += 1,
             }
-        }
-    }
+        },
+    );
     if data.is_empty() {
         return Err(DataError::NoLabels { unlabelled });
     }

@@ -21,7 +21,6 @@ use crate::data::corpus::{Corpus, RealLog, ThreatPlan};
 use crate::data::dataset;
 use crate::data::threats::Family;
 use crate::engine::recipe::{EvaluateArgs, TrainingOptions};
-use crate::features::Row;
 use crate::model::{Model, ModelInfo};
 
 /// Added to the training seed for everything generated on evaluation hosts.
@@ -262,29 +261,44 @@ pub fn evaluation_corpus(
 /// Replays `corpus` in windows as `/apply` gets it and scores every labelled rank-1 row.
 fn score_corpus(model: &Model, corpus: &Corpus, window: f64) -> anyhow::Result<Vec<Scored>> {
     let mut out = Vec::new();
-    for batch in dataset::windows(&corpus.events, window) {
-        let rows: Vec<Row> = batch
-            .iter()
-            .map(|(src, query, _)| Row { src, query })
-            .collect();
-        let scored: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].2 == 1).collect();
-        let scores = crate::engine::scoring::score(model, &rows, &scored)?;
-        for (k, &i) in scored.iter().enumerate() {
-            let (src, query, _) = batch[i];
-            let key = (src.to_string(), query.to_string());
-            if let Some(&label) = corpus.labels.get(&key) {
-                out.push(Scored {
-                    score: scores.probabilities[k],
-                    label,
-                    family: corpus.families.get(&key).cloned(),
-                    session: corpus.session_of.get(&key).cloned(),
-                    src: key.0,
-                    query: key.1,
-                });
+    let mut failed = None;
+    dataset::replay(
+        &corpus.events,
+        model.info.schema,
+        window,
+        |_, batch, rows, prepared| {
+            if failed.is_some() {
+                return;
             }
-        }
+            let scored: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].2 == 1).collect();
+            let scores =
+                match crate::engine::scoring::score_prepared(model, prepared, rows, &scored) {
+                    Ok(scores) => scores,
+                    Err(e) => {
+                        failed = Some(e);
+                        return;
+                    }
+                };
+            for (k, &i) in scored.iter().enumerate() {
+                let (src, query, _) = batch[i];
+                let key = (src.to_string(), query.to_string());
+                if let Some(&label) = corpus.labels.get(&key) {
+                    out.push(Scored {
+                        score: scores.probabilities[k],
+                        label,
+                        family: corpus.families.get(&key).cloned(),
+                        session: corpus.session_of.get(&key).cloned(),
+                        src: key.0,
+                        query: key.1,
+                    });
+                }
+            }
+        },
+    );
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(out),
     }
-    Ok(out)
 }
 
 /// Whether a row's family belongs to `tool` (a threat-model tool, or a tool of the log).

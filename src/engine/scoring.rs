@@ -3,8 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::features::Row;
+use crate::features::prior::{Prior, PriorKeys};
+use crate::features::{Prepared, Row};
 use crate::model::Model;
+
+/// Asks what was remembered before a request of the pairs and sources its features name (a
+/// schema with long-window features asks once, after its per-request pass).
+pub type PriorLookup<'a> = &'a dyn Fn(PriorKeys) -> Prior;
 
 /// Probabilities for the rows at `scored` (indices into `rows`), plus where the time went.
 pub struct Scores {
@@ -25,10 +30,37 @@ pub struct ScoreError {
 /// row) whatever the request size, at no measurable cost in speed.
 pub const FORWARD_CHUNK_ROWS: usize = 16_384;
 
+/// [`score_with_prior`] with nothing remembered before the rows.
 pub fn score(model: &Model, rows: &[Row<'_>], scored: &[usize]) -> Result<Scores, ScoreError> {
+    score_with_prior(model, rows, scored, None)
+}
+
+/// Probabilities for the rows at `scored`; a model whose schema has long-window features gets
+/// them from `prior` (all zeros without it: the rows alone, as with the history off).
+pub fn score_with_prior(
+    model: &Model,
+    rows: &[Row<'_>],
+    scored: &[usize],
+    prior: Option<PriorLookup<'_>>,
+) -> Result<Scores, ScoreError> {
     let t0 = Instant::now();
-    let prepared = model.info.schema.prepare(rows);
-    let mut feature_time = t0.elapsed();
+    let mut prepared = model.info.schema.prepare(rows);
+    if let (Some(lookup), Some(keys)) = (prior, prepared.prior_keys()) {
+        prepared.apply_prior(&lookup(keys));
+    }
+    let mut scores = score_prepared(model, &prepared, rows, scored)?;
+    scores.feature_time += t0.elapsed() - scores.feature_time - scores.inference_time;
+    Ok(scores)
+}
+
+/// Probabilities for the rows at `scored` from features already prepared for `rows`.
+pub fn score_prepared(
+    model: &Model,
+    prepared: &Prepared,
+    rows: &[Row<'_>],
+    scored: &[usize],
+) -> Result<Scores, ScoreError> {
+    let mut feature_time = std::time::Duration::ZERO;
     let mut inference_time = Duration::ZERO;
     let mut probabilities = Vec::with_capacity(scored.len());
     // Chunks of equal size: a short last chunk would run the network at a worse shape.

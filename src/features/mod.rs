@@ -1,9 +1,11 @@
 //! Feature schemas: pure functions from a request's rows to one f32 vector per scored row.
 
 pub mod escu;
+pub mod prior;
 pub mod v2;
 pub mod v3;
 pub mod v4;
+pub mod v5;
 
 use std::fmt;
 use std::str::FromStr;
@@ -51,6 +53,7 @@ pub enum Prepared {
     V2(v2::History),
     V3(v3::History),
     V4(v4::History),
+    V5(v5::History),
 }
 
 impl Prepared {
@@ -61,6 +64,24 @@ impl Prepared {
             Prepared::V2(history) => history.features(scored),
             Prepared::V3(history) => history.features(scored),
             Prepared::V4(history) => history.features(scored),
+            Prepared::V5(history) => history.features(scored),
+        }
+    }
+
+    /// The (source, domain) pairs and sources whose remembered queries the schema uses; `None`
+    /// for schemas computed from the request alone.
+    pub fn prior_keys(&self) -> Option<prior::PriorKeys> {
+        match self {
+            Prepared::V5(history) => Some(history.prior_keys()),
+            _ => None,
+        }
+    }
+
+    /// Gives a schema that uses them what was remembered before the request (a no-op for
+    /// the others).
+    pub fn apply_prior(&mut self, prior: &prior::Prior) {
+        if let Prepared::V5(history) = self {
+            history.apply_prior(prior);
         }
     }
 }
@@ -77,6 +98,9 @@ pub enum Schema {
     DnsexfilV3,
     /// v3 plus where a name lives: internal zones, service labels (see `v4.rs`).
     DnsexfilV4,
+    /// v4 plus the long window: what the service remembered of each (source, domain) before
+    /// the request (see `v5.rs`).
+    DnsexfilV5,
 }
 
 impl Schema {
@@ -86,6 +110,7 @@ impl Schema {
             Schema::DnsexfilV2 => "dnsexfil-v2",
             Schema::DnsexfilV3 => "dnsexfil-v3",
             Schema::DnsexfilV4 => "dnsexfil-v4",
+            Schema::DnsexfilV5 => "dnsexfil-v5",
         }
     }
 
@@ -96,10 +121,17 @@ impl Schema {
             Schema::DnsexfilV2 => v2::WIDTH,
             Schema::DnsexfilV3 => v3::WIDTH,
             Schema::DnsexfilV4 => v4::WIDTH,
+            Schema::DnsexfilV5 => v5::WIDTH,
         }
     }
 
-    /// Features of the rows at indices `scored`, with all of `rows` as history.
+    /// Whether the schema's features include what was remembered before the request.
+    pub fn uses_prior(self) -> bool {
+        self == Schema::DnsexfilV5
+    }
+
+    /// Features of the rows at indices `scored`, with all of `rows` as history (and nothing
+    /// remembered before them).
     pub fn compute(self, rows: &[Row<'_>], scored: &[usize]) -> FeatureMatrix {
         self.prepare(rows).features(rows, scored)
     }
@@ -112,6 +144,7 @@ impl Schema {
             Schema::DnsexfilV2 => Prepared::V2(v2::History::build(rows)),
             Schema::DnsexfilV3 => Prepared::V3(v3::History::build(rows)),
             Schema::DnsexfilV4 => Prepared::V4(v4::History::build(rows)),
+            Schema::DnsexfilV5 => Prepared::V5(v5::History::build(rows)),
         }
     }
 }
@@ -130,8 +163,9 @@ impl FromStr for Schema {
             "dnsexfil-v2" => Ok(Schema::DnsexfilV2),
             "dnsexfil-v3" => Ok(Schema::DnsexfilV3),
             "dnsexfil-v4" => Ok(Schema::DnsexfilV4),
+            "dnsexfil-v5" => Ok(Schema::DnsexfilV5),
             other => Err(format!(
-                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2, dnsexfil-v3, dnsexfil-v4)"
+                "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2, dnsexfil-v3, dnsexfil-v4, dnsexfil-v5)"
             )),
         }
     }

@@ -214,6 +214,10 @@ pub struct History {
     src_rows: Vec<u32>,
     src_domains: Vec<u32>,
     domain_srcs: Vec<u32>,
+    /// The text of each source id and domain id (dnsexfil-v5 looks pairs up in what the
+    /// service remembers).
+    src_names: Vec<Box<str>>,
+    domain_names: Vec<Box<str>>,
     row_query: Vec<usize>,
     /// Per distinct (src, query), the id of its second domain (when the split gives one).
     pub(crate) query_alternate: Vec<u32>,
@@ -257,6 +261,8 @@ impl History {
         let mut src_domains: Vec<u32> = Vec::new();
         let mut domain_of: FxHashMap<String, usize> = FxHashMap::default();
         let mut domain_srcs: Vec<u32> = Vec::new();
+        let mut src_names: Vec<Box<str>> = Vec::new();
+        let mut domain_names: Vec<Box<str>> = Vec::new();
         let mut alternate_of: FxHashMap<String, u32> = FxHashMap::default();
         let mut query_alternate: Vec<u32> = Vec::new();
         let mut row_query = Vec::with_capacity(rows.len());
@@ -282,6 +288,7 @@ impl History {
                 if src == next_src {
                     src_rows.push(0);
                     src_domains.push(0);
+                    src_names.push(row.src.into());
                 }
                 let next_domain = domain_srcs.len();
                 let domain = match domain_of.get(registered.as_str()) {
@@ -289,6 +296,7 @@ impl History {
                     None => {
                         domain_of.insert(registered.clone(), next_domain);
                         domain_srcs.push(0);
+                        domain_names.push(registered.as_str().into());
                         next_domain
                     }
                 };
@@ -331,9 +339,22 @@ impl History {
             src_rows,
             src_domains,
             domain_srcs,
+            src_names,
+            domain_names,
             row_query,
             query_alternate,
         }
+    }
+
+    /// Number of (src, domain) pairs.
+    pub(crate) fn pair_count(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The texts of a pair's source and domain (the domain as the split gave it).
+    pub(crate) fn pair_names(&self, pair: usize) -> (&str, &str) {
+        let (src, domain) = self.pair_src_domain[pair];
+        (&self.src_names[src], &self.domain_names[domain])
     }
 
     /// The distinct (src, query) index of each row.

@@ -461,6 +461,11 @@ impl History {
         self.base.row_query()
     }
 
+    /// The v2 history v3 extends (its pairs are at the ICANN boundary).
+    pub(crate) fn base(&self) -> &v2::History {
+        &self.base
+    }
+
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);

@@ -55,11 +55,23 @@ impl History {
         Self { v3, own }
     }
 
+    /// The v3 history v4 extends.
+    pub(crate) fn v3(&self) -> &v3::History {
+        &self.v3
+    }
+
     /// Features of the rows at `scored` (indices into `rows`, the rows the history was built
     /// from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
         let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        self.v3.fill(scored, &mut matrix);
+        self.fill(scored, &mut matrix);
+        matrix
+    }
+
+    /// Writes the features of the rows at `scored` into the first [`WIDTH`] columns of
+    /// `matrix`'s rows (v5 fills its wider matrix in place).
+    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureMatrix) {
+        self.v3.fill(scored, matrix);
         let row_query = self.v3.row_query();
         for (k, &i) in scored.iter().enumerate() {
             let (internal, service) = self.own[row_query[i]];
@@ -67,7 +79,6 @@ impl History {
             out[v3::WIDTH] = internal as u8 as f32;
             out[v3::WIDTH + 1] = service as u8 as f32;
         }
-        matrix
     }
 }
 

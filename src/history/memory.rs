@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 use super::{
     Batch, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName, Usage,
 };
+use crate::features::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 
 const SHARDS: usize = 16;
 
@@ -168,6 +169,58 @@ impl MemoryHistory {
         SourceReport::build(src, domains, &self.config)
     }
 
+    /// What was remembered of `keys` at times in `[now - window, before)`: what a request whose
+    /// events start at `before` adds to (a re-sent request does not see itself).
+    pub fn prior_now(&self, keys: &PriorKeys, before: i64, now: i64) -> Prior {
+        let oldest = now - self.config.window_seconds;
+        let in_range = |time: i64| time >= oldest && time < before;
+        let mut prior = Prior::default();
+        let mut pairs_of: FxHashMap<&str, Vec<&str>> = FxHashMap::default();
+        for (src, domain) in &keys.pairs {
+            pairs_of.entry(src).or_default().push(domain);
+        }
+        for src in &keys.sources {
+            let shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
+            let Some(source) = shard.sources.get(src.as_str()) else {
+                continue;
+            };
+            let domains = source
+                .domains
+                .values()
+                .filter(|d| d.names.values().flatten().any(|&(_, time)| in_range(time)))
+                .count();
+            if domains > 0 {
+                prior.sources.insert(
+                    src.clone(),
+                    SourcePrior {
+                        domains: domains as u32,
+                    },
+                );
+            }
+            for &domain in pairs_of.get(src.as_str()).into_iter().flatten() {
+                let Some(d) = source.domains.get(domain) else {
+                    continue;
+                };
+                let mut pair = PairPrior::default();
+                let mut hours = rustc_hash::FxHashSet::default();
+                for buckets in d.names.values() {
+                    let mut counted = false;
+                    for &(_, time) in buckets.iter().filter(|&&(_, time)| in_range(time)) {
+                        pair.name_buckets += 1;
+                        hours.insert(time.div_euclid(3600));
+                        counted = true;
+                    }
+                    pair.distinct_names += counted as u32;
+                }
+                pair.hours = hours.len() as u32;
+                if pair.name_buckets > 0 {
+                    prior.pairs.insert((src.clone(), domain.to_string()), pair);
+                }
+            }
+        }
+        prior
+    }
+
     /// Forgets `src`; whether it was remembered.
     pub fn forget_now(&self, src: &str) -> bool {
         let mut shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
@@ -304,6 +357,10 @@ impl HistoryStore for MemoryHistory {
 
     async fn forget(&self, src: &str) -> Result<bool, HistoryError> {
         Ok(self.forget_now(src))
+    }
+
+    async fn prior(&self, keys: PriorKeys, before: i64, now: i64) -> Result<Prior, HistoryError> {
+        Ok(self.prior_now(&keys, before, now))
     }
 
     fn usage(&self) -> Usage {

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use crate::features::prior::{Prior, PriorKeys};
+
 /// How much history to keep and at what grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryConfig {
@@ -337,6 +339,15 @@ pub trait HistoryStore: Send + Sync {
     /// Forgets everything about `src`; whether anything was remembered.
     fn forget(&self, src: &str) -> impl Future<Output = Result<bool, HistoryError>> + Send;
 
+    /// What was remembered of `keys` at times in `[now - window, before)`, for the long-window
+    /// features of a request whose events start at `before`.
+    fn prior(
+        &self,
+        keys: PriorKeys,
+        before: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<Prior, HistoryError>> + Send;
+
     /// Size figures (for the in-process store; Redis reports zeros).
     fn usage(&self) -> Usage;
 }
@@ -566,6 +577,38 @@ impl History {
         };
         self.counters.outcome("forget", &result);
         result
+    }
+
+    /// What was remembered of `keys` before `before` (see [`HistoryStore::prior`]), as of
+    /// `now`. Called from a request's compute thread, before its features. Never fails: with
+    /// the history off, or Redis failing (degraded, logged and counted), the prior is empty and
+    /// the request is scored from its own rows.
+    pub fn prior(&self, keys: PriorKeys, before: i64, now: i64) -> Prior {
+        let result = match &self.backend {
+            Backend::Off => return Prior::default(),
+            Backend::Memory(store) => return store.prior_now(&keys, before, now),
+            Backend::Redis(store) => {
+                let Some(runtime) = &self.runtime else {
+                    return Prior::default();
+                };
+                let read = store.prior(keys, before, now);
+                match tokio::runtime::Handle::try_current() {
+                    // A compute-pool thread: outside the runtime, it may wait for it.
+                    Err(_) => runtime.block_on(read),
+                    // An async worker (a small request): it hands its other tasks over while
+                    // it waits (the read is bounded by the store's timeout).
+                    Ok(current)
+                        if current.runtime_flavor()
+                            == tokio::runtime::RuntimeFlavor::MultiThread =>
+                    {
+                        tokio::task::block_in_place(|| current.block_on(read))
+                    }
+                    Ok(_) => return Prior::default(),
+                }
+            }
+        };
+        self.counters.outcome("prior", &result);
+        result.unwrap_or_default()
     }
 
     /// Calls, errors and latency of the Redis store, by operation (`None` without Redis).

@@ -29,6 +29,9 @@
 //! - `source`: two, the source's domains in the window (the [`READ_DOMAINS`] most recently
 //!   seen), then all their entries in one pipeline (the [`READ_NAMES_PER_DOMAIN`] most recent of
 //!   each); the report is built by [`SourceReport::build`] like the in-process store's;
+//! - `prior` (what a request's pairs and sources held before it, for the long-window
+//!   features): one pipelined round trip of a Lua script per [`PRIOR_KEYS_PER_SCRIPT`] keys,
+//!   which counts next to the data and answers a few integers per key;
 //! - `forget`: one Lua script (`EVALSHA`, plus an `EVAL` the first time a Redis sees it) that
 //!   deletes the domain set and every key it names, atomically. The script names keys it was not
 //!   given, so this layout is for a single Redis (or a primary with replicas), not Redis Cluster.
@@ -57,6 +60,7 @@ use rustc_hash::FxHashMap;
 use super::{
     Batch, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName, Usage,
 };
+use crate::features::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 
 /// What every key of this layout starts with.
 pub const KEY_PREFIX: &str = "dnsexfil:h1:";
@@ -81,6 +85,44 @@ end
 return deleted
 ";
 
+/// The prior of some sources and (source, domain) pairs at times in `[ARGV[1], ARGV[2])`
+/// (`ARGV[3]` sources): `KEYS[1..s]` are the sources' domain sets, `ARGV[3 + i]` the i-th
+/// source's names-key prefix, the other keys names keys. Answers per source the number of its
+/// domains with an entry in the range, then per names key {distinct names, (name, bucket)
+/// entries, distinct hours}. Computed next to the data: the answer is a few integers per key
+/// however many names a busy pair holds, and at most `ARGV[4 + s]` entries are read per key.
+const PRIOR_SCRIPT: &str = r"
+local oldest, before, sources = ARGV[1], '(' .. ARGV[2], tonumber(ARGV[3])
+local limit = tonumber(ARGV[4 + sources])
+local out = {}
+for i = 1, sources do
+  local domains = redis.call('ZRANGE', KEYS[i], '+inf', oldest, 'BYSCORE', 'REV', 'LIMIT', 0, limit)
+  local n = 0
+  for _, domain in ipairs(domains) do
+    if redis.call('ZCOUNT', ARGV[3 + i] .. domain, oldest, before) > 0 then n = n + 1 end
+  end
+  out[i] = n
+end
+for i = sources + 1, #KEYS do
+  local entries = redis.call('ZRANGE', KEYS[i], oldest, before, 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
+  local names, hours = {}, {}
+  local distinct, entries_in, distinct_hours = 0, 0, 0
+  for j = 1, #entries, 2 do
+    local member = entries[j]
+    local name = string.sub(member, (string.find(member, ':', 1, true) or 0) + 1)
+    if not names[name] then names[name] = true; distinct = distinct + 1 end
+    local hour = math.floor(tonumber(entries[j + 1]) / 3600)
+    if not hours[hour] then hours[hour] = true; distinct_hours = distinct_hours + 1 end
+    entries_in = entries_in + 1
+  end
+  out[i] = {distinct, entries_in, distinct_hours}
+end
+return out
+";
+
+/// Keys given to one run of the prior script (a request with more runs several, pipelined).
+pub const PRIOR_KEYS_PER_SCRIPT: usize = 1_000;
+
 pub struct RedisHistory {
     config: HistoryConfig,
     client: Client,
@@ -88,7 +130,8 @@ pub struct RedisHistory {
     connection: OnceLock<ConnectionManager>,
     timeout: Duration,
     forget_script: ::redis::Script,
-    stats: [OperationCounters; 3],
+    prior_script: ::redis::Script,
+    stats: [OperationCounters; 4],
 }
 
 /// The operations counted in [`RedisStats`].
@@ -97,6 +140,7 @@ enum Operation {
     Record = 0,
     Source = 1,
     Forget = 2,
+    Prior = 3,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +171,8 @@ pub struct RedisStats {
     pub record: OperationStats,
     pub source: OperationStats,
     pub forget: OperationStats,
+    /// Reads of what was remembered before a request, for the long-window features.
+    pub prior: OperationStats,
 }
 
 impl RedisHistory {
@@ -159,6 +205,7 @@ impl RedisHistory {
             connection: OnceLock::new(),
             timeout: timeout.max(Duration::from_millis(1)),
             forget_script: ::redis::Script::new(FORGET_SCRIPT),
+            prior_script: ::redis::Script::new(PRIOR_SCRIPT),
             stats: Default::default(),
         })
     }
@@ -184,6 +231,7 @@ impl RedisHistory {
             record: read(&self.stats[Operation::Record as usize]),
             source: read(&self.stats[Operation::Source as usize]),
             forget: read(&self.stats[Operation::Forget as usize]),
+            prior: read(&self.stats[Operation::Prior as usize]),
         }
     }
 
@@ -350,6 +398,87 @@ impl RedisHistory {
             read.push((domain, names));
         }
         Ok(SourceReport::build(src, read, &self.config))
+    }
+
+    async fn read_prior(
+        &self,
+        keys: PriorKeys,
+        before: i64,
+        now: i64,
+    ) -> Result<Prior, HistoryError> {
+        let oldest = now - self.config.window_seconds;
+        let mut prior = Prior::default();
+        // Runs of the script, each over at most PRIOR_KEYS_PER_SCRIPT keys: sources first.
+        enum Key<'k> {
+            Source(&'k String),
+            Pair(&'k (String, String)),
+        }
+        let all: Vec<Key> = keys
+            .sources
+            .iter()
+            .map(Key::Source)
+            .chain(keys.pairs.iter().map(Key::Pair))
+            .collect();
+        for run in all.chunks(PRIOR_KEYS_PER_SCRIPT) {
+            let mut invocation = self.prior_script.prepare_invoke();
+            let sources: Vec<&String> = run
+                .iter()
+                .filter_map(|k| match k {
+                    Key::Source(src) => Some(*src),
+                    Key::Pair(_) => None,
+                })
+                .collect();
+            invocation.arg(oldest).arg(before).arg(sources.len());
+            for src in &sources {
+                invocation.key(domains_key(src)).arg(names_key_prefix(src));
+            }
+            invocation.arg(READ_NAMES_PER_DOMAIN);
+            for key in run {
+                if let Key::Pair((src, domain)) = key {
+                    invocation.key(names_key(src, domain));
+                }
+            }
+            let invocation = &invocation;
+            let reply: Vec<Value> = self
+                .round_trip(Operation::Prior, |mut c| async move {
+                    invocation.invoke_async(&mut c).await
+                })
+                .await?;
+            if reply.len() != run.len() {
+                return Err(corrupt(
+                    "the prior script answered a different number of keys",
+                ));
+            }
+            for (key, value) in run.iter().zip(reply) {
+                match key {
+                    Key::Source(src) => {
+                        let domains = integer(&value)? as u32;
+                        if domains > 0 {
+                            prior
+                                .sources
+                                .insert((*src).clone(), SourcePrior { domains });
+                        }
+                    }
+                    Key::Pair(pair) => {
+                        let Value::Array(counts) = value else {
+                            return Err(corrupt("the prior script answered a pair without counts"));
+                        };
+                        let [distinct, entries, hours] = counts.as_slice() else {
+                            return Err(corrupt("the prior script answered a pair without counts"));
+                        };
+                        let counts = PairPrior {
+                            distinct_names: integer(distinct)? as u32,
+                            name_buckets: integer(entries)? as u32,
+                            hours: integer(hours)? as u32,
+                        };
+                        if counts.name_buckets > 0 {
+                            prior.pairs.insert((*pair).clone(), counts);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(prior)
     }
 
     async fn forget_source(&self, src: &str) -> Result<bool, HistoryError> {
@@ -581,6 +710,11 @@ impl HistoryStore for RedisHistory {
 
     async fn forget(&self, src: &str) -> Result<bool, HistoryError> {
         self.counted(Operation::Forget, self.forget_source(src))
+            .await
+    }
+
+    async fn prior(&self, keys: PriorKeys, before: i64, now: i64) -> Result<Prior, HistoryError> {
+        self.counted(Operation::Prior, self.read_prior(keys, before, now))
             .await
     }
 

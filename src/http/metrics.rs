@@ -363,6 +363,7 @@ fn render_history(out: &mut String, h: &HistoryGauges) {
             ("record", redis.record),
             ("read", redis.source),
             ("forget", redis.forget),
+            ("prior", redis.prior),
         ];
         let families: [(&str, &str, fn(&crate::history::redis::OperationStats) -> String); 4] = [
             (

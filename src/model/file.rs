@@ -292,6 +292,7 @@ pub fn shape_for(schema: Schema) -> MlpShape {
         Schema::DnsexfilV2 => MlpShape::V2,
         Schema::DnsexfilV3 => MlpShape::V3,
         Schema::DnsexfilV4 => MlpShape::V4,
+        Schema::DnsexfilV5 => MlpShape::V5,
     }
 }
 

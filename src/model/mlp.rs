@@ -64,6 +64,14 @@ impl MlpShape {
         normalized: true,
     };
 
+    /// Our dnsexfil-v5 network: 54 standardised features -> 64 -> 32 -> 1.
+    pub const V5: MlpShape = MlpShape {
+        input: 54,
+        hidden_1: 64,
+        hidden_2: 32,
+        normalized: true,
+    };
+
     /// Expected name and shape of each tensor, layers first in [`TENSOR_NAMES`] order.
     pub fn tensor_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
         let MlpShape {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::data::dataset::{parse_label, Labelled};
+use crate::data::dataset::{self, parse_label, Labelled};
 use crate::dsdl::table::{RowKind, Table};
 use crate::features::{Row, Schema};
 use crate::model::train::Dataset;
@@ -100,6 +100,9 @@ pub fn labelled_from_table(
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::with_capacity(scored_rows.len());
     let mut next_label = labels.iter();
+    // Long-window features: the windows replayed in time order through an in-process history,
+    // each scored with what was remembered before it, as the service would have.
+    let history = (schema.uses_prior() && table.has_time).then(dataset::replay_history);
     for (batch, scored) in &batches {
         let rows: Vec<Row> = batch
             .iter()
@@ -108,7 +111,24 @@ pub fn labelled_from_table(
                 query: table.query(i),
             })
             .collect();
-        let features = schema.compute(&rows, scored);
+        let mut prepared = schema.prepare(&rows);
+        if let Some(history) = &history {
+            let events: Vec<(&str, &str, f64)> = batch
+                .iter()
+                .map(|&i| (table.src(i), table.query(i), time_of(table, i)))
+                .collect();
+            let first = events.iter().map(|e| e.2).fold(f64::INFINITY, f64::min);
+            let key = (first / window_secs).floor();
+            let (start, now) = (
+                (key * window_secs) as i64,
+                ((key + 1.0) * window_secs) as i64,
+            );
+            if let Some(keys) = prepared.prior_keys() {
+                prepared.apply_prior(&history.prior_now(&keys, start, now));
+            }
+            dataset::remember_events(history, &events, now);
+        }
+        let features = prepared.features(&rows, scored);
         for (k, &position) in scored.iter().enumerate() {
             let y = *next_label.next().expect("one label per scored row");
             data.push(features.row(k), y);
@@ -130,11 +150,7 @@ fn time_windows(
         if !table.feeds_history(i) {
             continue;
         }
-        match crate::dsdl::envelope::unquote(table.time_text(i))
-            .parse::<f64>()
-            .ok()
-            .filter(|t| t.is_finite())
-        {
+        match parse_time(table, i) {
             Some(t) => by_window
                 .entry((t / window_secs).floor() as i64)
                 .or_default()
@@ -208,4 +224,17 @@ fn row_examples<'t>(
         out.push("...".into());
     }
     out.join("; ")
+}
+
+/// A row's `_time` as Unix seconds, if it is a finite number.
+fn parse_time(table: &Table, row: usize) -> Option<f64> {
+    crate::dsdl::envelope::unquote(table.time_text(row))
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite())
+}
+
+/// The `_time` of a row [`time_windows`] accepted.
+fn time_of(table: &Table, row: usize) -> f64 {
+    parse_time(table, row).expect("time_windows keeps only rows with a numeric _time")
 }

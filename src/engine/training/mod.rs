@@ -358,6 +358,39 @@ mod tests {
     }
 
     #[test]
+    fn a_v5_fit_replays_its_hours_so_each_row_sees_what_came_before() {
+        // Two names of one tunnel domain in the first hour, a third in the second: only the
+        // second hour's row has a long window, as at /apply after the first hour was scored.
+        let t = 1_800_000_000;
+        let csv = format!(
+            "src,query,rank,y,_time\n\
+             h,x1.tun.net,1,1,{}\n\
+             h,x2.tun.net,1,1,{}\n\
+             h,x3.tun.net,1,1,{}\n",
+            t + 10,
+            t + 20,
+            t + 3610
+        );
+        let table = Table::parse_with_target(&csv, 100, Some("y")).unwrap();
+        let (l, _) = labelled_from_table(&table, Schema::DnsexfilV5, "y", 3600.0).unwrap();
+        assert_eq!(l.data.y.len(), 3);
+        assert_eq!(
+            (prior_distinct_of(&l, 0), prior_distinct_of(&l, 1)),
+            (0.0, 0.0)
+        );
+        assert!(prior_distinct_of(&l, 2) > 0.0);
+        // Without `_time` the table is one request with nothing before it.
+        let untimed = "src,query,rank,y\nh,x1.tun.net,1,1\nh,x3.tun.net,1,1\n";
+        let table = Table::parse_with_target(untimed, 100, Some("y")).unwrap();
+        let (l, _) = labelled_from_table(&table, Schema::DnsexfilV5, "y", 3600.0).unwrap();
+        assert!((0..2).all(|row| prior_distinct_of(&l, row) == 0.0));
+    }
+
+    fn prior_distinct_of(l: &crate::data::dataset::Labelled, row: usize) -> f32 {
+        l.data.x[row * l.data.width + crate::features::v4::WIDTH]
+    }
+
+    #[test]
     fn validation_falls_back_to_rows_when_sources_cannot_be_split() {
         // One malicious source: holding it out would leave training without positives.
         let mut data = Dataset::new(1);

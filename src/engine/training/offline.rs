@@ -34,9 +34,11 @@ pub fn fit_offline(
             // weighting them up to the benign rows' total made the model alert on benign names
             // of hosts it never saw (leave-one-out runs: about half the benign alerts at the
             // same recall with weight 1).
-            positive_weight: options
-                .positive_weight
-                .or((options.schema == Schema::DnsexfilV4).then_some(1.0)),
+            positive_weight: options.positive_weight.or(matches!(
+                options.schema,
+                Schema::DnsexfilV4 | Schema::DnsexfilV5
+            )
+            .then_some(1.0)),
             ..Default::default()
         },
         validation_fraction: options.val_fraction,

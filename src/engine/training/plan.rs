@@ -11,8 +11,9 @@ use crate::model::train::TrainParams;
 use crate::model::Model;
 use crate::store::Registry;
 
-pub const FRESH_ALGORITHMS: [(&str, Schema); 4] = [
+pub const FRESH_ALGORITHMS: [(&str, Schema); 5] = [
     ("dnsexfil", Schema::DnsexfilV4),
+    ("dnsexfil_v5", Schema::DnsexfilV5),
     ("dnsexfil_v4", Schema::DnsexfilV4),
     ("dnsexfil_v3", Schema::DnsexfilV3),
     ("dnsexfil_v2", Schema::DnsexfilV2),

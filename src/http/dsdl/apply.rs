@@ -46,7 +46,12 @@ pub(super) fn apply_with<'a>(
     if let Some(refusal) = room.refusal(needed, state.config.limits.max_body_bytes_in_flight) {
         return Some(Err(refusal));
     }
-    let results = score_table(&model, &state.suppressions, &table, csv_len, stages);
+    let prior = |keys| prior_of(state, &table, keys);
+    let prior = state
+        .history
+        .remembers(model.info.schema)
+        .then_some(&prior as scoring::PriorLookup);
+    let results = score_table(&model, &state.suppressions, &table, csv_len, prior, stages);
     // Remembered after the scoring, whose features and network memory are then freed: done
     // alongside, the two would peak together (measured: a 16 MiB request's peak rose by a third).
     remember(state, &model, &table);
@@ -71,19 +76,38 @@ fn remember(state: &AppState, model: &Model, table: &Table) {
     state.history.record(&observations, now);
 }
 
-/// Scores every usable row of `table` with `model`, then applies the allowlist and mutes;
+/// What the history remembered of `keys` before the table's earliest event (its `_time`, else
+/// now): a re-sent window does not see itself.
+fn prior_of(
+    state: &AppState,
+    table: &Table,
+    keys: crate::features::prior::PriorKeys,
+) -> crate::features::prior::Prior {
+    let now = crate::history::unix_now();
+    let before = (0..table.len())
+        .filter_map(|row| crate::history::parse_time(table.time_text(row)))
+        .min()
+        .unwrap_or(now)
+        .min(now);
+    state.history.prior(keys, before, now)
+}
+
+/// Scores every usable row of `table` with `model` (with `prior`, what was remembered before
+/// it, for a schema with long-window features), then applies the allowlist and mutes;
 /// returns the results CSV, JSON-escaped.
 pub(super) fn score_table(
     model: &Model,
     suppressions: &Suppressions,
     table: &Table,
     csv_len: usize,
+    prior: Option<scoring::PriorLookup<'_>>,
     stages: &mut Stages,
 ) -> Result<EscapedResults, String> {
     let started = Instant::now();
     let (rows, scored, scored_table_rows) = table.feature_rows();
     let listed = started.elapsed();
-    let scores = scoring::score(model, &rows, &scored).map_err(|e| e.to_string())?;
+    let scores =
+        scoring::score_with_prior(model, &rows, &scored, prior).map_err(|e| e.to_string())?;
     stages.features = listed + scores.feature_time;
     stages.forward = scores.inference_time;
     tracing::debug!(

@@ -186,6 +186,8 @@ pub(super) fn fit_and_apply(
         &state.suppressions,
         &table,
         envelope.data.len(),
+        // The training rows themselves: scored as they were trained, from their own rows.
+        None,
         &mut Stages::default(),
     ) {
         Ok(r) => r,

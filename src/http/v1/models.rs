@@ -23,7 +23,7 @@ pub struct ModelDescription {
     /// Name requests select it by.
     #[schema(example = "dnsexfil_v4")]
     pub name: String,
-    /// Feature schema the service computes for it (`escu-v1`, `dnsexfil-v2`, `dnsexfil-v3` or `dnsexfil-v4`).
+    /// Feature schema the service computes for it (`escu-v1`, `dnsexfil-v2` to `dnsexfil-v5`).
     #[schema(example = "dnsexfil-v4")]
     pub schema: String,
     /// Number of features per event.

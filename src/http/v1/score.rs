@@ -490,7 +490,7 @@ fn score_body(
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", refusal),
         });
     }
-    let probabilities = probabilities(&model, &batch)?;
+    let probabilities = probabilities(state, &model, &batch)?;
     // After the scoring, whose memory is then freed (see `dsdl::apply`).
     remember(state, &model, &batch);
     let mut scored = Scored {
@@ -504,8 +504,14 @@ fn score_body(
 }
 
 /// Scores the batch's rank-1 events with all usable events as history (the rows `/apply` would
-/// build from the same events). Returns one probability per event, `None` where not scored.
-fn probabilities(model: &Model, batch: &Batch) -> Result<Vec<Option<f32>>, ApiError> {
+/// build from the same events) and, for a schema with long-window features, what the service
+/// remembered before the batch's earliest event. Returns one probability per event, `None`
+/// where not scored.
+fn probabilities(
+    state: &AppState,
+    model: &Model,
+    batch: &Batch,
+) -> Result<Vec<Option<f32>>, ApiError> {
     let mut rows = Vec::with_capacity(batch.len());
     let mut scored = Vec::new();
     let mut scored_events = Vec::new();
@@ -519,7 +525,22 @@ fn probabilities(model: &Model, batch: &Batch) -> Result<Vec<Option<f32>>, ApiEr
         }
         rows.push(Row { src, query });
     }
-    let scores = scoring::score(model, &rows, &scored).map_err(|e| {
+    let prior = |keys| {
+        let now = crate::history::unix_now();
+        let before = batch
+            .iter()
+            .filter(|event| event.dns.is_some())
+            .map(|event| event.time.unwrap_or(now))
+            .min()
+            .unwrap_or(now)
+            .min(now);
+        state.history.prior(keys, before, now)
+    };
+    let prior = state
+        .history
+        .remembers(model.info.schema)
+        .then_some(&prior as scoring::PriorLookup);
+    let scores = scoring::score_with_prior(model, &rows, &scored, prior).map_err(|e| {
         tracing::error!(error = %e, "scoring failed");
         ApiError::internal(e.to_string())
     })?;
