@@ -378,66 +378,77 @@ fn ranked_rows<'a>(evs: &mut [&'a Event]) -> Vec<(&'a str, &'a str, u32)> {
 
 /// Replays `events` the way the hourly search sends them to a service that remembers: window
 /// by window in time order, each prepared by `schema` (with what the windows before it left,
-/// for a schema with long-window features, the request answered at the window's end) and
-/// handed to `each(window number, its rows as (src, query, rank), the same as feature rows,
-/// its prepared features)`, then remembered.
+/// for a schema with long-window features; see [`ReplayHistory`]) and handed to `each(window
+/// number, its rows as (src, query, rank), the same as feature rows, its prepared features)`.
 pub fn replay<'a>(
     events: &'a [Event],
     schema: Schema,
     window_secs: f64,
     mut each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
 ) {
-    let history = schema.uses_prior().then(replay_history);
-    for (number, (key, mut evs)) in window_events(events, window_secs).into_iter().enumerate() {
+    let history = ReplayHistory::for_schema(schema, window_secs);
+    for (number, mut evs) in window_events(events, window_secs).into_values().enumerate() {
         let window = ranked_rows(&mut evs);
         let rows: Vec<Row> = window
             .iter()
             .map(|(src, query, _)| Row { src, query })
             .collect();
         let mut prepared = schema.prepare(&rows);
-        let start = (key as f64 * window_secs).floor() as i64;
-        let now = ((key + 1) as f64 * window_secs).floor() as i64;
-        if let (Some(history), Some(keys)) = (&history, prepared.prior_keys()) {
-            prepared.apply_prior(&history.prior_now(&keys, start, now));
+        if let Some(history) = &history {
+            let events: Vec<(&str, &str, f64)> = evs
+                .iter()
+                .map(|e| (e.src.as_str(), e.query.as_str(), e.time))
+                .collect();
+            history.step(&mut prepared, &events);
         }
         each(number, &window, &rows, &prepared);
-        if let Some(history) = &history {
-            remember_window(history, &evs, now);
-        }
     }
 }
 
-/// The history a replay keeps for a schema with long-window features: the service's defaults,
-/// with room for a whole training log.
-pub fn replay_history() -> MemoryHistory {
-    MemoryHistory::new(HistoryConfig {
-        max_bytes: 16 << 30,
-        ..HistoryConfig::default()
-    })
+/// The long window of a replay (training, evaluation, a `/fit` with `_time`): an in-process
+/// history with the service's defaults (and room for a whole log), fed window by window as a
+/// service answering the hourly search would be.
+pub struct ReplayHistory {
+    history: MemoryHistory,
+    window_secs: f64,
 }
 
-/// Remembers a window's events, as the service does after answering its request at `now`.
-fn remember_window(history: &MemoryHistory, events: &[&Event], now: i64) {
-    let events: Vec<(&str, &str, f64)> = events
-        .iter()
-        .map(|e| (e.src.as_str(), e.query.as_str(), e.time))
-        .collect();
-    remember_events(history, &events, now);
-}
+impl ReplayHistory {
+    /// `None` for a schema computed from each request alone.
+    pub fn for_schema(schema: Schema, window_secs: f64) -> Option<ReplayHistory> {
+        schema.uses_prior().then(|| ReplayHistory {
+            history: MemoryHistory::new(HistoryConfig {
+                max_bytes: 16 << 30,
+                ..HistoryConfig::default()
+            }),
+            window_secs,
+        })
+    }
 
-/// Remembers (source, name, Unix time) events answered at `now`, in the service's pieces.
-pub fn remember_events(history: &MemoryHistory, events: &[(&str, &str, f64)], now: i64) {
-    let config = *history.config();
-    for piece in events.chunks(crate::history::RECORD_PIECE) {
-        let observations: Vec<Observation> = piece
-            .iter()
-            .map(|&(src, query, time)| Observation {
-                src,
-                query,
-                time: crate::history::time_from_seconds(time).unwrap_or(now),
-            })
-            .collect();
-        history.record_now(Batch::from_observations(&observations, now, &config), now);
+    /// Gives `prepared` what was remembered before its window (the one of its earliest event,
+    /// as (source, name, Unix time)), then remembers the window's events as answered at the
+    /// window's end. Windows must come in time order.
+    pub fn step(&self, prepared: &mut Prepared, events: &[(&str, &str, f64)]) {
+        let earliest = events.iter().map(|e| e.2).fold(f64::INFINITY, f64::min);
+        let key = (earliest / self.window_secs).floor();
+        let start = (key * self.window_secs) as i64;
+        let now = ((key + 1.0) * self.window_secs) as i64;
+        if let Some(keys) = prepared.prior_keys() {
+            prepared.apply_prior(&self.history.prior_now(&keys, start, now));
+        }
+        let config = *self.history.config();
+        for piece in events.chunks(crate::history::RECORD_PIECE) {
+            let observations: Vec<Observation> = piece
+                .iter()
+                .map(|&(src, query, time)| Observation {
+                    src,
+                    query,
+                    time: crate::history::time_from_seconds(time).unwrap_or(now),
+                })
+                .collect();
+            let batch = Batch::from_observations(&observations, now, &config);
+            self.history.record_now(batch, now);
+        }
     }
 }
 

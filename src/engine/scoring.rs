@@ -49,7 +49,8 @@ pub fn score_with_prior(
         prepared.apply_prior(&lookup(keys));
     }
     let mut scores = score_prepared(model, &prepared, rows, scored)?;
-    scores.feature_time += t0.elapsed() - scores.feature_time - scores.inference_time;
+    // Everything but the network: the per-request pass, the prior and the feature rows.
+    scores.feature_time = t0.elapsed().saturating_sub(scores.inference_time);
     Ok(scores)
 }
 
@@ -60,7 +61,7 @@ pub fn score_prepared(
     rows: &[Row<'_>],
     scored: &[usize],
 ) -> Result<Scores, ScoreError> {
-    let mut feature_time = std::time::Duration::ZERO;
+    let mut feature_time = Duration::ZERO;
     let mut inference_time = Duration::ZERO;
     let mut probabilities = Vec::with_capacity(scored.len());
     // Chunks of equal size: a short last chunk would run the network at a worse shape.

@@ -50,8 +50,4 @@ impl Prior {
     pub fn source(&self, src: &str) -> SourcePrior {
         self.sources.get(src).copied().unwrap_or_default()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty() && self.sources.is_empty()
-    }
 }

@@ -32,14 +32,6 @@ pub fn names() -> impl Iterator<Item = &'static str> {
     v4::names().chain(EXTRA_NAMES)
 }
 
-/// Features of the rows at `scored`, with all of `rows` as history and `prior` as what was
-/// remembered before them.
-pub fn compute(rows: &[Row<'_>], scored: &[usize], prior: &Prior) -> FeatureMatrix {
-    let mut history = History::build(rows);
-    history.apply_prior(prior);
-    history.features(scored)
-}
-
 /// v4's per-request history, and the prior of each of its (source, domain) pairs (zeros until
 /// [`History::apply_prior`]).
 pub struct History {

@@ -30,7 +30,7 @@
 //!   seen), then all their entries in one pipeline (the [`READ_NAMES_PER_DOMAIN`] most recent of
 //!   each); the report is built by [`SourceReport::build`] like the in-process store's;
 //! - `prior` (what a request's pairs and sources held before it, for the long-window
-//!   features): one pipelined round trip of a Lua script per [`PRIOR_KEYS_PER_SCRIPT`] keys,
+//!   features): one round trip of a Lua script per [`PRIOR_KEYS_PER_SCRIPT`] keys, in turn,
 //!   which counts next to the data and answers a few integers per key;
 //! - `forget`: one Lua script (`EVALSHA`, plus an `EVAL` the first time a Redis sees it) that
 //!   deletes the domain set and every key it names, atomically. The script names keys it was not
@@ -120,7 +120,7 @@ end
 return out
 ";
 
-/// Keys given to one run of the prior script (a request with more runs several, pipelined).
+/// Keys given to one run of the prior script (a request with more runs several, in turn).
 pub const PRIOR_KEYS_PER_SCRIPT: usize = 1_000;
 
 pub struct RedisHistory {

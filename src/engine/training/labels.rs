@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::data::dataset::{self, parse_label, Labelled};
+use crate::data::dataset::{parse_label, Labelled, ReplayHistory};
 use crate::dsdl::table::{RowKind, Table};
 use crate::features::{Row, Schema};
 use crate::model::train::Dataset;
@@ -102,7 +102,10 @@ pub fn labelled_from_table(
     let mut next_label = labels.iter();
     // Long-window features: the windows replayed in time order through an in-process history,
     // each scored with what was remembered before it, as the service would have.
-    let history = (schema.uses_prior() && table.has_time).then(dataset::replay_history);
+    let history = table
+        .has_time
+        .then(|| ReplayHistory::for_schema(schema, window_secs))
+        .flatten();
     for (batch, scored) in &batches {
         let rows: Vec<Row> = batch
             .iter()
@@ -117,16 +120,7 @@ pub fn labelled_from_table(
                 .iter()
                 .map(|&i| (table.src(i), table.query(i), time_of(table, i)))
                 .collect();
-            let first = events.iter().map(|e| e.2).fold(f64::INFINITY, f64::min);
-            let key = (first / window_secs).floor();
-            let (start, now) = (
-                (key * window_secs) as i64,
-                ((key + 1.0) * window_secs) as i64,
-            );
-            if let Some(keys) = prepared.prior_keys() {
-                prepared.apply_prior(&history.prior_now(&keys, start, now));
-            }
-            dataset::remember_events(history, &events, now);
+            history.step(&mut prepared, &events);
         }
         let features = prepared.features(&rows, scored);
         for (k, &position) in scored.iter().enumerate() {
