@@ -12,7 +12,8 @@
 //! service writes them), whole, app (the whole service in-process: router, middleware, handler
 //! and response body, without the network), history (every row remembered in a fresh
 //! in-process history); `profile history_memory` compares the history's estimate of its size
-//! with the process's growth. `PROFILE_CSV=<file>` takes the rows from a CSV
+//! with the process's growth. `PROFILE_SCHEMA=<schema>` makes `prepare` and `fill` run that
+//! schema instead of the ESCU model's. `PROFILE_CSV=<file>` takes the rows from a CSV
 //! file (e.g. the dev log), repeated to `<rows>`, instead of synthetic ones. Under `cargo bench` (no stage given) it runs each
 //! stage once at 1,000 rows as a smoke test.
 
@@ -114,6 +115,17 @@ fn main() {
         }
         let per = elapsed * 1e3 / iterations as f64;
         println!("{stage} {rows} rows: {per:.3} ms per run ({iterations} runs)");
+    }
+}
+
+/// The schema the `prepare` and `fill` stages run: `PROFILE_SCHEMA` (e.g. `dnsexfil-v4`, the
+/// default model's), else the ESCU model's.
+fn profiled_schema(model: &dnsexfil::model::Model) -> Schema {
+    match std::env::var("PROFILE_SCHEMA") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("PROFILE_SCHEMA: {e}")),
+        Err(_) => model.info.schema,
     }
 }
 
@@ -222,11 +234,11 @@ fn run(stage: &str, ctx: &Ctx) {
         }
         "prepare" => {
             let (rows, _, _) = ctx.table.feature_rows();
-            black_box(model.info.schema.prepare(&rows));
+            black_box(profiled_schema(&model).prepare(&rows));
         }
         "fill" => {
             let (rows, scored, _) = ctx.table.feature_rows();
-            let prepared = model.info.schema.prepare(&rows);
+            let prepared = profiled_schema(&model).prepare(&rows);
             let started = Instant::now();
             black_box(prepared.features(&rows, &scored));
             FILL_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -45,6 +45,74 @@ impl FeatureMatrix {
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
         &mut self.values[i * self.width..(i + 1) * self.width]
     }
+
+    /// A matrix of the rows at `scored`, each written by `fill` into a view of the matrix's
+    /// rows: large batches are filled in halves on both cores (each row depends only on the
+    /// per-request history, which `fill` reads).
+    pub(crate) fn filled(
+        scored: &[usize],
+        width: usize,
+        fill: impl Fn(&[usize], &mut FeatureRows<'_>) + Sync,
+    ) -> Self {
+        let mut matrix = Self::zeros(scored.len(), width);
+        fill_in_halves(
+            scored,
+            FeatureRows {
+                values: &mut matrix.values,
+                width,
+            },
+            &fill,
+        );
+        matrix
+    }
+}
+
+fn fill_in_halves(
+    scored: &[usize],
+    mut rows: FeatureRows<'_>,
+    fill: &(impl Fn(&[usize], &mut FeatureRows<'_>) + Sync),
+) {
+    if scored.len() < PARALLEL_MIN_ROWS {
+        fill(scored, &mut rows);
+        return;
+    }
+    let half = scored.len() / 2;
+    let (first, second) = rows.values.split_at_mut(half * rows.width);
+    let width = rows.width;
+    rayon::join(
+        || {
+            fill_in_halves(
+                &scored[..half],
+                FeatureRows {
+                    values: first,
+                    width,
+                },
+                fill,
+            )
+        },
+        || {
+            fill_in_halves(
+                &scored[half..],
+                FeatureRows {
+                    values: second,
+                    width,
+                },
+                fill,
+            )
+        },
+    );
+}
+
+/// Consecutive rows of a [`FeatureMatrix`], the `k`-th for the `k`-th scored row of a fill.
+pub(crate) struct FeatureRows<'m> {
+    values: &'m mut [f32],
+    width: usize,
+}
+
+impl FeatureRows<'_> {
+    pub(crate) fn row_mut(&mut self, k: usize) -> &mut [f32] {
+        &mut self.values[k * self.width..(k + 1) * self.width]
+    }
 }
 
 /// A schema's per-request state (see [`Schema::prepare`]).
@@ -167,6 +235,38 @@ impl FromStr for Schema {
             other => Err(format!(
                 "unknown feature schema `{other}` (this build knows: escu-v1, dnsexfil-v2, dnsexfil-v3, dnsexfil-v4, dnsexfil-v5)"
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_matrix_filled_in_halves_has_each_scored_row_in_its_place() {
+        for count in [
+            0,
+            1,
+            PARALLEL_MIN_ROWS - 1,
+            PARALLEL_MIN_ROWS,
+            3 * PARALLEL_MIN_ROWS + 7,
+        ] {
+            let scored: Vec<usize> = (0..count).map(|k| 3 * k + 1).collect();
+            let matrix = FeatureMatrix::filled(&scored, 2, |scored, rows| {
+                for (k, &i) in scored.iter().enumerate() {
+                    rows.row_mut(k).copy_from_slice(&[i as f32, (i * 2) as f32]);
+                }
+            });
+            assert_eq!((matrix.rows, matrix.values.len()), (count, 2 * count));
+            for k in 0..count {
+                let i = 3 * k + 1;
+                assert_eq!(
+                    matrix.row(k),
+                    [i as f32, (i * 2) as f32],
+                    "row {k} of {count}"
+                );
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::escu::entropy;
-use super::{FeatureMatrix, Row};
+use super::{FeatureMatrix, FeatureRows, Row};
 
 /// Feature names in column order.
 pub const NAMES: [&str; 30] = [
@@ -89,53 +89,123 @@ fn ends_with_ignoring_case(text: &str, suffix: &str) -> bool {
         && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
-fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
-    let sub = sub_original_case;
-    let n = sub.chars().count().max(1) as f32;
-    let (mut digits, mut upper, mut hex, mut b32, mut other, mut vowels, mut letters) =
-        (0, 0, 0, 0, 0, 0, 0);
-    let (mut run, mut max_run, mut has_lower) = (0, 0, false);
-    // Distinct characters: a bit per ASCII character, a set only for the others.
-    let mut seen_ascii: u128 = 0;
-    let mut seen_other: FxHashSet<char> = FxHashSet::default();
-    for c in sub.chars() {
-        if c.is_ascii() {
-            seen_ascii |= 1u128 << c as u32;
-        } else {
-            seen_other.insert(c);
-        }
+/// Classes of an ASCII byte for [`name_shape`], one bit each (non-ASCII characters are only
+/// [`OTHER`]).
+const DIGIT: u8 = 1;
+const UPPER: u8 = 2;
+const LOWER: u8 = 4;
+const HEX: u8 = 8;
+const BASE32: u8 = 16;
+/// Not a letter, digit, dot or hyphen.
+const OTHER: u8 = 32;
+const LETTER: u8 = 64;
+const VOWEL: u8 = 128;
+
+const SHAPE_CLASS: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
         let l = c.to_ascii_lowercase();
+        let mut class = 0;
         if c.is_ascii_digit() {
-            digits += 1;
+            class |= DIGIT;
         }
         if c.is_ascii_uppercase() {
-            upper += 1;
+            class |= UPPER;
         }
         if c.is_ascii_lowercase() {
-            has_lower = true;
+            class |= LOWER;
         }
         if l.is_ascii_hexdigit() {
-            hex += 1;
+            class |= HEX;
         }
-        if l.is_ascii_lowercase() || ('2'..='7').contains(&l) {
-            b32 += 1;
+        if l.is_ascii_lowercase() || (l >= b'2' && l <= b'7') {
+            class |= BASE32;
         }
-        if !(l.is_ascii_alphanumeric() || l == '.' || l == '-') {
-            other += 1;
+        if !(l.is_ascii_alphanumeric() || l == b'.' || l == b'-') {
+            class |= OTHER;
         }
         if l.is_ascii_alphabetic() {
-            letters += 1;
-            if matches!(l, 'a' | 'e' | 'i' | 'o' | 'u') {
-                vowels += 1;
-                run = 0;
+            class |= LETTER;
+            if matches!(l, b'a' | b'e' | b'i' | b'o' | b'u') {
+                class |= VOWEL;
+            }
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+/// Per-character counts of a subdomain for [`name_shape`].
+#[derive(Default)]
+struct CharCounts {
+    chars: u32,
+    digits: u32,
+    upper: u32,
+    lower: u32,
+    hex: u32,
+    base32: u32,
+    other: u32,
+    letters: u32,
+    vowels: u32,
+    /// Longest run of consonants (letters that are not vowels).
+    max_run: u32,
+    distinct: u32,
+}
+
+impl CharCounts {
+    fn of(sub: &str) -> Self {
+        let mut counts = CharCounts::default();
+        let mut run = 0u32;
+        // Distinct characters: a flag per ASCII character, a set only for the others.
+        let mut seen_ascii = [false; 128];
+        let mut seen_other: FxHashSet<char> = FxHashSet::default();
+        let mut count = |class: u8, counts: &mut CharCounts| {
+            counts.chars += 1;
+            counts.digits += (class & DIGIT != 0) as u32;
+            counts.upper += (class & UPPER != 0) as u32;
+            counts.lower += (class & LOWER != 0) as u32;
+            counts.hex += (class & HEX != 0) as u32;
+            counts.base32 += (class & BASE32 != 0) as u32;
+            counts.other += (class & OTHER != 0) as u32;
+            counts.letters += (class & LETTER != 0) as u32;
+            counts.vowels += (class & VOWEL != 0) as u32;
+            // A consonant extends the run; anything else ends it.
+            run = if class & (LETTER | VOWEL) == LETTER {
+                run + 1
             } else {
-                run += 1;
-                max_run = max_run.max(run);
+                0
+            };
+            counts.max_run = counts.max_run.max(run);
+        };
+        if sub.is_ascii() {
+            for &b in sub.as_bytes() {
+                seen_ascii[b as usize] = true;
+                count(SHAPE_CLASS[b as usize], &mut counts);
             }
         } else {
-            run = 0;
+            for c in sub.chars() {
+                if c.is_ascii() {
+                    seen_ascii[c as usize] = true;
+                    count(SHAPE_CLASS[c as usize], &mut counts);
+                } else {
+                    seen_other.insert(c);
+                    count(OTHER, &mut counts);
+                }
+            }
         }
+        counts.distinct =
+            seen_ascii.iter().filter(|&&seen| seen).count() as u32 + seen_other.len() as u32;
+        counts
     }
+}
+
+fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
+    let sub = sub_original_case;
+    let counts = CharCounts::of(sub);
+    let n = counts.chars.max(1) as f32;
     let (labels, longest) = if sub.is_empty() {
         (0, 0)
     } else {
@@ -146,7 +216,7 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
     let longest = longest as f32;
     let sub_len = sub.len() as f32;
     let sub_entropy = entropy(sub) as f32;
-    let digit_ratio = digits as f32 / n;
+    let digit_ratio = counts.digits as f32 / n;
     let values = [
         query.len() as f32,
         sub_len,
@@ -154,18 +224,18 @@ fn name_shape(query: &str, sub_original_case: &str) -> NameShape {
         longest,
         sub_entropy,
         digit_ratio,
-        upper as f32 / n,
-        hex as f32 / n,
-        b32 as f32 / n,
-        other as f32 / n,
-        if letters == 0 {
+        counts.upper as f32 / n,
+        counts.hex as f32 / n,
+        counts.base32 as f32 / n,
+        counts.other as f32 / n,
+        if counts.letters == 0 {
             0.0
         } else {
-            vowels as f32 / letters as f32
+            counts.vowels as f32 / counts.letters as f32
         },
-        (seen_ascii.count_ones() as usize + seen_other.len()) as f32 / n,
-        max_run as f32,
-        (upper > 0 && has_lower) as u8 as f32,
+        counts.distinct as f32 / n,
+        counts.max_run as f32,
+        (counts.upper > 0 && counts.lower > 0) as u8 as f32,
         (ends_with_ignoring_case(query, ".in-addr.arpa")
             || ends_with_ignoring_case(query, ".ip6.arpa")) as u8 as f32,
         query.starts_with('_') as u8 as f32,
@@ -235,24 +305,69 @@ impl History {
             rows,
             |query| {
                 let (sub, registered) = split_registered(query);
-                (sub, registered, None)
+                (sub, registered, None, ())
             },
-            |_| {},
+            |_, ()| {},
+            super::PARALLEL_MIN_ROWS,
         )
     }
 
     /// [`History::build`] with another split of names into (lower-case subdomain, the domain
-    /// names are grouped by, and optionally a second domain to remember per name): v3 groups by
-    /// the ICANN-boundary domain and remembers the full Public Suffix List one. `on_new_name`
-    /// is told of each distinct (src, query) as it first appears, in order, while its text is
-    /// still in the cache: a second pass over the names would read it from memory again.
-    pub(crate) fn build_with<'a>(
+    /// names are grouped by, optionally a second domain to remember per name, and whatever else
+    /// the schema reads from the name's text alone): v3 groups by the ICANN-boundary domain and
+    /// remembers the full Public Suffix List one. `on_new_name` is told of each distinct
+    /// (src, query) in the order it first appears, with what `split` made of it.
+    ///
+    /// Three passes: the rows are grouped into distinct (src, query) in order; each distinct
+    /// name is split and shaped on its own (on both cores for large requests: that is most of
+    /// the work, and it depends on nothing but the name); then the names are counted into their
+    /// pairs in order, so ids and sums are those of a single sequential pass.
+    /// Requests with at least `parallel_from` distinct names split them on the rayon pool.
+    pub(crate) fn build_with<'a, E: Send>(
         rows: &[Row<'a>],
-        mut split: impl FnMut(&str) -> (String, String, Option<String>),
-        mut on_new_name: impl FnMut(NewName<'a, '_>),
+        split: impl Fn(&str) -> (String, String, Option<String>, E) + Sync,
+        mut on_new_name: impl FnMut(NewName<'a, '_>, E),
+        parallel_from: usize,
     ) -> Self {
         let mut query_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-        let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> = Vec::new();
+        // Each distinct (src, query) as first met, and how many rows repeat it.
+        let mut firsts: Vec<(&'a str, &'a str)> = Vec::new();
+        let mut repeats: Vec<u32> = Vec::new();
+        let mut row_query = Vec::with_capacity(rows.len());
+        for row in rows {
+            let next = firsts.len();
+            let q = *query_of.entry((row.src, row.query)).or_insert(next);
+            if q == next {
+                firsts.push((row.src, row.query));
+                repeats.push(0);
+            }
+            repeats[q] += 1;
+            row_query.push(q);
+        }
+        drop(query_of);
+
+        let split_and_shape = |&(_, query): &(&str, &str)| {
+            let (sub_lower, registered, alternate, extra) = split(query);
+            // The subdomain in its original case (case mixing is a signal of base64
+            // encodings); lower-casing is ASCII-only, so byte positions are the same.
+            let trimmed = query.trim_end_matches('.');
+            let sub = trimmed.get(..sub_lower.len()).unwrap_or(&sub_lower);
+            let shape = name_shape(query, sub);
+            (registered, alternate, shape, extra)
+        };
+        let named: Vec<(String, Option<String>, NameShape, E)> = if firsts.len() >= parallel_from {
+            use rayon::prelude::*;
+            firsts
+                .par_iter()
+                .with_min_len(super::PARALLEL_MIN_ROWS / 4)
+                .map(split_and_shape)
+                .collect()
+        } else {
+            firsts.iter().map(split_and_shape).collect()
+        };
+
+        let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> =
+            Vec::with_capacity(firsts.len());
         let mut pair_of: FxHashMap<(usize, usize), usize> = FxHashMap::default(); // (src id, domain id)
         let mut pairs: Vec<PairHistory> = Vec::new();
         let mut pair_src_domain: Vec<(usize, usize)> = Vec::new(); // (src id, domain id)
@@ -265,72 +380,63 @@ impl History {
         let mut domain_names: Vec<Box<str>> = Vec::new();
         let mut alternate_of: FxHashMap<String, u32> = FxHashMap::default();
         let mut query_alternate: Vec<u32> = Vec::new();
-        let mut row_query = Vec::with_capacity(rows.len());
 
-        for row in rows {
-            let next = shapes.len();
-            let q = *query_of.entry((row.src, row.query)).or_insert(next);
-            if q == next {
-                let (sub_lower, registered, alternate) = split(row.query);
-                let alternate = alternate.map(|alternate| {
-                    let next = alternate_of.len() as u32;
-                    let id = *alternate_of.entry(alternate).or_insert(next);
-                    query_alternate.push(id);
-                    id
-                });
-                // The subdomain in its original case (case mixing is a signal of base64 encodings);
-                // lower-casing is ASCII-only, so byte positions are the same.
-                let trimmed = row.query.trim_end_matches('.');
-                let sub = trimmed.get(..sub_lower.len()).unwrap_or(&sub_lower);
-                let shape = name_shape(row.query, sub);
-                let next_src = src_rows.len();
-                let src = *src_of.entry(row.src).or_insert(next_src);
-                if src == next_src {
-                    src_rows.push(0);
-                    src_domains.push(0);
-                    src_names.push(row.src.into());
+        for ((&(src_name, query), (registered, alternate, shape, extra)), &repeats) in
+            firsts.iter().zip(named).zip(&repeats)
+        {
+            let alternate = alternate.map(|alternate| {
+                let next = alternate_of.len() as u32;
+                let id = *alternate_of.entry(alternate).or_insert(next);
+                query_alternate.push(id);
+                id
+            });
+            let next_src = src_rows.len();
+            let src = *src_of.entry(src_name).or_insert(next_src);
+            if src == next_src {
+                src_rows.push(0);
+                src_domains.push(0);
+                src_names.push(src_name.into());
+            }
+            let next_domain = domain_srcs.len();
+            let domain = match domain_of.get(registered.as_str()) {
+                Some(&d) => d,
+                None => {
+                    domain_names.push(registered.as_str().into());
+                    domain_of.insert(registered.clone(), next_domain);
+                    domain_srcs.push(0);
+                    next_domain
                 }
-                let next_domain = domain_srcs.len();
-                let domain = match domain_of.get(registered.as_str()) {
-                    Some(&d) => d,
-                    None => {
-                        domain_of.insert(registered.clone(), next_domain);
-                        domain_srcs.push(0);
-                        domain_names.push(registered.as_str().into());
-                        next_domain
-                    }
-                };
-                let next_pair = pairs.len();
-                let pair = *pair_of.entry((src, domain)).or_insert(next_pair);
-                if pair == next_pair {
-                    pairs.push(PairHistory::default());
-                    domain_srcs[domain] += 1;
-                    src_domains[src] += 1;
-                    pair_src_domain.push((src, domain));
-                }
-                on_new_name(NewName {
-                    query: row.query,
+            };
+            let next_pair = pairs.len();
+            let pair = *pair_of.entry((src, domain)).or_insert(next_pair);
+            if pair == next_pair {
+                pairs.push(PairHistory::default());
+                domain_srcs[domain] += 1;
+                src_domains[src] += 1;
+                pair_src_domain.push((src, domain));
+            }
+            on_new_name(
+                NewName {
+                    query,
                     pair,
                     src,
                     domain,
                     domain_name: &registered,
                     alternate,
-                });
-                let h = &mut pairs[pair];
-                h.distinct += 1;
-                h.sum_sub_len += shape.sub_len as f64;
-                h.max_sub_len = h.max_sub_len.max(shape.sub_len);
-                h.sum_entropy += shape.sub_entropy as f64;
-                h.sum_longest += shape.longest_label as f64;
-                h.long_subs += (shape.sub_len > 20.0) as u32;
-                h.sum_digit_ratio += shape.digit_ratio as f64;
-                shapes.push((shape, pair, 0));
-            }
-            let (_, pair, repeats) = &mut shapes[q];
-            *repeats += 1;
-            pairs[*pair].volume += 1;
-            src_rows[pair_src_domain[*pair].0] += 1;
-            row_query.push(q);
+                },
+                extra,
+            );
+            let h = &mut pairs[pair];
+            h.distinct += 1;
+            h.volume += repeats;
+            h.sum_sub_len += shape.sub_len as f64;
+            h.max_sub_len = h.max_sub_len.max(shape.sub_len);
+            h.sum_entropy += shape.sub_entropy as f64;
+            h.sum_longest += shape.longest_label as f64;
+            h.long_subs += (shape.sub_len > 20.0) as u32;
+            h.sum_digit_ratio += shape.digit_ratio as f64;
+            src_rows[src] += repeats;
+            shapes.push((shape, pair, repeats));
         }
         Self {
             shapes,
@@ -395,14 +501,12 @@ impl History {
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
-        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        self.fill(scored, &mut matrix);
-        matrix
+        FeatureMatrix::filled(scored, WIDTH, |scored, rows| self.fill(scored, rows))
     }
 
     /// Writes the features of the rows at `scored` into the first [`WIDTH`] columns of
     /// `matrix`'s rows: richer schemas fill their wider matrix in place instead of copying.
-    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureMatrix) {
+    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureRows<'_>) {
         let Self {
             shapes,
             pairs,

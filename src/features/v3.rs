@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use rustc_hash::{FxHashMap, FxHasher};
 
 use super::v2;
-use super::{FeatureMatrix, Row};
+use super::{FeatureMatrix, FeatureRows, Row};
 
 /// v3's own feature names, in column order after v2's 30 ([`v2::NAMES`], computed at the ICANN
 /// boundary: `d1abc.cloudfront.net` is the subdomain `d1abc` of `cloudfront.net`).
@@ -185,7 +185,8 @@ fn zone_parent_is(zone: &str, domain: &str) -> bool {
 /// What v3 needs of one name beyond v2's shape.
 #[derive(Debug, Clone, Copy, Default)]
 struct NameExtras {
-    /// Label lengths and character classes of the subdomain, hashed (plus the ICANN domain).
+    /// Label lengths and character classes of the subdomain, hashed (names are grouped by
+    /// template within their (source, ICANN domain) pair).
     template: u64,
     class_switch_ratio: f32,
     ipv4_like: bool,
@@ -216,9 +217,8 @@ const BYTE_CLASS: [u8; 256] = {
     table
 };
 
-fn name_extras(sub: &str, icann: u32) -> NameExtras {
+fn name_extras(sub: &str) -> NameExtras {
     let mut hasher = FxHasher::default();
-    icann.hash(&mut hasher);
     // Class of the last letter or digit, across labels.
     let (mut switches, mut classed, mut previous_class) = (0u32, 0u32, NONE);
     let (mut labels, mut numeric_labels, mut longest, mut service) = (0u32, 0u32, 0usize, false);
@@ -303,15 +303,18 @@ impl History {
     /// Linear in the number of rows: v2's history at the ICANN boundary, with v3's look at each
     /// distinct name as v2 first meets it, then one pass over the distinct names.
     pub fn build(rows: &[Row<'_>]) -> Self {
-        Self::build_noting(rows, None)
+        Self::build_with_own(rows, |_, _| (), super::PARALLEL_MIN_ROWS).0
     }
 
-    /// [`History::build`], also telling `note` of each distinct (src, query), in order, its text
-    /// and whether a known public suffix covers the name (see [`split_icann_noting_suffix`]).
-    pub(crate) fn build_noting<'a>(
+    /// [`History::build`], also computing `own` of each distinct (src, query)'s text and whether
+    /// a known public suffix covers the name (see [`split_icann_noting_suffix`]), in the order
+    /// the names first appear: a richer schema's per-name values, computed with v3's (on both
+    /// cores from `parallel_from` distinct names) from the same Public Suffix List lookup.
+    pub(crate) fn build_with_own<'a, O: Send>(
         rows: &[Row<'a>],
-        mut note: Option<&mut dyn FnMut(&str, bool)>,
-    ) -> Self {
+        own: impl Fn(&str, bool) -> O + Sync,
+        parallel_from: usize,
+    ) -> (Self, Vec<O>) {
         // ICANN domains that hold a lookup service's zone: only their names need the check.
         let mut lookup_domains: Vec<bool> = Vec::new();
         let mut icann_names: Vec<u32> = Vec::new();
@@ -332,38 +335,18 @@ impl History {
         let mut pairs: Vec<PairExtras> = Vec::new();
         let mut sources: Vec<SourceTotals> = Vec::new();
         let mut query_extras = Vec::new();
+        let mut owns = Vec::new();
 
-        let split = |query: &str| match note.as_deref_mut() {
-            Some(note) => {
-                let mut known_suffix = false;
-                let split = split_icann_noting_suffix(query, Some(&mut known_suffix));
-                note(query, known_suffix);
-                split
-            }
-            None => split_icann(query),
-        };
-        // Ids of pairs, sources and domains are handed out in order: a new one is the next index.
-        let on_new_name = |name: v2::NewName<'a, '_>| {
-            let (pair, src, icann) = (name.pair, name.src, name.domain);
-            let registered = name.alternate.unwrap_or(0);
-            let query = name.query;
-            if icann == icann_names.len() {
-                icann_names.push(0);
-                let d = name.domain_name;
-                lookup_domains.push(LOOKUP_SERVICES.iter().any(|zone| zone_parent_is(zone, d)));
-            }
-            if registered as usize == registered_srcs.len() {
-                registered_srcs.push(0);
-            }
-            if pair == pairs.len() {
-                pairs.push(PairExtras::default());
-            }
-            if src == sources.len() {
-                sources.push(SourceTotals::default());
-            }
+        // What depends on the name's text alone: computed per distinct name by v2's build, in
+        // parallel when the request is large.
+        let split = |query: &str| {
+            let mut known_suffix = false;
+            let (sub_lower, icann, registered) =
+                split_icann_noting_suffix(query, Some(&mut known_suffix));
             let trimmed = query.trim_end_matches('.');
-            // The subdomain below the ICANN domain (`d1abc` of `d1abc.cloudfront.net`).
-            let icann_len = match name.domain_name {
+            // The subdomain below the ICANN domain (`d1abc` of `d1abc.cloudfront.net`), in its
+            // original case.
+            let icann_len = match icann.as_str() {
                 "." => 0,
                 domain => domain.len(),
             };
@@ -371,36 +354,63 @@ impl History {
                 .get(..trimmed.len().saturating_sub(icann_len))
                 .unwrap_or("")
                 .trim_end_matches('.');
-            let mut extras = name_extras(sub, icann as u32);
-            extras.known_service = lookup_domains[icann] && is_lookup_service(query);
-            icann_names[icann] += 1;
-            let p = &mut pairs[pair];
-            let len = sub.len() as f64;
-            p.sum_len += len;
-            p.sum_len_sq += len * len;
-            let registered_slot = slot(
-                &mut registered_pair,
-                &mut registered_names,
-                (src as u32, registered),
-            );
-            if registered_names[registered_slot as usize] == 0 {
-                p.domains += 1;
-                registered_srcs[registered as usize] += 1;
-            }
-            registered_names[registered_slot as usize] += 1;
-            let template_slot = slot(
-                &mut template_of,
-                &mut template_names,
-                (pair as u32, extras.template),
-            );
-            template_names[template_slot as usize] += 1;
-            let name_slot = slot(&mut name_of, &mut name_srcs, query);
-            name_srcs[name_slot as usize] += 1;
-            query_slots.push((registered_slot, template_slot, name_slot));
-            sources[src].distinct += 1;
-            query_extras.push(extras);
+            let extras = name_extras(sub);
+            let sub_len = sub.len();
+            let own = own(query, known_suffix);
+            (sub_lower, icann, registered, (extras, sub_len, own))
         };
-        let base = v2::History::build_with(rows, split, on_new_name);
+        // Ids of pairs, sources and domains are handed out in order: a new one is the next index.
+        let on_new_name =
+            |name: v2::NewName<'a, '_>, (mut extras, sub_len, own): (NameExtras, usize, O)| {
+                let (pair, src, icann) = (name.pair, name.src, name.domain);
+                let registered = name.alternate.unwrap_or(0);
+                let query = name.query;
+                if icann == icann_names.len() {
+                    icann_names.push(0);
+                    let d = name.domain_name;
+                    lookup_domains.push(LOOKUP_SERVICES.iter().any(|zone| zone_parent_is(zone, d)));
+                }
+                if registered as usize == registered_srcs.len() {
+                    registered_srcs.push(0);
+                }
+                if pair == pairs.len() {
+                    pairs.push(PairExtras::default());
+                }
+                if src == sources.len() {
+                    sources.push(SourceTotals::default());
+                }
+                extras.known_service = lookup_domains[icann] && is_lookup_service(query);
+                icann_names[icann] += 1;
+                let p = &mut pairs[pair];
+                let len = sub_len as f64;
+                p.sum_len += len;
+                p.sum_len_sq += len * len;
+                let registered_slot = slot(
+                    &mut registered_pair,
+                    &mut registered_names,
+                    (src as u32, registered),
+                );
+                if registered_names[registered_slot as usize] == 0 {
+                    p.domains += 1;
+                    registered_srcs[registered as usize] += 1;
+                }
+                registered_names[registered_slot as usize] += 1;
+                // The template's pair fixes its ICANN domain, so names of one template in one pair
+                // share the domain too.
+                let template_slot = slot(
+                    &mut template_of,
+                    &mut template_names,
+                    (pair as u32, extras.template),
+                );
+                template_names[template_slot as usize] += 1;
+                let name_slot = slot(&mut name_of, &mut name_srcs, query);
+                name_srcs[name_slot as usize] += 1;
+                query_slots.push((registered_slot, template_slot, name_slot));
+                sources[src].distinct += 1;
+                query_extras.push(extras);
+                owns.push(own);
+            };
+        let base = v2::History::build_with(rows, split, on_new_name, parallel_from);
         let distinct = base.distinct_queries();
 
         // Second pass: counts that need the whole request first.
@@ -445,7 +455,7 @@ impl History {
             extras.excess = (distinct as f32).ln_1p() - others_mean.ln_1p();
         }
 
-        Self {
+        let history = Self {
             base,
             query_extras,
             query_template_count,
@@ -453,7 +463,8 @@ impl History {
             query_registered,
             pairs,
             sources,
-        }
+        };
+        (history, owns)
     }
 
     /// The distinct (src, query) index of each row.
@@ -468,14 +479,12 @@ impl History {
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
-        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        self.fill(scored, &mut matrix);
-        matrix
+        FeatureMatrix::filled(scored, WIDTH, |scored, rows| self.fill(scored, rows))
     }
 
     /// Writes the features of the rows at `scored` into the first [`WIDTH`] columns of
     /// `matrix`'s rows (v4 fills its wider matrix in place).
-    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureMatrix) {
+    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureRows<'_>) {
         self.base.fill(scored, matrix);
         let row_query = self.base.row_query();
         for (k, &i) in scored.iter().enumerate() {
@@ -683,21 +692,21 @@ mod tests {
 
     #[test]
     fn name_structure_features() {
-        let e = name_extras("4.3.2.1.zen", 0);
+        let e = name_extras("4.3.2.1.zen");
         assert!(e.ipv4_like);
-        let words = name_extras("john.whorfin", 0);
+        let words = name_extras("john.whorfin");
         assert_eq!(words.class_switch_ratio, 0.0);
-        let mixed = name_extras("a1b2", 0);
+        let mixed = name_extras("a1b2");
         assert_eq!(mixed.class_switch_ratio, 0.75);
-        assert!(name_extras("abcdefghijabcdefghijk", 0).payload_like);
-        assert!(!name_extras("abcdefghijabcdefghijk._domainkey", 0).payload_like);
+        assert!(name_extras("abcdefghijabcdefghijk").payload_like);
+        assert!(!name_extras("abcdefghijabcdefghijk._domainkey").payload_like);
         assert_ne!(
-            name_extras("abc.de", 0).template,
-            name_extras("abc.def", 0).template
+            name_extras("abc.de").template,
+            name_extras("abc.def").template
         );
         assert_eq!(
-            name_extras("abc.de", 0).template,
-            name_extras("xyz.uv", 0).template
+            name_extras("abc.de").template,
+            name_extras("xyz.uv").template
         );
     }
 

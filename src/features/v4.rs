@@ -15,7 +15,7 @@
 //! Linear in the rows: v3's history, and two checks per distinct name as v3 first splits it.
 
 use super::v3;
-use super::{FeatureMatrix, Row};
+use super::{FeatureMatrix, FeatureRows, Row};
 
 /// v4's own feature names, in column order after v3's.
 pub const EXTRA_NAMES: [&str; 2] = ["internal_zone", "service_label_inside"];
@@ -44,14 +44,19 @@ pub struct History {
 
 impl History {
     pub fn build(rows: &[Row<'_>]) -> Self {
-        let mut own = Vec::new();
-        let mut note = |query: &str, known_suffix: bool| {
-            own.push((
+        Self::build_parallel_from(rows, super::PARALLEL_MIN_ROWS)
+    }
+
+    /// [`History::build`], splitting names on the rayon pool from `parallel_from` distinct
+    /// names (the tests compare both ways).
+    fn build_parallel_from(rows: &[Row<'_>], parallel_from: usize) -> Self {
+        let own_of = |query: &str, known_suffix: bool| {
+            (
                 internal_zone_given(query, known_suffix),
                 has_service_label_inside(query),
-            ));
+            )
         };
-        let v3 = v3::History::build_noting(rows, Some(&mut note));
+        let (v3, own) = v3::History::build_with_own(rows, own_of, parallel_from);
         Self { v3, own }
     }
 
@@ -63,14 +68,12 @@ impl History {
     /// Features of the rows at `scored` (indices into `rows`, the rows the history was built
     /// from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
-        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        self.fill(scored, &mut matrix);
-        matrix
+        FeatureMatrix::filled(scored, WIDTH, |scored, rows| self.fill(scored, rows))
     }
 
     /// Writes the features of the rows at `scored` into the first [`WIDTH`] columns of
     /// `matrix`'s rows (v5 fills its wider matrix in place).
-    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureMatrix) {
+    pub(crate) fn fill(&self, scored: &[usize], matrix: &mut FeatureRows<'_>) {
         self.v3.fill(scored, matrix);
         let row_query = self.v3.row_query();
         for (k, &i) in scored.iter().enumerate() {
@@ -227,6 +230,74 @@ mod tests {
         for (k, name) in names.iter().enumerate() {
             let expected = is_internal_zone(name) as u8 as f32;
             assert_eq!(m.row(k)[v3::WIDTH], expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn names_split_on_the_pool_give_the_features_of_one_sequential_pass() {
+        // Enough distinct names for the parallel split, of every kind the split treats apart:
+        // private-section CDN names, internal zones, root names, service labels, mixed case,
+        // non-ASCII, repeats and names shared between sources.
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let suffixes = [
+            "cloudfront.net",
+            "example.com",
+            "corp.lan",
+            "shop.svc.cluster.local",
+            "b\u{e4}ckerei.de",
+            "co.uk",
+        ];
+        let mut names = Vec::new();
+        for i in 0..12_000u64 {
+            let label = format!(
+                "{:x}{}",
+                next(1 << 40),
+                ["", "Ab", "_tcp", "x-1"][i as usize % 4]
+            );
+            let name = match next(5) {
+                0 => format!("d{label}.{}", suffixes[next(6) as usize]),
+                1 => format!("{label}._domainkey.{}", suffixes[next(6) as usize]),
+                2 => format!("dnscat.{label}"),
+                3 => format!("{label}.{}.{}", next(50), suffixes[next(6) as usize]),
+                _ => format!("www.site{}.{}", next(300), suffixes[next(6) as usize]),
+            };
+            names.push((format!("10.0.{}.{}", next(3), next(40)), name));
+        }
+        // Repeats, some by other sources.
+        for i in 0..4_000 {
+            let (src, name) = names[(i * 7) % names.len()].clone();
+            let src = if i % 3 == 0 {
+                format!("10.9.0.{}", i % 5)
+            } else {
+                src
+            };
+            names.push((src, name));
+        }
+        let rows: Vec<Row> = names
+            .iter()
+            .map(|(src, query)| Row { src, query })
+            .collect();
+        let scored: Vec<usize> = (0..rows.len()).step_by(3).collect();
+        let parallel = History::build_parallel_from(&rows, 1).features(&scored);
+        let sequential = History::build_parallel_from(&rows, usize::MAX).features(&scored);
+        assert!(
+            History::build(&rows).v3().base().distinct_queries()
+                >= crate::features::PARALLEL_MIN_ROWS
+        );
+        assert_eq!(parallel.values.len(), scored.len() * WIDTH);
+        for k in 0..scored.len() {
+            let (p, s) = (parallel.row(k), sequential.row(k));
+            assert!(
+                p.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {k} ({:?}): {p:?} != {s:?}",
+                names[scored[k]]
+            );
         }
     }
 

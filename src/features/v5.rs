@@ -14,7 +14,7 @@
 
 use super::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 use super::v4;
-use super::{FeatureMatrix, Row};
+use super::{FeatureMatrix, FeatureRows, Row};
 
 /// v5's own feature names, in column order after v4's.
 pub const EXTRA_NAMES: [&str; 4] = [
@@ -74,8 +74,12 @@ impl History {
 
     /// Features of the rows at `scored` (indices into the rows the history was built from).
     pub fn features(&self, scored: &[usize]) -> FeatureMatrix {
-        let mut matrix = FeatureMatrix::zeros(scored.len(), WIDTH);
-        self.v4.fill(scored, &mut matrix);
+        FeatureMatrix::filled(scored, WIDTH, |scored, rows| self.fill(scored, rows))
+    }
+
+    /// Writes the features of the rows at `scored` into `matrix`'s rows.
+    fn fill(&self, scored: &[usize], matrix: &mut FeatureRows<'_>) {
+        self.v4.fill(scored, matrix);
         let base = self.v4.v3().base();
         let row_query = base.row_query();
         for (k, &i) in scored.iter().enumerate() {
@@ -90,7 +94,6 @@ impl History {
             };
             out[3] = (source.domains as f32).ln_1p();
         }
-        matrix
     }
 }
 
