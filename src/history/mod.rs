@@ -136,9 +136,23 @@ impl Batch {
         // collision is told apart by comparing the names.
         let mut seen: FxHashMap<(usize, u64, i64), usize> = FxHashMap::default();
         let hasher = rustc_hash::FxBuildHasher;
-        for (src, query, bucket, time) in distinct {
+        // Each name's key and ICANN domain depend on it alone: on both cores for a large batch.
+        let name_and_domain = |&(_, query, _, _): &(&str, &str, i64, i64)| {
             let name = normalise(query);
             let domain = crate::features::v3::split_icann(&name).1;
+            (name, domain)
+        };
+        let named: Vec<(String, String)> = if distinct.len() >= crate::features::PARALLEL_MIN_ROWS {
+            use rayon::prelude::*;
+            distinct
+                .par_iter()
+                .with_min_len(1024)
+                .map(name_and_domain)
+                .collect()
+        } else {
+            distinct.iter().map(name_and_domain).collect()
+        };
+        for ((src, _, bucket, time), (name, domain)) in distinct.into_iter().zip(named) {
             let domains = group_of.entry(src).or_default();
             let group = match domains.get(domain.as_str()) {
                 Some(&group) => group,

@@ -51,10 +51,19 @@ pub(super) fn apply_with<'a>(
         .history
         .remembers(model.info.schema)
         .then_some(&prior as scoring::PriorLookup);
-    let results = score_table(&model, &state.suppressions, &table, csv_len, prior, stages);
-    // Remembered after the scoring, whose features and network memory are then freed: done
-    // alongside, the two would peak together (measured: a 16 MiB request's peak rose by a third).
-    remember(state, &model, &table);
+    // Remembered while the answer is written, after the scoring, whose features and network
+    // memory are then freed: alongside the scoring, the two would peak together (measured: a
+    // 16 MiB request's peak rose by a third). Before the answer leaves, so the client's next
+    // request sees these events.
+    let results = score_table(
+        &model,
+        &state.suppressions,
+        &table,
+        csv_len,
+        prior,
+        stages,
+        || remember(state, &model, &table),
+    );
     Some(results.map(|results| (results, skipped_note(&table))))
 }
 
@@ -94,7 +103,8 @@ fn prior_of(
 
 /// Scores every usable row of `table` with `model` (with `prior`, what was remembered before
 /// it, for a schema with long-window features), then applies the allowlist and mutes;
-/// returns the results CSV, JSON-escaped.
+/// returns the results CSV, JSON-escaped. `alongside` runs on the other core while the results
+/// of a large table are written (after them for a small one).
 pub(super) fn score_table(
     model: &Model,
     suppressions: &Suppressions,
@@ -102,6 +112,7 @@ pub(super) fn score_table(
     csv_len: usize,
     prior: Option<scoring::PriorLookup<'_>>,
     stages: &mut Stages,
+    alongside: impl FnOnce() + Send,
 ) -> Result<EscapedResults, String> {
     let started = Instant::now();
     let (rows, scored, scored_table_rows) = table.feature_rows();
@@ -135,13 +146,23 @@ pub(super) fn score_table(
     };
     let capacity = answer_capacity(suppressions, table, scored.len(), csv_len);
     let started = Instant::now();
-    let results = json_results(
-        table,
-        &model.info.target,
-        predictions,
-        model.info.threshold,
-        capacity,
-    );
+    let write = || {
+        json_results(
+            table,
+            &model.info.target,
+            predictions,
+            model.info.threshold,
+            capacity,
+        )
+    };
+    // A small request may run on an async worker, which must never wait for the pool.
+    let results = if table.len() >= crate::features::PARALLEL_MIN_ROWS {
+        rayon::join(write, alongside).0
+    } else {
+        let results = write();
+        alongside();
+        results
+    };
     stages.encode = started.elapsed();
     Ok(results)
 }

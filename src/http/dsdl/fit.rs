@@ -189,6 +189,7 @@ pub(super) fn fit_and_apply(
         // The training rows themselves: scored as they were trained, from their own rows.
         None,
         &mut Stages::default(),
+        || {},
     ) {
         Ok(r) => r,
         Err(msg) => return fail(msg),
