@@ -113,7 +113,7 @@ def server_stages(log_path, offset):
         except ValueError:
             continue
         fields = record.get("fields", {})
-        if fields.get("message") == "apply stages":
+        if fields.get("message") in ("apply stages", "score stages"):
             for key, value in fields.items():
                 if key.endswith("_ms"):
                     stages[key[:-3]] = float(value)
@@ -181,9 +181,9 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
     forward.wait()
     # A stage table left empty would pass unnoticed (the log target moved once): fail instead.
     for label, url, _, _, _ in requests:
-        if url.endswith("/apply") and "features" not in stages[label]:
-            sys.exit(f"no `apply stages` debug line for {label} in the server log: is RUST_LOG's"
-                     " target in http_roundtrip.sh still the DSDL handler's module?")
+        if "features" not in stages[label]:
+            sys.exit(f"no stages debug line for {label} in the server log: are RUST_LOG's"
+                     " targets in http_roundtrip.sh still the handlers' modules?")
 
     def best(xs):
         return min(xs)
@@ -209,7 +209,8 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
               f" median {median(h):7.2f} | /numpy {best(h) / best(n):.2f} (best)"
               f" {median(h) / median(n):.2f} (median) | /candle {best(h) / best(candle[net]):.2f}")
     print("\nper stage, median ms (the server's debug log; rest = curl's total less the stages:"
-          " client, loopback, hyper; /v1/score logs no stages)")
+          " client, loopback, hyper; /v1/score writes its answer as the client reads it, so its"
+          " write includes serialising the results)")
     names = ["read", "decode", "features", "forward", "encode", "write", "rest", "total"]
     print("  | request | " + " | ".join(names) + " |")
     print("  " + "|---" * (len(names) + 1) + "|")

@@ -3,8 +3,7 @@
 # loopback HTTP to a real `dnsexfil serve`, timed by curl, for the ESCU model and the default
 # model, and /v1/score with the same 100,000 events as NDJSON; in the same run, alternating,
 # the forward pass of the same rank-1 rows by candle (the `forward` bench) and by numpy/OpenBLAS.
-# Prints best and median of each, the ratios, and per-stage times (the server's debug log for
-# /apply; curl's first byte and total for all).
+# Prints best and median of each, the ratios, and per-stage times (the server's debug log).
 # Usage: benches/http_roundtrip.sh [rounds]   (default 7; DNSEXFIL_BENCH_PORT if 5077 is taken)
 # numpy goes into a virtualenv under the target directory (pip, from PyPI) on the first run.
 set -euo pipefail
@@ -45,7 +44,7 @@ trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "
 
 # The per-stage timings are debug events of the DSDL handler, in the JSON log.
 log=$work/server.log
-api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn,dnsexfil::http::dsdl=debug "$bin" serve \
+api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn,dnsexfil::http::dsdl=debug,dnsexfil::http::v1=debug "$bin" serve \
   --host 127.0.0.1 --port "$port" --model "$artifact" --data-dir "$work/data" \
   --log-format json 2>"$log" >>"$log" &
 server=$!

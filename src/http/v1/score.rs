@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -207,7 +208,9 @@ async fn handle(
         return Err(models::no_model_loaded());
     }
     let limit = state.config.max_body_bytes;
+    let started = Instant::now();
     let read = read_body_budgeted(body, limit, &state).await;
+    let read_time = started.elapsed();
     let (bytes, budget) = match read {
         Ok(read) => read,
         Err(e) => return Ok(Refusal::from(e).answer(Flavor::V1, "/v1/score")),
@@ -230,11 +233,19 @@ async fn handle(
     let outcome = state
         .run_compute(bytes.len(), move || {
             let mut budget = budget;
-            let scored = score_body(&worker_state, &bytes, format, params.model, &mut budget);
-            (scored, budget)
+            let mut stages = Stages::default();
+            let scored = score_body(
+                &worker_state,
+                &bytes,
+                format,
+                params.model,
+                &mut budget,
+                &mut stages,
+            );
+            (scored, budget, stages)
         })
         .await;
-    let (scored, budget) = outcome.map_err(|e| {
+    let (scored, budget, stages) = outcome.map_err(|e| {
         tracing::error!(error = %e, "request worker panicked");
         ApiError::internal("internal error while scoring (see the service log)")
     })?;
@@ -249,6 +260,17 @@ async fn handle(
         }
         scored => scored?,
     };
+    // Where a request's time went, for benches/http_roundtrip.sh.
+    tracing::debug!(
+        events = scored.batch.len(),
+        answer_bytes = scored.len,
+        read_ms = ms(read_time),
+        decode_ms = ms(stages.decode),
+        features_ms = ms(stages.features),
+        forward_ms = ms(stages.forward),
+        encode_ms = ms(stages.encode),
+        "score stages"
+    );
     // The answer is written piece by piece as the client reads it; the results it is written
     // from stay counted in the budget until then.
     let release = LargeRequest::answer(scored.batch.held_bytes());
@@ -258,6 +280,7 @@ async fn handle(
         written: 0,
         next: None,
         finished: false,
+        handed_over: Instant::now(),
         _budget: budget,
         _release: release,
     };
@@ -271,6 +294,23 @@ async fn handle(
         .extensions_mut()
         .insert(crate::http::limits::Budgeted);
     Ok(response)
+}
+
+/// Where a request's time went on its compute thread (the answer itself is written as the
+/// client reads it, see [`AnswerBody`]).
+#[derive(Default)]
+struct Stages {
+    /// The body into events.
+    decode: Duration,
+    /// Everything of the scoring but the network.
+    features: Duration,
+    forward: Duration,
+    /// The answer measured (its exact length), with the events remembered alongside.
+    encode: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// A scored request, ready to be written: the compact results and the answer's exact length.
@@ -315,7 +355,7 @@ impl Scored {
             out.write_all(b",").expect("results serialise");
         }
         let result = self.results(state).result(index);
-        serde_json::to_writer(out, &result).expect("results serialise");
+        write_event_result(out, &result).expect("results serialise");
     }
 
     /// The exact length of the answer, written nowhere.
@@ -328,6 +368,66 @@ impl Scored {
         }
         counted.0
     }
+}
+
+/// `serde_json::to_writer(out, result)`, byte for byte, written field by field: the answer of
+/// a large request is mostly these, and serde's derived form took twice as long.
+fn write_event_result(out: &mut impl std::io::Write, result: &EventResult) -> std::io::Result<()> {
+    fn text(out: &mut impl std::io::Write, text: Option<&str>) -> std::io::Result<()> {
+        match text {
+            Some(text) => serde_json::to_writer(out, text).map_err(std::io::Error::from),
+            None => out.write_all(b"null"),
+        }
+    }
+    out.write_all(b"{\"index\":")?;
+    write_decimal(out, result.index)?;
+    out.write_all(if result.scored {
+        b",\"scored\":true,\"src\":"
+    } else {
+        b",\"scored\":false,\"src\":"
+    })?;
+    text(out, result.src)?;
+    out.write_all(b",\"query\":")?;
+    text(out, result.query)?;
+    out.write_all(b",\"probability\":")?;
+    match result.probability {
+        Some(p) if p.is_finite() => {
+            out.write_all(ryu::Buffer::new().format_finite(p).as_bytes())?
+        }
+        _ => out.write_all(b"null")?,
+    }
+    out.write_all(match result.label {
+        Some(0) => b",\"label\":0,\"model\":",
+        Some(1) => b",\"label\":1,\"model\":",
+        None => b",\"label\":null,\"model\":",
+        Some(_) => unreachable!("labels are 0 or 1"),
+    })?;
+    text(out, Some(result.model))?;
+    out.write_all(b",\"schema\":")?;
+    text(out, Some(result.schema))?;
+    out.write_all(b",\"reason\":")?;
+    text(out, result.reason.as_deref())?;
+    out.write_all(b",\"error\":")?;
+    match result.error {
+        Some(error) => serde_json::to_writer(&mut *out, error).map_err(std::io::Error::from)?,
+        None => out.write_all(b"null")?,
+    }
+    out.write_all(b"}")
+}
+
+/// `n` in decimal digits, without a string for it.
+fn write_decimal(out: &mut impl std::io::Write, mut n: usize) -> std::io::Result<()> {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.write_all(&digits[start..])
 }
 
 /// [`ScoreResponse`] without its results (the same fields in the same order).
@@ -370,6 +470,8 @@ struct AnswerBody {
     /// The next event to write (`None`: the head first).
     next: Option<usize>,
     finished: bool,
+    /// When the body went to hyper (the write time logged at its last piece).
+    handed_over: Instant,
     // Dropped last, in this order: the body's place in the budget once the results are freed,
     // then the release of their memory to the OS.
     _budget: BodyBudget,
@@ -405,6 +507,11 @@ impl http_body::Body for AnswerBody {
         if next == events {
             out.extend_from_slice(ANSWER_TAIL);
             this.finished = true;
+            tracing::debug!(
+                body_bytes = this.written + out.len(),
+                write_ms = ms(this.handed_over.elapsed()),
+                "answer sent"
+            );
         }
         this.written += out.len();
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
@@ -452,12 +559,15 @@ fn score_body(
     format: Format,
     query_model: Option<String>,
     budget: &mut BodyBudget,
+    stages: &mut Stages,
 ) -> Result<Scored, ApiError> {
     let max_events = state.config.max_rows;
+    let started = Instant::now();
     let batch = match format {
         Format::Json => events::from_json(body, max_events)?,
         Format::Ndjson => events::from_ndjson(body, max_events)?,
     };
+    stages.decode = started.elapsed();
     // An empty name means "not given" (e.g. `?model=$MODEL` with the variable unset).
     let query_model = query_model.filter(|m| !m.is_empty());
     let body_model = batch.model.clone().filter(|m| !m.is_empty());
@@ -490,16 +600,27 @@ fn score_body(
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", refusal),
         });
     }
-    let probabilities = probabilities(state, &model, &batch)?;
-    // After the scoring, whose memory is then freed (see `dsdl::apply`).
-    remember(state, &model, &batch);
+    let probabilities = probabilities(state, &model, &batch, stages)?;
     let mut scored = Scored {
         model,
         batch,
         probabilities,
         len: 0,
     };
-    scored.len = scored.measure(state);
+    // Remembered after the scoring, whose memory is then freed (see `dsdl::apply`), while the
+    // answer is measured; before it leaves, so the client's next request sees these events.
+    let started = Instant::now();
+    let measure = || scored.measure(state);
+    let remember = || remember(state, &scored.model, &scored.batch);
+    // A small request may run on an async worker, which must never wait for the pool.
+    scored.len = if scored.batch.len() >= crate::features::PARALLEL_MIN_ROWS {
+        rayon::join(measure, remember).0
+    } else {
+        let len = measure();
+        remember();
+        len
+    };
+    stages.encode = started.elapsed();
     Ok(scored)
 }
 
@@ -511,6 +632,7 @@ fn probabilities(
     state: &AppState,
     model: &Model,
     batch: &Batch,
+    stages: &mut Stages,
 ) -> Result<Vec<Option<f32>>, ApiError> {
     let mut rows = Vec::with_capacity(batch.len());
     let mut scored = Vec::new();
@@ -551,6 +673,8 @@ fn probabilities(
         scores.feature_time,
         scores.inference_time,
     );
+    stages.features = scores.feature_time;
+    stages.forward = scores.inference_time;
     let mut out = vec![None; batch.len()];
     for (k, &i) in scored_events.iter().enumerate() {
         out[i] = Some(scores.probabilities[k]);
@@ -606,6 +730,73 @@ mod tests {
         AppState::new(Arc::new(registry), config, 1)
     }
 
+    #[test]
+    fn a_result_is_written_as_serde_would_write_it() {
+        let error = ErrorDetail {
+            code: "invalid_event".into(),
+            message: "event 3: `src` must be a \"string\"\n".into(),
+        };
+        let results = [
+            EventResult {
+                index: 0,
+                scored: true,
+                src: Some("10.0.0.1"),
+                query: Some("caf\u{e9}.\\202.example.com\u{1}"),
+                probability: Some(f64::from(0.123_456_78_f32)),
+                label: Some(0),
+                model: "dnsexfil_v4",
+                schema: "dnsexfil-v4",
+                reason: None,
+                error: None,
+            },
+            EventResult {
+                index: 18_446_744,
+                scored: true,
+                src: Some(""),
+                query: Some(""),
+                probability: Some(1.0),
+                label: Some(1),
+                model: "m\"x",
+                schema: "escu-v1",
+                reason: Some("allowlisted domain `a\"b.com`".into()),
+                error: None,
+            },
+            EventResult {
+                index: usize::MAX,
+                scored: false,
+                src: None,
+                query: None,
+                probability: Some(f64::NAN),
+                label: None,
+                model: "m",
+                schema: "s",
+                reason: None,
+                error: Some(&error),
+            },
+            EventResult {
+                index: 10,
+                scored: true,
+                src: Some("s"),
+                query: Some("q"),
+                probability: Some(1e-7),
+                label: Some(0),
+                model: "m",
+                schema: "s",
+                reason: None,
+                error: None,
+            },
+        ];
+        for result in &results {
+            let mut ours = Vec::new();
+            write_event_result(&mut ours, result).unwrap();
+            let serde = serde_json::to_vec(result).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
+    }
+
     #[tokio::test]
     async fn the_answer_written_in_pieces_is_the_whole_answer_with_its_exact_length() {
         let state = state();
@@ -629,6 +820,7 @@ mod tests {
             Format::Json,
             None,
             &mut BodyBudget::none(),
+            &mut Stages::default(),
         )
         .unwrap();
         let info = &scored.model.info;
@@ -649,6 +841,7 @@ mod tests {
             written: 0,
             next: None,
             finished: false,
+            handed_over: Instant::now(),
             _budget: BodyBudget::none(),
             _release: None,
         };
@@ -684,6 +877,7 @@ mod tests {
             Format::Ndjson,
             None,
             &mut BodyBudget::none(),
+            &mut Stages::default(),
         )
         .unwrap();
         let held = scored.batch.held_bytes() + scored.probabilities.capacity() * 8;
