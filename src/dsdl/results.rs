@@ -148,7 +148,7 @@ pub fn json_results(
     let mut out = JsonEscaped(bytes);
     rows.write_header(&mut out, target);
     let n = table.len();
-    if n < 2 * crate::features::PARALLEL_MIN_ROWS {
+    if n < 2 * crate::features::PARALLEL_MIN_ROWS || !crate::util::pool::may_wait_for_pool() {
         rows.write(&mut out, 0..n);
         return EscapedResults {
             bytes: out.0,

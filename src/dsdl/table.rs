@@ -467,7 +467,9 @@ impl<'a> Table<'a> {
         let body_len = csv_text.len() - body_start;
         let middle = body_start + body_len / 2;
         let split = R::line_start_after(csv_text, middle);
-        if let Some(split) = split.filter(|_| csv_text.len() >= parallel_min_bytes) {
+        let may_split =
+            csv_text.len() >= parallel_min_bytes && crate::util::pool::may_wait_for_pool();
+        if let Some(split) = split.filter(|_| may_split) {
             let (first, second) = rayon::join(
                 || layout.read(R::starting_at(csv_text, body_start), Some(split), body_len),
                 || {
@@ -614,7 +616,9 @@ impl<'a> Table<'a> {
     /// straight into its part of the list.
     pub fn feature_rows(&self) -> (Vec<Row<'_>>, Vec<usize>, Vec<usize>) {
         let n = self.len();
-        let half = if n >= 2 * crate::features::PARALLEL_MIN_ROWS {
+        let half = if n >= 2 * crate::features::PARALLEL_MIN_ROWS
+            && crate::util::pool::may_wait_for_pool()
+        {
             n / 2
         } else {
             n

@@ -72,7 +72,7 @@ fn fill_in_halves(
     mut rows: FeatureRows<'_>,
     fill: &(impl Fn(&[usize], &mut FeatureRows<'_>) + Sync),
 ) {
-    if scored.len() < PARALLEL_MIN_ROWS {
+    if scored.len() < PARALLEL_MIN_ROWS || !crate::util::pool::may_wait_for_pool() {
         fill(scored, &mut rows);
         return;
     }

@@ -142,7 +142,9 @@ impl Batch {
             let domain = crate::features::v3::split_icann(&name).1;
             (name, domain)
         };
-        let named: Vec<(String, String)> = if distinct.len() >= crate::features::PARALLEL_MIN_ROWS {
+        let named: Vec<(String, String)> = if distinct.len() >= crate::features::PARALLEL_MIN_ROWS
+            && crate::util::pool::may_wait_for_pool()
+        {
             use rayon::prelude::*;
             distinct
                 .par_iter()

@@ -139,11 +139,7 @@ impl AppState {
             result
         };
         let result = if runs_on_async_worker(body_len) {
-            ON_ASYNC_WORKER.with(|on| on.set(true));
-            // `job` catches panics: the flag is always cleared.
-            let result = job();
-            ON_ASYNC_WORKER.with(|on| on.set(false));
-            result
+            crate::util::pool::run_inline(job)
         } else {
             // On the compute pool, whose threads also split the work of large requests: the
             // memory they free stays with a few known threads, which `memory` hands back
@@ -322,14 +318,11 @@ impl Drop for EndScanOnDrop {
     }
 }
 
-thread_local! {
-    /// Set while request work runs on an async worker (`run_compute`'s small requests): work
-    /// there must never wait for files, or every connection that worker serves waits too.
-    static ON_ASYNC_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
+/// Whether request work runs on an async worker (`run_compute`'s small requests): work there
+/// must never wait for files or for the compute pool, or every connection that worker serves
+/// waits too.
 fn on_async_worker() -> bool {
-    ON_ASYNC_WORKER.with(|on| on.get())
+    !crate::util::pool::may_wait_for_pool()
 }
 
 /// Whether the work of a request with a body of `body_len` bytes runs on the async worker that

@@ -261,9 +261,16 @@ impl Direct {
             blocks.push((o, xi));
             (rest_out, rest_x) = (r, rx);
         }
-        blocks
-            .into_par_iter()
-            .for_each(|(out, x)| self.logits_into(x, out.len(), out));
+        // A block's bits are the same on whichever thread computes it.
+        if blocks.len() > 1 && crate::util::pool::may_wait_for_pool() {
+            blocks
+                .into_par_iter()
+                .for_each(|(out, x)| self.logits_into(x, out.len(), out));
+        } else {
+            for (out, x) in blocks {
+                self.logits_into(x, out.len(), out);
+            }
+        }
         out
     }
 }

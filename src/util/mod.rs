@@ -1,8 +1,9 @@
 //! Small helpers below every layer: client text clipped for messages, names checked before they
-//! become file names, files written atomically, and the seeded generator of synthetic data and
-//! training.
+//! become file names, files written atomically, the seeded generator of synthetic data and
+//! training, and whether a thread may wait for the rayon pool.
 
 pub mod fs;
+pub mod pool;
 pub mod rng;
 
 /// At most `max` characters of client-supplied text (an ellipsis marks the cut), so that error

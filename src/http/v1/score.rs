@@ -612,8 +612,9 @@ fn score_body(
     let started = Instant::now();
     let measure = || scored.measure(state);
     let remember = || remember(state, &scored.model, &scored.batch);
-    // A small request may run on an async worker, which must never wait for the pool.
-    scored.len = if scored.batch.len() >= crate::features::PARALLEL_MIN_ROWS {
+    scored.len = if scored.batch.len() >= crate::features::PARALLEL_MIN_ROWS
+        && crate::util::pool::may_wait_for_pool()
+    {
         rayon::join(measure, remember).0
     } else {
         let len = measure();

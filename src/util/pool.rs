@@ -1,0 +1,44 @@
+//! Whether the current thread may hand work to the rayon pool and wait for it. An async worker
+//! running a small request inline must not: while the pool is busy with a large request, the
+//! worker would stall every connection it serves (and the pool's threads may themselves be
+//! waiting on the async runtime, for Redis). Everywhere else (the pool's own threads, the
+//! command line, benches) large work is split across the cores.
+
+use std::cell::Cell;
+
+thread_local! {
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `work` as an async worker's inline work: [`may_wait_for_pool`] is false inside it.
+pub fn run_inline<T>(work: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INLINE.with(|inline| inline.set(false));
+        }
+    }
+    INLINE.with(|inline| inline.set(true));
+    let _reset = Reset;
+    work()
+}
+
+/// False inside [`run_inline`]: the work must stay on this thread.
+pub fn may_wait_for_pool() -> bool {
+    !INLINE.with(|inline| inline.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_work_may_not_wait_for_the_pool_and_the_flag_ends_with_it() {
+        assert!(may_wait_for_pool());
+        assert!(!run_inline(may_wait_for_pool));
+        assert!(may_wait_for_pool());
+        let panicked = std::panic::catch_unwind(|| run_inline(|| panic!("inline work failed")));
+        assert!(panicked.is_err());
+        assert!(may_wait_for_pool(), "a panic must not leave the flag set");
+    }
+}
