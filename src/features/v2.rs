@@ -262,6 +262,9 @@ struct PairHistory {
     sum_digit_ratio: f64,
 }
 
+/// Distinct names split at a time by [`History::build_with`] (on both cores for a large request).
+pub(crate) const SPLIT_BLOCK: usize = 16_384;
+
 /// A distinct (src, query) as [`History::build_with`] first meets it.
 pub(crate) struct NewName<'a, 'd> {
     pub query: &'a str,
@@ -355,17 +358,6 @@ impl History {
             let shape = name_shape(query, sub);
             (registered, alternate, shape, extra)
         };
-        let named: Vec<(String, Option<String>, NameShape, E)> = if firsts.len() >= parallel_from {
-            use rayon::prelude::*;
-            firsts
-                .par_iter()
-                .with_min_len(super::PARALLEL_MIN_ROWS / 4)
-                .map(split_and_shape)
-                .collect()
-        } else {
-            firsts.iter().map(split_and_shape).collect()
-        };
-
         let mut shapes: Vec<(NameShape, usize /* pair */, u32 /* repeats */)> =
             Vec::with_capacity(firsts.len());
         let mut pair_of: FxHashMap<(usize, usize), usize> = FxHashMap::default(); // (src id, domain id)
@@ -381,62 +373,77 @@ impl History {
         let mut alternate_of: FxHashMap<String, u32> = FxHashMap::default();
         let mut query_alternate: Vec<u32> = Vec::new();
 
-        for ((&(src_name, query), (registered, alternate, shape, extra)), &repeats) in
-            firsts.iter().zip(named).zip(&repeats)
-        {
-            let alternate = alternate.map(|alternate| {
-                let next = alternate_of.len() as u32;
-                let id = *alternate_of.entry(alternate).or_insert(next);
-                query_alternate.push(id);
-                id
-            });
-            let next_src = src_rows.len();
-            let src = *src_of.entry(src_name).or_insert(next_src);
-            if src == next_src {
-                src_rows.push(0);
-                src_domains.push(0);
-                src_names.push(src_name.into());
-            }
-            let next_domain = domain_srcs.len();
-            let domain = match domain_of.get(registered.as_str()) {
-                Some(&d) => d,
-                None => {
-                    domain_names.push(registered.as_str().into());
-                    domain_of.insert(registered.clone(), next_domain);
-                    domain_srcs.push(0);
-                    next_domain
-                }
+        // Names are split a block at a time, so what the split makes of them is held for one
+        // block, not for the whole request.
+        let parallel = firsts.len() >= parallel_from && crate::util::pool::may_wait_for_pool();
+        for (block, block_repeats) in firsts.chunks(SPLIT_BLOCK).zip(repeats.chunks(SPLIT_BLOCK)) {
+            let named: Vec<(String, Option<String>, NameShape, E)> = if parallel {
+                use rayon::prelude::*;
+                block
+                    .par_iter()
+                    .with_min_len(super::PARALLEL_MIN_ROWS / 4)
+                    .map(split_and_shape)
+                    .collect()
+            } else {
+                block.iter().map(split_and_shape).collect()
             };
-            let next_pair = pairs.len();
-            let pair = *pair_of.entry((src, domain)).or_insert(next_pair);
-            if pair == next_pair {
-                pairs.push(PairHistory::default());
-                domain_srcs[domain] += 1;
-                src_domains[src] += 1;
-                pair_src_domain.push((src, domain));
+            for ((&(src_name, query), (registered, alternate, shape, extra)), &repeats) in
+                block.iter().zip(named).zip(block_repeats)
+            {
+                let alternate = alternate.map(|alternate| {
+                    let next = alternate_of.len() as u32;
+                    let id = *alternate_of.entry(alternate).or_insert(next);
+                    query_alternate.push(id);
+                    id
+                });
+                let next_src = src_rows.len();
+                let src = *src_of.entry(src_name).or_insert(next_src);
+                if src == next_src {
+                    src_rows.push(0);
+                    src_domains.push(0);
+                    src_names.push(src_name.into());
+                }
+                let next_domain = domain_srcs.len();
+                let domain = match domain_of.get(registered.as_str()) {
+                    Some(&d) => d,
+                    None => {
+                        domain_names.push(registered.as_str().into());
+                        domain_of.insert(registered.clone(), next_domain);
+                        domain_srcs.push(0);
+                        next_domain
+                    }
+                };
+                let next_pair = pairs.len();
+                let pair = *pair_of.entry((src, domain)).or_insert(next_pair);
+                if pair == next_pair {
+                    pairs.push(PairHistory::default());
+                    domain_srcs[domain] += 1;
+                    src_domains[src] += 1;
+                    pair_src_domain.push((src, domain));
+                }
+                on_new_name(
+                    NewName {
+                        query,
+                        pair,
+                        src,
+                        domain,
+                        domain_name: &registered,
+                        alternate,
+                    },
+                    extra,
+                );
+                let h = &mut pairs[pair];
+                h.distinct += 1;
+                h.volume += repeats;
+                h.sum_sub_len += shape.sub_len as f64;
+                h.max_sub_len = h.max_sub_len.max(shape.sub_len);
+                h.sum_entropy += shape.sub_entropy as f64;
+                h.sum_longest += shape.longest_label as f64;
+                h.long_subs += (shape.sub_len > 20.0) as u32;
+                h.sum_digit_ratio += shape.digit_ratio as f64;
+                src_rows[src] += repeats;
+                shapes.push((shape, pair, repeats));
             }
-            on_new_name(
-                NewName {
-                    query,
-                    pair,
-                    src,
-                    domain,
-                    domain_name: &registered,
-                    alternate,
-                },
-                extra,
-            );
-            let h = &mut pairs[pair];
-            h.distinct += 1;
-            h.volume += repeats;
-            h.sum_sub_len += shape.sub_len as f64;
-            h.max_sub_len = h.max_sub_len.max(shape.sub_len);
-            h.sum_entropy += shape.sub_entropy as f64;
-            h.sum_longest += shape.longest_label as f64;
-            h.long_subs += (shape.sub_len > 20.0) as u32;
-            h.sum_digit_ratio += shape.digit_ratio as f64;
-            src_rows[src] += repeats;
-            shapes.push((shape, pair, repeats));
         }
         Self {
             shapes,

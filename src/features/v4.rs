@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn names_split_on_the_pool_give_the_features_of_one_sequential_pass() {
-        // Enough distinct names for the parallel split, of every kind the split treats apart:
+        // Enough distinct names for two blocks of the parallel split, of every kind it treats apart:
         // private-section CDN names, internal zones, root names, service labels, mixed case,
         // non-ASCII, repeats and names shared between sources.
         let mut state = 0x2545_F491_4F6C_DD1D_u64;
@@ -254,7 +254,7 @@ mod tests {
             "co.uk",
         ];
         let mut names = Vec::new();
-        for i in 0..12_000u64 {
+        for i in 0..20_000u64 {
             let label = format!(
                 "{:x}{}",
                 next(1 << 40),
@@ -286,9 +286,9 @@ mod tests {
         let scored: Vec<usize> = (0..rows.len()).step_by(3).collect();
         let parallel = History::build_parallel_from(&rows, 1).features(&scored);
         let sequential = History::build_parallel_from(&rows, usize::MAX).features(&scored);
+        // More than one block of the split, each large enough for the pool.
         assert!(
-            History::build(&rows).v3().base().distinct_queries()
-                >= crate::features::PARALLEL_MIN_ROWS
+            History::build(&rows).v3().base().distinct_queries() > crate::features::v2::SPLIT_BLOCK
         );
         assert_eq!(parallel.values.len(), scored.len() * WIDTH);
         for k in 0..scored.len() {

@@ -117,8 +117,14 @@ pub(super) fn score_table(
     let started = Instant::now();
     let (rows, scored, scored_table_rows) = table.feature_rows();
     let listed = started.elapsed();
-    let scores =
-        scoring::score_with_prior(model, &rows, &scored, prior).map_err(|e| e.to_string())?;
+    let scores = match scoring::score_with_prior(model, &rows, &scored, prior) {
+        Ok(scores) => scores,
+        Err(e) => {
+            // The events happened whether or not the model could score them.
+            alongside();
+            return Err(e.to_string());
+        }
+    };
     stages.features = listed + scores.feature_time;
     stages.forward = scores.inference_time;
     tracing::debug!(
@@ -155,8 +161,9 @@ pub(super) fn score_table(
             capacity,
         )
     };
-    // A small request may run on an async worker, which must never wait for the pool.
-    let results = if table.len() >= crate::features::PARALLEL_MIN_ROWS {
+    let results = if table.len() >= crate::features::PARALLEL_MIN_ROWS
+        && crate::util::pool::may_wait_for_pool()
+    {
         rayon::join(write, alongside).0
     } else {
         let results = write();

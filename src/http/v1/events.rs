@@ -465,7 +465,9 @@ fn decode_into<'a, T: Sync>(
     use rayon::prelude::*;
     for (block_index, block) in items.chunks(DECODE_BLOCK).enumerate() {
         let first = block_index * DECODE_BLOCK;
-        if block.len() < crate::features::PARALLEL_MIN_ROWS {
+        if block.len() < crate::features::PARALLEL_MIN_ROWS
+            || !crate::util::pool::may_wait_for_pool()
+        {
             for (k, item) in block.iter().enumerate() {
                 batch.push(decode(first + k, item));
             }
@@ -582,6 +584,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 /// keeping the texts in the body; `None` for anything else (a missing or mistyped field, a
 /// repeated one, a number beyond f64, not JSON), which the general way decodes or explains.
 fn decode_plain(text: &str) -> Option<Decoded<'_>> {
+    // A derived struct also reads a JSON array by position (`["a","b",1,null]`): only objects.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
     let event: PlainEvent = serde_json::from_str(text).ok()?;
     let dns = (event.src?.0, event.query?.0);
     let time = match event.time {
@@ -769,6 +775,8 @@ mod tests {
             r#"{"src":"a","query":"b","time":true}"#,
             r#"{"src":"a","query":"b","rank":1e999}"#,
             r#"["a","b"]"#,
+            r#"["10.0.0.1","evil.example.com",1,null]"#,
+            r#" ["a","b",2,5]"#,
             "not json",
         ] {
             assert!(decode_plain(text).is_none(), "{text}");
