@@ -113,7 +113,7 @@ def server_stages(log_path, offset):
         except ValueError:
             continue
         fields = record.get("fields", {})
-        if fields.get("message") in ("apply stages", "score stages"):
+        if fields.get("message") == "request stages":
             for key, value in fields.items():
                 if key.endswith("_ms"):
                     stages[key[:-3]] = float(value)

@@ -42,9 +42,9 @@ trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "
 "$py" benches/http_roundtrip.py prepare tests/fixtures/dev/events.csv "$work" "$rows" \
   "$escu_name" "$default_name"
 
-# The per-stage timings are debug events of the DSDL handler, in the JSON log.
+# The per-stage timings are debug events of the handlers, in the JSON log.
 log=$work/server.log
-api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn,dnsexfil::http::dsdl=debug,dnsexfil::http::v1=debug "$bin" serve \
+api_token=bench-token ENABLE_HTTPS=false RUST_LOG=warn,dnsexfil::http::stages=debug,dnsexfil::http::dsdl=debug,dnsexfil::http::v1=debug "$bin" serve \
   --host 127.0.0.1 --port "$port" --model "$artifact" --data-dir "$work/data" \
   --log-format json 2>"$log" >>"$log" &
 server=$!

@@ -148,7 +148,8 @@ pub fn json_results(
     let mut out = JsonEscaped(bytes);
     rows.write_header(&mut out, target);
     let n = table.len();
-    if n < 2 * crate::features::PARALLEL_MIN_ROWS || !crate::util::pool::may_wait_for_pool() {
+    // Each half at least the parallel size.
+    if !crate::util::pool::worth_splitting(n / 2) {
         rows.write(&mut out, 0..n);
         return EscapedResults {
             bytes: out.0,

@@ -616,9 +616,7 @@ impl<'a> Table<'a> {
     /// straight into its part of the list.
     pub fn feature_rows(&self) -> (Vec<Row<'_>>, Vec<usize>, Vec<usize>) {
         let n = self.len();
-        let half = if n >= 2 * crate::features::PARALLEL_MIN_ROWS
-            && crate::util::pool::may_wait_for_pool()
-        {
+        let half = if crate::util::pool::worth_splitting(n / 2) {
             n / 2
         } else {
             n

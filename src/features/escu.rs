@@ -203,7 +203,7 @@ struct Shards {
 impl Shards {
     fn for_len(rows: usize) -> Self {
         Self {
-            count: if rows >= super::PARALLEL_MIN_ROWS && crate::util::pool::may_wait_for_pool() {
+            count: if crate::util::pool::worth_splitting(rows) {
                 2
             } else {
                 1
@@ -439,7 +439,7 @@ impl History {
     }
 
     fn fill(&self, rows: &[Row<'_>], scored: &[usize], out: &mut [MaybeUninit<f32>]) {
-        if scored.len() >= super::PARALLEL_MIN_ROWS && crate::util::pool::may_wait_for_pool() {
+        if crate::util::pool::worth_splitting(scored.len()) {
             let half = scored.len() / 2;
             let (first, second) = out.split_at_mut(half * WIDTH);
             rayon::join(

@@ -10,9 +10,7 @@ pub mod v5;
 use std::fmt;
 use std::str::FromStr;
 
-/// Batches at least this large are split across the cores (in halves, recursively): below it,
-/// handing work to another thread costs more than it saves.
-pub const PARALLEL_MIN_ROWS: usize = 4096;
+pub use crate::util::pool::PARALLEL_MIN_ROWS;
 
 /// One DNS event as the feature layer sees it. Cells are text exactly as sent.
 #[derive(Debug, Clone, Copy)]
@@ -72,34 +70,15 @@ fn fill_in_halves(
     mut rows: FeatureRows<'_>,
     fill: &(impl Fn(&[usize], &mut FeatureRows<'_>) + Sync),
 ) {
-    if scored.len() < PARALLEL_MIN_ROWS || !crate::util::pool::may_wait_for_pool() {
+    if !crate::util::pool::worth_splitting(scored.len()) {
         fill(scored, &mut rows);
         return;
     }
     let half = scored.len() / 2;
-    let (first, second) = rows.values.split_at_mut(half * rows.width);
-    let width = rows.width;
+    let (first, second) = rows.split_at(half);
     rayon::join(
-        || {
-            fill_in_halves(
-                &scored[..half],
-                FeatureRows {
-                    values: first,
-                    width,
-                },
-                fill,
-            )
-        },
-        || {
-            fill_in_halves(
-                &scored[half..],
-                FeatureRows {
-                    values: second,
-                    width,
-                },
-                fill,
-            )
-        },
+        || fill_in_halves(&scored[..half], first, fill),
+        || fill_in_halves(&scored[half..], second, fill),
     );
 }
 
@@ -112,6 +91,22 @@ pub(crate) struct FeatureRows<'m> {
 impl FeatureRows<'_> {
     pub(crate) fn row_mut(&mut self, k: usize) -> &mut [f32] {
         &mut self.values[k * self.width..(k + 1) * self.width]
+    }
+
+    /// The first `k` rows and the rest.
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (first, second) = self.values.split_at_mut(k * self.width);
+        let width = self.width;
+        (
+            FeatureRows {
+                values: first,
+                width,
+            },
+            FeatureRows {
+                values: second,
+                width,
+            },
+        )
     }
 }
 

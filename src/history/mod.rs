@@ -142,9 +142,7 @@ impl Batch {
             let domain = crate::features::v3::split_icann(&name).1;
             (name, domain)
         };
-        let named: Vec<(String, String)> = if distinct.len() >= crate::features::PARALLEL_MIN_ROWS
-            && crate::util::pool::may_wait_for_pool()
-        {
+        let named: Vec<(String, String)> = if crate::util::pool::worth_splitting(distinct.len()) {
             use rayon::prelude::*;
             distinct
                 .par_iter()

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod refusal;
 pub mod request_id;
+pub mod stages;
 pub mod state;
 pub mod tls;
 pub mod v1;

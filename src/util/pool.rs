@@ -28,6 +28,29 @@ pub fn may_wait_for_pool() -> bool {
     !INLINE.with(|inline| inline.get())
 }
 
+/// Batches at least this large are split across the cores (in halves, recursively): below it,
+/// handing work to another thread costs more than it saves.
+pub const PARALLEL_MIN_ROWS: usize = 4096;
+
+/// Whether work over `items` rows, events or names is split across the cores here: large
+/// enough to pay for it, and not on an async worker.
+pub fn worth_splitting(items: usize) -> bool {
+    items >= PARALLEL_MIN_ROWS && may_wait_for_pool()
+}
+
+/// `(a(), b())`: both at once on the pool when `split`, else one after the other here.
+pub fn join<A: Send, B: Send>(
+    split: bool,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if split {
+        rayon::join(a, b)
+    } else {
+        (a(), b())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +63,15 @@ mod tests {
         let panicked = std::panic::catch_unwind(|| run_inline(|| panic!("inline work failed")));
         assert!(panicked.is_err());
         assert!(may_wait_for_pool(), "a panic must not leave the flag set");
+    }
+
+    #[test]
+    fn inline_work_is_never_worth_splitting_and_joins_run_in_order_there() {
+        assert!(worth_splitting(PARALLEL_MIN_ROWS));
+        assert!(!worth_splitting(PARALLEL_MIN_ROWS - 1));
+        assert!(!run_inline(|| worth_splitting(usize::MAX)));
+        for split in [true, false] {
+            assert_eq!(join(split, || 1, || "two"), (1, "two"));
+        }
     }
 }

@@ -161,15 +161,8 @@ pub(super) fn score_table(
             capacity,
         )
     };
-    let results = if table.len() >= crate::features::PARALLEL_MIN_ROWS
-        && crate::util::pool::may_wait_for_pool()
-    {
-        rayon::join(write, alongside).0
-    } else {
-        let results = write();
-        alongside();
-        results
-    };
+    let split = crate::util::pool::worth_splitting(table.len());
+    let (results, ()) = crate::util::pool::join(split, write, alongside);
     stages.encode = started.elapsed();
     Ok(results)
 }

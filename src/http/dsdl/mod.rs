@@ -12,7 +12,7 @@ pub mod summary;
 pub use response::{DsdlResponse, Endpoint};
 
 use std::fmt::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -116,17 +116,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
             let body = resp.into_body();
             let body_len = body.len();
             let encode = stages.encode + answered.elapsed();
-            // Where a request's time went, for benches/http_roundtrip.sh.
-            tracing::debug!(
-                endpoint = endpoint.path(),
-                body_bytes = body_len,
-                read_ms = ms(read_time),
-                decode_ms = ms(stages.decode),
-                features_ms = ms(stages.features),
-                forward_ms = ms(stages.forward),
-                encode_ms = ms(encode),
-                "apply stages"
-            );
+            Stages { encode, ..stages }.log(endpoint.path(), read_time, body_len);
             let body = if tracing::enabled!(tracing::Level::DEBUG) {
                 body.timed()
             } else {
@@ -149,20 +139,7 @@ async fn handle(state: AppState, body: Body, endpoint: Endpoint) -> Response {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Where a request's CPU time went (see [`process_within`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stages {
-    /// The envelope and the CSV table, whichever way they were read.
-    pub decode: Duration,
-    pub features: Duration,
-    pub forward: Duration,
-    /// The results, written into the response body.
-    pub encode: Duration,
-}
+pub use crate::http::stages::Stages;
 
 /// One DSDL request, start to finish, on a blocking thread.
 pub fn process(state: &AppState, body: &[u8], endpoint: Endpoint) -> DsdlResponse {

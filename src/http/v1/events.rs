@@ -349,9 +349,9 @@ pub fn from_json(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
         Bounded::Invalid(e) => invalid_json(&e),
     })?;
     let mut batch = Batch::with_capacity(model, events.len());
-    let texts: Vec<&str> = events.iter().map(|raw| raw.get()).collect();
-    decode_into(&mut batch, &texts, |i, text| {
-        decode_text(i, text).unwrap_or_else(|e| not_json(format!("event {i} is not JSON ({e})")))
+    decode_into(&mut batch, &events, |i, raw| {
+        decode_text(i, raw.get())
+            .unwrap_or_else(|e| not_json(format!("event {i} is not JSON ({e})")))
     });
     Ok(batch)
 }
@@ -465,9 +465,7 @@ fn decode_into<'a, T: Sync>(
     use rayon::prelude::*;
     for (block_index, block) in items.chunks(DECODE_BLOCK).enumerate() {
         let first = block_index * DECODE_BLOCK;
-        if block.len() < crate::features::PARALLEL_MIN_ROWS
-            || !crate::util::pool::may_wait_for_pool()
-        {
+        if !crate::util::pool::worth_splitting(block.len()) {
             for (k, item) in block.iter().enumerate() {
                 batch.push(decode(first + k, item));
             }
@@ -590,22 +588,35 @@ fn decode_plain(text: &str) -> Option<Decoded<'_>> {
     }
     let event: PlainEvent = serde_json::from_str(text).ok()?;
     let dns = (event.src?.0, event.query?.0);
-    let time = match event.time {
+    let time = match &event.time {
         None => None,
-        Some(Value::Number(n)) => n.as_f64().and_then(crate::history::time_from_seconds),
-        Some(Value::String(text)) => crate::history::parse_time(&text),
-        Some(_) => return None,
-    };
-    let kind = match event.rank {
-        None => Kind::Scored,
-        Some(rank) if rank == 1.0 => Kind::Scored,
-        Some(_) => Kind::History,
+        Some(time) => seconds_of(time).ok()?,
     };
     Some(Decoded {
         dns: Some(dns),
-        kind,
+        kind: kind_of_rank(event.rank),
         time,
     })
+}
+
+/// An event's `time` as Unix seconds (`None`: null, or not a time the history reads); `Err`
+/// when it is neither a number, a string nor null.
+fn seconds_of(time: &Value) -> Result<Option<i64>, ()> {
+    match time {
+        Value::Null => Ok(None),
+        Value::Number(n) => Ok(n.as_f64().and_then(crate::history::time_from_seconds)),
+        Value::String(text) => Ok(crate::history::parse_time(text)),
+        _ => Err(()),
+    }
+}
+
+/// Rank 1 (or none) is scored; any other number feeds the history only.
+fn kind_of_rank(rank: Option<f64>) -> Kind {
+    match rank {
+        None => Kind::Scored,
+        Some(rank) if rank == 1.0 => Kind::Scored,
+        Some(_) => Kind::History,
+    }
 }
 
 /// The fields of an event the service reads.
@@ -645,24 +656,23 @@ fn decode(index: usize, event: &Value) -> Decoded<'static> {
         (Ok(src), Ok(query)) => (src, query),
         (Err(e), _) | (_, Err(e)) => return invalid(None, e),
     };
-    let time = match fields.get("time") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => n.as_f64().and_then(crate::history::time_from_seconds),
-        Some(Value::String(text)) => crate::history::parse_time(text),
-        Some(other) => {
+    let time = match fields.get("time").map(seconds_of) {
+        None => None,
+        Some(Ok(time)) => time,
+        Some(Err(())) => {
             return invalid(
                 Some(dns),
                 format!(
                     "`time` must be a string or a number, not {}",
-                    type_name(other)
+                    type_name(&fields["time"])
                 ),
             )
         }
     };
     let kind = match fields.get("rank") {
-        None | Some(Value::Null) => Kind::Scored,
-        Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Kind::Scored,
-        Some(Value::Number(_)) => Kind::History,
+        None | Some(Value::Null) => kind_of_rank(None),
+        // A number f64 cannot hold is not 1.
+        Some(Value::Number(n)) => kind_of_rank(Some(n.as_f64().unwrap_or(f64::NAN))),
         Some(other) => {
             return invalid(
                 Some(dns),

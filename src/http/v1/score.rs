@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -25,6 +25,7 @@ use crate::features::Row;
 use crate::history::Observation;
 use crate::http::body::{read_body_budgeted, BodyBudget, Room};
 use crate::http::refusal::{retry_soon, Flavor, Refusal};
+use crate::http::stages::{ms, Stages};
 use crate::http::state::AppState;
 use crate::model::Model;
 
@@ -260,17 +261,7 @@ async fn handle(
         }
         scored => scored?,
     };
-    // Where a request's time went, for benches/http_roundtrip.sh.
-    tracing::debug!(
-        events = scored.batch.len(),
-        answer_bytes = scored.len,
-        read_ms = ms(read_time),
-        decode_ms = ms(stages.decode),
-        features_ms = ms(stages.features),
-        forward_ms = ms(stages.forward),
-        encode_ms = ms(stages.encode),
-        "score stages"
-    );
+    stages.log("/v1/score", read_time, scored.len);
     // The answer is written piece by piece as the client reads it; the results it is written
     // from stay counted in the budget until then.
     let release = LargeRequest::answer(scored.batch.held_bytes());
@@ -294,23 +285,6 @@ async fn handle(
         .extensions_mut()
         .insert(crate::http::limits::Budgeted);
     Ok(response)
-}
-
-/// Where a request's time went on its compute thread (the answer itself is written as the
-/// client reads it, see [`AnswerBody`]).
-#[derive(Default)]
-struct Stages {
-    /// The body into events.
-    decode: Duration,
-    /// Everything of the scoring but the network.
-    features: Duration,
-    forward: Duration,
-    /// The answer measured (its exact length), with the events remembered alongside.
-    encode: Duration,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// A scored request, ready to be written: the compact results and the answer's exact length.
@@ -370,64 +344,34 @@ impl Scored {
     }
 }
 
-/// `serde_json::to_writer(out, result)`, byte for byte, written field by field: the answer of
-/// a large request is mostly these, and serde's derived form took twice as long.
+/// `serde_json::to_writer(out, result)`, byte for byte, written field by field (each value by
+/// serde_json): the answer of a large request is mostly these, and serde's derived form of the
+/// whole struct took about 1.6 times as long (`benches/http_roundtrip.sh`, write stage).
 fn write_event_result(out: &mut impl std::io::Write, result: &EventResult) -> std::io::Result<()> {
-    fn text(out: &mut impl std::io::Write, text: Option<&str>) -> std::io::Result<()> {
-        match text {
-            Some(text) => serde_json::to_writer(out, text).map_err(std::io::Error::from),
-            None => out.write_all(b"null"),
-        }
+    fn value(out: &mut impl std::io::Write, value: &impl Serialize) -> std::io::Result<()> {
+        serde_json::to_writer(out, value).map_err(std::io::Error::from)
     }
     out.write_all(b"{\"index\":")?;
-    write_decimal(out, result.index)?;
-    out.write_all(if result.scored {
-        b",\"scored\":true,\"src\":"
-    } else {
-        b",\"scored\":false,\"src\":"
-    })?;
-    text(out, result.src)?;
+    value(out, &result.index)?;
+    out.write_all(b",\"scored\":")?;
+    value(out, &result.scored)?;
+    out.write_all(b",\"src\":")?;
+    value(out, &result.src)?;
     out.write_all(b",\"query\":")?;
-    text(out, result.query)?;
+    value(out, &result.query)?;
     out.write_all(b",\"probability\":")?;
-    match result.probability {
-        Some(p) if p.is_finite() => {
-            out.write_all(ryu::Buffer::new().format_finite(p).as_bytes())?
-        }
-        _ => out.write_all(b"null")?,
-    }
-    out.write_all(match result.label {
-        Some(0) => b",\"label\":0,\"model\":",
-        Some(1) => b",\"label\":1,\"model\":",
-        None => b",\"label\":null,\"model\":",
-        Some(_) => unreachable!("labels are 0 or 1"),
-    })?;
-    text(out, Some(result.model))?;
+    value(out, &result.probability)?;
+    out.write_all(b",\"label\":")?;
+    value(out, &result.label)?;
+    out.write_all(b",\"model\":")?;
+    value(out, &result.model)?;
     out.write_all(b",\"schema\":")?;
-    text(out, Some(result.schema))?;
+    value(out, &result.schema)?;
     out.write_all(b",\"reason\":")?;
-    text(out, result.reason.as_deref())?;
+    value(out, &result.reason)?;
     out.write_all(b",\"error\":")?;
-    match result.error {
-        Some(error) => serde_json::to_writer(&mut *out, error).map_err(std::io::Error::from)?,
-        None => out.write_all(b"null")?,
-    }
+    value(out, &result.error)?;
     out.write_all(b"}")
-}
-
-/// `n` in decimal digits, without a string for it.
-fn write_decimal(out: &mut impl std::io::Write, mut n: usize) -> std::io::Result<()> {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.write_all(&digits[start..])
 }
 
 /// [`ScoreResponse`] without its results (the same fields in the same order).
@@ -612,15 +556,8 @@ fn score_body(
     let started = Instant::now();
     let measure = || scored.measure(state);
     let remember = || remember(state, &scored.model, &scored.batch);
-    scored.len = if scored.batch.len() >= crate::features::PARALLEL_MIN_ROWS
-        && crate::util::pool::may_wait_for_pool()
-    {
-        rayon::join(measure, remember).0
-    } else {
-        let len = measure();
-        remember();
-        len
-    };
+    let split = crate::util::pool::worth_splitting(scored.batch.len());
+    (scored.len, ()) = crate::util::pool::join(split, measure, remember);
     stages.encode = started.elapsed();
     Ok(scored)
 }
