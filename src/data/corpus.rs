@@ -42,6 +42,8 @@ pub struct ThreatPlan {
     pub only: Vec<Family>,
     /// How the PacketWhisper families write their names.
     pub packetwhisper: threats::PacketWhisperCiphers,
+    /// Which zones the randomised family may hide under.
+    pub randomised_cover: threats::RandomisedCover,
 }
 
 /// The real log: events, labels and, where `labels.csv` has a `tool` column, each malicious
@@ -154,6 +156,7 @@ pub fn build(
         plan.seed,
         first_source,
         plan.packetwhisper,
+        plan.randomised_cover,
     );
     let more = threats::generate(
         &benign,
@@ -162,6 +165,7 @@ pub fn build(
         plan.seed ^ 0xBE9,
         first_source + 50_000,
         plan.packetwhisper,
+        plan.randomised_cover,
     );
     generated.events.extend(more.events);
     generated.labels.extend(more.labels);

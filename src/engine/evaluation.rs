@@ -206,6 +206,7 @@ fn train_and_score(
         options.seed,
         eval_sessions,
         options.packetwhisper,
+        options.randomised_cover,
     );
     let scored = score_corpus(&fitted.model, &evaluation, options.window)?;
     Ok((evaluation, scored))
@@ -222,6 +223,7 @@ pub fn evaluation_corpus(
     seed: u64,
     per_family: usize,
     packetwhisper: crate::data::threats::PacketWhisperCiphers,
+    randomised_cover: crate::data::threats::RandomisedCover,
 ) -> Corpus {
     let malicious = real.malicious_sources();
     let benign_hosts: BTreeSet<String> = test.difference(&malicious).cloned().collect();
@@ -254,6 +256,7 @@ pub fn evaluation_corpus(
             seed: seed.wrapping_add(EVALUATION_SEED_OFFSET),
             only: families,
             packetwhisper,
+            randomised_cover,
         },
     )
 }

@@ -95,6 +95,12 @@ pub struct TrainingOptions {
     /// (an experiment: not the default model's recipe).
     #[arg(long, default_value = "v4", value_parser = clap::builder::ValueParser::new(str::parse::<crate::data::threats::PacketWhisperCiphers>))]
     pub packetwhisper: crate::data::threats::PacketWhisperCiphers,
+    /// dnsexfil-v3 and later: where the randomised family may hide its bursts: `platforms`, the
+    /// twelve shared platforms the default model was trained with, or `popular`, those or (half
+    /// the time) one of the zones most training hosts query (an experiment: not the default
+    /// model's recipe).
+    #[arg(long, default_value = "platforms", value_parser = clap::builder::ValueParser::new(str::parse::<crate::data::threats::RandomisedCover>))]
+    pub randomised_cover: crate::data::threats::RandomisedCover,
     /// Also replay each hour with the sources split into this many groups (each group alone), so
     /// the model learns what small networks look like (0 or 1: only the whole log).
     #[arg(long, default_value_t = 8)]

@@ -6,7 +6,14 @@ use super::draw::{self, between, chance, pick, text, text_between};
 use super::{Draft, Family, PacketWhisperCiphers};
 use crate::util::rng::SplitMix64;
 
-pub(crate) fn draft(family: Family, rng: &mut SplitMix64, pw: PacketWhisperCiphers) -> Draft {
+/// `popular` lists zones of the carriers' traffic the randomised family may also hide under
+/// (empty: only its shared platforms).
+pub(crate) fn draft(
+    family: Family,
+    rng: &mut SplitMix64,
+    pw: PacketWhisperCiphers,
+    popular: &[String],
+) -> Draft {
     use PacketWhisperCiphers::{Tool, V4};
     match family {
         Family::PacketWhisperCdn => match pw {
@@ -31,7 +38,7 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64, pw: PacketWhisperCiphe
         Family::DomainRotation => domain_rotation(rng),
         Family::LowAndSlow => low_and_slow(rng),
         Family::EightBit => eight_bit(rng),
-        Family::Randomised => randomised(rng),
+        Family::Randomised => randomised(rng, popular),
         benign => unreachable!("{benign:?} is not a malicious family"),
     }
 }
@@ -590,7 +597,7 @@ const VOWELS: &[u8] = b"aeiou";
 /// source or several; rotated parents). Trained on, it teaches what every tunnel shares (many
 /// names of one template that no other host asks for) instead of one tool's alphabet; it is
 /// never the only family of a shape, and the leave-one-out table scores it like the others.
-fn randomised(rng: &mut SplitMix64) -> Draft {
+fn randomised(rng: &mut SplitMix64, popular: &[String]) -> Draft {
     // The pace: a burst, a few names an hour for many hours, or in between.
     let (hours, per_hour): (usize, (usize, usize)) = match rng.below(100) {
         0..60 => (between(rng, 1, 2), (30, 900)),
@@ -601,6 +608,12 @@ fn randomised(rng: &mut SplitMix64) -> Draft {
         let rotate = chance(rng, 20);
         let count = if rotate { between(rng, 3, 30) } else { 1 };
         let platform = pick(rng, &SHARED_PLATFORMS).to_string();
+        // Drawn only when offered, so the default recipe's sessions stay as they were.
+        let platform = if !popular.is_empty() && chance(rng, 50) {
+            pick(rng, popular).clone()
+        } else {
+            platform
+        };
         // A few names an hour under a zone every host uses are what that zone's real users
         // send: only a burst there is a tunnel. Slow sessions use a domain of their own.
         let kind = if per_hour.1 >= 30 { rng.below(100) } else { 0 };
@@ -848,7 +861,29 @@ mod tests {
             family,
             &mut SplitMix64::new(seed),
             PacketWhisperCiphers::Tool,
+            &[],
         )
+    }
+
+    #[test]
+    fn randomised_sessions_hide_under_popular_zones_only_when_offered() {
+        let popular = ["popular-zone.example".to_string()];
+        let under_popular = |offered: &[String]| {
+            (0..300)
+                .filter(|&seed| {
+                    let session = randomised(&mut SplitMix64::new(seed), offered);
+                    session
+                        .queries
+                        .iter()
+                        .any(|(_, name)| name.ends_with(".popular-zone.example"))
+                })
+                .count()
+        };
+        // Bursts (about 60% of sessions) pick a shared zone 45% of the time, half of those a
+        // popular one.
+        let offered = under_popular(&popular);
+        assert!((15..=80).contains(&offered), "{offered} of 300");
+        assert_eq!(under_popular(&[]), 0);
     }
 
     fn is(chars: &str, alphabet: &[u8]) -> bool {

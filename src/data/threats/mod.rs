@@ -169,6 +169,33 @@ impl std::str::FromStr for PacketWhisperCiphers {
     }
 }
 
+/// Which shared zones the randomised family may hide its bursts under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RandomisedCover {
+    /// The twelve shared platforms `dnsexfil_v4` was trained with (`herokuapp.com`, ...).
+    #[default]
+    Platforms,
+    /// Those, or (half the time) one of the zones most hosts of the carriers' own traffic
+    /// query: a zone's popularity on this network is no proof that one host's burst under it
+    /// is benign.
+    PopularZones,
+}
+
+impl std::str::FromStr for RandomisedCover {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "platforms" => Ok(Self::Platforms),
+            "popular" => Ok(Self::PopularZones),
+            other => Err(format!(
+                "`{}` is not a cover for the randomised family: use platforms or popular",
+                other.escape_debug()
+            )),
+        }
+    }
+}
+
 /// The malicious tools, in table order (the unit of leave-one-out evaluation).
 pub fn malicious_tools() -> Vec<&'static str> {
     let mut tools: Vec<&'static str> = Vec::new();
@@ -200,6 +227,9 @@ pub struct Carriers<'a> {
     /// (host, hour) -> that host's number of events in the hour.
     by_host_hour: BTreeMap<(&'a str, i64), usize>,
     hosts: Vec<&'a str>,
+    /// The zones (ICANN-boundary registered domains) queried by the most of these hosts, most
+    /// popular first: what a tunnel hiding under a popular zone would pick.
+    popular_zones: Vec<String>,
     /// The span of the log, in seconds.
     pub start: f64,
     pub end: f64,
@@ -230,10 +260,12 @@ impl<'a> Carriers<'a> {
         if start > end {
             (start, end) = (0.0, 3600.0);
         }
+        let popular_zones = popular_zones(events, &hosts);
         Self {
             hours,
             by_host_hour,
             hosts,
+            popular_zones,
             start,
             end,
         }
@@ -260,6 +292,38 @@ impl<'a> Carriers<'a> {
     }
 }
 
+/// At most this many popular zones are offered to generators.
+const POPULAR_ZONES: usize = 30;
+
+/// The public zones (with a known suffix) queried by at least a quarter of `hosts` (and at
+/// least two), by number of hosts, most first; ties by name so the order is reproducible.
+fn popular_zones(events: &[Event], hosts: &[&str]) -> Vec<String> {
+    let wanted: std::collections::HashSet<&str> = hosts.iter().copied().collect();
+    let mut hosts_of: HashMap<String, std::collections::HashSet<&str>> = HashMap::new();
+    for e in events {
+        if !wanted.contains(e.src.as_str()) {
+            continue;
+        }
+        let (_, zone, _) = crate::features::v3::split_icann(&e.query);
+        let public = psl::suffix(zone.as_bytes()).is_some_and(|s| s.is_known());
+        if public && zone.contains('.') {
+            hosts_of.entry(zone).or_default().insert(e.src.as_str());
+        }
+    }
+    let least = (hosts.len() / 4).max(2);
+    let mut zones: Vec<(usize, String)> = hosts_of
+        .into_iter()
+        .filter(|(_, h)| h.len() >= least)
+        .map(|(zone, h)| (h.len(), zone))
+        .collect();
+    zones.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    zones
+        .into_iter()
+        .take(POPULAR_ZONES)
+        .map(|(_, z)| z)
+        .collect()
+}
+
 /// What one session generator returns: names with their time offsets from the session start,
 /// and whether it wants to ride on a busy host.
 pub(crate) struct Draft {
@@ -280,7 +344,12 @@ pub fn generate(
     seed: u64,
     first_source: usize,
     packetwhisper: PacketWhisperCiphers,
+    cover: RandomisedCover,
 ) -> Generated {
+    let popular: &[String] = match cover {
+        RandomisedCover::Platforms => &[],
+        RandomisedCover::PopularZones => &carriers.popular_zones,
+    };
     let mut out = Generated::default();
     let mut next_source = first_source;
     for &family in families {
@@ -296,7 +365,7 @@ pub fn generate(
             let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
             let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
-                malicious::draft(family, &mut rng, packetwhisper)
+                malicious::draft(family, &mut rng, packetwhisper, popular)
             } else {
                 benign::draft(family, &mut rng)
             };
@@ -481,5 +550,38 @@ pub(crate) mod draw {
         (0..count)
             .map(|i| i as f64 * step + step * (rng.below(1000) as f64 / 1000.0) * 0.9)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn popular_zones_are_those_most_hosts_query_at_the_icann_boundary() {
+        let mut events = Vec::new();
+        let mut event = |src: &str, query: &str| {
+            events.push(Event {
+                src: src.into(),
+                query: query.into(),
+                time: 0.0,
+            })
+        };
+        for (i, host) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().enumerate() {
+            // Each host its own CloudFront distribution: together, one zone every host uses.
+            event(host, &format!("d{i}abcdef.cloudfront.net"));
+            if i < 5 {
+                event(host, "www.example.com");
+            }
+        }
+        event("a", "x.rare-site.org");
+        event("b", "y.rare-site.org");
+        event("a", "printer.corp");
+        event("z", "not-a-carrier.net");
+        let hosts: Vec<&str> = vec!["a", "b", "c", "d", "e", "f", "g", "h"];
+        let zones = popular_zones(&events, &hosts);
+        // At least a quarter of the 8 hosts (2): an internal zone, a zone of one host and a
+        // host that is no carrier do not count.
+        assert_eq!(zones, ["cloudfront.net", "example.com", "rare-site.org"]);
     }
 }

@@ -108,6 +108,7 @@ pub fn training_corpus(
                     seed: options.seed,
                     only: Vec::new(),
                     packetwhisper: options.packetwhisper,
+                    randomised_cover: options.randomised_cover,
                 },
             );
             // The v2 recipe drew its sessions from the whole log's span and donors.
@@ -133,6 +134,7 @@ pub fn training_corpus(
                 seed: options.seed,
                 only: Vec::new(),
                 packetwhisper: options.packetwhisper,
+                randomised_cover: options.randomised_cover,
             },
         ),
     }
@@ -221,6 +223,9 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
             // Only when not the default, so the default model's report stays as it was.
             if options.packetwhisper != crate::data::threats::PacketWhisperCiphers::V4 {
                 params["packetwhisper"] = "tool".into();
+            }
+            if options.randomised_cover != crate::data::threats::RandomisedCover::Platforms {
+                params["randomised_cover"] = "popular".into();
             }
         }
     }
