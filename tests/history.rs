@@ -212,3 +212,94 @@ fn a_history_setting_that_is_no_store_stops_the_service_with_the_forms_it_takes(
         "{err}"
     );
 }
+
+/// The start-up log line (logged before the address) containing `marker`.
+fn startup_line(served: &ServedBinary, marker: &str) -> String {
+    served
+        .startup_logs
+        .iter()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| {
+            panic!(
+                "no start-up line with {marker:?}: {:?}",
+                served.startup_logs
+            )
+        })
+        .clone()
+}
+
+#[test]
+fn a_snapshot_keeps_the_history_across_a_restart_and_a_bad_one_is_set_aside() {
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--enable-https", "false", "--history-snapshot"].map(std::ffi::OsStr::new);
+    let t = now() - 900;
+    let first = ServedBinary::start_in(data.path(), &args);
+    startup_line(&first, "no history snapshot yet");
+    let api = Api::of(&first);
+    api.score(json!([
+        {"src": "10.1.2.3", "query": "aa11.slow-tunnel.net", "time": t},
+        {"src": "10.1.2.3", "query": "bb22.slow-tunnel.net", "time": t + 3600 / 4},
+        {"src": "10.4.5.6", "query": "www.example.com", "time": t},
+    ]));
+    let before = api.history("10.1.2.3").1;
+    assert_eq!(before["distinct_names"], 2, "{before}");
+    assert!(first.terminate().success());
+    let path = data.path().join("history").join("snapshot.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "DNS names are personal data: owner-only"
+    );
+
+    // Restarted on the same data directory: the analyst's view is what it was.
+    let second = ServedBinary::start_in(data.path(), &args);
+    let restored = startup_line(&second, "history restored");
+    assert!(restored.contains("\"sources\":2"), "{restored}");
+    let api = Api::of(&second);
+    assert_eq!(api.history("10.1.2.3").1, before);
+    assert_eq!(api.history("10.4.5.6").1["distinct_names"], 1);
+    // A re-sent event is still known: counted once.
+    api.score(json!([{"src": "10.1.2.3", "query": "aa11.slow-tunnel.net", "time": t}]));
+    assert_eq!(api.history("10.1.2.3").1["name_buckets"], 2);
+    assert!(second.terminate().success());
+
+    // A damaged snapshot does not stop the service: moved aside, named in the log, and the
+    // history starts empty; the next shutdown writes a good one.
+    std::fs::write(
+        &path,
+        b"{\"format\": \"dnsexfil-history/1\", \"sources\": [tru",
+    )
+    .unwrap();
+    let third = ServedBinary::start_in(data.path(), &args);
+    let problem = startup_line(&third, "history snapshot not restored");
+    assert!(problem.contains("snapshot.json"), "{problem}");
+    let api = Api::of(&third);
+    assert_eq!(api.history("10.1.2.3").0, 404);
+    assert!(third.terminate().success());
+    let aside =
+        std::fs::read(data.path().join("history").join("snapshot.json.unreadable")).unwrap();
+    assert!(aside.ends_with(b"[tru"));
+    let fresh: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(fresh["format"], "dnsexfil-history/1");
+}
+
+#[test]
+fn a_snapshot_without_the_in_process_history_is_refused_with_what_to_do() {
+    let out = common::dnsexfil_command()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--history",
+            "off",
+            "--history-snapshot",
+        ])
+        .env("api_token", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --history memory"), "{err}");
+}

@@ -259,6 +259,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DNSEXFIL_HISTORY_MAX_MB", default_value_t = 256,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     pub history_max_mb: usize,
+    /// Keep the in-process history across restarts: written to
+    /// <DATA_DIR>/history/snapshot.json (owner-only, atomically) at shutdown and read back at
+    /// start, less what left the window meanwhile. Only with --history memory.
+    #[arg(long, env = "DNSEXFIL_HISTORY_SNAPSHOT", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub history_snapshot: bool,
     /// Log format: text for people, json for log pipelines. The level comes from RUST_LOG (default info).
     #[arg(long, env = "DNSEXFIL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -293,6 +298,40 @@ fn open_history(args: &ServeArgs) -> anyhow::Result<crate::history::History> {
             crate::util::clip(other, 100)
         ),
     })
+}
+
+/// With `--history-snapshot`: restores the in-process history from the data directory's
+/// snapshot and returns its path, where shutdown writes it again. An unreadable snapshot does
+/// not stop the service: it is moved aside (`.unreadable`), named in the log, and the history
+/// starts empty.
+fn history_snapshot(
+    args: &ServeArgs,
+    history: &crate::history::History,
+) -> anyhow::Result<Option<PathBuf>> {
+    if !args.history_snapshot {
+        return Ok(None);
+    }
+    let Some(store) = history.in_process() else {
+        bail!(
+            "--history-snapshot keeps the in-process history, but --history is `{}`; use --history memory, or drop --history-snapshot (Redis keeps its own data)",
+            history.kind()
+        );
+    };
+    let path = args.data_dir.join("history").join("snapshot.json");
+    match crate::history::snapshot::restore(store, &path, crate::history::unix_now()) {
+        Ok(Some(restored)) => tracing::info!(path = %path.display(), sources = restored.sources,
+            entries = restored.entries, skipped = restored.skipped, "history restored"),
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no history snapshot yet: starting empty")
+        }
+        Err(error) => {
+            let aside = path.with_extension("json.unreadable");
+            let moved = std::fs::rename(&path, &aside).is_ok();
+            tracing::error!(%error, moved_to = %if moved { aside.display().to_string() } else { "(left in place)".into() },
+                "history snapshot not restored: starting with an empty history");
+        }
+    }
+    Ok(Some(path))
 }
 
 /// Says what became of the stored self-signed certificate: reused, generated (and why), or not
@@ -547,6 +586,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         "suppressions"
     );
     let history = open_history(&args)?;
+    let snapshot = history_snapshot(&args, &history)?;
     tracing::info!(
         history = history.kind(),
         window_secs = args.history_window_secs,
@@ -556,7 +596,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let state = AppState::new(registry, config, compute_threads)
         .with_suppressions(suppressions)
-        .with_history(history);
+        .with_history(history.clone());
+    let history_kept = history;
     if let Some(problem) = state
         .store_problem
         .lock()
@@ -626,6 +667,13 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    if let (Some(path), Some(store)) = (&snapshot, history_kept.in_process()) {
+        match crate::history::snapshot::save(store, path, crate::history::unix_now()) {
+            Ok(saved) => tracing::info!(path = %path.display(), sources = saved.sources,
+                entries = saved.entries, "history snapshot written"),
+            Err(error) => tracing::error!(%error, "history snapshot not written"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

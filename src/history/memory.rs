@@ -221,6 +221,37 @@ impl MemoryHistory {
         prior
     }
 
+    /// Every source's entries, least recently seen first (for a snapshot).
+    pub(super) fn export(&self) -> Vec<super::SourceEntries> {
+        let mut sources: Vec<(i64, super::SourceEntries)> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (src, source) in &shard.sources {
+                let domains = source
+                    .domains
+                    .iter()
+                    .map(|(domain, d)| super::DomainEntries {
+                        domain: domain.clone(),
+                        names: d
+                            .names
+                            .iter()
+                            .map(|(name, buckets)| {
+                                (name.clone(), buckets.iter().map(|&(_, t)| t).collect())
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                let snapshot = super::SourceEntries {
+                    src: src.clone(),
+                    domains,
+                };
+                sources.push((source.last_time, snapshot));
+            }
+        }
+        sources.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.src.cmp(&b.1.src)));
+        sources.into_iter().map(|(_, s)| s).collect()
+    }
+
     /// Forgets `src`; whether it was remembered.
     pub fn forget_now(&self, src: &str) -> bool {
         let mut shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());

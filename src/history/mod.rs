@@ -13,6 +13,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod snapshot;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,6 +79,21 @@ pub struct Batch {
     pub groups: Vec<Group>,
     /// Observations left out: older than the window, or a name or source too long.
     pub skipped: usize,
+}
+
+/// Everything a store holds of one source (what a snapshot writes).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SourceEntries {
+    pub src: String,
+    pub domains: Vec<DomainEntries>,
+}
+
+/// Everything a store holds of one (source, domain).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DomainEntries {
+    pub domain: String,
+    /// (name, the earliest time it was seen in each of its buckets).
+    pub names: Vec<(String, Vec<i64>)>,
 }
 
 /// One (source, domain) of a batch.
@@ -367,6 +383,7 @@ pub trait HistoryStore: Send + Sync {
 }
 
 /// The store the service runs with.
+#[derive(Clone)]
 pub enum Backend {
     /// `--history off`: nothing is remembered.
     Off,
@@ -387,6 +404,8 @@ pub const MAX_PENDING_WRITES: usize = 64;
 /// own compute thread (it only takes locks), Redis in the background on the runtime the store
 /// was opened on. When Redis cannot be reached the service is degraded: requests are scored from
 /// their own rows, a warning is logged when it starts and when it ends, and `/metrics` counts it.
+/// A clone shares the store and the counters.
+#[derive(Clone)]
 pub struct History {
     backend: Backend,
     runtime: Option<tokio::runtime::Handle>,
@@ -470,6 +489,14 @@ impl History {
     /// request).
     pub fn remembers(&self, schema: crate::features::Schema) -> bool {
         self.is_on() && schema != crate::features::Schema::EscuV1
+    }
+
+    /// The in-process store, when that is the backend (for its snapshot).
+    pub fn in_process(&self) -> Option<&memory::MemoryHistory> {
+        match &self.backend {
+            Backend::Memory(store) => Some(store),
+            _ => None,
+        }
     }
 
     pub fn config(&self) -> Option<&HistoryConfig> {
