@@ -54,8 +54,9 @@ struct Source {
 
 #[derive(Default)]
 struct Domain {
-    /// Name -> its (bucket, earliest time in the bucket), in ascending buckets.
-    names: FxHashMap<String, Vec<(i64, i64)>>,
+    /// Name -> its (bucket, earliest time in the bucket), in ascending buckets; most names
+    /// have one, held without an allocation of its own.
+    names: FxHashMap<String, smallvec::SmallVec<[(i64, i64); 1]>>,
 }
 
 impl MemoryHistory {
@@ -91,10 +92,9 @@ impl MemoryHistory {
         // One source may hold at most half its shard, so that one busy source cannot evict all
         // others; beyond it, its new names are not kept (what is kept already shows the burst).
         let source_cap = shard_cap / 2;
-        // A source's groups (one per domain) are written under one lock and one touch.
-        let mut groups = batch.groups;
-        groups.sort_by(|a, b| a.src.cmp(&b.src));
-        let mut groups = groups.into_iter().peekable();
+        // A run of one source's groups (a batch keeps them side by side) is written under one
+        // lock and one touch.
+        let mut groups = batch.groups.into_iter().peekable();
         while let Some(first) = groups.next() {
             let src = first.src.clone();
             let mut shard = self
@@ -343,7 +343,7 @@ impl Source {
                 }
                 domain
                     .names
-                    .insert(seen.name, vec![(seen.bucket, seen.time)]);
+                    .insert(seen.name, smallvec::smallvec![(seen.bucket, seen.time)]);
                 self.bytes += bytes;
                 new += 1;
             }
@@ -357,7 +357,7 @@ impl Source {
         self.domains.retain(|domain, d| {
             d.names.retain(|name, buckets| {
                 let before = buckets.len();
-                buckets.retain(|&(_, time)| time >= cutoff);
+                buckets.retain(|&mut (_, time)| time >= cutoff);
                 freed += (before - buckets.len()) * BUCKET_BYTES;
                 if buckets.is_empty() {
                     freed += NAME_OVERHEAD + name.len();

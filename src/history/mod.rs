@@ -75,7 +75,9 @@ pub struct NameSeen {
 /// A request's observations grouped by source and domain, deduplicated, within the window.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// (source, domain) -> its distinct (name, bucket), in first-seen order.
+    /// (source, domain) -> its distinct (name, bucket), in first-seen order; a source's groups
+    /// side by side (the store writes a run of one source's groups under one lock; a source
+    /// met again later is still right, only slower).
     pub groups: Vec<Group>,
     /// Observations left out: older than the window, or a name or source too long.
     pub skipped: usize,
@@ -145,39 +147,50 @@ impl Batch {
             }
         }
         drop(first_of);
-        // Source -> its domains' groups (looked up by borrowed text, copied once when new).
-        let mut group_of: FxHashMap<&str, FxHashMap<String, usize>> = FxHashMap::default();
+        // (source, hash of the domain) -> its group, checked against the group's domain (a
+        // collision makes a second group of that pair, which the store merges); source -> its
+        // first-seen rank. No copy of a text is made to look one up.
+        let mut group_of: FxHashMap<(&str, u64), usize> = FxHashMap::default();
+        let mut rank_of_source: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut rank_of_group: Vec<usize> = Vec::new();
         // (group, hash of the lower-case name, bucket) -> its place in the group: names that
         // differ only in case meet here. The hash keys it without another copy of the name; a
         // collision is told apart by comparing the names.
         let mut seen: FxHashMap<(usize, u64, i64), usize> = FxHashMap::default();
         let hasher = rustc_hash::FxBuildHasher;
         // Each name's key and ICANN domain depend on it alone: on both cores for a large batch.
+        // The domain is kept as where it starts in the name (`None`: the root `.`), copied
+        // only for a group's first name.
         let name_and_domain = |&(_, query, _, _): &(&str, &str, i64, i64)| {
             let name = normalise(query);
-            let domain = crate::features::v3::split_icann(&name).1;
-            (name, domain)
+            let domain = crate::features::v3::icann_domain_of(&name);
+            let start = (domain != ".").then(|| name.len() - domain.len());
+            (name, start)
         };
-        let named: Vec<(String, String)> = if crate::util::pool::worth_splitting(distinct.len()) {
-            use rayon::prelude::*;
-            distinct
-                .par_iter()
-                .with_min_len(1024)
-                .map(name_and_domain)
-                .collect()
-        } else {
-            distinct.iter().map(name_and_domain).collect()
-        };
-        for ((src, _, bucket, time), (name, domain)) in distinct.into_iter().zip(named) {
-            let domains = group_of.entry(src).or_default();
-            let group = match domains.get(domain.as_str()) {
-                Some(&group) => group,
-                None => {
+        let named: Vec<(String, Option<usize>)> =
+            if crate::util::pool::worth_splitting(distinct.len()) {
+                use rayon::prelude::*;
+                distinct
+                    .par_iter()
+                    .with_min_len(1024)
+                    .map(name_and_domain)
+                    .collect()
+            } else {
+                distinct.iter().map(name_and_domain).collect()
+            };
+        for ((src, _, bucket, time), (name, start)) in distinct.into_iter().zip(named) {
+            let domain = start.map_or(".", |start| &name[start..]);
+            let pair = (src, hasher.hash_one(domain));
+            let group = match group_of.get(&pair) {
+                Some(&group) if batch.groups[group].domain == domain => group,
+                _ => {
                     let group = batch.groups.len();
-                    domains.insert(domain.clone(), group);
+                    group_of.insert(pair, group);
+                    let sources = rank_of_source.len();
+                    rank_of_group.push(*rank_of_source.entry(src).or_insert(sources));
                     batch.groups.push(Group {
                         src: src.to_string(),
-                        domain,
+                        domain: domain.to_string(),
                         names: Vec::new(),
                     });
                     group
@@ -193,6 +206,11 @@ impl Batch {
                 }
             }
         }
+        // A source's groups side by side (sources in first-seen order), so the store writes each
+        // source under one lock.
+        let mut ranked: Vec<(usize, Group)> = rank_of_group.into_iter().zip(batch.groups).collect();
+        ranked.sort_by_key(|&(rank, _)| rank);
+        batch.groups = ranked.into_iter().map(|(_, group)| group).collect();
         batch
     }
 
