@@ -97,8 +97,9 @@ pub struct TrainingOptions {
     pub packetwhisper: crate::data::threats::PacketWhisperCiphers,
     /// dnsexfil-v3 and later: where the randomised family may hide its bursts: `platforms`, the
     /// twelve shared platforms the default model was trained with, or `popular`, those or (half
-    /// the time) one of the zones most training hosts query (an experiment: not the default
-    /// model's recipe).
+    /// the time) one of the zones most training hosts query, or `mimic`, the platforms and a
+    /// fifth of its sessions named like a benign look-alike service at 2 to 10 times that
+    /// service's volume (experiments: not the default model's recipe).
     #[arg(long, default_value = "platforms", value_parser = clap::builder::ValueParser::new(str::parse::<crate::data::threats::RandomisedCover>))]
     pub randomised_cover: crate::data::threats::RandomisedCover,
     /// Also replay each hour with the sources split into this many groups (each group alone), so

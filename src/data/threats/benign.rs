@@ -42,7 +42,21 @@ fn riding(queries: Vec<(f64, String)>, fleet: Vec<Vec<(f64, String)>>) -> Draft 
     }
 }
 
-type Names = Box<dyn FnMut(&mut SplitMix64) -> String>;
+pub(crate) type Names = Box<dyn FnMut(&mut SplitMix64) -> String>;
+
+/// The names of a benign look-alike family that sends fresh names, with the most queries an
+/// hour its sessions send from one host: for a tunnel that borrows a benign service's naming
+/// (the randomised family under `--randomised-cover mimic`).
+pub(crate) fn lookalike_names(rng: &mut SplitMix64) -> (Names, usize) {
+    match rng.below(6) {
+        0 => (av_reputation(rng), 400),
+        1 => (browser_probe(rng), 15),
+        2 => (telemetry(rng), 60),
+        3 => (cdn_edge(rng), 80),
+        4 => (load_balancer(rng), 40),
+        _ => (platform_tenant(rng), 4),
+    }
+}
 
 /// A burst of names in an hour on one host and, for a fleet-wide service, `fleet_names` on
 /// each of up to six other hosts. Popular names (a site's common CDN objects, the same files' hashes) are shared:

@@ -3,16 +3,17 @@
 //! payloads are drawn from the seeded generator, never copied from a tool or from a holdout.
 
 use super::draw::{self, between, chance, pick, text, text_between};
-use super::{Draft, Family, PacketWhisperCiphers};
+use super::{Draft, Family, PacketWhisperCiphers, RandomisedCover};
 use crate::util::rng::SplitMix64;
 
 /// `popular` lists zones of the carriers' traffic the randomised family may also hide under
-/// (empty: only its shared platforms).
+/// (empty: only its shared platforms); `cover` says whether it may also mimic benign services.
 pub(crate) fn draft(
     family: Family,
     rng: &mut SplitMix64,
     pw: PacketWhisperCiphers,
     popular: &[String],
+    cover: RandomisedCover,
 ) -> Draft {
     use PacketWhisperCiphers::{Tool, V4};
     match family {
@@ -38,7 +39,14 @@ pub(crate) fn draft(
         Family::DomainRotation => domain_rotation(rng),
         Family::LowAndSlow => low_and_slow(rng),
         Family::EightBit => eight_bit(rng),
-        Family::Randomised => randomised(rng, popular),
+        Family::Randomised => {
+            // Drawn only under `mimic`, so the other covers' sessions stay as they were.
+            if cover == RandomisedCover::Mimic && chance(rng, 20) {
+                mimic(rng)
+            } else {
+                randomised(rng, popular)
+            }
+        }
         benign => unreachable!("{benign:?} is not a malicious family"),
     }
 }
@@ -751,6 +759,22 @@ fn randomised(rng: &mut SplitMix64, popular: &[String]) -> Draft {
     }
 }
 
+/// A tunnel that names its chunks as a benign service names its hosts (one of the benign
+/// look-alike generators), the premise of PacketWhisper's CDN ciphers for any service: what
+/// betrays it is volume, 2 to 10 times the most names an hour that service sends from one host
+/// (at most 1,500), for one or two hours, from one host, names no other host asks for.
+fn mimic(rng: &mut SplitMix64) -> Draft {
+    let (mut name, most) = super::benign::lookalike_names(rng);
+    let per_hour = between(rng, 2 * most, (10 * most).min(1500));
+    let mut queries = Vec::new();
+    for h in 0..between(rng, 1, 2) {
+        for t in draw::times(rng, per_hour, 1.0) {
+            queries.push((h as f64 * 3600.0 + t, name(rng)));
+        }
+    }
+    session(queries, chance(rng, 70))
+}
+
 /// The PacketWhisper generators `dnsexfil_v4` was trained with (`--packetwhisper v4`, the
 /// default), kept so that its recipe still rebuilds it bit for bit. They differ from the tool:
 /// two Akamai-style CDN ciphers of our own (the tool has no Akamai list), 5+4-digit
@@ -862,7 +886,48 @@ mod tests {
             &mut SplitMix64::new(seed),
             PacketWhisperCiphers::Tool,
             &[],
+            RandomisedCover::Platforms,
         )
+    }
+
+    #[test]
+    fn mimic_sessions_borrow_benign_names_at_several_times_their_volume_only_under_mimic() {
+        let benign_zones = [
+            "sophosxl.net",
+            "mcafee.com",
+            "e5.sk",
+            "cymru.com",
+            "googlevideo.com",
+            "akamaiedge.net",
+            "cloudfront.net",
+            "fbcdn.net",
+        ];
+        let borrowing = |cover: RandomisedCover| {
+            (0..200)
+                .map(|seed| {
+                    draft(
+                        Family::Randomised,
+                        &mut SplitMix64::new(seed),
+                        PacketWhisperCiphers::V4,
+                        &[],
+                        cover,
+                    )
+                })
+                .filter(|d| {
+                    d.queries
+                        .iter()
+                        .all(|(_, n)| benign_zones.iter().any(|z| n.ends_with(z)))
+                })
+                .map(|d| {
+                    // At least twice the look-alike's most an hour (CDN edges 80, reputation
+                    // lookups 400) in the first hour.
+                    let first_hour = d.queries.iter().filter(|(t, _)| *t < 3600.0).count();
+                    assert!(first_hour >= 160, "{first_hour}");
+                })
+                .count()
+        };
+        assert!(borrowing(RandomisedCover::Mimic) >= 5);
+        assert_eq!(borrowing(RandomisedCover::Platforms), 0);
     }
 
     #[test]

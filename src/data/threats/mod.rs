@@ -179,6 +179,10 @@ pub enum RandomisedCover {
     /// query: a zone's popularity on this network is no proof that one host's burst under it
     /// is benign.
     PopularZones,
+    /// Those, and a fifth of the sessions borrow a benign look-alike service's naming
+    /// (reputation lookups, CDN edges, telemetry, load balancers, platform tenants, browser
+    /// probes) at 2 to 10 times the most names an hour that service sends from one host.
+    Mimic,
 }
 
 impl std::str::FromStr for RandomisedCover {
@@ -188,8 +192,9 @@ impl std::str::FromStr for RandomisedCover {
         match text {
             "platforms" => Ok(Self::Platforms),
             "popular" => Ok(Self::PopularZones),
+            "mimic" => Ok(Self::Mimic),
             other => Err(format!(
-                "`{}` is not a cover for the randomised family: use platforms or popular",
+                "`{}` is not a cover for the randomised family: use platforms, popular or mimic",
                 other.escape_debug()
             )),
         }
@@ -347,7 +352,7 @@ pub fn generate(
     cover: RandomisedCover,
 ) -> Generated {
     let popular: &[String] = match cover {
-        RandomisedCover::Platforms => &[],
+        RandomisedCover::Platforms | RandomisedCover::Mimic => &[],
         RandomisedCover::PopularZones => &carriers.popular_zones,
     };
     let mut out = Generated::default();
@@ -365,7 +370,7 @@ pub fn generate(
             let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
             let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
-                malicious::draft(family, &mut rng, packetwhisper, popular)
+                malicious::draft(family, &mut rng, packetwhisper, popular, cover)
             } else {
                 benign::draft(family, &mut rng)
             };
