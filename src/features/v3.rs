@@ -146,10 +146,7 @@ pub(crate) fn split_icann_noting_suffix(
 ) -> (String, String, Option<String>) {
     let lower = query.trim_end_matches('.').to_ascii_lowercase();
     let known = |name: &str| psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known());
-    let tld = lower.rsplit('.').next().unwrap_or("");
-    let plausible_tld = (2..=24).contains(&tld.len())
-        && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"));
-    if !plausible_tld && lower.contains('.') {
+    if under_the_root(&lower) {
         if let Some(k) = known_suffix {
             *k = known(&lower);
         }
@@ -180,16 +177,22 @@ pub(crate) fn split_icann_noting_suffix(
 /// borrowed from it: [`split_icann`]'s second part without its copies, for the history, which
 /// groups each name by it.
 pub fn icann_domain_of(lower: &str) -> &str {
-    let tld = lower.rsplit('.').next().unwrap_or("");
-    let plausible_tld = (2..=24).contains(&tld.len())
-        && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"));
-    if !plausible_tld && lower.contains('.') {
+    if under_the_root(lower) {
         return ".";
     }
     let registered = psl::domain(lower.as_bytes())
         .and_then(|d| std::str::from_utf8(d.trim().as_bytes()).ok())
         .unwrap_or_else(|| v2::last_labels(lower, 2));
     icann_domain(registered)
+}
+
+/// Whether `lower` has several labels and its last cannot be a top-level domain (digits in it,
+/// or longer than 24 characters): such a name belongs to the root `.`.
+fn under_the_root(lower: &str) -> bool {
+    let tld = lower.rsplit('.').next().unwrap_or("");
+    let plausible_tld = (2..=24).contains(&tld.len())
+        && (tld.bytes().all(|b| b.is_ascii_alphabetic()) || tld.starts_with("xn--"));
+    !plausible_tld && lower.contains('.')
 }
 
 /// Whether `domain` is `zone` or a parent of it at a label boundary.

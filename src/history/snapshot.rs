@@ -36,8 +36,8 @@ pub struct SnapshotStats {
     pub sources: usize,
     /// (name, bucket) entries written, or restored.
     pub entries: usize,
-    /// Entries of the file not restored: out of the window now, a name or source too long, or
-    /// beyond the store's cap.
+    /// Entries of the file not restored: out of the window now, a name or source too long,
+    /// beyond the store's cap, or merged into another's bucket under other bucket sizes.
     pub skipped: usize,
 }
 
@@ -60,7 +60,7 @@ pub enum SnapshotError {
         limit: u64,
         cap_mb: usize,
     },
-    #[error("the history snapshot {path} is not a snapshot this version reads ({problem}); remove it or start without --history-snapshot")]
+    #[error("the history snapshot {path} is not a snapshot this version reads ({problem})")]
     Unreadable { path: String, problem: String },
 }
 
@@ -142,16 +142,14 @@ pub fn restore(
     let mut stats = SnapshotStats::default();
     // One source at a time, least recently seen first, so the most recent are evicted last.
     for source in file.sources {
+        let source_fits = !source.src.is_empty() && source.src.len() <= MAX_SOURCE_BYTES;
         let mut groups = Vec::new();
         let mut entries = 0;
         for domain in source.domains {
             let mut names = Vec::new();
             for (name, times) in domain.names {
+                let fits = source_fits && !name.is_empty() && name.len() <= MAX_NAME_BYTES;
                 for time in times {
-                    let fits = name.len() <= MAX_NAME_BYTES
-                        && !name.is_empty()
-                        && !source.src.is_empty()
-                        && source.src.len() <= MAX_SOURCE_BYTES;
                     if !fits || time < oldest || time > newest {
                         stats.skipped += 1;
                         continue;
@@ -191,10 +189,14 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn store(bucket_seconds: i64) -> MemoryHistory {
+        capped(bucket_seconds, 8 << 20)
+    }
+
+    fn capped(bucket_seconds: i64, max_bytes: usize) -> MemoryHistory {
         MemoryHistory::new(HistoryConfig {
             window_seconds: 86_400,
             bucket_seconds,
-            max_bytes: 8 << 20,
+            max_bytes,
         })
     }
 
@@ -309,11 +311,7 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is kept");
         }
 
-        let small = MemoryHistory::new(HistoryConfig {
-            window_seconds: 86_400,
-            bucket_seconds: 300,
-            max_bytes: 1 << 10,
-        });
+        let small = capped(300, 1 << 10);
         std::fs::write(&path, vec![b' '; (1 << 20) + 4097 + 10]).unwrap();
         let error = restore(&small, &path, NOW).unwrap_err().to_string();
         assert!(error.contains("raise --history-max-mb"), "{error}");
@@ -335,11 +333,7 @@ mod tests {
             .collect();
         record(&big, &events);
         save(&big, &path, NOW).unwrap();
-        let small = MemoryHistory::new(HistoryConfig {
-            window_seconds: 86_400,
-            bucket_seconds: 300,
-            max_bytes: 256 << 10,
-        });
+        let small = capped(300, 256 << 10);
         let stats = restore(&small, &path, NOW).unwrap().unwrap();
         assert!(stats.skipped > 0, "{stats:?}");
         let usage = crate::history::HistoryStore::usage(&small);

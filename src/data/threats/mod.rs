@@ -185,19 +185,32 @@ pub enum RandomisedCover {
     Mimic,
 }
 
+impl RandomisedCover {
+    const ALL: [RandomisedCover; 3] = [Self::Platforms, Self::PopularZones, Self::Mimic];
+
+    /// Its name on the command line and in a training report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Platforms => "platforms",
+            Self::PopularZones => "popular",
+            Self::Mimic => "mimic",
+        }
+    }
+}
+
 impl std::str::FromStr for RandomisedCover {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "platforms" => Ok(Self::Platforms),
-            "popular" => Ok(Self::PopularZones),
-            "mimic" => Ok(Self::Mimic),
-            other => Err(format!(
-                "`{}` is not a cover for the randomised family: use platforms, popular or mimic",
-                other.escape_debug()
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|cover| cover.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "`{}` is not a cover for the randomised family: use platforms, popular or mimic",
+                    text.escape_debug()
+                )
+            })
     }
 }
 
@@ -232,9 +245,8 @@ pub struct Carriers<'a> {
     /// (host, hour) -> that host's number of events in the hour.
     by_host_hour: BTreeMap<(&'a str, i64), usize>,
     hosts: Vec<&'a str>,
-    /// The zones (ICANN-boundary registered domains) queried by the most of these hosts, most
-    /// popular first: what a tunnel hiding under a popular zone would pick.
-    popular_zones: Vec<String>,
+    /// The log the hosts' traffic comes from (for [`Carriers::popular_zones`]).
+    events: &'a [Event],
     /// The span of the log, in seconds.
     pub start: f64,
     pub end: f64,
@@ -265,12 +277,11 @@ impl<'a> Carriers<'a> {
         if start > end {
             (start, end) = (0.0, 3600.0);
         }
-        let popular_zones = popular_zones(events, &hosts);
         Self {
             hours,
             by_host_hour,
             hosts,
-            popular_zones,
+            events,
             start,
             end,
         }
@@ -300,8 +311,15 @@ impl<'a> Carriers<'a> {
 /// At most this many popular zones are offered to generators.
 const POPULAR_ZONES: usize = 30;
 
-/// The public zones (with a known suffix) queried by at least a quarter of `hosts` (and at
-/// least two), by number of hosts, most first; ties by name so the order is reproducible.
+impl Carriers<'_> {
+    /// The public zones (ICANN-boundary domains with a known suffix) queried by at least a
+    /// quarter of the hosts (and at least two), by number of hosts, most first; ties by name so
+    /// the order is reproducible. Computed when asked: only one experimental recipe needs it.
+    fn popular_zones(&self) -> Vec<String> {
+        popular_zones(self.events, &self.hosts)
+    }
+}
+
 fn popular_zones(events: &[Event], hosts: &[&str]) -> Vec<String> {
     let wanted: std::collections::HashSet<&str> = hosts.iter().copied().collect();
     let mut hosts_of: HashMap<String, std::collections::HashSet<&str>> = HashMap::new();
@@ -309,10 +327,14 @@ fn popular_zones(events: &[Event], hosts: &[&str]) -> Vec<String> {
         if !wanted.contains(e.src.as_str()) {
             continue;
         }
-        let (_, zone, _) = crate::features::v3::split_icann(&e.query);
+        let lower = e.query.trim_end_matches('.').to_ascii_lowercase();
+        let zone = crate::features::v3::icann_domain_of(&lower);
         let public = psl::suffix(zone.as_bytes()).is_some_and(|s| s.is_known());
         if public && zone.contains('.') {
-            hosts_of.entry(zone).or_default().insert(e.src.as_str());
+            hosts_of
+                .entry(zone.to_string())
+                .or_default()
+                .insert(e.src.as_str());
         }
     }
     let least = (hosts.len() / 4).max(2);
@@ -351,9 +373,9 @@ pub fn generate(
     packetwhisper: PacketWhisperCiphers,
     cover: RandomisedCover,
 ) -> Generated {
-    let popular: &[String] = match cover {
-        RandomisedCover::Platforms | RandomisedCover::Mimic => &[],
-        RandomisedCover::PopularZones => &carriers.popular_zones,
+    let popular = match cover {
+        RandomisedCover::PopularZones => carriers.popular_zones(),
+        RandomisedCover::Platforms | RandomisedCover::Mimic => Vec::new(),
     };
     let mut out = Generated::default();
     let mut next_source = first_source;
@@ -370,7 +392,7 @@ pub fn generate(
             let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
             let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
-                malicious::draft(family, &mut rng, packetwhisper, popular, cover)
+                malicious::draft(family, &mut rng, packetwhisper, &popular, cover)
             } else {
                 benign::draft(family, &mut rng)
             };

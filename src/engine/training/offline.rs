@@ -224,14 +224,8 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
             if options.packetwhisper != crate::data::threats::PacketWhisperCiphers::V4 {
                 params["packetwhisper"] = "tool".into();
             }
-            match options.randomised_cover {
-                crate::data::threats::RandomisedCover::Platforms => {}
-                crate::data::threats::RandomisedCover::PopularZones => {
-                    params["randomised_cover"] = "popular".into()
-                }
-                crate::data::threats::RandomisedCover::Mimic => {
-                    params["randomised_cover"] = "mimic".into()
-                }
+            if options.randomised_cover != crate::data::threats::RandomisedCover::Platforms {
+                params["randomised_cover"] = options.randomised_cover.name().into();
             }
         }
     }
