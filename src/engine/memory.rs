@@ -45,9 +45,9 @@ impl LargeRequests {
         finished
     }
 
-    /// Marks one large answer sent (answers never count as in flight); returns its place among
-    /// the finished ones.
-    fn answer_sent(&self) -> u64 {
+    /// Marks one large answer made or sent (answers never count as in flight); returns its
+    /// place among the finished ones.
+    fn one_finished(&self) -> u64 {
         self.finished.fetch_add(1, Ordering::SeqCst) + 1
     }
 
@@ -88,10 +88,18 @@ impl LargeRequest {
     /// A guard for an answer of `len` bytes being sent, when large: dropped once sent, it hands
     /// the answer's memory back like a large request's end. It does not count as in flight, so
     /// a client that stops reading cannot hold back every other release.
+    ///
+    /// Its making counts as a large request's end too: the work that wrote it has ended, and a
+    /// body under [`LARGE_REQUEST_BYTES`] (tiny events answered at length) never counted as large,
+    /// so that work's freed memory would otherwise stay cached for as long as the answer is unread.
     pub fn answer(len: usize) -> Option<Self> {
-        (len >= LARGE_REQUEST_BYTES).then(|| Self {
-            runtime: tokio::runtime::Handle::try_current().ok(),
-            answer: true,
+        (len >= LARGE_REQUEST_BYTES).then(|| {
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            release_when_quiet(LARGE_REQUESTS.one_finished(), runtime.as_ref());
+            Self {
+                runtime,
+                answer: true,
+            }
         })
     }
 }
@@ -107,25 +115,31 @@ impl LargeRequest {
 impl Drop for LargeRequest {
     fn drop(&mut self) {
         let finished = if self.answer {
-            LARGE_REQUESTS.answer_sent()
+            LARGE_REQUESTS.one_finished()
         } else {
             LARGE_REQUESTS.end()
         };
-        let over_budget =
-            resident_bytes().is_none_or(|resident| resident > RELEASE_AT_ONCE_ABOVE_BYTES);
-        match &self.runtime {
-            Some(runtime) if !over_budget => {
-                let handle = runtime.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep(RELEASE_AFTER_QUIET).await;
-                    if LARGE_REQUESTS.quiet_since(finished) {
-                        release_freed_memory(Some(&handle));
-                    }
-                });
-            }
-            // Over the budget, or outside the service (nothing else to wait for).
-            runtime => release_freed_memory(runtime.as_ref()),
+        release_when_quiet(finished, self.runtime.as_ref());
+    }
+}
+
+/// Hands freed memory back at once when the process holds more than
+/// [`RELEASE_AT_ONCE_ABOVE_BYTES`] (or outside the service: nothing else to wait for), else
+/// once no large request began or ended for [`RELEASE_AFTER_QUIET`] after the `finished`-th.
+fn release_when_quiet(finished: u64, runtime: Option<&tokio::runtime::Handle>) {
+    let over_budget =
+        resident_bytes().is_none_or(|resident| resident > RELEASE_AT_ONCE_ABOVE_BYTES);
+    match runtime {
+        Some(runtime) if !over_budget => {
+            let handle = runtime.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(RELEASE_AFTER_QUIET).await;
+                if LARGE_REQUESTS.quiet_since(finished) {
+                    release_freed_memory(Some(&handle));
+                }
+            });
         }
+        runtime => release_freed_memory(runtime),
     }
 }
 
@@ -218,7 +232,7 @@ mod tests {
         let first = requests.end();
         // An answer still being sent does not count (a client that stops reading must not
         // hold back every other release); one sent later is a newer finish, waited for.
-        let sent = requests.answer_sent();
+        let sent = requests.one_finished();
         assert!(!requests.quiet_since(first));
         assert!(requests.quiet_since(sent));
         assert_eq!(requests.in_flight.load(Ordering::SeqCst), 0);
