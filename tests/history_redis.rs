@@ -308,6 +308,37 @@ async fn the_prior_of_a_request_is_the_same_as_the_in_process_stores() {
     assert!(later.pairs.values().all(|p| p.distinct_names == 0));
 }
 
+/// What sources sent before a request, sorted for comparison.
+fn sorted(mut earlier: Vec<dnsexfil::history::Earlier>) -> Vec<(String, String, i64)> {
+    let mut out: Vec<(String, String, i64)> =
+        earlier.drain(..).map(|e| (e.src, e.name, e.time)).collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn the_earlier_events_of_a_request_are_the_in_process_stores() {
+    let server = RedisServer::start();
+    let redis = RedisHistory::new(&server.url(), config()).unwrap();
+    let memory = MemoryHistory::new(config());
+    let events = random_events(11, 400, T0);
+    redis.record(batch(&events, T0), T0).await.unwrap();
+    memory.record(batch(&events, T0), T0).await.unwrap();
+    let mut asked = sources();
+    asked.push("never".into());
+    let mut read = 0;
+    for (from, before) in [(T0 - 3600, T0), (T0 - 1200, T0 - 600), (T0, T0 + 600)] {
+        let from_redis = sorted(redis.earlier(asked.clone(), from, before).await.unwrap());
+        let from_memory = sorted(memory.earlier(asked.clone(), from, before).await.unwrap());
+        assert_eq!(from_redis, from_memory, "[{from}, {before})");
+        assert!(from_redis
+            .iter()
+            .all(|(_, _, time)| (from..before).contains(time)));
+        read += from_redis.len();
+    }
+    assert!(read > 100, "the events are read back: {read}");
+}
+
 #[tokio::test]
 async fn two_replicas_see_each_others_records_and_forgets() {
     let server = RedisServer::start();
@@ -670,4 +701,54 @@ fn two_replicas_share_one_history_and_score_on_while_redis_is_down() {
     );
     assert_eq!(history_of(&b, "10.7.7.7").1["distinct_names"], 1);
     assert_eq!(metric(&a, "dnsexfil_history_degraded "), 0.0);
+}
+
+/// Streaming equivalence with Redis: the dev log's hour with the most tunnel events, sent in
+/// 100-event requests alternately to two replicas sharing one Redis, gets the labels one
+/// request gets, and exactly those the same stream gets from one in-process service.
+#[test]
+fn two_replicas_sharing_redis_label_a_streamed_hour_as_one_request_does() {
+    use common::dev_stream::{dev_hour, dev_log, hours_by_tunnel_events, labels_of};
+    let redis = RedisServer::start();
+    let (a, b) = (
+        serve_with_redis(&redis.url()),
+        serve_with_redis(&redis.url()),
+    );
+    let (events, tunnels) = dev_log();
+    let hour = dev_hour(&events, hours_by_tunnel_events(&events, &tunnels)[0]);
+    let in_process = || serve_with_redis("memory");
+    let one_request = labels_of(&in_process(), &hour);
+    let alone = in_process();
+    let streamed_in_process: Vec<Option<i64>> = hour
+        .chunks(100)
+        .flat_map(|part| labels_of(&alone, part))
+        .collect();
+    let writes = "dnsexfil_history_redis_calls_total{operation=\"record\"} ";
+    let mut streamed = Vec::with_capacity(hour.len());
+    for (k, part) in hour.chunks(100).enumerate() {
+        let replica = if k % 2 == 0 { &a } else { &b };
+        let written = metric(replica, writes);
+        streamed.extend(labels_of(replica, part));
+        // A replica writes to Redis in the background: the next request (to the other
+        // replica) waits until this one's events are there, as a client's next batch would
+        // a moment later.
+        common::wait_until(common::PATIENCE, "the replica's write", || {
+            metric(replica, writes) > written
+        });
+    }
+    assert_eq!(metric(&a, "dnsexfil_history_degraded "), 0.0);
+    let scored: Vec<usize> = (0..hour.len())
+        .filter(|&i| one_request[i].is_some())
+        .collect();
+    let same = scored
+        .iter()
+        .filter(|&&i| streamed[i] == one_request[i])
+        .count();
+    assert!(scored.len() > 1_000, "{} scored", scored.len());
+    assert!(
+        same as f64 >= 0.99 * scored.len() as f64,
+        "{same} of {} labels as in one request",
+        scored.len()
+    );
+    assert_eq!(streamed, streamed_in_process);
 }

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::{
-    Batch, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName, Usage,
+    Batch, Earlier, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName,
+    Usage, EARLIER_PER_SOURCE,
 };
 use crate::features::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 
@@ -167,6 +168,40 @@ impl MemoryHistory {
             (domain.clone(), names)
         });
         SourceReport::build(src, domains, &self.config)
+    }
+
+    /// What `sources` sent at times in `[from, before)` (see [`HistoryStore::earlier`]).
+    pub fn earlier_now(&self, sources: &[String], from: i64, before: i64) -> Vec<Earlier> {
+        let mut earlier = Vec::new();
+        for src in sources {
+            let mut of_source: Vec<(&String, i64)> = Vec::new();
+            let shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
+            let Some(source) = shard.sources.get(src) else {
+                continue;
+            };
+            for domain in source.domains.values() {
+                for (name, buckets) in &domain.names {
+                    of_source.extend(
+                        buckets
+                            .iter()
+                            .filter(|&&(_, time)| time >= from && time < before)
+                            .map(|&(_, time)| (name, time)),
+                    );
+                }
+            }
+            if of_source.len() > EARLIER_PER_SOURCE {
+                of_source.select_nth_unstable_by_key(EARLIER_PER_SOURCE, |&(_, time)| {
+                    std::cmp::Reverse(time)
+                });
+                of_source.truncate(EARLIER_PER_SOURCE);
+            }
+            earlier.extend(of_source.into_iter().map(|(name, time)| Earlier {
+                src: src.clone(),
+                name: name.clone(),
+                time,
+            }));
+        }
+        earlier
     }
 
     /// What was remembered of `keys` at times in `[now - window, before)`: what a request whose
@@ -394,6 +429,15 @@ impl HistoryStore for MemoryHistory {
         Ok(self.prior_now(&keys, before, now))
     }
 
+    async fn earlier(
+        &self,
+        sources: Vec<String>,
+        from: i64,
+        before: i64,
+    ) -> Result<Vec<Earlier>, HistoryError> {
+        Ok(self.earlier_now(&sources, from, before))
+    }
+
     fn usage(&self) -> Usage {
         let (mut bytes, mut sources) = (0, 0);
         for shard in &self.shards {
@@ -422,6 +466,37 @@ mod tests {
         Batch::from_observations(&observations, now, config)
     }
 
+    #[test]
+    fn earlier_events_are_those_in_range_the_most_recent_within_the_cap() {
+        let config = HistoryConfig::default();
+        let store = MemoryHistory::new(config);
+        let now = 1_800_000_000;
+        let names: Vec<String> = (0..EARLIER_PER_SOURCE + 10)
+            .map(|i| format!("n{i}.tunnel.net"))
+            .collect();
+        // One name a second, the last a second before `now`; one other source.
+        let mut events: Vec<(&str, &str, i64)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| ("s", name.as_str(), now - names.len() as i64 + i as i64))
+            .collect();
+        events.push(("other", "www.example.com", now - 10));
+        store.record_now(batch(&events, now, &config), now);
+        let sources = vec!["s".to_string(), "none".to_string()];
+        // Only the range, never `before` itself.
+        let few = store.earlier_now(&sources, now - 5, now - 2);
+        let mut times: Vec<i64> = few.iter().map(|e| e.time).collect();
+        times.sort_unstable();
+        assert_eq!(times, [now - 5, now - 4, now - 3]);
+        assert!(few
+            .iter()
+            .all(|e| e.src == "s" && e.name.ends_with(".tunnel.net")));
+        // Over the cap: the most recent.
+        let all = store.earlier_now(&sources, now - 86_400, now);
+        assert_eq!(all.len(), EARLIER_PER_SOURCE);
+        let oldest = all.iter().map(|e| e.time).min().unwrap();
+        assert_eq!(oldest, now - EARLIER_PER_SOURCE as i64);
+    }
     #[test]
     fn a_re_sent_window_counts_once_and_a_new_bucket_counts_again() {
         let config = HistoryConfig::default();

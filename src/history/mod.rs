@@ -368,6 +368,28 @@ pub struct Usage {
     pub evicted_sources: u64,
 }
 
+/// An event a source sent before a request, as the store remembers it: a name (lower case)
+/// at the earliest time it was seen in its bucket. A request of our schemas is scored with
+/// these as unscored rows (see [`History::earlier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    pub src: String,
+    pub name: String,
+    pub time: i64,
+}
+
+/// How far back a request's earlier events are read: its features describe an hour of a
+/// source's queries, as the ESCU search sends them.
+pub const EARLIER_SECONDS: i64 = 3_600;
+
+/// Most earlier events read per source for one request (the most recent): a host that sent
+/// more (name, bucket) entries in the hour before a request is described by these.
+pub const EARLIER_PER_SOURCE: usize = 20_000;
+
+/// Most sources of one request whose earlier events are read: a request from more sources
+/// than this is scored from its own rows (it is a bulk upload, not a stream).
+pub const EARLIER_MAX_SOURCES: usize = 1_000;
+
 /// A store of observations. Implementations are cheap to share (`&self`) across requests.
 pub trait HistoryStore: Send + Sync {
     /// Adds a batch (as of `now`, which also expires what fell out of the window).
@@ -395,6 +417,15 @@ pub trait HistoryStore: Send + Sync {
         before: i64,
         now: i64,
     ) -> impl Future<Output = Result<Prior, HistoryError>> + Send;
+
+    /// What `sources` sent at times in `[from, before)`, at most [`EARLIER_PER_SOURCE`] (the
+    /// most recent) per source.
+    fn earlier(
+        &self,
+        sources: Vec<String>,
+        from: i64,
+        before: i64,
+    ) -> impl Future<Output = Result<Vec<Earlier>, HistoryError>> + Send;
 
     /// Size figures (for the in-process store; Redis reports zeros).
     fn usage(&self) -> Usage;
@@ -643,30 +674,57 @@ impl History {
     /// the history off, or Redis failing (degraded, logged and counted), the prior is empty and
     /// the request is scored from its own rows.
     pub fn prior(&self, keys: PriorKeys, before: i64, now: i64) -> Prior {
-        let result = match &self.backend {
-            Backend::Off => return Prior::default(),
-            Backend::Memory(store) => return store.prior_now(&keys, before, now),
+        match &self.backend {
+            Backend::Off => Prior::default(),
+            Backend::Memory(store) => store.prior_now(&keys, before, now),
+            Backend::Redis(store) => self.read_blocking("prior", store.prior(keys, before, now)),
+        }
+    }
+
+    /// What `sources` sent in the hour before a request's events, the request being scored as
+    /// the last part of that hour: times in `[latest - EARLIER_SECONDS, earliest)`, where
+    /// `earliest` and `latest` are its events' first and last times. A request that spans the
+    /// hour (the ESCU search's) reads nothing; a stream cut into small requests is scored with
+    /// what came before each, so its scores do not depend on how it was cut. A re-sent request
+    /// reads what came before it, never itself. Never fails: empty with the history off, Redis
+    /// failing (degraded, logged, counted) or more than [`EARLIER_MAX_SOURCES`] sources.
+    pub fn earlier(&self, sources: Vec<String>, earliest: i64, latest: i64) -> Vec<Earlier> {
+        let from = latest.saturating_sub(EARLIER_SECONDS);
+        if from >= earliest || sources.is_empty() || sources.len() > EARLIER_MAX_SOURCES {
+            return Vec::new();
+        }
+        match &self.backend {
+            Backend::Off => Vec::new(),
+            Backend::Memory(store) => store.earlier_now(&sources, from, earliest),
             Backend::Redis(store) => {
-                let Some(runtime) = &self.runtime else {
-                    return Prior::default();
-                };
-                let read = store.prior(keys, before, now);
-                match tokio::runtime::Handle::try_current() {
-                    // A compute-pool thread: outside the runtime, it may wait for it.
-                    Err(_) => runtime.block_on(read),
-                    // An async worker (a small request): it hands its other tasks over while
-                    // it waits (the read is bounded by the store's timeout).
-                    Ok(current)
-                        if current.runtime_flavor()
-                            == tokio::runtime::RuntimeFlavor::MultiThread =>
-                    {
-                        tokio::task::block_in_place(|| current.block_on(read))
-                    }
-                    Ok(_) => return Prior::default(),
-                }
+                self.read_blocking("prior", store.earlier(sources, from, earliest))
             }
+        }
+    }
+
+    /// Waits for a read of the Redis store from a request's thread; its default when the
+    /// store fails (the outcome counted and logged) or cannot be waited for here.
+    fn read_blocking<T: Default>(
+        &self,
+        operation: &str,
+        read: impl Future<Output = Result<T, HistoryError>>,
+    ) -> T {
+        let Some(runtime) = &self.runtime else {
+            return T::default();
         };
-        self.counters.outcome("prior", &result);
+        let result = match tokio::runtime::Handle::try_current() {
+            // A compute-pool thread: outside the runtime, it may wait for it.
+            Err(_) => runtime.block_on(read),
+            // An async worker (a small request): it hands its other tasks over while it waits
+            // (the read is bounded by the store's timeout).
+            Ok(current)
+                if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(|| current.block_on(read))
+            }
+            Ok(_) => return T::default(),
+        };
+        self.counters.outcome(operation, &result);
         result.unwrap_or_default()
     }
 

@@ -58,7 +58,8 @@ use ::redis::{Client, RedisError, RedisResult, Value};
 use rustc_hash::FxHashMap;
 
 use super::{
-    Batch, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName, Usage,
+    Batch, Earlier, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName,
+    Usage, EARLIER_PER_SOURCE,
 };
 use crate::features::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 
@@ -123,6 +124,26 @@ return out
 /// Keys given to one run of the prior script (a request with more runs several, in turn).
 pub const PRIOR_KEYS_PER_SCRIPT: usize = 1_000;
 
+/// What some sources sent at times in `[ARGV[1], ARGV[2])`: `KEYS[i]` is the i-th source's
+/// domain set and `ARGV[3 + i]` the prefix of its names keys. For each source, its domains seen
+/// since `ARGV[1]` (most recent first) and each one's (bucket, name) members in that range
+/// with their times, flat, until at least `ARGV[3]` entries are read.
+const EARLIER_SCRIPT: &str = r"
+local from, before, limit = ARGV[1], '(' .. ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+  local got = {}
+  local domains = redis.call('ZRANGE', KEYS[i], '+inf', from, 'BYSCORE', 'REV')
+  for _, domain in ipairs(domains) do
+    local entries = redis.call('ZRANGE', ARGV[3 + i] .. domain, before, from, 'BYSCORE', 'REV', 'LIMIT', 0, limit, 'WITHSCORES')
+    for j = 1, #entries do got[#got + 1] = entries[j] end
+    if #got >= 2 * limit then break end
+  end
+  out[i] = got
+end
+return out
+";
+
 pub struct RedisHistory {
     config: HistoryConfig,
     client: Client,
@@ -131,6 +152,7 @@ pub struct RedisHistory {
     timeout: Duration,
     forget_script: ::redis::Script,
     prior_script: ::redis::Script,
+    earlier_script: ::redis::Script,
     stats: [OperationCounters; 4],
 }
 
@@ -206,6 +228,7 @@ impl RedisHistory {
             timeout: timeout.max(Duration::from_millis(1)),
             forget_script: ::redis::Script::new(FORGET_SCRIPT),
             prior_script: ::redis::Script::new(PRIOR_SCRIPT),
+            earlier_script: ::redis::Script::new(EARLIER_SCRIPT),
             stats: Default::default(),
         })
     }
@@ -438,17 +461,9 @@ impl RedisHistory {
                     invocation.key(names_key(src, domain));
                 }
             }
-            let invocation = &invocation;
-            let reply: Vec<Value> = self
-                .round_trip(Operation::Prior, |mut c| async move {
-                    invocation.invoke_async(&mut c).await
-                })
+            let reply = self
+                .one_answer_each(&invocation, run.len(), "the prior script")
                 .await?;
-            if reply.len() != run.len() {
-                return Err(corrupt(
-                    "the prior script answered a different number of keys",
-                ));
-            }
             for (key, value) in run.iter().zip(reply) {
                 match key {
                     Key::Source(src) => {
@@ -479,6 +494,63 @@ impl RedisHistory {
             }
         }
         Ok(prior)
+    }
+
+    /// Runs a read script (counted with the `prior` reads) that answers one value for each of
+    /// `keys` keys or sources.
+    async fn one_answer_each(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+        keys: usize,
+        script: &str,
+    ) -> Result<Vec<Value>, HistoryError> {
+        let reply: Vec<Value> = self
+            .round_trip(Operation::Prior, |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        if reply.len() != keys {
+            return Err(corrupt(&format!(
+                "{script} answered {} values for {keys} keys",
+                reply.len()
+            )));
+        }
+        Ok(reply)
+    }
+
+    async fn read_earlier(
+        &self,
+        sources: Vec<String>,
+        from: i64,
+        before: i64,
+    ) -> Result<Vec<Earlier>, HistoryError> {
+        let mut earlier = Vec::new();
+        // Runs of the script, each over at most PRIOR_KEYS_PER_SCRIPT sources.
+        for run in sources.chunks(PRIOR_KEYS_PER_SCRIPT) {
+            let mut invocation = self.earlier_script.prepare_invoke();
+            invocation.arg(from).arg(before).arg(EARLIER_PER_SOURCE);
+            for src in run {
+                invocation.key(domains_key(src)).arg(names_key_prefix(src));
+            }
+            let reply = self
+                .one_answer_each(&invocation, run.len(), "the earlier-events script")
+                .await?;
+            for (src, entries) in run.iter().zip(reply) {
+                let mut of_source = scored(entries)?
+                    .into_iter()
+                    .map(|(member, time)| Ok((parse_member(&member)?.1, time)))
+                    .collect::<Result<Vec<(String, i64)>, HistoryError>>()?;
+                // The most recent, across domains.
+                of_source.sort_unstable_by_key(|&(_, time)| std::cmp::Reverse(time));
+                of_source.truncate(EARLIER_PER_SOURCE);
+                earlier.extend(of_source.into_iter().map(|(name, time)| Earlier {
+                    src: src.clone(),
+                    name,
+                    time,
+                }));
+            }
+        }
+        Ok(earlier)
     }
 
     async fn forget_source(&self, src: &str) -> Result<bool, HistoryError> {
@@ -715,6 +787,16 @@ impl HistoryStore for RedisHistory {
 
     async fn prior(&self, keys: PriorKeys, before: i64, now: i64) -> Result<Prior, HistoryError> {
         self.counted(Operation::Prior, self.read_prior(keys, before, now))
+            .await
+    }
+
+    async fn earlier(
+        &self,
+        sources: Vec<String>,
+        from: i64,
+        before: i64,
+    ) -> Result<Vec<Earlier>, HistoryError> {
+        self.counted(Operation::Prior, self.read_earlier(sources, from, before))
             .await
     }
 

@@ -2,6 +2,8 @@
 //! socket, and DSDL envelopes.
 #![allow(dead_code)]
 
+pub mod dev_stream;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -562,6 +562,36 @@ fn score_body(
     Ok(scored)
 }
 
+/// What the batch's sources sent in the hour before it (see `History::earlier`), when every
+/// usable event carries its time: without times a request cannot be placed in its sources'
+/// streams (and a re-sent one would read its own first copy), so it is scored alone.
+fn earlier_events(state: &AppState, batch: &Batch) -> Vec<crate::history::Earlier> {
+    let mut sources = Vec::new();
+    let mut seen = rustc_hash::FxHashSet::default();
+    let (mut earliest, mut latest) = (i64::MAX, i64::MIN);
+    for event in batch.iter() {
+        let Some((src, _)) = event.dns else {
+            continue;
+        };
+        let Some(time) = event.time else {
+            return Vec::new();
+        };
+        earliest = earliest.min(time);
+        latest = latest.max(time);
+        if seen.insert(src) {
+            sources.push(src.to_string());
+        }
+    }
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    // Times ahead of the clock count as now, as the history records them.
+    let now = crate::history::unix_now() + crate::history::FUTURE_SLACK_SECONDS;
+    state
+        .history
+        .earlier(sources, earliest.min(now), latest.min(now))
+}
+
 /// Scores the batch's rank-1 events with all usable events as history (the rows `/apply` would
 /// build from the same events) and, for a schema with long-window features, what the service
 /// remembered before the batch's earliest event. Returns one probability per event, `None`
@@ -572,7 +602,19 @@ fn probabilities(
     batch: &Batch,
     stages: &mut Stages,
 ) -> Result<Vec<Option<f32>>, ApiError> {
-    let mut rows = Vec::with_capacity(batch.len());
+    let remembers = state.history.remembers(model.info.schema);
+    let earlier = if remembers {
+        earlier_events(state, batch)
+    } else {
+        Vec::new()
+    };
+    let mut rows = Vec::with_capacity(earlier.len() + batch.len());
+    // What the sources sent before, as unscored rows: the request is scored as the end of an
+    // hour of their queries, however the client cut its stream.
+    rows.extend(earlier.iter().map(|e| Row {
+        src: &e.src,
+        query: &e.name,
+    }));
     let mut scored = Vec::new();
     let mut scored_events = Vec::new();
     for (i, event) in batch.iter().enumerate() {
@@ -596,10 +638,7 @@ fn probabilities(
             .min(now);
         state.history.prior(keys, before, now)
     };
-    let prior = state
-        .history
-        .remembers(model.info.schema)
-        .then_some(&prior as scoring::PriorLookup);
+    let prior = remembers.then_some(&prior as scoring::PriorLookup);
     let scores = scoring::score_with_prior(model, &rows, &scored, prior).map_err(|e| {
         tracing::error!(error = %e, "scoring failed");
         ApiError::internal(e.to_string())
