@@ -3,7 +3,8 @@
 moved by whole hours to the last day, which the history keeps) is sent to a fresh
 `dnsexfil serve` as one `/v1/score` request, then in time order as 100-event requests and as
 one event per request, each event with its time. Prints, per request size, the share of scored
-events whose label is the one-request label, and the tunnel events caught each way.
+events whose label is the one-request label, the tunnel events caught each way, and the mean
+time of a request as this (Python, one connection per request) client sees it.
 
 Usage: benches/streaming_equivalence.py BINARY [--history memory|off] [--hours 0-47]
 A measurement that prints numbers, not a test (tests/streaming.rs checks four hours); its
@@ -21,6 +22,8 @@ import time
 import urllib.request
 
 TOKEN = "streaming-equivalence-token"
+# Requests sent and seconds spent sending them (client included), by events per request.
+REQUESTS, SECONDS = {}, {}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = os.path.join(ROOT, "tests", "fixtures", "dev")
 
@@ -52,8 +55,11 @@ def streamed(binary, history, events, per_request):
         proc, address = serve(binary, history, data_dir)
         try:
             out = []
+            started = time.perf_counter()
             for i in range(0, len(events), per_request):
                 out += labels(address, events[i:i + per_request])
+            REQUESTS[per_request] = REQUESTS.get(per_request, 0) + (len(events) + per_request - 1) // per_request
+            SECONDS[per_request] = SECONDS.get(per_request, 0.0) + time.perf_counter() - started
             return out
         finally:
             proc.kill()
@@ -95,7 +101,8 @@ def main():
     for per_request, (scored, same, tunnel, caught, caught_streamed) in totals.items():
         print(f"history {args.history}, {per_request} event(s) per request: {same} of {scored} "
               f"labels as in one request ({same / scored:.4%}); tunnel events {tunnel}: caught "
-              f"{caught} in one request, {caught_streamed} streamed")
+              f"{caught} in one request, {caught_streamed} streamed; "
+              f"{1e3 * SECONDS[per_request] / REQUESTS[per_request]:.2f} ms per request")
 
 
 if __name__ == "__main__":
