@@ -328,8 +328,18 @@ async fn the_earlier_events_of_a_request_are_the_in_process_stores() {
     asked.push("never".into());
     let mut read = 0;
     for (from, before) in [(T0 - 3600, T0), (T0 - 1200, T0 - 600), (T0, T0 + 600)] {
-        let from_redis = sorted(redis.earlier(asked.clone(), from, before).await.unwrap());
-        let from_memory = sorted(memory.earlier(asked.clone(), from, before).await.unwrap());
+        let from_redis = sorted(
+            redis
+                .earlier(asked.clone(), from, before, 50)
+                .await
+                .unwrap(),
+        );
+        let from_memory = sorted(
+            memory
+                .earlier(asked.clone(), from, before, 50)
+                .await
+                .unwrap(),
+        );
         assert_eq!(from_redis, from_memory, "[{from}, {before})");
         assert!(from_redis
             .iter()

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     Batch, Earlier, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName,
-    Usage, EARLIER_PER_SOURCE,
+    Usage,
 };
 use crate::features::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 
@@ -171,7 +171,13 @@ impl MemoryHistory {
     }
 
     /// What `sources` sent at times in `[from, before)` (see [`HistoryStore::earlier`]).
-    pub fn earlier_now(&self, sources: &[String], from: i64, before: i64) -> Vec<Earlier> {
+    pub fn earlier_now(
+        &self,
+        sources: &[String],
+        from: i64,
+        before: i64,
+        per_source: usize,
+    ) -> Vec<Earlier> {
         let mut earlier = Vec::new();
         for src in sources {
             let mut of_source: Vec<(&String, i64)> = Vec::new();
@@ -189,11 +195,10 @@ impl MemoryHistory {
                     );
                 }
             }
-            if of_source.len() > EARLIER_PER_SOURCE {
-                of_source.select_nth_unstable_by_key(EARLIER_PER_SOURCE, |&(_, time)| {
-                    std::cmp::Reverse(time)
-                });
-                of_source.truncate(EARLIER_PER_SOURCE);
+            if of_source.len() > per_source {
+                of_source
+                    .select_nth_unstable_by_key(per_source, |&(_, time)| std::cmp::Reverse(time));
+                of_source.truncate(per_source);
             }
             earlier.extend(of_source.into_iter().map(|(name, time)| Earlier {
                 src: src.clone(),
@@ -434,8 +439,9 @@ impl HistoryStore for MemoryHistory {
         sources: Vec<String>,
         from: i64,
         before: i64,
+        per_source: usize,
     ) -> Result<Vec<Earlier>, HistoryError> {
-        Ok(self.earlier_now(&sources, from, before))
+        Ok(self.earlier_now(&sources, from, before, per_source))
     }
 
     fn usage(&self) -> Usage {
@@ -471,9 +477,8 @@ mod tests {
         let config = HistoryConfig::default();
         let store = MemoryHistory::new(config);
         let now = 1_800_000_000;
-        let names: Vec<String> = (0..EARLIER_PER_SOURCE + 10)
-            .map(|i| format!("n{i}.tunnel.net"))
-            .collect();
+        let cap = 500;
+        let names: Vec<String> = (0..cap + 10).map(|i| format!("n{i}.tunnel.net")).collect();
         // One name a second, the last a second before `now`; one other source.
         let mut events: Vec<(&str, &str, i64)> = names
             .iter()
@@ -484,7 +489,7 @@ mod tests {
         store.record_now(batch(&events, now, &config), now);
         let sources = vec!["s".to_string(), "none".to_string()];
         // Only the range, never `before` itself.
-        let few = store.earlier_now(&sources, now - 5, now - 2);
+        let few = store.earlier_now(&sources, now - 5, now - 2, cap);
         let mut times: Vec<i64> = few.iter().map(|e| e.time).collect();
         times.sort_unstable();
         assert_eq!(times, [now - 5, now - 4, now - 3]);
@@ -492,10 +497,10 @@ mod tests {
             .iter()
             .all(|e| e.src == "s" && e.name.ends_with(".tunnel.net")));
         // Over the cap: the most recent.
-        let all = store.earlier_now(&sources, now - 86_400, now);
-        assert_eq!(all.len(), EARLIER_PER_SOURCE);
+        let all = store.earlier_now(&sources, now - 86_400, now, cap);
+        assert_eq!(all.len(), cap);
         let oldest = all.iter().map(|e| e.time).min().unwrap();
-        assert_eq!(oldest, now - EARLIER_PER_SOURCE as i64);
+        assert_eq!(oldest, now - cap as i64);
     }
     #[test]
     fn a_re_sent_window_counts_once_and_a_new_bucket_counts_again() {

@@ -390,6 +390,10 @@ pub const EARLIER_PER_SOURCE: usize = 20_000;
 /// than this is scored from its own rows (it is a bulk upload, not a stream).
 pub const EARLIER_MAX_SOURCES: usize = 1_000;
 
+/// Most earlier events read for one request, all its sources together (each then gets at most
+/// its share): a request's added rows stay within what one large request may bring.
+pub const EARLIER_MAX_EVENTS: usize = 200_000;
+
 /// A store of observations. Implementations are cheap to share (`&self`) across requests.
 pub trait HistoryStore: Send + Sync {
     /// Adds a batch (as of `now`, which also expires what fell out of the window).
@@ -418,13 +422,14 @@ pub trait HistoryStore: Send + Sync {
         now: i64,
     ) -> impl Future<Output = Result<Prior, HistoryError>> + Send;
 
-    /// What `sources` sent at times in `[from, before)`, at most [`EARLIER_PER_SOURCE`] (the
-    /// most recent) per source.
+    /// What `sources` sent at times in `[from, before)`, at most `per_source` (the most
+    /// recent) per source.
     fn earlier(
         &self,
         sources: Vec<String>,
         from: i64,
         before: i64,
+        per_source: usize,
     ) -> impl Future<Output = Result<Vec<Earlier>, HistoryError>> + Send;
 
     /// Size figures (for the in-process store; Redis reports zeros).
@@ -687,17 +692,19 @@ impl History {
     /// hour (the ESCU search's) reads nothing; a stream cut into small requests is scored with
     /// what came before each, so its scores do not depend on how it was cut. A re-sent request
     /// reads what came before it, never itself. Never fails: empty with the history off, Redis
-    /// failing (degraded, logged, counted) or more than [`EARLIER_MAX_SOURCES`] sources.
+    /// failing (degraded, logged, counted) or more than [`EARLIER_MAX_SOURCES`] sources. At
+    /// most [`EARLIER_PER_SOURCE`] per source and [`EARLIER_MAX_EVENTS`] in all, the most recent.
     pub fn earlier(&self, sources: Vec<String>, earliest: i64, latest: i64) -> Vec<Earlier> {
         let from = latest.saturating_sub(EARLIER_SECONDS);
         if from >= earliest || sources.is_empty() || sources.len() > EARLIER_MAX_SOURCES {
             return Vec::new();
         }
+        let per_source = EARLIER_PER_SOURCE.min(EARLIER_MAX_EVENTS / sources.len());
         match &self.backend {
             Backend::Off => Vec::new(),
-            Backend::Memory(store) => store.earlier_now(&sources, from, earliest),
+            Backend::Memory(store) => store.earlier_now(&sources, from, earliest, per_source),
             Backend::Redis(store) => {
-                self.read_blocking("prior", store.earlier(sources, from, earliest))
+                self.read_blocking("prior", store.earlier(sources, from, earliest, per_source))
             }
         }
     }

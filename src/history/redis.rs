@@ -59,7 +59,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     Batch, Earlier, HistoryConfig, HistoryError, HistoryStore, Recorded, SourceReport, StoredName,
-    Usage, EARLIER_PER_SOURCE,
+    Usage,
 };
 use crate::features::prior::{PairPrior, Prior, PriorKeys, SourcePrior};
 
@@ -523,12 +523,13 @@ impl RedisHistory {
         sources: Vec<String>,
         from: i64,
         before: i64,
+        per_source: usize,
     ) -> Result<Vec<Earlier>, HistoryError> {
         let mut earlier = Vec::new();
         // Runs of the script, each over at most PRIOR_KEYS_PER_SCRIPT sources.
         for run in sources.chunks(PRIOR_KEYS_PER_SCRIPT) {
             let mut invocation = self.earlier_script.prepare_invoke();
-            invocation.arg(from).arg(before).arg(EARLIER_PER_SOURCE);
+            invocation.arg(from).arg(before).arg(per_source);
             for src in run {
                 invocation.key(domains_key(src)).arg(names_key_prefix(src));
             }
@@ -542,7 +543,7 @@ impl RedisHistory {
                     .collect::<Result<Vec<(String, i64)>, HistoryError>>()?;
                 // The most recent, across domains.
                 of_source.sort_unstable_by_key(|&(_, time)| std::cmp::Reverse(time));
-                of_source.truncate(EARLIER_PER_SOURCE);
+                of_source.truncate(per_source);
                 earlier.extend(of_source.into_iter().map(|(name, time)| Earlier {
                     src: src.clone(),
                     name,
@@ -795,9 +796,13 @@ impl HistoryStore for RedisHistory {
         sources: Vec<String>,
         from: i64,
         before: i64,
+        per_source: usize,
     ) -> Result<Vec<Earlier>, HistoryError> {
-        self.counted(Operation::Prior, self.read_earlier(sources, from, before))
-            .await
+        self.counted(
+            Operation::Prior,
+            self.read_earlier(sources, from, before, per_source),
+        )
+        .await
     }
 
     /// Zeros: Redis reports its own size.
