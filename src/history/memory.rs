@@ -180,7 +180,7 @@ impl MemoryHistory {
     ) -> Vec<Earlier> {
         let mut earlier = Vec::new();
         for src in sources {
-            let mut of_source: Vec<(&String, i64)> = Vec::new();
+            let mut of_source: Vec<(String, i64)> = Vec::new();
             let shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
             let Some(source) = shard.sources.get(src) else {
                 continue;
@@ -191,20 +191,18 @@ impl MemoryHistory {
                         buckets
                             .iter()
                             .filter(|&&(_, time)| time >= from && time < before)
-                            .map(|&(_, time)| (name, time)),
+                            .map(|&(_, time)| (name.clone(), time)),
                     );
                 }
             }
-            if of_source.len() > per_source {
-                of_source
-                    .select_nth_unstable_by_key(per_source, |&(_, time)| std::cmp::Reverse(time));
-                of_source.truncate(per_source);
-            }
-            earlier.extend(of_source.into_iter().map(|(name, time)| Earlier {
-                src: src.clone(),
-                name: name.clone(),
-                time,
-            }));
+            drop(shard);
+            earlier.extend(super::most_recent(of_source, per_source).into_iter().map(
+                |(name, time)| Earlier {
+                    src: src.clone(),
+                    name,
+                    time,
+                },
+            ));
         }
         earlier
     }

@@ -378,6 +378,36 @@ pub struct Earlier {
     pub time: i64,
 }
 
+/// What a request's sources sent in the hour before it (see [`History::earlier`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HourBefore {
+    /// Where the hour read starts: a long-window read for the same request ends here.
+    pub from: i64,
+    pub events: Vec<Earlier>,
+}
+
+impl HourBefore {
+    /// Bytes its events hold.
+    pub fn held_bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| std::mem::size_of::<Earlier>() + e.src.len() + e.name.len())
+            .sum()
+    }
+}
+
+/// The most recent `per_source` of one source's earlier events, ties broken by name, so that
+/// both stores keep the same ones.
+pub(crate) fn most_recent(mut events: Vec<(String, i64)>, per_source: usize) -> Vec<(String, i64)> {
+    let newest_first =
+        |a: &(String, i64), b: &(String, i64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    if events.len() > per_source {
+        events.select_nth_unstable_by(per_source, newest_first);
+        events.truncate(per_source);
+    }
+    events
+}
+
 /// How far back a request's earlier events are read: its features describe an hour of a
 /// source's queries, as the ESCU search sends them.
 pub const EARLIER_SECONDS: i64 = 3_600;
@@ -687,26 +717,31 @@ impl History {
     }
 
     /// What `sources` sent in the hour before a request's events, the request being scored as
-    /// the last part of that hour: times in `[latest - EARLIER_SECONDS, earliest)`, where
-    /// `earliest` and `latest` are its events' first and last times. A request that spans the
-    /// hour (the ESCU search's) reads nothing; a stream cut into small requests is scored with
-    /// what came before each, so its scores do not depend on how it was cut. A re-sent request
-    /// reads what came before it, never itself. Never fails: empty with the history off, Redis
-    /// failing (degraded, logged, counted) or more than [`EARLIER_MAX_SOURCES`] sources. At
-    /// most [`EARLIER_PER_SOURCE`] per source and [`EARLIER_MAX_EVENTS`] in all, the most recent.
-    pub fn earlier(&self, sources: Vec<String>, earliest: i64, latest: i64) -> Vec<Earlier> {
-        let from = latest.saturating_sub(EARLIER_SECONDS);
+    /// the last part of that hour: times in `[latest - EARLIER_SECONDS + 1, earliest)` (and
+    /// within the window), where `earliest` and `latest` are its events' first and last times.
+    /// A request that spans the hour (the ESCU search's) reads nothing; a stream cut into small
+    /// requests is scored with what came before each, so its scores do not depend on how it was
+    /// cut. A re-sent request reads what came before it, never itself. `None` when there is
+    /// nothing to read: the history off, a request spanning the hour, or more than
+    /// [`EARLIER_MAX_SOURCES`] sources; with Redis failing (degraded, logged, counted) the
+    /// events are empty. At most [`EARLIER_PER_SOURCE`] per source and [`EARLIER_MAX_EVENTS`] in
+    /// all, the most recent (ties by name).
+    pub fn earlier(&self, sources: Vec<String>, earliest: i64, latest: i64) -> Option<HourBefore> {
+        let config = self.config()?;
+        let oldest = unix_now() - config.window_seconds;
+        let from = latest.saturating_sub(EARLIER_SECONDS - 1).max(oldest);
         if from >= earliest || sources.is_empty() || sources.len() > EARLIER_MAX_SOURCES {
-            return Vec::new();
+            return None;
         }
         let per_source = EARLIER_PER_SOURCE.min(EARLIER_MAX_EVENTS / sources.len());
-        match &self.backend {
-            Backend::Off => Vec::new(),
+        let events = match &self.backend {
+            Backend::Off => return None,
             Backend::Memory(store) => store.earlier_now(&sources, from, earliest, per_source),
             Backend::Redis(store) => {
                 self.read_blocking("prior", store.earlier(sources, from, earliest, per_source))
             }
-        }
+        };
+        Some(HourBefore { from, events })
     }
 
     /// Waits for a read of the Redis store from a request's thread; its default when the

@@ -125,21 +125,41 @@ return out
 pub const PRIOR_KEYS_PER_SCRIPT: usize = 1_000;
 
 /// What some sources sent at times in `[ARGV[1], ARGV[2])`: `KEYS[i]` is the i-th source's
-/// domain set and `ARGV[3 + i]` the prefix of its names keys. For each source, its domains seen
-/// since `ARGV[1]` (most recent first) and each one's (bucket, name) members in that range
-/// with their times, flat, until at least `ARGV[3]` entries are read.
+/// domain set and `ARGV[4 + i]` the prefix of its names keys. For each source, its (bucket,
+/// name) members in that range with their times, flat: at most `ARGV[3]` of each domain, the
+/// domains taken most recently seen first (at most `ARGV[4]` of them) until every later one
+/// was last seen before the `ARGV[3]`-th newest time already read (it cannot hold a newer one).
 const EARLIER_SCRIPT: &str = r"
-local from, before, limit = ARGV[1], '(' .. ARGV[2], tonumber(ARGV[3])
+local from, before, limit = tonumber(ARGV[1]), '(' .. ARGV[2], tonumber(ARGV[3])
+local max_domains = tonumber(ARGV[4])
 local out = {}
 for i = 1, #KEYS do
-  local got = {}
-  local domains = redis.call('ZRANGE', KEYS[i], '+inf', from, 'BYSCORE', 'REV')
-  for _, domain in ipairs(domains) do
-    local entries = redis.call('ZRANGE', ARGV[3 + i] .. domain, before, from, 'BYSCORE', 'REV', 'LIMIT', 0, limit, 'WITHSCORES')
-    for j = 1, #entries do got[#got + 1] = entries[j] end
-    if #got >= 2 * limit then break end
+  local got, threshold = {}, nil
+  local domains = redis.call('ZRANGE', KEYS[i], '+inf', from, 'BYSCORE', 'REV', 'LIMIT', 0, max_domains, 'WITHSCORES')
+  for d = 1, #domains, 2 do
+    if threshold and tonumber(domains[d + 1]) < threshold then break end
+    local low = threshold and math.max(from, threshold) or from
+    local entries = redis.call('ZRANGE', ARGV[4 + i] .. domains[d], before, low, 'BYSCORE', 'REV', 'LIMIT', 0, limit, 'WITHSCORES')
+    for j = 1, #entries, 2 do
+      got[#got + 1] = {entries[j], tonumber(entries[j + 1])}
+    end
+    if #got >= limit then
+      -- The limit-th newest time read: older entries cannot be among the newest; ties stay.
+      table.sort(got, function(a, b) return a[2] > b[2] end)
+      threshold = got[limit][2]
+      local kept = {}
+      for _, entry in ipairs(got) do
+        if entry[2] >= threshold then kept[#kept + 1] = entry end
+      end
+      got = kept
+    end
   end
-  out[i] = got
+  local flat = {}
+  for _, entry in ipairs(got) do
+    flat[#flat + 1] = entry[1]
+    flat[#flat + 1] = tostring(entry[2])
+  end
+  out[i] = flat
 end
 return out
 ";
@@ -529,7 +549,11 @@ impl RedisHistory {
         // Runs of the script, each over at most PRIOR_KEYS_PER_SCRIPT sources.
         for run in sources.chunks(PRIOR_KEYS_PER_SCRIPT) {
             let mut invocation = self.earlier_script.prepare_invoke();
-            invocation.arg(from).arg(before).arg(per_source);
+            invocation
+                .arg(from)
+                .arg(before)
+                .arg(per_source)
+                .arg(READ_DOMAINS);
             for src in run {
                 invocation.key(domains_key(src)).arg(names_key_prefix(src));
             }
@@ -537,18 +561,17 @@ impl RedisHistory {
                 .one_answer_each(&invocation, run.len(), "the earlier-events script")
                 .await?;
             for (src, entries) in run.iter().zip(reply) {
-                let mut of_source = scored(entries)?
+                let of_source = scored(entries)?
                     .into_iter()
                     .map(|(member, time)| Ok((parse_member(&member)?.1, time)))
                     .collect::<Result<Vec<(String, i64)>, HistoryError>>()?;
-                // The most recent, across domains.
-                of_source.sort_unstable_by_key(|&(_, time)| std::cmp::Reverse(time));
-                of_source.truncate(per_source);
-                earlier.extend(of_source.into_iter().map(|(name, time)| Earlier {
-                    src: src.clone(),
-                    name,
-                    time,
-                }));
+                earlier.extend(super::most_recent(of_source, per_source).into_iter().map(
+                    |(name, time)| Earlier {
+                        src: src.clone(),
+                        name,
+                        time,
+                    },
+                ));
             }
         }
         Ok(earlier)

@@ -23,6 +23,20 @@ pub fn run_inline<T>(work: impl FnOnce() -> T) -> T {
     work()
 }
 
+/// Runs `work` on this thread; when `heavy` on an async worker (of a multi-thread runtime), as
+/// blocking work (`block_in_place`): the worker's other tasks move to another worker meanwhile,
+/// so inline work that turned out large holds up no other connection.
+pub fn off_the_reactor_if<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime)
+            if heavy && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+        {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// False inside [`run_inline`]: the work must stay on this thread.
 pub fn may_wait_for_pool() -> bool {
     !INLINE.with(|inline| inline.get())

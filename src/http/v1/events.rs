@@ -30,7 +30,7 @@ pub struct Event {
     /// (`2024-05-01T12:00:00Z`). The history remembers the event at this time (the arrival
     /// time when absent or unreadable), so a re-sent event is counted once. When every event
     /// of a request has its time, the request is scored with what its sources sent in the hour
-    /// before it, so a stream cut into small requests is labelled as one request would be.
+    /// before it, so a stream cut into small requests is labelled nearly as one request would be.
     #[schema(schema_with = time_schema)]
     pub time: Option<Value>,
 }
@@ -41,7 +41,7 @@ fn time_schema() -> utoipa::openapi::Object {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::String, Type::Number, Type::Null]))
         .description(Some(
-            "Event time: Unix seconds (a number or a numeric string, as Splunk's `_time`) or RFC 3339 (`2024-05-01T12:00:00Z`). The history remembers the event at this time (the arrival time when absent or unreadable), so a re-sent event is counted once. When every event of a request has its time, the request is scored with what its sources sent in the hour before it, so a stream cut into small requests is labelled as one request would be.",
+            "Event time: Unix seconds (a number or a numeric string, as Splunk's `_time`) or RFC 3339 (`2024-05-01T12:00:00Z`). The history remembers the event at this time (the arrival time when absent or unreadable), so a re-sent event is counted once. When every event of a request has its time, the request is scored with what its sources sent in the hour before it, so a stream cut into small requests is labelled nearly as one request would be.",
         ))
         .examples([serde_json::json!("2024-05-01T12:00:00Z")])
         .build()

@@ -22,7 +22,7 @@ use http_body::{Frame, SizeHint};
 use crate::engine::memory::LargeRequest;
 use crate::engine::scoring;
 use crate::features::Row;
-use crate::history::Observation;
+use crate::history::{HourBefore, Observation};
 use crate::http::body::{read_body_budgeted, BodyBudget, Room};
 use crate::http::refusal::{retry_soon, Flavor, Refusal};
 use crate::http::stages::{ms, Stages};
@@ -532,9 +532,17 @@ fn score_body(
         state.rescan_store_if_missing(name, None);
     }
     let model = models::choose(&state.registry, requested.as_deref())?;
-    // What the answer is written from, and the pieces in flight, counted before the scoring.
-    let held =
-        batch.held_bytes() + batch.len() * std::mem::size_of::<Option<f32>>() + 2 * PIECE_BYTES;
+    let hour_before = if state.history.remembers(model.info.schema) {
+        hour_before(state, &batch)
+    } else {
+        None
+    };
+    // What the answer is written from, the pieces in flight and the rows read from the hour
+    // before, counted before the scoring.
+    let held = batch.held_bytes()
+        + batch.len() * std::mem::size_of::<Option<f32>>()
+        + 2 * PIECE_BYTES
+        + hour_before.as_ref().map_or(0, HourBefore::held_bytes);
     let room = budget.grow_to(held, state);
     if let Some(refusal) = room.refusal(held, state.config.limits.max_body_bytes_in_flight) {
         return Err(match room {
@@ -544,7 +552,14 @@ fn score_body(
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", refusal),
         });
     }
-    let probabilities = probabilities(state, &model, &batch, stages)?;
+    // A small request scored on an async worker may have brought many rows from the hour
+    // before: the worker then hands its other connections over while it computes.
+    let many_rows = hour_before
+        .as_ref()
+        .is_some_and(|h| h.events.len() > INLINE_EARLIER_ROWS);
+    let probabilities = crate::util::pool::off_the_reactor_if(many_rows, || {
+        probabilities(state, &model, &batch, hour_before.as_ref(), stages)
+    })?;
     let mut scored = Scored {
         model,
         batch,
@@ -562,10 +577,14 @@ fn score_body(
     Ok(scored)
 }
 
+/// Rows from the hour before a request above which a small request's scoring leaves the async
+/// worker's other connections to other workers.
+const INLINE_EARLIER_ROWS: usize = 2_000;
+
 /// What the batch's sources sent in the hour before it (see `History::earlier`), when every
 /// usable event carries its time: without times a request cannot be placed in its sources'
 /// streams (and a re-sent one would read its own first copy), so it is scored alone.
-fn earlier_events(state: &AppState, batch: &Batch) -> Vec<crate::history::Earlier> {
+fn hour_before(state: &AppState, batch: &Batch) -> Option<HourBefore> {
     let mut sources = Vec::new();
     let mut seen = rustc_hash::FxHashSet::default();
     let (mut earliest, mut latest) = (i64::MAX, i64::MIN);
@@ -573,17 +592,12 @@ fn earlier_events(state: &AppState, batch: &Batch) -> Vec<crate::history::Earlie
         let Some((src, _)) = event.dns else {
             continue;
         };
-        let Some(time) = event.time else {
-            return Vec::new();
-        };
+        let time = event.time?;
         earliest = earliest.min(time);
         latest = latest.max(time);
         if seen.insert(src) {
             sources.push(src.to_string());
         }
-    }
-    if sources.is_empty() {
-        return Vec::new();
     }
     // Times ahead of the clock count as now, as the history records them.
     let now = crate::history::unix_now() + crate::history::FUTURE_SLACK_SECONDS;
@@ -600,14 +614,11 @@ fn probabilities(
     state: &AppState,
     model: &Model,
     batch: &Batch,
+    hour_before: Option<&HourBefore>,
     stages: &mut Stages,
 ) -> Result<Vec<Option<f32>>, ApiError> {
     let remembers = state.history.remembers(model.info.schema);
-    let earlier = if remembers {
-        earlier_events(state, batch)
-    } else {
-        Vec::new()
-    };
+    let earlier = hour_before.map_or(&[][..], |h| &h.events[..]);
     let mut rows = Vec::with_capacity(earlier.len() + batch.len());
     // What the sources sent before, as unscored rows: the request is scored as the end of an
     // hour of their queries, however the client cut its stream.
@@ -629,14 +640,19 @@ fn probabilities(
     }
     let prior = |keys| {
         let now = crate::history::unix_now();
-        let before = batch
-            .iter()
-            .filter(|event| event.dns.is_some())
-            .map(|event| event.time.unwrap_or(now))
-            .min()
-            .unwrap_or(now)
-            .min(now);
-        state.history.prior(keys, before, now)
+        // Before the hour read as rows, when one was: the long window does not count it twice.
+        let before = hour_before.map_or_else(
+            || {
+                batch
+                    .iter()
+                    .filter(|event| event.dns.is_some())
+                    .map(|event| event.time.unwrap_or(now))
+                    .min()
+                    .unwrap_or(now)
+            },
+            |h| h.from,
+        );
+        state.history.prior(keys, before.min(now), now)
     };
     let prior = remembers.then_some(&prior as scoring::PriorLookup);
     let scores = scoring::score_with_prior(model, &rows, &scored, prior).map_err(|e| {
