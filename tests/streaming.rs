@@ -166,3 +166,46 @@ fn a_tunnel_riding_on_a_busy_host_streamed_one_event_at_a_time_keeps_its_labels(
     let (scored, agree) = agreeing(&one_request, &streamed, |_| true);
     assert!(agree as f64 >= 0.99 * scored as f64, "{agree} of {scored}");
 }
+
+/// A retried request (the same events, the same times) is scored exactly as the first time:
+/// what it reads from the hour before it never includes itself, even the events of its first
+/// second, which other requests of that second do see.
+#[test]
+fn a_retried_request_gets_the_same_answer() {
+    let (events, tunnels) = dev_log();
+    let hour = dev_hour(&events, hours_by_tunnel_events(&events, &tunnels)[0]);
+    let served = service("memory");
+    let parts: Vec<&[DevEvent]> = hour.chunks(50).take(12).collect();
+    for part in &parts {
+        let first = probabilities_of(&served, part);
+        let again = probabilities_of(&served, part);
+        assert_eq!(first, again);
+        assert!(first.iter().any(Option::is_some));
+    }
+}
+
+/// The probabilities `served` gives `events` in one request.
+fn probabilities_of(served: &ServedBinary, events: &[DevEvent]) -> Vec<Option<f64>> {
+    let body: Vec<serde_json::Value> = events
+        .iter()
+        .map(
+            |e| serde_json::json!({"src": e.src, "query": e.query, "rank": e.rank, "time": e.time}),
+        )
+        .collect();
+    let answer: serde_json::Value = common::TestServer::client()
+        .post(format!("http://{}/v1/score", served.address))
+        .header("Authorization", format!("Bearer {}", common::TOKEN))
+        .json(&serde_json::json!({ "events": body }))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["probability"].as_f64())
+        .collect()
+}

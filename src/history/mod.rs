@@ -717,16 +717,23 @@ impl History {
     }
 
     /// What `sources` sent in the hour before a request's events, the request being scored as
-    /// the last part of that hour: times in `[latest - EARLIER_SECONDS + 1, earliest)` (and
-    /// within the window), where `earliest` and `latest` are its events' first and last times.
-    /// A request that spans the hour (the ESCU search's) reads nothing; a stream cut into small
-    /// requests is scored with what came before each, so its scores do not depend on how it was
-    /// cut. A re-sent request reads what came before it, never itself. `None` when there is
-    /// nothing to read: the history off, a request spanning the hour, or more than
+    /// the last part of that hour: times from `latest - EARLIER_SECONDS + 1` to `earliest` (and
+    /// within the window), where `earliest` and `latest` are its events' first and last times;
+    /// at `earliest` itself, all but the request's own names (`first_second`: its (source,
+    /// query) at that time), so events of one second sent in several requests see each other
+    /// and a re-sent request never sees itself. A request that spans the hour (the ESCU
+    /// search's) reads nothing; a stream cut into small requests is scored with what came
+    /// before each, so its scores do not depend on how it was cut. `None` when there is nothing
+    /// to read: the history off, a request spanning the hour, or more than
     /// [`EARLIER_MAX_SOURCES`] sources; with Redis failing (degraded, logged, counted) the
     /// events are empty. At most [`EARLIER_PER_SOURCE`] per source and [`EARLIER_MAX_EVENTS`] in
     /// all, the most recent (ties by name).
-    pub fn earlier(&self, sources: Vec<String>, earliest: i64, latest: i64) -> Option<HourBefore> {
+    pub fn earlier(
+        &self,
+        sources: Vec<String>,
+        (earliest, latest): (i64, i64),
+        first_second: &[(&str, &str)],
+    ) -> Option<HourBefore> {
         let config = self.config()?;
         let oldest = unix_now() - config.window_seconds;
         let from = latest.saturating_sub(EARLIER_SECONDS - 1).max(oldest);
@@ -734,13 +741,19 @@ impl History {
             return None;
         }
         let per_source = EARLIER_PER_SOURCE.min(EARLIER_MAX_EVENTS / sources.len());
-        let events = match &self.backend {
+        let until = earliest.saturating_add(1);
+        let mut events = match &self.backend {
             Backend::Off => return None,
-            Backend::Memory(store) => store.earlier_now(&sources, from, earliest, per_source),
+            Backend::Memory(store) => store.earlier_now(&sources, from, until, per_source),
             Backend::Redis(store) => {
-                self.read_blocking("prior", store.earlier(sources, from, earliest, per_source))
+                self.read_blocking("prior", store.earlier(sources, from, until, per_source))
             }
         };
+        let own: rustc_hash::FxHashSet<(&str, String)> = first_second
+            .iter()
+            .map(|&(src, query)| (src, normalise(query)))
+            .collect();
+        events.retain(|e| e.time != earliest || !own.contains(&(e.src.as_str(), e.name.clone())));
         Some(HourBefore { from, events })
     }
 

@@ -601,9 +601,15 @@ fn hour_before(state: &AppState, batch: &Batch) -> Option<HourBefore> {
     }
     // Times ahead of the clock count as now, as the history records them.
     let now = crate::history::unix_now() + crate::history::FUTURE_SLACK_SECONDS;
+    let (earliest, latest) = (earliest.min(now), latest.min(now));
+    let first_second: Vec<(&str, &str)> = batch
+        .iter()
+        .filter(|event| event.time.map(|t| t.min(now)) == Some(earliest))
+        .filter_map(|event| event.dns)
+        .collect();
     state
         .history
-        .earlier(sources, earliest.min(now), latest.min(now))
+        .earlier(sources, (earliest, latest), &first_second)
 }
 
 /// Scores the batch's rank-1 events with all usable events as history (the rows `/apply` would
