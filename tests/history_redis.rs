@@ -631,19 +631,7 @@ fn serve_with_redis(url: &str) -> common::ServedBinary {
 
 /// `POST /v1/score` of `events`; the probabilities, in order.
 fn score(served: &common::ServedBinary, events: serde_json::Value) -> Vec<f64> {
-    let answer: serde_json::Value = common::TestServer::client()
-        .post(format!("http://{}/v1/score", served.address))
-        .header("Authorization", format!("Bearer {}", common::TOKEN))
-        .json(&serde_json::json!({ "events": events }))
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .unwrap();
-    answer["results"]
-        .as_array()
-        .unwrap()
+    common::dev_stream::score_results(served, events)
         .iter()
         .map(|r| r["probability"].as_f64().unwrap())
         .collect()

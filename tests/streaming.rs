@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::dev_stream::{dev_hour, dev_log, hours_by_tunnel_events, labels_of, DevEvent};
+use common::dev_stream::{
+    dev_hour, dev_log, hours_by_tunnel_events, labels_of, probabilities_of, DevEvent,
+};
 use common::ServedBinary;
 
 /// A fresh service (its own empty history) with `history` (`memory` or `off`).
@@ -182,30 +184,4 @@ fn a_retried_request_gets_the_same_answer() {
         assert_eq!(first, again);
         assert!(first.iter().any(Option::is_some));
     }
-}
-
-/// The probabilities `served` gives `events` in one request.
-fn probabilities_of(served: &ServedBinary, events: &[DevEvent]) -> Vec<Option<f64>> {
-    let body: Vec<serde_json::Value> = events
-        .iter()
-        .map(
-            |e| serde_json::json!({"src": e.src, "query": e.query, "rank": e.rank, "time": e.time}),
-        )
-        .collect();
-    let answer: serde_json::Value = common::TestServer::client()
-        .post(format!("http://{}/v1/score", served.address))
-        .header("Authorization", format!("Bearer {}", common::TOKEN))
-        .json(&serde_json::json!({ "events": body }))
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .unwrap();
-    answer["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["probability"].as_f64())
-        .collect()
 }

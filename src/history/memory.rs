@@ -180,29 +180,22 @@ impl MemoryHistory {
     ) -> Vec<Earlier> {
         let mut earlier = Vec::new();
         for src in sources {
-            let mut of_source: Vec<(String, i64)> = Vec::new();
             let shard = self.shard_of(src).lock().unwrap_or_else(|e| e.into_inner());
             let Some(source) = shard.sources.get(src) else {
                 continue;
             };
-            for domain in source.domains.values() {
-                for (name, buckets) in &domain.names {
-                    of_source.extend(
-                        buckets
-                            .iter()
-                            .filter(|&&(_, time)| time >= from && time < before)
-                            .map(|&(_, time)| (name.clone(), time)),
-                    );
-                }
-            }
-            drop(shard);
-            earlier.extend(super::most_recent(of_source, per_source).into_iter().map(
-                |(name, time)| Earlier {
-                    src: src.clone(),
-                    name,
-                    time,
-                },
-            ));
+            let in_range: Vec<(&str, i64)> = source
+                .domains
+                .values()
+                .flat_map(|domain| &domain.names)
+                .flat_map(|(name, buckets)| {
+                    buckets
+                        .iter()
+                        .filter(|&&(_, time)| time >= from && time < before)
+                        .map(move |&(_, time)| (name.as_str(), time))
+                })
+                .collect();
+            super::keep_most_recent(src, in_range, per_source, &mut earlier);
         }
         earlier
     }

@@ -396,16 +396,25 @@ impl HourBefore {
     }
 }
 
-/// The most recent `per_source` of one source's earlier events, ties broken by name, so that
-/// both stores keep the same ones.
-pub(crate) fn most_recent(mut events: Vec<(String, i64)>, per_source: usize) -> Vec<(String, i64)> {
-    let newest_first =
-        |a: &(String, i64), b: &(String, i64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
-    if events.len() > per_source {
-        events.select_nth_unstable_by(per_source, newest_first);
-        events.truncate(per_source);
+/// Adds to `earlier` the most recent `per_source` of `src`'s (name, time) entries, ties broken
+/// by name, so that both stores keep the same ones; only the names kept are copied.
+pub(crate) fn keep_most_recent<N: AsRef<str> + Into<String>>(
+    src: &str,
+    mut entries: Vec<(N, i64)>,
+    per_source: usize,
+    earlier: &mut Vec<Earlier>,
+) {
+    if entries.len() > per_source {
+        entries.select_nth_unstable_by(per_source, |a, b| {
+            b.1.cmp(&a.1).then_with(|| a.0.as_ref().cmp(b.0.as_ref()))
+        });
+        entries.truncate(per_source);
     }
-    events
+    earlier.extend(entries.into_iter().map(|(name, time)| Earlier {
+        src: src.to_string(),
+        name: name.into(),
+        time,
+    }));
 }
 
 /// How far back a request's earlier events are read: its features describe an hour of a

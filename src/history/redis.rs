@@ -565,13 +565,7 @@ impl RedisHistory {
                     .into_iter()
                     .map(|(member, time)| Ok((parse_member(&member)?.1, time)))
                     .collect::<Result<Vec<(String, i64)>, HistoryError>>()?;
-                earlier.extend(super::most_recent(of_source, per_source).into_iter().map(
-                    |(name, time)| Earlier {
-                        src: src.clone(),
-                        name,
-                        time,
-                    },
-                ));
+                super::keep_most_recent(src, of_source, per_source, &mut earlier);
             }
         }
         Ok(earlier)

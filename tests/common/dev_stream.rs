@@ -78,25 +78,46 @@ pub fn hours_by_tunnel_events(
     counted.into_iter().map(|(_, h)| h).collect()
 }
 
-/// The labels `served` gives `events` sent as one `/v1/score` request (`None` for events not
-/// scored).
-pub fn labels_of(served: &ServedBinary, events: &[DevEvent]) -> Vec<Option<i64>> {
+/// The results `served` gives `events` (JSON event objects) sent as one `/v1/score` request.
+pub fn score_results(served: &ServedBinary, events: Value) -> Vec<Value> {
+    let resp = super::TestServer::client()
+        .post(format!("http://{}/v1/score", served.address))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .json(&json!({ "events": events }))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut answer: Value = resp.json().unwrap();
+    match answer["results"].take() {
+        Value::Array(results) => results,
+        other => panic!("results: {other}"),
+    }
+}
+
+/// The results `served` gives `events` of the log sent as one `/v1/score` request, with their
+/// ranks and times.
+pub fn results_of(served: &ServedBinary, events: &[DevEvent]) -> Vec<Value> {
     let body: Vec<Value> = events
         .iter()
         .map(|e| json!({"src": e.src, "query": e.query, "rank": e.rank, "time": e.time}))
         .collect();
-    let resp = super::TestServer::client()
-        .post(format!("http://{}/v1/score", served.address))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .json(&json!({ "events": body }))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let answer: Value = resp.json().unwrap();
-    answer["results"]
-        .as_array()
-        .unwrap()
+    score_results(served, Value::Array(body))
+}
+
+/// The labels `served` gives `events` sent as one `/v1/score` request (`None` for events not
+/// scored).
+pub fn labels_of(served: &ServedBinary, events: &[DevEvent]) -> Vec<Option<i64>> {
+    results_of(served, events)
         .iter()
         .map(|r| r["label"].as_i64())
+        .collect()
+}
+
+/// The probabilities `served` gives `events` sent as one `/v1/score` request (`None` for events
+/// not scored).
+pub fn probabilities_of(served: &ServedBinary, events: &[DevEvent]) -> Vec<Option<f64>> {
+    results_of(served, events)
+        .iter()
+        .map(|r| r["probability"].as_f64())
         .collect()
 }
