@@ -112,6 +112,13 @@ pub struct TrainingOptions {
     /// training time and a wider network.
     #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8))]
     pub members: usize,
+    /// dnsexfil-v3 and later: split the network into a part that reads only the channel
+    /// evidence (distinct and never-shared names per source and domain, names of one template,
+    /// rotation counts), whose weights cannot be negative, so more evidence never lowers the
+    /// score; and a part that reads the rest but neither the evidence nor the query volume (an
+    /// experiment: not the default model's recipe; see src/model/monotone.rs).
+    #[arg(long)]
+    pub evidence_part: bool,
 }
 
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod eval;
 pub mod file;
 pub mod mlp;
+pub mod monotone;
 pub mod train;
 
 pub use file::{Model, ModelInfo};

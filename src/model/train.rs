@@ -67,6 +67,8 @@ pub struct TrainParams {
     pub select_epoch: EpochSelection,
     /// How the validation loss that chooses the epoch weighs the validation rows.
     pub validation_loss: ValidationLoss,
+    /// Weights held at zero or non-negative after every step (see [`super::monotone`]).
+    pub constraints: Option<super::monotone::WeightConstraints>,
 }
 
 /// Which epoch's weights training keeps.
@@ -135,6 +137,7 @@ impl Default for TrainParams {
             stop_when: None,
             select_epoch: EpochSelection::Best,
             validation_loss: ValidationLoss::Rows,
+            constraints: None,
         }
     }
 }
@@ -244,6 +247,9 @@ pub fn train(
         Some(tensors) => start_layers(tensors, shape)?,
         None => init_layers(shape, &mut rng)?,
     };
+    if let Some(constraints) = &params.constraints {
+        constraints.project(&vars)?;
+    }
     // The network trained is the `Mlp` the service loads, built over the trainable variables
     // and run through its `Linear` layers (`training_logits`: only they read the live weights).
     // Its input is standardised here, once, so it is built without its own standardisation.
@@ -299,6 +305,9 @@ pub fn train(
             let y = y_train.index_select(&idx, 0)?;
             let loss = weighted_bce(&network.training_logits(&x)?, &y, positive_weight)?;
             optimizer.backward_step(&loss)?;
+            if let Some(constraints) = &params.constraints {
+                constraints.project(&vars)?;
+            }
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;
         }
@@ -687,6 +696,69 @@ mod tests {
         }
     }
 
+    #[test]
+    fn constrained_training_learns_through_the_evidence_part_and_keeps_its_constraints() {
+        // The label depends on feature 0 alone; the evidence part reads only feature 0, and
+        // the context part reads only feature 1 (noise): only the evidence part can learn.
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let constraints = crate::model::monotone::WeightConstraints::evidence_split(
+            shape,
+            &crate::model::monotone::EvidenceSplit {
+                evidence: vec![0],
+                hidden_from_context: vec![],
+                evidence_units: (2, 1),
+            },
+        )
+        .unwrap();
+        let params = TrainParams {
+            epochs: 30,
+            learning_rate: 1e-2,
+            batch_size: 32,
+            constraints: Some(constraints),
+            ..Default::default()
+        };
+        let (t, report) = train(
+            shape,
+            &toy(1, 600),
+            &toy(2, 200),
+            &[],
+            &params,
+            None,
+            |_| {},
+        )
+        .unwrap();
+        assert!(report.best.val_auc > 0.98, "{report:?}");
+        let w = |n: &str| t[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (w1, w2, w3) = (w(TENSOR_NAMES[0]), w(TENSOR_NAMES[2]), w(TENSOR_NAMES[4]));
+        // Layer 1 is [8, 2]: context units 0..6 never read feature 0; evidence units 6..8
+        // read it non-negatively and never read feature 1.
+        for unit in 0..8 {
+            if unit < 6 {
+                assert_eq!(w1[unit * 2], 0.0);
+            } else {
+                assert!(w1[unit * 2] >= 0.0);
+                assert_eq!(w1[unit * 2 + 1], 0.0);
+            }
+        }
+        // Layer 2 is [4, 8], block-diagonal; the output's evidence weight is non-negative.
+        for unit in 0..4 {
+            for from in 0..8 {
+                let v = w2[unit * 8 + from];
+                if (unit < 3) != (from < 6) {
+                    assert_eq!(v, 0.0, "layer 2 [{unit}, {from}]");
+                } else if unit == 3 {
+                    assert!(v >= 0.0);
+                }
+            }
+        }
+        assert!(w3[3] >= 0.0);
+    }
+
     /// `toy` with every label flipped: training on `toy` makes its loss rise epoch after epoch.
     fn flipped(seed: u64, n: usize) -> Dataset {
         let mut d = toy(seed, n);
@@ -933,7 +1005,7 @@ mod tests {
         let gentle = TrainParams {
             epochs: 1,
             learning_rate: 1e-5,
-            ..params
+            ..params.clone()
         };
         let (tuned, report) = train(
             shape,

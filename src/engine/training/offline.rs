@@ -39,6 +39,11 @@ pub fn fit_offline(
                 Schema::DnsexfilV4 | Schema::DnsexfilV5
             )
             .then_some(1.0)),
+            constraints: options
+                .evidence_part
+                .then(|| evidence_constraints(options.schema))
+                .transpose()
+                .map_err(TrainError::Data)?,
             ..Default::default()
         },
         validation_fraction: options.val_fraction,
@@ -58,6 +63,59 @@ pub fn fit_offline(
             )
         }
     })
+}
+
+/// Features that are evidence of a channel whatever the names look like: more of them never
+/// makes a name less suspicious (see `src/model/monotone.rs`).
+const EVIDENCE_FEATURES: [&str; 8] = [
+    "pair_log_distinct",
+    "psl_pair_log_distinct",
+    "icann_pair_log_domains",
+    "icann_pair_template_log_count",
+    "icann_pair_unique_name_share",
+    "icann_pair_excess",
+    "src_log_payload_names_on_unique_domains",
+    "src_log_unique_domains_with_payload",
+];
+
+/// Features the context part may not read because they reveal the evidence's volume.
+const VOLUME_FEATURES: [&str; 1] = ["pair_log_volume"];
+
+/// `--evidence-part`'s constraints for a network of `schema`.
+fn evidence_constraints(
+    schema: Schema,
+) -> Result<crate::model::monotone::WeightConstraints, String> {
+    let names: Vec<&str> = match schema {
+        Schema::DnsexfilV3 => crate::features::v3::names().collect(),
+        Schema::DnsexfilV4 => crate::features::v4::names().collect(),
+        Schema::DnsexfilV5 => crate::features::v5::names().collect(),
+        other => {
+            return Err(format!(
+                "--evidence-part needs dnsexfil-v3 or later, not {}",
+                other.name()
+            ))
+        }
+    };
+    let columns = |wanted: &[&str]| -> Vec<usize> {
+        wanted
+            .iter()
+            .map(|w| {
+                names
+                    .iter()
+                    .position(|n| n == w)
+                    .expect("the evidence features are v3's")
+            })
+            .collect()
+    };
+    let shape = crate::model::file::shape_for(schema);
+    crate::model::monotone::WeightConstraints::evidence_split(
+        shape,
+        &crate::model::monotone::EvidenceSplit {
+            evidence: columns(&EVIDENCE_FEATURES),
+            hidden_from_context: columns(&VOLUME_FEATURES),
+            evidence_units: (shape.hidden_1 / 4, shape.hidden_2 / 4),
+        },
+    )
 }
 
 /// `, worst validation source N% of the loss` when the epoch knows it.
@@ -235,6 +293,9 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     }
     if options.validation_loss != ValidationLoss::Rows {
         params["validation_loss"] = "per-source".into();
+    }
+    if options.evidence_part {
+        params["evidence_part"] = true.into();
     }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
