@@ -119,6 +119,12 @@ pub struct TrainingOptions {
     /// experiment: not the default model's recipe; see src/model/monotone.rs).
     #[arg(long)]
     pub evidence_part: bool,
+    /// dnsexfil-v3 and later: hide the names' look (length, alphabet, entropy and the like, per
+    /// name and per pair) from this share of the training rows, so the network must also learn
+    /// what the channel's volume and context say without it (0: never; an experiment: not the
+    /// default model's recipe).
+    #[arg(long, default_value_t = 0.0, value_parser = real_in("0 to 0.9", |v| (0.0..=0.9).contains(&v)))]
+    pub hide_look: f64,
 }
 
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {

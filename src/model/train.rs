@@ -69,6 +69,17 @@ pub struct TrainParams {
     pub validation_loss: ValidationLoss,
     /// Weights held at zero or non-negative after every step (see [`super::monotone`]).
     pub constraints: Option<super::monotone::WeightConstraints>,
+    /// Input columns hidden together from a share of the training rows.
+    pub hidden_group: Option<HiddenGroup>,
+}
+
+/// A group of input columns hidden (set to the training mean: 0 once standardised) from each
+/// training row with probability `share`, redrawn every epoch; validation sees every column.
+/// A network that must also score rows without the group learns what the other columns say.
+#[derive(Debug, Clone)]
+pub struct HiddenGroup {
+    pub columns: Vec<usize>,
+    pub share: f64,
 }
 
 /// Which epoch's weights training keeps.
@@ -138,6 +149,7 @@ impl Default for TrainParams {
             select_epoch: EpochSelection::Best,
             validation_loss: ValidationLoss::Rows,
             constraints: None,
+            hidden_group: None,
         }
     }
 }
@@ -280,6 +292,24 @@ pub fn train(
         },
     )?;
 
+    // Its own generator, so that training without a hidden group draws exactly as before.
+    let mut hiding_rng = SplitMix64::new(params.seed ^ 0x6869_6465);
+    let hide = |x: Tensor, rng: &mut SplitMix64| -> candle_core::Result<Tensor> {
+        let Some(group) = &params.hidden_group else {
+            return Ok(x);
+        };
+        let (rows, width) = x.dims2()?;
+        let mut mask = vec![1.0f32; rows * width];
+        for row in 0..rows {
+            let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            if draw < group.share {
+                for &c in &group.columns {
+                    mask[row * width + c] = 0.0;
+                }
+            }
+        }
+        x.mul(&Tensor::from_vec(mask, (rows, width), x.device())?)
+    };
     let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
     let mut best: Option<(EpochStats, Vec<Tensor>)> = None;
     let mut since_best = 0;
@@ -301,7 +331,7 @@ pub fn train(
                 return Err(TrainError::Stopped);
             }
             let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
-            let x = x_train.index_select(&idx, 0)?;
+            let x = hide(x_train.index_select(&idx, 0)?, &mut hiding_rng)?;
             let y = y_train.index_select(&idx, 0)?;
             let loss = weighted_bce(&network.training_logits(&x)?, &y, positive_weight)?;
             optimizer.backward_step(&loss)?;
@@ -757,6 +787,48 @@ mod tests {
             }
         }
         assert!(w3[3] >= 0.0);
+    }
+
+    #[test]
+    fn a_hidden_group_is_hidden_from_the_share_of_training_rows_asked() {
+        // Column 0 decides the label: hidden from every training row, nothing is learnt; from
+        // half of them, the other half still teaches it.
+        let shape = MlpShape {
+            input: 2,
+            hidden_1: 8,
+            hidden_2: 4,
+            normalized: true,
+        };
+        let loss = |share: f64| {
+            let params = TrainParams {
+                epochs: 20,
+                learning_rate: 1e-2,
+                batch_size: 32,
+                hidden_group: Some(HiddenGroup {
+                    columns: vec![0],
+                    share,
+                }),
+                ..Default::default()
+            };
+            let (_, report) = train(
+                shape,
+                &toy(1, 600),
+                &toy(2, 200),
+                &[],
+                &params,
+                None,
+                |_| {},
+            )
+            .unwrap();
+            report.best.val_loss
+        };
+        // (Not the AUC: column 0's first-layer weights keep their random start when it is
+        // always hidden, and a random projection of the one deciding column ranks rows well.)
+        let (never_seen, half_seen) = (loss(1.0), loss(0.5));
+        assert!(
+            never_seen > 2.0 * half_seen,
+            "{never_seen} hidden, {half_seen} half hidden"
+        );
     }
 
     /// `toy` with every label flipped: training on `toy` makes its loss rise epoch after epoch.

@@ -44,6 +44,14 @@ pub fn fit_offline(
                 .then(|| evidence_constraints(options.schema))
                 .transpose()
                 .map_err(TrainError::Data)?,
+            hidden_group: (options.hide_look > 0.0)
+                .then(|| look_columns(options.schema))
+                .transpose()
+                .map_err(TrainError::Data)?
+                .map(|columns| crate::model::train::HiddenGroup {
+                    columns,
+                    share: options.hide_look,
+                }),
             ..Default::default()
         },
         validation_fraction: options.val_fraction,
@@ -81,38 +89,72 @@ const EVIDENCE_FEATURES: [&str; 8] = [
 /// Features the context part may not read because they reveal the evidence's volume.
 const VOLUME_FEATURES: [&str; 1] = ["pair_log_volume"];
 
-/// `--evidence-part`'s constraints for a network of `schema`.
-fn evidence_constraints(
-    schema: Schema,
-) -> Result<crate::model::monotone::WeightConstraints, String> {
+/// The names' look: what `--hide-look` hides.
+const LOOK_FEATURES: [&str; 23] = [
+    "query_len",
+    "sub_len",
+    "sub_labels",
+    "sub_longest_label",
+    "sub_entropy",
+    "sub_digit_ratio",
+    "sub_upper_ratio",
+    "sub_hex_ratio",
+    "sub_base32_ratio",
+    "sub_other_ratio",
+    "sub_vowel_ratio",
+    "sub_unique_ratio",
+    "sub_max_consonant_run",
+    "sub_mixed_case",
+    "escapes",
+    "pair_mean_sub_len",
+    "pair_max_sub_len",
+    "pair_mean_entropy",
+    "pair_mean_longest_label",
+    "pair_long_sub_share",
+    "pair_mean_digit_ratio",
+    "sub_class_switch_ratio",
+    "icann_pair_sub_len_cv",
+];
+
+/// Columns of `wanted` among the features of `schema` (dnsexfil-v3 and later).
+fn columns_of(schema: Schema, option: &str, wanted: &[&str]) -> Result<Vec<usize>, String> {
     let names: Vec<&str> = match schema {
         Schema::DnsexfilV3 => crate::features::v3::names().collect(),
         Schema::DnsexfilV4 => crate::features::v4::names().collect(),
         Schema::DnsexfilV5 => crate::features::v5::names().collect(),
         other => {
             return Err(format!(
-                "--evidence-part needs dnsexfil-v3 or later, not {}",
+                "{option} needs dnsexfil-v3 or later, not {}",
                 other.name()
             ))
         }
     };
-    let columns = |wanted: &[&str]| -> Vec<usize> {
-        wanted
-            .iter()
-            .map(|w| {
-                names
-                    .iter()
-                    .position(|n| n == w)
-                    .expect("the evidence features are v3's")
-            })
-            .collect()
-    };
+    Ok(wanted
+        .iter()
+        .map(|w| {
+            names
+                .iter()
+                .position(|n| n == w)
+                .expect("the named features are v3's")
+        })
+        .collect())
+}
+
+/// `--hide-look`'s columns for `schema`.
+fn look_columns(schema: Schema) -> Result<Vec<usize>, String> {
+    columns_of(schema, "--hide-look", &LOOK_FEATURES)
+}
+
+/// `--evidence-part`'s constraints for a network of `schema`.
+fn evidence_constraints(
+    schema: Schema,
+) -> Result<crate::model::monotone::WeightConstraints, String> {
     let shape = crate::model::file::shape_for(schema);
     crate::model::monotone::WeightConstraints::evidence_split(
         shape,
         &crate::model::monotone::EvidenceSplit {
-            evidence: columns(&EVIDENCE_FEATURES),
-            hidden_from_context: columns(&VOLUME_FEATURES),
+            evidence: columns_of(schema, "--evidence-part", &EVIDENCE_FEATURES)?,
+            hidden_from_context: columns_of(schema, "--evidence-part", &VOLUME_FEATURES)?,
             evidence_units: (shape.hidden_1 / 4, shape.hidden_2 / 4),
         },
     )
@@ -296,6 +338,9 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     }
     if options.evidence_part {
         params["evidence_part"] = true.into();
+    }
+    if options.hide_look > 0.0 {
+        params["hide_look"] = options.hide_look.into();
     }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
