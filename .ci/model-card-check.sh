@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The model card's tables are what `dnsexfil evaluate` prints today: the leave-one-tool-out table,
 # the same with the randomised family also left out, and the trained-on-everything table
-# (`--tools none`). Reruns each (a few minutes on 2 cores) and fails on any difference.
+# (`--tools none`), and how the probability reads (`--reliability`). Reruns each (a few minutes on 2 cores) and fails on any difference.
 # DNSEXFIL_BIN names a release binary to use (default: build one with cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +37,4 @@ check lofo-table
 tools=$(echo "$table" | tail -n +3 | cut -d' ' -f2 | grep -vx randomised | paste -sd, -)
 check lofo-table-without-randomised --also-leave-out randomised --tools "$tools"
 check all-tools-table --tools none
+check reliability-table --reliability

@@ -100,6 +100,39 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     }
     let (_, test) =
         dataset::split_event_sources(&real.events, &real.labels, args.test_fraction, options.seed);
+    if args.reliability {
+        anyhow::ensure!(
+            args.tools.iter().all(|t| t == "none") && args.also_leave_out.is_empty(),
+            "--reliability trains on everything: give no --tools (or --tools none) and no --also-leave-out"
+        );
+        let (_, scored) = train_and_score(&real, &test, &[], &[], options, args.eval_sessions)?;
+        let bins = reliability(&scored);
+        println!("| probability | rows | malicious | benign (real / look-alike) | mean probability | malicious share |");
+        println!("|---|---|---|---|---|---|");
+        for bin in &bins {
+            println!(
+                "| {} | {} | {} | {} / {} | {:.4} | {:.4} |",
+                bin.range,
+                bin.rows,
+                bin.malicious,
+                bin.benign_real,
+                bin.benign_lookalike,
+                bin.mean_probability,
+                bin.malicious as f64 / bin.rows.max(1) as f64
+            );
+        }
+        if let Some(path) = &args.report {
+            let report = serde_json::json!({
+                "test_fraction": args.test_fraction,
+                "eval_sessions": args.eval_sessions,
+                "seed": options.seed,
+                "evaluation_hosts": test,
+                "reliability": bins,
+            });
+            crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     let mut results = Vec::new();
     println!("| tool left out | positives | recall at 0.5 | TPR at FPR 0.1% | ROC AUC | sessions alerted | benign alerts (real / look-alike) |");
     println!("|---|---|---|---|---|---|---|");
@@ -304,6 +337,68 @@ fn score_corpus(model: &Model, corpus: &Corpus, window: f64) -> anyhow::Result<V
     }
 }
 
+/// Rows of an evaluation whose probability falls in one range.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReliabilityBin {
+    /// `0 - 0.01`, `0.01 - 0.1`, ...: from above the lower end (the first from 0) to the upper
+    /// end inclusive, so the ranges above 0.5 hold exactly the alerts.
+    pub range: String,
+    pub rows: usize,
+    pub malicious: usize,
+    pub benign_real: usize,
+    pub benign_lookalike: usize,
+    /// Mean probability of the range's rows (0 when it has none).
+    pub mean_probability: f64,
+}
+
+/// Where the probability ranges of [`reliability`] end.
+const RELIABILITY_EDGES: [f32; 7] = [0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0];
+
+/// How the probability reads: every scored row in its range.
+fn reliability(scored: &[Scored]) -> Vec<ReliabilityBin> {
+    let mut bins: Vec<(ReliabilityBin, f64)> = RELIABILITY_EDGES
+        .windows(2)
+        .map(|edge| {
+            (
+                ReliabilityBin {
+                    range: format!("{} - {}", edge[0], edge[1]),
+                    rows: 0,
+                    malicious: 0,
+                    benign_real: 0,
+                    benign_lookalike: 0,
+                    mean_probability: 0.0,
+                },
+                0.0,
+            )
+        })
+        .collect();
+    for s in scored {
+        // The first range whose upper end the score does not pass (0 falls in the first).
+        let at = RELIABILITY_EDGES[1..]
+            .iter()
+            .position(|&upper| s.score <= upper)
+            .unwrap_or(bins.len() - 1);
+        let (bin, sum) = &mut bins[at];
+        bin.rows += 1;
+        *sum += s.score as f64;
+        match (s.label == 1.0, &s.family) {
+            (true, _) => bin.malicious += 1,
+            (false, None) => bin.benign_real += 1,
+            (false, Some(_)) => bin.benign_lookalike += 1,
+        }
+    }
+    bins.into_iter()
+        .map(|(mut bin, sum)| {
+            bin.mean_probability = if bin.rows > 0 {
+                sum / bin.rows as f64
+            } else {
+                0.0
+            };
+            bin
+        })
+        .collect()
+}
+
 /// Whether a row's family belongs to `tool` (a threat-model tool, or a tool of the log).
 fn of_tool(family: &Option<String>, tool: &str) -> bool {
     match family {
@@ -412,5 +507,57 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
         benign_alerts_lookalike: lookalike_alerts,
         benign_alerts_by_family: by_family,
         by_family: tool_families,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(score: f32, label: f32, family: Option<&str>) -> Scored {
+        Scored {
+            score,
+            label,
+            family: family.map(String::from),
+            session: None,
+            src: "s".into(),
+            query: "q".into(),
+        }
+    }
+
+    #[test]
+    fn the_reliability_ranges_hold_every_row_once_and_the_alerts_above_one_half() {
+        let scored = [
+            row(0.0, 0.0, None),
+            row(0.01, 0.0, Some("dnsbl")),
+            row(0.05, 1.0, Some("sunburst")),
+            row(0.5, 0.0, None),
+            row(0.500_001, 1.0, Some("dnscat2")),
+            row(0.95, 0.0, None),
+            row(1.0, 1.0, Some("iodine")),
+        ];
+        let bins = reliability(&scored);
+        let ranges: Vec<&str> = bins.iter().map(|b| b.range.as_str()).collect();
+        assert_eq!(
+            ranges,
+            [
+                "0 - 0.01",
+                "0.01 - 0.1",
+                "0.1 - 0.5",
+                "0.5 - 0.9",
+                "0.9 - 0.99",
+                "0.99 - 1"
+            ]
+        );
+        let rows: Vec<usize> = bins.iter().map(|b| b.rows).collect();
+        assert_eq!(rows, [2, 1, 1, 1, 1, 1]);
+        assert_eq!((bins[0].benign_real, bins[0].benign_lookalike), (1, 1));
+        assert!((bins[0].mean_probability - 0.005).abs() < 1e-6);
+        assert_eq!(bins[1].malicious, 1);
+        // 0.5 is not an alert (evaluate.py counts scores above it): the range below holds it.
+        assert_eq!((bins[2].benign_real, bins[3].malicious), (1, 1));
+        assert_eq!((bins[4].benign_real, bins[5].malicious), (1, 1));
+        let alerts: usize = bins[3..].iter().map(|b| b.rows).sum();
+        assert_eq!(alerts, scored.iter().filter(|s| s.score > 0.5).count());
     }
 }

@@ -160,6 +160,11 @@ pub struct EvaluateArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Instead of a table per tool, train on everything and print how the probability reads
+    /// on the evaluation hosts: per probability range, rows, malicious and benign rows, the
+    /// mean probability and the malicious share (with --tools none or no --tools).
+    #[arg(long)]
+    pub reliability: bool,
     #[command(flatten)]
     pub options: TrainingOptions,
 }
