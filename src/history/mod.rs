@@ -626,17 +626,19 @@ impl History {
         // In pieces: a batch's maps and copies cost a few hundred bytes a distinct name, which
         // for a whole 200,000-row request would add tens of MiB to its peak. Repeats across
         // pieces are found by the store, as repeats across requests are.
-        let batches = observations.chunks(RECORD_PIECE).filter_map(|piece| {
+        let batch_of = |piece: &[Observation<'_>]| {
             let batch = Batch::from_observations(piece, now, config);
             self.counters
                 .skipped
                 .fetch_add(batch.skipped as u64, Ordering::Relaxed);
             (!batch.is_empty()).then_some(batch)
-        });
+        };
+        let batches = observations.chunks(RECORD_PIECE).filter_map(batch_of);
         match &self.backend {
             Backend::Off => {}
             Backend::Memory(store) => {
-                for batch in batches {
+                let store_one = |batch: Option<Batch>| {
+                    let Some(batch) = batch else { return };
                     let recorded = store.record_now(batch, now);
                     self.counters
                         .recorded
@@ -644,7 +646,22 @@ impl History {
                     self.counters
                         .skipped
                         .fetch_add(recorded.left_out as u64, Ordering::Relaxed);
+                };
+                // Pipelined for a large request: while one piece is written into the store, the
+                // next one's batch is built on the other core (at most two batches alive), in
+                // the pieces' order, so the store ends the same as one piece after another.
+                let split = crate::util::pool::worth_splitting(observations.len());
+                let mut pieces = observations.chunks(RECORD_PIECE);
+                let mut built = pieces.next().and_then(batch_of);
+                for piece in pieces {
+                    let (next, ()) = crate::util::pool::join(
+                        split,
+                        || batch_of(piece),
+                        || store_one(built.take()),
+                    );
+                    built = next;
                 }
+                store_one(built);
             }
             Backend::Redis(store) => {
                 let batches: Vec<Batch> = batches.collect();
@@ -900,6 +917,46 @@ mod tests {
 
     fn obs<'a>(src: &'a str, query: &'a str, time: i64) -> Observation<'a> {
         Observation { src, query, time }
+    }
+
+    #[test]
+    fn a_large_request_recorded_in_pipelined_pieces_leaves_the_store_as_piece_by_piece() {
+        // Four and a half pieces of observations, sources and names repeating across pieces
+        // and buckets, some too old: recorded at once (pipelined) and one piece per call.
+        let now = 2_000_000;
+        let texts: Vec<(String, String, i64)> = (0..RECORD_PIECE * 9 / 2)
+            .map(|i| {
+                (
+                    format!("10.0.{}.{}", i % 7, i % 13),
+                    format!("n{}.d{}.example{}.com", i % 5_000, i % 11, i % 3),
+                    now - (i as i64 * 37) % 90_000,
+                )
+            })
+            .collect();
+        let observations: Vec<Observation> = texts
+            .iter()
+            .map(|(src, query, time)| obs(src, query, *time))
+            .collect();
+        let at_once = History::memory(HistoryConfig::default());
+        at_once.record(&observations, now);
+        let piece_by_piece = History::memory(HistoryConfig::default());
+        for piece in observations.chunks(RECORD_PIECE) {
+            piece_by_piece.record(piece, now);
+        }
+        let counters = |h: &History| {
+            (
+                h.counters().recorded.load(Ordering::Relaxed),
+                h.counters().skipped.load(Ordering::Relaxed),
+            )
+        };
+        assert_eq!(counters(&at_once), counters(&piece_by_piece));
+        assert!(counters(&at_once).0 > 0 && counters(&at_once).1 > 0);
+        assert_eq!(at_once.usage(), piece_by_piece.usage());
+        for i in 0..7 * 13 {
+            let src = format!("10.0.{}.{}", i % 7, i % 13);
+            let report = |h: &History| h.in_process().unwrap().source_now(&src, now);
+            assert_eq!(report(&at_once), report(&piece_by_piece), "{src}");
+        }
     }
 
     #[test]
