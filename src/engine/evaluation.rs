@@ -126,6 +126,8 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
                 "test_fraction": args.test_fraction,
                 "eval_sessions": args.eval_sessions,
                 "seed": options.seed,
+                "threat_sessions": options.threat_sessions,
+                "lookalike_sessions": options.lookalike_sessions,
                 "evaluation_hosts": test,
                 "reliability": bins,
             });
@@ -373,14 +375,18 @@ fn reliability(scored: &[Scored]) -> Vec<ReliabilityBin> {
         })
         .collect();
     for s in scored {
-        // The first range whose upper end the score does not pass (0 falls in the first).
+        // The first range whose upper end the score does not pass (0 falls in the first). A
+        // probability is never NaN; were one, it would not be an alert (as `tool_result` counts
+        // them) and goes to the first range, not the last.
         let at = RELIABILITY_EDGES[1..]
             .iter()
             .position(|&upper| s.score <= upper)
-            .unwrap_or(bins.len() - 1);
+            .unwrap_or(if s.score.is_nan() { 0 } else { bins.len() - 1 });
         let (bin, sum) = &mut bins[at];
         bin.rows += 1;
-        *sum += s.score as f64;
+        if !s.score.is_nan() {
+            *sum += s.score as f64;
+        }
         match (s.label == 1.0, &s.family) {
             (true, _) => bin.malicious += 1,
             (false, None) => bin.benign_real += 1,
@@ -535,6 +541,7 @@ mod tests {
             row(0.500_001, 1.0, Some("dnscat2")),
             row(0.95, 0.0, None),
             row(1.0, 1.0, Some("iodine")),
+            row(f32::NAN, 0.0, None),
         ];
         let bins = reliability(&scored);
         let ranges: Vec<&str> = bins.iter().map(|b| b.range.as_str()).collect();
@@ -550,9 +557,9 @@ mod tests {
             ]
         );
         let rows: Vec<usize> = bins.iter().map(|b| b.rows).collect();
-        assert_eq!(rows, [2, 1, 1, 1, 1, 1]);
-        assert_eq!((bins[0].benign_real, bins[0].benign_lookalike), (1, 1));
-        assert!((bins[0].mean_probability - 0.005).abs() < 1e-6);
+        assert_eq!(rows, [3, 1, 1, 1, 1, 1]);
+        assert_eq!((bins[0].benign_real, bins[0].benign_lookalike), (2, 1));
+        assert!((bins[0].mean_probability - 0.01 / 3.0).abs() < 1e-6);
         assert_eq!(bins[1].malicious, 1);
         // 0.5 is not an alert (evaluate.py counts scores above it): the range below holds it.
         assert_eq!((bins[2].benign_real, bins[3].malicious), (1, 1));

@@ -114,9 +114,10 @@ pub struct TrainingOptions {
     pub members: usize,
     /// dnsexfil-v3 and later: split the network into a part that reads only the channel
     /// evidence (distinct and never-shared names per source and domain, names of one template,
-    /// rotation counts), whose weights cannot be negative, so more evidence never lowers the
-    /// score; and a part that reads the rest but neither the evidence nor the query volume (an
-    /// experiment: not the default model's recipe; see src/model/monotone.rs).
+    /// rotation counts), whose weights cannot be negative, so the logit cannot fall as those
+    /// rise with the rest held fixed; and a part that reads the rest but neither the evidence
+    /// nor the query volume (an experiment: not the default model's recipe; see
+    /// src/model/monotone.rs).
     #[arg(long)]
     pub evidence_part: bool,
     /// dnsexfil-v3 and later: hide the names' look (length, alphabet, entropy and the like, per

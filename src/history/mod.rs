@@ -922,7 +922,9 @@ mod tests {
     #[test]
     fn a_large_request_recorded_in_pipelined_pieces_leaves_the_store_as_piece_by_piece() {
         // Four and a half pieces of observations, sources and names repeating across pieces
-        // and buckets, some too old: recorded at once (pipelined) and one piece per call.
+        // and buckets, some too old: recorded at once (pipelined) and one piece per call. The
+        // store is small enough that sources reach their share and are evicted, which depends on
+        // the order the pieces are written in.
         let now = 2_000_000;
         let texts: Vec<(String, String, i64)> = (0..RECORD_PIECE * 9 / 2)
             .map(|i| {
@@ -937,9 +939,13 @@ mod tests {
             .iter()
             .map(|(src, query, time)| obs(src, query, *time))
             .collect();
-        let at_once = History::memory(HistoryConfig::default());
+        let config = HistoryConfig {
+            max_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let at_once = History::memory(config.clone());
         at_once.record(&observations, now);
-        let piece_by_piece = History::memory(HistoryConfig::default());
+        let piece_by_piece = History::memory(config);
         for piece in observations.chunks(RECORD_PIECE) {
             piece_by_piece.record(piece, now);
         }
@@ -952,6 +958,7 @@ mod tests {
         assert_eq!(counters(&at_once), counters(&piece_by_piece));
         assert!(counters(&at_once).0 > 0 && counters(&at_once).1 > 0);
         assert_eq!(at_once.usage(), piece_by_piece.usage());
+        assert!(at_once.usage().evicted_sources > 0, "{:?}", at_once.usage());
         for i in 0..7 * 13 {
             let src = format!("10.0.{}.{}", i % 7, i % 13);
             let report = |h: &History| h.in_process().unwrap().source_now(&src, now);

@@ -9,7 +9,13 @@
 //!   negative in any of its layers, so its contribution to the logit never falls as they grow;
 //! - the *context* part reads every other feature (shape, popularity, lookup zones, ...) and
 //!   none of the evidence or the raw query volume, so it can say "this zone's names are benign"
-//!   but cannot say "benign because there are many of them".
+//!   but not, through those columns, "benign because there are many of them".
+//!
+//! What this guarantees: the logit is non-decreasing in each evidence column with every other
+//! input held fixed. What it does not: a real burst also moves columns the context part reads
+//! (the source's distinct names, a pair's share of them, a pair's mean look), so more names can
+//! still lower a score through them; and an evidence column that is a share can itself fall
+//! as names are added.
 //!
 //! The logit is the sum of both. The result is still the plain three-layer network of
 //! [`super::mlp`]: the split is zeros and signs in its weights, which [`WeightConstraints`]

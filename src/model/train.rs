@@ -73,7 +73,8 @@ pub struct TrainParams {
     pub hidden_group: Option<HiddenGroup>,
 }
 
-/// A group of input columns hidden (set to the training mean: 0 once standardised) from each
+/// A group of input columns hidden (set to 0 after standardisation: the training rows' mean when
+/// the standardisation was fitted on them, as in offline training) from each
 /// training row with probability `share`, redrawn every epoch; validation sees every column.
 /// A network that must also score rows without the group learns what the other columns say.
 #[derive(Debug, Clone)]
