@@ -121,19 +121,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
                 bin.malicious as f64 / bin.rows.max(1) as f64
             );
         }
-        if let Some(path) = &args.report {
-            let report = serde_json::json!({
-                "test_fraction": args.test_fraction,
-                "eval_sessions": args.eval_sessions,
-                "seed": options.seed,
-                "threat_sessions": options.threat_sessions,
-                "lookalike_sessions": options.lookalike_sessions,
-                "evaluation_hosts": test,
-                "reliability": bins,
-            });
-            crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        }
-        return Ok(());
+        return write_report(args, &test, "reliability", serde_json::to_value(&bins)?);
     }
     let mut results = Vec::new();
     println!("| tool left out | positives | recall at 0.5 | TPR at FPR 0.1% | ROC AUC | sessions alerted | benign alerts (real / look-alike) |");
@@ -177,19 +165,32 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             results.push(r);
         }
     }
-    if let Some(path) = &args.report {
-        let report = serde_json::json!({
-            "test_fraction": args.test_fraction,
-            "eval_sessions": args.eval_sessions,
-            "seed": options.seed,
-            "threat_sessions": options.threat_sessions,
-            "lookalike_sessions": options.lookalike_sessions,
-            "also_left_out": args.also_leave_out,
-            "evaluation_hosts": test,
-            "results": results,
-        });
-        crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    }
+    write_report(args, &test, "results", serde_json::to_value(&results)?)
+}
+
+/// Writes `--report`, when asked: the evaluation's settings and hosts, and its figures under
+/// `key`.
+fn write_report(
+    args: &EvaluateArgs,
+    test: &BTreeSet<String>,
+    key: &str,
+    figures: serde_json::Value,
+) -> anyhow::Result<()> {
+    let Some(path) = &args.report else {
+        return Ok(());
+    };
+    let options = &args.options;
+    let mut report = serde_json::json!({
+        "test_fraction": args.test_fraction,
+        "eval_sessions": args.eval_sessions,
+        "seed": options.seed,
+        "threat_sessions": options.threat_sessions,
+        "lookalike_sessions": options.lookalike_sessions,
+        "also_left_out": args.also_leave_out,
+        "evaluation_hosts": test,
+    });
+    report[key] = figures;
+    crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(())
 }
 

@@ -633,7 +633,6 @@ impl History {
                 .fetch_add(batch.skipped as u64, Ordering::Relaxed);
             (!batch.is_empty()).then_some(batch)
         };
-        let batches = observations.chunks(RECORD_PIECE).filter_map(batch_of);
         match &self.backend {
             Backend::Off => {}
             Backend::Memory(store) => {
@@ -664,7 +663,10 @@ impl History {
                 store_one(built);
             }
             Backend::Redis(store) => {
-                let batches: Vec<Batch> = batches.collect();
+                let batches: Vec<Batch> = observations
+                    .chunks(RECORD_PIECE)
+                    .filter_map(batch_of)
+                    .collect();
                 if batches.is_empty() {
                     return;
                 }

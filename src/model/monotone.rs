@@ -35,9 +35,8 @@ pub struct WeightConstraints {
 
 #[derive(Debug, Clone)]
 struct LayerConstraint {
-    keep: Vec<f32>,
-    non_negative: Vec<f32>,
-    dims: Vec<usize>,
+    keep: Tensor,
+    non_negative: Tensor,
 }
 
 /// Where the network is split and which inputs feed which part.
@@ -110,23 +109,26 @@ impl WeightConstraints {
         let pos_3 = (0..shape.hidden_2)
             .map(|u| f32::from(u >= c2))
             .collect::<Vec<_>>();
-        let layer = |keep, non_negative, dims| {
-            Some(LayerConstraint {
-                keep,
-                non_negative,
-                dims,
-            })
+        // Made once, on the CPU where training runs, not at every step.
+        let layer = |keep: Vec<f32>, non_negative: Vec<f32>, dims: (usize, usize)| {
+            let tensor = |v: Vec<f32>| Tensor::from_vec(v, dims, &candle_core::Device::Cpu);
+            Ok::<_, candle_core::Error>(Some(LayerConstraint {
+                keep: tensor(keep)?,
+                non_negative: tensor(non_negative)?,
+            }))
         };
-        Ok(Self {
-            layers: vec![
-                layer(keep_1, pos_1, vec![shape.hidden_1, shape.input]),
+        let layers = (|| {
+            Ok::<_, candle_core::Error>(vec![
+                layer(keep_1, pos_1, (shape.hidden_1, shape.input))?,
                 None,
-                layer(keep_2, pos_2, vec![shape.hidden_2, shape.hidden_1]),
+                layer(keep_2, pos_2, (shape.hidden_2, shape.hidden_1))?,
                 None,
-                layer(keep_3, pos_3, vec![1, shape.hidden_2]),
+                layer(keep_3, pos_3, (1, shape.hidden_2))?,
                 None,
-            ],
-        })
+            ])
+        })()
+        .map_err(|e| e.to_string())?;
+        Ok(Self { layers })
     }
 
     /// Projects the layer tensors `vars` (in [`super::mlp::TENSOR_NAMES`] order) back onto the
@@ -134,12 +136,9 @@ impl WeightConstraints {
     pub fn project(&self, vars: &[Var]) -> candle_core::Result<()> {
         for (var, constraint) in vars.iter().zip(&self.layers) {
             let Some(c) = constraint else { continue };
-            let device = var.device();
-            let keep = Tensor::from_slice(&c.keep, c.dims.as_slice(), device)?;
-            let non_negative = Tensor::from_slice(&c.non_negative, c.dims.as_slice(), device)?;
-            let kept = var.as_tensor().mul(&keep)?;
+            let kept = var.as_tensor().mul(&c.keep)?;
             // w + non_negative * max(-w, 0): negative constrained entries become 0.
-            let projected = (&kept + kept.neg()?.relu()?.mul(&non_negative)?)?;
+            let projected = (&kept + kept.neg()?.relu()?.mul(&c.non_negative)?)?;
             var.set(&projected)?;
         }
         Ok(())
@@ -218,47 +217,53 @@ mod tests {
         layer(&v[4], &v[5], &h2, false)[0]
     }
 
+    /// Calls `check` with 20 random networks (projected onto `constraints` when given) and 50
+    /// random inputs each.
+    fn for_random_networks(
+        constraints: Option<&WeightConstraints>,
+        mut check: impl FnMut(&[Var], Vec<f32>),
+    ) {
+        for seed in 0..20 {
+            let vars = random_vars(seed);
+            if let Some(c) = constraints {
+                c.project(&vars).unwrap();
+            }
+            let mut rng = SplitMix64::new(seed + 100);
+            for _ in 0..50 {
+                let x: Vec<f32> = (0..SHAPE.input)
+                    .map(|_| (rng.next_u64() % 4001) as f32 / 1000.0 - 2.0)
+                    .collect();
+                check(&vars, x);
+            }
+        }
+    }
+
     #[test]
     fn the_projected_network_never_lowers_its_logit_as_evidence_grows() {
         let constraints = WeightConstraints::evidence_split(SHAPE, &split()).unwrap();
-        for seed in 0..20 {
-            let vars = random_vars(seed);
-            constraints.project(&vars).unwrap();
-            let mut rng = SplitMix64::new(seed + 100);
-            for _ in 0..50 {
-                let mut x: Vec<f32> = (0..SHAPE.input)
-                    .map(|_| (rng.next_u64() % 4001) as f32 / 1000.0 - 2.0)
-                    .collect();
-                let before = logit(&vars, &x);
-                x[1] += 0.5;
-                let raised_one = logit(&vars, &x);
-                x[4] += 1.5;
-                let raised_both = logit(&vars, &x);
-                assert!(raised_one >= before - 1e-5, "{raised_one} < {before}");
-                assert!(raised_both >= raised_one - 1e-5);
-                // A hidden column changes nothing at all.
-                x[2] += 3.0;
-                assert!((logit(&vars, &x) - raised_both).abs() < 1e-5);
-            }
-        }
+        for_random_networks(Some(&constraints), |vars, mut x| {
+            let before = logit(vars, &x);
+            x[1] += 0.5;
+            let raised_one = logit(vars, &x);
+            x[4] += 1.5;
+            let raised_both = logit(vars, &x);
+            assert!(raised_one >= before - 1e-5, "{raised_one} < {before}");
+            assert!(raised_both >= raised_one - 1e-5);
+            // A hidden column changes nothing at all.
+            x[2] += 3.0;
+            assert!((logit(vars, &x) - raised_both).abs() < 1e-5);
+        });
     }
 
     #[test]
     fn without_the_projection_the_same_networks_are_not_monotone() {
         // The check above can fail: unconstrained networks lower their logit somewhere.
         let mut lowered = false;
-        for seed in 0..20 {
-            let vars = random_vars(seed);
-            let mut rng = SplitMix64::new(seed + 100);
-            for _ in 0..50 {
-                let mut x: Vec<f32> = (0..SHAPE.input)
-                    .map(|_| (rng.next_u64() % 4001) as f32 / 1000.0 - 2.0)
-                    .collect();
-                let before = logit(&vars, &x);
-                x[1] += 0.5;
-                lowered |= logit(&vars, &x) < before - 1e-5;
-            }
-        }
+        for_random_networks(None, |vars, mut x| {
+            let before = logit(vars, &x);
+            x[1] += 0.5;
+            lowered |= logit(vars, &x) < before - 1e-5;
+        });
         assert!(lowered);
     }
 
