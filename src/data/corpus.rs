@@ -44,6 +44,9 @@ pub struct ThreatPlan {
     pub packetwhisper: threats::PacketWhisperCiphers,
     /// Which zones the randomised family may hide under.
     pub randomised_cover: threats::RandomisedCover,
+    /// The long-window recipe (`dnsexfil-v5`): slow tunnels with short chunks, and the benign
+    /// services only the hours before a request tell from them.
+    pub long_window: bool,
 }
 
 /// The real log: events, labels and, where `labels.csv` has a `tool` column, each malicious
@@ -136,6 +139,7 @@ pub fn build(
         .into_iter()
         .filter(|f| plan.only.is_empty() || plan.only.contains(f))
         .filter(|f| !plan.leave_out.iter().any(|t| t == f.tool()))
+        .filter(|f| plan.long_window || !f.long_window_only())
         .collect();
     let riding = Carriers::new(&real.events, carriers);
     let first_source = (plan.seed % 1000) as usize * 100;
@@ -157,6 +161,7 @@ pub fn build(
         first_source,
         plan.packetwhisper,
         plan.randomised_cover,
+        plan.long_window,
     );
     let more = threats::generate(
         &benign,
@@ -166,6 +171,7 @@ pub fn build(
         first_source + 50_000,
         plan.packetwhisper,
         plan.randomised_cover,
+        plan.long_window,
     );
     generated.events.extend(more.events);
     generated.labels.extend(more.labels);

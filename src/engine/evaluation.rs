@@ -235,15 +235,7 @@ fn train_and_score(
         kept.val_auc,
         crate::engine::training::offline::worst_source(kept)
     );
-    let evaluation = evaluation_corpus(
-        real,
-        test,
-        scored_tools,
-        options.seed,
-        eval_sessions,
-        options.packetwhisper,
-        options.randomised_cover,
-    );
+    let evaluation = evaluation_corpus(real, test, scored_tools, eval_sessions, options);
     let scored = score_corpus(&fitted.model, &evaluation, options.window)?;
     Ok((evaluation, scored))
 }
@@ -256,10 +248,8 @@ pub fn evaluation_corpus(
     real: &RealLog,
     test: &BTreeSet<String>,
     left_out: &[String],
-    seed: u64,
     per_family: usize,
-    packetwhisper: crate::data::threats::PacketWhisperCiphers,
-    randomised_cover: crate::data::threats::RandomisedCover,
+    options: &crate::engine::recipe::TrainingOptions,
 ) -> Corpus {
     let malicious = real.malicious_sources();
     let benign_hosts: BTreeSet<String> = test.difference(&malicious).cloned().collect();
@@ -289,10 +279,11 @@ pub fn evaluation_corpus(
             per_family,
             per_benign_family: per_family,
             leave_out: Vec::new(),
-            seed: seed.wrapping_add(EVALUATION_SEED_OFFSET),
+            seed: options.seed.wrapping_add(EVALUATION_SEED_OFFSET),
             only: families,
-            packetwhisper,
-            randomised_cover,
+            packetwhisper: options.packetwhisper,
+            randomised_cover: options.randomised_cover,
+            long_window: options.schema == crate::features::Schema::DnsexfilV5,
         },
     )
 }

@@ -37,7 +37,9 @@ pub struct TrainArgs {
 /// How a model is trained: shared by `train` and `evaluate`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainingOptions {
-    /// Feature schema of the model: dnsexfil-v4 (the default model's), dnsexfil-v3 or dnsexfil-v2.
+    /// Feature schema of the model: dnsexfil-v4 (the default model's), dnsexfil-v5 (v4 and the
+    /// long window read from the history; its recipe adds short slow tunnels and the visit-id
+    /// look-alikes only the long window tells from them), dnsexfil-v3 or dnsexfil-v2.
     #[arg(long, default_value = "dnsexfil-v4", value_parser = parse_trainable_schema)]
     pub schema: crate::features::Schema,
     /// Passes over the training rows (1 to 10,000; the ranges are /fit's).
@@ -131,7 +133,7 @@ pub struct TrainingOptions {
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {
     use crate::features::Schema;
     match text.parse::<Schema>()? {
-        Schema::EscuV1 => Err("escu-v1 is the published model's schema; fine-tune it over /fit with its name instead (train makes dnsexfil-v2, -v3 or -v4 models)".into()),
+        Schema::EscuV1 => Err("escu-v1 is the published model's schema; fine-tune it over /fit with its name instead (train makes dnsexfil-v2 to -v5 models)".into()),
         schema => Ok(schema),
     }
 }

@@ -24,6 +24,7 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
         Family::CdnEdge => (cdn_edge(rng), (5, 80), (20, 80), 70, 80, (1, 15)),
         Family::LoadBalancer => (load_balancer(rng), (3, 40), (3, 15), 80, 60, (1, 15)),
         Family::KubernetesSearch => return kubernetes_search(rng),
+        Family::VisitIds => return visit_ids(rng),
         Family::AcmeChallenge => (acme(rng), (2, 30), (0, 0), 0, 0, (1, 15)),
         // A host reaches one to four tenants of a platform; its neighbours reach others.
         Family::PlatformTenants => (platform_tenant(rng), (1, 4), (0, 0), 0, 90, (1, 4)),
@@ -200,6 +201,59 @@ fn dnsbl(rng: &mut SplitMix64) -> Draft {
                 )
             })
             .collect()]
+    } else {
+        Vec::new()
+    };
+    riding(queries, fleet)
+}
+
+/// Ids in host names, one per visit, message or click: web analytics and advertising served
+/// from a subdomain of the site (first-party "CNAME cloaking": Dimova et al., "The CNAME of
+/// the Game", PETS 2021) and e-mail open and click tracking give each page view or message a
+/// name with an id under the site's or sender's own domain. A user reading mail or browsing a
+/// site resolves a few such names in an hour, on one to three hours of a day. In one hour that
+/// is what a slow tunnel's short chunks look like; over a day it is a few names in a few hours.
+fn visit_ids(rng: &mut SplitMix64) -> Draft {
+    let domain = draw::domain(rng);
+    let alphabet = *pick(rng, &[draw::HEX, draw::BASE32, draw::BASE36]);
+    // A service's ids have one length; some sit under a label of their own (`<id>.t.<domain>`).
+    let len = between(rng, 8, 16);
+    let under = if chance(rng, 50) {
+        format!(
+            "{}.{domain}",
+            pick(rng, &["t", "px", "open", "click", "metrics", "ads"])
+        )
+    } else {
+        domain
+    };
+    let id_name = move |r: &mut SplitMix64| format!("{}.{under}", text(r, alphabet, len));
+    let mut queries = Vec::new();
+    let mut hour = 0;
+    for visit in 0..between(rng, 1, 3) {
+        if visit > 0 {
+            hour += between(rng, 1, 8);
+        }
+        for _ in 0..between(rng, 1, 6) {
+            let at = (hour * 3600 + rng.below(3600)) as f64;
+            let name = id_name(rng);
+            // A page asks for its id's name again now and then.
+            if chance(rng, 30) {
+                queries.push((at + between(rng, 1, 60) as f64, name.clone()));
+            }
+            queries.push((at, name));
+        }
+    }
+    // Now and then a colleague visits the same site in that hour.
+    let fleet = if chance(rng, 20) {
+        (0..between(rng, 1, 3))
+            .map(|_| {
+                let n = between(rng, 1, 4);
+                draw::times(rng, n, 1.0)
+                    .into_iter()
+                    .map(|t| (t, id_name(rng)))
+                    .collect()
+            })
+            .collect()
     } else {
         Vec::new()
     };
@@ -524,4 +578,36 @@ fn acme(rng: &mut SplitMix64) -> Names {
             between(r, 1, 99)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visit_ids_are_a_few_names_of_one_shape_in_one_to_three_hours() {
+        for seed in 0..200 {
+            let d = visit_ids(&mut SplitMix64::new(seed));
+            let ids: std::collections::HashSet<&str> =
+                d.queries.iter().map(|(_, n)| n.as_str()).collect();
+            // One id length and one zone per service.
+            let shapes: std::collections::HashSet<(usize, &str)> = ids
+                .iter()
+                .map(|n| n.split_once('.').unwrap())
+                .map(|(id, zone)| (id.len(), zone))
+                .collect();
+            assert_eq!(shapes.len(), 1, "{ids:?}");
+            let (len, _) = shapes.into_iter().next().unwrap();
+            assert!((8..=16).contains(&len));
+            let mut hours: std::collections::HashMap<u64, std::collections::HashSet<&str>> =
+                Default::default();
+            for (t, n) in &d.queries {
+                hours.entry((*t / 3600.0) as u64).or_default().insert(n);
+            }
+            // At most three visits of at most six ids; a repeat may spill into the next hour,
+            // which may be the next visit's.
+            assert!(hours.len() <= 6, "{hours:?}");
+            assert!(ids.len() <= 18 && hours.values().all(|h| h.len() <= 12));
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub(crate) fn draft(
     pw: PacketWhisperCiphers,
     popular: &[String],
     cover: RandomisedCover,
+    long_window: bool,
 ) -> Draft {
     use PacketWhisperCiphers::{Tool, V4};
     match family {
@@ -37,7 +38,7 @@ pub(crate) fn draft(
         Family::Det => det(rng),
         Family::DictionaryEncoding => dictionary(rng),
         Family::DomainRotation => domain_rotation(rng),
-        Family::LowAndSlow => low_and_slow(rng),
+        Family::LowAndSlow => low_and_slow(rng, long_window),
         Family::EightBit => eight_bit(rng),
         Family::Randomised => {
             // Drawn only under `mimic`, so the other covers' sessions stay as they were.
@@ -525,16 +526,25 @@ fn domain_rotation(rng: &mut SplitMix64) -> Draft {
 
 /// Low-and-slow exfiltration (T1048.003 with T1029, scheduled transfer): a handful of
 /// lower-case hex or base32 queries an hour for many hours, from a host that keeps working.
-fn low_and_slow(rng: &mut SplitMix64) -> Draft {
+/// In the long-window recipe (`long_window`) half the sessions send short chunks (8 to 16
+/// characters, one to four an hour): in one hour they look like a site's visit ids (the benign
+/// `visit_ids` family), and only the hours before give them away.
+fn low_and_slow(rng: &mut SplitMix64, long_window: bool) -> Draft {
     let domain = draw::domain(rng);
     let alphabet = *pick(rng, &[draw::HEX, draw::BASE32]);
     let hours = between(rng, 8, 40);
+    // Drawn only in the long-window recipe, so the other recipes' sessions stay as they were.
+    let short = long_window && chance(rng, 50);
+    let ((chunk_lo, chunk_hi), most_an_hour) = if short { ((8, 16), 4) } else { ((24, 60), 6) };
     let mut queries = Vec::new();
     for h in 0..hours {
-        for _ in 0..between(rng, 1, 6) {
+        for _ in 0..between(rng, 1, most_an_hour) {
             queries.push((
                 h as f64 * 3600.0 + rng.below(3600) as f64,
-                format!("{}.{domain}", encoded_chunk(rng, alphabet, 24, 60)),
+                format!(
+                    "{}.{domain}",
+                    encoded_chunk(rng, alphabet, chunk_lo, chunk_hi)
+                ),
             ));
         }
     }
@@ -887,6 +897,7 @@ mod tests {
             PacketWhisperCiphers::Tool,
             &[],
             RandomisedCover::Platforms,
+            false,
         )
     }
 
@@ -911,6 +922,7 @@ mod tests {
                         PacketWhisperCiphers::V4,
                         &[],
                         cover,
+                        false,
                     )
                 })
                 .filter(|d| {
@@ -928,6 +940,38 @@ mod tests {
         };
         assert!(borrowing(RandomisedCover::Mimic) >= 5);
         assert_eq!(borrowing(RandomisedCover::Platforms), 0);
+    }
+
+    /// Queries per hour of a session's start (hours with none are absent).
+    fn per_hour(draft: &Draft) -> std::collections::HashMap<u64, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for (t, _) in &draft.queries {
+            *counts.entry((*t / 3600.0) as u64).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn short_slow_chunks_only_in_the_long_window_recipe() {
+        let is_short = |d: &Draft| {
+            d.queries
+                .iter()
+                .all(|(_, n)| n.split('.').next().unwrap().len() <= 16)
+        };
+        let sessions = |long_window: bool| -> Vec<Draft> {
+            (0..200)
+                .map(|seed| low_and_slow(&mut SplitMix64::new(seed), long_window))
+                .collect()
+        };
+        let long = sessions(true);
+        let short = long.iter().filter(|d| is_short(d)).count();
+        assert!((70..=130).contains(&short), "{short} of 200 short");
+        for d in &long {
+            let most = if is_short(d) { 4 } else { 6 };
+            assert!(per_hour(d).values().all(|&n| (1..=most).contains(&n)));
+        }
+        // The other recipes: never short, as before.
+        assert!(!sessions(false).iter().any(is_short));
     }
 
     #[test]

@@ -48,10 +48,11 @@ pub enum Family {
     KubernetesSearch,
     AcmeChallenge,
     PlatformTenants,
+    VisitIds,
 }
 
 impl Family {
-    pub const ALL: [Family; 23] = [
+    pub const ALL: [Family; 24] = [
         Family::PacketWhisperCdn,
         Family::PacketWhisperAnalytics,
         Family::PacketWhisperWords,
@@ -75,6 +76,7 @@ impl Family {
         Family::KubernetesSearch,
         Family::AcmeChallenge,
         Family::PlatformTenants,
+        Family::VisitIds,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +104,7 @@ impl Family {
             Family::KubernetesSearch => "kubernetes_search",
             Family::AcmeChallenge => "acme_challenge",
             Family::PlatformTenants => "platform_tenants",
+            Family::VisitIds => "visit_ids",
         }
     }
 
@@ -127,7 +130,14 @@ impl Family {
                 | Family::KubernetesSearch
                 | Family::AcmeChallenge
                 | Family::PlatformTenants
+                | Family::VisitIds
         )
+    }
+
+    /// Generated only for the long-window recipe (`dnsexfil-v5` models): a service whose
+    /// names one hour cannot tell from a slow tunnel's, only the hours before it can.
+    pub fn long_window_only(self) -> bool {
+        matches!(self, Family::VisitIds)
     }
 
     pub fn malicious() -> impl Iterator<Item = Family> {
@@ -372,6 +382,7 @@ pub fn generate(
     first_source: usize,
     packetwhisper: PacketWhisperCiphers,
     cover: RandomisedCover,
+    long_window: bool,
 ) -> Generated {
     let popular = match cover {
         RandomisedCover::PopularZones => carriers.popular_zones(),
@@ -392,7 +403,14 @@ pub fn generate(
             let mut rng = SplitMix64::new(seed ^ family_key ^ (s as u64) << 32);
             let id = format!("{}#{seed:x}#{s}", family.name());
             let draft = if family.is_malicious() {
-                malicious::draft(family, &mut rng, packetwhisper, &popular, cover)
+                malicious::draft(
+                    family,
+                    &mut rng,
+                    packetwhisper,
+                    &popular,
+                    cover,
+                    long_window,
+                )
             } else {
                 benign::draft(family, &mut rng)
             };

@@ -174,8 +174,9 @@ pub fn worst_source(e: &crate::model::train::EpochStats) -> String {
 
 /// The training corpus of `dnsexfil train`: the real log without the `test` hosts (and without
 /// the sources of left-out real tools), plus synthetic sessions riding on training hosts.
-/// dnsexfil-v2 models keep their original recipe (generic encoded tunnels); dnsexfil-v3 and v4
-/// models get the threat model's families.
+/// dnsexfil-v2 models keep their original recipe (generic encoded tunnels); dnsexfil-v3 and later
+/// models get the threat model's families, and dnsexfil-v5 models its long-window additions
+/// (short slow tunnels, visit ids).
 pub fn training_corpus(
     real: &crate::data::corpus::RealLog,
     test: &BTreeSet<String>,
@@ -209,6 +210,7 @@ pub fn training_corpus(
                     only: Vec::new(),
                     packetwhisper: options.packetwhisper,
                     randomised_cover: options.randomised_cover,
+                    long_window: false,
                 },
             );
             // The v2 recipe drew its sessions from the whole log's span and donors.
@@ -235,6 +237,7 @@ pub fn training_corpus(
                 only: Vec::new(),
                 packetwhisper: options.packetwhisper,
                 randomised_cover: options.randomised_cover,
+                long_window: options.schema == Schema::DnsexfilV5,
             },
         ),
     }
