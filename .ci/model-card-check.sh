@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The model card's tables are what `dnsexfil evaluate` prints today: the leave-one-tool-out table,
 # the same with the randomised family also left out, and the trained-on-everything table
-# (`--tools none`), and how the probability reads (`--reliability`). Reruns each (a few minutes on 2 cores) and fails on any difference.
+# (`--tools none`), how the probability reads (`--reliability`), and the first and third for the
+# long-window dnsexfil_v5. Reruns each (a few minutes on 2 cores) and fails on any difference.
 # DNSEXFIL_BIN names a release binary to use (default: build one with cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +39,6 @@ tools=$(echo "$table" | tail -n +3 | cut -d' ' -f2 | grep -vx randomised | paste
 check lofo-table-without-randomised --also-leave-out randomised --tools "$tools"
 check all-tools-table --tools none
 check reliability-table --reliability
+# The long-window model's (dnsexfil_v5's recipe).
+check lofo-table-v5 --schema dnsexfil-v5
+check all-tools-table-v5 --schema dnsexfil-v5 --tools none

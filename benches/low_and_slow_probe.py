@@ -9,6 +9,8 @@ window) to a running service's /apply; per hour it prints the tunnel names' prob
 (riding, own source, interleaved) and the highest benign probability. Run it once against a
 service with history on and once against one with `--history off` to see what the long window
 changes. The two sources' history is deleted first, so reruns start from nothing.
+The long-window model is `models/dnsexfil_v5.safetensors` (serve it with `--model`); the
+figures it gives are in docs/history.md, and tests/low_and_slow.rs checks them.
 
 Usage: low_and_slow_probe.py --url http://127.0.0.1:5000 --token TOKEN --model dnsexfil_v5
        [--hex-len 12] [--dev tests/fixtures/dev]
@@ -45,7 +47,7 @@ def main():
         request(f"{args.url}/v1/history/{src}", args.token, method="DELETE", bearer=True)
     rng = random.Random(3)
     name = lambda domain: f"{rng.getrandbits(4 * args.hex_len):0{args.hex_len}x}.{domain}"
-    first = int(time.time()) - 7 * 3600
+    first = (int(time.time()) // 3600 - 7) * 3600  # on the hour: one request, one clock hour
     for hour in range(6):
         start = first + 3600 * hour
         rows = [(start + offset, HOST, query) for offset, query in benign]

@@ -1,7 +1,7 @@
 //! Training from a labelled log: `dnsexfil train` reproduces the shipped models bit for bit
-//! (the default `dnsexfil_v4` and the earlier `dnsexfil_v2`), the pinned `dnsexfil_v3` still
-//! loads and scores, the built-in default is served
-//! with no flags, and `dnsexfil evaluate` leaves tools out of training and scores them.
+//! (the default `dnsexfil_v4`, the long-window `dnsexfil_v5` and the earlier `dnsexfil_v2`),
+//! the pinned `dnsexfil_v3` still loads and scores, the built-in default is served with no
+//! flags, and `dnsexfil evaluate` leaves tools out of training and scores them.
 
 mod common;
 
@@ -96,6 +96,22 @@ fn the_earlier_v2_model_still_rebuilds_exactly_for_users_who_pinned_it() {
     let mut command = train_on_dev(&out_path);
     command.args(["--schema", "dnsexfil-v2", "--name", "dnsexfil_v2"]);
     assert_reproduces(&mut command, &out_path, "dnsexfil_v2.safetensors");
+}
+
+#[test]
+fn the_long_window_model_rebuilds_exactly_from_its_documented_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("dnsexfil_v5.safetensors");
+    // The command of docs/history.md and models/README.md.
+    let mut command = train_on_dev(&out_path);
+    command.args(["--schema", "dnsexfil-v5", "--name", "dnsexfil_v5"]);
+    assert_reproduces(&mut command, &out_path, "dnsexfil_v5.safetensors");
+    let sha = dnsexfil::model::sha256_hex(&std::fs::read(&out_path).unwrap());
+    for page in ["models/README.md", "docs/history.md"] {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
+        assert!(text.contains(&sha), "{page} states the SHA-256 {sha}");
+    }
 }
 
 #[test]
