@@ -26,6 +26,8 @@ struct Hourly {
     own: Vec<f64>,
     /// The highest probability of the busy host's own (benign) names, over all hours.
     benign: f64,
+    /// The service warned at start that a long-window model has no history to read.
+    warned_no_history: bool,
 }
 
 /// A small deterministic generator for the tunnel's hex names (xorshift).
@@ -71,6 +73,10 @@ fn six_hours(model_args: &[&str]) -> Hourly {
         riding: Vec::new(),
         own: Vec::new(),
         benign: 0.0,
+        warned_no_history: served
+            .startup_logs
+            .iter()
+            .any(|line| line.contains("reads the history's long window")),
     };
     for hour in 0..HOURS as i64 {
         let start = first + 3600 * hour;
@@ -152,8 +158,9 @@ fn the_long_window_catches_a_slow_tunnel_riding_on_a_busy_host_and_one_hour_alon
     // without history).
     assert!(with_history.riding[0] < 0.5, "{report}");
     assert!(with_history.riding[HOURS - 1] >= 0.5, "{report}");
-    // Each hour alone: never.
+    // Each hour alone: never; and the service said so when it started.
     assert!(without.riding.iter().all(|&p| p < 0.5), "{report}");
+    assert!(without.warned_no_history && !with_history.warned_no_history);
     // The tunnel from a source of its own is caught too, by the sixth hour; it is alone on its
     // source, so one hour shows it even without history.
     assert!(with_history.own[HOURS - 1] >= 0.5, "{report}");

@@ -594,6 +594,21 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         max_mb = args.history_max_mb,
         "history"
     );
+    // A long-window model without a history scores every source as one never seen before,
+    // with more false alarms than a model that never reads it (docs/history.md).
+    if history.kind() == "off" {
+        for name in registry.names() {
+            if registry
+                .get(&name)
+                .is_some_and(|model| model.info.schema.uses_prior())
+            {
+                tracing::warn!(
+                    model = %name,
+                    "this model reads the history's long window, but --history is off: it will score every source as new, with more false alarms; turn the history on (--history memory or redis://...) or use dnsexfil_v4"
+                );
+            }
+        }
+    }
     let state = AppState::new(registry, config, compute_threads)
         .with_suppressions(suppressions)
         .with_history(history.clone());

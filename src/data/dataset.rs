@@ -384,9 +384,20 @@ pub fn replay<'a>(
     events: &'a [Event],
     schema: Schema,
     window_secs: f64,
-    mut each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
+    each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
 ) {
     let history = ReplayHistory::for_schema(schema, window_secs);
+    replay_with(events, schema, window_secs, history.as_ref(), each)
+}
+
+/// [`replay`] with the long window read from `history` (`None`: every window sees it empty).
+pub fn replay_with<'a>(
+    events: &'a [Event],
+    schema: Schema,
+    window_secs: f64,
+    history: Option<&ReplayHistory>,
+    mut each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
+) {
     for (number, mut evs) in window_events(events, window_secs).into_values().enumerate() {
         let window = ranked_rows(&mut evs);
         let rows: Vec<Row> = window
@@ -394,7 +405,7 @@ pub fn replay<'a>(
             .map(|(src, query, _)| Row { src, query })
             .collect();
         let mut prepared = schema.prepare(&rows);
-        if let Some(history) = &history {
+        if let Some(history) = history {
             let events: Vec<(&str, &str, f64)> = evs
                 .iter()
                 .map(|e| (e.src.as_str(), e.query.as_str(), e.time))

@@ -105,7 +105,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             args.tools.iter().all(|t| t == "none") && args.also_leave_out.is_empty(),
             "--reliability trains on everything: give no --tools (or --tools none) and no --also-leave-out"
         );
-        let (_, scored) = train_and_score(&real, &test, &[], &[], options, args.eval_sessions)?;
+        let (_, scored) = train_and_score(&real, &test, &[], &[], args)?;
         let bins = reliability(&scored);
         println!("| probability | rows | malicious | benign (real / look-alike) | mean probability | malicious share |");
         println!("|---|---|---|---|---|---|");
@@ -134,15 +134,9 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         };
         let mut left_out_of_training = left_out.clone();
         left_out_of_training.extend(args.also_leave_out.iter().filter(|t| *t != tool).cloned());
-        let (evaluation, scored) = train_and_score(
-            &real,
-            &test,
-            &left_out_of_training,
-            &left_out,
-            options,
-            args.eval_sessions,
-        )
-        .with_context(|| format!("leaving out `{tool}`"))?;
+        let (evaluation, scored) =
+            train_and_score(&real, &test, &left_out_of_training, &left_out, args)
+                .with_context(|| format!("leaving out `{tool}`"))?;
         let scored_tools = if tool == "none" {
             known.clone()
         } else {
@@ -202,9 +196,9 @@ fn train_and_score(
     test: &BTreeSet<String>,
     left_out_of_training: &[String],
     scored_tools: &[String],
-    options: &TrainingOptions,
-    eval_sessions: usize,
+    args: &EvaluateArgs,
 ) -> anyhow::Result<(Corpus, Vec<Scored>)> {
+    let options = &args.options;
     let training =
         crate::engine::training::training_corpus(real, test, left_out_of_training, options);
     let labelled = corpus::labelled_features(
@@ -235,8 +229,9 @@ fn train_and_score(
         kept.val_auc,
         crate::engine::training::offline::worst_source(kept)
     );
-    let evaluation = evaluation_corpus(real, test, scored_tools, eval_sessions, options);
-    let scored = score_corpus(&fitted.model, &evaluation, options.window)?;
+    let evaluation = evaluation_corpus(real, test, scored_tools, args.eval_sessions, options);
+    let long_window = !args.score_without_long_window;
+    let scored = score_corpus(&fitted.model, &evaluation, options.window, long_window)?;
     Ok((evaluation, scored))
 }
 
@@ -249,7 +244,7 @@ pub fn evaluation_corpus(
     test: &BTreeSet<String>,
     left_out: &[String],
     per_family: usize,
-    options: &crate::engine::recipe::TrainingOptions,
+    options: &TrainingOptions,
 ) -> Corpus {
     let malicious = real.malicious_sources();
     let benign_hosts: BTreeSet<String> = test.difference(&malicious).cloned().collect();
@@ -289,13 +284,23 @@ pub fn evaluation_corpus(
 }
 
 /// Replays `corpus` in windows as `/apply` gets it and scores every labelled rank-1 row.
-fn score_corpus(model: &Model, corpus: &Corpus, window: f64) -> anyhow::Result<Vec<Scored>> {
+/// Without `long_window`, a schema that reads one sees it empty, as with `--history off`.
+fn score_corpus(
+    model: &Model,
+    corpus: &Corpus,
+    window: f64,
+    long_window: bool,
+) -> anyhow::Result<Vec<Scored>> {
     let mut out = Vec::new();
     let mut failed = None;
-    dataset::replay(
+    let history = long_window
+        .then(|| dataset::ReplayHistory::for_schema(model.info.schema, window))
+        .flatten();
+    dataset::replay_with(
         &corpus.events,
         model.info.schema,
         window,
+        history.as_ref(),
         |_, batch, rows, prepared| {
             if failed.is_some() {
                 return;

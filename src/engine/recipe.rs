@@ -168,6 +168,11 @@ pub struct EvaluateArgs {
     /// mean probability and the malicious share (with --tools none or no --tools).
     #[arg(long)]
     pub reliability: bool,
+    /// Score the evaluation with an empty long window (a dnsexfil-v5 model then sees what it
+    /// sees with `--history off` or an undated replay; training still reads it). An
+    /// experiment: no table of the model card uses it.
+    #[arg(long)]
+    pub score_without_long_window: bool,
     #[command(flatten)]
     pub options: TrainingOptions,
 }
