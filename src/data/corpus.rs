@@ -214,11 +214,15 @@ pub const SESSION_ROWS_PER_WINDOW: usize = 48;
 /// [`SESSION_ROWS_PER_WINDOW`] per synthetic session and window); with `groups > 1` each hour is
 /// replayed again as that many smaller networks (sources split by a hash), so features such as
 /// "how many sources query this domain" also take the values a small site sees.
+///
+/// With `empty_window_copy` (schemas that read the long window), the whole log is replayed once
+/// more with that window empty, as a service with `--history off` or a new source sees it.
 pub fn labelled_features(
     corpus: &Corpus,
     schema: Schema,
     window: f64,
     groups: usize,
+    empty_window_copy: bool,
 ) -> Result<Labelled, DataError> {
     // (replay, window, source, family) -> rows kept.
     let mut counts: HashMap<(usize, usize, String, String), usize> = HashMap::new();
@@ -238,7 +242,8 @@ pub fn labelled_features(
         _ => true,
     };
     let (events, labels) = (&corpus.events, &corpus.labels);
-    let mut labelled = dataset::labelled_features_where(events, labels, schema, window, &mut keep)?;
+    let mut labelled =
+        dataset::labelled_features_where(events, labels, schema, window, true, &mut keep)?;
     let groups = if groups > 1 { groups as u64 } else { 0 };
     for g in 0..groups {
         let part: Vec<Event> = events
@@ -248,10 +253,19 @@ pub fn labelled_features(
             .collect();
         // A group may hold no labelled source at all (many groups, few sources).
         replay.set(g as usize + 1);
-        let Ok(more) = dataset::labelled_features_where(&part, labels, schema, window, &mut keep)
+        let Ok(more) =
+            dataset::labelled_features_where(&part, labels, schema, window, true, &mut keep)
         else {
             continue;
         };
+        labelled.data.x.extend(more.data.x);
+        labelled.data.y.extend(more.data.y);
+        labelled.srcs.extend(more.srcs);
+    }
+    if empty_window_copy && schema.uses_prior() {
+        replay.set(groups as usize + 1);
+        let more =
+            dataset::labelled_features_where(events, labels, schema, window, false, &mut keep)?;
         labelled.data.x.extend(more.data.x);
         labelled.data.y.extend(more.data.y);
         labelled.srcs.extend(more.srcs);

@@ -475,25 +475,33 @@ pub fn labelled_features(
     schema: Schema,
     window_secs: f64,
 ) -> Result<Labelled, DataError> {
-    labelled_features_where(events, labels, schema, window_secs, &mut |_, _, _| true)
+    labelled_features_where(events, labels, schema, window_secs, true, &mut |_, _, _| {
+        true
+    })
 }
 
 /// [`labelled_features`] keeping only the labelled rows `keep(window number, src, query)`
 /// accepts (all rows still feed the features' history).
+/// (with `long_window` false, a schema that reads the long window sees it empty in every window)
 pub fn labelled_features_where(
     events: &[Event],
     labels: &HashMap<(String, String), f32>,
     schema: Schema,
     window_secs: f64,
+    long_window: bool,
     keep: &mut dyn FnMut(usize, &str, &str) -> bool,
 ) -> Result<Labelled, DataError> {
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::new();
     let mut unlabelled = 0usize;
-    replay(
+    let history = long_window
+        .then(|| ReplayHistory::for_schema(schema, window_secs))
+        .flatten();
+    replay_with(
         events,
         schema,
         window_secs,
+        history.as_ref(),
         |number, window, rows, prepared| {
             let scored: Vec<usize> = (0..window.len())
                 .filter(|&i| window[i].2 == 1 && keep(number, window[i].0, window[i].1))

@@ -206,6 +206,7 @@ fn train_and_score(
         options.schema,
         options.window,
         options.source_groups,
+        options.empty_window_copy,
     )
     .map_err(anyhow::Error::msg)?;
     let info = ModelInfo {

@@ -128,6 +128,10 @@ pub struct TrainingOptions {
     /// default model's recipe).
     #[arg(long, default_value_t = 0.0, value_parser = real_in("0 to 0.9", |v| (0.0..=0.9).contains(&v)))]
     pub hide_look: f64,
+    /// dnsexfil-v5: also replay the whole log once with the long window empty, as a service
+    /// with `--history off` sees every source (an experiment: not dnsexfil_v5's recipe).
+    #[arg(long)]
+    pub empty_window_copy: bool,
 }
 
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {

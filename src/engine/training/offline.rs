@@ -278,6 +278,7 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
         options.schema,
         options.window,
         options.source_groups,
+        options.empty_window_copy,
     )
     .map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -344,6 +345,9 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     }
     if options.hide_look > 0.0 {
         params["hide_look"] = options.hide_look.into();
+    }
+    if options.empty_window_copy {
+        params["empty_window_copy"] = true.into();
     }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
