@@ -234,6 +234,28 @@ fn bad_training_input_gets_a_clear_error() {
         "{out}"
     );
     assert!(!dir.path().join("m.safetensors").exists());
+
+    // An experiment for the long window, on a schema without one, is refused, not ignored.
+    let out =
+        run_fails(train_on_dev(&dir.path().join("m.safetensors")).args(["--empty-window-copy"]));
+    assert!(
+        out.contains("--empty-window-copy") && out.contains("--schema dnsexfil-v5"),
+        "{out}"
+    );
+    let mut evaluate = bin();
+    evaluate
+        .arg("evaluate")
+        .arg("--events")
+        .arg(dev("events.csv"))
+        .arg("--labels")
+        .arg(dev("labels.csv"))
+        .arg("--score-without-long-window");
+    let out = run_fails(&mut evaluate);
+    assert!(
+        out.contains("--score-without-long-window") && out.contains("--schema dnsexfil-v5"),
+        "{out}"
+    );
+    assert!(!dir.path().join("m.safetensors").exists());
 }
 
 /// Runs `command`, expects it to fail, and returns its standard error.

@@ -74,6 +74,11 @@ struct Scored {
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     let real = RealLog::read(&args.events, &args.labels).map_err(anyhow::Error::msg)?;
     let options = &args.options;
+    options.check().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !args.score_without_long_window || options.schema.uses_prior(),
+        "--score-without-long-window empties the long window, which only dnsexfil-v5 reads; add --schema dnsexfil-v5 or drop the flag"
+    );
     anyhow::ensure!(
         options.schema != crate::features::Schema::DnsexfilV2,
         "evaluate trains dnsexfil-v3 or later models (the v2 recipe has no tool families)"
@@ -183,6 +188,13 @@ fn write_report(
         "also_left_out": args.also_leave_out,
         "evaluation_hosts": test,
     });
+    // Experiments only when set, so the model card's reports stay as they were.
+    if args.score_without_long_window {
+        report["score_without_long_window"] = true.into();
+    }
+    if options.empty_window_copy {
+        report["empty_window_copy"] = true.into();
+    }
     report[key] = figures;
     crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(())

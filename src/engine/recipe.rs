@@ -134,6 +134,19 @@ pub struct TrainingOptions {
     pub empty_window_copy: bool,
 }
 
+impl TrainingOptions {
+    /// Refuses options the schema has no use for, rather than ignoring them.
+    pub fn check(&self) -> Result<(), String> {
+        if self.empty_window_copy && !self.schema.uses_prior() {
+            return Err(format!(
+                "--empty-window-copy replays the log with an empty long window, which only dnsexfil-v5 reads; {} has none (add --schema dnsexfil-v5 or drop the flag)",
+                self.schema.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn parse_trainable_schema(text: &str) -> Result<crate::features::Schema, String> {
     use crate::features::Schema;
     match text.parse::<Schema>()? {
@@ -172,9 +185,9 @@ pub struct EvaluateArgs {
     /// mean probability and the malicious share (with --tools none or no --tools).
     #[arg(long)]
     pub reliability: bool,
-    /// Score the evaluation with an empty long window (a dnsexfil-v5 model then sees what it
-    /// sees with `--history off` or an undated replay; training still reads it). An
-    /// experiment: no table of the model card uses it.
+    /// dnsexfil-v5: score the evaluation with an empty long window (what the model sees with
+    /// `--history off`, or for events older than the history's window; training still reads
+    /// it). An experiment: no table of the model card uses it.
     #[arg(long)]
     pub score_without_long_window: bool,
     #[command(flatten)]

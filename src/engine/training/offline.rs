@@ -250,6 +250,7 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     use anyhow::Context;
 
     let options = &args.options;
+    options.check().map_err(anyhow::Error::msg)?;
     crate::util::validate_name(&args.name)?;
     anyhow::ensure!(
         args.leave_out.is_empty() || options.schema != Schema::DnsexfilV2,
