@@ -596,7 +596,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     // A long-window model without a history scores every source as one never seen before,
     // with more false alarms than a model that never reads it (docs/history.md).
-    if history.kind() == "off" {
+    if !history.is_on() {
         for name in registry.names() {
             if registry
                 .get(&name)

@@ -378,26 +378,19 @@ fn ranked_rows<'a>(evs: &mut [&'a Event]) -> Vec<(&'a str, &'a str, u32)> {
 
 /// Replays `events` the way the hourly search sends them to a service that remembers: window
 /// by window in time order, each prepared by `schema` (with what the windows before it left,
-/// for a schema with long-window features; see [`ReplayHistory`]) and handed to `each(window
+/// for a schema with long-window features and `long_window`; see [`ReplayHistory`]) and handed to `each(window
 /// number, its rows as (src, query, rank), the same as feature rows, its prepared features)`.
 pub fn replay<'a>(
     events: &'a [Event],
     schema: Schema,
     window_secs: f64,
-    each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
-) {
-    let history = ReplayHistory::for_schema(schema, window_secs);
-    replay_with(events, schema, window_secs, history.as_ref(), each)
-}
-
-/// [`replay`] with the long window read from `history` (`None`: every window sees it empty).
-pub fn replay_with<'a>(
-    events: &'a [Event],
-    schema: Schema,
-    window_secs: f64,
-    history: Option<&ReplayHistory>,
+    long_window: bool,
     mut each: impl FnMut(usize, &[(&'a str, &'a str, u32)], &[Row<'a>], &Prepared),
 ) {
+    // Without `long_window`, such a schema sees the long window empty in every window.
+    let history = long_window
+        .then(|| ReplayHistory::for_schema(schema, window_secs))
+        .flatten();
     for (number, mut evs) in window_events(events, window_secs).into_values().enumerate() {
         let window = ranked_rows(&mut evs);
         let rows: Vec<Row> = window
@@ -405,7 +398,7 @@ pub fn replay_with<'a>(
             .map(|(src, query, _)| Row { src, query })
             .collect();
         let mut prepared = schema.prepare(&rows);
-        if let Some(history) = history {
+        if let Some(history) = &history {
             let events: Vec<(&str, &str, f64)> = evs
                 .iter()
                 .map(|e| (e.src.as_str(), e.query.as_str(), e.time))
@@ -481,8 +474,8 @@ pub fn labelled_features(
 }
 
 /// [`labelled_features`] keeping only the labelled rows `keep(window number, src, query)`
-/// accepts (all rows still feed the features' history).
-/// (with `long_window` false, a schema that reads the long window sees it empty in every window)
+/// accepts (all rows still feed the features' history), with the long window read or left
+/// empty as [`replay`] says.
 pub fn labelled_features_where(
     events: &[Event],
     labels: &HashMap<(String, String), f32>,
@@ -494,14 +487,11 @@ pub fn labelled_features_where(
     let mut data = Dataset::new(schema.width());
     let mut srcs = Vec::new();
     let mut unlabelled = 0usize;
-    let history = long_window
-        .then(|| ReplayHistory::for_schema(schema, window_secs))
-        .flatten();
-    replay_with(
+    replay(
         events,
         schema,
         window_secs,
-        history.as_ref(),
+        long_window,
         |number, window, rows, prepared| {
             let scored: Vec<usize> = (0..window.len())
                 .filter(|&i| window[i].2 == 1 && keep(number, window[i].0, window[i].1))

@@ -291,7 +291,7 @@ pub fn evaluation_corpus(
             only: families,
             packetwhisper: options.packetwhisper,
             randomised_cover: options.randomised_cover,
-            long_window: options.schema == crate::features::Schema::DnsexfilV5,
+            long_window: options.schema.uses_prior(),
         },
     )
 }
@@ -306,14 +306,11 @@ fn score_corpus(
 ) -> anyhow::Result<Vec<Scored>> {
     let mut out = Vec::new();
     let mut failed = None;
-    let history = long_window
-        .then(|| dataset::ReplayHistory::for_schema(model.info.schema, window))
-        .flatten();
-    dataset::replay_with(
+    dataset::replay(
         &corpus.events,
         model.info.schema,
         window,
-        history.as_ref(),
+        long_window,
         |_, batch, rows, prepared| {
             if failed.is_some() {
                 return;

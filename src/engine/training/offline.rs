@@ -237,7 +237,7 @@ pub fn training_corpus(
                 only: Vec::new(),
                 packetwhisper: options.packetwhisper,
                 randomised_cover: options.randomised_cover,
-                long_window: options.schema == Schema::DnsexfilV5,
+                long_window: options.schema.uses_prior(),
             },
         ),
     }
