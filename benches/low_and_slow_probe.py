@@ -13,7 +13,7 @@ The long-window model is `models/dnsexfil_v5.safetensors` (serve it with `--mode
 figures it gives are in docs/history.md, and tests/low_and_slow.rs checks them.
 
 Usage: low_and_slow_probe.py --url http://127.0.0.1:5000 --token TOKEN --model dnsexfil_v5
-       [--hex-len 12] [--dev tests/fixtures/dev]
+       [--hex-len 12] [--names-seed 3] [--dev tests/fixtures/dev]
 Only the Python standard library is used; the names are deterministic (seeded).
 """
 import argparse, csv, io, json, random, time, urllib.error, urllib.request
@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--token", required=True)
     ap.add_argument("--model", default="dnsexfil_v5")
     ap.add_argument("--hex-len", type=int, default=12)
+    ap.add_argument("--names-seed", type=int, default=3, help="seed of the tunnels' names")
     ap.add_argument("--dev", default="tests/fixtures/dev")
     args = ap.parse_args()
     benign = [(int(float(e["_time"])) % 3600, e["query"])
@@ -45,7 +46,7 @@ def main():
               if e["src"] == HOST and int(float(e["_time"])) // 3600 == HOUR]
     for src in (HOST, OWN):
         request(f"{args.url}/v1/history/{src}", args.token, method="DELETE", bearer=True)
-    rng = random.Random(3)
+    rng = random.Random(args.names_seed)
     name = lambda domain: f"{rng.getrandbits(4 * args.hex_len):0{args.hex_len}x}.{domain}"
     first = (int(time.time()) // 3600 - 7) * 3600  # on the hour: one request, one clock hour
     for hour in range(6):
