@@ -242,6 +242,16 @@ fn bad_training_input_gets_a_clear_error() {
         out.contains("--empty-window-copy") && out.contains("--schema dnsexfil-v5"),
         "{out}"
     );
+    // The server-role look-alikes are threat-model families, which the v2 recipe has none of.
+    let out = run_fails(train_on_dev(&dir.path().join("m.safetensors")).args([
+        "--server-lookalikes",
+        "--schema",
+        "dnsexfil-v2",
+    ]));
+    assert!(
+        out.contains("--server-lookalikes") && out.contains("dnsexfil-v3 or later"),
+        "{out}"
+    );
     let mut evaluate = bin();
     evaluate
         .arg("evaluate")

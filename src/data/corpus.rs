@@ -47,6 +47,8 @@ pub struct ThreatPlan {
     /// The long-window recipe (`dnsexfil-v5`): slow tunnels with short chunks, and the benign
     /// services only the hours before a request tell from them.
     pub long_window: bool,
+    /// Also the benign lookups of servers' roles (`Family::server_role_only`).
+    pub server_roles: bool,
 }
 
 /// The real log: events, labels and, where `labels.csv` has a `tool` column, each malicious
@@ -140,6 +142,7 @@ pub fn build(
         .filter(|f| plan.only.is_empty() || plan.only.contains(f))
         .filter(|f| !plan.leave_out.iter().any(|t| t == f.tool()))
         .filter(|f| plan.long_window || !f.long_window_only())
+        .filter(|f| plan.server_roles || !f.server_role_only())
         .collect();
     let riding = Carriers::new(&real.events, carriers);
     let first_source = (plan.seed % 1000) as usize * 100;

@@ -42,6 +42,9 @@ pub struct ToolResult {
     pub benign_alerts_real: usize,
     pub benign_alerts_lookalike: usize,
     pub benign_alerts_by_family: BTreeMap<String, usize>,
+    /// Benign alerts on the held-out hosts' own (real) traffic, per host: whether a few hosts
+    /// of one kind make them.
+    pub benign_alerts_real_by_host: BTreeMap<String, usize>,
     /// The 60 highest-scoring benign rows: (score, src, query, family); enough to hold every
     /// benign alert of a typical run, so a report shows what the alerts are.
     pub top_benign: Vec<(f32, String, String, String)>,
@@ -292,6 +295,7 @@ pub fn evaluation_corpus(
             packetwhisper: options.packetwhisper,
             randomised_cover: options.randomised_cover,
             long_window: options.schema.uses_prior(),
+            server_roles: options.server_lookalikes,
         },
     )
 }
@@ -470,6 +474,7 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
         entry.sessions_alerted += usize::from(hit);
     }
     let mut by_family: BTreeMap<String, usize> = BTreeMap::new();
+    let mut real_by_host: BTreeMap<String, usize> = BTreeMap::new();
     let (mut real_alerts, mut lookalike_alerts) = (0, 0);
     for s in benign.iter().filter(|s| s.score > THRESHOLD) {
         match &s.family {
@@ -477,7 +482,10 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
                 lookalike_alerts += 1;
                 *by_family.entry(f.clone()).or_insert(0) += 1;
             }
-            None => real_alerts += 1,
+            None => {
+                real_alerts += 1;
+                *real_by_host.entry(s.src.clone()).or_insert(0) += 1;
+            }
         }
     }
     const EXAMPLES: usize = 60;
@@ -519,6 +527,7 @@ fn tool_result(scored: &[Scored], corpus: &Corpus, tool: &str, left_out: bool) -
         benign_alerts_real: real_alerts,
         benign_alerts_lookalike: lookalike_alerts,
         benign_alerts_by_family: by_family,
+        benign_alerts_real_by_host: real_by_host,
         by_family: tool_families,
     }
 }

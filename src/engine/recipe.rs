@@ -132,6 +132,13 @@ pub struct TrainingOptions {
     /// with `--history off` sees every source (an experiment: not dnsexfil_v5's recipe).
     #[arg(long)]
     pub empty_window_copy: bool,
+    /// dnsexfil-v3 and later: also generate the benign lookups of servers' roles on training
+    /// hosts: mail servers checking senders' DKIM keys and DMARC, SPF and MTA-STS policies
+    /// across many domains, and directory members locating their controllers (SRV names and
+    /// controllers' GUIDs). A log has few such hosts, so a host-disjoint split may train on
+    /// none of them (an experiment: not the default model's recipe).
+    #[arg(long)]
+    pub server_lookalikes: bool,
 }
 
 impl TrainingOptions {
@@ -142,6 +149,9 @@ impl TrainingOptions {
                 "--empty-window-copy replays the log with an empty long window, which only dnsexfil-v5 reads; {} has none (add --schema dnsexfil-v5 or drop the flag)",
                 self.schema.name()
             ));
+        }
+        if self.server_lookalikes && self.schema == crate::features::Schema::DnsexfilV2 {
+            return Err("--server-lookalikes adds threat-model look-alike families, which the dnsexfil-v2 recipe does not generate (use --schema dnsexfil-v3 or later, or drop the flag)".into());
         }
         Ok(())
     }

@@ -25,6 +25,8 @@ pub(crate) fn draft(family: Family, rng: &mut SplitMix64) -> Draft {
         Family::LoadBalancer => (load_balancer(rng), (3, 40), (3, 15), 80, 60, (1, 15)),
         Family::KubernetesSearch => return kubernetes_search(rng),
         Family::VisitIds => return visit_ids(rng),
+        Family::MailAuth => return mail_auth(rng),
+        Family::DirectoryLocator => return directory_locator(rng),
         Family::AcmeChallenge => (acme(rng), (2, 30), (0, 0), 0, 0, (1, 15)),
         // A host reaches one to four tenants of a platform; its neighbours reach others.
         Family::PlatformTenants => (platform_tenant(rng), (1, 4), (0, 0), 0, 90, (1, 4)),
@@ -89,20 +91,31 @@ fn burst(
         .into_iter()
         .map(|t| (t, name(rng)))
         .collect();
-    let fleet = if chance(rng, fleet_share) {
-        (0..between(rng, 1, 6))
-            .map(|_| {
-                let n = between(rng, fleet_lo, fleet_hi);
-                draw::times(rng, n, 1.0)
-                    .into_iter()
-                    .map(|t| (t, name(rng)))
-                    .collect()
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let fleet = fleet(rng, fleet_share, (1, 6), (fleet_lo, fleet_hi), name);
     riding(queries, fleet)
+}
+
+/// The same service's names from other hosts of the hour: with `share`% chance, `hosts` other
+/// hosts each sending `per_host` names made by `name`.
+fn fleet(
+    rng: &mut SplitMix64,
+    share: usize,
+    (hosts_lo, hosts_hi): (usize, usize),
+    (per_host_lo, per_host_hi): (usize, usize),
+    mut name: impl FnMut(&mut SplitMix64) -> String,
+) -> Vec<Vec<(f64, String)>> {
+    if !chance(rng, share) {
+        return Vec::new();
+    }
+    (0..between(rng, hosts_lo, hosts_hi))
+        .map(|_| {
+            let n = between(rng, per_host_lo, per_host_hi);
+            draw::times(rng, n, 1.0)
+                .into_iter()
+                .map(|t| (t, name(rng)))
+                .collect()
+        })
+        .collect()
 }
 
 /// File-reputation lookups of endpoint security products, which put a file hash in the name:
@@ -244,19 +257,270 @@ fn visit_ids(rng: &mut SplitMix64) -> Draft {
         }
     }
     // Now and then a colleague visits the same site in that hour.
-    let fleet = if chance(rng, 20) {
-        (0..between(rng, 1, 3))
-            .map(|_| {
-                let n = between(rng, 1, 4);
-                draw::times(rng, n, 1.0)
-                    .into_iter()
-                    .map(|t| (t, id_name(rng)))
-                    .collect()
-            })
-            .collect()
+    let fleet = fleet(rng, 20, (1, 3), (1, 4), id_name);
+    riding(queries, fleet)
+}
+
+/// A company's domain for the server-role families: a brand, sometimes two words, under a
+/// common suffix (`northwind-travel.co.uk`); always a registered domain itself.
+fn company_domain(rng: &mut SplitMix64) -> String {
+    const BRANDS: [&str; 32] = [
+        "northwind",
+        "contoso",
+        "fabrikam",
+        "globex",
+        "initech",
+        "umbrella",
+        "hooli",
+        "vandelay",
+        "wonka",
+        "tyrell",
+        "aperture",
+        "pioneer",
+        "summit",
+        "harbor",
+        "evergreen",
+        "bluebird",
+        "redwood",
+        "lakeside",
+        "meridian",
+        "atlas",
+        "quantum",
+        "sterling",
+        "crescent",
+        "orchid",
+        "falcon",
+        "keystone",
+        "beacon",
+        "horizon",
+        "riverside",
+        "granite",
+        "silverline",
+        "oak",
+    ];
+    const SECOND: [&str; 12] = [
+        "travel", "bank", "shop", "news", "group", "labs", "media", "health", "energy", "legal",
+        "foods", "motors",
+    ];
+    const SUFFIXES: [&str; 10] = [
+        "com", "com", "com", "net", "org", "co.uk", "de", "fr", "io", "com.au",
+    ];
+    loop {
+        let mut name = pick(rng, &BRANDS).to_string();
+        if chance(rng, 40) {
+            name.push_str(if chance(rng, 50) { "-" } else { "" });
+            name.push_str(*pick(rng, &SECOND));
+        }
+        let name = format!("{name}.{}", pick(rng, &SUFFIXES));
+        if psl::domain_str(&name) == Some(name.as_str()) {
+            return name;
+        }
+    }
+}
+
+/// How one sender's mail service names its DKIM keys (RFC 6376 leaves the selector to the
+/// signer; these are the services' documented conventions): Google Workspace `google` or a
+/// date (`20230601`), Microsoft 365 `selector1` and `selector2`, Mailchimp `k1` to `k3`,
+/// SendGrid `s1`, `s2`, Amazon SES's Easy DKIM three 32-character base32 tokens per domain,
+/// HubSpot `hs1-<id>` and `hs2-<id>`, Postmark a timestamp and `pm`, and short names of
+/// self-run signers.
+fn dkim_selectors(rng: &mut SplitMix64) -> Vec<String> {
+    match rng.below(9) {
+        0 => vec![if chance(rng, 50) {
+            "google".to_string()
+        } else {
+            format!("20{}", text(rng, draw::DIGITS, 6))
+        }],
+        1 => vec!["selector1".into(), "selector2".into()],
+        2 => vec!["k1".into(), "k2".into(), "k3".into()],
+        3 => vec!["s1".into(), "s2".into()],
+        4 | 5 => (0..3).map(|_| text(rng, draw::BASE32, 32)).collect(),
+        6 => {
+            let id = text(rng, draw::DIGITS, 8);
+            vec![format!("hs1-{id}"), format!("hs2-{id}")]
+        }
+        7 => vec![format!("20{}pm", text(rng, draw::DIGITS, 12))],
+        _ => vec![pick(
+            rng,
+            &[
+                "default", "dkim", "mail", "smtp", "key1", "mx", "mandrill", "zendesk1", "sf1",
+            ],
+        )
+        .to_string()],
+    }
+}
+
+/// A mail server authenticating the mail it receives: for each message the key of its DKIM
+/// signature (`<selector>._domainkey.<signing domain>`, RFC 6376), often a second signature
+/// by the sending service's own domain, the sender's DMARC policy (`_dmarc.<domain>`, RFC
+/// 7489), its SPF record and the services it includes (RFC 7208), and now and then BIMI
+/// (`default._bimi.`), MTA-STS (`_mta-sts.`, RFC 8461) and TLS reporting (`_smtp._tls.`, RFC
+/// 8460) policies. Tens to hundreds of sender domains an hour, one to a few names under each,
+/// some selectors random tokens: the shape of a tunnel rotating its domains, on one host.
+fn mail_auth(rng: &mut SplitMix64) -> Draft {
+    const SPF_INCLUDES: [&str; 8] = [
+        "_spf.google.com",
+        "spf.protection.outlook.com",
+        "_spf.salesforce.com",
+        "mailgun.org",
+        "sendgrid.net",
+        "amazonses.com",
+        "servers.mcsv.net",
+        "spf.mandrillapp.com",
+    ];
+    // (signing domain, its selectors, its organisational domain); a few senders send most mail.
+    let senders: Vec<(String, Vec<String>, String)> = (0..between(rng, 10, 200))
+        .map(|_| {
+            let domain = company_domain(rng);
+            let signing = if chance(rng, 30) {
+                format!(
+                    "{}.{domain}",
+                    pick(rng, &["email", "mail", "news", "e", "mg"])
+                )
+            } else {
+                domain.clone()
+            };
+            (signing, dkim_selectors(rng), domain)
+        })
+        .collect();
+    let service_keys: Vec<String> = (0..between(rng, 1, 4))
+        .map(|_| {
+            format!(
+                "{}._domainkey.{}",
+                text(rng, draw::BASE32, 32),
+                pick(
+                    rng,
+                    &["amazonses.com", "sendgrid.net", "mcsv.net", "mailgun.org"]
+                )
+            )
+        })
+        .collect();
+    let message = |rng: &mut SplitMix64, at: f64, out: &mut Vec<(f64, String)>| {
+        let popular = senders.len().div_ceil(10);
+        let (signing, selectors, domain) = if chance(rng, 50) {
+            &senders[rng.below(popular)]
+        } else {
+            pick(rng, &senders)
+        };
+        out.push((at, format!("{}._domainkey.{signing}", pick(rng, selectors))));
+        if chance(rng, 25) {
+            out.push((at + 0.05, pick(rng, &service_keys).clone()));
+        }
+        if chance(rng, 70) {
+            out.push((at + 0.1, format!("_dmarc.{domain}")));
+        }
+        if chance(rng, 50) {
+            out.push((at + 0.15, domain.clone()));
+            if chance(rng, 50) {
+                out.push((at + 0.2, pick(rng, &SPF_INCLUDES).to_string()));
+            }
+        }
+        if chance(rng, 5) {
+            let policy = pick(rng, &["default._bimi", "_mta-sts", "_smtp._tls"]);
+            out.push((at + 0.25, format!("{policy}.{domain}")));
+        }
+    };
+    let mut queries = Vec::new();
+    let messages = between(rng, 20, 400);
+    for at in draw::times(rng, messages, 1.0) {
+        message(rng, at, &mut queries);
+    }
+    // A second mail exchanger of the site receives some of the same senders' mail.
+    let fleet = if chance(rng, 30) {
+        let mut second = Vec::new();
+        let messages = between(rng, 5, 60);
+        for at in draw::times(rng, messages, 1.0) {
+            message(rng, at, &mut second);
+        }
+        vec![second]
     } else {
         Vec::new()
     };
+    riding(queries, fleet)
+}
+
+/// A 128-bit id written as Active Directory writes GUIDs in DNS (8-4-4-4-12 hex).
+fn guid(rng: &mut SplitMix64) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        text(rng, draw::HEX, 8),
+        text(rng, draw::HEX, 4),
+        text(rng, draw::HEX, 4),
+        text(rng, draw::HEX, 4),
+        text(rng, draw::HEX, 12)
+    )
+}
+
+/// Active Directory's domain controller locator (Microsoft Learn, "How DNS support for Active
+/// Directory works"; SRV records of RFC 2782): members look up `_ldap._tcp.<domain>`,
+/// `_ldap._tcp.<site>._sites.dc._msdcs.<domain>`, `_kerberos._tcp|_udp.<domain>`,
+/// `_kpasswd`, `_gc._tcp.<forest>`, `_ldap._tcp.pdc._msdcs.<domain>`,
+/// `_ldap._tcp.<domain GUID>.domains._msdcs.<forest>` and KMS's `_vlmcs._tcp.<domain>`; a
+/// controller resolves each replication partner as `<DSA GUID>._msdcs.<forest>`. The domain is
+/// an internal zone (`ad.contoso.local`) or under the company's public one. Names of a fixed
+/// set, asked again and again, hex GUIDs among them; every member of the domain asks.
+fn directory_locator(rng: &mut SplitMix64) -> Draft {
+    let company = company_domain(rng);
+    let stem = company.split('.').next().unwrap_or("corp").to_string();
+    let forest = match rng.below(4) {
+        0 => format!("{stem}.local"),
+        1 => format!("{}.{stem}.lan", pick(rng, &["hq", "ad", "corp"])),
+        2 => format!("ad.{stem}.internal"),
+        _ => format!("{}.{company}", pick(rng, &["corp", "ad", "hq"])),
+    };
+    let domains: Vec<String> = std::iter::once(forest.clone())
+        .chain((0..between(rng, 0, 2)).map(|_| {
+            format!(
+                "{}.{forest}",
+                pick(rng, &["eu", "na", "apac", "emea", "us", "uk"])
+            )
+        }))
+        .collect();
+    let sites: Vec<String> = std::iter::once("Default-First-Site-Name".to_string())
+        .chain((0..between(rng, 0, 7)).map(|_| {
+            format!(
+                "{}{}",
+                pick(
+                    rng,
+                    &["LON", "NYC", "AMS", "FRA", "SYD", "HQ", "BRANCH", "DC"]
+                ),
+                pick(rng, &["", "-DC", "-Site", "1", "2", "-Branch"])
+            )
+        }))
+        .collect();
+    let domain_guid = guid(rng);
+    let partners: Vec<String> = (0..between(rng, 1, 30))
+        .map(|_| format!("{}._msdcs.{forest}", guid(rng)))
+        .collect();
+    let locator = move |rng: &mut SplitMix64| -> String {
+        let domain = pick(rng, &domains);
+        let site = pick(rng, &sites);
+        match rng.below(10) {
+            0 => format!("_ldap._tcp.{domain}"),
+            1 => format!("_ldap._tcp.{site}._sites.dc._msdcs.{domain}"),
+            2 => format!("_ldap._tcp.dc._msdcs.{domain}"),
+            3 => format!("_kerberos._{}.{domain}", pick(rng, &["tcp", "udp"])),
+            4 => format!("_kerberos._tcp.{site}._sites.dc._msdcs.{domain}"),
+            5 => format!("_kpasswd._{}.{domain}", pick(rng, &["tcp", "udp"])),
+            6 => format!("_ldap._tcp.gc._msdcs.{forest}"),
+            7 => format!("_gc._tcp.{forest}"),
+            8 => format!("_ldap._tcp.{domain_guid}.domains._msdcs.{forest}"),
+            _ => format!("_vlmcs._tcp.{domain}"),
+        }
+    };
+    let is_controller = chance(rng, 40);
+    let mut queries = Vec::new();
+    let lookups = between(rng, 10, 300);
+    for at in draw::times(rng, lookups, 1.0) {
+        let name = if is_controller && chance(rng, 50) {
+            pick(rng, &partners).clone()
+        } else {
+            locator(rng)
+        };
+        queries.push((at, name));
+    }
+    // Every member of the domain locates its controllers too.
+    let fleet = fleet(rng, 80, (1, 6), (1, 15), locator);
     riding(queries, fleet)
 }
 
@@ -608,6 +872,87 @@ mod tests {
             // which may be the next visit's.
             assert!(hours.len() <= 6, "{hours:?}");
             assert!(ids.len() <= 18 && hours.values().all(|h| h.len() <= 12));
+        }
+    }
+
+    /// The organisational (ICANN-boundary) domain of a name, as the features count them.
+    fn zone(name: &str) -> &str {
+        crate::features::v3::icann_domain_of(name)
+    }
+
+    #[test]
+    fn mail_servers_check_a_few_names_under_each_of_many_sender_domains() {
+        let mut busiest = 0;
+        for seed in 0..200 {
+            let d = mail_auth(&mut SplitMix64::new(seed));
+            let mut per_zone: std::collections::HashMap<&str, std::collections::HashSet<&str>> =
+                Default::default();
+            for (t, name) in &d.queries {
+                assert!((0.0..3601.0).contains(t), "{t}");
+                per_zone.entry(zone(name)).or_default().insert(name);
+            }
+            // Every DKIM lookup is `<selector>._domainkey.<domain>`, and a sender's names are
+            // its key(s), its policies and its SPF record, so few per domain; the sending
+            // services' own zones collect several senders' keys.
+            assert!(d
+                .queries
+                .iter()
+                .filter(|(_, n)| n.contains("._domainkey."))
+                .all(|(_, n)| n.split('.').nth(1) == Some("_domainkey")));
+            let services = ["amazonses.com", "sendgrid.net", "mcsv.net", "mailgun.org"];
+            let senders: Vec<usize> = per_zone
+                .iter()
+                .filter(|(zone, _)| !services.contains(zone))
+                .map(|(_, names)| names.len())
+                .collect();
+            let mean = senders.iter().sum::<usize>() as f64 / senders.len() as f64;
+            assert!(mean <= 6.0, "{mean}: {per_zone:?}");
+            busiest = busiest.max(per_zone.len());
+            assert!(d.rides);
+        }
+        // Some servers hear from scores of domains in the hour: the shape of domain rotation.
+        assert!(busiest >= 60, "{busiest}");
+    }
+
+    #[test]
+    fn directory_lookups_are_service_records_and_guids_of_one_forest_asked_again() {
+        let mut with_guids = 0;
+        for seed in 0..200 {
+            let d = directory_locator(&mut SplitMix64::new(seed));
+            let names: Vec<&str> = d.queries.iter().map(|(_, n)| n.as_str()).collect();
+            let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
+            // A fixed set of names, asked again: fewer distinct names than lookups once busy.
+            if names.len() >= 100 {
+                assert!(
+                    distinct.len() * 2 < names.len(),
+                    "{} of {}",
+                    distinct.len(),
+                    names.len()
+                );
+            }
+            for name in &distinct {
+                let first = name.split('.').next().unwrap();
+                let is_guid = first.len() == 36 && first.split('-').count() == 5;
+                assert!(first.starts_with('_') || is_guid, "{name}");
+                if is_guid {
+                    assert!(name.contains("._msdcs."), "{name}");
+                }
+            }
+            with_guids += usize::from(distinct.iter().any(|n| !n.starts_with('_')));
+            for member in &d.fleet {
+                assert!(member.iter().all(|(_, n)| n.starts_with('_')));
+            }
+        }
+        // Controllers (about two in five sessions) resolve their partners' GUIDs.
+        assert!((40..=120).contains(&with_guids), "{with_guids}");
+    }
+
+    #[test]
+    fn company_domains_are_registered_domains() {
+        let mut rng = SplitMix64::new(3);
+        for _ in 0..500 {
+            let d = company_domain(&mut rng);
+            assert_eq!(psl::domain_str(&d), Some(d.as_str()));
         }
     }
 }

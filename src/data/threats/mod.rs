@@ -49,10 +49,12 @@ pub enum Family {
     AcmeChallenge,
     PlatformTenants,
     VisitIds,
+    MailAuth,
+    DirectoryLocator,
 }
 
 impl Family {
-    pub const ALL: [Family; 24] = [
+    pub const ALL: [Family; 26] = [
         Family::PacketWhisperCdn,
         Family::PacketWhisperAnalytics,
         Family::PacketWhisperWords,
@@ -77,6 +79,8 @@ impl Family {
         Family::AcmeChallenge,
         Family::PlatformTenants,
         Family::VisitIds,
+        Family::MailAuth,
+        Family::DirectoryLocator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +109,8 @@ impl Family {
             Family::AcmeChallenge => "acme_challenge",
             Family::PlatformTenants => "platform_tenants",
             Family::VisitIds => "visit_ids",
+            Family::MailAuth => "mail_auth",
+            Family::DirectoryLocator => "directory_locator",
         }
     }
 
@@ -131,6 +137,8 @@ impl Family {
                 | Family::AcmeChallenge
                 | Family::PlatformTenants
                 | Family::VisitIds
+                | Family::MailAuth
+                | Family::DirectoryLocator
         )
     }
 
@@ -138,6 +146,14 @@ impl Family {
     /// names one hour cannot tell from a slow tunnel's, only the hours before it can.
     pub fn long_window_only(self) -> bool {
         matches!(self, Family::VisitIds)
+    }
+
+    /// Generated only for the server-roles recipe (`--server-lookalikes`): the lookups a
+    /// server makes because of its role (a mail server checking senders' keys, a directory's
+    /// members finding its controllers), which come from few hosts of a network, so a
+    /// host-disjoint split can leave every such host out of training.
+    pub fn server_role_only(self) -> bool {
+        matches!(self, Family::MailAuth | Family::DirectoryLocator)
     }
 
     pub fn malicious() -> impl Iterator<Item = Family> {

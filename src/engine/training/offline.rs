@@ -211,6 +211,7 @@ pub fn training_corpus(
                     packetwhisper: options.packetwhisper,
                     randomised_cover: options.randomised_cover,
                     long_window: false,
+                    server_roles: false,
                 },
             );
             // The v2 recipe drew its sessions from the whole log's span and donors.
@@ -238,6 +239,7 @@ pub fn training_corpus(
                 packetwhisper: options.packetwhisper,
                 randomised_cover: options.randomised_cover,
                 long_window: options.schema.uses_prior(),
+                server_roles: options.server_lookalikes,
             },
         ),
     }
@@ -349,6 +351,9 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     }
     if options.empty_window_copy {
         params["empty_window_copy"] = true.into();
+    }
+    if options.server_lookalikes {
+        params["server_lookalikes"] = true.into();
     }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),
