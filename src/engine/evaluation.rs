@@ -198,6 +198,9 @@ fn write_report(
     if options.empty_window_copy {
         report["empty_window_copy"] = true.into();
     }
+    if options.server_lookalikes {
+        report["server_lookalikes"] = true.into();
+    }
     report[key] = figures;
     crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(())
