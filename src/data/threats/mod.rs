@@ -577,8 +577,17 @@ pub(crate) mod draw {
     /// A made-up registered domain under a common top-level domain, e.g. `cdn-metrics42.net`;
     /// never a public suffix itself (`net.co` is one), so chunks stay below the domain.
     pub fn domain(rng: &mut SplitMix64) -> String {
+        registered(rng, domain_candidate)
+    }
+
+    /// The first of `candidate`'s names that is a registered domain itself (not a public
+    /// suffix such as `net.co`, nor below a registered domain).
+    pub fn registered(
+        rng: &mut SplitMix64,
+        candidate: impl Fn(&mut SplitMix64) -> String,
+    ) -> String {
         loop {
-            let name = domain_candidate(rng);
+            let name = candidate(rng);
             if psl::domain_str(&name) == Some(name.as_str()) {
                 return name;
             }
