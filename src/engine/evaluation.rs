@@ -198,7 +198,7 @@ fn write_report(
     if options.empty_window_copy {
         report["empty_window_copy"] = true.into();
     }
-    if options.server_lookalikes {
+    if options.server_lookalikes() {
         report["server_lookalikes"] = true.into();
     }
     report[key] = figures;
@@ -298,7 +298,7 @@ pub fn evaluation_corpus(
             packetwhisper: options.packetwhisper,
             randomised_cover: options.randomised_cover,
             long_window: options.schema.uses_prior(),
-            server_roles: options.server_lookalikes,
+            server_roles: options.server_lookalikes(),
         },
     )
 }

@@ -17,7 +17,7 @@ pub struct TrainArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Model name requests select it by.
-    #[arg(long, default_value = "dnsexfil_v4")]
+    #[arg(long, default_value = "dnsexfil_v6")]
     pub name: String,
     /// Share of sources held out entirely as a test set (0 to 0.9); with --split-out, their
     /// events and labels are written there for `eval/evaluate.py`.
@@ -136,9 +136,11 @@ pub struct TrainingOptions {
     /// hosts: mail servers checking senders' DKIM keys and DMARC, SPF and MTA-STS policies
     /// across many domains, and directory members locating their controllers (SRV names and
     /// controllers' GUIDs). A log has few such hosts, so a host-disjoint split may train on
-    /// none of them (an experiment: not the default model's recipe).
-    #[arg(long)]
-    pub server_lookalikes: bool,
+    /// none of them. `true` or `false` (the flag alone: true); default: true for dnsexfil-v4
+    /// (the default model dnsexfil_v6's recipe), false for the other schemas (dnsexfil_v4 and
+    /// dnsexfil_v5 were trained without them).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub server_lookalikes: Option<bool>,
 }
 
 impl TrainingOptions {
@@ -150,10 +152,19 @@ impl TrainingOptions {
                 self.schema.name()
             ));
         }
-        if self.server_lookalikes && self.schema == crate::features::Schema::DnsexfilV2 {
+        if self.server_lookalikes == Some(true)
+            && self.schema == crate::features::Schema::DnsexfilV2
+        {
             return Err("--server-lookalikes adds threat-model look-alike families, which the dnsexfil-v2 recipe does not generate (use --schema dnsexfil-v3 or later, or drop the flag)".into());
         }
         Ok(())
+    }
+
+    /// Whether the recipe generates the servers' own lookups (`--server-lookalikes`, or the
+    /// schema's default: on for dnsexfil-v4 only).
+    pub fn server_lookalikes(&self) -> bool {
+        self.server_lookalikes
+            .unwrap_or(self.schema == crate::features::Schema::DnsexfilV4)
     }
 }
 

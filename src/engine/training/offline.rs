@@ -239,7 +239,7 @@ pub fn training_corpus(
                 packetwhisper: options.packetwhisper,
                 randomised_cover: options.randomised_cover,
                 long_window: options.schema.uses_prior(),
-                server_roles: options.server_lookalikes,
+                server_roles: options.server_lookalikes(),
             },
         ),
     }
@@ -352,7 +352,7 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     if options.empty_window_copy {
         params["empty_window_copy"] = true.into();
     }
-    if options.server_lookalikes {
+    if options.server_lookalikes() {
         params["server_lookalikes"] = true.into();
     }
     let report_json = serde_json::json!({
