@@ -16,6 +16,7 @@ use dnsexfil::dsdl::table::Table;
 use dnsexfil::features::Schema;
 use dnsexfil::http::dsdl::process;
 use dnsexfil::http::dsdl::{DsdlResponse, Endpoint};
+use dnsexfil::http::v1::models::DEFAULT_MODEL_NAME;
 use dnsexfil::model::convert::ESCU_MODEL_NAME;
 
 // The same allocator as the service binary.
@@ -137,7 +138,7 @@ fn ratio() {
 }
 
 /// The default model's schema against the one before: the whole `/apply` of the same batch with
-/// `dnsexfil_v4` (built in) and with `dnsexfil_v2` (its file in `models/`), run alternately;
+/// the built-in default (schema `dnsexfil-v4`) and with `dnsexfil_v2` (its file in `models/`), run alternately;
 /// prints the medians and `ratio v4/v2 = X` per size.
 fn schemas() {
     if !requested("schemas") {
@@ -153,11 +154,11 @@ fn schemas() {
         .registry
         .insert(dnsexfil::model::Model::load(&v2_file).unwrap());
     println!(
-        "\nwhole /apply with dnsexfil_v4 vs dnsexfil_v2, run alternately (median of the runs):"
+        "\nwhole /apply with the default model (schema dnsexfil-v4) vs dnsexfil_v2, run alternately (median of the runs):"
     );
     for rows in SIZES {
         let csv = synth::dsdl_csv(rows, 42);
-        let v4 = synth::dsdl_envelope(&csv, "dnsexfil_v4");
+        let v4 = synth::dsdl_envelope(&csv, DEFAULT_MODEL_NAME);
         let v2 = synth::dsdl_envelope(&csv, "dnsexfil_v2");
         let runs = (2_000_000 / rows).clamp(30, 201);
         let (mut with_v4, mut with_v2) = (Vec::new(), Vec::new());
@@ -179,7 +180,7 @@ fn schemas() {
     }
 }
 
-/// What remembering a request's events costs: the whole `/apply` with `dnsexfil_v4` and an
+/// What remembering a request's events costs: the whole `/apply` with the default model and an
 /// in-process history against the same request with none, run alternately. Each run with the
 /// history starts from an empty store (every event new: the most a request's recording costs;
 /// dropping the store is not timed). Prints the medians and `ratio history/none = X` per size.
@@ -193,11 +194,11 @@ fn history() {
         .registry
         .insert(dnsexfil::model::default_model().unwrap());
     println!(
-        "\nwhole /apply with dnsexfil_v4, with an in-process history vs none, run alternately:"
+        "\nwhole /apply with the default model, with an in-process history vs none, run alternately:"
     );
     for rows in SIZES {
         let csv = synth::dsdl_csv(rows, 42);
-        let body = synth::dsdl_envelope(&csv, "dnsexfil_v4");
+        let body = synth::dsdl_envelope(&csv, DEFAULT_MODEL_NAME);
         let runs = (2_000_000 / rows).clamp(30, 201);
         let (mut with, mut without) = (Vec::new(), Vec::new());
         for _ in 0..runs {

@@ -23,7 +23,7 @@ pub enum ModelError {
 
 /// The project's own default model (dnsexfil-v4), built into the binary; `models/README.md` says
 /// how it was trained and how to reproduce it bit for bit.
-pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/dnsexfil_v4.safetensors");
+pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/dnsexfil_v6.safetensors");
 
 pub fn default_model() -> Result<Model, ModelError> {
     Model::from_bytes(DEFAULT_MODEL_BYTES, "the built-in default model")

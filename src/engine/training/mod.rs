@@ -290,11 +290,11 @@ mod tests {
         let tuned = FitPlan::from_request(
             Some("x"),
             "m",
-            &params(&[("base", "dnsexfil_v4")]),
+            &params(&[("base", "dnsexfil_v6")]),
             &registry,
         )
         .unwrap();
-        assert_eq!(tuned.base.unwrap().info.name, "dnsexfil_v4");
+        assert_eq!(tuned.base.unwrap().info.name, "dnsexfil_v6");
         assert_eq!(tuned.params.learning_rate, 1e-4);
     }
 

@@ -11,8 +11,9 @@ use crate::model::train::TrainParams;
 use crate::model::Model;
 use crate::store::Registry;
 
-pub const FRESH_ALGORITHMS: [(&str, Schema); 5] = [
+pub const FRESH_ALGORITHMS: [(&str, Schema); 6] = [
     ("dnsexfil", Schema::DnsexfilV4),
+    ("dnsexfil_v6", Schema::DnsexfilV4),
     ("dnsexfil_v5", Schema::DnsexfilV5),
     ("dnsexfil_v4", Schema::DnsexfilV4),
     ("dnsexfil_v3", Schema::DnsexfilV3),
@@ -202,7 +203,7 @@ fn example(key: &str) -> &'static str {
         "weight_decay" => "0.0001",
         "validation_fraction" => "0.2",
         "threshold" => "0.5",
-        "base" => "dnsexfil_v4",
+        "base" => "dnsexfil_v6",
         "window" => "3600",
         _ => "10",
     }

@@ -15,13 +15,13 @@ use crate::store::Registry;
 use crate::util::clip;
 
 /// Name of the built-in model, the default when it is loaded.
-pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v4";
+pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v6";
 
 /// A loaded model, as its file describes itself.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelDescription {
     /// Name requests select it by.
-    #[schema(example = "dnsexfil_v4")]
+    #[schema(example = "dnsexfil_v6")]
     pub name: String,
     /// Feature schema the service computes for it (`escu-v1`, `dnsexfil-v2` to `dnsexfil-v5`).
     #[schema(example = "dnsexfil-v4")]
@@ -163,7 +163,7 @@ mod tests {
             (e.status, e.code),
             (StatusCode::NOT_FOUND, "model_not_found")
         );
-        assert!(e.message.contains("loaded: dnsexfil_v4"), "{}", e.message);
+        assert!(e.message.contains("loaded: dnsexfil_v6"), "{}", e.message);
     }
 
     #[test]
