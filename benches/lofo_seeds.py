@@ -11,7 +11,7 @@ seed; then the hosts that raised the most real benign alerts.
 
 Usage (from the repository, after `cargo build --release`):
   benches/lofo_seeds.py [--seeds 7,8,9,10,11] [--tools packetwhisper,sunburst,randomised,domain_rotation,none]
-                        [--out DIR] [-- extra evaluate options, e.g. --server-lookalikes]
+                        [--out DIR] [-- extra evaluate options, e.g. --server-lookalikes false]
 Reports are kept in DIR (default: a temporary directory), one JSON per seed; with --reuse, a
 seed whose report is already in DIR is summarised again without rerunning it.
 """

@@ -193,6 +193,7 @@ fn evaluate_leaves_a_tool_out_and_reports_it() {
         let recall = r["recall_at_threshold"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{r}");
     }
+    lofo_seeds_summarises_saved_reports(&report);
     // An unknown tool is named in the error with the known ones.
     let err = run_fails(
         bin()
@@ -381,7 +382,62 @@ fn one_source_group_is_the_whole_log_once_as_zero_groups_is() {
     assert_eq!(rows_trained_on("1"), rows_trained_on("0"));
 }
 
-/// python3 (or python) for `tests/fixtures/eval/evaluate.py`.
+/// `benches/lofo_seeds.py --reuse` on two seeds' reports: `report` as seed 7, and as seed 8 the
+/// same with eight_bit's recall and real benign alerts changed, so the means and sums it prints
+/// can be checked against the reports (no training: --reuse reads the saved reports).
+fn lofo_seeds_summarises_saved_reports(report: &serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed_8 = report.clone();
+    seed_8["results"][0]["recall_at_threshold"] = 0.25.into();
+    seed_8["results"][0]["benign_alerts_real"] = 10_000.into();
+    seed_8["results"][0]["benign_alerts_real_by_host"] = serde_json::json!({"10.9.9.9": 10_000});
+    for (seed, r) in [(7, report), (8, &seed_8)] {
+        let path = dir.path().join(format!("seed-{seed}.json"));
+        std::fs::write(path, serde_json::to_vec(r).unwrap()).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/lofo_seeds.py");
+    let out = run_ok(
+        Command::new(python())
+            .arg(script)
+            .args(["--seeds", "7,8", "--tools", "eight_bit,dnsteal", "--reuse"])
+            .arg("--out")
+            .arg(dir.path())
+            // Never run: both reports are there.
+            .args(["--bin", "/nonexistent/dnsexfil"]),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let eight_bit = &report["results"][0];
+    assert_eq!(eight_bit["tool"], "eight_bit");
+    let recall = eight_bit["recall_at_threshold"].as_f64().unwrap();
+    let benign = eight_bit["benign_alerts_real"].as_u64().unwrap();
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("| eight_bit | "))
+        .unwrap_or_else(|| panic!("eight_bit's row in {printed}"));
+    // | row | recall per seed | mean | TPR | AUC | sessions | benign per seed | sum |
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    let per_seed: Vec<f64> = cells[2].split(" / ").map(|x| x.parse().unwrap()).collect();
+    assert_eq!(per_seed.len(), 2, "{line}");
+    assert!(
+        (per_seed[0] - recall).abs() < 6e-4 && per_seed[1] == 0.25,
+        "{line}"
+    );
+    let mean: f64 = cells[3].parse().unwrap();
+    assert!((mean - (recall + 0.25) / 2.0).abs() < 6e-4, "{line}");
+    assert_eq!(cells[7], format!("{benign} / 10000"), "{line}");
+    assert_eq!(cells[8], (benign + 10_000).to_string(), "{line}");
+    assert!(
+        printed.lines().any(|l| l.starts_with("| dnsteal | ")),
+        "{printed}"
+    );
+    // The host that raised the most alerts is listed first.
+    assert!(
+        printed.contains("summed over the rows):\n  8, 10.9.9.9: 10000\n"),
+        "{printed}"
+    );
+}
+
+/// python3 (or python) for `tests/fixtures/eval/evaluate.py` and the bench scripts.
 fn python() -> &'static str {
     ["python3", "python"]
         .into_iter()

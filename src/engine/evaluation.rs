@@ -75,17 +75,9 @@ struct Scored {
 }
 
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
     let real = RealLog::read(&args.events, &args.labels).map_err(anyhow::Error::msg)?;
     let options = &args.options;
-    options.check().map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(
-        !args.score_without_long_window || options.schema.uses_prior(),
-        "--score-without-long-window empties the long window, which only dnsexfil-v5 reads; add --schema dnsexfil-v5 or drop the flag"
-    );
-    anyhow::ensure!(
-        options.schema != crate::features::Schema::DnsexfilV2,
-        "evaluate trains dnsexfil-v3 or later models (the v2 recipe has no tool families)"
-    );
     let known = real.tools_to_leave_out();
     let tools: Vec<String> = if args.tools.is_empty() {
         known.clone()

@@ -215,6 +215,34 @@ pub struct EvaluateArgs {
     pub options: TrainingOptions,
 }
 
+impl TrainArgs {
+    /// Refuses what train cannot do with these options (the training options' own checks
+    /// first), before any file is read.
+    pub fn check(&self) -> Result<(), String> {
+        self.options.check()?;
+        if !self.leave_out.is_empty() && self.options.schema == crate::features::Schema::DnsexfilV2
+        {
+            return Err("--leave-out needs --schema dnsexfil-v3 or later (the v2 recipe has no tool families)".into());
+        }
+        Ok(())
+    }
+}
+
+impl EvaluateArgs {
+    /// Refuses what evaluate cannot do with these options (the training options' own checks
+    /// first), before any file is read, so every flag is checked in this one place.
+    pub fn check(&self) -> Result<(), String> {
+        self.options.check()?;
+        if self.score_without_long_window && !self.options.schema.uses_prior() {
+            return Err("--score-without-long-window empties the long window, which only dnsexfil-v5 reads; add --schema dnsexfil-v5 or drop the flag".into());
+        }
+        if self.options.schema == crate::features::Schema::DnsexfilV2 {
+            return Err("evaluate trains dnsexfil-v3 or later models (the v2 recipe has no tool families); use --schema dnsexfil-v3 or later".into());
+        }
+        Ok(())
+    }
+}
+
 /// A clap parser for a real number that `accept`s, named by `range` in the error.
 fn real_in(
     range: &'static str,
@@ -224,5 +252,104 @@ fn real_in(
         Ok(v) if v.is_finite() && accept(v) => Ok(v),
         Ok(_) => Err(format!("must be {range}")),
         Err(_) => Err(format!("`{text}` is not a number; it must be {range}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Train {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    #[derive(Parser)]
+    struct Evaluate {
+        #[command(flatten)]
+        args: EvaluateArgs,
+    }
+
+    fn train(extra: &[&str]) -> TrainArgs {
+        let base = [
+            "train",
+            "--events",
+            "e.csv",
+            "--labels",
+            "l.csv",
+            "-o",
+            "m.safetensors",
+        ];
+        Train::try_parse_from(base.iter().chain(extra))
+            .unwrap()
+            .args
+    }
+
+    fn evaluate(extra: &[&str]) -> EvaluateArgs {
+        let base = ["evaluate", "--events", "e.csv", "--labels", "l.csv"];
+        Evaluate::try_parse_from(base.iter().chain(extra))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn the_servers_lookups_are_on_for_dnsexfil_v4_only_unless_set() {
+        assert!(train(&[]).options.server_lookalikes());
+        assert!(!train(&["--server-lookalikes", "false"])
+            .options
+            .server_lookalikes());
+        assert!(train(&["--server-lookalikes"]).options.server_lookalikes());
+        for schema in ["dnsexfil-v2", "dnsexfil-v3", "dnsexfil-v5"] {
+            assert!(
+                !train(&["--schema", schema]).options.server_lookalikes(),
+                "{schema}"
+            );
+        }
+        assert!(
+            train(&["--schema", "dnsexfil-v5", "--server-lookalikes", "true"])
+                .options
+                .server_lookalikes()
+        );
+        assert_eq!(train(&[]).name, "dnsexfil_v6");
+    }
+
+    #[test]
+    fn each_command_refuses_options_its_schema_has_no_use_for() {
+        assert!(train(&[]).check().is_ok());
+        assert!(train(&["--schema", "dnsexfil-v2"]).check().is_ok());
+        let refused = |e: Result<(), String>, flag: &str| {
+            let e = e.unwrap_err();
+            assert!(e.contains(flag) && e.contains("dnsexfil-v"), "{e}");
+        };
+        refused(
+            train(&["--schema", "dnsexfil-v2", "--leave-out", "sliver"]).check(),
+            "--leave-out",
+        );
+        refused(
+            train(&["--schema", "dnsexfil-v2", "--server-lookalikes"]).check(),
+            "--server-lookalikes",
+        );
+        refused(
+            train(&["--empty-window-copy"]).check(),
+            "--empty-window-copy",
+        );
+        assert!(evaluate(&[]).check().is_ok());
+        assert!(
+            evaluate(&["--schema", "dnsexfil-v5", "--score-without-long-window"])
+                .check()
+                .is_ok()
+        );
+        refused(
+            evaluate(&["--score-without-long-window"]).check(),
+            "--score-without-long-window",
+        );
+        refused(evaluate(&["--schema", "dnsexfil-v2"]).check(), "--schema");
+        // The training options' checks apply to evaluate too.
+        refused(
+            evaluate(&["--empty-window-copy"]).check(),
+            "--empty-window-copy",
+        );
     }
 }

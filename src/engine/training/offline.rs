@@ -251,13 +251,9 @@ pub fn training_corpus(
 pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()> {
     use anyhow::Context;
 
+    args.check().map_err(anyhow::Error::msg)?;
     let options = &args.options;
-    options.check().map_err(anyhow::Error::msg)?;
     crate::util::validate_name(&args.name)?;
-    anyhow::ensure!(
-        args.leave_out.is_empty() || options.schema != Schema::DnsexfilV2,
-        "--leave-out needs --schema dnsexfil-v3 or later (the v2 recipe has no tool families)"
-    );
     let real = crate::data::corpus::RealLog::read(&args.events, &args.labels)
         .map_err(anyhow::Error::msg)?;
     let known = real.tools_to_leave_out();
