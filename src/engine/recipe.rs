@@ -17,7 +17,7 @@ pub struct TrainArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Model name requests select it by.
-    #[arg(long, default_value = "dnsexfil_v6")]
+    #[arg(long, default_value = crate::model::DEFAULT_MODEL_NAME)]
     pub name: String,
     /// Share of sources held out entirely as a test set (0 to 0.9); with --split-out, their
     /// events and labels are written there for `eval/evaluate.py`.

@@ -13,7 +13,7 @@ use crate::store::Registry;
 
 pub const FRESH_ALGORITHMS: [(&str, Schema); 6] = [
     ("dnsexfil", Schema::DnsexfilV4),
-    ("dnsexfil_v6", Schema::DnsexfilV4),
+    (crate::model::DEFAULT_MODEL_NAME, Schema::DnsexfilV4),
     ("dnsexfil_v5", Schema::DnsexfilV5),
     ("dnsexfil_v4", Schema::DnsexfilV4),
     ("dnsexfil_v3", Schema::DnsexfilV3),
@@ -203,7 +203,7 @@ fn example(key: &str) -> &'static str {
         "weight_decay" => "0.0001",
         "validation_fraction" => "0.2",
         "threshold" => "0.5",
-        "base" => "dnsexfil_v6",
+        "base" => crate::model::DEFAULT_MODEL_NAME,
         "window" => "3600",
         _ => "10",
     }

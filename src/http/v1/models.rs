@@ -15,7 +15,7 @@ use crate::store::Registry;
 use crate::util::clip;
 
 /// Name of the built-in model, the default when it is loaded.
-pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v6";
+pub use crate::model::DEFAULT_MODEL_NAME;
 
 /// A loaded model, as its file describes itself.
 #[derive(Debug, Serialize, ToSchema)]
