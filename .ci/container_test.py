@@ -354,15 +354,15 @@ def main():
     # The example of docs/rest-api.md: 20 tunnel names from one source, then www.google.com.
     ndjson = "".join(json.dumps({"src": "10.0.0.66", "query": hashlib.sha256(f"{i}\n".encode()).hexdigest()[:40] + ".t.exfil-example.net"}) + "\n"
                      for i in range(1, 21)) + json.dumps({"src": "10.0.0.5", "query": "www.google.com"}) + "\n"
-    status_code, body, _ = request(port_a, "POST", "/v1/score?model=dnsexfil_v6", ndjson,
+    status_code, body, _ = request(port_a, "POST", "/v1/score?model=dnsexfil_v7", ndjson,
                                    {"Content-Type": "application/x-ndjson", "Authorization": f"Bearer {TOKEN}"})
     scored = json.loads(body) if status_code == 200 else {}
     labels = [r.get("label") for r in scored.get("results", [])]
     check(status_code == 200 and scored.get("events") == 21 and labels == [1] * 20 + [0],
-          "/v1/score: 20 tunnel names labelled 1, www.google.com 0 (default model dnsexfil_v6)", body[:300].decode())
+          "/v1/score: 20 tunnel names labelled 1, www.google.com 0 (default model dnsexfil_v7)", body[:300].decode())
     status_code, body, _ = request(port_a, "GET", "/v1/models")
     names = [m["name"] for m in json.loads(body)["models"]]
-    check({"dnsexfil_v6", ESCU} <= set(names), "/v1/models lists the built-in and the ESCU model", str(names))
+    check({"dnsexfil_v7", ESCU} <= set(names), "/v1/models lists the built-in and the ESCU model", str(names))
     idle = memory_line(a, "idle (after start-up and the requests above)")
 
     # The certificate survives a restart.
@@ -404,7 +404,7 @@ def main():
 
     # --- docker stop drains a request in flight -------------------------------------------------
     rows = docker("run", "--rm", "--entrypoint", "/usr/local/bin/dnsexfil", IMAGE, "synth", "--rows", "100000",
-                  "--envelope", "--model-name", "dnsexfil_v6")
+                  "--envelope", "--model-name", "dnsexfil_v7")
     payload = rows.encode()
     conn = http.client.HTTPSConnection("127.0.0.1", port_c, context=unverified(), timeout=120)
     conn.putrequest("POST", "/apply")

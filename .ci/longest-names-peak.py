@@ -41,10 +41,10 @@ def longest_names_body(rows):
         "data": "".join(out),
         "meta": {
             "options": {
-                "params": {"algo": "dnsexfil_v6"},
+                "params": {"algo": "dnsexfil_v7"},
                 "args": ["src", "query", "rank"],
                 "feature_variables": ["src", "query", "rank"],
-                "model_name": "dnsexfil_v6",
+                "model_name": "dnsexfil_v7",
                 "algo_name": "MLTKContainer",
                 "mlspl_limits": {"max_inputs": "100000", "use_sampling": "true"},
             },

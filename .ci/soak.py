@@ -302,7 +302,7 @@ def main():
     time.sleep(1)
     idle = rss_mib(server.pid)
     apply_body = subprocess.run(
-        [args.binary, "synth", "--rows", "5000", "--envelope", "--model-name", "dnsexfil_v6"],
+        [args.binary, "synth", "--rows", "5000", "--envelope", "--model-name", "dnsexfil_v7"],
         check=True,
         capture_output=True,
     ).stdout

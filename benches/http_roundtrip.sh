@@ -13,7 +13,7 @@ rows=${ROWS:-100000}
 port=${DNSEXFIL_BENCH_PORT:-5077}
 artifact=tests/fixtures/escu/detect_dns_data_exfiltration_using_pretrained_model_in_dsdl.tar.gz
 escu_name=detect_dns_data_exfiltration_using_pretrained_model_in_dsdl
-default_name=dnsexfil_v6
+default_name=dnsexfil_v7
 target=${CARGO_TARGET_DIR:-target}
 
 if [ -n "${NO_BUILD:-}" ]; then

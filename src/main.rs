@@ -9,13 +9,24 @@ use dnsexfil::app::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Before any other thread starts: otherwise candle counts the CPUs again on every matmul.
+fn fix_candle_threads_to_the_cpus() {
+    dnsexfil::model::fix_candle_threads(dnsexfil::http::state::default_compute_threads());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Convert(args) => app::run_convert(&args),
         Command::Synth(args) => app::run_synth(&args),
-        Command::Train(args) => app::run_train(&args),
-        Command::Evaluate(args) => app::run_evaluate(&args),
+        Command::Train(args) => {
+            fix_candle_threads_to_the_cpus();
+            app::run_train(&args)
+        }
+        Command::Evaluate(args) => {
+            fix_candle_threads_to_the_cpus();
+            app::run_evaluate(&args)
+        }
         Command::Openapi => app::run_openapi(),
         Command::Healthcheck(args) => dnsexfil::app::healthcheck::run(&args),
         Command::Serve(args) => {

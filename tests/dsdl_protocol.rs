@@ -636,7 +636,7 @@ fn the_kubernetes_manifests_largest_requests_stay_well_within_its_memory_limit()
     let max_rows: usize = settings[0].1.parse().unwrap();
     let body = serde_json::to_vec(&escu_envelope_for(
         &dnsexfil::data::synth::dsdl_csv(max_rows, 9),
-        "dnsexfil_v6",
+        "dnsexfil_v7",
     ))
     .unwrap();
     let max_body: usize = settings[1].1.parse().unwrap();

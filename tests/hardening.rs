@@ -1230,7 +1230,7 @@ fn dsdl_requests_over_the_row_limits_are_logged_with_their_rows_and_the_limit() 
     for i in 0..150 {
         csv.push_str(&format!("10.1.1.{},www.example{i}.com,1\n", i % 250));
     }
-    let answer = post(&address, "/apply", &escu_envelope_for(&csv, "dnsexfil_v6"));
+    let answer = post(&address, "/apply", &escu_envelope_for(&csv, "dnsexfil_v7"));
     let message = answer["message"].as_str().unwrap();
     assert!(
         message.contains("has 150 rows, more than the 100 allowed"),
@@ -1337,7 +1337,7 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
     while csv.len() < 3 << 20 {
         csv.push_str("10.1.1.1,www.example.com,1\n");
     }
-    let body = serde_json::to_vec(&escu_envelope_for(&csv, "dnsexfil_v6")).unwrap();
+    let body = serde_json::to_vec(&escu_envelope_for(&csv, "dnsexfil_v7")).unwrap();
     // One request holds 3.5 MiB of its body (the rest still to come).
     let mut holding = std::net::TcpStream::connect(&address).unwrap();
     write!(
@@ -1371,7 +1371,7 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
     while rows.len() < 1 << 20 {
         rows.push_str(&format!("10.1.1.1,a{}.example.com,1\n", rows.len()));
     }
-    let small_body = serde_json::to_vec(&escu_envelope_for(&rows, "dnsexfil_v6")).unwrap();
+    let small_body = serde_json::to_vec(&escu_envelope_for(&rows, "dnsexfil_v7")).unwrap();
     assert_refused_for_the_budget(
         &client,
         &address,
@@ -1401,7 +1401,7 @@ fn bodies_over_the_in_flight_budget_are_refused_with_retry_after() {
     // Once the first is gone, the budget is back (for a body as large, with a small answer:
     // answers are counted too, and those rows' answer would be twice the budget).
     drop(holding);
-    let mut padded = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v6")).unwrap();
+    let mut padded = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v7")).unwrap();
     padded.resize(body.len(), b' ');
     wait_until("the budget back", Duration::from_secs(60), || {
         let answer = client
@@ -1466,8 +1466,8 @@ fn longest_names_envelope(rows: usize) -> Vec<u8> {
         }
         csv.push_str(",1\n");
     }
-    let mut body = escu_envelope_for(&csv, "dnsexfil_v6");
-    body["meta"]["options"]["params"] = serde_json::json!({"algo": "dnsexfil_v6"});
+    let mut body = escu_envelope_for(&csv, "dnsexfil_v7");
+    body["meta"]["options"]["params"] = serde_json::json!({"algo": "dnsexfil_v7"});
     serde_json::to_vec(&body).unwrap()
 }
 
@@ -1553,7 +1553,7 @@ fn unsent_answers_count_against_the_budget_for_bodies_in_flight() {
     });
     // Once the answer is made (and stuck), a new body finds the budget taken: what the answer
     // is written from stays counted (about the body's size here) until it has been sent.
-    let mut small = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v6")).unwrap();
+    let mut small = serde_json::to_vec(&escu_envelope_for(GOOD_ROWS, "dnsexfil_v7")).unwrap();
     small.resize(15 << 19, b' ');
     let mut retry_after = None;
     wait_until("a new body refused", Duration::from_secs(30), || {
@@ -1904,7 +1904,7 @@ fn the_manifest_memory_limit_holds_for_any_mix_of_requests_within_its_limits() {
         let model_name = if params["algo"] == "dnsexfil" {
             "sizing"
         } else {
-            "dnsexfil_v6"
+            "dnsexfil_v7"
         };
         let mut envelope = escu_envelope_for(csv, model_name);
         envelope["meta"]["options"]["params"] = params;
@@ -1929,13 +1929,13 @@ fn the_manifest_memory_limit_holds_for_any_mix_of_requests_within_its_limits() {
             "/apply",
             "/apply",
             "application/json",
-            dsdl("/apply", &csv, serde_json::json!({"algo": "dnsexfil_v6"})),
+            dsdl("/apply", &csv, serde_json::json!({"algo": "dnsexfil_v7"})),
         ),
         (
             "/fit, no label",
             "/fit",
             "application/json",
-            dsdl("/fit", &csv, serde_json::json!({"algo": "dnsexfil_v6"})),
+            dsdl("/fit", &csv, serde_json::json!({"algo": "dnsexfil_v7"})),
         ),
         (
             "/v1/score JSON",

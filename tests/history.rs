@@ -161,7 +161,7 @@ fn apply_remembers_rows_at_their_time_for_our_models_only() {
     api.apply(&csv, ESCU);
     assert_eq!(api.history("10.1.1.1").0, 404);
     // The default model's are: a1 twice (two buckets), a2 once.
-    api.apply(&csv, "dnsexfil_v6");
+    api.apply(&csv, "dnsexfil_v7");
     let (status, report) = api.history("10.1.1.1");
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["distinct_names"], 2);
@@ -170,14 +170,14 @@ fn apply_remembers_rows_at_their_time_for_our_models_only() {
     assert_eq!(report["last_seen"], t + 1200);
     assert_eq!(report["domains"][0]["active_buckets"], 2);
     // The search re-run: the same rows, counted once.
-    api.apply(&csv, "dnsexfil_v6");
+    api.apply(&csv, "dnsexfil_v7");
     assert_eq!(api.history("10.1.1.1").1["name_buckets"], 3);
     // Rows older than the window are not remembered.
     let old = format!(
         "_time,src,query,rank\n{},10.2.2.2,x.dnsx.org,1\n",
         t - 90_000
     );
-    api.apply(&old, "dnsexfil_v6");
+    api.apply(&old, "dnsexfil_v7");
     assert_eq!(api.history("10.2.2.2").0, 404);
     assert_eq!(api.metric("dnsexfil_history_skipped_total"), 1.0);
 }

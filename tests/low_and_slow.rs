@@ -4,7 +4,7 @@
 //! whose own hour is replayed beside it; one runs from a source of its own. With the history
 //! on, the riding tunnel is caught by the sixth hour; with `--history off` (each hour alone) it
 //! never is, because three such names in an hour are what a site's visit ids look like. The
-//! built-in default (`dnsexfil_v6`, no long window) never catches it either.
+//! built-in default (`dnsexfil_v7`, no long window) never catches it either.
 //! `benches/low_and_slow_probe.py` runs the same requests and prints every probability.
 
 mod common;
@@ -61,7 +61,7 @@ fn six_hours(model_args: &[&str]) -> Hourly {
     let model = if model_args.iter().any(|a| a.contains("dnsexfil_v5")) {
         "dnsexfil_v5"
     } else {
-        "dnsexfil_v6"
+        "dnsexfil_v7"
     };
     let client = TestServer::client();
     let benign = busy_hour();

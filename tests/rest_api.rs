@@ -16,7 +16,7 @@ use dnsexfil::store::Registry;
 use serde_json::{json, Value};
 
 /// The built-in default model.
-const DEFAULT: &str = "dnsexfil_v6";
+const DEFAULT: &str = "dnsexfil_v7";
 
 /// The ESCU model and the built-in default model, side by side.
 fn both_models() -> Arc<Registry> {
@@ -326,7 +326,7 @@ fn v1_errors_are_json_with_a_code_and_a_status() {
             // A misspelt `model` is refused, not scored with the default model.
             "",
             "application/json",
-            br#"{"Model": "dnsexfil_v6", "events": []}"#.to_vec(),
+            br#"{"Model": "dnsexfil_v7", "events": []}"#.to_vec(),
             422,
             "invalid_request",
         ),
@@ -1146,7 +1146,7 @@ fn the_rest_and_operations_pages_examples_give_the_answers_they_show() {
     }
     ndjson.push_str("{\"src\": \"10.0.0.5\", \"query\": \"www.google.com\"}\n");
     let (status, answer) = post(
-        "?model=dnsexfil_v6",
+        "?model=dnsexfil_v7",
         "application/x-ndjson",
         ndjson.into_bytes(),
     );

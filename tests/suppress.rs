@@ -47,7 +47,7 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
         let answer = unverified_tls_client()
             .post(format!("http://{}/apply", server.address))
             .header("Authorization", TOKEN)
-            .json(&escu_envelope_for(csv, "dnsexfil_v6"))
+            .json(&escu_envelope_for(csv, "dnsexfil_v7"))
             .send()
             .unwrap()
             .json::<serde_json::Value>()
@@ -98,7 +98,7 @@ fn allowlisted_and_muted_rows_say_why_and_others_are_untouched() {
             .collect();
         let scored = unverified_tls_client()
             .post(format!(
-                "http://{}/v1/score?model=dnsexfil_v6",
+                "http://{}/v1/score?model=dnsexfil_v7",
                 server.address
             ))
             .bearer_auth(TOKEN)

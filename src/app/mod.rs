@@ -130,7 +130,7 @@ pub struct ServeArgs {
     /// (converted in memory). Repeat the flag (or separate with commas) for several models.
     #[arg(long = "model", env = "DNSEXFIL_MODELS", value_delimiter = ',')]
     pub models: Vec<PathBuf>,
-    /// Do not load the built-in default model (dnsexfil_v6); serve only --model files and the
+    /// Do not load the built-in default model (dnsexfil_v7); serve only --model files and the
     /// model directory.
     #[arg(long, env = "DNSEXFIL_NO_DEFAULT_MODEL")]
     pub no_default_model: bool,
@@ -604,7 +604,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             {
                 tracing::warn!(
                     model = %name,
-                    "this model reads the history's long window, but --history is off: it will score every source as new, with more false alarms; turn the history on (--history memory or redis://...) or use the default dnsexfil_v6"
+                    "this model reads the history's long window, but --history is off: it will score every source as new, with more false alarms; turn the history on (--history memory or redis://...) or use the default dnsexfil_v7"
                 );
             }
         }

@@ -23,11 +23,11 @@ pub enum ModelError {
 
 /// Name of the built-in default model, which its file carries; written once here for the service
 /// (the default of requests), `train` (its default `--name`) and `/fit` (an algorithm name).
-pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v6";
+pub const DEFAULT_MODEL_NAME: &str = "dnsexfil_v7";
 
 /// The project's own default model (`DEFAULT_MODEL_NAME`, schema dnsexfil-v4), built into the
 /// binary; `models/README.md` says how it was trained and how to reproduce it bit for bit.
-pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/dnsexfil_v6.safetensors");
+pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/dnsexfil_v7.safetensors");
 
 pub fn default_model() -> Result<Model, ModelError> {
     Model::from_bytes(DEFAULT_MODEL_BYTES, "the built-in default model")

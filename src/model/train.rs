@@ -315,33 +315,40 @@ pub fn train(
     let mut best: Option<(EpochStats, Vec<Tensor>)> = None;
     let mut since_best = 0;
     let mut epochs_run = 0;
+    let steps = serial_pool()?;
     for epoch in 1..=params.epochs {
         shuffle(&mut order, &mut rng);
-        let mut loss_sum = 0.0;
-        let mut batches = 0;
-        for batch in order.chunks(params.batch_size) {
-            if let Some(limit) = params.time_limit {
-                if started.elapsed() > limit {
-                    return Err(TrainError::TimeLimit(limit));
+        // The optimiser's steps, each a few small matrices, run on one thread: splitting a
+        // 256-row batch's matmuls over the cores costs more in hand-offs than it saves (half
+        // the training time on 2 cores), and the split does not change a bit of the result.
+        let (loss_sum, batches) = steps.install(|| {
+            let mut loss_sum = 0.0;
+            let mut batches = 0;
+            for batch in order.chunks(params.batch_size) {
+                if let Some(limit) = params.time_limit {
+                    if started.elapsed() > limit {
+                        return Err(TrainError::TimeLimit(limit));
+                    }
                 }
+                if params
+                    .stop_when
+                    .is_some_and(|stop| stop.load(Ordering::Relaxed))
+                {
+                    return Err(TrainError::Stopped);
+                }
+                let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
+                let x = hide(x_train.index_select(&idx, 0)?, &mut hiding_rng)?;
+                let y = y_train.index_select(&idx, 0)?;
+                let loss = weighted_bce(&network.training_logits(&x)?, &y, positive_weight)?;
+                optimizer.backward_step(&loss)?;
+                if let Some(constraints) = &params.constraints {
+                    constraints.project(&vars)?;
+                }
+                loss_sum += loss.to_scalar::<f32>()? as f64;
+                batches += 1;
             }
-            if params
-                .stop_when
-                .is_some_and(|stop| stop.load(Ordering::Relaxed))
-            {
-                return Err(TrainError::Stopped);
-            }
-            let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
-            let x = hide(x_train.index_select(&idx, 0)?, &mut hiding_rng)?;
-            let y = y_train.index_select(&idx, 0)?;
-            let loss = weighted_bce(&network.training_logits(&x)?, &y, positive_weight)?;
-            optimizer.backward_step(&loss)?;
-            if let Some(constraints) = &params.constraints {
-                constraints.project(&vars)?;
-            }
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            batches += 1;
-        }
+            Ok::<_, TrainError>((loss_sum, batches))
+        })?;
         let val_logits = network.training_logits(&x_val)?;
         let val_scores = val_logits.to_vec1::<f32>()?;
         let by_source = (!val_sources.is_empty())
@@ -405,6 +412,42 @@ pub fn train(
         positive_weight,
     };
     Ok((tensors, report))
+}
+
+/// Lowers the output bias by the log-odds of `probability`, so the network scores 0.5 where it
+/// scored `probability` before: the served model alerts (above 0.5, as the ESCU search does)
+/// only where the trained one was that sure. At 0.5 the tensors are returned untouched.
+pub fn alert_at(
+    mut tensors: HashMap<String, Tensor>,
+    probability: f64,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    if probability == 0.5 {
+        return Ok(tensors);
+    }
+    if !(probability > 0.0 && probability < 1.0) {
+        return Err(TrainError::Data(format!(
+            "the alert probability must be above 0 and below 1, not {probability}"
+        )));
+    }
+    let name = TENSOR_NAMES[5];
+    let bias = tensors
+        .get(name)
+        .ok_or_else(|| TrainError::Data(format!("the network has no `{name}`")))?;
+    let log_odds = (probability / (1.0 - probability)).ln();
+    let shifted = (bias - log_odds)?;
+    tensors.insert(name.to_string(), shifted);
+    Ok(tensors)
+}
+
+/// A rayon pool of one thread for the optimiser's steps (see `train`): rayon work started
+/// inside it (candle's matmuls) runs on that thread instead of being split over the cores. Each
+/// training has its own, so concurrent fits do not queue behind each other.
+fn serial_pool() -> Result<rayon::ThreadPool, TrainError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "dnsexfil-train".into())
+        .build()
+        .map_err(|e| TrainError::Data(format!("cannot start the training thread: {e}")))
 }
 
 /// One network computing the mean of the members' logits: the first layers side by side, the
@@ -682,6 +725,34 @@ mod tests {
             d.push(&[a, b], (a > 7.0) as u8 as f32);
         }
         d
+    }
+
+    #[test]
+    fn alerting_at_a_probability_lowers_the_output_bias_by_its_log_odds() {
+        let bias = |t: &HashMap<String, Tensor>| -> f32 {
+            t[TENSOR_NAMES[5]]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+        };
+        let tensors = || {
+            HashMap::from([(
+                TENSOR_NAMES[5].to_string(),
+                Tensor::new(&[0.25f32], &Device::Cpu).unwrap(),
+            )])
+        };
+        let shifted = alert_at(tensors(), 0.9).unwrap();
+        assert!((bias(&shifted) - (0.25 - 9f32.ln())).abs() < 1e-6);
+        // A logit that scored 0.9 now scores 0.5; one that scored 0.5 now 0.1.
+        let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+        assert!((sigmoid(9f32.ln() + bias(&shifted) - 0.25) - 0.5).abs() < 1e-6);
+        assert!((sigmoid(bias(&shifted) - 0.25) - 0.1).abs() < 1e-6);
+        assert_eq!(bias(&alert_at(tensors(), 0.5).unwrap()), 0.25);
+        for bad in [0.0, 1.0, f64::NAN] {
+            assert!(alert_at(tensors(), bad).is_err(), "{bad}");
+        }
+        assert!(alert_at(HashMap::new(), 0.9).is_err(), "no output layer");
     }
 
     #[test]

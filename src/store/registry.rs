@@ -471,7 +471,7 @@ mod tests {
         let (loaded, failed) = registry.refresh_dir(dir.path());
         assert!(loaded.is_empty());
         assert!(
-            failed[0].1.contains("rename it to dnsexfil_v6.safetensors"),
+            failed[0].1.contains("rename it to dnsexfil_v7.safetensors"),
             "{failed:?}"
         );
         model.info.name = "broken".into();

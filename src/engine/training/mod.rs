@@ -210,6 +210,7 @@ pub fn fit_labelled(
     } else {
         crate::model::train::merge_members(&members)?
     };
+    let tensors = crate::model::train::alert_at(tensors, plan.alert_at)?;
     let packaged = |e: crate::model::ModelError| TrainError::Data(e.to_string());
     let bytes = crate::model::file::encode(&info, &tensors).map_err(packaged)?;
     let model = Model::from_bytes(&bytes, &info.name).map_err(packaged)?;
@@ -290,11 +291,11 @@ mod tests {
         let tuned = FitPlan::from_request(
             Some("x"),
             "m",
-            &params(&[("base", "dnsexfil_v6")]),
+            &params(&[("base", "dnsexfil_v7")]),
             &registry,
         )
         .unwrap();
-        assert_eq!(tuned.base.unwrap().info.name, "dnsexfil_v6");
+        assert_eq!(tuned.base.unwrap().info.name, "dnsexfil_v7");
         assert_eq!(tuned.params.learning_rate, 1e-4);
     }
 

@@ -30,15 +30,7 @@ pub fn fit_offline(
             seed: options.seed,
             select_epoch: options.select_epoch,
             validation_loss: options.validation_loss,
-            // v4's corpus holds a session of every threat family per few training hosts:
-            // weighting them up to the benign rows' total made the model alert on benign names
-            // of hosts it never saw (leave-one-out runs: about half the benign alerts at the
-            // same recall with weight 1).
-            positive_weight: options.positive_weight.or(matches!(
-                options.schema,
-                Schema::DnsexfilV4 | Schema::DnsexfilV5
-            )
-            .then_some(1.0)),
+            positive_weight: options.positive_weight(),
             constraints: options
                 .evidence_part
                 .then(|| evidence_constraints(options.schema))
@@ -58,6 +50,7 @@ pub fn fit_offline(
         threshold: 0.5,
         window_secs: options.window,
         members: options.members,
+        alert_at: options.alert_at(),
     };
     fit_labelled(labelled, &plan, info, |e| {
         if verbose {
@@ -350,6 +343,9 @@ pub fn run_offline(args: &crate::engine::recipe::TrainArgs) -> anyhow::Result<()
     }
     if options.server_lookalikes() {
         params["server_lookalikes"] = true.into();
+    }
+    if options.alert_at() != 0.5 {
+        params["alert_at"] = options.alert_at().into();
     }
     let report_json = serde_json::json!({
         "model": args.output.file_name().map(|n| n.to_string_lossy().into_owned()),

@@ -11,9 +11,10 @@ use crate::model::train::TrainParams;
 use crate::model::Model;
 use crate::store::Registry;
 
-pub const FRESH_ALGORITHMS: [(&str, Schema); 6] = [
+pub const FRESH_ALGORITHMS: [(&str, Schema); 7] = [
     ("dnsexfil", Schema::DnsexfilV4),
     (crate::model::DEFAULT_MODEL_NAME, Schema::DnsexfilV4),
+    ("dnsexfil_v6", Schema::DnsexfilV4),
     ("dnsexfil_v5", Schema::DnsexfilV5),
     ("dnsexfil_v4", Schema::DnsexfilV4),
     ("dnsexfil_v3", Schema::DnsexfilV3),
@@ -68,6 +69,9 @@ pub struct FitPlan {
     /// Networks trained (seeds `seed`, `seed + 1`, ...) and served as one whose output is the
     /// mean of their logits; 1 trains a single network.
     pub members: usize,
+    /// The trained network's probability the model file puts at 0.5: the output bias is
+    /// lowered by its log-odds (0.5: unchanged).
+    pub alert_at: f64,
 }
 
 /// Why a `/fit` request's algorithm or parameters cannot be trained; each message says what to
@@ -193,6 +197,8 @@ impl FitPlan {
             threshold,
             window_secs,
             members: 1,
+            // A fit trains on the user's rows alone, not the offline recipe: no shift.
+            alert_at: 0.5,
         })
     }
 }

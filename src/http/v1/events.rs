@@ -56,8 +56,8 @@ const BODY_FIELDS: [&str; 2] = ["model", "events"];
 #[allow(dead_code)] // documents the wire format; the body is read as a JSON value
 pub struct ScoreRequest {
     /// Model to use; the same as `?model=` (both may be given only if they agree). Default: the
-    /// built-in `dnsexfil_v6` when loaded, else the only loaded model.
-    #[schema(example = "dnsexfil_v6")]
+    /// built-in `dnsexfil_v7` when loaded, else the only loaded model.
+    #[schema(example = "dnsexfil_v7")]
     pub model: Option<String>,
     /// The events, in order. History events (rank other than 1) of the same request are what the
     /// per-source features are computed from, so send a source's events together.

@@ -21,7 +21,7 @@ pub use crate::model::DEFAULT_MODEL_NAME;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelDescription {
     /// Name requests select it by.
-    #[schema(example = "dnsexfil_v6")]
+    #[schema(example = "dnsexfil_v7")]
     pub name: String,
     /// Feature schema the service computes for it (`escu-v1`, `dnsexfil-v2` to `dnsexfil-v5`).
     #[schema(example = "dnsexfil-v4")]
@@ -163,7 +163,7 @@ mod tests {
             (e.status, e.code),
             (StatusCode::NOT_FOUND, "model_not_found")
         );
-        assert!(e.message.contains("loaded: dnsexfil_v6"), "{}", e.message);
+        assert!(e.message.contains("loaded: dnsexfil_v7"), "{}", e.message);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::model::Model;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ScoreParams {
-    /// Model to use (see GET /v1/models). Default: `dnsexfil_v6` when loaded, else the only
+    /// Model to use (see GET /v1/models). Default: `dnsexfil_v7` when loaded, else the only
     /// loaded model. The only way to choose a model for NDJSON bodies.
     pub model: Option<String>,
 }
@@ -73,7 +73,7 @@ pub struct EventResult<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct ScoreResponse<'a> {
     /// Model that scored the request.
-    #[schema(example = "dnsexfil_v6")]
+    #[schema(example = "dnsexfil_v7")]
     pub model: &'a str,
     /// Its feature schema.
     #[schema(example = "dnsexfil-v4")]
@@ -743,7 +743,7 @@ mod tests {
                 query: Some("caf\u{e9}.\\202.example.com\u{1}"),
                 probability: Some(f64::from(0.123_456_78_f32)),
                 label: Some(0),
-                model: "dnsexfil_v6",
+                model: "dnsexfil_v7",
                 schema: "dnsexfil-v4",
                 reason: None,
                 error: None,
