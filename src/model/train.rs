@@ -315,13 +315,13 @@ pub fn train(
     let mut best: Option<(EpochStats, Vec<Tensor>)> = None;
     let mut since_best = 0;
     let mut epochs_run = 0;
-    let steps = serial_pool()?;
+    let one_thread = serial_pool()?;
     for epoch in 1..=params.epochs {
         shuffle(&mut order, &mut rng);
         // The optimiser's steps, each a few small matrices, run on one thread: splitting a
         // 256-row batch's matmuls over the cores costs more in hand-offs than it saves (half
         // the training time on 2 cores), and the split does not change a bit of the result.
-        let (loss_sum, batches) = steps.install(|| {
+        let (loss_sum, batches) = one_thread.install(|| {
             let mut loss_sum = 0.0;
             let mut batches = 0;
             for batch in order.chunks(params.batch_size) {
@@ -417,7 +417,7 @@ pub fn train(
 /// Lowers the output bias by the log-odds of `probability`, so the network scores 0.5 where it
 /// scored `probability` before: the served model alerts (above 0.5, as the ESCU search does)
 /// only where the trained one was that sure. At 0.5 the tensors are returned untouched.
-pub fn alert_at(
+pub fn shift_output_bias(
     mut tensors: HashMap<String, Tensor>,
     probability: f64,
 ) -> Result<HashMap<String, Tensor>, TrainError> {
@@ -441,7 +441,8 @@ pub fn alert_at(
 
 /// A rayon pool of one thread for the optimiser's steps (see `train`): rayon work started
 /// inside it (candle's matmuls) runs on that thread instead of being split over the cores. Each
-/// training has its own, so concurrent fits do not queue behind each other.
+/// training has its own, so trainings side by side (the tests run several) do not wait for
+/// one another's thread.
 fn serial_pool() -> Result<rayon::ThreadPool, TrainError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -742,17 +743,20 @@ mod tests {
                 Tensor::new(&[0.25f32], &Device::Cpu).unwrap(),
             )])
         };
-        let shifted = alert_at(tensors(), 0.9).unwrap();
+        let shifted = shift_output_bias(tensors(), 0.9).unwrap();
         assert!((bias(&shifted) - (0.25 - 9f32.ln())).abs() < 1e-6);
         // A logit that scored 0.9 now scores 0.5; one that scored 0.5 now 0.1.
         let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
         assert!((sigmoid(9f32.ln() + bias(&shifted) - 0.25) - 0.5).abs() < 1e-6);
         assert!((sigmoid(bias(&shifted) - 0.25) - 0.1).abs() < 1e-6);
-        assert_eq!(bias(&alert_at(tensors(), 0.5).unwrap()), 0.25);
+        assert_eq!(bias(&shift_output_bias(tensors(), 0.5).unwrap()), 0.25);
         for bad in [0.0, 1.0, f64::NAN] {
-            assert!(alert_at(tensors(), bad).is_err(), "{bad}");
+            assert!(shift_output_bias(tensors(), bad).is_err(), "{bad}");
         }
-        assert!(alert_at(HashMap::new(), 0.9).is_err(), "no output layer");
+        assert!(
+            shift_output_bias(HashMap::new(), 0.9).is_err(),
+            "no output layer"
+        );
     }
 
     #[test]

@@ -210,7 +210,7 @@ pub fn fit_labelled(
     } else {
         crate::model::train::merge_members(&members)?
     };
-    let tensors = crate::model::train::alert_at(tensors, plan.alert_at)?;
+    let tensors = crate::model::train::shift_output_bias(tensors, plan.alert_at)?;
     let packaged = |e: crate::model::ModelError| TrainError::Data(e.to_string());
     let bytes = crate::model::file::encode(&info, &tensors).map_err(packaged)?;
     let model = Model::from_bytes(&bytes, &info.name).map_err(packaged)?;
