@@ -14,8 +14,6 @@
 //! Sessions ride on the log's own hosts (or come from sources of their own, as each family
 //! does in training); use hosts the model did not train on (`train --split-out` writes them).
 
-use std::io::Write;
-
 use clap::Parser;
 use dnsexfil::data::dataset::{read_events, read_label_tools, read_labels};
 use dnsexfil::data::threats::{generate, Carriers, Family, PacketWhisperCiphers, RandomisedCover};
@@ -54,7 +52,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|f| f.name() == wanted || f.tool() == wanted)
             .collect();
         if matching.is_empty() {
-            let known: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+            // Family names, then the tools that group several (packetwhisper).
+            let mut known: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+            let tools = Family::ALL.iter().map(|f| f.tool());
+            known.extend(tools.filter(|t| !Family::ALL.iter().any(|f| f.name() == *t)));
+            known.dedup();
             return Err(
                 format!("no family or tool `{wanted}`; known: {}", known.join(", ")).into(),
             );
@@ -77,47 +79,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         false,
     );
 
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(format!("{}_events.csv", args.out))?);
-    writeln!(out, "src,query,rank,_time")?;
+    let mut out = csv::Writer::from_path(format!("{}_events.csv", args.out))?;
+    out.write_record(["src", "query", "rank", "_time"])?;
     for e in events.iter().chain(&generated.events) {
         // evaluate.py recomputes the ranks per window.
-        writeln!(out, "{},{},1,{}", field(&e.src), field(&e.query), e.time)?;
+        out.write_record([&e.src, &e.query, "1", &e.time.to_string()])?;
     }
     out.flush()?;
 
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(format!("{}_labels.csv", args.out))?);
-    writeln!(out, "src,query,is_exfiltration,tool,session")?;
+    let mut out = csv::Writer::from_path(format!("{}_labels.csv", args.out))?;
+    out.write_record(["src", "query", "is_exfiltration", "tool", "session"])?;
     for (key, label) in &labels {
         // The log's tunnels keep their tool (one session per tool and source).
-        let tool = tools.get(key).map_or("benign", String::as_str);
-        let session = if tool == "benign" {
-            "benign".to_string()
-        } else {
-            format!("{tool}#{}", key.0)
+        let (tool, session) = match tools.get(key) {
+            Some(tool) => (tool.as_str(), format!("{tool}#{}", key.0)),
+            None => ("benign", "benign".to_string()),
         };
-        writeln!(
-            out,
-            "{},{},{},{},{}",
-            field(&key.0),
-            field(&key.1),
-            *label as u8,
-            field(tool),
-            field(&session)
-        )?;
+        let label = (*label as u8).to_string();
+        out.write_record([&key.0, &key.1, &label, tool, &session])?;
     }
     for (key, label) in &generated.labels {
         let family = generated.families[key].name();
-        let session = &generated.session_of[key];
-        writeln!(
-            out,
-            "{},{},{},{family},{}",
-            field(&key.0),
-            field(&key.1),
-            *label as u8,
-            field(session)
-        )?;
+        let label = (*label as u8).to_string();
+        out.write_record([&key.0, &key.1, &label, family, &generated.session_of[key]])?;
     }
     out.flush()?;
     eprintln!(
@@ -127,13 +111,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out = args.out,
     );
     Ok(())
-}
-
-/// A CSV field, quoted when it holds a comma, a quote or a line end.
-fn field(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\"")).into()
-    } else {
-        text.into()
-    }
 }

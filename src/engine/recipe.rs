@@ -137,8 +137,8 @@ pub struct TrainingOptions {
     /// across many domains, and directory members locating their controllers (SRV names and
     /// controllers' GUIDs). A log has few such hosts, so a host-disjoint split may train on
     /// none of them. `true` or `false` (the flag alone: true); default: true for dnsexfil-v4
-    /// (the default model dnsexfil_v7's recipe, and dnsexfil_v6's), false for the other schemas (dnsexfil_v4 and
-    /// dnsexfil_v5 were trained without them).
+    /// (the recipe of the default model dnsexfil_v7, and of dnsexfil_v6), false for the other
+    /// schemas (dnsexfil_v4 and dnsexfil_v5 were trained without them).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub server_lookalikes: Option<bool>,
     /// The trained network's probability that the model scores 0.5, where the ESCU search
