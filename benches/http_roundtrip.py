@@ -3,7 +3,10 @@ forward pass of the same rank-1 rows by candle (the `forward` bench, as a co-pro
 numpy/OpenBLAS, all alternating within one run. Driven by benches/http_roundtrip.sh.
 
   http_roundtrip.py prepare EVENTS_CSV OUT_DIR ROWS ESCU_NAME DEFAULT_NAME
-  http_roundtrip.py run OUT_DIR PORT TOKEN SERVER_LOG ROUNDS ESCU_NAME FORWARD_COMMAND...
+  http_roundtrip.py run OUT_DIR PORT TOKEN SERVER_LOG ROUNDS ESCU_NAME FLOOR_PORT FORWARD_COMMAND...
+
+FLOOR_PORT is a server that reads any body and answers a fixed one, doing no other work
+(benches/http_floor.rs): the default /apply posted to it is what HTTP alone costs.
 """
 
 import json
@@ -122,7 +125,10 @@ def server_stages(log_path, offset):
     return stages, end
 
 
-def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
+FLOOR = "HTTP alone (no work)"
+
+
+def run(out, port, token, log_path, rounds, escu_name, floor_port, forward_cmd):
     rounds = int(rounds)
     base = f"http://127.0.0.1:{port}"
     requests = [
@@ -132,6 +138,10 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
          "application/x-ndjson", "default"),
         ("/v1/score NDJSON ESCU", f"{base}/v1/score?model={escu_name}", "score.ndjson",
          "application/x-ndjson", "escu"),
+        # The default /apply's body to a server that answers its answer's size and does nothing
+        # else: no request of that size can take less.
+        (FLOOR, f"http://127.0.0.1:{floor_port}/apply", "apply_default.json", "application/json",
+         "default"),
     ]
     forward = subprocess.Popen(forward_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True)
@@ -181,7 +191,7 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
     forward.wait()
     # A stage table left empty would pass unnoticed (the log target moved once): fail instead.
     for label, url, _, _, _ in requests:
-        if "features" not in stages[label]:
+        if label != FLOOR and "features" not in stages[label]:
             sys.exit(f"no stages debug line for {label} in the server log: are RUST_LOG's"
                      " targets in http_roundtrip.sh still the handlers' modules?")
 
@@ -208,6 +218,14 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
         print(f"  {label:26} {up / 1e6:.1f} MB in, {down / 1e6:.1f} MB out: best {best(h):7.2f}"
               f" median {median(h):7.2f} | /numpy {best(h) / best(n):.2f} (best)"
               f" {median(h) / median(n):.2f} (median) | /candle {best(h) / best(candle[net]):.2f}")
+    floor = http[FLOOR]
+    print(f"\n  {FLOOR} is the floor under a request of /apply's size: at best {best(floor):.2f} ms,"
+          f" {best(floor) / best(numpy_times['default']):.2f} times numpy's forward pass of the"
+          f" default network and {best(floor) / best(numpy_times['escu']):.2f} times the ESCU"
+          f" network's (best)")
+    for label in ("/apply ESCU", "/apply default"):
+        print(f"  {label}: best {best(http[label]) - best(floor):.2f} ms above the floor, median"
+              f" {median(http[label]) - median(floor):.2f}")
     print("\nper stage, median ms (the server's debug log; rest = curl's total less the stages:"
           " client, loopback, hyper; /v1/score writes its answer as the client reads it, so its"
           " write includes serialising the results)")
@@ -215,6 +233,8 @@ def run(out, port, token, log_path, rounds, escu_name, forward_cmd):
     print("  | request | " + " | ".join(names) + " |")
     print("  " + "|---" * (len(names) + 1) + "|")
     for label, _, _, _, _ in requests:
+        if label == FLOOR:
+            continue
         seen = stages[label]
         cells = [f"{median(seen[k]):.1f}" if k in seen else "" for k in names]
         print(f"  | {label} | " + " | ".join(cells) + " |")
@@ -224,6 +244,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "prepare":
         prepare(*sys.argv[2:7])
     elif sys.argv[1] == "run":
-        run(*sys.argv[2:8], sys.argv[8:])
+        run(*sys.argv[2:9], sys.argv[9:])
     else:
         sys.exit(__doc__)

@@ -4,7 +4,10 @@
 # model, and /v1/score with the same 100,000 events as NDJSON; in the same run, alternating,
 # the forward pass of the same rank-1 rows by candle (the `forward` bench) and by numpy/OpenBLAS.
 # Prints best and median of each, the ratios, and per-stage times (the server's debug log).
-# Usage: benches/http_roundtrip.sh [rounds]   (default 7; DNSEXFIL_BENCH_PORT if 5077 is taken)
+# Also times the same /apply against a server that does no work (benches/http_floor.rs): what
+# HTTP alone costs a request of that size.
+# Usage: benches/http_roundtrip.sh [rounds]   (default 7; DNSEXFIL_BENCH_PORT if 5077 or the port
+# after it is taken)
 # numpy goes into a virtualenv under the target directory (pip, from PyPI) on the first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,14 +22,19 @@ target=${CARGO_TARGET_DIR:-target}
 if [ -n "${NO_BUILD:-}" ]; then
   # The binaries as last built (for a run while the sources are being changed).
   forward=$(ls -t "$target"/release/deps/forward-* | grep -v '\.d$' | head -1)
+  floor=$(ls -t "$target"/release/deps/http_floor-* | grep -v '\.d$' | head -1)
 else
   cargo build --release --quiet
-  forward=$(cargo bench --bench forward --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json, sys
+  bench_binary() {
+    cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null \
+      | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "forward" and m.get("executable"):
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+  }
+  forward=$(bench_binary forward)
+  floor=$(bench_binary http_floor)
 fi
 bin=$target/release/dnsexfil
 venv=$target/bench-venv
@@ -38,7 +46,8 @@ py=$venv/bin/python
 
 work=$(mktemp -d)
 server=
-trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+floor_server=
+trap 'for p in $server $floor_server; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 "$py" benches/http_roundtrip.py prepare tests/fixtures/dev/events.csv "$work" "$rows" \
   "$escu_name" "$default_name"
 
@@ -59,7 +68,16 @@ for f in apply_escu apply_default; do
     --data-binary "@$work/$f.json" | grep -q '"status":"success"' \
     || { echo "$f: the request does not succeed" >&2; exit 1; }
 done
+# The transport floor: a server on the same HTTP stack doing no work, answering as many bytes
+# as the default model's /apply does (benches/http_floor.rs), on the next port.
+floor_port=$((port + 1))
+answer_bytes=$(curl -sf "http://127.0.0.1:$port/apply" -H "Authorization: bench-token" -H "Expect:" \
+  --data-binary "@$work/apply_default.json" | wc -c)
+coproc FLOOR { exec "$floor" "$floor_port" "$answer_bytes"; }
+floor_server=$FLOOR_PID
+read -r ready <&"${FLOOR[0]}"
+[ "$ready" = ready ] || { echo "the floor server did not start on port $floor_port" >&2; exit 1; }
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" benches/http_roundtrip.py run "$work" "$port" bench-token "$log" "$rounds" "$escu_name" \
-  "$forward" "$work/rows.csv" "$work" escu=escu default=default
+  "$floor_port" "$forward" "$work/rows.csv" "$work" escu=escu default=default
 echo "server RSS: peak $(awk '$1 == "VmHWM:" {print $2 / 1024 " MiB"}' "/proc/$server/status")"

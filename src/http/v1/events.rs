@@ -551,7 +551,44 @@ struct PlainEvent<'a> {
     #[serde(borrow)]
     query: Option<Text<'a>>,
     rank: Option<f64>,
-    time: Option<Value>,
+    #[serde(borrow)]
+    time: Option<Time<'a>>,
+}
+
+/// A `time` of a [`PlainEvent`] in the forms the history reads, its text borrowed from the body
+/// (a JSON value of it would copy every event's time; null is `None` of the `Option`).
+enum Time<'a> {
+    Number(f64),
+    Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Time<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Time<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string")
+            }
+            // As `Value::as_f64` reads a JSON number.
+            fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+                Ok(Time::Number(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Time::Number(n as f64))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Time::Number(n as f64))
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Time::Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Time::Text(Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A JSON string, borrowed from the body unless it had escapes (serde's own `Cow` would always
@@ -590,9 +627,12 @@ fn decode_plain(text: &str) -> Option<Decoded<'_>> {
     }
     let event: PlainEvent = serde_json::from_str(text).ok()?;
     let dns = (event.src?.0, event.query?.0);
+    // What `seconds_of` makes of the same JSON; anything else (an object, a boolean) failed
+    // the struct above, for the general way to explain.
     let time = match &event.time {
         None => None,
-        Some(time) => seconds_of(time).ok()?,
+        Some(Time::Number(n)) => crate::history::time_from_seconds(*n),
+        Some(Time::Text(text)) => crate::history::parse_time(text),
     };
     Some(Decoded {
         dns: Some(dns),
@@ -762,6 +802,10 @@ mod tests {
             r#"{"src":"10.0.0.1","query":"a.example.com","rank":null,"time":null,"other":[1e999]}"#,
             r#" {"src":"h\u00e9\"x","query":"\\202.b\/c.example.com","time":"not a time"} "#,
             r#"{"src":"","query":"","rank":18446744073709551615,"time":-1e300}"#,
+            r#"{"src":"a","query":"b","time":-86400}"#,
+            r#"{"src":"a","query":"b","time":18446744073709551615}"#,
+            r#"{"src":"a","query":"b","time":"17358\u003623\/"}"#,
+            r#"{"src":"a","query":"b","time":" 2024-05-01T12:00:00+02:00 "}"#,
         ];
         for text in plain {
             let fast = decode_plain(text).unwrap_or_else(|| panic!("not plain: {text}"));
@@ -785,6 +829,8 @@ mod tests {
             r#"{"src":"a","query":"b","src":"c"}"#,
             r#"{"src":"a","query":"b","rank":"1"}"#,
             r#"{"src":"a","query":"b","time":true}"#,
+            r#"{"src":"a","query":"b","time":{"s":1}}"#,
+            r#"{"src":"a","query":"b","time":[1]}"#,
             r#"{"src":"a","query":"b","rank":1e999}"#,
             r#"["a","b"]"#,
             r#"["10.0.0.1","evil.example.com",1,null]"#,
