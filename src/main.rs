@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Openapi => app::run_openapi(),
         Command::Healthcheck(args) => dnsexfil::app::healthcheck::run(&args),
         Command::Serve(args) => {
+            dnsexfil::engine::memory::no_transparent_huge_pages();
             let threads = args
                 .compute_threads
                 .unwrap_or_else(dnsexfil::http::state::default_compute_threads);

@@ -463,6 +463,35 @@ fn memory_of(pid: u32, field: &str) -> u64 {
     kib << 10
 }
 
+/// Whether process `pid` may use transparent huge pages (`THP_enabled` of its status file,
+/// Linux 5.0 and later); `None` where the kernel does not say.
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))?;
+    Some(value.trim() == "1")
+}
+
+#[test]
+fn the_service_runs_without_transparent_huge_pages_unless_told_otherwise() {
+    // Only where the kernel tells, and where this test process itself may use them (else
+    // the server inherits their absence and the test would show nothing).
+    if thp_enabled(std::process::id()) != Some(true) {
+        return;
+    }
+    let served = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);
+    assert_eq!(thp_enabled(served.child.id()), Some(false));
+    // MIMALLOC_ALLOW_THP leaves the choice to the allocator.
+    let dir = tempfile::tempdir().unwrap();
+    let told = ServedBinary::start_with_env(
+        dir.path(),
+        &["--enable-https".as_ref(), "false".as_ref()],
+        &[("MIMALLOC_ALLOW_THP", "1")],
+    );
+    assert_eq!(thp_enabled(told.child.id()), Some(true));
+}
+
 #[test]
 fn memory_of_large_requests_goes_back_to_the_os_once_they_stop() {
     if !std::path::Path::new("/proc/self/status").exists() {

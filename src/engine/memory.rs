@@ -8,6 +8,25 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` chooses for
+/// the allocator. With them, mimalloc asks for huge pages (`MADV_HUGEPAGE`) and each fault on a
+/// large request's fresh memory zeroes 2 MiB: after the memory of earlier requests had been
+/// handed back, about half the 100,000-row `/apply` requests took two to three times as long
+/// in every stage, with the same best time (docs/performance.md). Returns whether it turned
+/// them off.
+pub fn no_transparent_huge_pages() -> bool {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sets a flag of the calling process; no memory is passed.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// Requests with bodies at least this large count as large: their freed memory is handed back
 /// to the OS afterwards.
 pub const LARGE_REQUEST_BYTES: usize = 1 << 20;

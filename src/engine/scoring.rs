@@ -25,9 +25,10 @@ pub struct ScoreError {
     pub detail: String,
 }
 
-/// Most scored rows per forward pass (a batch is cut into equal chunks of at most this many):
-/// bounds the memory of features and activations (about 2 KiB a
-/// row) whatever the request size, at no measurable cost in speed.
+/// Most scored rows per forward chunk: a batch is cut into equal chunks of at most this many,
+/// and each chunk into the forward pass's blocks ([`crate::model::mlp::block_lengths`]) as
+/// [`crate::model::Mlp::predict`] would cut it, so a row's probability has the same bits
+/// however the blocks are scheduled.
 pub const FORWARD_CHUNK_ROWS: usize = 16_384;
 
 /// [`score_with_prior`] with nothing remembered before the rows.
@@ -55,21 +56,23 @@ pub fn score_with_prior(
 }
 
 /// Probabilities for the rows at `scored` from features already prepared for `rows`.
+///
+/// Each block of the forward pass (about 256 rows) gets its features and goes through the
+/// network at once, on the rayon pool for a large batch: the block's features (about 100 KiB)
+/// are read back from the core's cache, and no feature matrix of the whole batch is written,
+/// faulted in and read again (16.8 MB for the ESCU model's 42,762 rows).
 pub fn score_prepared(
     model: &Model,
     prepared: &Prepared,
     rows: &[Row<'_>],
     scored: &[usize],
 ) -> Result<Scores, ScoreError> {
-    let mut feature_time = Duration::ZERO;
-    let mut inference_time = Duration::ZERO;
-    let mut probabilities = Vec::with_capacity(scored.len());
-    // Chunks of equal size: a short last chunk would run the network at a worse shape.
-    let chunks = scored.len().div_ceil(FORWARD_CHUNK_ROWS).max(1);
-    let chunk_rows = scored.len().div_ceil(chunks).max(1);
-    for chunk in scored.chunks(chunk_rows) {
+    use rayon::prelude::*;
+    let started = Instant::now();
+    let blocks = forward_blocks(scored);
+    let score_block = |block: &[usize]| {
         let t1 = Instant::now();
-        let features = prepared.features(rows, chunk);
+        let features = prepared.features(rows, block);
         let t2 = Instant::now();
         let p = model
             .mlp
@@ -78,13 +81,100 @@ pub fn score_prepared(
                 model: model.info.name.clone(),
                 detail: e.to_string(),
             })?;
+        Ok::<_, ScoreError>((p, t2 - t1, t2.elapsed()))
+    };
+    let scored_blocks: Vec<_> = if crate::util::pool::worth_splitting(scored.len()) {
+        blocks.par_iter().map(|block| score_block(block)).collect()
+    } else {
+        blocks.iter().map(|block| score_block(block)).collect()
+    };
+    let mut probabilities = Vec::with_capacity(scored.len());
+    let (mut features_busy, mut forward_busy) = (Duration::ZERO, Duration::ZERO);
+    for block in scored_blocks {
+        let (p, features, forward) = block?;
         probabilities.extend(p);
-        feature_time += t2 - t1;
-        inference_time += t2.elapsed();
+        features_busy += features;
+        forward_busy += forward;
     }
+    // The blocks ran on both cores at once: the time taken is shared between the two stages
+    // in proportion to the time the cores spent on each.
+    let elapsed = started.elapsed();
+    let busy = (features_busy + forward_busy).as_secs_f64();
+    let share = if busy > 0.0 {
+        forward_busy.as_secs_f64() / busy
+    } else {
+        0.0
+    };
+    let inference_time = elapsed.mul_f64(share);
     Ok(Scores {
         probabilities,
-        feature_time,
+        feature_time: elapsed - inference_time,
         inference_time,
     })
+}
+
+/// The scored rows' forward blocks, in order: equal chunks of at most [`FORWARD_CHUNK_ROWS`],
+/// each cut as the network's forward pass cuts a batch.
+fn forward_blocks(scored: &[usize]) -> Vec<&[usize]> {
+    let chunks = scored.len().div_ceil(FORWARD_CHUNK_ROWS).max(1);
+    let chunk_rows = scored.len().div_ceil(chunks).max(1);
+    let mut blocks = Vec::new();
+    for chunk in scored.chunks(chunk_rows) {
+        let mut rest = chunk;
+        for len in
+            crate::model::mlp::block_lengths(chunk.len(), crate::model::mlp::DIRECT_BLOCK_ROWS)
+        {
+            let (block, after) = rest.split_at(len);
+            blocks.push(block);
+            rest = after;
+        }
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsdl::table::Table;
+
+    /// Features and forward pass block by block give every row the bits it had when each
+    /// chunk's feature matrix went through the network whole, for both kinds of schema.
+    #[test]
+    fn block_by_block_scores_are_the_whole_chunks_bits() {
+        let csv = crate::data::synth::dsdl_csv(2 * FORWARD_CHUNK_ROWS + 5_000, 42);
+        let table = Table::parse(&csv).unwrap();
+        let (rows, _, _) = table.feature_rows();
+        // Every row scored: three chunks, the last one shorter.
+        let scored: Vec<usize> = (0..rows.len()).collect();
+        let escu = crate::model::convert::convert(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "tests/fixtures/escu/{}.tar.gz",
+                crate::model::convert::ESCU_MODEL_NAME
+            )),
+            None,
+        )
+        .unwrap();
+        let escu = Model::from_bytes(&escu.bytes, "escu").unwrap();
+        for model in [crate::model::default_model().unwrap(), escu] {
+            let prepared = model.info.schema.prepare(&rows);
+            let got = score_prepared(&model, &prepared, &rows, &scored)
+                .unwrap()
+                .probabilities;
+            let chunks = scored.len().div_ceil(FORWARD_CHUNK_ROWS);
+            let mut expected = Vec::new();
+            for chunk in scored.chunks(scored.len().div_ceil(chunks)) {
+                let features = prepared.features(&rows, chunk);
+                expected.extend(model.mlp.predict(&features.values, features.rows).unwrap());
+            }
+            assert_eq!(got.len(), expected.len());
+            let differing = got
+                .iter()
+                .zip(&expected)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differing, 0, "{}", model.info.name);
+            // Scores that vary, so that a constant answer could not pass.
+            assert!(expected.iter().any(|&p| p != expected[0]));
+        }
+    }
 }

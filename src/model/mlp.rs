@@ -277,7 +277,7 @@ impl Direct {
 
 /// The row counts of the blocks of a batch of `rows`: as equal as can be (they differ by at
 /// most one), so that no block is so short that gemm takes a path whose bits differ.
-fn block_lengths(rows: usize, block_rows: usize) -> impl Iterator<Item = usize> {
+pub(crate) fn block_lengths(rows: usize, block_rows: usize) -> impl Iterator<Item = usize> {
     let blocks = rows.div_ceil(block_rows.max(1)).max(1);
     let (base, extra) = (rows / blocks, rows % blocks);
     (0..blocks).map(move |b| base + usize::from(b < extra))

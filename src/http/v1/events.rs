@@ -412,7 +412,8 @@ fn raw_type_name(text: &str) -> &'static str {
 }
 
 /// Reads NDJSON: one event object per line; blank lines are skipped. A line that is not JSON is a
-/// per-event error, like any other bad event. Lines are counted before any is decoded.
+/// per-event error, like any other bad event. Lines are listed, up to the limit, before any is
+/// decoded.
 pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(
@@ -420,17 +421,19 @@ pub fn from_ndjson(body: &[u8], max_events: usize) -> Result<Batch, ApiError> {
             format!("the body is not UTF-8 text ({e}); send one JSON event object per line"),
         )
     })?;
-    let lines = || {
-        text.split('\n')
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-    };
-    let count = lines().take(max_events + 1).count();
-    if count > max_events {
-        return Err(too_many(max_events));
+    // Listed in one pass that stops past the limit: an oversized body never lists more.
+    let mut lines: Vec<(usize, &str)> = Vec::new();
+    for line in text
+        .split('\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        if lines.len() == max_events {
+            return Err(too_many(max_events));
+        }
+        lines.push(line);
     }
-    let mut batch = Batch::with_capacity(None, count);
-    let lines: Vec<(usize, &str)> = lines().collect();
+    let mut batch = Batch::with_capacity(None, lines.len());
     decode_into(&mut batch, &lines, |i, &(line_no, line)| {
         decode_text(i, line).unwrap_or_else(|e| {
             not_json(format!(
