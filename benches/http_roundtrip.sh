@@ -75,7 +75,8 @@ answer_bytes=$(curl -sf "http://127.0.0.1:$port/apply" -H "Authorization: bench-
   --data-binary "@$work/apply_default.json" | wc -c)
 coproc FLOOR { exec "$floor" "$floor_port" "$answer_bytes"; }
 floor_server=$FLOOR_PID
-read -r ready <&"${FLOOR[0]}"
+ready=
+read -r ready <&"${FLOOR[0]}" || true
 [ "$ready" = ready ] || { echo "the floor server did not start on port $floor_port" >&2; exit 1; }
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" benches/http_roundtrip.py run "$work" "$port" bench-token "$log" "$rounds" "$escu_name" \

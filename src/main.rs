@@ -30,12 +30,17 @@ fn main() -> ExitCode {
         Command::Openapi => app::run_openapi(),
         Command::Healthcheck(args) => dnsexfil::app::healthcheck::run(&args),
         Command::Serve(args) => {
-            dnsexfil::engine::memory::no_transparent_huge_pages();
             let threads = args
                 .compute_threads
                 .unwrap_or_else(dnsexfil::http::state::default_compute_threads);
             dnsexfil::model::fix_candle_threads(threads);
             app::init_logging(args.log_format);
+            // Before the runtime and any large allocation.
+            let huge_pages_off = dnsexfil::engine::memory::no_transparent_huge_pages();
+            tracing::debug!(
+                huge_pages_off,
+                "transparent huge pages (off unless MIMALLOC_ALLOW_THP is set)"
+            );
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .on_thread_park(dnsexfil::engine::memory::on_async_worker_park)

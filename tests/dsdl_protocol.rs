@@ -475,9 +475,12 @@ fn thp_enabled(pid: u32) -> Option<bool> {
 
 #[test]
 fn the_service_runs_without_transparent_huge_pages_unless_told_otherwise() {
-    // Only where the kernel tells, and where this test process itself may use them (else
-    // the server inherits their absence and the test would show nothing).
-    if thp_enabled(std::process::id()) != Some(true) {
+    // Only where the kernel tells, where this test process itself may use them (else the
+    // server inherits their absence and the test would show nothing), and where
+    // MIMALLOC_ALLOW_THP is not already set for the server to inherit.
+    if thp_enabled(std::process::id()) != Some(true)
+        || std::env::var_os("MIMALLOC_ALLOW_THP").is_some()
+    {
         return;
     }
     let served = ServedBinary::start(&["--enable-https".as_ref(), "false".as_ref()]);

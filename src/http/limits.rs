@@ -125,52 +125,57 @@ async fn enforce(State(guard): State<Guard>, req: Request, next: Next) -> Respon
     }
 }
 
-/// `resp` with `held` kept alive until its body has been sent or dropped.
-pub(crate) fn holding_until_sent<T: Send + Unpin + 'static>(resp: Response, held: T) -> Response {
+/// `resp` with `held` kept alive until its body has been sent or dropped, and until the last
+/// piece of a large answer has been written (see [`AnswerBuffer`]).
+pub(crate) fn holding_until_sent<T: Send + Sync + 'static>(resp: Response, held: T) -> Response {
     resp.map(|inner| {
         Body::new(Holding {
             inner,
             rest: Bytes::new(),
-            _held: held,
+            held: Arc::new(held),
         })
     })
 }
 
 /// Largest piece of an answer handed to hyper at once. hyper asks for the next piece only when
 /// it has room to send it, so a body is finished (and dropped) only when all but its last
-/// piece has gone to the client; a whole answer handed over at once would end its body at
-/// once, however slowly the client reads.
+/// piece or two have gone to the client; a whole answer handed over at once would end its
+/// body at once, however slowly the client reads.
 ///
 /// The pieces of an answer larger than one piece are slices of it, not copies (a copy cost a
-/// 100,000-row `/apply` 7.7 MB of fresh memory and its page faults): the answer then lives
-/// until hyper drops its last piece, and only then ends the guard that hands its memory back
-/// ([`AnswerBuffer`]).
+/// 100,000-row `/apply` 7.7 MB of memory copied): the answer then lives until hyper drops its
+/// last piece, and so does what the body holds ([`AnswerBuffer`]).
 const PIECE_BYTES: usize = 1 << 20;
 
-/// A large answer's buffer with the guard of its memory's release ([`LargeRequest::answer`]),
-/// owned by the slices it is sent in: when hyper drops the last of them, the buffer is freed
-/// first (fields drop in order), then the guard's end hands the memory back.
-struct AnswerBuffer {
+/// A large answer's buffer, owned by the slices it is sent in: when hyper drops the last of
+/// them, the buffer is freed first (fields drop in order), then the guard whose end hands the
+/// memory back ([`LargeRequest::answer`], one per large part of an answer), then its share of
+/// what the body holds: the request's in-flight permit and its answer's place in the budget
+/// end only when the body has ended and every buffer of its answer is freed, however slowly
+/// the client reads the last pieces.
+struct AnswerBuffer<T> {
     data: Bytes,
     _release: Option<LargeRequest>,
+    _held: Arc<T>,
 }
 
-impl AsRef<[u8]> for AnswerBuffer {
+impl<T> AsRef<[u8]> for AnswerBuffer<T> {
     fn as_ref(&self) -> &[u8] {
         &self.data
     }
 }
 
 /// A response body that keeps something alive (the request's in-flight permit) as long as the
-/// body itself: until hyper has taken its last piece, or drops it with the connection.
+/// body itself: until hyper has taken its last piece, or drops it with the connection, and
+/// until the buffers of a large answer are freed.
 struct Holding<T> {
     inner: Body,
     /// What is left of a data frame larger than a piece (a slice of an [`AnswerBuffer`]).
     rest: Bytes,
-    _held: T,
+    held: Arc<T>,
 }
 
-impl<T: Unpin> http_body::Body for Holding<T> {
+impl<T: Send + Sync + 'static> http_body::Body for Holding<T> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -190,6 +195,7 @@ impl<T: Unpin> http_body::Body for Holding<T> {
                         this.rest = Bytes::from_owner(AnswerBuffer {
                             data,
                             _release: release,
+                            _held: this.held.clone(),
                         });
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
@@ -226,8 +232,9 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    #[tokio::test]
-    async fn an_answer_counts_as_in_flight_until_its_body_is_sent() {
+    /// A route `/big` answering `len` bytes behind the in-flight guard (one request at a time, a
+    /// budget of 4 MiB counted in KiB), with the guard's semaphores.
+    fn guarded_answer_of(len: usize) -> (Router, Arc<Semaphore>, Arc<Semaphore>) {
         let in_flight = Arc::new(Semaphore::new(1));
         let body_budget = Arc::new(Semaphore::new(4096));
         let guard = Guard {
@@ -237,9 +244,15 @@ mod tests {
             flavor: Flavor::V1,
             body_budget: body_budget.clone(),
         };
-        let app: Router = Router::new()
-            .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
+        let app = Router::new()
+            .route("/big", get(move || async move { vec![b'x'; len] }))
             .route_layer(middleware::from_fn_with_state(guard, enforce));
+        (app, in_flight, body_budget)
+    }
+
+    #[tokio::test]
+    async fn an_answer_counts_as_in_flight_until_its_body_is_sent() {
+        let (app, in_flight, body_budget) = guarded_answer_of(1 << 20);
         let request = || Request::get("/big").body(Body::empty()).unwrap();
         let resp = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
@@ -257,6 +270,29 @@ mod tests {
         let resp = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(in_flight.available_permits(), 0);
         drop(resp);
+        assert_eq!(in_flight.available_permits(), 1);
+        assert_eq!(body_budget.available_permits(), 4096);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_counts_until_its_last_piece_is_dropped() {
+        let (app, in_flight, body_budget) = guarded_answer_of(5 * PIECE_BYTES / 2);
+        let resp = app
+            .oneshot(Request::get("/big").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let mut pieces = Vec::new();
+        while let Some(frame) = body.frame().await {
+            pieces.push(frame.unwrap().into_data().unwrap());
+        }
+        drop(body);
+        // The body has ended, but hyper would still hold pieces not yet written: the answer's
+        // buffer lives, so the request still counts, its answer too.
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(in_flight.available_permits(), 0);
+        assert_eq!(body_budget.available_permits(), 4096 - 2560);
+        drop(pieces);
         assert_eq!(in_flight.available_permits(), 1);
         assert_eq!(body_budget.available_permits(), 4096);
     }
