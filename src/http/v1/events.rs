@@ -594,6 +594,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Time<'a> {
     }
 }
 
+impl Time<'_> {
+    /// As Unix seconds, when it is a time the history reads.
+    fn seconds(&self) -> Option<i64> {
+        match self {
+            Time::Number(n) => crate::history::time_from_seconds(*n),
+            Time::Text(text) => crate::history::parse_time(text),
+        }
+    }
+}
+
 /// A JSON string, borrowed from the body unless it had escapes (serde's own `Cow` would always
 /// copy inside an `Option`).
 struct Text<'a>(Cow<'a, str>);
@@ -630,13 +640,9 @@ fn decode_plain(text: &str) -> Option<Decoded<'_>> {
     }
     let event: PlainEvent = serde_json::from_str(text).ok()?;
     let dns = (event.src?.0, event.query?.0);
-    // What `seconds_of` makes of the same JSON; anything else (an object, a boolean) failed
-    // the struct above, for the general way to explain.
-    let time = match &event.time {
-        None => None,
-        Some(Time::Number(n)) => crate::history::time_from_seconds(*n),
-        Some(Time::Text(text)) => crate::history::parse_time(text),
-    };
+    // A `time` that is not a number, text or null (an object, a boolean) failed the struct
+    // above, for the general way to explain.
+    let time = event.time.as_ref().and_then(Time::seconds);
     Some(Decoded {
         dns: Some(dns),
         kind: kind_of_rank(event.rank),
@@ -649,8 +655,8 @@ fn decode_plain(text: &str) -> Option<Decoded<'_>> {
 fn seconds_of(time: &Value) -> Result<Option<i64>, ()> {
     match time {
         Value::Null => Ok(None),
-        Value::Number(n) => Ok(n.as_f64().and_then(crate::history::time_from_seconds)),
-        Value::String(text) => Ok(crate::history::parse_time(text)),
+        Value::Number(n) => Ok(n.as_f64().and_then(|n| Time::Number(n).seconds())),
+        Value::String(text) => Ok(Time::Text(Cow::Borrowed(text)).seconds()),
         _ => Err(()),
     }
 }
